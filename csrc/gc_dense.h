@@ -1,0 +1,73 @@
+/*
+ * gc_dense.h -- dense Jacobian-vector inner loops for gradchain.
+ *
+ * Plain C99, no Python.  Every routine exists for float (suffix _s) and
+ * double (suffix _d); both are generated from gc_dense_impl.h.
+ *
+ * Matrices are addressed by a pointer to element [0, 0] and two strides
+ * counted in elements (not bytes); strides may be zero or negative.  Vectors
+ * are contiguous.  Sizes are ptrdiff_t.  No routine keeps state between
+ * calls; all are safe to call concurrently on distinct outputs.
+ *
+ * The two kernels cover every dense product gradchain needs:
+ *
+ *   gc_axpy_rows:  y[c] = sum_r x[r] * A[r*rs + c*cs]     (y = A^T x), c < n
+ *   gc_dot_rows:   y[r] = sum_c A[r*rs + c*cs] * x[c]     (y = A x),   r < m
+ *
+ * J^T g for a row-major (C-order) J is gc_axpy_rows over J; for a
+ * column-major (F-order) J it is gc_dot_rows over J^T (swap the strides).
+ * The inner loop always runs along the smaller stride.
+ *
+ * nthreads > 1 lets a routine split large products over OpenMP threads
+ * (when the library is built with OpenMP); results do not depend on it.
+ */
+#ifndef GC_DENSE_H
+#define GC_DENSE_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Products smaller than this many matrix elements never start threads:
+ * below it the fork/join cost exceeds the time saved (measured, see
+ * BENCHMARKS.md). */
+#define GC_PARALLEL_MIN_ELEMS ((ptrdiff_t)1 << 17)
+
+/* Row-major matrices up to this many bytes (cache resident) take the
+ * register-blocked J^T x kernel; larger ones are streamed row by row. */
+#define GC_REGBLOCK_BYTES ((ptrdiff_t)1 << 18)
+
+void gc_axpy_rows_s(ptrdiff_t m, ptrdiff_t n, const float *A, ptrdiff_t rs,
+                    ptrdiff_t cs, const float *x, float *y, int nthreads);
+void gc_axpy_rows_d(ptrdiff_t m, ptrdiff_t n, const double *A, ptrdiff_t rs,
+                    ptrdiff_t cs, const double *x, double *y, int nthreads);
+
+void gc_dot_rows_s(ptrdiff_t m, ptrdiff_t n, const float *A, ptrdiff_t rs,
+                   ptrdiff_t cs, const float *x, float *y, int nthreads);
+void gc_dot_rows_d(ptrdiff_t m, ptrdiff_t n, const double *A, ptrdiff_t rs,
+                   ptrdiff_t cs, const double *x, double *y, int nthreads);
+
+/* P[(r - r0) * n + c] = A[r*rs + c*cs] for r0 <= r < r1, c < n: packs a
+ * row panel of a strided matrix into a contiguous C-order buffer. */
+void gc_pack_rows_s(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n, const float *A,
+                    ptrdiff_t rs, ptrdiff_t cs, float *P);
+void gc_pack_rows_d(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n, const double *A,
+                    ptrdiff_t rs, ptrdiff_t cs, double *P);
+
+/* Name of the instruction set the dispatched kernels run on this CPU:
+ * "x86-64-v4" (AVX-512), "x86-64-v3" (AVX2+FMA) or "baseline". */
+const char *gc_simd_target(void);
+
+/* 1 when built with OpenMP, else 0. */
+int gc_have_openmp(void);
+
+/* omp_get_max_threads() for the calling thread (follows OMP_NUM_THREADS and
+ * omp_set_num_threads, hence threadpoolctl); 1 without OpenMP. */
+int gc_max_threads(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* GC_DENSE_H */

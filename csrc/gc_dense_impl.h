@@ -1,0 +1,337 @@
+/*
+ * gc_dense_impl.h -- type template for gc_dense.c.  Included once per
+ * element type with GC_T (the C type), GC_SFX (s or d) and GC_W (the width
+ * of a block of partial sums: two 512-bit registers of GC_T) defined.
+ * Not a public header.
+ *
+ * No loop here reassociates a sum across SIMD lanes: every partial-sum
+ * block has the fixed width GC_W, so a result is the same whichever
+ * instruction set the dispatcher picked (up to FMA contraction).
+ */
+#define GC_CAT_(a, b) a##_##b
+#define GC_CAT(a, b) GC_CAT_(a, b)
+#define GC_NAME(base) GC_CAT(base, GC_SFX)
+
+/* ------------------------------------------------------------------------
+ * y = A^T x: y[c] = sum_{r<m} x[r] * A[r*rs + c*cs], c in [c0, c1)
+ * ---------------------------------------------------------------------- */
+
+/* One block of GC_W unit-stride columns, all rows: out[l] = sum_r x[r] p[r*rs+l].
+ * Four partial sums (rows r mod 4) stay in registers. */
+static GC_INLINE void
+GC_NAME(axpy_block)(ptrdiff_t m, const GC_T *restrict p, ptrdiff_t rs,
+                    const GC_T *restrict x, GC_T *restrict out)
+{
+    GC_T s0[GC_W] = {0}, s1[GC_W] = {0}, s2[GC_W] = {0}, s3[GC_W] = {0};
+    ptrdiff_t r, l;
+    for (r = 0; r + 4 <= m; r += 4) {
+        const GC_T *restrict q = p + r * rs;
+        const GC_T x0 = x[r], x1 = x[r + 1], x2 = x[r + 2], x3 = x[r + 3];
+        for (l = 0; l < GC_W; l++) {
+            s0[l] += x0 * q[l];
+            s1[l] += x1 * q[rs + l];
+            s2[l] += x2 * q[2 * rs + l];
+            s3[l] += x3 * q[3 * rs + l];
+        }
+    }
+    for (; r < m; r++) {
+        const GC_T *restrict q = p + r * rs;
+        const GC_T x0 = x[r];
+        for (l = 0; l < GC_W; l++) {
+            s0[l] += x0 * q[l];
+        }
+    }
+    for (l = 0; l < GC_W; l++) {
+        out[l] = (s0[l] + s1[l]) + (s2[l] + s3[l]);
+    }
+}
+
+/* Register-blocked A^T x for unit column stride: for small matrices (cache
+ * resident) and narrow ones, where y would otherwise be a latency chain. */
+GC_CLONES static void
+GC_NAME(axpy_regblock)(ptrdiff_t m, ptrdiff_t c0, ptrdiff_t c1,
+                       const GC_T *A, ptrdiff_t rs,
+                       const GC_T *restrict x, GC_T *restrict y)
+{
+    ptrdiff_t c = c0, r, l;
+    for (; c + GC_W <= c1; c += GC_W) {
+        GC_NAME(axpy_block)(m, A + c, rs, x, y + c);
+    }
+    if (c < c1) {
+        /* column tail, narrower than a block */
+        const ptrdiff_t w = c1 - c;
+        GC_T s0[GC_W] = {0}, s1[GC_W] = {0};
+        for (r = 0; r + 2 <= m; r += 2) {
+            const GC_T *restrict q = A + r * rs + c;
+            const GC_T x0 = x[r], x1 = x[r + 1];
+            for (l = 0; l < w; l++) {
+                s0[l] += x0 * q[l];
+                s1[l] += x1 * q[rs + l];
+            }
+        }
+        for (; r < m; r++) {
+            const GC_T *restrict q = A + r * rs + c;
+            for (l = 0; l < w; l++) {
+                s0[l] += x[r] * q[l];
+            }
+        }
+        for (l = 0; l < w; l++) {
+            y[c + l] = s0[l] + s1[l];
+        }
+    }
+}
+
+/* Streaming A^T x for large matrices: rows are read in order, four at a
+ * time, and the y slice (in cache) is updated once per four rows. */
+GC_CLONES static void
+GC_NAME(axpy_stream)(ptrdiff_t m, ptrdiff_t c0, ptrdiff_t c1,
+                     const GC_T *A, ptrdiff_t rs,
+                     const GC_T *restrict x, GC_T *restrict y)
+{
+    ptrdiff_t r = 0, c;
+    for (c = c0; c < c1; c++) {
+        y[c] = 0;
+    }
+    for (; r + 4 <= m; r += 4) {
+        const GC_T *restrict a0 = A + r * rs;
+        const GC_T *restrict a1 = a0 + rs;
+        const GC_T *restrict a2 = a1 + rs;
+        const GC_T *restrict a3 = a2 + rs;
+        const GC_T x0 = x[r], x1 = x[r + 1], x2 = x[r + 2], x3 = x[r + 3];
+        for (c = c0; c < c1; c++) {
+            y[c] += (x0 * a0[c] + x1 * a1[c]) + (x2 * a2[c] + x3 * a3[c]);
+        }
+    }
+    for (; r < m; r++) {
+        const GC_T *restrict a0 = A + r * rs;
+        const GC_T x0 = x[r];
+        for (c = c0; c < c1; c++) {
+            y[c] += x0 * a0[c];
+        }
+    }
+}
+
+/* Any column stride (strided views, broadcast columns): plain loops. */
+static void
+GC_NAME(axpy_strided)(ptrdiff_t m, ptrdiff_t c0, ptrdiff_t c1,
+                      const GC_T *A, ptrdiff_t rs, ptrdiff_t cs,
+                      const GC_T *restrict x, GC_T *restrict y)
+{
+    ptrdiff_t r, c;
+    for (c = c0; c < c1; c++) {
+        y[c] = 0;
+    }
+    for (r = 0; r < m; r++) {
+        const GC_T *a = A + r * rs;
+        const GC_T xr = x[r];
+        for (c = c0; c < c1; c++) {
+            y[c] += xr * a[c * cs];
+        }
+    }
+}
+
+static void
+GC_NAME(axpy_rows_range)(ptrdiff_t m, ptrdiff_t c0, ptrdiff_t c1,
+                         const GC_T *A, ptrdiff_t rs, ptrdiff_t cs,
+                         const GC_T *x, GC_T *y)
+{
+    const ptrdiff_t w = c1 - c0;
+    if (cs != 1) {
+        GC_NAME(axpy_strided)(m, c0, c1, A, rs, cs, x, y);
+    }
+    else if (m * w * (ptrdiff_t)sizeof(GC_T) <= GC_REGBLOCK_BYTES ||
+             w <= 2 * GC_W) {
+        GC_NAME(axpy_regblock)(m, c0, c1, A, rs, x, y);
+    }
+    else {
+        GC_NAME(axpy_stream)(m, c0, c1, A, rs, x, y);
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * y = A x: y[r] = sum_{c<n} A[r*rs + c*cs] * x[c], r in [r0, r1)
+ * ---------------------------------------------------------------------- */
+
+/* sum of s[0:GC_W] by pairwise halving: each step is an element-wise add of
+ * two halves with a constant trip count, so it vectorises, in a fixed order. */
+static GC_INLINE GC_T
+GC_NAME(fold)(GC_T *s)
+{
+    ptrdiff_t l;
+#if GC_W >= 32
+    for (l = 0; l < 16; l++) {
+        s[l] += s[l + 16];
+    }
+#endif
+    for (l = 0; l < 8; l++) {
+        s[l] += s[l + 8];
+    }
+    for (l = 0; l < 4; l++) {
+        s[l] += s[l + 4];
+    }
+    return (s[0] + s[2]) + (s[1] + s[3]);
+}
+
+/* Unit column stride: four rows at a time share each load of x; each row
+ * sums in GC_W lanes, folded at the end. */
+GC_CLONES static void
+GC_NAME(dot_contig)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n,
+                    const GC_T *A, ptrdiff_t rs,
+                    const GC_T *restrict x, GC_T *restrict y)
+{
+    ptrdiff_t r = r0, c, l;
+    const ptrdiff_t nb = n - n % GC_W;
+    for (; r + 4 <= r1; r += 4) {
+        const GC_T *restrict a0 = A + r * rs;
+        const GC_T *restrict a1 = a0 + rs;
+        const GC_T *restrict a2 = a1 + rs;
+        const GC_T *restrict a3 = a2 + rs;
+        GC_T s0[GC_W] = {0}, s1[GC_W] = {0}, s2[GC_W] = {0}, s3[GC_W] = {0};
+        GC_T t0 = 0, t1 = 0, t2 = 0, t3 = 0;
+        for (c = 0; c < nb; c += GC_W) {
+            for (l = 0; l < GC_W; l++) {
+                const GC_T xv = x[c + l];
+                s0[l] += a0[c + l] * xv;
+                s1[l] += a1[c + l] * xv;
+                s2[l] += a2[c + l] * xv;
+                s3[l] += a3[c + l] * xv;
+            }
+        }
+        for (c = nb; c < n; c++) {
+            t0 += a0[c] * x[c];
+            t1 += a1[c] * x[c];
+            t2 += a2[c] * x[c];
+            t3 += a3[c] * x[c];
+        }
+        y[r] = GC_NAME(fold)(s0) + t0;
+        y[r + 1] = GC_NAME(fold)(s1) + t1;
+        y[r + 2] = GC_NAME(fold)(s2) + t2;
+        y[r + 3] = GC_NAME(fold)(s3) + t3;
+    }
+    for (; r < r1; r++) {
+        const GC_T *restrict a0 = A + r * rs;
+        GC_T s0[GC_W] = {0};
+        GC_T t0 = 0;
+        for (c = 0; c < nb; c += GC_W) {
+            for (l = 0; l < GC_W; l++) {
+                s0[l] += a0[c + l] * x[c + l];
+            }
+        }
+        for (c = nb; c < n; c++) {
+            t0 += a0[c] * x[c];
+        }
+        y[r] = GC_NAME(fold)(s0) + t0;
+    }
+}
+
+/* Any column stride. */
+static void
+GC_NAME(dot_strided)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n,
+                     const GC_T *A, ptrdiff_t rs, ptrdiff_t cs,
+                     const GC_T *restrict x, GC_T *restrict y)
+{
+    ptrdiff_t r, c;
+    for (r = r0; r < r1; r++) {
+        const GC_T *a = A + r * rs;
+        GC_T s0 = 0, s1 = 0;
+        for (c = 0; c + 2 <= n; c += 2) {
+            s0 += a[c * cs] * x[c];
+            s1 += a[(c + 1) * cs] * x[c + 1];
+        }
+        if (c < n) {
+            s0 += a[c * cs] * x[c];
+        }
+        y[r] = s0 + s1;
+    }
+}
+
+static void
+GC_NAME(dot_rows_range)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n,
+                        const GC_T *A, ptrdiff_t rs, ptrdiff_t cs,
+                        const GC_T *x, GC_T *y)
+{
+    if (cs == 1) {
+        GC_NAME(dot_contig)(r0, r1, n, A, rs, x, y);
+    }
+    else {
+        GC_NAME(dot_strided)(r0, r1, n, A, rs, cs, x, y);
+    }
+}
+
+/* ------------------------------------------------------------------------
+ * Entry points: split large products over OpenMP threads.
+ * ---------------------------------------------------------------------- */
+
+void
+GC_NAME(gc_axpy_rows)(ptrdiff_t m, ptrdiff_t n, const GC_T *A, ptrdiff_t rs,
+                      ptrdiff_t cs, const GC_T *x, GC_T *y, int nthreads)
+{
+#ifdef _OPENMP
+    /* Split the columns in whole blocks: each thread owns a slice of y, so
+     * the result does not depend on the thread count. */
+    if (nthreads > 1 && m * n >= GC_PARALLEL_MIN_ELEMS && n >= 4 * GC_W) {
+        const ptrdiff_t nblk = (n + GC_W - 1) / GC_W;
+        if (nthreads > nblk) {
+            nthreads = (int)nblk;
+        }
+        #pragma omp parallel num_threads(nthreads)
+        {
+            const ptrdiff_t t = omp_get_thread_num();
+            const ptrdiff_t nt = omp_get_num_threads();
+            const ptrdiff_t b0 = nblk * t / nt, b1 = nblk * (t + 1) / nt;
+            const ptrdiff_t c0 = b0 * GC_W;
+            const ptrdiff_t c1 = b1 * GC_W < n ? b1 * GC_W : n;
+            if (c0 < c1) {
+                GC_NAME(axpy_rows_range)(m, c0, c1, A, rs, cs, x, y);
+            }
+        }
+        return;
+    }
+#endif
+    (void)nthreads;
+    GC_NAME(axpy_rows_range)(m, 0, n, A, rs, cs, x, y);
+}
+
+void
+GC_NAME(gc_dot_rows)(ptrdiff_t m, ptrdiff_t n, const GC_T *A, ptrdiff_t rs,
+                     ptrdiff_t cs, const GC_T *x, GC_T *y, int nthreads)
+{
+#ifdef _OPENMP
+    /* Split the rows: each thread owns a slice of y. */
+    if (nthreads > 1 && m * n >= GC_PARALLEL_MIN_ELEMS && m >= 8) {
+        if (nthreads > m / 4) {
+            nthreads = (int)(m / 4);
+        }
+        #pragma omp parallel num_threads(nthreads)
+        {
+            const ptrdiff_t t = omp_get_thread_num();
+            const ptrdiff_t nt = omp_get_num_threads();
+            const ptrdiff_t r0 = m * t / nt, r1 = m * (t + 1) / nt;
+            if (r0 < r1) {
+                GC_NAME(dot_rows_range)(r0, r1, n, A, rs, cs, x, y);
+            }
+        }
+        return;
+    }
+#endif
+    (void)nthreads;
+    GC_NAME(dot_rows_range)(0, m, n, A, rs, cs, x, y);
+}
+
+void
+GC_NAME(gc_pack_rows)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n, const GC_T *A,
+                      ptrdiff_t rs, ptrdiff_t cs, GC_T *P)
+{
+    ptrdiff_t r, c;
+    for (r = r0; r < r1; r++) {
+        const GC_T *a = A + r * rs;
+        GC_T *p = P + (r - r0) * n;
+        for (c = 0; c < n; c++) {
+            p[c] = a[c * cs];
+        }
+    }
+}
+
+#undef GC_NAME
+#undef GC_CAT
+#undef GC_CAT_

@@ -1,0 +1,465 @@
+"""Binding a chain of dense Jacobians, and the fused chain loops.
+
+``ChainCore`` validates a chain once, records each link as a pointer plus
+strides into the caller's own array (no copy), and then evaluates
+
+    vjp:  J_1^T J_2^T ... J_k^T g        jvp:  J_k ... J_2 J_1 v
+
+for one vector or a C-contiguous block of vectors in a single ``nogil`` call
+that ping-pongs between two work buffers, with no Python between links.
+Validation of the arguments happens here, before the GIL is released, in
+one pass of C-level checks (this keeps a 16-link one-shot call in the low
+microseconds).
+"""
+cimport numpy as cnp
+import numpy as np
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
+from cython cimport floating
+
+from gradchain._kernels cimport (effective_threads, link_jtv, link_jv,
+                                 block_jtv, block_jv)
+
+cnp.import_array()
+
+cdef struct Link:
+    const char *data        # element [0, 0]
+    Py_ssize_t m, n         # J has shape (m, n): m outputs, n inputs
+    Py_ssize_t rs, cs       # strides in elements (any sign, may be 0)
+    const char *lo          # [lo, hi): the bytes J may touch
+    const char *hi
+
+cdef object _DT_FLOAT = np.dtype(np.float32)
+cdef object _DT_DOUBLE = np.dtype(np.float64)
+
+
+cdef int _compute_typenum(object dtype, str name) except -1:
+    """The float type an input of this dtype is computed in.
+
+    float32 (and float16) -> float32; float64, integers and bool -> float64.
+    Complex, long double, object, strings and other dtypes raise TypeError.
+    """
+    cdef str kind = dtype.kind
+    if kind == "f":
+        if dtype.itemsize <= 4:
+            return cnp.NPY_FLOAT
+        if dtype.itemsize == 8:
+            return cnp.NPY_DOUBLE
+        raise TypeError(
+            f"{name} has dtype {dtype}; gradchain computes in float32 or "
+            f"float64 and will not silently round {dtype}: cast it "
+            f"explicitly with .astype(np.float64)")
+    if kind in "biu":
+        return cnp.NPY_DOUBLE
+    if kind == "c":
+        raise TypeError(
+            f"{name} has complex dtype {dtype}; gradchain supports real "
+            f"float32/float64 chains only")
+    raise TypeError(
+        f"{name} has dtype {dtype}, which is not numeric; gradchain needs "
+        f"real floating-point (float32/float64), integer or bool arrays")
+
+
+cdef inline object _pyshape(object a):
+    return a.shape
+
+
+cdef cnp.ndarray _as_array(object x, str name):
+    if isinstance(x, cnp.ndarray):
+        return <cnp.ndarray>x
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(
+            f"{name} could not be converted to a numeric array "
+            f"(ragged or not array-like): {exc}") from exc
+
+
+cdef inline bint _usable(cnp.ndarray a, int typenum):
+    """a can be read in place by the kernels as typenum."""
+    return (cnp.PyArray_TYPE(a) == typenum
+            and cnp.PyArray_ISALIGNED(a) and cnp.PyArray_ISNOTSWAPPED(a))
+
+
+cdef void _extent(cnp.ndarray a, const char **lo, const char **hi) noexcept:
+    """Smallest byte range [lo, hi) holding every element of a."""
+    cdef int d, nd = cnp.PyArray_NDIM(a)
+    cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(a)
+    cdef cnp.npy_intp *strides = cnp.PyArray_STRIDES(a)
+    cdef const char *p = <const char *>cnp.PyArray_DATA(a)
+    cdef Py_ssize_t low = 0, high = 0, span
+    for d in range(nd):
+        if shape[d] == 0:
+            lo[0] = p
+            hi[0] = p
+            return
+        span = (shape[d] - 1) * strides[d]
+        if span < 0:
+            low += span
+        else:
+            high += span
+    lo[0] = p + low
+    hi[0] = p + high + cnp.PyArray_ITEMSIZE(a)
+
+
+cdef inline bint _overlaps(const char *lo1, const char *hi1,
+                           const char *lo2, const char *hi2) noexcept:
+    return lo1 < hi2 and lo2 < hi1 and lo1 < hi1 and lo2 < hi2
+
+
+cdef int _run(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
+              bint transpose, const floating *x, Py_ssize_t B,
+              floating *out, int nt) noexcept nogil:
+    """The fused chain loop: out = x J_k ... J_1 (transpose, vjp) or
+    out = x J_1^T ... J_k^T (jvp), row by row for B rows of x.
+
+    Work buffers alternate between two halves of one allocation; the last
+    link writes straight into out.  Returns 0, or -1 when out of memory.
+    """
+    cdef Py_ssize_t step, i, half = B * maxw
+    cdef floating *work = NULL
+    cdef floating *dst
+    cdef const floating *cur = x
+    cdef const Link *L
+    cdef int rc = 0
+    if B == 0:
+        return 0
+    if k == 0:
+        return 0    # handled by the caller (a copy)
+    if k > 1 and half > 0:
+        work = <floating *>malloc(2 * half * sizeof(floating))
+        if work == NULL:
+            return -1
+    for step in range(k):
+        i = k - 1 - step if transpose else step
+        L = &links[i]
+        dst = out if step == k - 1 else work + (step & 1) * half
+        if transpose:
+            if B == 1:
+                link_jtv(<const floating *>L.data, L.m, L.n, L.rs, L.cs,
+                         cur, dst, nt)
+            else:
+                rc = block_jtv(<const floating *>L.data, L.m, L.n, L.rs,
+                               L.cs, cur, B, dst, nt)
+        else:
+            if B == 1:
+                link_jv(<const floating *>L.data, L.m, L.n, L.rs, L.cs,
+                        cur, dst, nt)
+            else:
+                rc = block_jv(<const floating *>L.data, L.m, L.n, L.rs,
+                              L.cs, cur, B, dst, nt)
+        if rc:
+            break
+        cur = dst
+    free(work)
+    return rc
+
+
+cdef class ChainCore:
+    """Compiled core of :class:`gradchain.Chain` (see there)."""
+
+    cdef Link *_links
+    cdef Py_ssize_t _k
+    cdef Py_ssize_t _maxw          # widest intermediate dimension
+    cdef int _typenum              # NPY_FLOAT / NPY_DOUBLE; -1 when k == 0
+    cdef tuple _arrays             # the bound 2-D arrays (kept alive)
+    cdef object _stack             # the 3-D array the links view, or None
+
+    def __cinit__(self, jacobians, *args, **kwargs):
+        self._links = NULL
+        self._k = 0
+        self._maxw = 0
+        self._typenum = -1
+        self._stack = None
+        self._bind(jacobians)
+
+    def __dealloc__(self):
+        free(self._links)
+
+    cdef _bind(self, jacobians):
+        cdef list items
+        cdef cnp.ndarray a
+        cdef Py_ssize_t i, k
+        cdef int t, typenum = -1
+        if isinstance(jacobians, cnp.ndarray) or (
+                not isinstance(jacobians, (list, tuple))
+                and hasattr(jacobians, "__array__")):
+            a = _as_array(jacobians, "jacobians")
+            if a.ndim == 3:
+                self._bind_stack(a)
+                return
+            if a.ndim == 2 and a.dtype != object:
+                raise ValueError(
+                    f"jacobians is a single 2-D array of shape {_pyshape(a)}; "
+                    f"pass [J] for a one-link chain, or a 3-D array of "
+                    f"shape (k, m, n) for a stacked chain")
+            if a.dtype != object:
+                raise ValueError(
+                    f"jacobians as one array must be 3-D (k, m, n), got "
+                    f"shape {_pyshape(a)}")
+            items = list(a)
+        elif isinstance(jacobians, list):
+            items = <list>jacobians
+        elif isinstance(jacobians, tuple):
+            items = list(<tuple>jacobians)
+        else:
+            try:
+                items = list(jacobians)
+            except TypeError:
+                raise TypeError(
+                    f"jacobians must be a sequence of 2-D arrays or one 3-D "
+                    f"array, got {type(jacobians).__name__}") from None
+        k = len(items)
+        # Pass 1: arrays, ranks and the common dtype.
+        arrays = [None] * k
+        for i in range(k):
+            a = _as_array(items[i], f"jacobians[{i}]")
+            if cnp.PyArray_NDIM(a) != 2:
+                raise ValueError(
+                    f"jacobians[{i}] must be a 2-D array of shape "
+                    f"(n_{i + 1}, n_{i}), got shape {_pyshape(a)}")
+            t = cnp.PyArray_TYPE(a)
+            if t != cnp.NPY_DOUBLE and t != cnp.NPY_FLOAT:
+                t = _compute_typenum(a.dtype, f"jacobians[{i}]")
+            if t == cnp.NPY_DOUBLE or typenum == -1:
+                typenum = t
+            arrays[i] = a
+        # Pass 2: conversions where unavoidable, then the link table.
+        dtype = _DT_DOUBLE if typenum == cnp.NPY_DOUBLE else _DT_FLOAT
+        for i in range(k):
+            a = <cnp.ndarray>arrays[i]
+            if not _usable(a, typenum):
+                a = np.require(a, dtype, "A")
+                arrays[i] = a
+        self._alloc(k, typenum)
+        for i in range(k):
+            self._set_link(i, <cnp.ndarray>arrays[i])
+        self._arrays = tuple(arrays)
+        self._check_dims()
+
+    cdef _bind_stack(self, cnp.ndarray a):
+        cdef int typenum = _compute_typenum(a.dtype, "jacobians")
+        cdef Py_ssize_t i, k = a.shape[0]
+        cdef Link *L
+        if not _usable(a, typenum):
+            a = np.require(
+                a, _DT_DOUBLE if typenum == cnp.NPY_DOUBLE else _DT_FLOAT, "A")
+        self._alloc(k, typenum)
+        cdef Py_ssize_t isz = cnp.PyArray_ITEMSIZE(a)
+        cdef cnp.npy_intp *st = cnp.PyArray_STRIDES(a)
+        cdef const char *base = <const char *>cnp.PyArray_DATA(a)
+        cdef const char *lo
+        cdef const char *hi
+        _extent(a, &lo, &hi)
+        for i in range(k):
+            L = &self._links[i]
+            L.data = base + i * st[0]
+            L.m = a.shape[1]
+            L.n = a.shape[2]
+            L.rs = st[1] // isz
+            L.cs = st[2] // isz
+            L.lo = lo
+            L.hi = hi
+        self._stack = a
+        self._arrays = None
+        self._check_dims()
+
+    cdef _alloc(self, Py_ssize_t k, int typenum):
+        self._k = k
+        self._typenum = typenum if k > 0 else -1
+        if k > 0:
+            self._links = <Link *>malloc(k * sizeof(Link))
+            if self._links == NULL:
+                raise MemoryError()
+
+    cdef _set_link(self, Py_ssize_t i, cnp.ndarray a):
+        cdef Link *L = &self._links[i]
+        cdef Py_ssize_t isz = cnp.PyArray_ITEMSIZE(a)
+        L.data = <const char *>cnp.PyArray_DATA(a)
+        L.m = cnp.PyArray_DIM(a, 0)
+        L.n = cnp.PyArray_DIM(a, 1)
+        L.rs = cnp.PyArray_STRIDE(a, 0) // isz
+        L.cs = cnp.PyArray_STRIDE(a, 1) // isz
+        _extent(a, &L.lo, &L.hi)
+
+    cdef _check_dims(self):
+        cdef Py_ssize_t i
+        self._maxw = 0
+        for i in range(1, self._k):
+            if self._links[i].n != self._links[i - 1].m:
+                raise ValueError(
+                    f"jacobians[{i}] has shape "
+                    f"({self._links[i].m}, {self._links[i].n}) but "
+                    f"jacobians[{i - 1}] outputs {self._links[i - 1].m} "
+                    f"values")
+            if self._links[i].n > self._maxw:
+                self._maxw = self._links[i].n
+
+    # ---------------------------------------------------------------- info
+
+    def __len__(self):
+        return self._k
+
+    @property
+    def shapes(self):
+        """Tuple of the links' shapes (n_i, n_{i-1}), in application order."""
+        return tuple((self._links[i].m, self._links[i].n)
+                     for i in range(self._k))
+
+    @property
+    def dims(self):
+        """(n_0, n_1, ..., n_k); empty for k = 0."""
+        if self._k == 0:
+            return ()
+        return (self._links[0].n,) + tuple(self._links[i].m
+                                           for i in range(self._k))
+
+    @property
+    def input_dim(self):
+        """n_0, the length of a tangent (None for k = 0: any length)."""
+        return self._links[0].n if self._k else None
+
+    @property
+    def output_dim(self):
+        """n_k, the length of a cotangent (None for k = 0: any length)."""
+        return self._links[self._k - 1].m if self._k else None
+
+    @property
+    def dtype(self):
+        """float32 or float64, the dtype the chain computes in (None, k = 0)."""
+        if self._typenum == cnp.NPY_DOUBLE:
+            return _DT_DOUBLE
+        if self._typenum == cnp.NPY_FLOAT:
+            return _DT_FLOAT
+        return None
+
+    @property
+    def jacobians(self):
+        """The bound Jacobians: the caller's arrays themselves (views of
+        the stacked array for a 3-D input), or converted copies where the
+        dtype rule required one."""
+        if self._stack is not None:
+            return tuple(self._stack)
+        return self._arrays
+
+    # ------------------------------------------------------------ products
+
+    def vjp(self, cotangent, out=None):
+        """J_1^T J_2^T ... J_k^T g for g of shape (n_k,) or (batch, n_k)."""
+        return self._apply(cotangent, out, True)
+
+    def jvp(self, tangent, out=None):
+        """J_k ... J_2 J_1 v for v of shape (n_0,) or (batch, n_0)."""
+        return self._apply(tangent, out, False)
+
+    cdef object _apply(self, object x_in, object out, bint transpose):
+        cdef str name = "cotangent" if transpose else "tangent"
+        cdef cnp.ndarray x = _as_array(x_in, name)
+        cdef int xt = cnp.PyArray_TYPE(x)
+        cdef int typenum
+        cdef Py_ssize_t k = self._k, B, nin, nres, i
+        cdef cnp.ndarray res, dst
+        cdef const char *olo
+        cdef const char *ohi
+        cdef const char *xlo
+        cdef const char *xhi
+        cdef int nt, rc
+        if xt != cnp.NPY_DOUBLE and xt != cnp.NPY_FLOAT:
+            xt = _compute_typenum(x.dtype, name)
+        typenum = xt if k == 0 else self._typenum
+        if xt == cnp.NPY_DOUBLE and typenum == cnp.NPY_FLOAT:
+            # float32 chain, float64 vector: promote like NumPy.  This
+            # converts every link for this call; build the Chain in float64
+            # to avoid it.
+            return ChainCore([np.asarray(J, _DT_DOUBLE)
+                              for J in self.jacobians])._apply(
+                                  x_in, out, transpose)
+        # shapes
+        cdef int nd = cnp.PyArray_NDIM(x)
+        if nd == 1:
+            B = 1
+        elif nd == 2:
+            B = cnp.PyArray_DIM(x, 0)
+        else:
+            raise ValueError(
+                f"{name} must be 1-D (n,) or 2-D (batch, n), got shape "
+                f"{_pyshape(x)}")
+        nin = cnp.PyArray_DIM(x, nd - 1)
+        if k == 0:
+            nres = nin
+        elif transpose:
+            nres = self._links[0].n
+            if nin != self._links[k - 1].m:
+                raise ValueError(
+                    f"cotangent has shape {_pyshape(x)} but jacobians[{k - 1}] "
+                    f"(shape ({self._links[k - 1].m}, {self._links[k - 1].n}))"
+                    f" outputs {self._links[k - 1].m} values")
+        else:
+            nres = self._links[k - 1].m
+            if nin != self._links[0].n:
+                raise ValueError(
+                    f"tangent has shape {_pyshape(x)} but jacobians[0] (shape "
+                    f"({self._links[0].m}, {self._links[0].n})) takes "
+                    f"{self._links[0].n} inputs")
+        rdtype = _DT_DOUBLE if typenum == cnp.NPY_DOUBLE else _DT_FLOAT
+        cdef tuple shape
+        cdef cnp.npy_intp rdims[2]
+        if nd == 1:
+            shape = (nres,)
+            rdims[0] = nres
+        else:
+            shape = (B, nres)
+            rdims[0] = B
+            rdims[1] = nres
+        # out
+        if out is None:
+            res = cnp.PyArray_EMPTY(nd, rdims, typenum, 0)
+            dst = res
+        else:
+            if not isinstance(out, cnp.ndarray):
+                raise TypeError(
+                    f"out must be a numpy.ndarray, got {type(out).__name__}")
+            res = <cnp.ndarray>out
+            if cnp.PyArray_TYPE(res) != typenum or not cnp.PyArray_ISNOTSWAPPED(res):
+                raise TypeError(
+                    f"out has dtype {res.dtype} but the result has dtype "
+                    f"{rdtype}")
+            if _pyshape(res) != shape:
+                raise ValueError(
+                    f"out has shape {_pyshape(res)} but the result has shape "
+                    f"{shape}")
+            if not cnp.PyArray_ISWRITEABLE(res):
+                raise ValueError("out is read-only")
+            _extent(res, &olo, &ohi)
+            _extent(x, &xlo, &xhi)
+            if _overlaps(olo, ohi, xlo, xhi):
+                raise ValueError(f"out shares memory with {name}")
+            for i in range(k):
+                if _overlaps(olo, ohi, self._links[i].lo, self._links[i].hi):
+                    raise ValueError(
+                        f"out shares memory with jacobians[{i}]")
+            if cnp.PyArray_IS_C_CONTIGUOUS(res) and cnp.PyArray_ISALIGNED(res):
+                dst = res
+            else:
+                dst = cnp.PyArray_EMPTY(nd, rdims, typenum, 0)
+        if not (cnp.PyArray_IS_C_CONTIGUOUS(x) and _usable(x, typenum)):
+            x = np.require(x, rdtype, "CA")
+        if k == 0:
+            dst[...] = x
+        else:
+            nt = effective_threads()
+            if typenum == cnp.NPY_DOUBLE:
+                with nogil:
+                    rc = _run(self._links, k, self._maxw, transpose,
+                              <const double *>cnp.PyArray_DATA(x), B,
+                              <double *>cnp.PyArray_DATA(dst), nt)
+            else:
+                with nogil:
+                    rc = _run(self._links, k, self._maxw, transpose,
+                              <const float *>cnp.PyArray_DATA(x), B,
+                              <float *>cnp.PyArray_DATA(dst), nt)
+            if rc:
+                raise MemoryError("could not allocate the chain's work buffers")
+        if dst is not res:
+            res[...] = dst
+        return res

@@ -1,0 +1,55 @@
+# Declarations shared by the compiled modules of gradchain.
+#
+# The C inner loops live in csrc/ (plain C, no Python); this file exposes
+# them to Cython together with the fused float32/float64 link kernels that
+# _kernels.pyx defines and _chain.pyx calls.  Everything here runs without
+# the GIL.
+from cython cimport floating
+
+cdef extern from "gc_dense.h" nogil:
+    void gc_axpy_rows_s(Py_ssize_t m, Py_ssize_t n, const float *A,
+                        Py_ssize_t rs, Py_ssize_t cs, const float *x,
+                        float *y, int nthreads)
+    void gc_axpy_rows_d(Py_ssize_t m, Py_ssize_t n, const double *A,
+                        Py_ssize_t rs, Py_ssize_t cs, const double *x,
+                        double *y, int nthreads)
+    void gc_dot_rows_s(Py_ssize_t m, Py_ssize_t n, const float *A,
+                       Py_ssize_t rs, Py_ssize_t cs, const float *x,
+                       float *y, int nthreads)
+    void gc_dot_rows_d(Py_ssize_t m, Py_ssize_t n, const double *A,
+                       Py_ssize_t rs, Py_ssize_t cs, const double *x,
+                       double *y, int nthreads)
+    void gc_pack_rows_s(Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
+                        const float *A, Py_ssize_t rs, Py_ssize_t cs, float *P)
+    void gc_pack_rows_d(Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
+                        const double *A, Py_ssize_t rs, Py_ssize_t cs,
+                        double *P)
+    const char *gc_simd_target()
+    int gc_have_openmp()
+    int gc_max_threads()
+
+
+# Number of threads the next kernel call may use (see set_num_threads).
+cdef int effective_threads() noexcept nogil
+
+# out (n,) = J^T g for one dense J (m, n) given by its first element and its
+# strides in elements.  g and out are contiguous and do not overlap J.
+cdef void link_jtv(const floating *J, Py_ssize_t m, Py_ssize_t n,
+                   Py_ssize_t rs, Py_ssize_t cs, const floating *g,
+                   floating *out, int nthreads) noexcept nogil
+
+# out (m,) = J v.
+cdef void link_jv(const floating *J, Py_ssize_t m, Py_ssize_t n,
+                  Py_ssize_t rs, Py_ssize_t cs, const floating *v,
+                  floating *out, int nthreads) noexcept nogil
+
+# Out (B, n) = G (B, m) @ J; G and Out C-contiguous.  0, or -1 when the
+# panel buffer for a strided J cannot be allocated.
+cdef int block_jtv(const floating *J, Py_ssize_t m, Py_ssize_t n,
+                   Py_ssize_t rs, Py_ssize_t cs, const floating *G,
+                   Py_ssize_t B, floating *Out, int nthreads) noexcept nogil
+
+# Out (B, m) = V (B, n) @ J^T; V and Out C-contiguous.  0 or -1 as above.
+cdef int block_jv(const floating *J, Py_ssize_t m, Py_ssize_t n,
+                  Py_ssize_t rs, Py_ssize_t cs, const floating *V,
+                  Py_ssize_t B, floating *Out, int nthreads) noexcept nogil

@@ -1,0 +1,291 @@
+"""Dense Jacobian kernels: J^T g, J v, and their blocked (many-vector) forms.
+
+The single-vector products call the SIMD-dispatched inner loops in
+``csrc/gc_dense.c``; the blocked products call BLAS ``?gemm`` from SciPy's
+``cython_blas`` (as scikit-learn does), so no BLAS is linked at build time.
+Every kernel reads J in place, whatever its layout: C-order, F-order (read
+as the transpose of a C-order matrix) and arbitrary strides each have a
+path, and the block kernels pack a strided J panel by panel into a small
+buffer instead of copying it whole.
+
+The ``def`` functions at the bottom are thin typed-memoryview entry points
+used by the tests and benchmarks; the public API is in ``gradchain.chain``.
+"""
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset
+from libc.limits cimport INT_MAX
+from cython cimport floating
+
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+# Panel size (elements) used when a strided J is packed for BLAS: 32 Ki
+# elements is 256 KiB of float64, which stays resident in L2.
+cdef enum:
+    PANEL_ELEMS = 32768
+
+cdef int _num_threads = 0   # 0: follow OpenMP (OMP_NUM_THREADS, threadpoolctl)
+
+
+cdef int effective_threads() noexcept nogil:
+    if _num_threads > 0:
+        return _num_threads
+    return gc_max_threads()
+
+
+cdef inline Py_ssize_t _abs(Py_ssize_t a) noexcept nogil:
+    return -a if a < 0 else a
+
+
+cdef void link_jtv(const floating *J, Py_ssize_t m, Py_ssize_t n,
+                   Py_ssize_t rs, Py_ssize_t cs, const floating *g,
+                   floating *out, int nthreads) noexcept nogil:
+    # out[c] = sum_r J[r, c] g[r]; run the inner loop along the smaller stride.
+    if _abs(cs) <= _abs(rs):
+        if floating is float:
+            gc_axpy_rows_s(m, n, J, rs, cs, g, out, nthreads)
+        else:
+            gc_axpy_rows_d(m, n, J, rs, cs, g, out, nthreads)
+    else:
+        # columns of J are the rows of J^T, stepping by cs, inner stride rs
+        if floating is float:
+            gc_dot_rows_s(n, m, J, cs, rs, g, out, nthreads)
+        else:
+            gc_dot_rows_d(n, m, J, cs, rs, g, out, nthreads)
+
+
+cdef void link_jv(const floating *J, Py_ssize_t m, Py_ssize_t n,
+                  Py_ssize_t rs, Py_ssize_t cs, const floating *v,
+                  floating *out, int nthreads) noexcept nogil:
+    # out[r] = sum_c J[r, c] v[c]
+    if _abs(cs) <= _abs(rs):
+        if floating is float:
+            gc_dot_rows_s(m, n, J, rs, cs, v, out, nthreads)
+        else:
+            gc_dot_rows_d(m, n, J, rs, cs, v, out, nthreads)
+    else:
+        if floating is float:
+            gc_axpy_rows_s(n, m, J, cs, rs, v, out, nthreads)
+        else:
+            gc_axpy_rows_d(n, m, J, cs, rs, v, out, nthreads)
+
+
+cdef inline void _gemm(char transa, char transb, Py_ssize_t m, Py_ssize_t n,
+                       Py_ssize_t k, const floating *A, Py_ssize_t lda,
+                       const floating *B, Py_ssize_t ldb, floating beta,
+                       floating *C, Py_ssize_t ldc) noexcept nogil:
+    # Column-major C (m, n) = op(A) (m, k) op(B) (k, n) + beta C.  Callers
+    # guarantee every size fits a BLAS int and that m, n, k > 0.
+    cdef int im = <int>m, jn = <int>n, kk = <int>k
+    cdef int la = <int>lda, lb = <int>ldb, lc = <int>ldc
+    cdef floating one = 1
+    if floating is float:
+        sgemm(&transa, &transb, &im, &jn, &kk, &one, <float *>A, &la,
+              <float *>B, &lb, &beta, C, &lc)
+    else:
+        dgemm(&transa, &transb, &im, &jn, &kk, &one, <double *>A, &la,
+              <double *>B, &lb, &beta, C, &lc)
+
+
+cdef inline bint _blas_ok(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c,
+                          Py_ssize_t d) noexcept nogil:
+    return a <= INT_MAX and b <= INT_MAX and c <= INT_MAX and d <= INT_MAX
+
+
+cdef int block_jtv(const floating *J, Py_ssize_t m, Py_ssize_t n,
+                   Py_ssize_t rs, Py_ssize_t cs, const floating *G,
+                   Py_ssize_t B, floating *Out, int nthreads) noexcept nogil:
+    # Row-major Out (B, n) = G (B, m) @ J is column-major Out^T = J^T G^T.
+    cdef Py_ssize_t b, r0, r1, rows
+    cdef floating *P
+    if B == 0 or n == 0:
+        return 0
+    if m == 0:
+        memset(Out, 0, B * n * sizeof(floating))
+        return 0
+    if B == 1 or not _blas_ok(m, n, B, _abs(rs) + _abs(cs)):
+        for b in range(B):
+            link_jtv(J, m, n, rs, cs, G + b * m, Out + b * n, nthreads)
+        return 0
+    if cs == 1 and rs >= n:            # C-order: J^T is column-major, ld rs
+        _gemm(c'N', c'N', n, B, m, J, rs, G, m, <floating>0, Out, n)
+    elif rs == 1 and cs >= m:          # F-order: J is column-major, ld cs
+        _gemm(c'T', c'N', n, B, m, J, cs, G, m, <floating>0, Out, n)
+    else:
+        # Strided: pack row panels J[r0:r1] and accumulate
+        # Out += G[:, r0:r1] @ J[r0:r1], never copying J whole.
+        rows = max(1, min(m, PANEL_ELEMS // n))
+        P = <floating *>malloc(rows * n * sizeof(floating))
+        if P == NULL:
+            return -1
+        r0 = 0
+        while r0 < m:
+            r1 = min(m, r0 + rows)
+            if floating is float:
+                gc_pack_rows_s(r0, r1, n, J, rs, cs, P)
+            else:
+                gc_pack_rows_d(r0, r1, n, J, rs, cs, P)
+            _gemm(c'N', c'N', n, B, r1 - r0, P, n, G + r0, m,
+                  <floating>(0 if r0 == 0 else 1), Out, n)
+            r0 = r1
+        free(P)
+    return 0
+
+
+cdef int block_jv(const floating *J, Py_ssize_t m, Py_ssize_t n,
+                  Py_ssize_t rs, Py_ssize_t cs, const floating *V,
+                  Py_ssize_t B, floating *Out, int nthreads) noexcept nogil:
+    # Row-major Out (B, m) = V (B, n) @ J^T is column-major Out^T = J V^T.
+    cdef Py_ssize_t b, r0, r1, rows
+    cdef floating *P
+    if B == 0 or m == 0:
+        return 0
+    if n == 0:
+        memset(Out, 0, B * m * sizeof(floating))
+        return 0
+    if B == 1 or not _blas_ok(m, n, B, _abs(rs) + _abs(cs)):
+        for b in range(B):
+            link_jv(J, m, n, rs, cs, V + b * n, Out + b * m, nthreads)
+        return 0
+    if cs == 1 and rs >= n:            # C-order: stored as J^T, transpose it
+        _gemm(c'T', c'N', m, B, n, J, rs, V, n, <floating>0, Out, m)
+    elif rs == 1 and cs >= m:          # F-order: stored as J
+        _gemm(c'N', c'N', m, B, n, J, cs, V, n, <floating>0, Out, m)
+    else:
+        # Strided: pack row panels J[r0:r1] and fill Out[:, r0:r1].
+        rows = max(1, min(m, PANEL_ELEMS // n))
+        P = <floating *>malloc(rows * n * sizeof(floating))
+        if P == NULL:
+            return -1
+        r0 = 0
+        while r0 < m:
+            r1 = min(m, r0 + rows)
+            if floating is float:
+                gc_pack_rows_s(r0, r1, n, J, rs, cs, P)
+            else:
+                gc_pack_rows_d(r0, r1, n, J, rs, cs, P)
+            _gemm(c'T', c'N', r1 - r0, B, n, P, n, V, n, <floating>0,
+                  Out + r0, m)
+            r0 = r1
+        free(P)
+    return 0
+
+
+# --------------------------------------------------------------------------
+# Thread control and build facts
+# --------------------------------------------------------------------------
+
+def set_num_threads(n):
+    """Set the number of threads gradchain's kernels may use.
+
+    Parameters
+    ----------
+    n : int or None
+        A positive count, used by every thread of the process from now on;
+        or None to follow OpenMP again (``OMP_NUM_THREADS``,
+        ``omp_set_num_threads``, and so ``threadpoolctl``).
+
+    Only products with at least 2**17 matrix elements are split over
+    threads; smaller ones always run on the calling thread.
+    """
+    global _num_threads
+    if n is None:
+        _num_threads = 0
+        return
+    if isinstance(n, bool) or not hasattr(n, "__index__"):
+        raise TypeError(f"n must be a positive int or None, got {n!r}")
+    n = n.__index__()
+    if n < 1:
+        raise ValueError(f"n must be a positive int or None, got {n}")
+    _num_threads = <int>min(n, 1 << 16)
+
+
+def get_num_threads():
+    """Number of threads the next call from this thread may use."""
+    return effective_threads()
+
+
+def simd_target():
+    """Instruction set the dense inner loops run on (chosen at run time)."""
+    return gc_simd_target().decode("ascii")
+
+
+def openmp_enabled():
+    """Whether this build of gradchain was compiled with OpenMP."""
+    return bool(gc_have_openmp())
+
+
+# --------------------------------------------------------------------------
+# Typed-memoryview entry points (tests and benchmarks)
+# --------------------------------------------------------------------------
+
+cdef inline Py_ssize_t _stride(Py_ssize_t nbytes, Py_ssize_t itemsize) except? -1:
+    if nbytes % itemsize:
+        raise ValueError("strides must be multiples of the item size")
+    return nbytes // itemsize
+
+
+def jtv(const floating[:, :] J, const floating[::1] g, floating[::1] out):
+    """out[:] = J.T @ g for one dense J of any layout (no argument checks
+    beyond shapes; use gradchain.vjp)."""
+    cdef Py_ssize_t m = J.shape[0], n = J.shape[1]
+    if g.shape[0] != m or out.shape[0] != n:
+        raise ValueError("shape mismatch")
+    if m == 0 or n == 0:
+        out[:] = 0
+        return
+    cdef Py_ssize_t rs = _stride(J.strides[0], sizeof(floating))
+    cdef Py_ssize_t cs = _stride(J.strides[1], sizeof(floating))
+    cdef int nt = effective_threads()
+    with nogil:
+        link_jtv(&J[0, 0], m, n, rs, cs, &g[0], &out[0], nt)
+
+
+def jv(const floating[:, :] J, const floating[::1] v, floating[::1] out):
+    """out[:] = J @ v for one dense J of any layout."""
+    cdef Py_ssize_t m = J.shape[0], n = J.shape[1]
+    if v.shape[0] != n or out.shape[0] != m:
+        raise ValueError("shape mismatch")
+    if m == 0 or n == 0:
+        out[:] = 0
+        return
+    cdef Py_ssize_t rs = _stride(J.strides[0], sizeof(floating))
+    cdef Py_ssize_t cs = _stride(J.strides[1], sizeof(floating))
+    cdef int nt = effective_threads()
+    with nogil:
+        link_jv(&J[0, 0], m, n, rs, cs, &v[0], &out[0], nt)
+
+
+def jtv_block(const floating[:, :] J, const floating[:, ::1] G,
+              floating[:, ::1] out):
+    """out[:, :] = G @ J for one dense J of any layout."""
+    cdef Py_ssize_t m = J.shape[0], n = J.shape[1], B = G.shape[0]
+    if G.shape[1] != m or out.shape[0] != B or out.shape[1] != n:
+        raise ValueError("shape mismatch")
+    if B == 0 or m == 0 or n == 0:
+        out[:, :] = 0
+        return
+    cdef Py_ssize_t rs = _stride(J.strides[0], sizeof(floating))
+    cdef Py_ssize_t cs = _stride(J.strides[1], sizeof(floating))
+    cdef int nt = effective_threads(), rc
+    with nogil:
+        rc = block_jtv(&J[0, 0], m, n, rs, cs, &G[0, 0], B, &out[0, 0], nt)
+    if rc:
+        raise MemoryError()
+
+
+def jv_block(const floating[:, :] J, const floating[:, ::1] V,
+             floating[:, ::1] out):
+    """out[:, :] = V @ J.T for one dense J of any layout."""
+    cdef Py_ssize_t m = J.shape[0], n = J.shape[1], B = V.shape[0]
+    if V.shape[1] != n or out.shape[0] != B or out.shape[1] != m:
+        raise ValueError("shape mismatch")
+    if B == 0 or m == 0 or n == 0:
+        out[:, :] = 0
+        return
+    cdef Py_ssize_t rs = _stride(J.strides[0], sizeof(floating))
+    cdef Py_ssize_t cs = _stride(J.strides[1], sizeof(floating))
+    cdef int nt = effective_threads(), rc
+    with nogil:
+        rc = block_jv(&J[0, 0], m, n, rs, cs, &V[0, 0], B, &out[0, 0], nt)
+    if rc:
+        raise MemoryError()
