@@ -29,6 +29,9 @@
 #define GC_INLINE inline
 #endif
 
+/* The three A^T x kernels of gc_dense_impl.h. */
+enum { GC_AXPY_STRIDED, GC_AXPY_REGBLOCK, GC_AXPY_STREAM };
+
 #define GC_T float
 #define GC_SFX s
 #define GC_W 32

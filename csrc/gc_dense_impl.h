@@ -111,36 +111,60 @@ GC_NAME(axpy_stream)(ptrdiff_t m, ptrdiff_t c0, ptrdiff_t c1,
     }
 }
 
-/* Any column stride (strided views, broadcast columns): plain loops. */
-static void
+/* Any column stride (strided views, broadcast columns): rows in order, four
+ * at a time, as in axpy_stream. */
+GC_CLONES static void
 GC_NAME(axpy_strided)(ptrdiff_t m, ptrdiff_t c0, ptrdiff_t c1,
                       const GC_T *A, ptrdiff_t rs, ptrdiff_t cs,
                       const GC_T *restrict x, GC_T *restrict y)
 {
-    ptrdiff_t r, c;
+    ptrdiff_t r = 0, c;
     for (c = c0; c < c1; c++) {
         y[c] = 0;
     }
-    for (r = 0; r < m; r++) {
-        const GC_T *a = A + r * rs;
-        const GC_T xr = x[r];
+    for (; r + 4 <= m; r += 4) {
+        const GC_T *a0 = A + r * rs;
+        const GC_T *a1 = a0 + rs;
+        const GC_T *a2 = a1 + rs;
+        const GC_T *a3 = a2 + rs;
+        const GC_T x0 = x[r], x1 = x[r + 1], x2 = x[r + 2], x3 = x[r + 3];
         for (c = c0; c < c1; c++) {
-            y[c] += xr * a[c * cs];
+            const ptrdiff_t o = c * cs;
+            y[c] += (x0 * a0[o] + x1 * a1[o]) + (x2 * a2[o] + x3 * a3[o]);
+        }
+    }
+    for (; r < m; r++) {
+        const GC_T *a0 = A + r * rs;
+        const GC_T x0 = x[r];
+        for (c = c0; c < c1; c++) {
+            y[c] += x0 * a0[c * cs];
         }
     }
 }
 
+/* Which A^T x kernel a whole (m, n) product uses.  Decided once per product,
+ * never per thread slice, so that results do not depend on the thread count. */
+static int
+GC_NAME(axpy_kind)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t cs)
+{
+    if (cs != 1) {
+        return GC_AXPY_STRIDED;
+    }
+    if (m * n * (ptrdiff_t)sizeof(GC_T) <= GC_REGBLOCK_BYTES || n <= 2 * GC_W) {
+        return GC_AXPY_REGBLOCK;
+    }
+    return GC_AXPY_STREAM;
+}
+
 static void
-GC_NAME(axpy_rows_range)(ptrdiff_t m, ptrdiff_t c0, ptrdiff_t c1,
+GC_NAME(axpy_rows_range)(int kind, ptrdiff_t m, ptrdiff_t c0, ptrdiff_t c1,
                          const GC_T *A, ptrdiff_t rs, ptrdiff_t cs,
                          const GC_T *x, GC_T *y)
 {
-    const ptrdiff_t w = c1 - c0;
-    if (cs != 1) {
+    if (kind == GC_AXPY_STRIDED) {
         GC_NAME(axpy_strided)(m, c0, c1, A, rs, cs, x, y);
     }
-    else if (m * w * (ptrdiff_t)sizeof(GC_T) <= GC_REGBLOCK_BYTES ||
-             w <= 2 * GC_W) {
+    else if (kind == GC_AXPY_REGBLOCK) {
         GC_NAME(axpy_regblock)(m, c0, c1, A, rs, x, y);
     }
     else {
@@ -173,19 +197,23 @@ GC_NAME(fold)(GC_T *s)
 }
 
 /* Unit column stride: four rows at a time share each load of x; each row
- * sums in GC_W lanes, folded at the end. */
+ * sums in GC_W lanes, folded at the end.  A last group of fewer than four
+ * rows repeats its final row in the missing slots, so that every row goes
+ * through the same instructions wherever it sits (results do not depend on
+ * how rows are split between threads). */
 GC_CLONES static void
 GC_NAME(dot_contig)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n,
                     const GC_T *A, ptrdiff_t rs,
                     const GC_T *restrict x, GC_T *restrict y)
 {
-    ptrdiff_t r = r0, c, l;
+    ptrdiff_t r, c, l;
     const ptrdiff_t nb = n - n % GC_W;
-    for (; r + 4 <= r1; r += 4) {
+    for (r = r0; r < r1; r += 4) {
+        const ptrdiff_t nr = r1 - r < 4 ? r1 - r : 4;
         const GC_T *restrict a0 = A + r * rs;
-        const GC_T *restrict a1 = a0 + rs;
-        const GC_T *restrict a2 = a1 + rs;
-        const GC_T *restrict a3 = a2 + rs;
+        const GC_T *restrict a1 = a0 + (nr > 1 ? rs : 0);
+        const GC_T *restrict a2 = a0 + (nr > 2 ? 2 * rs : (nr - 1) * rs);
+        const GC_T *restrict a3 = a0 + (nr - 1) * rs;
         GC_T s0[GC_W] = {0}, s1[GC_W] = {0}, s2[GC_W] = {0}, s3[GC_W] = {0};
         GC_T t0 = 0, t1 = 0, t2 = 0, t3 = 0;
         for (c = 0; c < nb; c += GC_W) {
@@ -204,23 +232,15 @@ GC_NAME(dot_contig)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n,
             t3 += a3[c] * x[c];
         }
         y[r] = GC_NAME(fold)(s0) + t0;
-        y[r + 1] = GC_NAME(fold)(s1) + t1;
-        y[r + 2] = GC_NAME(fold)(s2) + t2;
-        y[r + 3] = GC_NAME(fold)(s3) + t3;
-    }
-    for (; r < r1; r++) {
-        const GC_T *restrict a0 = A + r * rs;
-        GC_T s0[GC_W] = {0};
-        GC_T t0 = 0;
-        for (c = 0; c < nb; c += GC_W) {
-            for (l = 0; l < GC_W; l++) {
-                s0[l] += a0[c + l] * x[c + l];
-            }
+        if (nr > 1) {
+            y[r + 1] = GC_NAME(fold)(s1) + t1;
         }
-        for (c = nb; c < n; c++) {
-            t0 += a0[c] * x[c];
+        if (nr > 2) {
+            y[r + 2] = GC_NAME(fold)(s2) + t2;
         }
-        y[r] = GC_NAME(fold)(s0) + t0;
+        if (nr > 3) {
+            y[r + 3] = GC_NAME(fold)(s3) + t3;
+        }
     }
 }
 
@@ -266,6 +286,7 @@ void
 GC_NAME(gc_axpy_rows)(ptrdiff_t m, ptrdiff_t n, const GC_T *A, ptrdiff_t rs,
                       ptrdiff_t cs, const GC_T *x, GC_T *y, int nthreads)
 {
+    const int kind = GC_NAME(axpy_kind)(m, n, cs);
 #ifdef _OPENMP
     /* Split the columns in whole blocks: each thread owns a slice of y, so
      * the result does not depend on the thread count. */
@@ -282,14 +303,14 @@ GC_NAME(gc_axpy_rows)(ptrdiff_t m, ptrdiff_t n, const GC_T *A, ptrdiff_t rs,
             const ptrdiff_t c0 = b0 * GC_W;
             const ptrdiff_t c1 = b1 * GC_W < n ? b1 * GC_W : n;
             if (c0 < c1) {
-                GC_NAME(axpy_rows_range)(m, c0, c1, A, rs, cs, x, y);
+                GC_NAME(axpy_rows_range)(kind, m, c0, c1, A, rs, cs, x, y);
             }
         }
         return;
     }
 #endif
     (void)nthreads;
-    GC_NAME(axpy_rows_range)(m, 0, n, A, rs, cs, x, y);
+    GC_NAME(axpy_rows_range)(kind, m, 0, n, A, rs, cs, x, y);
 }
 
 void
@@ -297,16 +318,18 @@ GC_NAME(gc_dot_rows)(ptrdiff_t m, ptrdiff_t n, const GC_T *A, ptrdiff_t rs,
                      ptrdiff_t cs, const GC_T *x, GC_T *y, int nthreads)
 {
 #ifdef _OPENMP
-    /* Split the rows: each thread owns a slice of y. */
+    /* Split the rows in groups of four: each thread owns a slice of y. */
     if (nthreads > 1 && m * n >= GC_PARALLEL_MIN_ELEMS && m >= 8) {
-        if (nthreads > m / 4) {
-            nthreads = (int)(m / 4);
+        const ptrdiff_t ngrp = (m + 3) / 4;
+        if (nthreads > ngrp) {
+            nthreads = (int)ngrp;
         }
         #pragma omp parallel num_threads(nthreads)
         {
             const ptrdiff_t t = omp_get_thread_num();
             const ptrdiff_t nt = omp_get_num_threads();
-            const ptrdiff_t r0 = m * t / nt, r1 = m * (t + 1) / nt;
+            const ptrdiff_t g0 = ngrp * t / nt, g1 = ngrp * (t + 1) / nt;
+            const ptrdiff_t r0 = 4 * g0, r1 = 4 * g1 < m ? 4 * g1 : m;
             if (r0 < r1) {
                 GC_NAME(dot_rows_range)(r0, r1, n, A, rs, cs, x, y);
             }

@@ -1,0 +1,27 @@
+"""gradchain: the gradient chain rule, compiled.
+
+    grad_x L = J_1^T J_2^T ... J_k^T grad_{x^(k)} L
+
+evaluated by compiled kernels with exact results and clear errors.  See
+:func:`vjp`, :func:`jvp` and :class:`Chain`.
+"""
+from gradchain._kernels import (
+    get_num_threads,
+    openmp_enabled,
+    set_num_threads,
+    simd_target,
+)
+from gradchain.chain import Chain, jvp, vjp
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Chain",
+    "vjp",
+    "jvp",
+    "set_num_threads",
+    "get_num_threads",
+    "simd_target",
+    "openmp_enabled",
+    "__version__",
+]

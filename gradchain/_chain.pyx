@@ -102,9 +102,19 @@ cdef void _extent(cnp.ndarray a, const char **lo, const char **hi) noexcept:
     hi[0] = p + high + cnp.PyArray_ITEMSIZE(a)
 
 
-cdef inline bint _overlaps(const char *lo1, const char *hi1,
-                           const char *lo2, const char *hi2) noexcept:
+cdef inline bint _boxes_overlap(const char *lo1, const char *hi1,
+                                const char *lo2, const char *hi2) noexcept:
     return lo1 < hi2 and lo2 < hi1 and lo1 < hi1 and lo2 < hi2
+
+
+cdef bint _shares_memory(object a, object b):
+    """Exact test, for arrays whose byte ranges overlap (strided views can
+    interleave without sharing); undecidable within the work bound counts
+    as shared."""
+    try:
+        return np.shares_memory(a, b, max_work=100000)
+    except np.exceptions.TooHardError:
+        return True
 
 
 cdef int _run(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
@@ -165,13 +175,21 @@ cdef class ChainCore:
     cdef tuple _arrays             # the bound 2-D arrays (kept alive)
     cdef object _stack             # the 3-D array the links view, or None
 
-    def __cinit__(self, jacobians, *args, **kwargs):
+    def __cinit__(self, *args, **kwargs):
         self._links = NULL
         self._k = 0
         self._maxw = 0
         self._typenum = -1
         self._stack = None
-        self._bind(jacobians)
+        if len(args) + len(kwargs) != 1 or (kwargs and "jacobians" not in kwargs):
+            raise TypeError(
+                f"{type(self).__name__}() takes exactly one argument, "
+                f"jacobians (a sequence of 2-D arrays or one 3-D array)")
+        self._bind(args[0] if args else kwargs["jacobians"])
+
+    def __reduce__(self):
+        return (type(self), (self._stack if self._stack is not None
+                             else list(self._arrays),))
 
     def __dealloc__(self):
         free(self._links)
@@ -181,6 +199,10 @@ cdef class ChainCore:
         cdef cnp.ndarray a
         cdef Py_ssize_t i, k
         cdef int t, typenum = -1
+        if isinstance(jacobians, (str, bytes)):
+            raise TypeError(
+                f"jacobians must be a sequence of 2-D arrays or one 3-D "
+                f"array, got {type(jacobians).__name__}")
         if isinstance(jacobians, cnp.ndarray) or (
                 not isinstance(jacobians, (list, tuple))
                 and hasattr(jacobians, "__array__")):
@@ -294,6 +316,11 @@ cdef class ChainCore:
                     f"values")
             if self._links[i].n > self._maxw:
                 self._maxw = self._links[i].n
+
+    cdef object _link_array(self, Py_ssize_t i):
+        if self._stack is not None:
+            return self._stack[i]
+        return self._arrays[i]
 
     # ---------------------------------------------------------------- info
 
@@ -432,10 +459,11 @@ cdef class ChainCore:
                 raise ValueError("out is read-only")
             _extent(res, &olo, &ohi)
             _extent(x, &xlo, &xhi)
-            if _overlaps(olo, ohi, xlo, xhi):
+            if _boxes_overlap(olo, ohi, xlo, xhi) and _shares_memory(res, x):
                 raise ValueError(f"out shares memory with {name}")
             for i in range(k):
-                if _overlaps(olo, ohi, self._links[i].lo, self._links[i].hi):
+                if (_boxes_overlap(olo, ohi, self._links[i].lo, self._links[i].hi)
+                        and _shares_memory(res, self._link_array(i))):
                     raise ValueError(
                         f"out shares memory with jacobians[{i}]")
             if cnp.PyArray_IS_C_CONTIGUOUS(res) and cnp.PyArray_ISALIGNED(res):

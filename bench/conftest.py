@@ -1,0 +1,60 @@
+"""Shared set-up for the gradchain benchmarks (pytest-benchmark).
+
+Every benchmark group holds gradchain and the peer it is judged against,
+timed in the same session; bench/report.py turns the JSON into the ratio
+table of BENCHMARKS.md.  Optional peers (JAX) skip when not installed.
+"""
+import os
+
+import numpy as np
+import pytest
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "peer(name): benchmark of a peer library")
+
+
+@pytest.fixture(scope="session")
+def jax_x64():
+    """jax with float64 enabled, or skip."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    jax.config.update("jax_platforms", "cpu")
+    return jax
+
+
+def chain_arrays(k, n, dtype=np.float64, seed=0):
+    rng = np.random.default_rng(seed)
+    Js = [(rng.standard_normal((n, n)) / np.sqrt(n)).astype(dtype)
+          for _ in range(k)]
+    g = rng.standard_normal(n).astype(dtype)
+    return Js, g
+
+
+def numpy_vjp_loop(Js, g):
+    """The plain NumPy loop a user writes: g = J.T @ g, last link first."""
+    for J in reversed(Js):
+        g = J.T @ g
+    return g
+
+
+def jax_scan_vjp(jax):
+    """jax.jit of a lax.scan over the stacked chain (last link first)."""
+    from jax import lax
+
+    @jax.jit
+    def f(stack, g):
+        def step(h, J):
+            return J.T @ h, None
+
+        h, _ = lax.scan(step, g, stack, reverse=True)
+        return h
+
+    return f
+
+
+def pytest_report_header(config):
+    import gradchain
+    return (f"gradchain {gradchain.__version__}: kernels {gradchain.simd_target()}, "
+            f"OpenMP {gradchain.openmp_enabled()}, {gradchain.get_num_threads()} "
+            f"thread(s); cores {os.cpu_count()}")

@@ -1,0 +1,163 @@
+"""Core benchmarks (issue 2): chain VJP/JVP and the single-link kernels.
+
+Run:  pytest bench/ --benchmark-only   (or python bench/report.py to write
+BENCHMARKS.md).  Each group pairs gradchain with the peer named in the
+issue; report.py divides the peer's median by gradchain's.
+"""
+import numpy as np
+import pytest
+
+import gradchain
+from conftest import chain_arrays, jax_scan_vjp, numpy_vjp_loop
+
+# ---------------------------------------------------------------------------
+# Small chains: per-call overhead dominates
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.benchmark(group="chain.vjp k=64 n=16 (prebuilt)")
+@pytest.mark.parametrize("impl", ["gradchain", "numpy", "jax"])
+def test_prebuilt_k64_n16(benchmark, impl, request):
+    Js, g = chain_arrays(64, 16)
+    ref = numpy_vjp_loop(Js, g)
+    if impl == "gradchain":
+        chain = gradchain.Chain(Js)
+        out = benchmark(chain.vjp, g)
+    elif impl == "numpy":
+        out = benchmark(numpy_vjp_loop, Js, g)
+    else:
+        jax = request.getfixturevalue("jax_x64")
+        f = jax_scan_vjp(jax)
+        stack = jax.numpy.asarray(np.stack(Js))
+        gj = jax.numpy.asarray(g)
+        f(stack, gj).block_until_ready()
+        out = benchmark(lambda: f(stack, gj).block_until_ready())
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.benchmark(group="vjp one-shot k=16 n=8 (list of arrays)")
+@pytest.mark.parametrize("impl", ["gradchain", "numpy"])
+def test_oneshot_k16_n8(benchmark, impl):
+    Js, g = chain_arrays(16, 8)
+    fn = gradchain.vjp if impl == "gradchain" else numpy_vjp_loop
+    out = benchmark(fn, Js, g)
+    np.testing.assert_allclose(out, numpy_vjp_loop(Js, g), rtol=1e-12)
+
+
+@pytest.mark.benchmark(group="chain.vjp k=64 n=64 (prebuilt)")
+@pytest.mark.parametrize("impl", ["gradchain", "numpy"])
+def test_prebuilt_k64_n64(benchmark, impl):
+    Js, g = chain_arrays(64, 64)
+    fn = gradchain.Chain(Js).vjp if impl == "gradchain" else (
+        lambda g: numpy_vjp_loop(Js, g))
+    out = benchmark(fn, g)
+    np.testing.assert_allclose(out, numpy_vjp_loop(Js, g), rtol=1e-10,
+                               atol=1e-12)
+
+
+@pytest.mark.benchmark(group="vjp one-shot k=64 n=64 (list of arrays)")
+@pytest.mark.parametrize("impl", ["gradchain", "numpy"])
+def test_oneshot_k64_n64(benchmark, impl):
+    Js, g = chain_arrays(64, 64)
+    fn = gradchain.vjp if impl == "gradchain" else numpy_vjp_loop
+    out = benchmark(fn, Js, g)
+    np.testing.assert_allclose(out, numpy_vjp_loop(Js, g), rtol=1e-10,
+                               atol=1e-12)
+
+
+@pytest.mark.benchmark(group="chain.jvp k=64 n=16 (prebuilt)")
+@pytest.mark.parametrize("impl", ["gradchain", "numpy"])
+def test_prebuilt_jvp_k64_n16(benchmark, impl):
+    Js, v = chain_arrays(64, 16)
+
+    def numpy_jvp(v):
+        for J in Js:
+            v = J @ v
+        return v
+
+    fn = gradchain.Chain(Js).jvp if impl == "gradchain" else numpy_jvp
+    out = benchmark(fn, v)
+    np.testing.assert_allclose(out, numpy_jvp(v), rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------
+# One big J^T v: memory-bandwidth bound
+# ---------------------------------------------------------------------------
+
+BIG = [(4096, np.float64), (4096, np.float32), (8192, np.float64),
+       (8192, np.float32)]
+
+
+def _big(n, dtype, layout):
+    rng = np.random.default_rng(1)
+    if layout == "C":
+        J = rng.standard_normal((n, n), dtype=np.float32).astype(dtype)
+    elif layout == "F":
+        J = np.asfortranarray(
+            rng.standard_normal((n, n), dtype=np.float32).astype(dtype))
+    elif layout == "rows":
+        # a view of a wider array: row stride n + 64, unit inner stride
+        J = rng.standard_normal((n, n + 64), dtype=np.float32).astype(dtype)[:, :n]
+    else:
+        # every other element of every other row: inner stride 2
+        J = rng.standard_normal((2 * n, 2 * n),
+                                dtype=np.float32).astype(dtype)[::2, ::2]
+    g = rng.standard_normal(n).astype(dtype)
+    return J, g
+
+
+@pytest.mark.parametrize("n,dtype", BIG, ids=[f"{n}-{np.dtype(d).name}"
+                                               for n, d in BIG])
+@pytest.mark.parametrize("impl", ["gradchain", "numpy"])
+def test_single_jtv_C(benchmark, impl, n, dtype):
+    benchmark.group = f"J.T @ v {n}x{n} {np.dtype(dtype).name} C-order"
+    J, g = _big(n, dtype, "C")
+    benchmark.extra_info["bytes"] = J.nbytes
+    if impl == "gradchain":
+        chain = gradchain.Chain([J])
+        out = np.empty(n, dtype)
+        res = benchmark(chain.vjp, g, out)
+    else:
+        res = benchmark(lambda: J.T @ g)
+    ref = J.T.astype(np.float64) @ g.astype(np.float64)
+    scale = np.abs(J.T).astype(np.float64) @ np.abs(g).astype(np.float64)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert np.all(np.abs(res - ref) <= tol * scale)
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "rows", "elements"])
+@pytest.mark.parametrize("n,dtype", [(4096, np.float64), (4096, np.float32)],
+                         ids=["4096-float64", "4096-float32"])
+def test_single_jtv_layouts(benchmark, layout, n, dtype):
+    benchmark.group = f"J.T @ v {n}x{n} {np.dtype(dtype).name} layouts"
+    J, g = _big(n, dtype, layout)
+    benchmark.extra_info["bytes"] = J.nbytes
+    chain = gradchain.Chain([J])
+    assert chain.jacobians[0] is J          # bound in place, never copied
+    out = np.empty(n, dtype)
+    res = benchmark(chain.vjp, g, out)
+    ref = J.T.astype(np.float64) @ g.astype(np.float64)
+    scale = np.abs(J.T).astype(np.float64) @ np.abs(g).astype(np.float64)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert np.all(np.abs(res - ref) <= tol * scale)
+
+
+# ---------------------------------------------------------------------------
+# Many cotangents: matrix-matrix (BLAS) work
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.benchmark(group="batch B=256 through k=8 n=512")
+@pytest.mark.parametrize("impl", ["gradchain", "numpy"])
+def test_batch_b256_k8_n512(benchmark, impl):
+    Js, _ = chain_arrays(8, 512)
+    G = np.random.default_rng(2).standard_normal((256, 512))
+
+    def numpy_loop(G):
+        for J in reversed(Js):
+            G = G @ J
+        return G
+
+    fn = gradchain.Chain(Js).vjp if impl == "gradchain" else numpy_loop
+    out = benchmark(fn, G)
+    np.testing.assert_allclose(out, numpy_loop(G), rtol=1e-9, atol=1e-9)

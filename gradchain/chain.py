@@ -1,0 +1,162 @@
+"""The chain rule as a product of Jacobians: ``vjp``, ``jvp`` and ``Chain``.
+
+With x^(0) = x, x^(i) = f^(i)(x^(i-1)) for i = 1..k, each f^(i) having the
+Jacobian J_i of shape (n_i, n_{i-1}), and a scalar loss L = l(x^(k)), the
+gradient is
+
+    grad_x L = J_1^T J_2^T ... J_k^T g,        g = grad_{x^(k)} L,
+
+a vector-Jacobian product (VJP, reverse mode).  Its forward twin, the
+Jacobian-vector product (JVP), is J_k ... J_2 J_1 v.
+
+Validation happens once, in compiled code, before any arithmetic; the
+products run in one compiled call with no Python between links.
+
+Dtype rule
+----------
+The chain computes in float32 when every input (Jacobians and vector) is
+float32 (float16 is widened to float32), and in float64 otherwise: float64,
+integer and bool inputs all give float64, and a float32 chain applied to a
+float64 vector is promoted to float64 for that call, as NumPy's ``@`` would.
+Complex, long double, object and string inputs raise ``TypeError``;
+ragged nested lists raise ``TypeError``.
+
+Memory
+------
+float32/float64 arrays in native byte order are read in place, whatever
+their layout (C-order, F-order, any strides, including negative and zero
+strides): nothing is copied.  Other inputs (lists, integer arrays, arrays
+of the other float dtype in a mixed chain, byte-swapped or unaligned data)
+are converted once.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from gradchain._chain import ChainCore
+
+__all__ = ["Chain", "vjp", "jvp"]
+
+
+class Chain(ChainCore):
+    """A validated chain of dense Jacobians [J_1, ..., J_k], ready to apply.
+
+    Parameters
+    ----------
+    jacobians : sequence of array_like, or array_like of shape (k, m, n)
+        The Jacobians in application order: ``jacobians[i-1]`` is J_i, of
+        shape (n_i, n_{i-1}), so that ``jacobians[i].shape[1] ==
+        jacobians[i-1].shape[0]``.  A single 3-D array stacks k Jacobians of
+        one shape (square, unless k = 1).  An empty sequence is the identity.
+
+    Notes
+    -----
+    ``Chain`` validates shapes and dtypes once and then keeps references to
+    the caller's arrays: it never copies a float32/float64 array (see the
+    dtype rule in :mod:`gradchain.chain`).  If the caller later modifies
+    such an array in place, later products use the new values; rebinding a
+    name to a new array does not affect the chain.  ``.vjp`` and ``.jvp``
+    are each one compiled call and are safe to call from several threads at
+    once (each call has its own work buffers).
+
+    Attributes
+    ----------
+    shapes : tuple of (int, int)
+        ``jacobians[i].shape`` for each link.
+    dims : tuple of int
+        (n_0, n_1, ..., n_k).
+    input_dim, output_dim : int or None
+        n_0 and n_k (None for the empty chain, which accepts any length).
+    dtype : numpy.dtype or None
+        float32 or float64 (None for the empty chain).
+    jacobians : tuple of ndarray
+        The bound arrays.
+
+    Examples
+    --------
+    >>> import numpy as np, gradchain
+    >>> J1 = np.array([[1., 2.], [0., 1.], [3., 0.]])   # R^2 -> R^3
+    >>> J2 = np.array([[1., 1., 1.]])                   # R^3 -> R
+    >>> chain = gradchain.Chain([J1, J2])
+    >>> chain.vjp(np.array([1.]))                       # J1^T J2^T g
+    array([4., 3.])
+    >>> chain.jvp(np.array([1., 0.]))                   # J2 J1 v
+    array([4.])
+    """
+
+    def __repr__(self) -> str:
+        k = len(self)
+        if k == 0:
+            return "Chain(0 links: identity)"
+        d = [str(n) for n in self.dims]
+        if len(d) > 8:
+            d = d[:4] + ["..."] + d[-2:]
+        dims = " -> ".join(d)
+        return f"Chain({k} link{'s' if k != 1 else ''}: {dims}, dtype={self.dtype})"
+
+
+def vjp(jacobians: Iterable[ArrayLike] | ArrayLike, cotangent: ArrayLike, *,
+        out: NDArray[np.floating] | None = None) -> NDArray[np.floating]:
+    """Vector-Jacobian product through a chain: J_1^T J_2^T ... J_k^T g.
+
+    Parameters
+    ----------
+    jacobians : sequence of array_like, or array_like of shape (k, m, n)
+        [J_1, ..., J_k] in application order, J_i of shape (n_i, n_{i-1});
+        see :class:`Chain`.  Empty: the identity.
+    cotangent : array_like, shape (n_k,) or (batch, n_k)
+        g = dL/dx^(k), or a batch of them, one per row.
+    out : ndarray, optional
+        Where to write the result: shape (n_0,) or (batch, n_0), the
+        result's dtype, writeable, sharing no memory with the inputs.
+
+    Returns
+    -------
+    ndarray, shape (n_0,) or (batch, n_0)
+        grad_x L = J_1^T ... J_k^T g (for a batch, row b is G[b] J_k ... J_1).
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not chain (the message names the link and shapes),
+        a cotangent of the wrong length or rank, a bad ``out``.
+    TypeError
+        Complex, object, string or ragged input; ``out`` of the wrong dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, gradchain
+    >>> gradchain.vjp([np.eye(2), 2 * np.eye(2)], [1., 3.])
+    array([2., 6.])
+    """
+    return ChainCore(jacobians).vjp(cotangent, out)
+
+
+def jvp(jacobians: Iterable[ArrayLike] | ArrayLike, tangent: ArrayLike, *,
+        out: NDArray[np.floating] | None = None) -> NDArray[np.floating]:
+    """Jacobian-vector product through a chain: J_k ... J_2 J_1 v.
+
+    Parameters
+    ----------
+    jacobians : sequence of array_like, or array_like of shape (k, m, n)
+        [J_1, ..., J_k] in application order; see :class:`Chain`.
+    tangent : array_like, shape (n_0,) or (batch, n_0)
+        v, or a batch of them, one per row.
+    out : ndarray, optional
+        Shape (n_k,) or (batch, n_k); see :func:`vjp`.
+
+    Returns
+    -------
+    ndarray, shape (n_k,) or (batch, n_k)
+        J_k ... J_1 v (for a batch, row b is J_k ... J_1 V[b]).
+
+    Examples
+    --------
+    >>> import numpy as np, gradchain
+    >>> gradchain.jvp([np.array([[1., 2.]]), np.array([[3.]])], [1., 1.])
+    array([9.])
+    """
+    return ChainCore(jacobians).jvp(tangent, out)

@@ -1,0 +1,117 @@
+"""Thread control and build facts: set_num_threads, get_num_threads,
+openmp_enabled, simd_target, and their interplay with threadpoolctl."""
+import threading
+
+import numpy as np
+import pytest
+
+import gradchain
+
+
+@pytest.fixture(autouse=True)
+def _reset(restore_threads):
+    yield
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, np.int64(4), np.uint8(5)])
+def test_set_get_num_threads(n):
+    assert gradchain.set_num_threads(n) is None
+    assert gradchain.get_num_threads() == int(n)
+    assert type(gradchain.get_num_threads()) is int
+
+
+def test_none_resets_to_openmp_default():
+    default = gradchain.get_num_threads()
+    assert isinstance(default, int) and default >= 1
+    if not gradchain.openmp_enabled():
+        assert default == 1
+    gradchain.set_num_threads(default + 3)
+    assert gradchain.get_num_threads() == default + 3
+    gradchain.set_num_threads(None)
+    assert gradchain.get_num_threads() == default
+
+
+def test_override_applies_to_every_thread():
+    gradchain.set_num_threads(3)
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(gradchain.get_num_threads()))
+    t.start()
+    t.join()
+    assert seen == [3]
+
+
+@pytest.mark.parametrize("bad", [1.5, True, False, "2", 2.0, [2], object()],
+                         ids=["1.5", "True", "False", "str", "2.0", "list",
+                              "object"])
+def test_set_num_threads_type_errors(bad):
+    before = gradchain.get_num_threads()
+    with pytest.raises(TypeError, match="n must be a positive int or None"):
+        gradchain.set_num_threads(bad)
+    assert gradchain.get_num_threads() == before
+
+
+@pytest.mark.parametrize("bad", [0, -1, -100, np.int32(0)])
+def test_set_num_threads_value_errors(bad):
+    gradchain.set_num_threads(2)
+    with pytest.raises(ValueError,
+                       match=f"n must be a positive int or None, got {int(bad)}"):
+        gradchain.set_num_threads(bad)
+    assert gradchain.get_num_threads() == 2
+
+
+def test_openmp_enabled_is_bool():
+    assert type(gradchain.openmp_enabled()) is bool
+
+
+def test_simd_target():
+    t = gradchain.simd_target()
+    assert t in {"x86-64-v4", "x86-64-v3", "baseline"}
+    assert gradchain.simd_target() == t            # stable
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_results_use_override_and_stay_correct(rng, n):
+    # With any override the products are right (see test_kernels for the
+    # bitwise thread-count independence).
+    from conftest import check_vjp
+    gradchain.set_num_threads(n)
+    J = rng.standard_normal((700, 256))
+    g = rng.standard_normal(700)
+    check_vjp(gradchain.vjp([J], g), [J], g, np.float64)
+
+
+# --------------------------------------------------------------------------
+# threadpoolctl
+# --------------------------------------------------------------------------
+
+def test_threadpoolctl_sees_openmp():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if not gradchain.openmp_enabled():
+        pytest.skip("built without OpenMP")
+    info = threadpoolctl.threadpool_info()
+    apis = [d["user_api"] for d in info]
+    assert "openmp" in apis, info
+
+
+def test_threadpool_limits_openmp_one():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if not gradchain.openmp_enabled():
+        pytest.skip("built without OpenMP")
+    gradchain.set_num_threads(None)
+    before = gradchain.get_num_threads()
+    with threadpoolctl.threadpool_limits(1, user_api="openmp"):
+        assert gradchain.get_num_threads() == 1
+        # an explicit override wins over OpenMP's setting
+        gradchain.set_num_threads(3)
+        assert gradchain.get_num_threads() == 3
+        gradchain.set_num_threads(None)
+        assert gradchain.get_num_threads() == 1
+    assert gradchain.get_num_threads() == before
+
+
+def test_threadpool_limits_openmp_two():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if not gradchain.openmp_enabled():
+        pytest.skip("built without OpenMP")
+    with threadpoolctl.threadpool_limits(2, user_api="openmp"):
+        assert gradchain.get_num_threads() == 2
