@@ -1029,3 +1029,15 @@ def test_thread_pool_concurrent_calls(rng, dtype):
     for op, x in tasks[::7]:
         res = getattr(chain, op)(x)
         (check_vjp if op == "vjp" else check_jvp)(res, Js, x, dtype)
+
+
+def test_chain_pickles_by_its_jacobians():
+    import pickle
+    rng = np.random.default_rng(5)
+    Js = [rng.standard_normal((4, 3)), rng.standard_normal((2, 4))]
+    for src in (Js, np.stack([rng.standard_normal((3, 3))] * 2)):
+        c = Chain(src)
+        c2 = pickle.loads(pickle.dumps(c))
+        assert type(c2) is Chain and c2.shapes == c.shapes
+        g = rng.standard_normal(c.output_dim)
+        np.testing.assert_array_equal(c2.vjp(g), c.vjp(g))
