@@ -18,9 +18,11 @@ def test_demo_gradient_matches_reference():
     np.testing.assert_allclose(grad, g, rtol=1e-12, atol=1e-15)
 
 
-def test_demo_runs_and_passes():
+def test_demo_runs_and_passes(tmp_path):
+    # run outside the source tree, so the installed package is the one found
     proc = subprocess.run([sys.executable, "-m", "gradchain", "--quick"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "gradient check: PASSED" in proc.stdout
     assert "NumPy loop" in proc.stdout
