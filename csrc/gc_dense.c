@@ -9,6 +9,8 @@
  */
 #include "gc_dense.h"
 
+#include <stdlib.h>
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif

@@ -36,13 +36,18 @@ extern "C" {
 #define GC_PARALLEL_MIN_ELEMS ((ptrdiff_t)1 << 17)
 
 /* Row-major matrices up to this many bytes (cache resident) take the
- * register-blocked J^T x kernel; larger ones are streamed row by row. */
+ * register-blocked J^T x kernel in one pass; larger ones are streamed row by
+ * row, in chunks of whole rows whose partial sums are added in order. */
 #define GC_REGBLOCK_BYTES ((ptrdiff_t)1 << 18)
+#define GC_CHUNK_MIN_ROWS ((ptrdiff_t)128)
+#define GC_CHUNK_MAX ((ptrdiff_t)64)
 
-void gc_axpy_rows_s(ptrdiff_t m, ptrdiff_t n, const float *A, ptrdiff_t rs,
-                    ptrdiff_t cs, const float *x, float *y, int nthreads);
-void gc_axpy_rows_d(ptrdiff_t m, ptrdiff_t n, const double *A, ptrdiff_t rs,
-                    ptrdiff_t cs, const double *x, double *y, int nthreads);
+/* Returns 0, or -1 when a work buffer for a large product cannot be
+ * allocated (y is then unspecified). */
+int gc_axpy_rows_s(ptrdiff_t m, ptrdiff_t n, const float *A, ptrdiff_t rs,
+                   ptrdiff_t cs, const float *x, float *y, int nthreads);
+int gc_axpy_rows_d(ptrdiff_t m, ptrdiff_t n, const double *A, ptrdiff_t rs,
+                   ptrdiff_t cs, const double *x, double *y, int nthreads);
 
 void gc_dot_rows_s(ptrdiff_t m, ptrdiff_t n, const float *A, ptrdiff_t rs,
                    ptrdiff_t cs, const float *x, float *y, int nthreads);

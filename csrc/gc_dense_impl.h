@@ -282,35 +282,103 @@ GC_NAME(dot_rows_range)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n,
  * Entry points: split large products over OpenMP threads.
  * ---------------------------------------------------------------------- */
 
-void
+/* Rows per chunk of a large A^T x: a function of m alone (never of the
+ * thread count), a multiple of 4, at least GC_CHUNK_MIN_ROWS, and at most
+ * GC_CHUNK_MAX chunks in all. */
+static ptrdiff_t
+GC_NAME(chunk_rows)(ptrdiff_t m)
+{
+    ptrdiff_t c = (m + GC_CHUNK_MAX - 1) / GC_CHUNK_MAX;
+    if (c < GC_CHUNK_MIN_ROWS) {
+        c = GC_CHUNK_MIN_ROWS;
+    }
+    return (c + 3) / 4 * 4;
+}
+
+/* y[c] += P[j*n + c] for j = 0..np-1 in order, c in [c0, c1). */
+static void
+GC_NAME(add_partials)(ptrdiff_t np, ptrdiff_t n, ptrdiff_t c0, ptrdiff_t c1,
+                      const GC_T *restrict P, GC_T *restrict y)
+{
+    ptrdiff_t j, c;
+    for (j = 0; j < np; j++) {
+        const GC_T *restrict p = P + j * n;
+        for (c = c0; c < c1; c++) {
+            y[c] += p[c];
+        }
+    }
+}
+
+/*
+ * A matrix larger than GC_REGBLOCK_BYTES is cut into chunks of whole rows;
+ * chunk j yields the partial sum P_j = A[rows of j]^T x[rows of j], and
+ * y = ((P_0 + P_1) + P_2) + ... in chunk order.  Threads take whole chunks
+ * (each streams a contiguous band of A) and then whole column ranges of the
+ * final sum, so the result is the same for every thread count.
+ */
+int
 GC_NAME(gc_axpy_rows)(ptrdiff_t m, ptrdiff_t n, const GC_T *A, ptrdiff_t rs,
                       ptrdiff_t cs, const GC_T *x, GC_T *y, int nthreads)
 {
     const int kind = GC_NAME(axpy_kind)(m, n, cs);
+    ptrdiff_t chunk, nch, j;
+    GC_T *P;
+    if (n == 0) {
+        return 0;
+    }
+    chunk = GC_NAME(chunk_rows)(m);
+    nch = (m + chunk - 1) / chunk;
+    if (m * n * (ptrdiff_t)sizeof(GC_T) <= GC_REGBLOCK_BYTES || nch <= 1) {
+        GC_NAME(axpy_rows_range)(kind, m, 0, n, A, rs, cs, x, y);
+        return 0;
+    }
 #ifdef _OPENMP
-    /* Split the columns in whole blocks: each thread owns a slice of y, so
-     * the result does not depend on the thread count. */
-    if (nthreads > 1 && m * n >= GC_PARALLEL_MIN_ELEMS && n >= 4 * GC_W) {
-        const ptrdiff_t nblk = (n + GC_W - 1) / GC_W;
-        if (nthreads > nblk) {
-            nthreads = (int)nblk;
+    if (nthreads > 1 && m * n >= GC_PARALLEL_MIN_ELEMS) {
+        const ptrdiff_t ncb = (n + GC_W * 16 - 1) / (GC_W * 16);
+        P = (GC_T *)malloc((size_t)(nch - 1) * (size_t)n * sizeof(GC_T));
+        if (P == NULL) {
+            return -1;
+        }
+        if (nthreads > nch) {
+            nthreads = (int)nch;
         }
         #pragma omp parallel num_threads(nthreads)
         {
-            const ptrdiff_t t = omp_get_thread_num();
-            const ptrdiff_t nt = omp_get_num_threads();
-            const ptrdiff_t b0 = nblk * t / nt, b1 = nblk * (t + 1) / nt;
-            const ptrdiff_t c0 = b0 * GC_W;
-            const ptrdiff_t c1 = b1 * GC_W < n ? b1 * GC_W : n;
-            if (c0 < c1) {
-                GC_NAME(axpy_rows_range)(kind, m, c0, c1, A, rs, cs, x, y);
+            ptrdiff_t jj, cb;
+            #pragma omp for schedule(static)
+            for (jj = 0; jj < nch; jj++) {
+                const ptrdiff_t r0 = jj * chunk;
+                const ptrdiff_t r1 = r0 + chunk < m ? r0 + chunk : m;
+                GC_NAME(axpy_rows_range)(kind, r1 - r0, 0, n, A + r0 * rs, rs,
+                                         cs, x + r0,
+                                         jj == 0 ? y : P + (jj - 1) * n);
+            }
+            #pragma omp for schedule(static)
+            for (cb = 0; cb < ncb; cb++) {
+                const ptrdiff_t c0 = cb * GC_W * 16;
+                const ptrdiff_t c1 = c0 + GC_W * 16 < n ? c0 + GC_W * 16 : n;
+                GC_NAME(add_partials)(nch - 1, n, c0, c1, P, y);
             }
         }
-        return;
+        free(P);
+        return 0;
     }
 #endif
     (void)nthreads;
-    GC_NAME(axpy_rows_range)(kind, m, 0, n, A, rs, cs, x, y);
+    P = (GC_T *)malloc((size_t)n * sizeof(GC_T));
+    if (P == NULL) {
+        return -1;
+    }
+    GC_NAME(axpy_rows_range)(kind, chunk, 0, n, A, rs, cs, x, y);
+    for (j = 1; j < nch; j++) {
+        const ptrdiff_t r0 = j * chunk;
+        const ptrdiff_t r1 = r0 + chunk < m ? r0 + chunk : m;
+        GC_NAME(axpy_rows_range)(kind, r1 - r0, 0, n, A + r0 * rs, rs, cs,
+                                 x + r0, P);
+        GC_NAME(add_partials)(1, n, 0, n, P, y);
+    }
+    free(P);
+    return 0;
 }
 
 void

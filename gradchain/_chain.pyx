@@ -146,15 +146,15 @@ cdef int _run(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
         dst = out if step == k - 1 else work + (step & 1) * half
         if transpose:
             if B == 1:
-                link_jtv(<const floating *>L.data, L.m, L.n, L.rs, L.cs,
-                         cur, dst, nt)
+                rc = link_jtv(<const floating *>L.data, L.m, L.n, L.rs, L.cs,
+                              cur, dst, nt)
             else:
                 rc = block_jtv(<const floating *>L.data, L.m, L.n, L.rs,
                                L.cs, cur, B, dst, nt)
         else:
             if B == 1:
-                link_jv(<const floating *>L.data, L.m, L.n, L.rs, L.cs,
-                        cur, dst, nt)
+                rc = link_jv(<const floating *>L.data, L.m, L.n, L.rs, L.cs,
+                             cur, dst, nt)
             else:
                 rc = block_jv(<const floating *>L.data, L.m, L.n, L.rs,
                               L.cs, cur, B, dst, nt)

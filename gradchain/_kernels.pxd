@@ -7,10 +7,10 @@
 from cython cimport floating
 
 cdef extern from "gc_dense.h" nogil:
-    void gc_axpy_rows_s(Py_ssize_t m, Py_ssize_t n, const float *A,
+    int gc_axpy_rows_s(Py_ssize_t m, Py_ssize_t n, const float *A,
                         Py_ssize_t rs, Py_ssize_t cs, const float *x,
                         float *y, int nthreads)
-    void gc_axpy_rows_d(Py_ssize_t m, Py_ssize_t n, const double *A,
+    int gc_axpy_rows_d(Py_ssize_t m, Py_ssize_t n, const double *A,
                         Py_ssize_t rs, Py_ssize_t cs, const double *x,
                         double *y, int nthreads)
     void gc_dot_rows_s(Py_ssize_t m, Py_ssize_t n, const float *A,
@@ -34,12 +34,13 @@ cdef int effective_threads() noexcept nogil
 
 # out (n,) = J^T g for one dense J (m, n) given by its first element and its
 # strides in elements.  g and out are contiguous and do not overlap J.
-cdef void link_jtv(const floating *J, Py_ssize_t m, Py_ssize_t n,
+# 0, or -1 when a work buffer cannot be allocated.
+cdef int link_jtv(const floating *J, Py_ssize_t m, Py_ssize_t n,
                    Py_ssize_t rs, Py_ssize_t cs, const floating *g,
                    floating *out, int nthreads) noexcept nogil
 
-# out (m,) = J v.
-cdef void link_jv(const floating *J, Py_ssize_t m, Py_ssize_t n,
+# out (m,) = J v.  0 or -1 as above.
+cdef int link_jv(const floating *J, Py_ssize_t m, Py_ssize_t n,
                   Py_ssize_t rs, Py_ssize_t cs, const floating *v,
                   floating *out, int nthreads) noexcept nogil
 

@@ -36,37 +36,37 @@ cdef inline Py_ssize_t _abs(Py_ssize_t a) noexcept nogil:
     return -a if a < 0 else a
 
 
-cdef void link_jtv(const floating *J, Py_ssize_t m, Py_ssize_t n,
-                   Py_ssize_t rs, Py_ssize_t cs, const floating *g,
-                   floating *out, int nthreads) noexcept nogil:
+cdef int link_jtv(const floating *J, Py_ssize_t m, Py_ssize_t n,
+                  Py_ssize_t rs, Py_ssize_t cs, const floating *g,
+                  floating *out, int nthreads) noexcept nogil:
     # out[c] = sum_r J[r, c] g[r]; run the inner loop along the smaller stride.
     if _abs(cs) <= _abs(rs):
         if floating is float:
-            gc_axpy_rows_s(m, n, J, rs, cs, g, out, nthreads)
+            return gc_axpy_rows_s(m, n, J, rs, cs, g, out, nthreads)
         else:
-            gc_axpy_rows_d(m, n, J, rs, cs, g, out, nthreads)
+            return gc_axpy_rows_d(m, n, J, rs, cs, g, out, nthreads)
+    # columns of J are the rows of J^T, stepping by cs, inner stride rs
+    if floating is float:
+        gc_dot_rows_s(n, m, J, cs, rs, g, out, nthreads)
     else:
-        # columns of J are the rows of J^T, stepping by cs, inner stride rs
-        if floating is float:
-            gc_dot_rows_s(n, m, J, cs, rs, g, out, nthreads)
-        else:
-            gc_dot_rows_d(n, m, J, cs, rs, g, out, nthreads)
+        gc_dot_rows_d(n, m, J, cs, rs, g, out, nthreads)
+    return 0
 
 
-cdef void link_jv(const floating *J, Py_ssize_t m, Py_ssize_t n,
-                  Py_ssize_t rs, Py_ssize_t cs, const floating *v,
-                  floating *out, int nthreads) noexcept nogil:
+cdef int link_jv(const floating *J, Py_ssize_t m, Py_ssize_t n,
+                 Py_ssize_t rs, Py_ssize_t cs, const floating *v,
+                 floating *out, int nthreads) noexcept nogil:
     # out[r] = sum_c J[r, c] v[c]
     if _abs(cs) <= _abs(rs):
         if floating is float:
             gc_dot_rows_s(m, n, J, rs, cs, v, out, nthreads)
         else:
             gc_dot_rows_d(m, n, J, rs, cs, v, out, nthreads)
+        return 0
+    if floating is float:
+        return gc_axpy_rows_s(n, m, J, cs, rs, v, out, nthreads)
     else:
-        if floating is float:
-            gc_axpy_rows_s(n, m, J, cs, rs, v, out, nthreads)
-        else:
-            gc_axpy_rows_d(n, m, J, cs, rs, v, out, nthreads)
+        return gc_axpy_rows_d(n, m, J, cs, rs, v, out, nthreads)
 
 
 cdef inline void _gemm(char transa, char transb, Py_ssize_t m, Py_ssize_t n,
@@ -104,7 +104,8 @@ cdef int block_jtv(const floating *J, Py_ssize_t m, Py_ssize_t n,
         return 0
     if B == 1 or not _blas_ok(m, n, B, _abs(rs) + _abs(cs)):
         for b in range(B):
-            link_jtv(J, m, n, rs, cs, G + b * m, Out + b * n, nthreads)
+            if link_jtv(J, m, n, rs, cs, G + b * m, Out + b * n, nthreads):
+                return -1
         return 0
     if cs == 1 and rs >= n:            # C-order: J^T is column-major, ld rs
         _gemm(c'N', c'N', n, B, m, J, rs, G, m, <floating>0, Out, n)
@@ -144,7 +145,8 @@ cdef int block_jv(const floating *J, Py_ssize_t m, Py_ssize_t n,
         return 0
     if B == 1 or not _blas_ok(m, n, B, _abs(rs) + _abs(cs)):
         for b in range(B):
-            link_jv(J, m, n, rs, cs, V + b * n, Out + b * m, nthreads)
+            if link_jv(J, m, n, rs, cs, V + b * n, Out + b * m, nthreads):
+                return -1
         return 0
     if cs == 1 and rs >= n:            # C-order: stored as J^T, transpose it
         _gemm(c'T', c'N', m, B, n, J, rs, V, n, <floating>0, Out, m)
@@ -235,9 +237,11 @@ def jtv(const floating[:, :] J, const floating[::1] g, floating[::1] out):
         return
     cdef Py_ssize_t rs = _stride(J.strides[0], sizeof(floating))
     cdef Py_ssize_t cs = _stride(J.strides[1], sizeof(floating))
-    cdef int nt = effective_threads()
+    cdef int nt = effective_threads(), rc
     with nogil:
-        link_jtv(&J[0, 0], m, n, rs, cs, &g[0], &out[0], nt)
+        rc = link_jtv(&J[0, 0], m, n, rs, cs, &g[0], &out[0], nt)
+    if rc:
+        raise MemoryError()
 
 
 def jv(const floating[:, :] J, const floating[::1] v, floating[::1] out):
@@ -250,9 +254,11 @@ def jv(const floating[:, :] J, const floating[::1] v, floating[::1] out):
         return
     cdef Py_ssize_t rs = _stride(J.strides[0], sizeof(floating))
     cdef Py_ssize_t cs = _stride(J.strides[1], sizeof(floating))
-    cdef int nt = effective_threads()
+    cdef int nt = effective_threads(), rc
     with nogil:
-        link_jv(&J[0, 0], m, n, rs, cs, &v[0], &out[0], nt)
+        rc = link_jv(&J[0, 0], m, n, rs, cs, &v[0], &out[0], nt)
+    if rc:
+        raise MemoryError()
 
 
 def jtv_block(const floating[:, :] J, const floating[:, ::1] G,
