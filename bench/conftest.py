@@ -58,3 +58,28 @@ def pytest_report_header(config):
     return (f"gradchain {gradchain.__version__}: kernels {gradchain.simd_target()}, "
             f"OpenMP {gradchain.openmp_enabled()}, {gradchain.get_num_threads()} "
             f"thread(s); cores {os.cpu_count()}")
+
+
+def paired_ratio(ours, peer, pairs=30):
+    """Interleaved timing of two callables: ``pairs`` rounds of one call
+    each, alternating which goes first.  Returns (median of per-pair
+    peer/ours time ratios, median ours time, median peer time).
+
+    Bandwidth-bound pairs on a shared machine drift by tens of percent
+    between the pytest-benchmark rounds of one test and of the next; timing
+    them back to back cancels the drift that both calls of a pair see.
+    """
+    import time
+    ours(), peer()
+    r, to, tp = [], [], []
+    for i in range(pairs):
+        order = (ours, peer) if i % 2 == 0 else (peer, ours)
+        t = {}
+        for fn in order:
+            t0 = time.perf_counter()
+            fn()
+            t[fn] = time.perf_counter() - t0
+        to.append(t[ours])
+        tp.append(t[peer])
+        r.append(t[peer] / t[ours])
+    return float(np.median(r)), float(np.median(to)), float(np.median(tp))

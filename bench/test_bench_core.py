@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import gradchain
-from conftest import chain_arrays, jax_scan_vjp, numpy_vjp_loop
+from conftest import chain_arrays, jax_scan_vjp, numpy_vjp_loop, paired_ratio
 
 # ---------------------------------------------------------------------------
 # Small chains: per-call overhead dominates
@@ -116,6 +116,8 @@ def test_single_jtv_C(benchmark, impl, n, dtype):
     if impl == "gradchain":
         chain = gradchain.Chain([J])
         out = np.empty(n, dtype)
+        benchmark.extra_info["paired"] = paired_ratio(
+            lambda: chain.vjp(g, out), lambda: J.T @ g)
         res = benchmark(chain.vjp, g, out)
     else:
         res = benchmark(lambda: J.T @ g)
@@ -135,6 +137,13 @@ def test_single_jtv_layouts(benchmark, layout, n, dtype):
     chain = gradchain.Chain([J])
     assert chain.jacobians[0] is J          # bound in place, never copied
     out = np.empty(n, dtype)
+    if layout != "C":
+        # interleaved against the same values in C order
+        c_chain = gradchain.Chain([np.ascontiguousarray(J)])
+        c_out = np.empty(n, dtype)
+        benchmark.extra_info["paired"] = paired_ratio(
+            lambda: c_chain.vjp(g, c_out), lambda: chain.vjp(g, out))
+        del c_chain
     res = benchmark(chain.vjp, g, out)
     ref = J.T.astype(np.float64) @ g.astype(np.float64)
     scale = np.abs(J.T).astype(np.float64) @ np.abs(g).astype(np.float64)
@@ -159,5 +168,8 @@ def test_batch_b256_k8_n512(benchmark, impl):
         return G
 
     fn = gradchain.Chain(Js).vjp if impl == "gradchain" else numpy_loop
+    if impl == "gradchain":
+        benchmark.extra_info["paired"] = paired_ratio(
+            lambda: fn(G), lambda: numpy_loop(G), pairs=20)
     out = benchmark(fn, G)
     np.testing.assert_allclose(out, numpy_loop(G), rtol=1e-9, atol=1e-9)

@@ -345,7 +345,10 @@ GC_NAME(gc_axpy_rows)(ptrdiff_t m, ptrdiff_t n, const GC_T *A, ptrdiff_t rs,
         #pragma omp parallel num_threads(nthreads)
         {
             ptrdiff_t jj, cb;
-            #pragma omp for schedule(static)
+            /* dynamic: a thread slowed by another process's spinning thread
+             * (an idle BLAS pool, say) takes fewer chunks instead of making
+             * the others wait; each chunk still has its own slot. */
+            #pragma omp for schedule(dynamic, 1)
             for (jj = 0; jj < nch; jj++) {
                 const ptrdiff_t r0 = jj * chunk;
                 const ptrdiff_t r1 = r0 + chunk < m ? r0 + chunk : m;
@@ -353,7 +356,7 @@ GC_NAME(gc_axpy_rows)(ptrdiff_t m, ptrdiff_t n, const GC_T *A, ptrdiff_t rs,
                                          cs, x + r0,
                                          jj == 0 ? y : P + (jj - 1) * n);
             }
-            #pragma omp for schedule(static)
+            #pragma omp for schedule(dynamic, 1)
             for (cb = 0; cb < ncb; cb++) {
                 const ptrdiff_t c0 = cb * GC_W * 16;
                 const ptrdiff_t c1 = c0 + GC_W * 16 < n ? c0 + GC_W * 16 : n;
@@ -386,23 +389,25 @@ GC_NAME(gc_dot_rows)(ptrdiff_t m, ptrdiff_t n, const GC_T *A, ptrdiff_t rs,
                      ptrdiff_t cs, const GC_T *x, GC_T *y, int nthreads)
 {
 #ifdef _OPENMP
-    /* Split the rows in groups of four: each thread owns a slice of y. */
+    /* Bands of whole rows (a multiple of four, so every row goes through
+     * the same code) handed out dynamically; each thread writes its bands'
+     * slices of y. */
     if (nthreads > 1 && m * n >= GC_PARALLEL_MIN_ELEMS && m >= 8) {
-        const ptrdiff_t ngrp = (m + 3) / 4;
-        if (nthreads > ngrp) {
-            nthreads = (int)ngrp;
+        const ptrdiff_t band = GC_NAME(chunk_rows)(m);
+        const ptrdiff_t nband = (m + band - 1) / band;
+        if (nthreads > nband) {
+            nthreads = (int)nband;
         }
-        #pragma omp parallel num_threads(nthreads)
-        {
-            const ptrdiff_t t = omp_get_thread_num();
-            const ptrdiff_t nt = omp_get_num_threads();
-            const ptrdiff_t g0 = ngrp * t / nt, g1 = ngrp * (t + 1) / nt;
-            const ptrdiff_t r0 = 4 * g0, r1 = 4 * g1 < m ? 4 * g1 : m;
-            if (r0 < r1) {
+        if (nthreads > 1) {
+            ptrdiff_t b;
+            #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1)
+            for (b = 0; b < nband; b++) {
+                const ptrdiff_t r0 = b * band;
+                const ptrdiff_t r1 = r0 + band < m ? r0 + band : m;
                 GC_NAME(dot_rows_range)(r0, r1, n, A, rs, cs, x, y);
             }
+            return;
         }
-        return;
     }
 #endif
     (void)nthreads;
