@@ -226,72 +226,47 @@ cdef inline Py_ssize_t _stride(Py_ssize_t nbytes, Py_ssize_t itemsize) except? -
     return nbytes // itemsize
 
 
-def jtv(const floating[:, :] J, const floating[::1] g, floating[::1] out):
+def _apply(const floating[:, :] J, const floating[:, ::1] X,
+          floating[:, ::1] out, bint transpose):
+    # out = X @ J (transpose: rows of X are cotangents) or X @ J^T.
+    cdef Py_ssize_t m = J.shape[0], n = J.shape[1], B = X.shape[0]
+    cdef Py_ssize_t nin = m if transpose else n, nout = n if transpose else m
+    if X.shape[1] != nin or out.shape[0] != B or out.shape[1] != nout:
+        raise ValueError("shape mismatch")
+    if B == 0 or m == 0 or n == 0:
+        out[:, :] = 0
+        return
+    cdef Py_ssize_t rs = _stride(J.strides[0], sizeof(floating))
+    cdef Py_ssize_t cs = _stride(J.strides[1], sizeof(floating))
+    cdef int nt = effective_threads(), rc
+    with nogil:
+        if transpose:
+            rc = block_jtv(&J[0, 0], m, n, rs, cs, &X[0, 0], B, &out[0, 0], nt)
+        else:
+            rc = block_jv(&J[0, 0], m, n, rs, cs, &X[0, 0], B, &out[0, 0], nt)
+    if rc:
+        raise MemoryError()
+
+
+# The vector forms run as a batch of one: block_jtv/block_jv send B == 1 to
+# the vector kernels (gc_axpy_rows / gc_dot_rows), not to BLAS.
+
+def jtv(J, g, out):
     """out[:] = J.T @ g for one dense J of any layout (no argument checks
     beyond shapes; use gradchain.vjp)."""
-    cdef Py_ssize_t m = J.shape[0], n = J.shape[1]
-    if g.shape[0] != m or out.shape[0] != n:
-        raise ValueError("shape mismatch")
-    if m == 0 or n == 0:
-        out[:] = 0
-        return
-    cdef Py_ssize_t rs = _stride(J.strides[0], sizeof(floating))
-    cdef Py_ssize_t cs = _stride(J.strides[1], sizeof(floating))
-    cdef int nt = effective_threads(), rc
-    with nogil:
-        rc = link_jtv(&J[0, 0], m, n, rs, cs, &g[0], &out[0], nt)
-    if rc:
-        raise MemoryError()
+    _apply(J, g[None, :], out[None, :], True)
 
 
-def jv(const floating[:, :] J, const floating[::1] v, floating[::1] out):
+def jv(J, v, out):
     """out[:] = J @ v for one dense J of any layout."""
-    cdef Py_ssize_t m = J.shape[0], n = J.shape[1]
-    if v.shape[0] != n or out.shape[0] != m:
-        raise ValueError("shape mismatch")
-    if m == 0 or n == 0:
-        out[:] = 0
-        return
-    cdef Py_ssize_t rs = _stride(J.strides[0], sizeof(floating))
-    cdef Py_ssize_t cs = _stride(J.strides[1], sizeof(floating))
-    cdef int nt = effective_threads(), rc
-    with nogil:
-        rc = link_jv(&J[0, 0], m, n, rs, cs, &v[0], &out[0], nt)
-    if rc:
-        raise MemoryError()
+    _apply(J, v[None, :], out[None, :], False)
 
 
-def jtv_block(const floating[:, :] J, const floating[:, ::1] G,
-              floating[:, ::1] out):
+def jtv_block(J, G, out):
     """out[:, :] = G @ J for one dense J of any layout."""
-    cdef Py_ssize_t m = J.shape[0], n = J.shape[1], B = G.shape[0]
-    if G.shape[1] != m or out.shape[0] != B or out.shape[1] != n:
-        raise ValueError("shape mismatch")
-    if B == 0 or m == 0 or n == 0:
-        out[:, :] = 0
-        return
-    cdef Py_ssize_t rs = _stride(J.strides[0], sizeof(floating))
-    cdef Py_ssize_t cs = _stride(J.strides[1], sizeof(floating))
-    cdef int nt = effective_threads(), rc
-    with nogil:
-        rc = block_jtv(&J[0, 0], m, n, rs, cs, &G[0, 0], B, &out[0, 0], nt)
-    if rc:
-        raise MemoryError()
+    _apply(J, G, out, True)
 
 
-def jv_block(const floating[:, :] J, const floating[:, ::1] V,
-             floating[:, ::1] out):
+def jv_block(J, V, out):
     """out[:, :] = V @ J.T for one dense J of any layout."""
-    cdef Py_ssize_t m = J.shape[0], n = J.shape[1], B = V.shape[0]
-    if V.shape[1] != n or out.shape[0] != B or out.shape[1] != m:
-        raise ValueError("shape mismatch")
-    if B == 0 or m == 0 or n == 0:
-        out[:, :] = 0
-        return
-    cdef Py_ssize_t rs = _stride(J.strides[0], sizeof(floating))
-    cdef Py_ssize_t cs = _stride(J.strides[1], sizeof(floating))
-    cdef int nt = effective_threads(), rc
-    with nogil:
-        rc = block_jv(&J[0, 0], m, n, rs, cs, &V[0, 0], B, &out[0, 0], nt)
-    if rc:
-        raise MemoryError()
+    _apply(J, V, out, False)
