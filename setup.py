@@ -61,7 +61,9 @@ def ext(name, sources):
     return Extension(
         name,
         sources=sources,
-        depends=["csrc/gc_dense.h", "csrc/gc_dense_impl.h", "gradchain/_kernels.pxd"],
+        depends=["csrc/gc_simd.h", "csrc/gc_dense.h", "csrc/gc_dense_impl.h",
+                 "csrc/gc_struct.h", "csrc/gc_struct_impl.h",
+                 "gradchain/_kernels.pxd", "gradchain/_structured.pxd"],
         include_dirs=include_dirs,
         define_macros=macros,
         extra_compile_args=compile_args,
@@ -71,6 +73,7 @@ def ext(name, sources):
 
 extensions = [
     ext("gradchain._kernels", ["gradchain/_kernels.pyx", "csrc/gc_dense.c"]),
+    ext("gradchain._structured", ["gradchain/_structured.pyx", "csrc/gc_struct.c"]),
     ext("gradchain._chain", ["gradchain/_chain.pyx"]),
 ]
 

@@ -1,11 +1,6 @@
 /*
- * gc_dense.c -- instantiates gc_dense_impl.h for float and double and
- * provides runtime SIMD dispatch.
- *
- * The inner loops are compiled three times (AVX-512 "x86-64-v4", AVX2+FMA
- * "x86-64-v3", and the portable baseline) with GCC's target_clones; the
- * dynamic loader picks one per CPU, so the default build stays portable
- * (no -march=native).  Other compilers build the baseline only.
+ * gc_dense.c -- instantiates gc_dense_impl.h for float and double, with
+ * runtime SIMD dispatch (gc_simd.h), and reports the build's facts.
  */
 #include "gc_dense.h"
 
@@ -15,21 +10,7 @@
 #include <omp.h>
 #endif
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
-    defined(__linux__) && !defined(GC_NO_SIMD_DISPATCH)
-#define GC_DISPATCH 1
-#define GC_CLONES \
-    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define GC_DISPATCH 0
-#define GC_CLONES
-#endif
-
-#if defined(__GNUC__)
-#define GC_INLINE inline __attribute__((always_inline))
-#else
-#define GC_INLINE inline
-#endif
+#include "gc_simd.h"
 
 /* The three A^T x kernels of gc_dense_impl.h. */
 enum { GC_AXPY_STRIDED, GC_AXPY_REGBLOCK, GC_AXPY_STREAM };

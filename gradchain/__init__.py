@@ -12,6 +12,13 @@ from gradchain._kernels import (
     simd_target,
 )
 from gradchain.chain import Chain, jvp, vjp
+from gradchain.operators import (
+    Dense,
+    Diagonal,
+    DiagonalPlusRankOne,
+    Identity,
+    Operator,
+)
 
 __version__ = "0.1.0"
 
@@ -19,6 +26,11 @@ __all__ = [
     "Chain",
     "vjp",
     "jvp",
+    "Operator",
+    "Dense",
+    "Diagonal",
+    "Identity",
+    "DiagonalPlusRankOne",
     "set_num_threads",
     "get_num_threads",
     "simd_target",

@@ -19,14 +19,20 @@ from cython cimport floating
 
 from gradchain._kernels cimport (effective_threads, link_jtv, link_jv,
                                  block_jtv, block_jv)
+from gradchain._structured cimport (struct_apply, LINK_DENSE, LINK_DIAG,
+                                    LINK_SCALED_IDENTITY, LINK_DIAG_RANK1)
 
 cnp.import_array()
 
 cdef struct Link:
-    const char *data        # element [0, 0]
+    int kind                # LINK_DENSE or a structured kind (_structured.pxd)
+    const char *data        # dense: element [0, 0]; structured: d (or NULL)
+    const char *u           # diagonal plus rank one: u and v (else NULL)
+    const char *v
+    double scale            # scaled identity: c
     Py_ssize_t m, n         # J has shape (m, n): m outputs, n inputs
-    Py_ssize_t rs, cs       # strides in elements (any sign, may be 0)
-    const char *lo          # [lo, hi): the bytes J may touch
+    Py_ssize_t rs, cs       # dense: strides in elements (any sign, may be 0)
+    const char *lo          # [lo, hi): the bytes the link's arrays may touch
     const char *hi
 
 cdef object _DT_FLOAT = np.dtype(np.float32)
@@ -126,7 +132,7 @@ cdef int _run(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
     Work buffers alternate between two halves of one allocation; the last
     link writes straight into out.  Returns 0, or -1 when out of memory.
     """
-    cdef Py_ssize_t step, i, half = B * maxw
+    cdef Py_ssize_t step, i, b, half = B * maxw
     cdef floating *work = NULL
     cdef floating *dst
     cdef const floating *cur = x
@@ -144,7 +150,12 @@ cdef int _run(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
         i = k - 1 - step if transpose else step
         L = &links[i]
         dst = out if step == k - 1 else work + (step & 1) * half
-        if transpose:
+        if L.kind != LINK_DENSE:
+            for b in range(B):
+                struct_apply(L.kind, L.n, <const floating *>L.data,
+                             <const floating *>L.u, <const floating *>L.v,
+                             L.scale, transpose, cur + b * L.n, dst + b * L.n)
+        elif transpose:
             if B == 1:
                 rc = link_jtv(<const floating *>L.data, L.m, L.n, L.rs, L.cs,
                               cur, dst, nt)
@@ -171,9 +182,11 @@ cdef class ChainCore:
     cdef Link *_links
     cdef Py_ssize_t _k
     cdef Py_ssize_t _maxw          # widest intermediate dimension
-    cdef int _typenum              # NPY_FLOAT / NPY_DOUBLE; -1 when k == 0
-    cdef tuple _arrays             # the bound 2-D arrays (kept alive)
+    cdef int _typenum              # NPY_FLOAT / NPY_DOUBLE; -1 when no link
+                                   # sets it (k == 0, identities only)
+    cdef tuple _arrays             # the bound 2-D arrays and operators
     cdef object _stack             # the 3-D array the links view, or None
+    cdef list _keep                # operator vectors converted for the kernels
 
     def __cinit__(self, *args, **kwargs):
         self._links = NULL
@@ -181,6 +194,7 @@ cdef class ChainCore:
         self._maxw = 0
         self._typenum = -1
         self._stack = None
+        self._keep = []
         if len(args) + len(kwargs) != 1 or (kwargs and "jacobians" not in kwargs):
             raise TypeError(
                 f"{type(self).__name__}() takes exactly one argument, "
@@ -232,10 +246,22 @@ cdef class ChainCore:
                     f"jacobians must be a sequence of 2-D arrays or one 3-D "
                     f"array, got {type(jacobians).__name__}") from None
         k = len(items)
-        # Pass 1: arrays, ranks and the common dtype.
+        # Pass 1: arrays or operators, ranks and the common dtype.
         arrays = [None] * k
         for i in range(k):
-            a = _as_array(items[i], f"jacobians[{i}]")
+            item = items[i]
+            if not isinstance(item, cnp.ndarray):
+                kind = getattr(type(item), "_gc_kind", None)
+                if kind == LINK_DENSE:
+                    item = item.matrix
+                elif kind is not None:
+                    arrays[i] = item
+                    if item.dtype is not None:
+                        t = _compute_typenum(item.dtype, f"jacobians[{i}]")
+                        if t == cnp.NPY_DOUBLE or typenum == -1:
+                            typenum = t
+                    continue
+            a = _as_array(item, f"jacobians[{i}]")
             if cnp.PyArray_NDIM(a) != 2:
                 raise ValueError(
                     f"jacobians[{i}] must be a 2-D array of shape "
@@ -249,15 +275,45 @@ cdef class ChainCore:
         # Pass 2: conversions where unavoidable, then the link table.
         dtype = _DT_DOUBLE if typenum == cnp.NPY_DOUBLE else _DT_FLOAT
         for i in range(k):
-            a = <cnp.ndarray>arrays[i]
-            if not _usable(a, typenum):
-                a = np.require(a, dtype, "A")
-                arrays[i] = a
+            if isinstance(arrays[i], cnp.ndarray):
+                a = <cnp.ndarray>arrays[i]
+                if not _usable(a, typenum):
+                    arrays[i] = np.require(a, dtype, "A")
         self._alloc(k, typenum)
         for i in range(k):
-            self._set_link(i, <cnp.ndarray>arrays[i])
+            if isinstance(arrays[i], cnp.ndarray):
+                self._set_link(i, <cnp.ndarray>arrays[i])
+            else:
+                self._set_operator(i, arrays[i], dtype)
         self._arrays = tuple(arrays)
         self._check_dims()
+
+    cdef _set_operator(self, Py_ssize_t i, op, dtype):
+        cdef Link *L = &self._links[i]
+        cdef cnp.ndarray a
+        cdef const char *lo
+        cdef const char *hi
+        cdef const char *ptrs[3]
+        cdef int j
+        L.kind = op._gc_kind
+        L.m = L.n = op.shape[0]
+        L.rs = L.cs = 0
+        L.scale = op._gc_scale()
+        L.lo = L.hi = NULL
+        ptrs[0] = ptrs[1] = ptrs[2] = NULL
+        for j, vec in enumerate(op._gc_vectors()):
+            # contiguous, aligned, in the chain's dtype (O(n), only if needed)
+            a = np.require(vec, dtype, "CA")
+            if a is not vec:
+                self._keep.append(a)
+            ptrs[j] = <const char *>cnp.PyArray_DATA(a)
+            _extent(<cnp.ndarray>vec if isinstance(vec, cnp.ndarray) else a,
+                    &lo, &hi)
+            if L.lo == NULL or lo < L.lo:
+                L.lo = lo
+            if L.hi == NULL or hi > L.hi:
+                L.hi = hi
+        L.data, L.u, L.v = ptrs[0], ptrs[1], ptrs[2]
 
     cdef _bind_stack(self, cnp.ndarray a):
         cdef int typenum = _compute_typenum(a.dtype, "jacobians")
@@ -275,6 +331,9 @@ cdef class ChainCore:
         _extent(a, &lo, &hi)
         for i in range(k):
             L = &self._links[i]
+            L.kind = LINK_DENSE
+            L.u = L.v = NULL
+            L.scale = 1.0
             L.data = base + i * st[0]
             L.m = a.shape[1]
             L.n = a.shape[2]
@@ -288,7 +347,7 @@ cdef class ChainCore:
 
     cdef _alloc(self, Py_ssize_t k, int typenum):
         self._k = k
-        self._typenum = typenum if k > 0 else -1
+        self._typenum = typenum
         if k > 0:
             self._links = <Link *>malloc(k * sizeof(Link))
             if self._links == NULL:
@@ -297,6 +356,9 @@ cdef class ChainCore:
     cdef _set_link(self, Py_ssize_t i, cnp.ndarray a):
         cdef Link *L = &self._links[i]
         cdef Py_ssize_t isz = cnp.PyArray_ITEMSIZE(a)
+        L.kind = LINK_DENSE
+        L.u = L.v = NULL
+        L.scale = 1.0
         L.data = <const char *>cnp.PyArray_DATA(a)
         L.m = cnp.PyArray_DIM(a, 0)
         L.n = cnp.PyArray_DIM(a, 1)
@@ -317,10 +379,14 @@ cdef class ChainCore:
             if self._links[i].n > self._maxw:
                 self._maxw = self._links[i].n
 
-    cdef object _link_array(self, Py_ssize_t i):
+    cdef tuple _link_arrays(self, Py_ssize_t i):
+        """The caller's arrays behind link i (for the out= overlap check)."""
         if self._stack is not None:
-            return self._stack[i]
-        return self._arrays[i]
+            return (self._stack[i],)
+        item = self._arrays[i]
+        if isinstance(item, cnp.ndarray):
+            return (item,)
+        return tuple(item._gc_vectors())
 
     # ---------------------------------------------------------------- info
 
@@ -362,9 +428,9 @@ cdef class ChainCore:
 
     @property
     def jacobians(self):
-        """The bound Jacobians: the caller's arrays themselves (views of
-        the stacked array for a 3-D input), or converted copies where the
-        dtype rule required one."""
+        """The bound Jacobians: the caller's arrays and operators themselves
+        (views of the stacked array for a 3-D input), or converted copies
+        where the dtype rule required one."""
         if self._stack is not None:
             return tuple(self._stack)
         return self._arrays
@@ -393,12 +459,13 @@ cdef class ChainCore:
         cdef int nt, rc
         if xt != cnp.NPY_DOUBLE and xt != cnp.NPY_FLOAT:
             xt = _compute_typenum(x.dtype, name)
-        typenum = xt if k == 0 else self._typenum
+        typenum = xt if self._typenum == -1 else self._typenum
         if xt == cnp.NPY_DOUBLE and typenum == cnp.NPY_FLOAT:
             # float32 chain, float64 vector: promote like NumPy.  This
             # converts every link for this call; build the Chain in float64
             # to avoid it.
-            return ChainCore([np.asarray(J, _DT_DOUBLE)
+            return ChainCore([J.astype(_DT_DOUBLE) if hasattr(J, "_gc_kind")
+                              else np.asarray(J, _DT_DOUBLE)
                               for J in self.jacobians])._apply(
                                   x_in, out, transpose)
         # shapes
@@ -463,7 +530,8 @@ cdef class ChainCore:
                 raise ValueError(f"out shares memory with {name}")
             for i in range(k):
                 if (_boxes_overlap(olo, ohi, self._links[i].lo, self._links[i].hi)
-                        and _shares_memory(res, self._link_array(i))):
+                        and any(_shares_memory(res, a)
+                                for a in self._link_arrays(i))):
                     raise ValueError(
                         f"out shares memory with jacobians[{i}]")
             if cnp.PyArray_IS_C_CONTIGUOUS(res) and cnp.PyArray_ISALIGNED(res):

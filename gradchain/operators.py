@@ -1,0 +1,281 @@
+"""Structured Jacobian operators: links of a chain that are never materialised.
+
+Each operator stands for a Jacobian J with a known structure; in a
+:class:`gradchain.Chain` (mixed freely with plain 2-D arrays) its products
+J^T g and J v run in O(n) inside the same compiled chain loop:
+
+=====================================  ===================  ==============
+operator                               J                    cost per vector
+=====================================  ===================  ==============
+``Dense(J)``                           J (what a plain      m n
+                                       2-D array means)
+``Diagonal(d)``                        diag(d)              n
+``Identity(n, scale=c)``               c I                  n
+``DiagonalPlusRankOne(d, u, v)``       diag(d) + u v^T      ~3 n
+``DiagonalPlusRankOne.softmax(s)``     diag(s) - s s^T      ~3 n
+=====================================  ===================  ==============
+
+Vectors follow the dtype rule of :mod:`gradchain.chain` (float32 stays
+float32; integers and bool become float64; complex raises ``TypeError``).
+Operators keep references to the caller's float32/float64 vectors, as
+``Chain`` does to matrices: modify one in place and later products use the
+new values.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from gradchain._structured import LinkKind
+
+# The link kinds the compiled chain loop knows (see _structured.pxd).
+LINK_DENSE = int(LinkKind.LINK_DENSE)
+LINK_DIAG = int(LinkKind.LINK_DIAG)
+LINK_SCALED_IDENTITY = int(LinkKind.LINK_SCALED_IDENTITY)
+LINK_DIAG_RANK1 = int(LinkKind.LINK_DIAG_RANK1)
+
+__all__ = ["Operator", "Dense", "Diagonal", "Identity", "DiagonalPlusRankOne"]
+
+
+def _as_float_array(x, name, ndim):
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"{name} could not be converted to a numeric array: "
+                        f"{exc}") from exc
+    if a.dtype.kind in "biu":
+        a = a.astype(np.float64)
+    elif a.dtype.kind == "f" and a.dtype.itemsize == 2:
+        a = a.astype(np.float32)
+    elif a.dtype.kind != "f" or a.dtype.itemsize > 8:
+        raise TypeError(f"{name} has dtype {a.dtype}; operators take real "
+                        f"float32/float64 (or integer/bool) values")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
+    return a
+
+
+def _scalar(c, name):
+    if isinstance(c, (bool, np.bool_)) or not isinstance(c, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {c!r}")
+    return float(c)
+
+
+class Operator:
+    """A Jacobian known by its structure (abstract base).
+
+    Attributes
+    ----------
+    shape : (int, int)
+        (n_out, n_in).
+    dtype : numpy.dtype or None
+        float32 or float64; None when the operator does not constrain the
+        chain's dtype (``Identity``).
+    """
+
+    __slots__ = ()
+    _gc_kind = -1
+
+    @property
+    def shape(self):
+        raise NotImplementedError
+
+    @property
+    def dtype(self):
+        raise NotImplementedError
+
+    def todense(self):
+        """The Jacobian as a dense (n_out, n_in) ndarray."""
+        raise NotImplementedError
+
+    def astype(self, dtype):
+        """The same operator with its vectors cast to ``dtype``."""
+        raise NotImplementedError
+
+    def _gc_vectors(self):
+        return ()
+
+    def _gc_scale(self):
+        return 1.0
+
+    def matvec(self, v):
+        """J v (v of shape (n_in,) or (batch, n_in))."""
+        from gradchain.chain import jvp
+        return jvp([self], v)
+
+    def rmatvec(self, g):
+        """J^T g (g of shape (n_out,) or (batch, n_out))."""
+        from gradchain.chain import vjp
+        return vjp([self], g)
+
+
+class Dense(Operator):
+    """A dense Jacobian J of shape (n_out, n_in): what a plain 2-D array
+    in a chain means.  Keeps a reference to ``J`` (no copy)."""
+
+    __slots__ = ("matrix",)
+    _gc_kind = LINK_DENSE
+
+    def __init__(self, J):
+        self.matrix = _as_float_array(J, "J", 2)
+
+    @property
+    def shape(self):
+        return self.matrix.shape
+
+    @property
+    def dtype(self):
+        return self.matrix.dtype
+
+    def todense(self):
+        return np.array(self.matrix)
+
+    def astype(self, dtype):
+        return Dense(self.matrix.astype(dtype, copy=False))
+
+    def __repr__(self):
+        return f"Dense(shape={self.shape}, dtype={self.dtype})"
+
+
+class Diagonal(Operator):
+    """J = diag(d): the Jacobian of an elementwise map, J^T g = d * g.
+
+    Costs n per vector and O(n) memory, whatever n.
+    """
+
+    __slots__ = ("diagonal",)
+    _gc_kind = LINK_DIAG
+
+    def __init__(self, d):
+        self.diagonal = _as_float_array(d, "d", 1)
+
+    @property
+    def shape(self):
+        n = self.diagonal.shape[0]
+        return (n, n)
+
+    @property
+    def dtype(self):
+        return self.diagonal.dtype
+
+    def todense(self):
+        return np.diag(self.diagonal)
+
+    def astype(self, dtype):
+        return Diagonal(self.diagonal.astype(dtype, copy=False))
+
+    def _gc_vectors(self):
+        return (self.diagonal,)
+
+    def __mul__(self, c):
+        if not isinstance(c, numbers.Real) or isinstance(c, (bool, np.bool_)):
+            return NotImplemented
+        return Diagonal(self.diagonal * self.diagonal.dtype.type(c))
+
+    __rmul__ = __mul__
+
+    def __repr__(self):
+        return f"Diagonal(n={self.shape[0]}, dtype={self.dtype})"
+
+
+class Identity(Operator):
+    """J = scale * I of size n.  Takes the chain's dtype (constrains none)."""
+
+    __slots__ = ("n", "scale")
+    _gc_kind = LINK_SCALED_IDENTITY
+
+    def __init__(self, n, scale=1.0):
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
+            raise TypeError(f"n must be a non-negative int, got {n!r}")
+        if n < 0:
+            raise ValueError(f"n must be a non-negative int, got {n}")
+        self.n = int(n)
+        self.scale = _scalar(scale, "scale")
+
+    @property
+    def shape(self):
+        return (self.n, self.n)
+
+    @property
+    def dtype(self):
+        return None
+
+    def todense(self):
+        return self.scale * np.eye(self.n)
+
+    def astype(self, dtype):
+        return self
+
+    def _gc_scale(self):
+        return self.scale
+
+    def __mul__(self, c):
+        if not isinstance(c, numbers.Real) or isinstance(c, (bool, np.bool_)):
+            return NotImplemented
+        return Identity(self.n, self.scale * float(c))
+
+    __rmul__ = __mul__
+
+    def __repr__(self):
+        if self.scale == 1.0:
+            return f"Identity({self.n})"
+        return f"Identity({self.n}, scale={self.scale!r})"
+
+
+class DiagonalPlusRankOne(Operator):
+    """J = diag(d) + u v^T, applied in about 3n operations.
+
+    J^T g = d * g + v (u . g) and J x = d * x + u (v . x).  The Jacobian of
+    softmax s(x) is diag(s) - s s^T (:meth:`softmax`); that of log-softmax
+    is I - 1 s^T (:meth:`log_softmax`).
+    """
+
+    __slots__ = ("diagonal", "u", "v")
+    _gc_kind = LINK_DIAG_RANK1
+
+    def __init__(self, d, u, v):
+        d = _as_float_array(d, "d", 1)
+        u = _as_float_array(u, "u", 1)
+        v = _as_float_array(v, "v", 1)
+        n = d.shape[0]
+        for name, a in (("u", u), ("v", v)):
+            if a.shape[0] != n:
+                raise ValueError(f"{name} has shape {a.shape} but d has shape "
+                                 f"{d.shape}; all three must have length n")
+        self.diagonal, self.u, self.v = d, u, v
+
+    @classmethod
+    def softmax(cls, s):
+        """Jacobian of softmax at the point where softmax(x) = s."""
+        s = _as_float_array(s, "s", 1)
+        return cls(s, -s, s)
+
+    @classmethod
+    def log_softmax(cls, s):
+        """Jacobian of log-softmax at the point where softmax(x) = s."""
+        s = _as_float_array(s, "s", 1)
+        return cls(np.ones_like(s), -np.ones_like(s), s)
+
+    @property
+    def shape(self):
+        n = self.diagonal.shape[0]
+        return (n, n)
+
+    @property
+    def dtype(self):
+        return np.result_type(self.diagonal, self.u, self.v)
+
+    def todense(self):
+        return np.diag(self.diagonal) + np.outer(self.u, self.v)
+
+    def astype(self, dtype):
+        return DiagonalPlusRankOne(self.diagonal.astype(dtype, copy=False),
+                                   self.u.astype(dtype, copy=False),
+                                   self.v.astype(dtype, copy=False))
+
+    def _gc_vectors(self):
+        return (self.diagonal, self.u, self.v)
+
+    def __repr__(self):
+        return f"DiagonalPlusRankOne(n={self.shape[0]}, dtype={self.dtype})"
