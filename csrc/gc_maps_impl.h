@@ -1,0 +1,251 @@
+/*
+ * gc_maps_impl.h -- type template for gc_maps.c: GC_T, GC_SFX and the libm
+ * functions GC_EXP, GC_LOG, GC_LOG1P, GC_TANH, GC_SIN, GC_COS of that type.
+ * Not a public header.
+ */
+#define GC_CAT_(a, b) a##_##b
+#define GC_CAT(a, b) GC_CAT_(a, b)
+#define GC_NAME(base) GC_CAT(base, GC_SFX)
+
+/* 1 / (1 + exp(-x)) without overflow for either sign of x. */
+static inline GC_T
+GC_NAME(sigmoid)(GC_T x)
+{
+    if (x >= 0) {
+        return 1 / (1 + GC_EXP(-x));
+    }
+    else {
+        const GC_T e = GC_EXP(x);    /* NaN falls through here and stays NaN */
+        return e / (1 + e);
+    }
+}
+
+/* log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)). */
+static inline GC_T
+GC_NAME(softplus)(GC_T x)
+{
+    const GC_T ax = x < 0 ? -x : x;
+    return (x > 0 ? x : 0) + GC_LOG1P(GC_EXP(-ax));   /* NaN stays NaN */
+}
+
+void
+GC_NAME(gc_ew_forward)(int code, double param, ptrdiff_t n, const GC_T *x,
+                       GC_T *y)
+{
+    const GC_T p = (GC_T)param;
+    ptrdiff_t i;
+    switch (code) {
+    case GC_EW_TANH:
+        for (i = 0; i < n; i++) y[i] = GC_TANH(x[i]);
+        break;
+    case GC_EW_SIGMOID:
+        for (i = 0; i < n; i++) y[i] = GC_NAME(sigmoid)(x[i]);
+        break;
+    case GC_EW_RELU:
+        for (i = 0; i < n; i++) y[i] = x[i] < 0 ? 0 : x[i];
+        break;
+    case GC_EW_LEAKY_RELU:
+        for (i = 0; i < n; i++) y[i] = x[i] < 0 ? p * x[i] : x[i];
+        break;
+    case GC_EW_SOFTPLUS:
+        for (i = 0; i < n; i++) y[i] = GC_NAME(softplus)(x[i]);
+        break;
+    case GC_EW_EXP:
+        for (i = 0; i < n; i++) y[i] = GC_EXP(x[i]);
+        break;
+    case GC_EW_LOG:
+        for (i = 0; i < n; i++) y[i] = GC_LOG(x[i]);
+        break;
+    case GC_EW_SIN:
+        for (i = 0; i < n; i++) y[i] = GC_SIN(x[i]);
+        break;
+    case GC_EW_COS:
+        for (i = 0; i < n; i++) y[i] = GC_COS(x[i]);
+        break;
+    case GC_EW_SQUARE:
+        for (i = 0; i < n; i++) y[i] = x[i] * x[i];
+        break;
+    default: /* GC_EW_SCALE */
+        for (i = 0; i < n; i++) y[i] = p * x[i];
+        break;
+    }
+}
+
+void
+GC_NAME(gc_ew_deriv_mul)(int code, double param, ptrdiff_t n, const GC_T *x,
+                         const GC_T *y, const GC_T *g, GC_T *out)
+{
+    const GC_T p = (GC_T)param;
+    ptrdiff_t i;
+    switch (code) {
+    case GC_EW_TANH:
+        for (i = 0; i < n; i++) out[i] = (1 - y[i] * y[i]) * g[i];
+        break;
+    case GC_EW_SIGMOID:
+        for (i = 0; i < n; i++) out[i] = y[i] * (1 - y[i]) * g[i];
+        break;
+    case GC_EW_RELU:
+        /* derivative 0 at x <= 0 (and for NaN x, which the forward value
+         * already carries), 1 above */
+        for (i = 0; i < n; i++) out[i] = (x[i] > 0 ? 1 : 0) * g[i];
+        break;
+    case GC_EW_LEAKY_RELU:
+        for (i = 0; i < n; i++) out[i] = (x[i] < 0 ? p : 1) * g[i];
+        break;
+    case GC_EW_SOFTPLUS:
+        for (i = 0; i < n; i++) out[i] = GC_NAME(sigmoid)(x[i]) * g[i];
+        break;
+    case GC_EW_EXP:
+        for (i = 0; i < n; i++) out[i] = y[i] * g[i];
+        break;
+    case GC_EW_LOG:
+        for (i = 0; i < n; i++) out[i] = g[i] / x[i];
+        break;
+    case GC_EW_SIN:
+        for (i = 0; i < n; i++) out[i] = GC_COS(x[i]) * g[i];
+        break;
+    case GC_EW_COS:
+        for (i = 0; i < n; i++) out[i] = -GC_SIN(x[i]) * g[i];
+        break;
+    case GC_EW_SQUARE:
+        for (i = 0; i < n; i++) out[i] = 2 * x[i] * g[i];
+        break;
+    default: /* GC_EW_SCALE */
+        for (i = 0; i < n; i++) out[i] = p * g[i];
+        break;
+    }
+}
+
+/* max over a row, NaN-propagating (a NaN anywhere makes the row NaN). */
+static GC_T
+GC_NAME(row_max)(ptrdiff_t n, const GC_T *x)
+{
+    GC_T m = x[0];
+    ptrdiff_t i;
+    for (i = 1; i < n; i++) {
+        if (x[i] > m || x[i] != x[i]) {
+            m = x[i];
+            if (m != m) {
+                return m;
+            }
+        }
+    }
+    return m;
+}
+
+/* logsumexp of one row, stable; -inf for an all -inf row, +inf if any +inf. */
+static GC_T
+GC_NAME(row_lse)(ptrdiff_t n, const GC_T *x)
+{
+    GC_T m, s = 0;
+    ptrdiff_t i;
+    if (n == 0) {
+        return -(GC_T)INFINITY;
+    }
+    m = GC_NAME(row_max)(n, x);
+    if (m == (GC_T)INFINITY || m == -(GC_T)INFINITY || m != m) {
+        return m;
+    }
+    for (i = 0; i < n; i++) {
+        s += GC_EXP(x[i] - m);
+    }
+    return m + GC_LOG(s);
+}
+
+void
+GC_NAME(gc_softmax)(int log, ptrdiff_t B, ptrdiff_t n, const GC_T *x, GC_T *y)
+{
+    ptrdiff_t b, i;
+    for (b = 0; b < B; b++) {
+        const GC_T *xr = x + b * n;
+        GC_T *yr = y + b * n;
+        const GC_T lse = GC_NAME(row_lse)(n, xr);
+        if (log) {
+            for (i = 0; i < n; i++) yr[i] = xr[i] - lse;
+        }
+        else {
+            for (i = 0; i < n; i++) yr[i] = GC_EXP(xr[i] - lse);
+        }
+    }
+}
+
+void
+GC_NAME(gc_softmax_apply)(int log, int transpose, ptrdiff_t B, ptrdiff_t n,
+                          const GC_T *y, const GC_T *g, GC_T *out)
+{
+    ptrdiff_t b, i;
+    for (b = 0; b < B; b++) {
+        const GC_T *yr = y + b * n, *gr = g + b * n;
+        GC_T *o = out + b * n;
+        GC_T t = 0;
+        if (!log) {
+            for (i = 0; i < n; i++) t += yr[i] * gr[i];
+            for (i = 0; i < n; i++) o[i] = yr[i] * (gr[i] - t);
+        }
+        else if (transpose) {
+            for (i = 0; i < n; i++) t += gr[i];
+            for (i = 0; i < n; i++) o[i] = gr[i] - GC_EXP(yr[i]) * t;
+        }
+        else {
+            for (i = 0; i < n; i++) t += GC_EXP(yr[i]) * gr[i];
+            for (i = 0; i < n; i++) o[i] = gr[i] - t;
+        }
+    }
+}
+
+void
+GC_NAME(gc_loss)(int code, ptrdiff_t B, ptrdiff_t n, const GC_T *x,
+                 const GC_T *aux, const long long *labels, double *value,
+                 GC_T *grad)
+{
+    ptrdiff_t b, i;
+    for (b = 0; b < B; b++) {
+        const GC_T *xr = x + b * n;
+        const GC_T *ar = aux ? aux + b * n : NULL;
+        GC_T *gr = grad + b * n;
+        GC_T v = 0;
+        switch (code) {
+        case GC_LOSS_SQUARED_ERROR:
+            for (i = 0; i < n; i++) {
+                const GC_T d = xr[i] - ar[i];
+                gr[i] = d;
+                v += d * d;
+            }
+            v *= (GC_T)0.5;
+            break;
+        case GC_LOSS_MEAN_SQUARED_ERROR:
+            for (i = 0; i < n; i++) {
+                const GC_T d = xr[i] - ar[i];
+                gr[i] = 2 * d / (GC_T)n;
+                v += d * d;
+            }
+            v /= (GC_T)n;
+            break;
+        case GC_LOSS_CROSS_ENTROPY:
+        case GC_LOSS_LOGSUMEXP: {
+            const GC_T lse = GC_NAME(row_lse)(n, xr);
+            for (i = 0; i < n; i++) {
+                gr[i] = GC_EXP(xr[i] - lse);
+            }
+            v = lse;
+            if (code == GC_LOSS_CROSS_ENTROPY) {
+                const ptrdiff_t c = (ptrdiff_t)labels[b];
+                gr[c] -= 1;
+                v = lse - xr[c];
+            }
+            break;
+        }
+        default: /* GC_LOSS_DOT */
+            for (i = 0; i < n; i++) {
+                gr[i] = ar[i];
+                v += ar[i] * xr[i];
+            }
+            break;
+        }
+        value[b] = (double)v;
+    }
+}
+
+#undef GC_NAME
+#undef GC_CAT
+#undef GC_CAT_

@@ -1,0 +1,764 @@
+"""Maps, losses and compositions: the chain rule end to end, from x to grad L.
+
+With x^(0) = x, x^(i) = f^(i)(x^(i-1)) and L = l(x^(k)),
+
+    grad_x L = J_1^T J_2^T ... J_k^T grad l(x^(k)),
+
+where J_i is the Jacobian of f^(i) at x^(i-1).  ``compose(*maps, loss=...)``
+runs the forward pass, keeps what the backward pass needs, and evaluates the
+product without forming a Jacobian it does not have to: an affine map's
+Jacobian is its weight matrix, read in place; an elementwise map's is
+diagonal; softmax's is diagonal plus rank one.
+
+When every map is built in, forward and backward run as one compiled plan
+(op codes over bound buffers, see ``gradchain._plan``), reusing its workspace
+across calls of the same shape.  User maps (:class:`Map`) split the
+composition into compiled segments around the Python callbacks.
+
+Batches: x of shape (B, n_0) is B independent samples; the maps act on each
+row.  Affine maps on a batch are matrix-matrix products (BLAS).
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from gradchain._plan import OpCode, Plan
+from gradchain.chain import Chain
+from gradchain.operators import Dense, Diagonal, DiagonalPlusRankOne, Operator
+
+__all__ = [
+    "Map", "Affine", "Tanh", "Sigmoid", "ReLU", "LeakyReLU", "Softplus", "Exp",
+    "Log", "Sin", "Cos", "Square", "Scale", "Softmax", "LogSoftmax",
+    "Loss", "SquaredError", "MeanSquaredError", "CrossEntropy", "LogSumExp",
+    "Dot", "Composition", "compose", "check_grad",
+]
+
+_OP_AFFINE = int(OpCode.OP_AFFINE)
+_OP_ELEMENTWISE = int(OpCode.OP_ELEMENTWISE)
+_OP_SOFTMAX = int(OpCode.OP_SOFTMAX)
+_OP_LOG_SOFTMAX = int(OpCode.OP_LOG_SOFTMAX)
+
+# elementwise codes: csrc/gc_maps.h
+_EW = dict(tanh=1, sigmoid=2, relu=3, leaky_relu=4, softplus=5, exp=6, log=7,
+           sin=8, cos=9, square=10, scale=11)
+# loss codes: csrc/gc_maps.h
+_LOSS = dict(squared_error=1, mean_squared_error=2, cross_entropy=3,
+             logsumexp=4, dot=5)
+
+
+def _float_dtype(dtype, name):
+    """The dtype an input of this dtype computes in (the chain dtype rule)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f" and dtype.itemsize <= 4:
+        return np.dtype(np.float32)
+    if (dtype.kind == "f" and dtype.itemsize == 8) or dtype.kind in "biu":
+        return np.dtype(np.float64)
+    if dtype.kind == "c":
+        raise TypeError(f"{name} has complex dtype {dtype}; gradchain supports "
+                        f"real float32/float64 values only")
+    raise TypeError(f"{name} has dtype {dtype}; gradchain needs real "
+                    f"float32/float64 (or integer/bool) values")
+
+
+def _as_float(x, name):
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"{name} could not be converted to a numeric array: "
+                        f"{exc}") from exc
+    _float_dtype(a.dtype, name)
+    return a
+
+
+def _real(c, name):
+    if isinstance(c, (bool, np.bool_)) or not isinstance(c, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {c!r}")
+    return float(c)
+
+
+# ---------------------------------------------------------------------------
+# Maps
+# ---------------------------------------------------------------------------
+
+class Map:
+    """A differentiable map f: R^n_in -> R^n_out given by the user.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(x)`` -> f(x).  Called with a 1-D x for single inputs and with a
+        2-D batch (B, n_in) for batched inputs (one row per sample).
+    jacobian : callable, optional
+        ``jacobian(x)`` -> the Jacobian at a single x (1-D), as an array of
+        shape (n_out, n_in) or a :class:`gradchain.Operator`.  Its products
+        run in the compiled kernels; for a batch it is called once per row.
+    vjp, jvp : callable, optional
+        Matrix-free links: ``vjp(x, g)`` -> J^T g and ``jvp(x, v)`` -> J v,
+        called with x and g/v of matching rank (1-D, or 2-D batches).
+        ``vjp`` takes precedence over ``jacobian`` for reverse mode and
+        ``jvp`` for forward mode.
+
+    A map needs ``jacobian`` or ``vjp`` for gradients, and ``jacobian`` or
+    ``jvp`` for forward mode.
+    """
+
+    _builtin = False
+
+    def __init__(self, fn, jacobian=None, *, vjp=None, jvp=None):
+        for name, f in (("fn", fn), ("jacobian", jacobian), ("vjp", vjp),
+                        ("jvp", jvp)):
+            if f is not None and not callable(f):
+                raise TypeError(f"{name} must be callable, got {type(f).__name__}")
+        if fn is None:
+            raise TypeError("fn must be callable, got None")
+        if jacobian is None and vjp is None and jvp is None:
+            raise TypeError("a Map needs jacobian=, vjp= or jvp=")
+        self.fn, self._jacobian, self._vjp, self._jvp = fn, jacobian, vjp, jvp
+
+    in_dim = None
+    out_dim = None
+
+    def __call__(self, x):
+        return np.asarray(self.fn(x))
+
+    def _jac_at(self, x):
+        J = self._jacobian(x)
+        if not isinstance(J, Operator):
+            J = np.asarray(J)
+        return J
+
+    def _apply(self, x, t, transpose):
+        """J^T t (transpose) or J t at x, x and t of rank 1 or 2."""
+        f = self._vjp if transpose else self._jvp
+        if f is not None:
+            return np.asarray(f(x, t))
+        if self._jacobian is None:
+            raise TypeError(
+                f"this Map has no {'vjp= or jacobian=' if transpose else 'jvp= or jacobian='}"
+                f" for {'reverse' if transpose else 'forward'} mode")
+        if x.ndim == 1:
+            c = Chain([self._jac_at(x)])
+            return c.vjp(t) if transpose else c.jvp(t)
+        rows = [Chain([self._jac_at(x[b])]) for b in range(x.shape[0])]
+        return np.stack([(c.vjp(t[b]) if transpose else c.jvp(t[b]))
+                         for b, c in enumerate(rows)]) if rows else (
+            np.empty((0, x.shape[1] if transpose else 0)))
+
+    def __repr__(self):
+        return f"Map({getattr(self.fn, '__name__', 'fn')})"
+
+
+class _Builtin(Map):
+    """A map the compiled plans know."""
+
+    _builtin = True
+
+    def __init__(self):
+        pass
+
+    def _spec(self, dtype):
+        raise NotImplementedError
+
+    def _params(self):
+        return ()
+
+    def __call__(self, x):
+        return Composition([self]).forward(x)[0]
+
+    def jacobian(self, x):
+        """The Jacobian at a single x, as an operator (or W for Affine)."""
+        return Composition([self]).chain(x).jacobians[0]
+
+
+class Affine(_Builtin):
+    """x -> W x + b, W of shape (n_out, n_in); its Jacobian is W, read in
+    place.  A batch X (B, n_in) maps to X W^T + b."""
+
+    def __init__(self, W, b=None):
+        W = _as_float(W, "W")
+        if W.ndim != 2:
+            raise ValueError(f"W must be 2-D (n_out, n_in), got shape {W.shape}")
+        if b is not None:
+            b = _as_float(b, "b")
+            if b.shape != (W.shape[0],):
+                raise ValueError(f"b has shape {b.shape} but W has shape "
+                                 f"{W.shape}: b must have shape ({W.shape[0]},)")
+        self.W, self.b = W, b
+
+    @property
+    def in_dim(self):
+        return self.W.shape[1]
+
+    @property
+    def out_dim(self):
+        return self.W.shape[0]
+
+    def _params(self):
+        return (self.W,) if self.b is None else (self.W, self.b)
+
+    def _spec(self, dtype):
+        W = np.require(self.W, dtype, "A")
+        b = None if self.b is None else np.require(self.b, dtype, "CA")
+        return (_OP_AFFINE, W, b)
+
+    def __repr__(self):
+        return f"Affine({self.W.shape[1]} -> {self.W.shape[0]}" + (
+            ", bias)" if self.b is not None else ")")
+
+
+class _Elementwise(_Builtin):
+    _code = 0
+    _param = 0.0
+
+    def _spec(self, dtype):
+        return (_OP_ELEMENTWISE, self._code, self._param)
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+def _elementwise(name, code, doc):
+    cls = type(name, (_Elementwise,), {"_code": code, "__doc__": doc})
+    return cls
+
+
+Tanh = _elementwise("Tanh", _EW["tanh"], "x -> tanh(x), elementwise; J = diag(1 - y^2).")
+Sigmoid = _elementwise("Sigmoid", _EW["sigmoid"],
+                       "x -> 1 / (1 + exp(-x)), elementwise and stable; J = diag(y (1 - y)).")
+ReLU = _elementwise("ReLU", _EW["relu"], "x -> max(x, 0), elementwise; J = diag(x > 0).")
+Softplus = _elementwise("Softplus", _EW["softplus"],
+                        "x -> log(1 + exp(x)), elementwise and stable; J = diag(sigmoid(x)).")
+Exp = _elementwise("Exp", _EW["exp"], "x -> exp(x), elementwise; J = diag(exp(x)).")
+Log = _elementwise("Log", _EW["log"],
+                   "x -> log(x), elementwise (NaN/-inf for x <= 0, like NumPy); J = diag(1/x).")
+Sin = _elementwise("Sin", _EW["sin"], "x -> sin(x), elementwise; J = diag(cos(x)).")
+Cos = _elementwise("Cos", _EW["cos"], "x -> cos(x), elementwise; J = diag(-sin(x)).")
+Square = _elementwise("Square", _EW["square"], "x -> x^2, elementwise; J = diag(2x).")
+
+
+class LeakyReLU(_Elementwise):
+    """x -> x for x >= 0, alpha x below; J = diag(1 or alpha)."""
+
+    _code = _EW["leaky_relu"]
+
+    def __init__(self, alpha=0.01):
+        self._param = self.alpha = _real(alpha, "alpha")
+
+    def __repr__(self):
+        return f"LeakyReLU({self.alpha!r})"
+
+
+class Scale(_Elementwise):
+    """x -> c x; J = c I."""
+
+    _code = _EW["scale"]
+
+    def __init__(self, c):
+        self._param = self.c = _real(c, "c")
+
+    def __repr__(self):
+        return f"Scale({self.c!r})"
+
+
+class Softmax(_Builtin):
+    """x -> exp(x) / sum(exp(x)) over the last axis, stable;
+    J = diag(s) - s s^T (applied in O(n))."""
+
+    def _spec(self, dtype):
+        return (_OP_SOFTMAX,)
+
+    def __repr__(self):
+        return "Softmax()"
+
+
+class LogSoftmax(_Builtin):
+    """x -> x - logsumexp(x) over the last axis, stable; J = I - 1 s^T."""
+
+    def _spec(self, dtype):
+        return (_OP_LOG_SOFTMAX,)
+
+    def __repr__(self):
+        return "LogSoftmax()"
+
+
+# ---------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------
+
+class Loss:
+    """A scalar loss l(x^(k)) with a compiled value and gradient."""
+
+    _code = 0
+
+    def _rows(self, B, n, dtype):
+        """(aux rows (B, n) in dtype or None, labels (B,) int64 or None)."""
+        return None, None
+
+    def _params(self):
+        return ()
+
+    def value_and_grad(self, x):
+        """(l(x), grad l(x)) for a single x, or per-row values (B,) and
+        gradients (B, n) for a batch."""
+        x = _as_float(x, "x")
+        dtype = np.result_type(_float_dtype(x.dtype, "x"),
+                               *[_float_dtype(p.dtype, "target") for p in self._params()])
+        X = np.require(np.atleast_2d(x), dtype, "CA")
+        if x.ndim not in (1, 2):
+            raise ValueError(f"x must be 1-D or 2-D, got shape {x.shape}")
+        aux, labels = self._rows(X.shape[0], X.shape[1], dtype)
+        _, vals, G, _ = Plan([], dtype).run(X, "loss", loss=self._code, aux=aux,
+                                            labels=labels)
+        if x.ndim == 1:
+            return float(vals[0]), G[0]
+        return vals, G
+
+
+class _TargetLoss(Loss):
+    _name = "target"
+
+    def __init__(self, target):
+        self.target = _as_float(target, self._name)
+        if self.target.ndim not in (1, 2):
+            raise ValueError(f"{self._name} must be 1-D (n,) or 2-D (batch, n), "
+                             f"got shape {self.target.shape}")
+
+    def _params(self):
+        return (self.target,)
+
+    def _rows(self, B, n, dtype):
+        t = self.target
+        if t.dtype == dtype and t.flags.c_contiguous and (
+                t.shape == (n,) and B == 1 or t.shape == (B, n)):
+            return t, None      # read in place
+        if t.shape[-1] != n or (t.ndim == 2 and t.shape[0] != B):
+            want = f"({n},) or ({B}, {n})"
+            raise ValueError(f"{self._name} has shape {t.shape} but the output "
+                             f"x^(k) has {B} sample(s) of {n} values: expected {want}")
+        return np.require(np.broadcast_to(t, (B, n)), dtype, "CA"), None
+
+
+class SquaredError(_TargetLoss):
+    """l(x) = 1/2 ||x - t||^2; grad = x - t.  t: (n,) or per sample (B, n)."""
+
+    _code = _LOSS["squared_error"]
+
+    def __repr__(self):
+        return "SquaredError(target)"
+
+
+class MeanSquaredError(_TargetLoss):
+    """l(x) = mean((x - t)^2) over the n values; grad = 2 (x - t) / n."""
+
+    _code = _LOSS["mean_squared_error"]
+
+    def __repr__(self):
+        return "MeanSquaredError(target)"
+
+
+class Dot(_TargetLoss):
+    """l(x) = w . x; grad = w.  w: (n,) or per sample (B, n)."""
+
+    _code = _LOSS["dot"]
+    _name = "w"
+
+    def __repr__(self):
+        return "Dot(w)"
+
+
+class LogSumExp(Loss):
+    """l(x) = log sum exp(x), stable; grad = softmax(x)."""
+
+    _code = _LOSS["logsumexp"]
+
+    def __repr__(self):
+        return "LogSumExp()"
+
+
+class CrossEntropy(Loss):
+    """Cross-entropy from logits: l(x) = logsumexp(x) - x[label], stable;
+    grad = softmax(x) - onehot(label).  labels: an int for one sample, or
+    (B,) ints for a batch."""
+
+    _code = _LOSS["cross_entropy"]
+
+    def __init__(self, labels):
+        a = np.asarray(labels)
+        if a.dtype.kind not in "iu" and not (a.dtype.kind == "b" and False):
+            raise TypeError(f"labels must be integers, got dtype {a.dtype}")
+        if a.ndim > 1:
+            raise ValueError(f"labels must be an int or 1-D (batch,), got shape {a.shape}")
+        self.labels = a
+
+    def _rows(self, B, n, dtype):
+        a = self.labels
+        if a.ndim == 1 and a.shape[0] != B:
+            raise ValueError(f"labels has shape {a.shape} but the batch has {B} "
+                             f"sample(s)")
+        lab = np.ascontiguousarray(np.broadcast_to(a, (B,)), dtype=np.int64)
+        bad = np.flatnonzero((lab < 0) | (lab >= n))
+        if bad.size:
+            i = int(bad[0])
+            where = f"labels[{i}]" if a.ndim == 1 else "labels"
+            raise ValueError(f"{where} = {int(lab[i])} is out of range for "
+                             f"{n} classes (0 <= label < {n})")
+        return None, lab
+
+    def __repr__(self):
+        return "CrossEntropy(labels)"
+
+
+# ---------------------------------------------------------------------------
+# Compositions
+# ---------------------------------------------------------------------------
+
+class Composition:
+    """f^(k) o ... o f^(1), optionally followed by a loss; see :func:`compose`."""
+
+    def __init__(self, maps, loss=None):
+        maps = list(maps)
+        cur = None          # known output size so far (None: any)
+        known_from = None
+        for i, m in enumerate(maps):
+            if not isinstance(m, Map):
+                raise TypeError(f"maps[{i}] must be a gradchain Map, got "
+                                f"{type(m).__name__}")
+            if m.in_dim is not None and cur is not None and m.in_dim != cur:
+                raise ValueError(
+                    f"maps[{i}] ({m!r}) takes {m.in_dim} inputs but "
+                    f"maps[{known_from}] outputs {cur} values")
+            if m.out_dim is not None:
+                cur, known_from = m.out_dim, i
+            elif not m._builtin:
+                cur = None
+        if loss is not None and not isinstance(loss, Loss):
+            raise TypeError(f"loss must be a gradchain Loss, got {type(loss).__name__}")
+        if (loss is not None and cur is not None and isinstance(loss, _TargetLoss)
+                and loss.target.shape[-1] != cur):
+            raise ValueError(
+                f"loss {loss._name} has shape {loss.target.shape} but maps[{known_from}] "
+                f"outputs {cur} values")
+        self.maps, self.loss = maps, loss
+        # consecutive built-in maps form compiled segments
+        self._segments = []
+        for m in maps:
+            if m._builtin:
+                if self._segments and isinstance(self._segments[-1], list):
+                    self._segments[-1].append(m)
+                else:
+                    self._segments.append([m])
+            else:
+                self._segments.append(m)
+        self._plans = {}
+        self._fast = None
+
+    def __len__(self):
+        return len(self.maps)
+
+    def __repr__(self):
+        inner = ", ".join(repr(m) for m in self.maps)
+        return f"compose({inner}" + (f", loss={self.loss!r})" if self.loss else ")")
+
+    # -- set-up ---------------------------------------------------------
+
+    def _dtype(self, x):
+        dts = [_float_dtype(x.dtype, "x")]
+        for m in self.maps:
+            dts += [_float_dtype(p.dtype, "parameters") for p in m._params()]
+        if self.loss is not None:
+            dts += [_float_dtype(p.dtype, "loss target") for p in self.loss._params()]
+        return np.dtype(np.result_type(*dts))
+
+    def _plan_list(self, dtype):
+        plans = self._plans.get(dtype)
+        if plans is None:
+            plans = [Plan([m._spec(dtype) for m in seg], dtype)
+                     if isinstance(seg, list) else seg for seg in self._segments]
+            self._plans[dtype] = plans
+        return plans
+
+    def _input(self, x, name="x"):
+        x = _as_float(x, name)
+        if x.ndim not in (1, 2):
+            raise ValueError(f"{name} must be 1-D (n_0,) or 2-D (batch, n_0), "
+                             f"got shape {x.shape}")
+        for i, m in enumerate(self.maps):
+            if m.in_dim is not None:
+                if x.shape[-1] != m.in_dim:
+                    raise ValueError(f"{name} has shape {x.shape} but maps[{i}] "
+                                     f"({m!r}) takes {m.in_dim} inputs")
+                break
+            if not m._builtin:
+                break
+        dtype = self._dtype(x)
+        X = np.require(x.reshape(1, -1) if x.ndim == 1 else x, dtype, "CA")
+        return X, x.ndim == 1, dtype
+
+    @staticmethod
+    def _user_in(X, single):
+        return X[0] if single else X
+
+    @staticmethod
+    def _user_out(y, single, dtype, i):
+        y = np.asarray(y)
+        if single and y.ndim != 1:
+            raise ValueError(f"maps[{i}] returned shape {y.shape} for a 1-D input")
+        if not single and y.ndim != 2:
+            raise ValueError(f"maps[{i}] returned shape {y.shape} for a batch input")
+        return np.require(y.reshape(1, -1) if single else y, dtype, "CA")
+
+    def _forward_all(self, X, single, dtype):
+        """Per segment: (segment, its input batch); and the final output."""
+        trail = []
+        idx = 0
+        for seg, plan in zip(self._segments, self._plan_list(dtype)):
+            trail.append((seg, plan, X))
+            if isinstance(seg, list):
+                X = plan.run(X, "forward")[-1]
+                idx += len(seg)
+            else:
+                X = self._user_out(seg(self._user_in(X, single)), single, dtype, idx)
+                idx += 1
+        return trail, X
+
+    def _backward(self, trail, G, single, dtype):
+        for seg, plan, Xin in reversed(trail):
+            if isinstance(seg, list):
+                G = plan.run(Xin, "vjp", T=G)[1]
+            else:
+                g = seg._apply(self._user_in(Xin, single), self._user_in(G, single),
+                               True)
+                G = self._user_out(g, single, dtype, self.maps.index(seg))
+        return G
+
+    # -- public API -----------------------------------------------------
+
+    def forward(self, x):
+        """Run the maps: returns (x^(k), [x^(0), x^(1), ..., x^(k)]), each of
+        x's rank (1-D, or (B, n_i) for a batch)."""
+        X, single, dtype = self._input(x)
+        xs = [X]
+        idx = 0
+        for seg, plan in zip(self._segments, self._plan_list(dtype)):
+            if isinstance(seg, list):
+                xs += plan.run(xs[-1], "forward")[1:]
+                idx += len(seg)
+            else:
+                xs.append(self._user_out(seg(self._user_in(xs[-1], single)),
+                                         single, dtype, idx))
+                idx += 1
+        if single:
+            xs = [a[0] for a in xs]
+        else:
+            xs[0] = xs[0].copy() if xs[0] is x else xs[0]
+        return xs[-1], xs
+
+    def __call__(self, x):
+        return self.forward(x)[0]
+
+    def value_and_grad(self, x, reduction="sum"):
+        """L(x) and grad_x L.
+
+        For a single x (n_0,): (float, (n_0,) array).  For a batch (B, n_0),
+        with per-sample losses L_b: ``reduction="sum"`` returns sum_b L_b and
+        the (B, n_0) array whose row b is grad L_b (the gradient of the sum
+        with respect to sample b); ``"mean"`` divides both by B; ``"none"``
+        returns the (B,) losses and the same rows.
+        """
+        fast = self._fast
+        if (fast is not None and type(x) is np.ndarray and x.dtype == fast[0]
+                and x.shape == fast[1] and x.flags.c_contiguous):
+            # same dtype and shape as an earlier call of an all-built-in
+            # composition: the plan and sizes are known; one compiled call
+            B = 1 if fast[4] else x.shape[0]
+            aux, labels = self.loss._rows(B, fast[3], fast[0])
+            vals, G = fast[2].loss_grad(x, self.loss._code, aux, labels)
+            if fast[4]:
+                return float(vals[0]), G
+            return self._reduce(vals, G, reduction)
+        if self.loss is None:
+            raise ValueError("value_and_grad needs a loss: compose(..., loss=...)")
+        if reduction not in ("sum", "mean", "none"):
+            raise ValueError(f"reduction must be 'sum', 'mean' or 'none', got "
+                             f"{reduction!r}")
+        X, single, dtype = self._input(x)
+        B = X.shape[0]
+        plans = self._plan_list(dtype)
+        if len(plans) == 1 and isinstance(self._segments[0], list):
+            n_k = plans[0].dims(X.shape[1])[-1]
+            aux, labels = self.loss._rows(B, n_k, dtype)
+            _, vals, G, _ = plans[0].run(X, "loss", loss=self.loss._code,
+                                         aux=aux, labels=labels)
+            if type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous:
+                self._fast = (dtype, x.shape, plans[0], n_k, single)
+        else:
+            trail, Y = self._forward_all(X, single, dtype)
+            aux, labels = self.loss._rows(B, Y.shape[1], dtype)
+            _, vals, Gk, _ = Plan([], dtype).run(Y, "loss", loss=self.loss._code,
+                                                 aux=aux, labels=labels)
+            G = self._backward(trail, Gk, single, dtype)
+        if single:
+            return float(vals[0]), G[0]
+        return self._reduce(vals, G, reduction)
+
+    @staticmethod
+    def _reduce(vals, G, reduction):
+        if reduction == "sum":
+            return float(vals.sum()), G
+        if reduction == "mean":
+            B = vals.shape[0]
+            G /= max(B, 1)
+            return (float(vals.sum() / B) if B else float("nan")), G
+        if reduction == "none":
+            return vals, G
+        raise ValueError(f"reduction must be 'sum', 'mean' or 'none', got "
+                         f"{reduction!r}")
+
+    def value(self, x, reduction="sum"):
+        """L(x) (see value_and_grad)."""
+        return self.value_and_grad(x, reduction)[0]
+
+    def grad(self, x, reduction="sum"):
+        """grad_x L (see value_and_grad)."""
+        return self.value_and_grad(x, reduction)[1]
+
+    def vjp(self, x, g):
+        """J^T g for the maps' Jacobian J at x (the loss is not involved);
+        g of shape (n_k,) or, for a batch x, (B, n_k)."""
+        X, single, dtype = self._input(x)
+        trail, Y = self._forward_all(X, single, dtype)
+        G = _as_float(g, "g")
+        want = (Y.shape[1],) if single else Y.shape
+        if G.shape != want:
+            raise ValueError(f"g has shape {G.shape} but the maps output {want}")
+        G = np.require(G.reshape(Y.shape), dtype, "CA")
+        out = self._backward(trail, G, single, dtype)
+        return out[0] if single else out
+
+    def jvp(self, x, v):
+        """J v for the maps' Jacobian J at x; v of x's shape."""
+        X, single, dtype = self._input(x)
+        V = _as_float(v, "v")
+        if V.shape != np.shape(x):
+            raise ValueError(f"v has shape {V.shape} but x has shape {np.shape(x)}")
+        V = np.require(V.reshape(X.shape), dtype, "CA")
+        idx = 0
+        for seg, plan in zip(self._segments, self._plan_list(dtype)):
+            if isinstance(seg, list):
+                X, V, _ = plan.run(X, "jvp", T=V)
+                idx += len(seg)
+            else:
+                xin = self._user_in(X, single)
+                V = self._user_out(seg._apply(xin, self._user_in(V, single), False),
+                                   single, dtype, idx)
+                X = self._user_out(seg(xin), single, dtype, idx)
+                idx += 1
+        return V[0] if single else V
+
+    def jacobian(self, x):
+        """The dense Jacobian of f^(k) o ... o f^(1) at a single x: (n_k, n_0)."""
+        x = _as_float(x, "x")
+        if x.ndim != 1:
+            raise ValueError(f"jacobian takes a single x (n_0,), got shape {x.shape}")
+        n0 = x.shape[0]
+        X, _, dtype = self._input(x)
+        # the n_0 columns J e_j as one forward-mode batch
+        Xb = np.repeat(X, n0, axis=0) if n0 else X[:0]
+        E = np.eye(n0, dtype=dtype)
+        if all(isinstance(s, list) for s in self._segments):
+            V = E
+            for plan in self._plan_list(dtype):
+                Xb, V, _ = plan.run(np.ascontiguousarray(Xb), "jvp", T=V)
+            return np.ascontiguousarray(V.T)
+        return np.stack([self.jvp(x, E[j]) for j in range(n0)], axis=1)
+
+    def chain(self, x):
+        """The :class:`gradchain.Chain` of the maps' Jacobians at a single x
+        (Affine: W itself; elementwise: Diagonal; softmax: diagonal plus
+        rank one; user maps: their ``jacobian(x)``)."""
+        x = _as_float(x, "x")
+        if x.ndim != 1:
+            raise ValueError(f"chain takes a single x (n_0,), got shape {x.shape}")
+        _, xs = self.forward(x)
+        dtype = xs[0].dtype
+        links = []
+        for i, m in enumerate(self.maps):
+            xi, yi = xs[i], xs[i + 1]
+            if isinstance(m, Affine):
+                links.append(m.W if m.W.dtype == dtype else m.W.astype(dtype))
+            elif isinstance(m, _Elementwise):
+                d = Composition([m]).vjp(xi, np.ones_like(xi))
+                links.append(Diagonal(d))
+            elif isinstance(m, Softmax):
+                links.append(DiagonalPlusRankOne.softmax(yi))
+            elif isinstance(m, LogSoftmax):
+                links.append(DiagonalPlusRankOne.log_softmax(np.exp(yi)))
+            elif m._jacobian is not None:
+                links.append(m._jac_at(xi))
+            else:
+                raise TypeError(f"maps[{i}] is matrix-free (vjp=/jvp= only): it has "
+                                f"no Jacobian to put in a Chain")
+        return Chain(links)
+
+
+def compose(*maps, loss=None):
+    """Compose maps f^(1), ..., f^(k) (in application order) and a loss.
+
+    Returns a :class:`Composition` with ``forward``, ``value_and_grad``,
+    ``grad``, ``vjp``, ``jvp``, ``jacobian`` and ``chain``.  Sizes known
+    from the maps (an Affine's W) are checked here; the rest at the first
+    call.
+
+    Examples
+    --------
+    >>> import numpy as np, gradchain as gc
+    >>> W = np.array([[1., 2.], [3., 4.]])
+    >>> f = gc.compose(gc.Affine(W), gc.Tanh(), loss=gc.SquaredError([0., 0.]))
+    >>> L, g = f.value_and_grad(np.array([0.1, -0.2]))
+    >>> round(L, 6)
+    0.149208
+    """
+    return Composition(maps, loss)
+
+
+def check_grad(f, x, *, eps=None):
+    """Maximum relative error of an analytic derivative against central
+    finite differences at x.
+
+    f may be a Composition with a loss (its gradient is checked), a
+    Composition without one or a Map (its Jacobian, via jvp, is checked
+    column by column), or a callable returning (value, gradient).  The
+    step defaults to cbrt(machine epsilon) * max(1, |x_j|) per coordinate,
+    in x's float dtype.  Returns max |analytic - numeric| / max |numeric|
+    (or the absolute error when the numeric derivative is 0).
+    """
+    x = np.array(_as_float(x, "x"), dtype=np.result_type(_float_dtype(np.asarray(x).dtype, "x")))
+    if x.ndim != 1:
+        raise ValueError(f"check_grad takes a single x (n,), got shape {x.shape}")
+    e0 = np.cbrt(np.finfo(x.dtype).eps) if eps is None else _real(eps, "eps")
+    steps = e0 * np.maximum(1.0, np.abs(x))
+    if isinstance(f, Map):
+        f = Composition([f])
+    if isinstance(f, Composition) and f.loss is None:
+        analytic = f.jacobian(x)
+        num = np.empty_like(analytic)
+        for j in range(x.shape[0]):
+            xp, xm = x.copy(), x.copy()
+            xp[j] += steps[j]
+            xm[j] -= steps[j]
+            num[:, j] = (f(xp) - f(xm)) / (xp[j] - xm[j])
+    else:
+        value_and_grad = f.value_and_grad if isinstance(f, Composition) else f
+        analytic = np.asarray(value_and_grad(x)[1])
+        num = np.empty(x.shape[0])
+        for j in range(x.shape[0]):
+            xp, xm = x.copy(), x.copy()
+            xp[j] += steps[j]
+            xm[j] -= steps[j]
+            num[j] = (float(value_and_grad(xp)[0]) - float(value_and_grad(xm)[0])) / (
+                xp[j] - xm[j])
+    scale = np.max(np.abs(num)) if num.size else 0.0
+    err = np.max(np.abs(analytic - num)) if num.size else 0.0
+    return float(err / scale) if scale > 0 else float(err)
