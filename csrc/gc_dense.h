@@ -36,8 +36,9 @@ extern "C" {
 #define GC_PARALLEL_MIN_ELEMS ((ptrdiff_t)1 << 17)
 
 /* Row-major matrices up to this many bytes (cache resident) take the
- * register-blocked J^T x kernel in one pass; larger ones are streamed row by
- * row, in chunks of whole rows whose partial sums are added in order. */
+ * register-blocked J^T x kernel; larger ones are streamed row by row.  Any
+ * J^T x of more than GC_CHUNK_MIN_ROWS rows runs in chunks of whole rows
+ * (at most GC_CHUNK_MAX) whose partial sums are added in order. */
 #define GC_REGBLOCK_BYTES ((ptrdiff_t)1 << 18)
 #define GC_CHUNK_MIN_ROWS ((ptrdiff_t)128)
 #define GC_CHUNK_MAX ((ptrdiff_t)64)

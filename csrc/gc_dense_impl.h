@@ -310,7 +310,9 @@ GC_NAME(add_partials)(ptrdiff_t np, ptrdiff_t n, ptrdiff_t c0, ptrdiff_t c1,
 }
 
 /*
- * A matrix larger than GC_REGBLOCK_BYTES is cut into chunks of whole rows;
+ * A matrix of more than GC_CHUNK_MIN_ROWS rows is cut into chunks of whole
+ * rows (which also keeps long float32 sums accurate: two levels of partial
+ * sums instead of one running sum);
  * chunk j yields the partial sum P_j = A[rows of j]^T x[rows of j], and
  * y = ((P_0 + P_1) + P_2) + ... in chunk order.  Threads take whole chunks
  * (each streams a contiguous band of A) and then whole column ranges of the
@@ -328,7 +330,7 @@ GC_NAME(gc_axpy_rows)(ptrdiff_t m, ptrdiff_t n, const GC_T *A, ptrdiff_t rs,
     }
     chunk = GC_NAME(chunk_rows)(m);
     nch = (m + chunk - 1) / chunk;
-    if (m * n * (ptrdiff_t)sizeof(GC_T) <= GC_REGBLOCK_BYTES || nch <= 1) {
+    if (nch <= 1) {
         GC_NAME(axpy_rows_range)(kind, m, 0, n, A, rs, cs, x, y);
         return 0;
     }

@@ -13,6 +13,7 @@ microseconds).
 """
 cimport numpy as cnp
 import numpy as np
+from libc.stdint cimport PTRDIFF_MAX as PY_SSIZE_T_MAX
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 from cython cimport floating
@@ -68,6 +69,18 @@ cdef int _compute_typenum(object dtype, str name) except -1:
 
 cdef inline object _pyshape(object a):
     return a.shape
+
+
+cdef tuple _c_shape(cnp.ndarray a):
+    """The array's dimensions as the C struct holds them."""
+    return tuple(cnp.PyArray_DIM(a, i) for i in range(cnp.PyArray_NDIM(a)))
+
+
+cdef _reject_masked(object a, str name):
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a masked array; gradchain does not apply masks: pass "
+            f"{name}.filled(0) (or .data to use the values under the mask)")
 
 
 cdef cnp.ndarray _as_array(object x, str name):
@@ -187,6 +200,8 @@ cdef class ChainCore:
     cdef tuple _arrays             # the bound 2-D arrays and operators
     cdef object _stack             # the 3-D array the links view, or None
     cdef list _keep                # operator vectors converted for the kernels
+    cdef tuple _sources            # each link as the caller gave it
+    cdef bint _converted           # some link is bound to a converted copy
 
     def __cinit__(self, *args, **kwargs):
         self._links = NULL
@@ -195,6 +210,7 @@ cdef class ChainCore:
         self._typenum = -1
         self._stack = None
         self._keep = []
+        self._converted = False
         if len(args) + len(kwargs) != 1 or (kwargs and "jacobians" not in kwargs):
             raise TypeError(
                 f"{type(self).__name__}() takes exactly one argument, "
@@ -213,7 +229,7 @@ cdef class ChainCore:
         cdef cnp.ndarray a
         cdef Py_ssize_t i, k
         cdef int t, typenum = -1
-        if isinstance(jacobians, (str, bytes)):
+        if isinstance(jacobians, (str, bytes, dict, set, frozenset)):
             raise TypeError(
                 f"jacobians must be a sequence of 2-D arrays or one 3-D "
                 f"array, got {type(jacobians).__name__}")
@@ -233,9 +249,15 @@ cdef class ChainCore:
                 raise ValueError(
                     f"jacobians as one array must be 3-D (k, m, n), got "
                     f"shape {_pyshape(a)}")
+            if a.ndim == 0:
+                raise TypeError(
+                    "jacobians must be a sequence of 2-D arrays or one 3-D "
+                    "array, got a 0-d object array")
             items = list(a)
         elif isinstance(jacobians, list):
-            items = <list>jacobians
+            # a copy: converting an item can run user code (__array__) that
+            # changes the caller's list
+            items = list(<list>jacobians)
         elif isinstance(jacobians, tuple):
             items = list(<tuple>jacobians)
         else:
@@ -250,6 +272,8 @@ cdef class ChainCore:
         arrays = [None] * k
         for i in range(k):
             item = items[i]
+            if type(item) is not np.ndarray and isinstance(item, cnp.ndarray):
+                _reject_masked(item, f"jacobians[{i}]")
             if not isinstance(item, cnp.ndarray):
                 kind = getattr(type(item), "_gc_kind", None)
                 if kind == LINK_DENSE:
@@ -274,11 +298,13 @@ cdef class ChainCore:
             arrays[i] = a
         # Pass 2: conversions where unavoidable, then the link table.
         dtype = _DT_DOUBLE if typenum == cnp.NPY_DOUBLE else _DT_FLOAT
+        self._sources = tuple(arrays)
         for i in range(k):
             if isinstance(arrays[i], cnp.ndarray):
                 a = <cnp.ndarray>arrays[i]
                 if not _usable(a, typenum):
                     arrays[i] = np.require(a, dtype, "A")
+                    self._converted = True
         self._alloc(k, typenum)
         for i in range(k):
             if isinstance(arrays[i], cnp.ndarray):
@@ -306,6 +332,7 @@ cdef class ChainCore:
             a = np.require(vec, dtype, "CA")
             if a is not vec:
                 self._keep.append(a)
+                self._converted = True
             ptrs[j] = <const char *>cnp.PyArray_DATA(a)
             _extent(<cnp.ndarray>vec if isinstance(vec, cnp.ndarray) else a,
                     &lo, &hi)
@@ -319,6 +346,7 @@ cdef class ChainCore:
         cdef int typenum = _compute_typenum(a.dtype, "jacobians")
         cdef Py_ssize_t i, k = a.shape[0]
         cdef Link *L
+        src = a
         if not _usable(a, typenum):
             a = np.require(
                 a, _DT_DOUBLE if typenum == cnp.NPY_DOUBLE else _DT_FLOAT, "A")
@@ -343,6 +371,8 @@ cdef class ChainCore:
             L.hi = hi
         self._stack = a
         self._arrays = None
+        self._sources = (src,) * k
+        self._converted = src is not a
         self._check_dims()
 
     cdef _alloc(self, Py_ssize_t k, int typenum):
@@ -380,13 +410,19 @@ cdef class ChainCore:
                 self._maxw = self._links[i].n
 
     cdef tuple _link_arrays(self, Py_ssize_t i):
-        """The caller's arrays behind link i (for the out= overlap check)."""
+        """The arrays behind link i, as bound and as the caller gave them
+        (for the out= overlap check)."""
         if self._stack is not None:
-            return (self._stack[i],)
-        item = self._arrays[i]
-        if isinstance(item, cnp.ndarray):
-            return (item,)
-        return tuple(item._gc_vectors())
+            if self._sources[i] is self._stack:
+                return (self._stack[i],)
+            return (self._stack[i], self._sources[i][i])
+        out = []
+        for item in (self._arrays[i], self._sources[i]):
+            if isinstance(item, cnp.ndarray):
+                out.append(item)
+            else:
+                out.extend(item._gc_vectors())
+        return tuple(out)
 
     # ---------------------------------------------------------------- info
 
@@ -457,17 +493,15 @@ cdef class ChainCore:
         cdef const char *xlo
         cdef const char *xhi
         cdef int nt, rc
+        cdef tuple shape
+        cdef cnp.npy_intp rdims[2]
         if xt != cnp.NPY_DOUBLE and xt != cnp.NPY_FLOAT:
             xt = _compute_typenum(x.dtype, name)
+        elif type(x) is not np.ndarray:
+            _reject_masked(x, name)
         typenum = xt if self._typenum == -1 else self._typenum
         if xt == cnp.NPY_DOUBLE and typenum == cnp.NPY_FLOAT:
-            # float32 chain, float64 vector: promote like NumPy.  This
-            # converts every link for this call; build the Chain in float64
-            # to avoid it.
-            return ChainCore([J.astype(_DT_DOUBLE) if hasattr(J, "_gc_kind")
-                              else np.asarray(J, _DT_DOUBLE)
-                              for J in self.jacobians])._apply(
-                                  x_in, out, transpose)
+            typenum = cnp.NPY_DOUBLE       # promoted below, after the checks
         # shapes
         cdef int nd = cnp.PyArray_NDIM(x)
         if nd == 1:
@@ -496,8 +530,6 @@ cdef class ChainCore:
                     f"({self._links[0].m}, {self._links[0].n})) takes "
                     f"{self._links[0].n} inputs")
         rdtype = _DT_DOUBLE if typenum == cnp.NPY_DOUBLE else _DT_FLOAT
-        cdef tuple shape
-        cdef cnp.npy_intp rdims[2]
         if nd == 1:
             shape = (nres,)
             rdims[0] = nres
@@ -518,44 +550,68 @@ cdef class ChainCore:
                 raise TypeError(
                     f"out has dtype {res.dtype} but the result has dtype "
                     f"{rdtype}")
-            if _pyshape(res) != shape:
+            # the array's own dimensions, not a (subclass's) .shape attribute
+            if (cnp.PyArray_NDIM(res) != nd or cnp.PyArray_DIM(res, 0) != rdims[0]
+                    or (nd == 2 and cnp.PyArray_DIM(res, 1) != rdims[1])):
                 raise ValueError(
-                    f"out has shape {_pyshape(res)} but the result has shape "
+                    f"out has shape {_c_shape(res)} but the result has shape "
                     f"{shape}")
             if not cnp.PyArray_ISWRITEABLE(res):
                 raise ValueError("out is read-only")
+            for i in range(nd):
+                if (cnp.PyArray_STRIDE(res, i) == 0 and cnp.PyArray_DIM(res, i) > 1
+                        and cnp.PyArray_SIZE(res) > 0):
+                    raise ValueError(
+                        "out has a zero stride: its elements overlap each other")
             _extent(res, &olo, &ohi)
             _extent(x, &xlo, &xhi)
             if _boxes_overlap(olo, ohi, xlo, xhi) and _shares_memory(res, x):
                 raise ValueError(f"out shares memory with {name}")
             for i in range(k):
                 if (_boxes_overlap(olo, ohi, self._links[i].lo, self._links[i].hi)
-                        and any(_shares_memory(res, a)
-                                for a in self._link_arrays(i))):
-                    raise ValueError(
-                        f"out shares memory with jacobians[{i}]")
+                        or self._converted):
+                    if any(_shares_memory(res, a) for a in self._link_arrays(i)):
+                        raise ValueError(
+                            f"out shares memory with jacobians[{i}]")
             if cnp.PyArray_IS_C_CONTIGUOUS(res) and cnp.PyArray_ISALIGNED(res):
                 dst = res
             else:
                 dst = cnp.PyArray_EMPTY(nd, rdims, typenum, 0)
-        if not (cnp.PyArray_IS_C_CONTIGUOUS(x) and _usable(x, typenum)):
-            x = np.require(x, rdtype, "CA")
-        if k == 0:
-            dst[...] = x
-        else:
-            nt = effective_threads()
-            if typenum == cnp.NPY_DOUBLE:
-                with nogil:
-                    rc = _run(self._links, k, self._maxw, transpose,
-                              <const double *>cnp.PyArray_DATA(x), B,
-                              <double *>cnp.PyArray_DATA(dst), nt)
+        if typenum != self._typenum and self._typenum != -1:
+            # float32 chain, float64 vector: promote like NumPy.  This
+            # converts every link for this call; build the Chain in float64
+            # to avoid it.
+            promoted = ChainCore([J.astype(_DT_DOUBLE) if hasattr(J, "_gc_kind")
+                                  else np.asarray(J, _DT_DOUBLE)
+                                  for J in self.jacobians])
+            (<ChainCore>promoted)._apply(x, dst, transpose)
+        elif B * nres > 0:
+            if not (cnp.PyArray_IS_C_CONTIGUOUS(x) and _usable(x, typenum)):
+                x = np.require(x, rdtype, "CA")
+            if k == 0:
+                dst[...] = x
             else:
-                with nogil:
-                    rc = _run(self._links, k, self._maxw, transpose,
-                              <const float *>cnp.PyArray_DATA(x), B,
-                              <float *>cnp.PyArray_DATA(dst), nt)
-            if rc:
-                raise MemoryError("could not allocate the chain's work buffers")
+                # the two work halves: 2 * B * maxw elements, checked for
+                # overflow before any allocation
+                if self._maxw > 0 and B > PY_SSIZE_T_MAX // (
+                        2 * self._maxw * <Py_ssize_t>sizeof(double)):
+                    raise MemoryError(
+                        f"the work buffers for a batch of {B} through widths "
+                        f"up to {self._maxw} exceed the address space")
+                nt = effective_threads()
+                if typenum == cnp.NPY_DOUBLE:
+                    with nogil:
+                        rc = _run(self._links, k, self._maxw, transpose,
+                                  <const double *>cnp.PyArray_DATA(x), B,
+                                  <double *>cnp.PyArray_DATA(dst), nt)
+                else:
+                    with nogil:
+                        rc = _run(self._links, k, self._maxw, transpose,
+                                  <const float *>cnp.PyArray_DATA(x), B,
+                                  <float *>cnp.PyArray_DATA(dst), nt)
+                if rc:
+                    raise MemoryError(
+                        "could not allocate the chain's work buffers")
         if dst is not res:
             res[...] = dst
         return res
