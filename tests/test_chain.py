@@ -1041,3 +1041,88 @@ def test_chain_pickles_by_its_jacobians():
         assert type(c2) is Chain and c2.shapes == c.shapes
         g = rng.standard_normal(c.output_dim)
         np.testing.assert_array_equal(c2.vjp(g), c.vjp(g))
+
+
+# --- regressions from the adversarial review --------------------------------
+
+def test_list_mutated_during_binding_is_safe():
+    Js = []
+
+    class Evil:
+        def __array__(self, dtype=None, copy=None):
+            Js.clear()                      # runs while the list is bound
+            return np.eye(2)
+
+    Js.extend([Evil(), 2 * np.eye(2), 3 * np.eye(2)])
+    # the list as it was at the call: I^T (2I)^T (3I)^T g = 6 g
+    np.testing.assert_array_equal(vjp(Js, np.ones(2)), np.full(2, 6.0))
+
+
+def test_out_subclass_lying_about_shape_is_refused():
+    class Liar(np.ndarray):
+        @property
+        def shape(self):
+            return (1000,)
+
+    out = np.zeros(1).view(Liar)
+    with pytest.raises(ValueError, match=r"out has shape \(1,\) but the result "
+                                         r"has shape \(1000,\)"):
+        vjp([np.ones((1, 1000))], np.ones(1), out=out)
+
+
+def test_zero_stride_out_is_refused():
+    out = np.lib.stride_tricks.as_strided(np.zeros(1), shape=(4,), strides=(0,))
+    with pytest.raises(ValueError, match="zero stride"):
+        vjp([np.eye(4)], np.ones(4), out=out)
+
+
+def test_huge_empty_batch_and_overflowing_work_buffers():
+    r = vjp([np.zeros((1024, 0)), np.zeros((0, 1024))], np.empty((2**50, 0)))
+    assert r.shape == (2**50, 0)
+    one = np.ones(1)
+    J1 = np.lib.stride_tricks.as_strided(one, shape=(2**59, 1), strides=(0, 0),
+                                         writeable=False)
+    J2 = np.lib.stride_tricks.as_strided(one, shape=(1, 2**59), strides=(0, 0),
+                                         writeable=False)
+    with pytest.raises(MemoryError):
+        Chain([J1, J2]).jvp(np.ones((4, 1)))
+
+
+def test_out_overlapping_a_converted_input_is_refused():
+    buf = np.zeros(8)
+    J32 = buf.view(np.float32)[:4].reshape(2, 2)
+    J32[...] = np.eye(2)
+    with pytest.raises(ValueError, match=r"out shares memory with jacobians\[0\]"):
+        vjp([J32], np.array([1.0, 2.0]), out=buf[:2])        # promotion path
+    assert np.array_equal(J32, np.eye(2, dtype=np.float32))
+    Ji = np.eye(2, dtype=np.int64)
+    with pytest.raises(ValueError, match=r"out shares memory with jacobians\[0\]"):
+        vjp([Ji], np.array([1.0, 2.0]), out=Ji.view(np.float64).reshape(-1)[:2])
+    assert np.array_equal(Ji, np.eye(2, dtype=np.int64))
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"a": 1}, "got dict"),
+    (np.array(None, dtype=object), "0-d object array"),
+])
+def test_odd_jacobians_containers_raise_typeerror(bad, match):
+    with pytest.raises(TypeError, match=match):
+        vjp(bad, np.ones(2))
+
+
+def test_masked_arrays_are_refused():
+    m = np.ma.masked_array(np.eye(2), mask=[[0, 1], [0, 0]])
+    with pytest.raises(TypeError, match=r"jacobians\[0\] is a masked array"):
+        vjp([m], np.ones(2))
+    with pytest.raises(TypeError, match="cotangent is a masked array"):
+        vjp([np.eye(2)], np.ma.masked_array(np.ones(2), mask=[0, 1]))
+
+
+def test_long_float32_sums_stay_accurate():
+    # two levels of partial sums: better than a running float32 sum
+    n = 65000
+    g = np.ones(n, np.float32)
+    exact = n * float(np.float32(0.1))
+    for J in (np.full((n, 1), 0.1, np.float32),
+              np.full(n, 0.1, np.float32)[:, None]):
+        assert abs(float(vjp([J], g)[0]) - exact) <= 2e-5 * exact
