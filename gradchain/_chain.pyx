@@ -30,7 +30,8 @@ cdef struct Link:
     const char *data        # dense: element [0, 0]; structured: d (or NULL)
     const char *u           # diagonal plus rank one: u and v (else NULL)
     const char *v
-    double scale            # scaled identity: c
+    double scale            # scaled identity, rank-one coefficient: c
+    Py_ssize_t ds, us, vs   # structured: strides of d, u, v in elements
     Py_ssize_t m, n         # J has shape (m, n): m outputs, n inputs
     Py_ssize_t rs, cs       # dense: strides in elements (any sign, may be 0)
     const char *lo          # [lo, hi): the bytes the link's arrays may touch
@@ -165,8 +166,9 @@ cdef int _run(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
         dst = out if step == k - 1 else work + (step & 1) * half
         if L.kind != LINK_DENSE:
             for b in range(B):
-                struct_apply(L.kind, L.n, <const floating *>L.data,
-                             <const floating *>L.u, <const floating *>L.v,
+                struct_apply(L.kind, L.n, <const floating *>L.data, L.ds,
+                             <const floating *>L.u, L.us,
+                             <const floating *>L.v, L.vs,
                              L.scale, transpose, cur + b * L.n, dst + b * L.n)
         elif transpose:
             if B == 1:
@@ -279,6 +281,13 @@ cdef class ChainCore:
                 if kind == LINK_DENSE:
                     item = item.matrix
                 elif kind is not None:
+                    if kind not in (LINK_DIAG, LINK_SCALED_IDENTITY,
+                                    LINK_DIAG_RANK1):
+                        raise TypeError(
+                            f"jacobians[{i}] is a {type(item).__name__}, an "
+                            f"Operator the compiled chain does not know; pass "
+                            f"its dense form (Dense(op.todense())) or use one "
+                            f"of Dense, Diagonal, Identity, DiagonalPlusRankOne")
                     arrays[i] = item
                     if item.dtype is not None:
                         t = _compute_typenum(item.dtype, f"jacobians[{i}]")
@@ -320,19 +329,24 @@ cdef class ChainCore:
         cdef const char *lo
         cdef const char *hi
         cdef const char *ptrs[3]
-        cdef int j
+        cdef Py_ssize_t strd[3]
+        cdef int j, typenum = cnp.NPY_DOUBLE if dtype == _DT_DOUBLE else cnp.NPY_FLOAT
         L.kind = op._gc_kind
         L.m = L.n = op.shape[0]
         L.rs = L.cs = 0
         L.scale = op._gc_scale()
         L.lo = L.hi = NULL
         ptrs[0] = ptrs[1] = ptrs[2] = NULL
+        strd[0] = strd[1] = strd[2] = 0
         for j, vec in enumerate(op._gc_vectors()):
-            # contiguous, aligned, in the chain's dtype (O(n), only if needed)
-            a = np.require(vec, dtype, "CA")
+            # read in place when it has the chain's dtype (any stride), else
+            # an aligned copy (O(n)); the bound array is kept alive here,
+            # whatever later happens to op's attributes
+            a = vec if _usable(vec, typenum) else np.require(vec, dtype, "A")
+            self._keep.append(a)
             if a is not vec:
-                self._keep.append(a)
                 self._converted = True
+            strd[j] = cnp.PyArray_STRIDE(a, 0) // cnp.PyArray_ITEMSIZE(a)
             ptrs[j] = <const char *>cnp.PyArray_DATA(a)
             _extent(<cnp.ndarray>vec if isinstance(vec, cnp.ndarray) else a,
                     &lo, &hi)
@@ -341,6 +355,7 @@ cdef class ChainCore:
             if L.hi == NULL or hi > L.hi:
                 L.hi = hi
         L.data, L.u, L.v = ptrs[0], ptrs[1], ptrs[2]
+        L.ds, L.us, L.vs = strd[0], strd[1], strd[2]
 
     cdef _bind_stack(self, cnp.ndarray a):
         cdef int typenum = _compute_typenum(a.dtype, "jacobians")
@@ -362,6 +377,7 @@ cdef class ChainCore:
             L.kind = LINK_DENSE
             L.u = L.v = NULL
             L.scale = 1.0
+            L.ds = L.us = L.vs = 0
             L.data = base + i * st[0]
             L.m = a.shape[1]
             L.n = a.shape[2]
@@ -389,6 +405,7 @@ cdef class ChainCore:
         L.kind = LINK_DENSE
         L.u = L.v = NULL
         L.scale = 1.0
+        L.ds = L.us = L.vs = 0
         L.data = <const char *>cnp.PyArray_DATA(a)
         L.m = cnp.PyArray_DIM(a, 0)
         L.n = cnp.PyArray_DIM(a, 1)

@@ -16,6 +16,8 @@
         "depends": [
             "csrc/gc_dense.h",
             "csrc/gc_dense_impl.h",
+            "csrc/gc_maps.h",
+            "csrc/gc_maps_impl.h",
             "csrc/gc_simd.h",
             "csrc/gc_struct.h",
             "csrc/gc_struct_impl.h",
@@ -1694,7 +1696,7 @@ static const char* const __pyx_f[] = {
 
 /*--- Type declarations ---*/
 
-/* "gradchain/_structured.pxd":16
+/* "gradchain/_structured.pxd":20
  * 
  * # Link kinds (also the _gc_kind of the operator classes in operators.py).
  * cpdef enum LinkKind:             # <<<<<<<<<<<<<<
@@ -2592,8 +2594,8 @@ static int __Pyx_State_RemoveModule(void*);
 
 /* Module declarations from "gradchain._structured" */
 static PyObject *__Pyx_FlexibleEnumBase = 0;
-static void __pyx_fuse_0__pyx_f_9gradchain_11_structured_struct_apply(int, Py_ssize_t, float const *, float const *, float const *, double, int, float const *, float *); /*proto*/
-static void __pyx_fuse_1__pyx_f_9gradchain_11_structured_struct_apply(int, Py_ssize_t, double const *, double const *, double const *, double, int, double const *, double *); /*proto*/
+static void __pyx_fuse_0__pyx_f_9gradchain_11_structured_struct_apply(int, Py_ssize_t, float const *, Py_ssize_t, float const *, Py_ssize_t, float const *, Py_ssize_t, double, int, float const *, float *); /*proto*/
+static void __pyx_fuse_1__pyx_f_9gradchain_11_structured_struct_apply(int, Py_ssize_t, double const *, Py_ssize_t, double const *, Py_ssize_t, double const *, Py_ssize_t, double, int, double const *, double *); /*proto*/
 /* #### Code section: typeinfo ### */
 /* #### Code section: before_global_var ### */
 #define __Pyx_MODULE_NAME "gradchain._structured"
@@ -3315,42 +3317,42 @@ static PyObject *__pyx_pf_8EnumBase_22__Pyx_FlexibleEnumBase_2__repr__(CYTHON_UN
  * 
  * 
  * cdef void struct_apply(int kind, Py_ssize_t n, const floating *d,             # <<<<<<<<<<<<<<
- *                        const floating *u, const floating *v, double c,
- *                        bint transpose, const floating *x,
+ *                        Py_ssize_t ds, const floating *u, Py_ssize_t us,
+ *                        const floating *v, Py_ssize_t vs, double c,
 */
 
-static void __pyx_fuse_0__pyx_f_9gradchain_11_structured_struct_apply(int __pyx_v_kind, Py_ssize_t __pyx_v_n, float const *__pyx_v_d, float const *__pyx_v_u, float const *__pyx_v_v, double __pyx_v_c, int __pyx_v_transpose, float const *__pyx_v_x, float *__pyx_v_out) {
+static void __pyx_fuse_0__pyx_f_9gradchain_11_structured_struct_apply(int __pyx_v_kind, Py_ssize_t __pyx_v_n, float const *__pyx_v_d, Py_ssize_t __pyx_v_ds, float const *__pyx_v_u, Py_ssize_t __pyx_v_us, float const *__pyx_v_v, Py_ssize_t __pyx_v_vs, double __pyx_v_c, int __pyx_v_transpose, float const *__pyx_v_x, float *__pyx_v_out) {
 
-  /* "gradchain/_structured.pyx":14
+  /* "gradchain/_structured.pyx":15
  *                        bint transpose, const floating *x,
  *                        floating *out) noexcept nogil:
  *     if kind == LINK_DIAG:             # <<<<<<<<<<<<<<
  *         if floating is float:
- *             gc_diag_s(n, d, x, out)
+ *             gc_diag_s(n, d, ds, x, out)
 */
   switch (__pyx_v_kind) {
     case __pyx_e_9gradchain_11_structured_LINK_DIAG:
 
-    /* "gradchain/_structured.pyx":16
+    /* "gradchain/_structured.pyx":17
  *     if kind == LINK_DIAG:
  *         if floating is float:
- *             gc_diag_s(n, d, x, out)             # <<<<<<<<<<<<<<
+ *             gc_diag_s(n, d, ds, x, out)             # <<<<<<<<<<<<<<
  *         else:
- *             gc_diag_d(n, d, x, out)
+ *             gc_diag_d(n, d, ds, x, out)
 */
-    gc_diag_s(__pyx_v_n, __pyx_v_d, __pyx_v_x, __pyx_v_out);
+    gc_diag_s(__pyx_v_n, __pyx_v_d, __pyx_v_ds, __pyx_v_x, __pyx_v_out);
 
-    /* "gradchain/_structured.pyx":14
+    /* "gradchain/_structured.pyx":15
  *                        bint transpose, const floating *x,
  *                        floating *out) noexcept nogil:
  *     if kind == LINK_DIAG:             # <<<<<<<<<<<<<<
  *         if floating is float:
- *             gc_diag_s(n, d, x, out)
+ *             gc_diag_s(n, d, ds, x, out)
 */
     break;
     case __pyx_e_9gradchain_11_structured_LINK_SCALED_IDENTITY:
 
-    /* "gradchain/_structured.pyx":21
+    /* "gradchain/_structured.pyx":22
  *     elif kind == LINK_SCALED_IDENTITY:
  *         if floating is float:
  *             gc_scale_s(n, c, x, out)             # <<<<<<<<<<<<<<
@@ -3359,9 +3361,9 @@ static void __pyx_fuse_0__pyx_f_9gradchain_11_structured_struct_apply(int __pyx_
 */
     gc_scale_s(__pyx_v_n, __pyx_v_c, __pyx_v_x, __pyx_v_out);
 
-    /* "gradchain/_structured.pyx":19
+    /* "gradchain/_structured.pyx":20
  *         else:
- *             gc_diag_d(n, d, x, out)
+ *             gc_diag_d(n, d, ds, x, out)
  *     elif kind == LINK_SCALED_IDENTITY:             # <<<<<<<<<<<<<<
  *         if floating is float:
  *             gc_scale_s(n, c, x, out)
@@ -3369,51 +3371,51 @@ static void __pyx_fuse_0__pyx_f_9gradchain_11_structured_struct_apply(int __pyx_
     break;
     default:
 
-    /* "gradchain/_structured.pyx":26
+    /* "gradchain/_structured.pyx":27
  *     else:
- *         # (diag(d) + u v^T)^T x = d x + v (u . x);  (diag(d) + u v^T) x = d x + u (v . x)
+ *         # (diag(d) + c u v^T)^T x = d x + c v (u . x);  J x = d x + c u (v . x)
  *         if transpose:             # <<<<<<<<<<<<<<
  *             if floating is float:
- *                 gc_diag_rank1_s(n, d, v, u, x, out)
+ *                 gc_diag_rank1_s(n, d, ds, c, v, vs, u, us, x, out)
 */
     if (__pyx_v_transpose) {
 
-      /* "gradchain/_structured.pyx":28
+      /* "gradchain/_structured.pyx":29
  *         if transpose:
  *             if floating is float:
- *                 gc_diag_rank1_s(n, d, v, u, x, out)             # <<<<<<<<<<<<<<
+ *                 gc_diag_rank1_s(n, d, ds, c, v, vs, u, us, x, out)             # <<<<<<<<<<<<<<
  *             else:
- *                 gc_diag_rank1_d(n, d, v, u, x, out)
+ *                 gc_diag_rank1_d(n, d, ds, c, v, vs, u, us, x, out)
 */
-      gc_diag_rank1_s(__pyx_v_n, __pyx_v_d, __pyx_v_v, __pyx_v_u, __pyx_v_x, __pyx_v_out);
+      gc_diag_rank1_s(__pyx_v_n, __pyx_v_d, __pyx_v_ds, __pyx_v_c, __pyx_v_v, __pyx_v_vs, __pyx_v_u, __pyx_v_us, __pyx_v_x, __pyx_v_out);
 
-      /* "gradchain/_structured.pyx":26
+      /* "gradchain/_structured.pyx":27
  *     else:
- *         # (diag(d) + u v^T)^T x = d x + v (u . x);  (diag(d) + u v^T) x = d x + u (v . x)
+ *         # (diag(d) + c u v^T)^T x = d x + c v (u . x);  J x = d x + c u (v . x)
  *         if transpose:             # <<<<<<<<<<<<<<
  *             if floating is float:
- *                 gc_diag_rank1_s(n, d, v, u, x, out)
+ *                 gc_diag_rank1_s(n, d, ds, c, v, vs, u, us, x, out)
 */
       goto __pyx_L3;
     }
 
-    /* "gradchain/_structured.pyx":32
- *                 gc_diag_rank1_d(n, d, v, u, x, out)
+    /* "gradchain/_structured.pyx":33
+ *                 gc_diag_rank1_d(n, d, ds, c, v, vs, u, us, x, out)
  *         else:
  *             if floating is float:             # <<<<<<<<<<<<<<
- *                 gc_diag_rank1_s(n, d, u, v, x, out)
+ *                 gc_diag_rank1_s(n, d, ds, c, u, us, v, vs, x, out)
  *             else:
 */
     /*else*/ {
 
-      /* "gradchain/_structured.pyx":33
+      /* "gradchain/_structured.pyx":34
  *         else:
  *             if floating is float:
- *                 gc_diag_rank1_s(n, d, u, v, x, out)             # <<<<<<<<<<<<<<
+ *                 gc_diag_rank1_s(n, d, ds, c, u, us, v, vs, x, out)             # <<<<<<<<<<<<<<
  *             else:
- *                 gc_diag_rank1_d(n, d, u, v, x, out)
+ *                 gc_diag_rank1_d(n, d, ds, c, u, us, v, vs, x, out)
 */
-      gc_diag_rank1_s(__pyx_v_n, __pyx_v_d, __pyx_v_u, __pyx_v_v, __pyx_v_x, __pyx_v_out);
+      gc_diag_rank1_s(__pyx_v_n, __pyx_v_d, __pyx_v_ds, __pyx_v_c, __pyx_v_u, __pyx_v_us, __pyx_v_v, __pyx_v_vs, __pyx_v_x, __pyx_v_out);
     }
     __pyx_L3:;
     break;
@@ -3423,56 +3425,56 @@ static void __pyx_fuse_0__pyx_f_9gradchain_11_structured_struct_apply(int __pyx_
  * 
  * 
  * cdef void struct_apply(int kind, Py_ssize_t n, const floating *d,             # <<<<<<<<<<<<<<
- *                        const floating *u, const floating *v, double c,
- *                        bint transpose, const floating *x,
+ *                        Py_ssize_t ds, const floating *u, Py_ssize_t us,
+ *                        const floating *v, Py_ssize_t vs, double c,
 */
 
   /* function exit code */
 }
 
-static void __pyx_fuse_1__pyx_f_9gradchain_11_structured_struct_apply(int __pyx_v_kind, Py_ssize_t __pyx_v_n, double const *__pyx_v_d, double const *__pyx_v_u, double const *__pyx_v_v, double __pyx_v_c, int __pyx_v_transpose, double const *__pyx_v_x, double *__pyx_v_out) {
+static void __pyx_fuse_1__pyx_f_9gradchain_11_structured_struct_apply(int __pyx_v_kind, Py_ssize_t __pyx_v_n, double const *__pyx_v_d, Py_ssize_t __pyx_v_ds, double const *__pyx_v_u, Py_ssize_t __pyx_v_us, double const *__pyx_v_v, Py_ssize_t __pyx_v_vs, double __pyx_v_c, int __pyx_v_transpose, double const *__pyx_v_x, double *__pyx_v_out) {
 
-  /* "gradchain/_structured.pyx":14
+  /* "gradchain/_structured.pyx":15
  *                        bint transpose, const floating *x,
  *                        floating *out) noexcept nogil:
  *     if kind == LINK_DIAG:             # <<<<<<<<<<<<<<
  *         if floating is float:
- *             gc_diag_s(n, d, x, out)
+ *             gc_diag_s(n, d, ds, x, out)
 */
   switch (__pyx_v_kind) {
     case __pyx_e_9gradchain_11_structured_LINK_DIAG:
 
-    /* "gradchain/_structured.pyx":18
- *             gc_diag_s(n, d, x, out)
+    /* "gradchain/_structured.pyx":19
+ *             gc_diag_s(n, d, ds, x, out)
  *         else:
- *             gc_diag_d(n, d, x, out)             # <<<<<<<<<<<<<<
+ *             gc_diag_d(n, d, ds, x, out)             # <<<<<<<<<<<<<<
  *     elif kind == LINK_SCALED_IDENTITY:
  *         if floating is float:
 */
-    gc_diag_d(__pyx_v_n, __pyx_v_d, __pyx_v_x, __pyx_v_out);
+    gc_diag_d(__pyx_v_n, __pyx_v_d, __pyx_v_ds, __pyx_v_x, __pyx_v_out);
 
-    /* "gradchain/_structured.pyx":14
+    /* "gradchain/_structured.pyx":15
  *                        bint transpose, const floating *x,
  *                        floating *out) noexcept nogil:
  *     if kind == LINK_DIAG:             # <<<<<<<<<<<<<<
  *         if floating is float:
- *             gc_diag_s(n, d, x, out)
+ *             gc_diag_s(n, d, ds, x, out)
 */
     break;
     case __pyx_e_9gradchain_11_structured_LINK_SCALED_IDENTITY:
 
-    /* "gradchain/_structured.pyx":23
+    /* "gradchain/_structured.pyx":24
  *             gc_scale_s(n, c, x, out)
  *         else:
  *             gc_scale_d(n, c, x, out)             # <<<<<<<<<<<<<<
  *     else:
- *         # (diag(d) + u v^T)^T x = d x + v (u . x);  (diag(d) + u v^T) x = d x + u (v . x)
+ *         # (diag(d) + c u v^T)^T x = d x + c v (u . x);  J x = d x + c u (v . x)
 */
     gc_scale_d(__pyx_v_n, __pyx_v_c, __pyx_v_x, __pyx_v_out);
 
-    /* "gradchain/_structured.pyx":19
+    /* "gradchain/_structured.pyx":20
  *         else:
- *             gc_diag_d(n, d, x, out)
+ *             gc_diag_d(n, d, ds, x, out)
  *     elif kind == LINK_SCALED_IDENTITY:             # <<<<<<<<<<<<<<
  *         if floating is float:
  *             gc_scale_s(n, c, x, out)
@@ -3480,49 +3482,49 @@ static void __pyx_fuse_1__pyx_f_9gradchain_11_structured_struct_apply(int __pyx_
     break;
     default:
 
-    /* "gradchain/_structured.pyx":26
+    /* "gradchain/_structured.pyx":27
  *     else:
- *         # (diag(d) + u v^T)^T x = d x + v (u . x);  (diag(d) + u v^T) x = d x + u (v . x)
+ *         # (diag(d) + c u v^T)^T x = d x + c v (u . x);  J x = d x + c u (v . x)
  *         if transpose:             # <<<<<<<<<<<<<<
  *             if floating is float:
- *                 gc_diag_rank1_s(n, d, v, u, x, out)
+ *                 gc_diag_rank1_s(n, d, ds, c, v, vs, u, us, x, out)
 */
     if (__pyx_v_transpose) {
 
-      /* "gradchain/_structured.pyx":30
- *                 gc_diag_rank1_s(n, d, v, u, x, out)
+      /* "gradchain/_structured.pyx":31
+ *                 gc_diag_rank1_s(n, d, ds, c, v, vs, u, us, x, out)
  *             else:
- *                 gc_diag_rank1_d(n, d, v, u, x, out)             # <<<<<<<<<<<<<<
+ *                 gc_diag_rank1_d(n, d, ds, c, v, vs, u, us, x, out)             # <<<<<<<<<<<<<<
  *         else:
  *             if floating is float:
 */
-      gc_diag_rank1_d(__pyx_v_n, __pyx_v_d, __pyx_v_v, __pyx_v_u, __pyx_v_x, __pyx_v_out);
+      gc_diag_rank1_d(__pyx_v_n, __pyx_v_d, __pyx_v_ds, __pyx_v_c, __pyx_v_v, __pyx_v_vs, __pyx_v_u, __pyx_v_us, __pyx_v_x, __pyx_v_out);
 
-      /* "gradchain/_structured.pyx":26
+      /* "gradchain/_structured.pyx":27
  *     else:
- *         # (diag(d) + u v^T)^T x = d x + v (u . x);  (diag(d) + u v^T) x = d x + u (v . x)
+ *         # (diag(d) + c u v^T)^T x = d x + c v (u . x);  J x = d x + c u (v . x)
  *         if transpose:             # <<<<<<<<<<<<<<
  *             if floating is float:
- *                 gc_diag_rank1_s(n, d, v, u, x, out)
+ *                 gc_diag_rank1_s(n, d, ds, c, v, vs, u, us, x, out)
 */
       goto __pyx_L3;
     }
 
-    /* "gradchain/_structured.pyx":32
- *                 gc_diag_rank1_d(n, d, v, u, x, out)
+    /* "gradchain/_structured.pyx":33
+ *                 gc_diag_rank1_d(n, d, ds, c, v, vs, u, us, x, out)
  *         else:
  *             if floating is float:             # <<<<<<<<<<<<<<
- *                 gc_diag_rank1_s(n, d, u, v, x, out)
+ *                 gc_diag_rank1_s(n, d, ds, c, u, us, v, vs, x, out)
  *             else:
 */
     /*else*/ {
 
-      /* "gradchain/_structured.pyx":35
- *                 gc_diag_rank1_s(n, d, u, v, x, out)
+      /* "gradchain/_structured.pyx":36
+ *                 gc_diag_rank1_s(n, d, ds, c, u, us, v, vs, x, out)
  *             else:
- *                 gc_diag_rank1_d(n, d, u, v, x, out)             # <<<<<<<<<<<<<<
+ *                 gc_diag_rank1_d(n, d, ds, c, u, us, v, vs, x, out)             # <<<<<<<<<<<<<<
 */
-      gc_diag_rank1_d(__pyx_v_n, __pyx_v_d, __pyx_v_u, __pyx_v_v, __pyx_v_x, __pyx_v_out);
+      gc_diag_rank1_d(__pyx_v_n, __pyx_v_d, __pyx_v_ds, __pyx_v_c, __pyx_v_u, __pyx_v_us, __pyx_v_v, __pyx_v_vs, __pyx_v_x, __pyx_v_out);
     }
     __pyx_L3:;
     break;
@@ -3532,8 +3534,8 @@ static void __pyx_fuse_1__pyx_f_9gradchain_11_structured_struct_apply(int __pyx_
  * 
  * 
  * cdef void struct_apply(int kind, Py_ssize_t n, const floating *d,             # <<<<<<<<<<<<<<
- *                        const floating *u, const floating *v, double c,
- *                        bint transpose, const floating *x,
+ *                        Py_ssize_t ds, const floating *u, Py_ssize_t us,
+ *                        const floating *v, Py_ssize_t vs, double c,
 */
 
   /* function exit code */
@@ -3593,7 +3595,7 @@ static int __Pyx_modinit_Function_export_code(__pyx_mstatetype *__pyx_mstate) {
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (unlikely(!__pyx_export_signature)) __PYX_ERR(0, 1, __pyx_L1_error)
     #endif
-    const char * __pyx_export_name = __pyx_export_signature + 217;
+    const char * __pyx_export_name = __pyx_export_signature + 289;
     void (*const __pyx_export_pointers[])(void) = {(void (*)(void))&__pyx_fuse_1__pyx_f_9gradchain_11_structured_struct_apply, (void (*)(void))&__pyx_fuse_1__pyx_f_9gradchain_11_structured_struct_apply, (void (*)(void))&__pyx_fuse_0__pyx_f_9gradchain_11_structured_struct_apply, (void (*)(void))&__pyx_fuse_0__pyx_f_9gradchain_11_structured_struct_apply, (void (*)(void)) NULL};
     void (*const *__pyx_export_pointer)(void) = __pyx_export_pointers;
     const char *__pyx_export_current_signature = __pyx_export_signature;
@@ -4306,13 +4308,13 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
     const struct { const unsigned int length: 6; } str_length_index[] = {{2},{1},{1},{1},{21},{8},{7},{10},{9},{15},{20},{8},{22},{31},{32},{20},{12},{9},{7},{8},{8},{13},{10},{15},{8},{7},{11},{12},{12},{8},{8},{13},{9},{6},{18},{7},{18},{18},{3},{4},{3},{5},{6},{3},{13},{4},{10},{5},{5},{16},{6}};
-    const struct { const unsigned int length: 9; } bytes_length_index[] = {{427},{43},{89}};
+    const struct { const unsigned int length: 9; } bytes_length_index[] = {{499},{43},{89}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (550 bytes) */
-static const char cstring[] = "x\332\225R\273j\033A\024\025\004\022\031\t\202\t)LT\254!\205c\204\210\362 \301\004\0079R\214\220\020\302v\223\207\031F\263W\316\340\331\231\335y\330R\232\270T\271\345\226[\272T\251\317P\2512\237\340O\310\354\256$;\301J\234\352\236s\347\236{\316\354\354\216\363n\367\375\211\304.\371\206)\257 \245\245!\332Hp\033\334x{XA\223\353\004\266\233\235\026\2527:\207\215\0145k\373K\200\016j\235V5\245\207\037j\355F\0355\355\344Q\363\350S\233\362\323\026\345.B\335\341\000}d0\240=\006\213\325\267w+\010I\360%B\253\216=\252\024\345\047\363\363\356\260N\211F\035\030\350\003\350#\2049\027\032kH\364\204a\245\022\340\n\222\224\276\341i\365\354]\323\n\032/g<\341\032\226\312<)\020p-)\244\007\034{i\233\303yR|\233\016\313\264\343[\177\202}\232\340\300`\266\230\\\344\327\240\264-T!\"\2440\232r\270N\237\r\237af\340\205\007^\017\244\315\345\317;\010\253!\047TT\226BEX\"\267\301\265\304\004z\230\234\022\246\300~\225\023\320T\203\247\262\013\370\302\367\025\030W\240l\251\002\326W\240]\350c\303\2642>\310\324\341O\343\224\2533A]g\213r]v\272Cd\223~\007d\261+\214}\002\207\010\256\264\263}W^v\322E+\206\267\237\345r+\354\372L`}-\370;\375\315\353\326\321\304){\254\276\261\177]5\373\311\021\366}6\314\335$_2\341\"`\371\277\350\002\034\337\364z\376/\257y\302\362\335\331\274\036_\324f\371\302\350\325h\020\252h\363g\361Q\3702\304\241\216v\342\257\343\365\361\3231\236\345\037\216L\270\027\322(\270\250]\345sk\033\321\275\350m\\\215\033\227\353\231\362\334\n~\304xV\334\210\236\304v\333\343\360s\024\\\335\317\255\225\2427\361f\374z\272\265;\261k\n\323B)\332\217\253\263biZ*_\266\306\301\344\301$H\326\007\277\000\256>\226\006";
-    PyObject *data = __Pyx_DecompressString(cstring, 550, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (556 bytes) */
+static const char cstring[] = "x\332\255S\273j\033A\024\025\004\022\031\t\202\t)LT\254!\205c\204\210\362 \301\004\0079R\214\220\020\302v\223\207\031F\263W\316\340\331\231\335y\330R\232\270T\271\345\226[\272T\251\317P\2512\237\340O\310\354\256\2448\302&\017R\335s\356\275\347\33633\273;\316\233\335\267\047\022\273\344\013\246\274\202\224\226\206h#\301mp\343\355a\005M\256\023\330nvZ\250\336\350\03462\324\254\355/\001:\250uZ\325\224\036\276\253\265\033u\324\264\235G\315\243\017m\312O[\224\273\010u\207\003\364\236\301\200\366\030,F\337\234\255 $\301\227\010\335V\366\250R\224\237\314\353\335a\235\022\215:0\320\007\320G\010s.4\326\220\350\t\303J%\300\025$\t}\303\323\350\331\263\246\0214^\366x\3025,\225yR \340ZRH\013\034{i\232\303y\022|\353\016\3134\343\333\375\004\3734\301\201\301l\321\271\360\257Ai\033\250BDHa4\345\360\323}\326|\206\231\201g\036x=\220\326\227?\317 \254\206\234PQY\n\025a\211\334\032\327\022\023\350arJ\230\002{+\047\240\251\006Oe\007\360\205\357+0\256@\331P\005\254\257@\273\320\307\206ie|\220\351\206\325\305)Wg\202\272\316\026\345\272\354t\207\310:\375\n\310bW\030\373\004\016\021\\ig\373\177\326\312N\272l\265q\316\267\237\344r\267X\3523\201\365\315\223\377\255\364\213\237\225\276\214&n\262G\357\033\373\365V\263\237\005a\337g\303\334u\362)\023.\016Q\376+\272\000\307\327w=\375\335\256\271\303\362\237\263y<\276\250\315\362\205\321\213\321 T\321\346\367\342\203\360y\210C\035\355\304\237\307\353\343\307c<\313\337\037\231p/\244QpQ\273\312\347\3266\242;\321\353\270\0327.\3273\345\271\025|\213\361\254\270\021=\212\355\264\207\341\307(\270\272\233[+E\257\342\315\370\345tkwb\307\024\246\205R\264\037Wg\305\322\264T\276l\215\203\311\275I\220\214\017~\000\233\020\260\304";
+    PyObject *data = __Pyx_DecompressString(cstring, 556, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
@@ -4320,16 +4322,16 @@ static const char cstring[] = "x\332\225R\273j\033A\024\025\004\022\031\t\202\t)
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
     #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (670 bytes) */
-static const char cstring[] = "\377: <>?gra\377dchain._\377structur\377edEnumBa\337seInt\007\001LI\377NK_DENSE\356\004\003IAG\000\006_RA\367NK1\035\002SCAL\357ED_I\047\000TIT\377YLinkKin\377d__Pyx_F\177lexibleS\005\376\000\023.__repr\373__\007\025missi\373ng\031\004PyDic\377t_NextRe\377f__annot\367ate<\001clas\335sE\001docL\001fu\345n\003\002m\351\000\\\001met}a\033\006modul2\002\377mro_entr\273ie8\002namI\002nkew\221\001p\233\000ar[\002\275p\322\000capi\250\001q\347ual\"\005\270\005tes\375t\305\000is_cor\177outine_\265\006\376Q\003value2m\377ember_ma\367p__\r\002_asy\337ncio.0\006sc\375l;\001in_tra\377cebackcl\373se\243@getit\367ems\273\003popp\277seudo_O\003s\377elfsetde\377faultsup\343ero\002i\r\204\002svo\377id (int,\357 Py_\345 ze_\356\t\000dou\265@ co\177nst *, \000\r\346\n\023, D\002&\024*)\000}\000X\024floatd\007\300\000\014\017\014\226\003e\004%\022f\001__~\251Afuse_1\337\204\003\177_apply\000\001\t\031[\333\003\347\004*,\000\014\000\033.\005\013]\000a\0100L\035\345\003c\005\000\013\374\006\023+\004]\200A\330\010\013\377\2104\210x\220s\230!\377\340\014\023\2203\220a\220\377t\230:\240\\\260\021\260\377$\260a\330\010\017\210u\377\220B\220i\230q\200A\377\360\010\000\t\031\230\003\230\1778\2401\240E\250\0214\003\375w.\000\177\240a\330\014\031\367\230\033\240K\000\025\220Z\230\377q\360\006\000\t\034\2307\377\240!\2405\320(>\270\376D\000\013\320\013\034\230G\240\3771\330\014\034\320\034,\250\177K\260q\270\007\270q[\001\001q";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 670, 1087);
+static const char cstring[] = "\377: <>?gra\377dchain._\377structur\377edEnumBa\337seInt\007\001LI\377NK_DENSE\356\004\003IAG\000\006_RA\367NK1\035\002SCAL\357ED_I\047\000TIT\377YLinkKin\377d__Pyx_F\177lexibleS\005\376\000\023.__repr\373__\007\025missi\373ng\031\004PyDic\377t_NextRe\377f__annot\367ate<\001clas\335sE\001docL\001fu\345n\003\002m\351\000\\\001met}a\033\006modul2\002\377mro_entr\273ie8\002namI\002nkew\221\001p\233\000ar[\002\275p\322\000capi\250\001q\347ual\"\005\270\005tes\375t\305\000is_cor\177outine_\265\006\376Q\003value2m\377ember_ma\367p__\r\002_asy\337ncio.0\006sc\375l;\001in_tra\377cebackcl\373se\243@getit\367ems\273\003popp\277seudo_O\003s\377elfsetde\377faultsup\343ero\002i\r\204\002svo\377id (int,\357 Py_\345 ze_\356\t\000dou\265@ co\237nst *\000\031\010-,\361 h\002Q\rj\004*)\000\000>|\024float|\023\000\030\300\033\030\336\003\211\004O\014g\003\212\001__~\361Afuse_1\247\205\003\177_apply\000\001\t\211[\243#\275\005,\000\014\000\033\363\005]\005\000a\0100L\035\233\004d\004\000\013\006\023\376\315\004]\200A\330\010\013\210\3774\210x\220s\230!\340\377\014\023\2203\220a\220t\377\230:\240\\\260\021\260$\377\260a\330\010\017\210u\220\377B\220i\230q\200A\360\377\010\000\t\031\230\003\2308\277\2401\240E\250\0214\003w\376.\000\177\240a\330\014\031\230\373\033\240K\000\025\220Z\230q\377\360\006\000\t\034\2307\240\177!\2405\320(>\270D\000\377\013\320\013\034\230G\2401\377\330\014\034\320\034,\250K\277\260q\270\007\270q[\001q";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 670, 1159);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (1087 bytes) */
-static const char bytes[] = ": <>?gradchain._structuredEnumBaseIntEnumLINK_DENSELINK_DIAGLINK_DIAG_RANK1LINK_SCALED_IDENTITYLinkKind__Pyx_FlexibleEnumBase__Pyx_FlexibleEnumBase.__repr____Pyx_FlexibleEnumBase._missing___Pyx_PyDict_NextRef__annotate____class____doc____func____main____metaclass____module____mro_entries____name____new____prepare____pyx_capi____qualname____repr____test___is_coroutine_missing__name__value2member_map__value_asyncio.coroutinescline_in_tracebackclsenumgetitemsmodulepoppseudo_memberselfsetdefaultsupervaluevalue2member_mapvaluesvoid (int, Py_ssize_t, double const *, double const *, double const *, double, int, double const *, double *)\000\000void (int, Py_ssize_t, float const *, float const *, float const *, double, int, float const *, float *)\000\000__pyx_fuse_1struct_apply\000struct_apply[const double *,const double *,const double *,const double *,double *]\000__pyx_fuse_0struct_apply\000struct_apply[const float *,const float *,const float *,const float *,float *]\200A\330\010\013\2104\210x\220s\230!\340\014\023\2203\220a\220t\230:\240\\\260\021\260$\260a\330\010\017\210u\220B\220i\230q\200A\360\010\000\t\031\230\003\2308\2401\240E\250\021\330\010\013\2104\210w\220a\220\177\240a\330\014\031\230\033\240A\330\010\025\220Z\230q\360\006\000\t\034\2307\240!\2405\320(>\270a\330\010\013\320\013\034\230G\2401\330\014\034\320\034,\250K\260q\270\007\270q\330\010\017\210q";
+    #else /* compression: none (1159 bytes) */
+static const char bytes[] = ": <>?gradchain._structuredEnumBaseIntEnumLINK_DENSELINK_DIAGLINK_DIAG_RANK1LINK_SCALED_IDENTITYLinkKind__Pyx_FlexibleEnumBase__Pyx_FlexibleEnumBase.__repr____Pyx_FlexibleEnumBase._missing___Pyx_PyDict_NextRef__annotate____class____doc____func____main____metaclass____module____mro_entries____name____new____prepare____pyx_capi____qualname____repr____test___is_coroutine_missing__name__value2member_map__value_asyncio.coroutinescline_in_tracebackclsenumgetitemsmodulepoppseudo_memberselfsetdefaultsupervaluevalue2member_mapvaluesvoid (int, Py_ssize_t, double const *, Py_ssize_t, double const *, Py_ssize_t, double const *, Py_ssize_t, double, int, double const *, double *)\000\000void (int, Py_ssize_t, float const *, Py_ssize_t, float const *, Py_ssize_t, float const *, Py_ssize_t, double, int, float const *, float *)\000\000__pyx_fuse_1struct_apply\000struct_apply[const double *,const double *,const double *,const double *,double *]\000__pyx_fuse_0struct_apply\000struct_apply[const float *,const float *,const float *,const float *,float *]\200A\330\010\013\2104\210x\220s\230!\340\014\023\2203\220a\220t\230:\240\\\260\021\260$\260a\330\010\017\210u\220B\220i\230q\200A\360\010\000\t\031\230\003\2308\2401\240E\250\021\330\010\013\2104\210w\220a\220\177\240a\330\014\031\230\033\240A\330\010\025\220Z\230q\360\006\000\t\034\2307\240!\2405\320(>\270a\330\010\013\320\013\034\230G\2401\330\014\034\320\034,\250K\260q\270\007\270q\330\010\017\210q";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED

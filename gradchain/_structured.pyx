@@ -8,28 +8,29 @@ from cython cimport floating
 
 
 cdef void struct_apply(int kind, Py_ssize_t n, const floating *d,
-                       const floating *u, const floating *v, double c,
+                       Py_ssize_t ds, const floating *u, Py_ssize_t us,
+                       const floating *v, Py_ssize_t vs, double c,
                        bint transpose, const floating *x,
                        floating *out) noexcept nogil:
     if kind == LINK_DIAG:
         if floating is float:
-            gc_diag_s(n, d, x, out)
+            gc_diag_s(n, d, ds, x, out)
         else:
-            gc_diag_d(n, d, x, out)
+            gc_diag_d(n, d, ds, x, out)
     elif kind == LINK_SCALED_IDENTITY:
         if floating is float:
             gc_scale_s(n, c, x, out)
         else:
             gc_scale_d(n, c, x, out)
     else:
-        # (diag(d) + u v^T)^T x = d x + v (u . x);  (diag(d) + u v^T) x = d x + u (v . x)
+        # (diag(d) + c u v^T)^T x = d x + c v (u . x);  J x = d x + c u (v . x)
         if transpose:
             if floating is float:
-                gc_diag_rank1_s(n, d, v, u, x, out)
+                gc_diag_rank1_s(n, d, ds, c, v, vs, u, us, x, out)
             else:
-                gc_diag_rank1_d(n, d, v, u, x, out)
+                gc_diag_rank1_d(n, d, ds, c, v, vs, u, us, x, out)
         else:
             if floating is float:
-                gc_diag_rank1_s(n, d, u, v, x, out)
+                gc_diag_rank1_s(n, d, ds, c, u, us, v, vs, x, out)
             else:
-                gc_diag_rank1_d(n, d, u, v, x, out)
+                gc_diag_rank1_d(n, d, ds, c, u, us, v, vs, x, out)

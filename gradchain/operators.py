@@ -11,15 +11,18 @@ operator                               J                    cost per vector
                                        2-D array means)
 ``Diagonal(d)``                        diag(d)              n
 ``Identity(n, scale=c)``               c I                  n
-``DiagonalPlusRankOne(d, u, v)``       diag(d) + u v^T      ~3 n
+``DiagonalPlusRankOne(d, u, v, c)``    diag(d) + c u v^T    ~3 n
 ``DiagonalPlusRankOne.softmax(s)``     diag(s) - s s^T      ~3 n
 =====================================  ===================  ==============
 
 Vectors follow the dtype rule of :mod:`gradchain.chain` (float32 stays
 float32; integers and bool become float64; complex raises ``TypeError``).
-Operators keep references to the caller's float32/float64 vectors, as
-``Chain`` does to matrices: modify one in place and later products use the
-new values.
+Operators keep references to the caller's vectors, and a ``Chain`` reads
+float32/float64 vectors in place whatever their stride, as it does matrices:
+modify one in place and later products use the new values.  (A vector of the
+other float dtype in a mixed chain is bound as a copy taken when the chain is
+built.)  Reassigning an operator's attribute does not affect chains already
+built from it.
 """
 from __future__ import annotations
 
@@ -90,8 +93,16 @@ class Operator:
         raise NotImplementedError
 
     def astype(self, dtype):
-        """The same operator with its vectors cast to ``dtype``."""
+        """The same operator with its vectors cast to ``dtype`` (float32 or
+        float64)."""
         raise NotImplementedError
+
+    @staticmethod
+    def _check_float(dtype):
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"operators hold float32 or float64 values, not {dtype}")
+        return dtype
 
     def _gc_vectors(self):
         return ()
@@ -132,7 +143,10 @@ class Dense(Operator):
         return np.array(self.matrix)
 
     def astype(self, dtype):
-        return Dense(self.matrix.astype(dtype, copy=False))
+        return Dense(self.matrix.astype(self._check_float(dtype), copy=False))
+
+    def __reduce__(self):
+        return (Dense, (self.matrix,))
 
     def __repr__(self):
         return f"Dense(shape={self.shape}, dtype={self.dtype})"
@@ -163,7 +177,10 @@ class Diagonal(Operator):
         return np.diag(self.diagonal)
 
     def astype(self, dtype):
-        return Diagonal(self.diagonal.astype(dtype, copy=False))
+        return Diagonal(self.diagonal.astype(self._check_float(dtype), copy=False))
+
+    def __reduce__(self):
+        return (Diagonal, (self.diagonal,))
 
     def _gc_vectors(self):
         return (self.diagonal,)
@@ -205,7 +222,11 @@ class Identity(Operator):
         return self.scale * np.eye(self.n)
 
     def astype(self, dtype):
+        self._check_float(dtype)
         return self
+
+    def __reduce__(self):
+        return (Identity, (self.n, self.scale))
 
     def _gc_scale(self):
         return self.scale
@@ -224,17 +245,18 @@ class Identity(Operator):
 
 
 class DiagonalPlusRankOne(Operator):
-    """J = diag(d) + u v^T, applied in about 3n operations.
+    """J = diag(d) + c u v^T, applied in about 3n operations.
 
-    J^T g = d * g + v (u . g) and J x = d * x + u (v . x).  The Jacobian of
-    softmax s(x) is diag(s) - s s^T (:meth:`softmax`); that of log-softmax
-    is I - 1 s^T (:meth:`log_softmax`).
+    J^T g = d * g + c v (u . g) and J x = d * x + c u (v . x).  The Jacobian
+    of softmax s(x) is diag(s) - s s^T (:meth:`softmax`, which binds s three
+    times and c = -1, so an in-place change of s keeps it a softmax
+    Jacobian); that of log-softmax is I - 1 s^T (:meth:`log_softmax`).
     """
 
-    __slots__ = ("diagonal", "u", "v")
+    __slots__ = ("diagonal", "u", "v", "c")
     _gc_kind = LINK_DIAG_RANK1
 
-    def __init__(self, d, u, v):
+    def __init__(self, d, u, v, c=1.0):
         d = _as_float_array(d, "d", 1)
         u = _as_float_array(u, "u", 1)
         v = _as_float_array(v, "v", 1)
@@ -244,18 +266,20 @@ class DiagonalPlusRankOne(Operator):
                 raise ValueError(f"{name} has shape {a.shape} but d has shape "
                                  f"{d.shape}; all three must have length n")
         self.diagonal, self.u, self.v = d, u, v
+        self.c = _scalar(c, "c")
 
     @classmethod
     def softmax(cls, s):
         """Jacobian of softmax at the point where softmax(x) = s."""
         s = _as_float_array(s, "s", 1)
-        return cls(s, -s, s)
+        return cls(s, s, s, -1.0)
 
     @classmethod
     def log_softmax(cls, s):
         """Jacobian of log-softmax at the point where softmax(x) = s."""
         s = _as_float_array(s, "s", 1)
-        return cls(np.ones_like(s), -np.ones_like(s), s)
+        one = np.ones_like(s)
+        return cls(one, one, s, -1.0)
 
     @property
     def shape(self):
@@ -267,15 +291,22 @@ class DiagonalPlusRankOne(Operator):
         return np.result_type(self.diagonal, self.u, self.v)
 
     def todense(self):
-        return np.diag(self.diagonal) + np.outer(self.u, self.v)
+        return np.diag(self.diagonal) + self.c * np.outer(self.u, self.v)
 
     def astype(self, dtype):
+        dtype = self._check_float(dtype)
         return DiagonalPlusRankOne(self.diagonal.astype(dtype, copy=False),
                                    self.u.astype(dtype, copy=False),
-                                   self.v.astype(dtype, copy=False))
+                                   self.v.astype(dtype, copy=False), self.c)
+
+    def __reduce__(self):
+        return (DiagonalPlusRankOne, (self.diagonal, self.u, self.v, self.c))
 
     def _gc_vectors(self):
         return (self.diagonal, self.u, self.v)
+
+    def _gc_scale(self):
+        return self.c
 
     def __repr__(self):
         return f"DiagonalPlusRankOne(n={self.shape[0]}, dtype={self.dtype})"
