@@ -2661,6 +2661,40 @@ static CYTHON_INLINE int __Pyx_PyList_Append(PyObject* list, PyObject* x);
 #define __Pyx_PyList_Append(L,x) PyList_Append(L,x)
 #endif
 
+/* PyObjectCompare.proto */
+static CYTHON_INLINE int __Pyx_PyObject_CompareBoolNe_object_int(PyObject *op1, PyObject *op2, int pyop);
+
+/* PyValueError_Check.proto */
+#define __Pyx_PyExc_ValueError_Check(obj)  __Pyx_TypeCheck(obj, PyExc_ValueError)
+
+/* BuildPyUnicode.proto (used by COrdinalToPyUnicode) */
+static PyObject* __Pyx_PyUnicode_BuildFromAscii(Py_ssize_t ulength, const char* chars, int clength,
+                                                int prepend_sign, char padding_char);
+
+/* COrdinalToPyUnicode.proto (used by CIntToPyUnicode) */
+static CYTHON_INLINE int __Pyx_CheckUnicodeValue(int value);
+static CYTHON_INLINE PyObject* __Pyx_PyUnicode_FromOrdinal_Padded(int value, Py_ssize_t width, char padding_char);
+
+/* GCCDiagnostics.proto (used by CIntToPyUnicode) */
+#if !defined(__INTEL_COMPILER) && defined(__GNUC__) && (__GNUC__ > 4 || (__GNUC__ == 4 && __GNUC_MINOR__ >= 6))
+#define __Pyx_HAS_GCC_DIAGNOSTIC
+#endif
+
+/* IncludeStdlibH.proto (used by CIntToPyUnicode) */
+#include <stdlib.h>
+
+/* CIntToPyUnicode.proto */
+#define __Pyx_PyUnicode_From_Py_ssize_t(value, width, padding_char, format_char) (\
+    ((format_char) == ('c')) ?\
+        __Pyx_uchar___Pyx_PyUnicode_From_Py_ssize_t(value, width, padding_char) :\
+        __Pyx____Pyx_PyUnicode_From_Py_ssize_t(value, width, padding_char, format_char)\
+    )
+static CYTHON_INLINE PyObject* __Pyx_uchar___Pyx_PyUnicode_From_Py_ssize_t(Py_ssize_t value, Py_ssize_t width, char padding_char);
+static CYTHON_INLINE PyObject* __Pyx____Pyx_PyUnicode_From_Py_ssize_t(Py_ssize_t value, Py_ssize_t width, char padding_char, char format_char);
+
+/* PyObjectCompare.proto */
+static CYTHON_INLINE int __Pyx_PyObject_CompareBoolLt_object_int(PyObject *op1, PyObject *op2, int pyop);
+
 /* PyObjectVectorcallKwds.proto */
 #if CYTHON_VECTORCALL
 #define __Pyx_Object_VectorcallKwds PyObject_Vectorcall
@@ -2670,6 +2704,25 @@ CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject *kwnames, Py_ssize_
 CYTHON_UNUSED static PyObject *__Pyx_MakeKwargDict(PyObject **keys, PyObject **values, Py_ssize_t n);
 CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject **kwnames, Py_ssize_t i);
 #endif
+
+/* PyObjectVectorcallMethodKwds.proto */
+#if CYTHON_VECTORCALL
+#define __Pyx_Object_VectorcallMethodKwds PyObject_VectorcallMethod
+#else
+static PyObject *__Pyx_Object_VectorcallMethodKwds(PyObject *name, PyObject *const *args, size_t nargsf, PyObject *kwnames);
+#endif
+
+/* RaiseTooManyValuesToUnpack.proto */
+static CYTHON_INLINE void __Pyx_RaiseTooManyValuesError(Py_ssize_t expected);
+
+/* RaiseNeedMoreValuesToUnpack.proto */
+static CYTHON_INLINE void __Pyx_RaiseNeedMoreValuesError(Py_ssize_t index);
+
+/* IterFinish.proto */
+static CYTHON_INLINE int __Pyx_IterFinish(void);
+
+/* UnpackItemEndCheck.proto */
+static int __Pyx_IternextUnpackEndCheck(PyObject *retval, Py_ssize_t expected);
 
 /* SwapException.proto */
 #if CYTHON_FAST_THREAD_STATE
@@ -3049,11 +3102,6 @@ static void __pyx_insert_code_object(int code_line, __Pyx_CachedCodeObjectType* 
 static void __Pyx_AddTraceback(const char *funcname, int c_line,
                                int py_line, const char *filename);
 
-/* GCCDiagnostics.proto */
-#if !defined(__INTEL_COMPILER) && defined(__GNUC__) && (__GNUC__ > 4 || (__GNUC__ == 4 && __GNUC_MINOR__ >= 6))
-#define __Pyx_HAS_GCC_DIAGNOSTIC
-#endif
-
 /* RealImag.proto */
 #if CYTHON_CCOMPLEX
   #ifdef __cplusplus
@@ -3193,18 +3241,14 @@ static void __Pyx_AddTraceback(const char *funcname, int c_line,
 /* CIntFromPy.proto */
 static CYTHON_INLINE int __Pyx_PyLong_As_int(PyObject *);
 
-/* PyObjectVectorcallMethodKwds.proto (used by CIntToPy) */
-#if CYTHON_VECTORCALL
-#define __Pyx_Object_VectorcallMethodKwds PyObject_VectorcallMethod
-#else
-static PyObject *__Pyx_Object_VectorcallMethodKwds(PyObject *name, PyObject *const *args, size_t nargsf, PyObject *kwnames);
-#endif
-
 /* CIntToPy.proto */
 static CYTHON_INLINE PyObject* __Pyx_PyLong_From_long(long value);
 
 /* CIntToPy.proto */
 static CYTHON_INLINE PyObject* __Pyx_PyLong_From_npy_intp(npy_intp value);
+
+/* CIntToPy.proto */
+static CYTHON_INLINE PyObject* __Pyx_PyLong_From_int(int value);
 
 /* CIntToPy.proto */
 static CYTHON_INLINE PyObject* __Pyx_PyLong_From_enum____pyx_t_9gradchain_5_plan_OpCode(enum __pyx_t_9gradchain_5_plan_OpCode value);
@@ -3454,9 +3498,9 @@ namespace {
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_items;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_pop;
     __Pyx_CachedCFunction __pyx_umethod_PyDict_Type_values;
-    PyObject *__pyx_tuple[4];
+    PyObject *__pyx_tuple[5];
     PyObject *__pyx_codeobj_tab[7];
-    PyObject *__pyx_string_tab[119];
+    PyObject *__pyx_string_tab[127];
     PyObject *__pyx_number_tab[1];
 /* #### Code section: module_state_contents ### */
 /* PyFrozenDict.module_state_decls */
@@ -3506,125 +3550,133 @@ static __pyx_mstatetype __pyx_mstate_global_static =
 static __pyx_mstatetype * const __pyx_mstate_global = &__pyx_mstate_global_static;
 #endif
 /* #### Code section: constant_name_defines ### */
-#define __pyx_kp_u_tree_fragment __pyx_string_tab[0]
-#define __pyx_kp_u__2 __pyx_string_tab[1]
-#define __pyx_kp_u_ __pyx_string_tab[2]
-#define __pyx_kp_u__3 __pyx_string_tab[3]
-#define __pyx_kp_u__4 __pyx_string_tab[4]
-#define __pyx_kp_u_Note_that_Cython_is_deliberately __pyx_string_tab[5]
-#define __pyx_kp_u_add_note __pyx_string_tab[6]
-#define __pyx_kp_u_disable __pyx_string_tab[7]
-#define __pyx_kp_u_enable __pyx_string_tab[8]
-#define __pyx_kp_u_gc __pyx_string_tab[9]
-#define __pyx_kp_u_gradchain__plan __pyx_string_tab[10]
-#define __pyx_kp_u_gradchain__plan_pyx __pyx_string_tab[11]
-#define __pyx_kp_u_isenabled __pyx_string_tab[12]
-#define __pyx_kp_u_no_default___reduce___due_to_non __pyx_string_tab[13]
-#define __pyx_kp_u_numpy__core_multiarray_failed_to __pyx_string_tab[14]
-#define __pyx_kp_u_numpy__core_umath_failed_to_impo __pyx_string_tab[15]
-#define __pyx_n_u_B __pyx_string_tab[16]
-#define __pyx_n_u_EnumBase __pyx_string_tab[17]
-#define __pyx_n_u_IntEnum __pyx_string_tab[18]
-#define __pyx_n_u_OP_AFFINE __pyx_string_tab[19]
-#define __pyx_n_u_OP_ELEMENTWISE __pyx_string_tab[20]
-#define __pyx_n_u_OP_LOG_SOFTMAX __pyx_string_tab[21]
-#define __pyx_n_u_OP_SOFTMAX __pyx_string_tab[22]
-#define __pyx_n_u_OpCode __pyx_string_tab[23]
-#define __pyx_n_u_Plan __pyx_string_tab[24]
-#define __pyx_n_u_Plan___reduce_cython __pyx_string_tab[25]
-#define __pyx_n_u_Plan___setstate_cython __pyx_string_tab[26]
-#define __pyx_n_u_Plan_dims __pyx_string_tab[27]
-#define __pyx_n_u_Plan_loss_grad __pyx_string_tab[28]
-#define __pyx_n_u_Plan_run __pyx_string_tab[29]
-#define __pyx_n_u_T __pyx_string_tab[30]
-#define __pyx_n_u_X __pyx_string_tab[31]
-#define __pyx_n_u_Pyx_FlexibleEnumBase __pyx_string_tab[32]
-#define __pyx_n_u_Pyx_FlexibleEnumBase___repr __pyx_string_tab[33]
-#define __pyx_n_u_Pyx_FlexibleEnumBase__missing __pyx_string_tab[34]
-#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[35]
-#define __pyx_n_u_annotate __pyx_string_tab[36]
-#define __pyx_n_u_class __pyx_string_tab[37]
-#define __pyx_n_u_doc __pyx_string_tab[38]
-#define __pyx_n_u_func __pyx_string_tab[39]
-#define __pyx_n_u_getstate __pyx_string_tab[40]
-#define __pyx_n_u_main __pyx_string_tab[41]
-#define __pyx_n_u_metaclass __pyx_string_tab[42]
-#define __pyx_n_u_module __pyx_string_tab[43]
-#define __pyx_n_u_mro_entries __pyx_string_tab[44]
-#define __pyx_n_u_name_2 __pyx_string_tab[45]
-#define __pyx_n_u_new __pyx_string_tab[46]
-#define __pyx_n_u_prepare __pyx_string_tab[47]
-#define __pyx_n_u_pyx_state __pyx_string_tab[48]
-#define __pyx_n_u_pyx_vtable __pyx_string_tab[49]
-#define __pyx_n_u_qualname __pyx_string_tab[50]
-#define __pyx_n_u_reduce __pyx_string_tab[51]
-#define __pyx_n_u_reduce_cython __pyx_string_tab[52]
-#define __pyx_n_u_reduce_ex __pyx_string_tab[53]
-#define __pyx_n_u_repr __pyx_string_tab[54]
-#define __pyx_n_u_set_name __pyx_string_tab[55]
-#define __pyx_n_u_setstate __pyx_string_tab[56]
-#define __pyx_n_u_setstate_cython __pyx_string_tab[57]
-#define __pyx_n_u_test __pyx_string_tab[58]
-#define __pyx_n_u_is_coroutine __pyx_string_tab[59]
-#define __pyx_n_u_missing __pyx_string_tab[60]
-#define __pyx_n_u_name __pyx_string_tab[61]
-#define __pyx_n_u_value2member_map __pyx_string_tab[62]
-#define __pyx_n_u_value_2 __pyx_string_tab[63]
-#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[64]
-#define __pyx_n_u_aux __pyx_string_tab[65]
-#define __pyx_n_u_cdims __pyx_string_tab[66]
-#define __pyx_n_u_cline_in_traceback __pyx_string_tab[67]
-#define __pyx_n_u_cls __pyx_string_tab[68]
-#define __pyx_n_u_copy __pyx_string_tab[69]
-#define __pyx_n_u_dims __pyx_string_tab[70]
-#define __pyx_n_u_dtype __pyx_string_tab[71]
-#define __pyx_n_u_empty __pyx_string_tab[72]
-#define __pyx_n_u_enum __pyx_string_tab[73]
-#define __pyx_n_u_float32 __pyx_string_tab[74]
-#define __pyx_n_u_float64 __pyx_string_tab[75]
-#define __pyx_n_u_forward __pyx_string_tab[76]
-#define __pyx_n_u_get __pyx_string_tab[77]
-#define __pyx_n_u_gradchain__plan __pyx_string_tab[78]
-#define __pyx_n_u_half __pyx_string_tab[79]
-#define __pyx_n_u_heap __pyx_string_tab[80]
-#define __pyx_n_u_i __pyx_string_tab[81]
-#define __pyx_n_u_items __pyx_string_tab[82]
-#define __pyx_n_u_itemsize __pyx_string_tab[83]
-#define __pyx_n_u_k __pyx_string_tab[84]
-#define __pyx_n_u_keep __pyx_string_tab[85]
-#define __pyx_n_u_labels __pyx_string_tab[86]
-#define __pyx_n_u_loss __pyx_string_tab[87]
-#define __pyx_n_u_loss_grad __pyx_string_tab[88]
-#define __pyx_n_u_mode __pyx_string_tab[89]
-#define __pyx_n_u_module_2 __pyx_string_tab[90]
-#define __pyx_n_u_n0 __pyx_string_tab[91]
-#define __pyx_n_u_nmax __pyx_string_tab[92]
-#define __pyx_n_u_np __pyx_string_tab[93]
-#define __pyx_n_u_numpy __pyx_string_tab[94]
-#define __pyx_n_u_owned __pyx_string_tab[95]
-#define __pyx_n_u_pd __pyx_string_tab[96]
-#define __pyx_n_u_pop __pyx_string_tab[97]
-#define __pyx_n_u_pseudo_member __pyx_string_tab[98]
-#define __pyx_n_u_run __pyx_string_tab[99]
-#define __pyx_n_u_self __pyx_string_tab[100]
-#define __pyx_n_u_setdefault __pyx_string_tab[101]
-#define __pyx_n_u_specs __pyx_string_tab[102]
-#define __pyx_n_u_super __pyx_string_tab[103]
-#define __pyx_n_u_total __pyx_string_tab[104]
-#define __pyx_n_u_value __pyx_string_tab[105]
-#define __pyx_n_u_value2member_map_2 __pyx_string_tab[106]
-#define __pyx_n_u_values __pyx_string_tab[107]
-#define __pyx_n_u_vjp __pyx_string_tab[108]
-#define __pyx_n_u_ws __pyx_string_tab[109]
-#define __pyx_n_u_x __pyx_string_tab[110]
-#define __pyx_kp_b_int_double_const_Py_ssize_t_Py_s __pyx_string_tab[111]
-#define __pyx_kp_b_int_double_const_Py_ssize_t_Py_s_2 __pyx_string_tab[112]
-#define __pyx_kp_b_iso88591_Q __pyx_string_tab[113]
-#define __pyx_kp_b_iso88591_A_4xs_3at_a_uBiq __pyx_string_tab[114]
-#define __pyx_kp_b_iso88591_A_uAT_q __pyx_string_tab[115]
-#define __pyx_kp_b_iso88591_A_81E_4wa_a_A_Zq_7_5_a_G1_Kq_q_q __pyx_string_tab[116]
-#define __pyx_kp_b_iso88591_A_E_7_6_QfAQfBhd_1_2Rr_1_1_Qe1_E __pyx_string_tab[117]
-#define __pyx_kp_b_iso88591_4O1_1_AV1IQfAQ_V1A_D_2Rr_q_E_ar __pyx_string_tab[118]
+#define __pyx_kp_u_affine_takes __pyx_string_tab[0]
+#define __pyx_kp_u_inputs_but_receives __pyx_string_tab[1]
+#define __pyx_kp_u_tree_fragment __pyx_string_tab[2]
+#define __pyx_kp_u__2 __pyx_string_tab[3]
+#define __pyx_kp_u_ __pyx_string_tab[4]
+#define __pyx_kp_u__3 __pyx_string_tab[5]
+#define __pyx_kp_u__4 __pyx_string_tab[6]
+#define __pyx_kp_u_Note_that_Cython_is_deliberately __pyx_string_tab[7]
+#define __pyx_kp_u_add_note __pyx_string_tab[8]
+#define __pyx_kp_u_disable __pyx_string_tab[9]
+#define __pyx_kp_u_enable __pyx_string_tab[10]
+#define __pyx_kp_u_gc __pyx_string_tab[11]
+#define __pyx_kp_u_gradchain__plan __pyx_string_tab[12]
+#define __pyx_kp_u_gradchain__plan_pyx __pyx_string_tab[13]
+#define __pyx_kp_u_isenabled __pyx_string_tab[14]
+#define __pyx_kp_u_no_default___reduce___due_to_non __pyx_string_tab[15]
+#define __pyx_kp_u_numpy__core_multiarray_failed_to __pyx_string_tab[16]
+#define __pyx_kp_u_numpy__core_umath_failed_to_impo __pyx_string_tab[17]
+#define __pyx_kp_u_op __pyx_string_tab[18]
+#define __pyx_n_u_B __pyx_string_tab[19]
+#define __pyx_n_u_EnumBase __pyx_string_tab[20]
+#define __pyx_n_u_G __pyx_string_tab[21]
+#define __pyx_n_u_IntEnum __pyx_string_tab[22]
+#define __pyx_n_u_OP_AFFINE __pyx_string_tab[23]
+#define __pyx_n_u_OP_ELEMENTWISE __pyx_string_tab[24]
+#define __pyx_n_u_OP_LOG_SOFTMAX __pyx_string_tab[25]
+#define __pyx_n_u_OP_SOFTMAX __pyx_string_tab[26]
+#define __pyx_n_u_OpCode __pyx_string_tab[27]
+#define __pyx_n_u_Plan __pyx_string_tab[28]
+#define __pyx_n_u_Plan___reduce_cython __pyx_string_tab[29]
+#define __pyx_n_u_Plan___setstate_cython __pyx_string_tab[30]
+#define __pyx_n_u_Plan_dims __pyx_string_tab[31]
+#define __pyx_n_u_Plan_loss_grad __pyx_string_tab[32]
+#define __pyx_n_u_Plan_run __pyx_string_tab[33]
+#define __pyx_n_u_T __pyx_string_tab[34]
+#define __pyx_n_u_X __pyx_string_tab[35]
+#define __pyx_n_u__5 __pyx_string_tab[36]
+#define __pyx_n_u_Pyx_FlexibleEnumBase __pyx_string_tab[37]
+#define __pyx_n_u_Pyx_FlexibleEnumBase___repr __pyx_string_tab[38]
+#define __pyx_n_u_Pyx_FlexibleEnumBase__missing __pyx_string_tab[39]
+#define __pyx_n_u_Pyx_PyDict_NextRef __pyx_string_tab[40]
+#define __pyx_n_u_annotate __pyx_string_tab[41]
+#define __pyx_n_u_class __pyx_string_tab[42]
+#define __pyx_n_u_doc __pyx_string_tab[43]
+#define __pyx_n_u_func __pyx_string_tab[44]
+#define __pyx_n_u_getstate __pyx_string_tab[45]
+#define __pyx_n_u_main __pyx_string_tab[46]
+#define __pyx_n_u_metaclass __pyx_string_tab[47]
+#define __pyx_n_u_module __pyx_string_tab[48]
+#define __pyx_n_u_mro_entries __pyx_string_tab[49]
+#define __pyx_n_u_name_2 __pyx_string_tab[50]
+#define __pyx_n_u_new __pyx_string_tab[51]
+#define __pyx_n_u_prepare __pyx_string_tab[52]
+#define __pyx_n_u_pyx_state __pyx_string_tab[53]
+#define __pyx_n_u_pyx_vtable __pyx_string_tab[54]
+#define __pyx_n_u_qualname __pyx_string_tab[55]
+#define __pyx_n_u_reduce __pyx_string_tab[56]
+#define __pyx_n_u_reduce_cython __pyx_string_tab[57]
+#define __pyx_n_u_reduce_ex __pyx_string_tab[58]
+#define __pyx_n_u_repr __pyx_string_tab[59]
+#define __pyx_n_u_set_name __pyx_string_tab[60]
+#define __pyx_n_u_setstate __pyx_string_tab[61]
+#define __pyx_n_u_setstate_cython __pyx_string_tab[62]
+#define __pyx_n_u_test __pyx_string_tab[63]
+#define __pyx_n_u_is_coroutine __pyx_string_tab[64]
+#define __pyx_n_u_missing __pyx_string_tab[65]
+#define __pyx_n_u_name __pyx_string_tab[66]
+#define __pyx_n_u_value2member_map __pyx_string_tab[67]
+#define __pyx_n_u_value_2 __pyx_string_tab[68]
+#define __pyx_n_u_asyncio_coroutines __pyx_string_tab[69]
+#define __pyx_n_u_aux __pyx_string_tab[70]
+#define __pyx_n_u_cdims __pyx_string_tab[71]
+#define __pyx_n_u_cline_in_traceback __pyx_string_tab[72]
+#define __pyx_n_u_cls __pyx_string_tab[73]
+#define __pyx_n_u_copy __pyx_string_tab[74]
+#define __pyx_n_u_dims __pyx_string_tab[75]
+#define __pyx_n_u_dtype __pyx_string_tab[76]
+#define __pyx_n_u_empty __pyx_string_tab[77]
+#define __pyx_n_u_enum __pyx_string_tab[78]
+#define __pyx_n_u_float32 __pyx_string_tab[79]
+#define __pyx_n_u_float64 __pyx_string_tab[80]
+#define __pyx_n_u_forward __pyx_string_tab[81]
+#define __pyx_n_u_get __pyx_string_tab[82]
+#define __pyx_n_u_gradchain__plan __pyx_string_tab[83]
+#define __pyx_n_u_half __pyx_string_tab[84]
+#define __pyx_n_u_heap __pyx_string_tab[85]
+#define __pyx_n_u_i __pyx_string_tab[86]
+#define __pyx_n_u_items __pyx_string_tab[87]
+#define __pyx_n_u_itemsize __pyx_string_tab[88]
+#define __pyx_n_u_k __pyx_string_tab[89]
+#define __pyx_n_u_keep __pyx_string_tab[90]
+#define __pyx_n_u_labels __pyx_string_tab[91]
+#define __pyx_n_u_loss __pyx_string_tab[92]
+#define __pyx_n_u_loss_grad __pyx_string_tab[93]
+#define __pyx_n_u_mode __pyx_string_tab[94]
+#define __pyx_n_u_module_2 __pyx_string_tab[95]
+#define __pyx_n_u_n0 __pyx_string_tab[96]
+#define __pyx_n_u_nmax __pyx_string_tab[97]
+#define __pyx_n_u_np __pyx_string_tab[98]
+#define __pyx_n_u_numpy __pyx_string_tab[99]
+#define __pyx_n_u_owned __pyx_string_tab[100]
+#define __pyx_n_u_pd __pyx_string_tab[101]
+#define __pyx_n_u_pop __pyx_string_tab[102]
+#define __pyx_n_u_pseudo_member __pyx_string_tab[103]
+#define __pyx_n_u_reshape __pyx_string_tab[104]
+#define __pyx_n_u_run __pyx_string_tab[105]
+#define __pyx_n_u_self __pyx_string_tab[106]
+#define __pyx_n_u_setdefault __pyx_string_tab[107]
+#define __pyx_n_u_shape __pyx_string_tab[108]
+#define __pyx_n_u_specs __pyx_string_tab[109]
+#define __pyx_n_u_super __pyx_string_tab[110]
+#define __pyx_n_u_total __pyx_string_tab[111]
+#define __pyx_n_u_vals __pyx_string_tab[112]
+#define __pyx_n_u_value __pyx_string_tab[113]
+#define __pyx_n_u_value2member_map_2 __pyx_string_tab[114]
+#define __pyx_n_u_values __pyx_string_tab[115]
+#define __pyx_n_u_vjp __pyx_string_tab[116]
+#define __pyx_n_u_ws __pyx_string_tab[117]
+#define __pyx_n_u_x __pyx_string_tab[118]
+#define __pyx_kp_b_int_double_const_Py_ssize_t_Py_s __pyx_string_tab[119]
+#define __pyx_kp_b_int_double_const_Py_ssize_t_Py_s_2 __pyx_string_tab[120]
+#define __pyx_kp_b_iso88591_Q __pyx_string_tab[121]
+#define __pyx_kp_b_iso88591_A_4xs_3at_a_uBiq __pyx_string_tab[122]
+#define __pyx_kp_b_iso88591_A_uAT_q __pyx_string_tab[123]
+#define __pyx_kp_b_iso88591_A_81E_4wa_a_A_Zq_7_5_a_G1_Kq_q_q __pyx_string_tab[124]
+#define __pyx_kp_b_iso88591_A_E_7_6_QfAQfBhd_1_2Rr_1_vS_D_AQ __pyx_string_tab[125]
+#define __pyx_kp_b_iso88591_4O1_1_AV1IQfAQ_V1A_D_2Rr_q_E_ar __pyx_string_tab[126]
 #define __pyx_int_0 __pyx_number_tab[0]
 /* #### Code section: module_state_clear ### */
 #if CYTHON_USE_MODULE_STATE
@@ -3661,9 +3713,9 @@ static CYTHON_SMALL_CODE int __pyx_m_clear(PyObject *m) {
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_items.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_CLEAR(clear_module_state->__pyx_umethod_PyDict_Type_values.method);
-  for (int i=0; i<4; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
+  for (int i=0; i<5; ++i) { Py_CLEAR(clear_module_state->__pyx_tuple[i]); }
   for (int i=0; i<7; ++i) { Py_CLEAR(clear_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<119; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<127; ++i) { Py_CLEAR(clear_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<1; ++i) { Py_CLEAR(clear_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_clear_contents ### */
 /* CommonTypesMetaclass.module_state_clear */
@@ -3708,9 +3760,9 @@ static CYTHON_SMALL_CODE int __pyx_m_traverse(PyObject *m, visitproc visit, void
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_items.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_pop.method);
   Py_VISIT(traverse_module_state->__pyx_umethod_PyDict_Type_values.method);
-  for (int i=0; i<4; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
+  for (int i=0; i<5; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_tuple[i]); }
   for (int i=0; i<7; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_codeobj_tab[i]); }
-  for (int i=0; i<119; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
+  for (int i=0; i<127; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_string_tab[i]); }
   for (int i=0; i<1; ++i) { __Pyx_VISIT_CONST(traverse_module_state->__pyx_number_tab[i]); }
 /* #### Code section: module_state_traverse_contents ### */
 /* CommonTypesMetaclass.module_state_traverse */
@@ -7954,7 +8006,15 @@ static PyObject *__pyx_f_9gradchain_5_plan_4Plan__dims(struct __pyx_obj_9gradcha
   Py_ssize_t __pyx_t_4;
   Py_ssize_t __pyx_t_5;
   int __pyx_t_6;
-  int __pyx_t_7;
+  PyObject *__pyx_t_7 = NULL;
+  PyObject *__pyx_t_8 = NULL;
+  PyObject *__pyx_t_9 = NULL;
+  PyObject *__pyx_t_10[6];
+  Py_ssize_t __pyx_t_11;
+  int __pyx_t_12;
+  PyObject *__pyx_t_13 = NULL;
+  size_t __pyx_t_14;
+  int __pyx_t_15;
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
@@ -7982,7 +8042,7 @@ static PyObject *__pyx_f_9gradchain_5_plan_4Plan__dims(struct __pyx_obj_9gradcha
  *         dims = [n0]
  *         for i in range(self._k):             # <<<<<<<<<<<<<<
  *             if self._ops[i].code == OP_AFFINE:
- *                 dims.append(self._ops[i].n_out)
+ *                 if dims[i] != self._ops[i].n_in:
 */
 
   __pyx_t_3 = __pyx_v_self->_k;
@@ -7995,8 +8055,8 @@ static PyObject *__pyx_f_9gradchain_5_plan_4Plan__dims(struct __pyx_obj_9gradcha
  *         dims = [n0]
  *         for i in range(self._k):
  *             if self._ops[i].code == OP_AFFINE:             # <<<<<<<<<<<<<<
- *                 dims.append(self._ops[i].n_out)
- *             else:
+ *                 if dims[i] != self._ops[i].n_in:
+ *                     raise ValueError(
 */
     __pyx_t_6 = ((__pyx_v_self->_ops[__pyx_v_i]).code == __pyx_e_9gradchain_5_plan_OP_AFFINE);
 
@@ -8006,13 +8066,107 @@ static PyObject *__pyx_f_9gradchain_5_plan_4Plan__dims(struct __pyx_obj_9gradcha
       /* "gradchain/_plan.pyx":203
  *         for i in range(self._k):
  *             if self._ops[i].code == OP_AFFINE:
+ *                 if dims[i] != self._ops[i].n_in:             # <<<<<<<<<<<<<<
+ *                     raise ValueError(
+ *                         f"op {i} (affine) takes {self._ops[i].n_in} inputs but "
+*/
+      __pyx_t_2 = PyLong_FromSsize_t((__pyx_v_self->_ops[__pyx_v_i]).n_in); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 203, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_2);
+      __pyx_t_6 = __Pyx_PyObject_CompareBoolNe_object_int(__Pyx_PyList_GET_ITEM(__pyx_v_dims, __pyx_v_i), __pyx_t_2, Py_NE); if (unlikely((__pyx_t_6 < 0))) __PYX_ERR(0, 203, __pyx_L1_error)
+      __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+      if (unlikely(__pyx_t_6)) {
+
+
+        /* "gradchain/_plan.pyx":204
+ *             if self._ops[i].code == OP_AFFINE:
+ *                 if dims[i] != self._ops[i].n_in:
+ *                     raise ValueError(             # <<<<<<<<<<<<<<
+ *                         f"op {i} (affine) takes {self._ops[i].n_in} inputs but "
+ *                         f"receives {dims[i]}")
+*/
+        __pyx_t_1 = NULL;
+
+        /* "gradchain/_plan.pyx":205
+ *                 if dims[i] != self._ops[i].n_in:
+ *                     raise ValueError(
+ *                         f"op {i} (affine) takes {self._ops[i].n_in} inputs but "             # <<<<<<<<<<<<<<
+ *                         f"receives {dims[i]}")
+ *                 dims.append(self._ops[i].n_out)
+*/
+        __pyx_t_7 = __Pyx_PyUnicode_From_Py_ssize_t(__pyx_v_i, 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 205, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_7);
+        __pyx_t_8 = __Pyx_PyUnicode_From_Py_ssize_t((__pyx_v_self->_ops[__pyx_v_i]).n_in, 0, ' ', 'd'); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 205, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_8);
+
+        /* "gradchain/_plan.pyx":206
+ *                     raise ValueError(
+ *                         f"op {i} (affine) takes {self._ops[i].n_in} inputs but "
+ *                         f"receives {dims[i]}")             # <<<<<<<<<<<<<<
+ *                 dims.append(self._ops[i].n_out)
+ *             else:
+*/
+        __pyx_t_9 = __Pyx_PyObject_FormatSimple(__Pyx_PyList_GET_ITEM(__pyx_v_dims, __pyx_v_i), __pyx_mstate_global->__pyx_empty_unicode); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 206, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_9);
+        __pyx_t_10[0] = __pyx_mstate_global->__pyx_kp_u_op;
+        __pyx_t_10[1] = __pyx_t_7;
+        __pyx_t_10[2] = __pyx_mstate_global->__pyx_kp_u_affine_takes;
+        __pyx_t_10[3] = __pyx_t_8;
+        __pyx_t_10[4] = __pyx_mstate_global->__pyx_kp_u_inputs_but_receives;
+        __pyx_t_10[5] = __pyx_t_9;
+
+        /* "gradchain/_plan.pyx":205
+ *                 if dims[i] != self._ops[i].n_in:
+ *                     raise ValueError(
+ *                         f"op {i} (affine) takes {self._ops[i].n_in} inputs but "             # <<<<<<<<<<<<<<
+ *                         f"receives {dims[i]}")
+ *                 dims.append(self._ops[i].n_out)
+*/
+        __pyx_t_11 = 40;
+        #if __Pyx_PyUnicode_Join_CAN_USE_KIND_AND_LENGTH
+        __pyx_t_11 += __Pyx_PyUnicode_GET_LENGTH(__pyx_t_10[1]) + __Pyx_PyUnicode_GET_LENGTH(__pyx_t_10[3]) + __Pyx_PyUnicode_GET_LENGTH(__pyx_t_10[5]);
+        #endif
+        __pyx_t_12 = 0;
+        #if __Pyx_PyUnicode_Join_CAN_USE_KIND_AND_LENGTH
+        __pyx_t_12 |= __Pyx_PyUnicode_KIND_04(__pyx_t_10[5]);
+        #endif
+        __pyx_t_13 = __Pyx_PyUnicode_Join(__pyx_t_10, 6, __pyx_t_11, __pyx_t_12);
+        if (unlikely(!__pyx_t_13)) __PYX_ERR(0, 205, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_13);
+        __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+        __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
+        __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
+        __pyx_t_14 = 1;
+        {
+          PyObject *__pyx_callargs[2] = {__pyx_t_1, __pyx_t_13};
+          __pyx_t_2 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_14, (2-__pyx_t_14) | (__pyx_t_14*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+          __Pyx_XDECREF(__pyx_t_1); __pyx_t_1 = 0;
+          __Pyx_DECREF(__pyx_t_13); __pyx_t_13 = 0;
+          if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 204, __pyx_L1_error)
+          __Pyx_GOTREF(__pyx_t_2);
+        }
+        __Pyx_Raise(__pyx_t_2, 0, 0, 0);
+        __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
+        __PYX_ERR(0, 204, __pyx_L1_error)
+
+        /* "gradchain/_plan.pyx":203
+ *         for i in range(self._k):
+ *             if self._ops[i].code == OP_AFFINE:
+ *                 if dims[i] != self._ops[i].n_in:             # <<<<<<<<<<<<<<
+ *                     raise ValueError(
+ *                         f"op {i} (affine) takes {self._ops[i].n_in} inputs but "
+*/
+      }
+
+      /* "gradchain/_plan.pyx":207
+ *                         f"op {i} (affine) takes {self._ops[i].n_in} inputs but "
+ *                         f"receives {dims[i]}")
  *                 dims.append(self._ops[i].n_out)             # <<<<<<<<<<<<<<
  *             else:
  *                 dims.append(dims[i])
 */
-      __pyx_t_2 = PyLong_FromSsize_t((__pyx_v_self->_ops[__pyx_v_i]).n_out); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 203, __pyx_L1_error)
+      __pyx_t_2 = PyLong_FromSsize_t((__pyx_v_self->_ops[__pyx_v_i]).n_out); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 207, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_2);
-      __pyx_t_7 = __Pyx_PyList_Append(__pyx_v_dims, __pyx_t_2); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 203, __pyx_L1_error)
+      __pyx_t_15 = __Pyx_PyList_Append(__pyx_v_dims, __pyx_t_2); if (unlikely(__pyx_t_15 == ((int)-1))) __PYX_ERR(0, 207, __pyx_L1_error)
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
 
@@ -8020,13 +8174,13 @@ static PyObject *__pyx_f_9gradchain_5_plan_4Plan__dims(struct __pyx_obj_9gradcha
  *         dims = [n0]
  *         for i in range(self._k):
  *             if self._ops[i].code == OP_AFFINE:             # <<<<<<<<<<<<<<
- *                 dims.append(self._ops[i].n_out)
- *             else:
+ *                 if dims[i] != self._ops[i].n_in:
+ *                     raise ValueError(
 */
       goto __pyx_L5;
     }
 
-    /* "gradchain/_plan.pyx":205
+    /* "gradchain/_plan.pyx":209
  *                 dims.append(self._ops[i].n_out)
  *             else:
  *                 dims.append(dims[i])             # <<<<<<<<<<<<<<
@@ -8036,7 +8190,7 @@ static PyObject *__pyx_f_9gradchain_5_plan_4Plan__dims(struct __pyx_obj_9gradcha
     /*else*/ {
       __pyx_t_2 = __Pyx_PyList_GET_ITEM(__pyx_v_dims, __pyx_v_i);
       __Pyx_INCREF(__pyx_t_2);
-      __pyx_t_7 = __Pyx_PyList_Append(__pyx_v_dims, __pyx_t_2); if (unlikely(__pyx_t_7 == ((int)-1))) __PYX_ERR(0, 205, __pyx_L1_error)
+      __pyx_t_15 = __Pyx_PyList_Append(__pyx_v_dims, __pyx_t_2); if (unlikely(__pyx_t_15 == ((int)-1))) __PYX_ERR(0, 209, __pyx_L1_error)
       __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
 
     }
@@ -8044,7 +8198,7 @@ static PyObject *__pyx_f_9gradchain_5_plan_4Plan__dims(struct __pyx_obj_9gradcha
   }
 
 
-  /* "gradchain/_plan.pyx":206
+  /* "gradchain/_plan.pyx":210
  *             else:
  *                 dims.append(dims[i])
  *         return dims             # <<<<<<<<<<<<<<
@@ -8074,6 +8228,10 @@ static PyObject *__pyx_f_9gradchain_5_plan_4Plan__dims(struct __pyx_obj_9gradcha
   __pyx_L1_error:;
   __Pyx_XDECREF(__pyx_t_1);
   __Pyx_XDECREF(__pyx_t_2);
+  __Pyx_XDECREF(__pyx_t_7);
+  __Pyx_XDECREF(__pyx_t_8);
+  __Pyx_XDECREF(__pyx_t_9);
+  __Pyx_XDECREF(__pyx_t_13);
   __Pyx_AddTraceback("gradchain._plan.Plan._dims", __pyx_clineno, __pyx_lineno, __pyx_filename);
   __pyx_r = 0;
   __pyx_L0:;
@@ -8084,7 +8242,7 @@ static PyObject *__pyx_f_9gradchain_5_plan_4Plan__dims(struct __pyx_obj_9gradcha
   return __pyx_r;
 }
 
-/* "gradchain/_plan.pyx":208
+/* "gradchain/_plan.pyx":212
  *         return dims
  * 
  *     def dims(self, n0):             # <<<<<<<<<<<<<<
@@ -8132,32 +8290,32 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_n0,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 208, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 212, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 208, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 212, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "dims", 0) < (0)) __PYX_ERR(0, 208, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "dims", 0) < (0)) __PYX_ERR(0, 212, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 1; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("dims", 1, 1, 1, i); __PYX_ERR(0, 208, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("dims", 1, 1, 1, i); __PYX_ERR(0, 212, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 1)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 208, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 212, __pyx_L3_error)
     }
     __pyx_v_n0 = values[0];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("dims", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 208, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("dims", 1, 1, 1, __pyx_nargs); __PYX_ERR(0, 212, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -8189,22 +8347,22 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_4dims(struct __pyx_obj_9gradch
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("dims", 0);
 
-  /* "gradchain/_plan.pyx":210
+  /* "gradchain/_plan.pyx":214
  *     def dims(self, n0):
  *         """(n_0, ..., n_k) for inputs of length n0."""
  *         return tuple(self._dims(n0))             # <<<<<<<<<<<<<<
  * 
  *     cdef cnp.ndarray _workspace(self, Py_ssize_t B, Py_ssize_t total):
 */
-  __pyx_t_1 = __Pyx_PyIndex_AsSsize_t(__pyx_v_n0); if (unlikely((__pyx_t_1 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 210, __pyx_L1_error)
-  __pyx_t_2 = ((struct __pyx_vtabstruct_9gradchain_5_plan_Plan *)__pyx_v_self->__pyx_vtab)->_dims(__pyx_v_self, __pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 210, __pyx_L1_error)
+  __pyx_t_1 = __Pyx_PyIndex_AsSsize_t(__pyx_v_n0); if (unlikely((__pyx_t_1 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 214, __pyx_L1_error)
+  __pyx_t_2 = ((struct __pyx_vtabstruct_9gradchain_5_plan_Plan *)__pyx_v_self->__pyx_vtab)->_dims(__pyx_v_self, __pyx_t_1); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 214, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
 
   if (unlikely(__pyx_t_2 == Py_None)) {
     PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not iterable");
-    __PYX_ERR(0, 210, __pyx_L1_error)
+    __PYX_ERR(0, 214, __pyx_L1_error)
   }
-  __pyx_t_3 = PyList_AsTuple(((PyObject*)__pyx_t_2)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 210, __pyx_L1_error)
+  __pyx_t_3 = PyList_AsTuple(((PyObject*)__pyx_t_2)); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 214, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
   {
@@ -8218,7 +8376,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_4dims(struct __pyx_obj_9gradch
   __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "gradchain/_plan.pyx":208
+  /* "gradchain/_plan.pyx":212
  *         return dims
  * 
  *     def dims(self, n0):             # <<<<<<<<<<<<<<
@@ -8238,7 +8396,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_4dims(struct __pyx_obj_9gradch
   return __pyx_r;
 }
 
-/* "gradchain/_plan.pyx":212
+/* "gradchain/_plan.pyx":216
  *         return tuple(self._dims(n0))
  * 
  *     cdef cnp.ndarray _workspace(self, Py_ssize_t B, Py_ssize_t total):             # <<<<<<<<<<<<<<
@@ -8266,12 +8424,12 @@ static PyArrayObject *__pyx_f_9gradchain_5_plan_4Plan__workspace(struct __pyx_ob
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_workspace", 0);
 
-  /* "gradchain/_plan.pyx":215
+  /* "gradchain/_plan.pyx":219
  *         # the cached workspace, or a fresh one when the cache is in use or
  *         # sized for another batch
- *         if self._ws_busy or self._ws_B != B or self._ws is None:             # <<<<<<<<<<<<<<
+ *         if (self._ws_busy or self._ws is None or self._ws_B != B             # <<<<<<<<<<<<<<
+ *                 or self._ws.shape[0] < total):
  *             ws = np.empty(total, dtype=np.float32 if self._typenum == cnp.NPY_FLOAT
- *                           else np.float64)
 */
   if (!__pyx_v_self->_ws_busy) {
   } else {
@@ -8279,6 +8437,23 @@ static PyArrayObject *__pyx_f_9gradchain_5_plan_4Plan__workspace(struct __pyx_ob
     __pyx_t_1 = __pyx_v_self->_ws_busy;
     goto __pyx_L4_bool_binop_done;
   }
+  __pyx_t_2 = (__pyx_v_self->_ws == Py_None);
+  if (!__pyx_t_2) {
+
+  } else {
+
+    __pyx_t_1 = __pyx_t_2;
+
+    goto __pyx_L4_bool_binop_done;
+  }
+
+  /* "gradchain/_plan.pyx":220
+ *         # sized for another batch
+ *         if (self._ws_busy or self._ws is None or self._ws_B != B
+ *                 or self._ws.shape[0] < total):             # <<<<<<<<<<<<<<
+ *             ws = np.empty(total, dtype=np.float32 if self._typenum == cnp.NPY_FLOAT
+ *                           else np.float64)
+*/
   __pyx_t_2 = (__pyx_v_self->_ws_B != __pyx_v_B);
 
   if (!__pyx_t_2) {
@@ -8289,51 +8464,68 @@ static PyArrayObject *__pyx_f_9gradchain_5_plan_4Plan__workspace(struct __pyx_ob
 
     goto __pyx_L4_bool_binop_done;
   }
-  __pyx_t_2 = (__pyx_v_self->_ws == Py_None);
+  __pyx_t_3 = __Pyx_PyObject_GetAttrStr(__pyx_v_self->_ws, __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 220, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __pyx_t_4 = __Pyx_GetItemInt(__pyx_t_3, 0, long, 1, __Pyx_PyLong_From_long, 0, 0, 1, __Pyx_ReferenceSharing_OwnStrongReference); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 220, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_4);
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+  __pyx_t_3 = PyLong_FromSsize_t(__pyx_v_total); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 220, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_3);
+  __pyx_t_2 = __Pyx_PyObject_CompareBoolLt_object_int(__pyx_t_4, __pyx_t_3, Py_LT); if (unlikely((__pyx_t_2 < 0))) __PYX_ERR(0, 220, __pyx_L1_error)
+  __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+  __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
 
   __pyx_t_1 = __pyx_t_2;
 
   __pyx_L4_bool_binop_done:;
+
+  /* "gradchain/_plan.pyx":219
+ *         # the cached workspace, or a fresh one when the cache is in use or
+ *         # sized for another batch
+ *         if (self._ws_busy or self._ws is None or self._ws_B != B             # <<<<<<<<<<<<<<
+ *                 or self._ws.shape[0] < total):
+ *             ws = np.empty(total, dtype=np.float32 if self._typenum == cnp.NPY_FLOAT
+*/
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_plan.pyx":216
- *         # sized for another batch
- *         if self._ws_busy or self._ws_B != B or self._ws is None:
+    /* "gradchain/_plan.pyx":221
+ *         if (self._ws_busy or self._ws is None or self._ws_B != B
+ *                 or self._ws.shape[0] < total):
  *             ws = np.empty(total, dtype=np.float32 if self._typenum == cnp.NPY_FLOAT             # <<<<<<<<<<<<<<
  *                           else np.float64)
  *             if not self._ws_busy:
 */
     __pyx_t_4 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 216, __pyx_L1_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 221, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
-    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 216, __pyx_L1_error)
+    __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_5, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 221, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_6);
     __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
-    __pyx_t_5 = PyLong_FromSsize_t(__pyx_v_total); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 216, __pyx_L1_error)
+    __pyx_t_5 = PyLong_FromSsize_t(__pyx_v_total); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 221, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_t_5);
     __pyx_t_1 = (__pyx_v_self->_typenum == NPY_FLOAT);
 
     if (__pyx_t_1) {
-      __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 216, __pyx_L1_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 221, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
-      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 216, __pyx_L1_error)
+      __pyx_t_9 = __Pyx_PyObject_GetAttrStr(__pyx_t_8, __pyx_mstate_global->__pyx_n_u_float32); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 221, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_9);
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
       __pyx_t_7 = __pyx_t_9;
       __pyx_t_9 = 0;
     } else {
 
-      /* "gradchain/_plan.pyx":217
- *         if self._ws_busy or self._ws_B != B or self._ws is None:
+      /* "gradchain/_plan.pyx":222
+ *                 or self._ws.shape[0] < total):
  *             ws = np.empty(total, dtype=np.float32 if self._typenum == cnp.NPY_FLOAT
  *                           else np.float64)             # <<<<<<<<<<<<<<
  *             if not self._ws_busy:
  *                 self._ws, self._ws_B = ws, B
 */
-      __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 217, __pyx_L1_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 222, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_9);
-      __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 217, __pyx_L1_error)
+      __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 222, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_8);
       __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
       __pyx_t_7 = __pyx_t_8;
@@ -8342,9 +8534,9 @@ static PyArrayObject *__pyx_f_9gradchain_5_plan_4Plan__workspace(struct __pyx_ob
 
     #if CYTHON_VECTORCALL
 
-    /* "gradchain/_plan.pyx":216
- *         # sized for another batch
- *         if self._ws_busy or self._ws_B != B or self._ws is None:
+    /* "gradchain/_plan.pyx":221
+ *         if (self._ws_busy or self._ws is None or self._ws_B != B
+ *                 or self._ws.shape[0] < total):
  *             ws = np.empty(total, dtype=np.float32 if self._typenum == cnp.NPY_FLOAT             # <<<<<<<<<<<<<<
  *                           else np.float64)
  *             if not self._ws_busy:
@@ -8366,13 +8558,13 @@ static PyArrayObject *__pyx_f_9gradchain_5_plan_4Plan__workspace(struct __pyx_ob
       PyObject *__pyx_callargs[3] = {__pyx_t_4, __pyx_t_5, __pyx_t_7};
       #if CYTHON_VECTORCALL
       __pyx_t_8 = __pyx_mstate_global->__pyx_tuple[0];
-      if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 216, __pyx_L1_error)
+      if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 221, __pyx_L1_error)
       __Pyx_INCREF(__pyx_t_8);
       #else
       {
         PyObject *__pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
         __pyx_t_8 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+2, 1);
-        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 216, __pyx_L1_error)
+        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 221, __pyx_L1_error)
         __Pyx_GOTREF(__pyx_t_8);
       }
       #endif
@@ -8384,13 +8576,13 @@ static PyArrayObject *__pyx_f_9gradchain_5_plan_4Plan__workspace(struct __pyx_ob
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
       __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 216, __pyx_L1_error)
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 221, __pyx_L1_error)
       __Pyx_GOTREF(__pyx_t_3);
     }
     __pyx_v_ws = __pyx_t_3;
     __pyx_t_3 = 0;
 
-    /* "gradchain/_plan.pyx":218
+    /* "gradchain/_plan.pyx":223
  *             ws = np.empty(total, dtype=np.float32 if self._typenum == cnp.NPY_FLOAT
  *                           else np.float64)
  *             if not self._ws_busy:             # <<<<<<<<<<<<<<
@@ -8402,7 +8594,7 @@ static PyArrayObject *__pyx_f_9gradchain_5_plan_4Plan__workspace(struct __pyx_ob
     if (__pyx_t_1) {
 
 
-      /* "gradchain/_plan.pyx":219
+      /* "gradchain/_plan.pyx":224
  *                           else np.float64)
  *             if not self._ws_busy:
  *                 self._ws, self._ws_B = ws, B             # <<<<<<<<<<<<<<
@@ -8419,17 +8611,17 @@ static PyArrayObject *__pyx_f_9gradchain_5_plan_4Plan__workspace(struct __pyx_ob
       __pyx_t_3 = 0;
       __pyx_v_self->_ws_B = __pyx_t_11;
 
-      /* "gradchain/_plan.pyx":218
+      /* "gradchain/_plan.pyx":223
  *             ws = np.empty(total, dtype=np.float32 if self._typenum == cnp.NPY_FLOAT
  *                           else np.float64)
  *             if not self._ws_busy:             # <<<<<<<<<<<<<<
  *                 self._ws, self._ws_B = ws, B
  *             else:
 */
-      goto __pyx_L7;
+      goto __pyx_L8;
     }
 
-    /* "gradchain/_plan.pyx":221
+    /* "gradchain/_plan.pyx":226
  *                 self._ws, self._ws_B = ws, B
  *             else:
  *                 return ws             # <<<<<<<<<<<<<<
@@ -8437,7 +8629,7 @@ static PyArrayObject *__pyx_f_9gradchain_5_plan_4Plan__workspace(struct __pyx_ob
  * 
 */
     /*else*/ {
-      if (!(likely(((__pyx_v_ws) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_ws, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 221, __pyx_L1_error)
+      if (!(likely(((__pyx_v_ws) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_ws, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 226, __pyx_L1_error)
       {
         PyArrayObject *__pyx_temp;
         {
@@ -8449,25 +8641,25 @@ static PyArrayObject *__pyx_f_9gradchain_5_plan_4Plan__workspace(struct __pyx_ob
       }
       goto __pyx_L0;
     }
-    __pyx_L7:;
+    __pyx_L8:;
 
-    /* "gradchain/_plan.pyx":215
+    /* "gradchain/_plan.pyx":219
  *         # the cached workspace, or a fresh one when the cache is in use or
  *         # sized for another batch
- *         if self._ws_busy or self._ws_B != B or self._ws is None:             # <<<<<<<<<<<<<<
+ *         if (self._ws_busy or self._ws is None or self._ws_B != B             # <<<<<<<<<<<<<<
+ *                 or self._ws.shape[0] < total):
  *             ws = np.empty(total, dtype=np.float32 if self._typenum == cnp.NPY_FLOAT
- *                           else np.float64)
 */
   }
 
-  /* "gradchain/_plan.pyx":222
+  /* "gradchain/_plan.pyx":227
  *             else:
  *                 return ws
  *         return self._ws             # <<<<<<<<<<<<<<
  * 
  *     def loss_grad(self, cnp.ndarray x, int loss, object aux, object labels):
 */
-  if (!(likely(((__pyx_v_self->_ws) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_self->_ws, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 222, __pyx_L1_error)
+  if (!(likely(((__pyx_v_self->_ws) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_self->_ws, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 227, __pyx_L1_error)
   {
     PyArrayObject *__pyx_temp;
     {
@@ -8479,7 +8671,7 @@ static PyArrayObject *__pyx_f_9gradchain_5_plan_4Plan__workspace(struct __pyx_ob
   }
   goto __pyx_L0;
 
-  /* "gradchain/_plan.pyx":212
+  /* "gradchain/_plan.pyx":216
  *         return tuple(self._dims(n0))
  * 
  *     cdef cnp.ndarray _workspace(self, Py_ssize_t B, Py_ssize_t total):             # <<<<<<<<<<<<<<
@@ -8505,7 +8697,7 @@ static PyArrayObject *__pyx_f_9gradchain_5_plan_4Plan__workspace(struct __pyx_ob
   return __pyx_r;
 }
 
-/* "gradchain/_plan.pyx":224
+/* "gradchain/_plan.pyx":229
  *         return self._ws
  * 
  *     def loss_grad(self, cnp.ndarray x, int loss, object aux, object labels):             # <<<<<<<<<<<<<<
@@ -8556,53 +8748,53 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_x,&__pyx_mstate_global->__pyx_n_u_loss,&__pyx_mstate_global->__pyx_n_u_aux,&__pyx_mstate_global->__pyx_n_u_labels,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 224, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 229, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 224, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 229, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 224, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 229, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 224, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 229, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 224, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 229, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "loss_grad", 0) < (0)) __PYX_ERR(0, 224, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "loss_grad", 0) < (0)) __PYX_ERR(0, 229, __pyx_L3_error)
       for (Py_ssize_t i = __pyx_nargs; i < 4; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("loss_grad", 1, 4, 4, i); __PYX_ERR(0, 224, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("loss_grad", 1, 4, 4, i); __PYX_ERR(0, 229, __pyx_L3_error) }
       }
     } else if (unlikely(__pyx_nargs != 4)) {
       goto __pyx_L5_argtuple_error;
     } else {
       values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 224, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 229, __pyx_L3_error)
       values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 224, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 229, __pyx_L3_error)
       values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 224, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 229, __pyx_L3_error)
       values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 224, __pyx_L3_error)
+      if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 229, __pyx_L3_error)
     }
     __pyx_v_x = ((PyArrayObject *)values[0]);
-    __pyx_v_loss = __Pyx_PyLong_As_int(values[1]); if (unlikely((__pyx_v_loss == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 224, __pyx_L3_error)
+    __pyx_v_loss = __Pyx_PyLong_As_int(values[1]); if (unlikely((__pyx_v_loss == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 229, __pyx_L3_error)
     __pyx_v_aux = values[2];
     __pyx_v_labels = values[3];
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("loss_grad", 1, 4, 4, __pyx_nargs); __PYX_ERR(0, 224, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("loss_grad", 1, 4, 4, __pyx_nargs); __PYX_ERR(0, 229, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -8613,7 +8805,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 224, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "x", 0))) __PYX_ERR(0, 229, __pyx_L1_error)
   __pyx_r = __pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(((struct __pyx_obj_9gradchain_5_plan_Plan *)__pyx_v_self), __pyx_v_x, __pyx_v_loss, __pyx_v_aux, __pyx_v_labels);
 
   /* function exit code */
@@ -8642,31 +8834,43 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(struct __pyx_obj_9g
   Py_ssize_t __pyx_v_cdims[65];
   Py_ssize_t __pyx_v_nmax;
   Py_ssize_t __pyx_v_total;
+  CYTHON_UNUSED PyObject *__pyx_v__ = NULL;
+  PyObject *__pyx_v_vals = NULL;
+  PyObject *__pyx_v_G = NULL;
   int __pyx_v_owned;
   PyArrayObject *__pyx_v_ws = NULL;
   PyObject *__pyx_r = NULL;
   __Pyx_RefNannyDeclarations
   Py_ssize_t __pyx_t_1;
   int __pyx_t_2;
-  Py_ssize_t __pyx_t_3;
-  Py_ssize_t __pyx_t_4;
-  Py_ssize_t __pyx_t_5;
+  PyObject *__pyx_t_3 = NULL;
+  PyObject *__pyx_t_4 = NULL;
+  PyObject *__pyx_t_5 = NULL;
   PyObject *__pyx_t_6 = NULL;
-  int __pyx_t_7;
-  int __pyx_t_8;
-  char const *__pyx_t_9;
-  PyObject *__pyx_t_10 = NULL;
-  PyObject *__pyx_t_11 = NULL;
-  PyObject *__pyx_t_12 = NULL;
-  PyObject *__pyx_t_13 = NULL;
-  PyObject *__pyx_t_14 = NULL;
-  PyObject *__pyx_t_15 = NULL;
+  PyObject *__pyx_t_7 = NULL;
+  PyObject *__pyx_t_8 = NULL;
+  size_t __pyx_t_9;
+  PyObject *(*__pyx_t_10)(PyObject *);
+  Py_ssize_t __pyx_t_11;
+  Py_ssize_t __pyx_t_12;
+  int __pyx_t_13;
+  PyObject *__pyx_t_14[6];
+  Py_ssize_t __pyx_t_15;
+  int __pyx_t_16;
+  int __pyx_t_17;
+  char const *__pyx_t_18;
+  PyObject *__pyx_t_19 = NULL;
+  PyObject *__pyx_t_20 = NULL;
+  PyObject *__pyx_t_21 = NULL;
+  PyObject *__pyx_t_22 = NULL;
+  PyObject *__pyx_t_23 = NULL;
+  PyObject *__pyx_t_24 = NULL;
   int __pyx_lineno = 0;
   const char *__pyx_filename = NULL;
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("loss_grad", 0);
 
-  /* "gradchain/_plan.pyx":228
+  /* "gradchain/_plan.pyx":233
  *         in the plan's dtype (checked by the caller); aux / labels as for run.
  *         Returns (values (B,), gradient shaped like x)."""
  *         cdef Py_ssize_t B = 1 if x.ndim == 1 else x.shape[0]             # <<<<<<<<<<<<<<
@@ -8685,7 +8889,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(struct __pyx_obj_9g
 
   __pyx_v_B = __pyx_t_1;
 
-  /* "gradchain/_plan.pyx":229
+  /* "gradchain/_plan.pyx":234
  *         Returns (values (B,), gradient shaped like x)."""
  *         cdef Py_ssize_t B = 1 if x.ndim == 1 else x.shape[0]
  *         cdef Py_ssize_t n0 = x.shape[x.ndim - 1], k = self._k, i             # <<<<<<<<<<<<<<
@@ -8697,80 +8901,351 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(struct __pyx_obj_9g
 
   __pyx_v_k = __pyx_t_1;
 
-  /* "gradchain/_plan.pyx":231
+  /* "gradchain/_plan.pyx":236
  *         cdef Py_ssize_t n0 = x.shape[x.ndim - 1], k = self._k, i
  *         cdef Py_ssize_t cdims[65]
  *         cdef Py_ssize_t nmax = n0, total = 0             # <<<<<<<<<<<<<<
  *         if k + 1 > 65:
- *             return None          # caller falls back to run()
+ *             # long plans: the general path (heap-allocated tables)
 */
   __pyx_v_nmax = __pyx_v_n0;
   __pyx_v_total = 0;
 
-  /* "gradchain/_plan.pyx":232
+  /* "gradchain/_plan.pyx":237
  *         cdef Py_ssize_t cdims[65]
  *         cdef Py_ssize_t nmax = n0, total = 0
  *         if k + 1 > 65:             # <<<<<<<<<<<<<<
- *             return None          # caller falls back to run()
- *         cdims[0] = n0
+ *             # long plans: the general path (heap-allocated tables)
+ *             _, vals, G, _ = self.run(x.reshape(B, n0), "loss", loss=loss,
 */
   __pyx_t_2 = ((__pyx_v_k + 1) > 65);
 
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_plan.pyx":233
- *         cdef Py_ssize_t nmax = n0, total = 0
+    /* "gradchain/_plan.pyx":239
  *         if k + 1 > 65:
- *             return None          # caller falls back to run()             # <<<<<<<<<<<<<<
+ *             # long plans: the general path (heap-allocated tables)
+ *             _, vals, G, _ = self.run(x.reshape(B, n0), "loss", loss=loss,             # <<<<<<<<<<<<<<
+ *                                      aux=aux, labels=labels)
+ *             return vals, G.reshape((<object>x).shape)
+*/
+    __pyx_t_4 = ((PyObject *)__pyx_v_self);
+    __Pyx_INCREF(__pyx_t_4);
+    __pyx_t_6 = ((PyObject *)__pyx_v_x);
+    __Pyx_INCREF(__pyx_t_6);
+    __pyx_t_7 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 239, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_7);
+    __pyx_t_8 = PyLong_FromSsize_t(__pyx_v_n0); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 239, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_8);
+    __pyx_t_9 = 0;
+    {
+      PyObject *__pyx_callargs[3] = {__pyx_t_6, __pyx_t_7, __pyx_t_8};
+      __pyx_t_5 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_9, (3-__pyx_t_9) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
+      __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+      __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
+      if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 239, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_5);
+    }
+    __pyx_t_8 = __Pyx_PyLong_From_int(__pyx_v_loss); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 239, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_8);
+
+    /* "gradchain/_plan.pyx":240
+ *             # long plans: the general path (heap-allocated tables)
+ *             _, vals, G, _ = self.run(x.reshape(B, n0), "loss", loss=loss,
+ *                                      aux=aux, labels=labels)             # <<<<<<<<<<<<<<
+ *             return vals, G.reshape((<object>x).shape)
+ *         cdims[0] = n0
+*/
+    #if CYTHON_VECTORCALL
+
+    /* "gradchain/_plan.pyx":239
+ *         if k + 1 > 65:
+ *             # long plans: the general path (heap-allocated tables)
+ *             _, vals, G, _ = self.run(x.reshape(B, n0), "loss", loss=loss,             # <<<<<<<<<<<<<<
+ *                                      aux=aux, labels=labels)
+ *             return vals, G.reshape((<object>x).shape)
+*/
+    #endif
+    __pyx_t_9 = 0;
+    {
+      PyObject *__pyx_callargs[6] = {__pyx_t_4, __pyx_t_5, __pyx_mstate_global->__pyx_n_u_loss, __pyx_t_8, __pyx_v_aux, __pyx_v_labels};
+      #if CYTHON_VECTORCALL
+      __pyx_t_7 = __pyx_mstate_global->__pyx_tuple[1];
+      if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 239, __pyx_L1_error)
+      __Pyx_INCREF(__pyx_t_7);
+      #else
+      {
+        PyObject *__pyx_temp[3] = {__pyx_mstate_global->__pyx_n_u_loss, __pyx_mstate_global->__pyx_n_u_aux, __pyx_mstate_global->__pyx_n_u_labels};
+        __pyx_t_7 = __Pyx_MakeKwargDict(__pyx_temp, __pyx_callargs+3, 3);
+        if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 239, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_7);
+      }
+      #endif
+      __pyx_t_3 = __Pyx_Object_VectorcallMethodKwds((PyObject*)__pyx_mstate_global->__pyx_n_u_run, __pyx_callargs+__pyx_t_9, (3-__pyx_t_9) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET), __pyx_t_7);
+      __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+      __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+      #if CYTHON_VECTORCALL
+      #endif
+      __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
+      __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 239, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_3);
+    }
+    if ((likely(PyTuple_CheckExact(__pyx_t_3))) || (PyList_CheckExact(__pyx_t_3))) {
+      PyObject* sequence = __pyx_t_3;
+      Py_ssize_t size = __Pyx_PySequence_SIZE(sequence);
+      if (unlikely(size != 4)) {
+        if (size > 4) __Pyx_RaiseTooManyValuesError(4);
+        else if (size >= 0) __Pyx_RaiseNeedMoreValuesError(size);
+        __PYX_ERR(0, 239, __pyx_L1_error)
+      }
+      #if CYTHON_ASSUME_SAFE_MACROS && !CYTHON_AVOID_BORROWED_REFS
+      if (likely(PyTuple_CheckExact(sequence))) {
+        __pyx_t_7 = PyTuple_GET_ITEM(sequence, 0);
+        __Pyx_INCREF(__pyx_t_7);
+        __pyx_t_8 = PyTuple_GET_ITEM(sequence, 1);
+        __Pyx_INCREF(__pyx_t_8);
+        __pyx_t_5 = PyTuple_GET_ITEM(sequence, 2);
+        __Pyx_INCREF(__pyx_t_5);
+        __pyx_t_4 = PyTuple_GET_ITEM(sequence, 3);
+        __Pyx_INCREF(__pyx_t_4);
+      } else {
+        __pyx_t_7 = __Pyx_PyList_GET_ITEM_REF(sequence, 0, __Pyx_ReferenceSharing_SharedReference);
+        if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 239, __pyx_L1_error)
+        __Pyx_XGOTREF(__pyx_t_7);
+        __pyx_t_8 = __Pyx_PyList_GET_ITEM_REF(sequence, 1, __Pyx_ReferenceSharing_SharedReference);
+        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 239, __pyx_L1_error)
+        __Pyx_XGOTREF(__pyx_t_8);
+        __pyx_t_5 = __Pyx_PyList_GET_ITEM_REF(sequence, 2, __Pyx_ReferenceSharing_SharedReference);
+        if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 239, __pyx_L1_error)
+        __Pyx_XGOTREF(__pyx_t_5);
+        __pyx_t_4 = __Pyx_PyList_GET_ITEM_REF(sequence, 3, __Pyx_ReferenceSharing_SharedReference);
+        if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 239, __pyx_L1_error)
+        __Pyx_XGOTREF(__pyx_t_4);
+      }
+      #else
+      {
+        Py_ssize_t i;
+        PyObject** temps[4] = {&__pyx_t_7,&__pyx_t_8,&__pyx_t_5,&__pyx_t_4};
+        for (i=0; i < 4; i++) {
+          PyObject* item = __Pyx_PySequence_ITEM(sequence, i); if (unlikely(!item)) __PYX_ERR(0, 239, __pyx_L1_error)
+          __Pyx_GOTREF(item);
+          *(temps[i]) = item;
+        }
+      }
+      #endif
+      __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+    } else {
+      Py_ssize_t index = -1;
+      PyObject** temps[4] = {&__pyx_t_7,&__pyx_t_8,&__pyx_t_5,&__pyx_t_4};
+      __pyx_t_6 = PyObject_GetIter(__pyx_t_3); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 239, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_6);
+      __Pyx_DECREF(__pyx_t_3); __pyx_t_3 = 0;
+      __pyx_t_10 = (CYTHON_COMPILING_IN_LIMITED_API) ? PyIter_Next : __Pyx_PyObject_GetIterNextFunc(__pyx_t_6);
+      for (index=0; index < 4; index++) {
+        PyObject* item = __pyx_t_10(__pyx_t_6); if (unlikely(!item)) goto __pyx_L4_unpacking_failed;
+        __Pyx_GOTREF(item);
+        *(temps[index]) = item;
+      }
+      if (__Pyx_IternextUnpackEndCheck(__pyx_t_10(__pyx_t_6), 4) < (0)) __PYX_ERR(0, 239, __pyx_L1_error)
+      __pyx_t_10 = NULL;
+      __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+      goto __pyx_L5_unpacking_done;
+      __pyx_L4_unpacking_failed:;
+      __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+      __pyx_t_10 = NULL;
+      if (__Pyx_IterFinish() == 0) __Pyx_RaiseNeedMoreValuesError(index);
+      __PYX_ERR(0, 239, __pyx_L1_error)
+      __pyx_L5_unpacking_done:;
+    }
+    __pyx_v__ = __pyx_t_7;
+    __pyx_t_7 = 0;
+    __pyx_v_vals = __pyx_t_8;
+    __pyx_t_8 = 0;
+    __pyx_v_G = __pyx_t_5;
+    __pyx_t_5 = 0;
+    __Pyx_DECREF_SET(__pyx_v__, __pyx_t_4);
+    __pyx_t_4 = 0;
+
+    /* "gradchain/_plan.pyx":241
+ *             _, vals, G, _ = self.run(x.reshape(B, n0), "loss", loss=loss,
+ *                                      aux=aux, labels=labels)
+ *             return vals, G.reshape((<object>x).shape)             # <<<<<<<<<<<<<<
  *         cdims[0] = n0
  *         for i in range(k):
 */
+    __pyx_t_4 = __pyx_v_G;
+    __Pyx_INCREF(__pyx_t_4);
+    __pyx_t_5 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_x), __pyx_mstate_global->__pyx_n_u_shape); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 241, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_5);
+    __pyx_t_9 = 0;
+    {
+      PyObject *__pyx_callargs[2] = {__pyx_t_4, __pyx_t_5};
+      __pyx_t_3 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_reshape, __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+      __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+      __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+      if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 241, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_3);
+    }
+    __pyx_t_5 = PyTuple_New(2); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 241, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_t_5);
+    __Pyx_INCREF(__pyx_v_vals);
+    __Pyx_GIVEREF(__pyx_v_vals);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 0, __pyx_v_vals) != (0)) __PYX_ERR(0, 241, __pyx_L1_error);
+    __Pyx_GIVEREF(__pyx_t_3);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_5, 1, __pyx_t_3) != (0)) __PYX_ERR(0, 241, __pyx_L1_error);
+    __pyx_t_3 = 0;
     {
       PyObject *__pyx_temp;
       {
         __pyx_temp = __pyx_r;
-        __pyx_r = Py_None; __Pyx_INCREF(Py_None);
+        __pyx_r = __pyx_t_5;
       }
       __Pyx_XDECREF(__pyx_temp);
     }
+    __pyx_t_5 = 0;
     goto __pyx_L0;
 
-    /* "gradchain/_plan.pyx":232
+    /* "gradchain/_plan.pyx":237
  *         cdef Py_ssize_t cdims[65]
  *         cdef Py_ssize_t nmax = n0, total = 0
  *         if k + 1 > 65:             # <<<<<<<<<<<<<<
- *             return None          # caller falls back to run()
- *         cdims[0] = n0
+ *             # long plans: the general path (heap-allocated tables)
+ *             _, vals, G, _ = self.run(x.reshape(B, n0), "loss", loss=loss,
 */
   }
 
-  /* "gradchain/_plan.pyx":234
- *         if k + 1 > 65:
- *             return None          # caller falls back to run()
+  /* "gradchain/_plan.pyx":242
+ *                                      aux=aux, labels=labels)
+ *             return vals, G.reshape((<object>x).shape)
  *         cdims[0] = n0             # <<<<<<<<<<<<<<
  *         for i in range(k):
- *             cdims[i + 1] = self._ops[i].n_out if self._ops[i].code == OP_AFFINE else cdims[i]
+ *             if self._ops[i].code == OP_AFFINE and cdims[i] != self._ops[i].n_in:
 */
   (__pyx_v_cdims[0]) = __pyx_v_n0;
 
-  /* "gradchain/_plan.pyx":235
- *             return None          # caller falls back to run()
+  /* "gradchain/_plan.pyx":243
+ *             return vals, G.reshape((<object>x).shape)
  *         cdims[0] = n0
  *         for i in range(k):             # <<<<<<<<<<<<<<
- *             cdims[i + 1] = self._ops[i].n_out if self._ops[i].code == OP_AFFINE else cdims[i]
- *             if cdims[i + 1] > nmax:
+ *             if self._ops[i].code == OP_AFFINE and cdims[i] != self._ops[i].n_in:
+ *                 raise ValueError(
 */
 
   __pyx_t_1 = __pyx_v_k;
-  __pyx_t_3 = __pyx_t_1;
+  __pyx_t_11 = __pyx_t_1;
 
-  for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
-    __pyx_v_i = __pyx_t_4;
+  for (__pyx_t_12 = 0; __pyx_t_12 < __pyx_t_11; __pyx_t_12+=1) {
+    __pyx_v_i = __pyx_t_12;
 
-    /* "gradchain/_plan.pyx":236
+    /* "gradchain/_plan.pyx":244
  *         cdims[0] = n0
  *         for i in range(k):
+ *             if self._ops[i].code == OP_AFFINE and cdims[i] != self._ops[i].n_in:             # <<<<<<<<<<<<<<
+ *                 raise ValueError(
+ *                     f"op {i} (affine) takes {self._ops[i].n_in} inputs but "
+*/
+    __pyx_t_13 = ((__pyx_v_self->_ops[__pyx_v_i]).code == __pyx_e_9gradchain_5_plan_OP_AFFINE);
+
+    if (__pyx_t_13) {
+
+    } else {
+
+      __pyx_t_2 = __pyx_t_13;
+
+      goto __pyx_L9_bool_binop_done;
+    }
+    __pyx_t_13 = ((__pyx_v_cdims[__pyx_v_i]) != (__pyx_v_self->_ops[__pyx_v_i]).n_in);
+
+
+    __pyx_t_2 = __pyx_t_13;
+
+    __pyx_L9_bool_binop_done:;
+    if (unlikely(__pyx_t_2)) {
+
+
+      /* "gradchain/_plan.pyx":245
+ *         for i in range(k):
+ *             if self._ops[i].code == OP_AFFINE and cdims[i] != self._ops[i].n_in:
+ *                 raise ValueError(             # <<<<<<<<<<<<<<
+ *                     f"op {i} (affine) takes {self._ops[i].n_in} inputs but "
+ *                     f"receives {cdims[i]}")
+*/
+      __pyx_t_3 = NULL;
+
+      /* "gradchain/_plan.pyx":246
+ *             if self._ops[i].code == OP_AFFINE and cdims[i] != self._ops[i].n_in:
+ *                 raise ValueError(
+ *                     f"op {i} (affine) takes {self._ops[i].n_in} inputs but "             # <<<<<<<<<<<<<<
+ *                     f"receives {cdims[i]}")
+ *             cdims[i + 1] = self._ops[i].n_out if self._ops[i].code == OP_AFFINE else cdims[i]
+*/
+      __pyx_t_4 = __Pyx_PyUnicode_From_Py_ssize_t(__pyx_v_i, 0, ' ', 'd'); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 246, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_4);
+      __pyx_t_8 = __Pyx_PyUnicode_From_Py_ssize_t((__pyx_v_self->_ops[__pyx_v_i]).n_in, 0, ' ', 'd'); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 246, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_8);
+
+      /* "gradchain/_plan.pyx":247
+ *                 raise ValueError(
+ *                     f"op {i} (affine) takes {self._ops[i].n_in} inputs but "
+ *                     f"receives {cdims[i]}")             # <<<<<<<<<<<<<<
+ *             cdims[i + 1] = self._ops[i].n_out if self._ops[i].code == OP_AFFINE else cdims[i]
+ *             if cdims[i + 1] > nmax:
+*/
+      __pyx_t_7 = __Pyx_PyUnicode_From_Py_ssize_t((__pyx_v_cdims[__pyx_v_i]), 0, ' ', 'd'); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 247, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_7);
+      __pyx_t_14[0] = __pyx_mstate_global->__pyx_kp_u_op;
+      __pyx_t_14[1] = __pyx_t_4;
+      __pyx_t_14[2] = __pyx_mstate_global->__pyx_kp_u_affine_takes;
+      __pyx_t_14[3] = __pyx_t_8;
+      __pyx_t_14[4] = __pyx_mstate_global->__pyx_kp_u_inputs_but_receives;
+      __pyx_t_14[5] = __pyx_t_7;
+
+      /* "gradchain/_plan.pyx":246
+ *             if self._ops[i].code == OP_AFFINE and cdims[i] != self._ops[i].n_in:
+ *                 raise ValueError(
+ *                     f"op {i} (affine) takes {self._ops[i].n_in} inputs but "             # <<<<<<<<<<<<<<
+ *                     f"receives {cdims[i]}")
+ *             cdims[i + 1] = self._ops[i].n_out if self._ops[i].code == OP_AFFINE else cdims[i]
+*/
+      __pyx_t_15 = 40;
+      #if __Pyx_PyUnicode_Join_CAN_USE_KIND_AND_LENGTH
+      __pyx_t_15 += __Pyx_PyUnicode_GET_LENGTH(__pyx_t_14[1]) + __Pyx_PyUnicode_GET_LENGTH(__pyx_t_14[3]) + __Pyx_PyUnicode_GET_LENGTH(__pyx_t_14[5]);
+      #endif
+      __pyx_t_16 = 0;
+      __pyx_t_6 = __Pyx_PyUnicode_Join(__pyx_t_14, 6, __pyx_t_15, __pyx_t_16);
+      if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 246, __pyx_L1_error)
+      __Pyx_GOTREF(__pyx_t_6);
+      __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
+      __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
+      __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
+      __pyx_t_9 = 1;
+      {
+        PyObject *__pyx_callargs[2] = {__pyx_t_3, __pyx_t_6};
+        __pyx_t_5 = __Pyx_PyObject_FastCall((PyObject*)(((PyTypeObject*)PyExc_ValueError)), __pyx_callargs+__pyx_t_9, (2-__pyx_t_9) | (__pyx_t_9*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
+        __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
+        __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
+        if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 245, __pyx_L1_error)
+        __Pyx_GOTREF(__pyx_t_5);
+      }
+      __Pyx_Raise(__pyx_t_5, 0, 0, 0);
+      __Pyx_DECREF(__pyx_t_5); __pyx_t_5 = 0;
+      __PYX_ERR(0, 245, __pyx_L1_error)
+
+      /* "gradchain/_plan.pyx":244
+ *         cdims[0] = n0
+ *         for i in range(k):
+ *             if self._ops[i].code == OP_AFFINE and cdims[i] != self._ops[i].n_in:             # <<<<<<<<<<<<<<
+ *                 raise ValueError(
+ *                     f"op {i} (affine) takes {self._ops[i].n_in} inputs but "
+*/
+    }
+
+    /* "gradchain/_plan.pyx":248
+ *                     f"op {i} (affine) takes {self._ops[i].n_in} inputs but "
+ *                     f"receives {cdims[i]}")
  *             cdims[i + 1] = self._ops[i].n_out if self._ops[i].code == OP_AFFINE else cdims[i]             # <<<<<<<<<<<<<<
  *             if cdims[i + 1] > nmax:
  *                 nmax = cdims[i + 1]
@@ -8779,17 +9254,17 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(struct __pyx_obj_9g
 
     if (__pyx_t_2) {
 
-      __pyx_t_5 = (__pyx_v_self->_ops[__pyx_v_i]).n_out;
+      __pyx_t_15 = (__pyx_v_self->_ops[__pyx_v_i]).n_out;
     } else {
 
-      __pyx_t_5 = (__pyx_v_cdims[__pyx_v_i]);
+      __pyx_t_15 = (__pyx_v_cdims[__pyx_v_i]);
     }
 
-    (__pyx_v_cdims[(__pyx_v_i + 1)]) = __pyx_t_5;
+    (__pyx_v_cdims[(__pyx_v_i + 1)]) = __pyx_t_15;
 
 
-    /* "gradchain/_plan.pyx":237
- *         for i in range(k):
+    /* "gradchain/_plan.pyx":249
+ *                     f"receives {cdims[i]}")
  *             cdims[i + 1] = self._ops[i].n_out if self._ops[i].code == OP_AFFINE else cdims[i]
  *             if cdims[i + 1] > nmax:             # <<<<<<<<<<<<<<
  *                 nmax = cdims[i + 1]
@@ -8800,7 +9275,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(struct __pyx_obj_9g
     if (__pyx_t_2) {
 
 
-      /* "gradchain/_plan.pyx":238
+      /* "gradchain/_plan.pyx":250
  *             cdims[i + 1] = self._ops[i].n_out if self._ops[i].code == OP_AFFINE else cdims[i]
  *             if cdims[i + 1] > nmax:
  *                 nmax = cdims[i + 1]             # <<<<<<<<<<<<<<
@@ -8809,8 +9284,8 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(struct __pyx_obj_9g
 */
       __pyx_v_nmax = (__pyx_v_cdims[(__pyx_v_i + 1)]);
 
-      /* "gradchain/_plan.pyx":237
- *         for i in range(k):
+      /* "gradchain/_plan.pyx":249
+ *                     f"receives {cdims[i]}")
  *             cdims[i + 1] = self._ops[i].n_out if self._ops[i].code == OP_AFFINE else cdims[i]
  *             if cdims[i + 1] > nmax:             # <<<<<<<<<<<<<<
  *                 nmax = cdims[i + 1]
@@ -8818,7 +9293,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(struct __pyx_obj_9g
 */
     }
 
-    /* "gradchain/_plan.pyx":239
+    /* "gradchain/_plan.pyx":251
  *             if cdims[i + 1] > nmax:
  *                 nmax = cdims[i + 1]
  *             total += B * cdims[i + 1]             # <<<<<<<<<<<<<<
@@ -8829,7 +9304,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(struct __pyx_obj_9g
   }
 
 
-  /* "gradchain/_plan.pyx":240
+  /* "gradchain/_plan.pyx":252
  *                 nmax = cdims[i + 1]
  *             total += B * cdims[i + 1]
  *         total += 2 * B * nmax             # <<<<<<<<<<<<<<
@@ -8838,7 +9313,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(struct __pyx_obj_9g
 */
   __pyx_v_total = (__pyx_v_total + ((2 * __pyx_v_B) * __pyx_v_nmax));
 
-  /* "gradchain/_plan.pyx":241
+  /* "gradchain/_plan.pyx":253
  *             total += B * cdims[i + 1]
  *         total += 2 * B * nmax
  *         owned = self._ws_busy             # <<<<<<<<<<<<<<
@@ -8849,19 +9324,19 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(struct __pyx_obj_9g
 
   __pyx_v_owned = __pyx_t_2;
 
-  /* "gradchain/_plan.pyx":242
+  /* "gradchain/_plan.pyx":254
  *         total += 2 * B * nmax
  *         owned = self._ws_busy
  *         ws = self._workspace(B, total)             # <<<<<<<<<<<<<<
  *         if not owned:
  *             self._ws_busy = True
 */
-  __pyx_t_6 = ((PyObject *)((struct __pyx_vtabstruct_9gradchain_5_plan_Plan *)__pyx_v_self->__pyx_vtab)->_workspace(__pyx_v_self, __pyx_v_B, __pyx_v_total)); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 242, __pyx_L1_error)
-  __Pyx_GOTREF(__pyx_t_6);
-  __pyx_v_ws = ((PyArrayObject *)__pyx_t_6);
-  __pyx_t_6 = 0;
+  __pyx_t_5 = ((PyObject *)((struct __pyx_vtabstruct_9gradchain_5_plan_Plan *)__pyx_v_self->__pyx_vtab)->_workspace(__pyx_v_self, __pyx_v_B, __pyx_v_total)); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 254, __pyx_L1_error)
+  __Pyx_GOTREF(__pyx_t_5);
+  __pyx_v_ws = ((PyArrayObject *)__pyx_t_5);
+  __pyx_t_5 = 0;
 
-  /* "gradchain/_plan.pyx":243
+  /* "gradchain/_plan.pyx":255
  *         owned = self._ws_busy
  *         ws = self._workspace(B, total)
  *         if not owned:             # <<<<<<<<<<<<<<
@@ -8873,7 +9348,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(struct __pyx_obj_9g
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_plan.pyx":244
+    /* "gradchain/_plan.pyx":256
  *         ws = self._workspace(B, total)
  *         if not owned:
  *             self._ws_busy = True             # <<<<<<<<<<<<<<
@@ -8882,7 +9357,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(struct __pyx_obj_9g
 */
     __pyx_v_self->_ws_busy = 1;
 
-    /* "gradchain/_plan.pyx":243
+    /* "gradchain/_plan.pyx":255
  *         owned = self._ws_busy
  *         ws = self._workspace(B, total)
  *         if not owned:             # <<<<<<<<<<<<<<
@@ -8891,7 +9366,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(struct __pyx_obj_9g
 */
   }
 
-  /* "gradchain/_plan.pyx":245
+  /* "gradchain/_plan.pyx":257
  *         if not owned:
  *             self._ws_busy = True
  *         try:             # <<<<<<<<<<<<<<
@@ -8900,7 +9375,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(struct __pyx_obj_9g
 */
   /*try:*/ {
 
-    /* "gradchain/_plan.pyx":246
+    /* "gradchain/_plan.pyx":258
  *             self._ws_busy = True
  *         try:
  *             if self._typenum == cnp.NPY_FLOAT:             # <<<<<<<<<<<<<<
@@ -8912,27 +9387,27 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(struct __pyx_obj_9g
     if (__pyx_t_2) {
 
 
-      /* "gradchain/_plan.pyx":247
+      /* "gradchain/_plan.pyx":259
  *         try:
  *             if self._typenum == cnp.NPY_FLOAT:
  *                 return self._loss_typed(<float *>NULL, x, B, loss, aux, labels,             # <<<<<<<<<<<<<<
  *                                         ws, cdims, B * nmax)
  *             return self._loss_typed(<double *>NULL, x, B, loss, aux, labels,
 */
-      __pyx_t_6 = ((struct __pyx_vtabstruct_9gradchain_5_plan_Plan *)__pyx_v_self->__pyx_vtab)->__pyx_fuse_0_loss_typed(__pyx_v_self, ((float *)NULL), __pyx_v_x, __pyx_v_B, __pyx_v_loss, __pyx_v_aux, __pyx_v_labels, __pyx_v_ws, __pyx_v_cdims, (__pyx_v_B * __pyx_v_nmax)); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 247, __pyx_L9_error)
-      __Pyx_GOTREF(__pyx_t_6);
+      __pyx_t_5 = ((struct __pyx_vtabstruct_9gradchain_5_plan_Plan *)__pyx_v_self->__pyx_vtab)->__pyx_fuse_0_loss_typed(__pyx_v_self, ((float *)NULL), __pyx_v_x, __pyx_v_B, __pyx_v_loss, __pyx_v_aux, __pyx_v_labels, __pyx_v_ws, __pyx_v_cdims, (__pyx_v_B * __pyx_v_nmax)); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 259, __pyx_L14_error)
+      __Pyx_GOTREF(__pyx_t_5);
       {
         PyObject *__pyx_temp;
         {
           __pyx_temp = __pyx_r;
-          __pyx_r = __pyx_t_6;
+          __pyx_r = __pyx_t_5;
         }
         __Pyx_XDECREF(__pyx_temp);
       }
-      __pyx_t_6 = 0;
-      goto __pyx_L8_return;
+      __pyx_t_5 = 0;
+      goto __pyx_L13_return;
 
-      /* "gradchain/_plan.pyx":246
+      /* "gradchain/_plan.pyx":258
  *             self._ws_busy = True
  *         try:
  *             if self._typenum == cnp.NPY_FLOAT:             # <<<<<<<<<<<<<<
@@ -8941,28 +9416,28 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(struct __pyx_obj_9g
 */
     }
 
-    /* "gradchain/_plan.pyx":249
+    /* "gradchain/_plan.pyx":261
  *                 return self._loss_typed(<float *>NULL, x, B, loss, aux, labels,
  *                                         ws, cdims, B * nmax)
  *             return self._loss_typed(<double *>NULL, x, B, loss, aux, labels,             # <<<<<<<<<<<<<<
  *                                     ws, cdims, B * nmax)
  *         finally:
 */
-    __pyx_t_6 = ((struct __pyx_vtabstruct_9gradchain_5_plan_Plan *)__pyx_v_self->__pyx_vtab)->__pyx_fuse_1_loss_typed(__pyx_v_self, ((double *)NULL), __pyx_v_x, __pyx_v_B, __pyx_v_loss, __pyx_v_aux, __pyx_v_labels, __pyx_v_ws, __pyx_v_cdims, (__pyx_v_B * __pyx_v_nmax)); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 249, __pyx_L9_error)
-    __Pyx_GOTREF(__pyx_t_6);
+    __pyx_t_5 = ((struct __pyx_vtabstruct_9gradchain_5_plan_Plan *)__pyx_v_self->__pyx_vtab)->__pyx_fuse_1_loss_typed(__pyx_v_self, ((double *)NULL), __pyx_v_x, __pyx_v_B, __pyx_v_loss, __pyx_v_aux, __pyx_v_labels, __pyx_v_ws, __pyx_v_cdims, (__pyx_v_B * __pyx_v_nmax)); if (unlikely(!__pyx_t_5)) __PYX_ERR(0, 261, __pyx_L14_error)
+    __Pyx_GOTREF(__pyx_t_5);
     {
       PyObject *__pyx_temp;
       {
         __pyx_temp = __pyx_r;
-        __pyx_r = __pyx_t_6;
+        __pyx_r = __pyx_t_5;
       }
       __Pyx_XDECREF(__pyx_temp);
     }
-    __pyx_t_6 = 0;
-    goto __pyx_L8_return;
+    __pyx_t_5 = 0;
+    goto __pyx_L13_return;
   }
 
-  /* "gradchain/_plan.pyx":252
+  /* "gradchain/_plan.pyx":264
  *                                     ws, cdims, B * nmax)
  *         finally:
  *             if not owned:             # <<<<<<<<<<<<<<
@@ -8970,28 +9445,33 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(struct __pyx_obj_9g
  * 
 */
   /*finally:*/ {
-    __pyx_L9_error:;
+    __pyx_L14_error:;
     /*exception exit:*/{
       __Pyx_PyThreadState_declare
       __Pyx_PyThreadState_assign
-      __pyx_t_10 = 0; __pyx_t_11 = 0; __pyx_t_12 = 0; __pyx_t_13 = 0; __pyx_t_14 = 0; __pyx_t_15 = 0;
+      __pyx_t_19 = 0; __pyx_t_20 = 0; __pyx_t_21 = 0; __pyx_t_22 = 0; __pyx_t_23 = 0; __pyx_t_24 = 0;
+      __Pyx_XDECREF(__pyx_t_3); __pyx_t_3 = 0;
+      __Pyx_XDECREF(__pyx_t_4); __pyx_t_4 = 0;
+      __Pyx_XDECREF(__pyx_t_5); __pyx_t_5 = 0;
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
-       __Pyx_ExceptionSwap(&__pyx_t_13, &__pyx_t_14, &__pyx_t_15);
-      if ( unlikely(__Pyx_GetException(&__pyx_t_10, &__pyx_t_11, &__pyx_t_12) < 0)) __Pyx_ErrFetch(&__pyx_t_10, &__pyx_t_11, &__pyx_t_12);
-      __Pyx_XGOTREF(__pyx_t_10);
-      __Pyx_XGOTREF(__pyx_t_11);
-      __Pyx_XGOTREF(__pyx_t_12);
-      __Pyx_XGOTREF(__pyx_t_13);
-      __Pyx_XGOTREF(__pyx_t_14);
-      __Pyx_XGOTREF(__pyx_t_15);
-      __pyx_t_7 = __pyx_lineno; __pyx_t_8 = __pyx_clineno; __pyx_t_9 = __pyx_filename;
+      __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
+      __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
+       __Pyx_ExceptionSwap(&__pyx_t_22, &__pyx_t_23, &__pyx_t_24);
+      if ( unlikely(__Pyx_GetException(&__pyx_t_19, &__pyx_t_20, &__pyx_t_21) < 0)) __Pyx_ErrFetch(&__pyx_t_19, &__pyx_t_20, &__pyx_t_21);
+      __Pyx_XGOTREF(__pyx_t_19);
+      __Pyx_XGOTREF(__pyx_t_20);
+      __Pyx_XGOTREF(__pyx_t_21);
+      __Pyx_XGOTREF(__pyx_t_22);
+      __Pyx_XGOTREF(__pyx_t_23);
+      __Pyx_XGOTREF(__pyx_t_24);
+      __pyx_t_16 = __pyx_lineno; __pyx_t_17 = __pyx_clineno; __pyx_t_18 = __pyx_filename;
       {
         __pyx_t_2 = (!__pyx_v_owned);
 
         if (__pyx_t_2) {
 
 
-          /* "gradchain/_plan.pyx":253
+          /* "gradchain/_plan.pyx":265
  *         finally:
  *             if not owned:
  *                 self._ws_busy = False             # <<<<<<<<<<<<<<
@@ -9000,7 +9480,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(struct __pyx_obj_9g
 */
           __pyx_v_self->_ws_busy = 0;
 
-          /* "gradchain/_plan.pyx":252
+          /* "gradchain/_plan.pyx":264
  *                                     ws, cdims, B * nmax)
  *         finally:
  *             if not owned:             # <<<<<<<<<<<<<<
@@ -9009,27 +9489,27 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(struct __pyx_obj_9g
 */
         }
       }
-      __Pyx_XGIVEREF(__pyx_t_13);
-      __Pyx_XGIVEREF(__pyx_t_14);
-      __Pyx_XGIVEREF(__pyx_t_15);
-      __Pyx_ExceptionReset(__pyx_t_13, __pyx_t_14, __pyx_t_15);
-      __Pyx_XGIVEREF(__pyx_t_10);
-      __Pyx_XGIVEREF(__pyx_t_11);
-      __Pyx_XGIVEREF(__pyx_t_12);
-      __Pyx_ErrRestore(__pyx_t_10, __pyx_t_11, __pyx_t_12);
-      __pyx_t_10 = 0; __pyx_t_11 = 0; __pyx_t_12 = 0; __pyx_t_13 = 0; __pyx_t_14 = 0; __pyx_t_15 = 0;
-      __pyx_lineno = __pyx_t_7; __pyx_clineno = __pyx_t_8; __pyx_filename = __pyx_t_9;
+      __Pyx_XGIVEREF(__pyx_t_22);
+      __Pyx_XGIVEREF(__pyx_t_23);
+      __Pyx_XGIVEREF(__pyx_t_24);
+      __Pyx_ExceptionReset(__pyx_t_22, __pyx_t_23, __pyx_t_24);
+      __Pyx_XGIVEREF(__pyx_t_19);
+      __Pyx_XGIVEREF(__pyx_t_20);
+      __Pyx_XGIVEREF(__pyx_t_21);
+      __Pyx_ErrRestore(__pyx_t_19, __pyx_t_20, __pyx_t_21);
+      __pyx_t_19 = 0; __pyx_t_20 = 0; __pyx_t_21 = 0; __pyx_t_22 = 0; __pyx_t_23 = 0; __pyx_t_24 = 0;
+      __pyx_lineno = __pyx_t_16; __pyx_clineno = __pyx_t_17; __pyx_filename = __pyx_t_18;
       goto __pyx_L1_error;
     }
-    __pyx_L8_return: {
-      __pyx_t_15 = __pyx_r;
+    __pyx_L13_return: {
+      __pyx_t_24 = __pyx_r;
       __pyx_r = 0;
       __pyx_t_2 = (!__pyx_v_owned);
 
       if (__pyx_t_2) {
 
 
-        /* "gradchain/_plan.pyx":253
+        /* "gradchain/_plan.pyx":265
  *         finally:
  *             if not owned:
  *                 self._ws_busy = False             # <<<<<<<<<<<<<<
@@ -9038,7 +9518,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(struct __pyx_obj_9g
 */
         __pyx_v_self->_ws_busy = 0;
 
-        /* "gradchain/_plan.pyx":252
+        /* "gradchain/_plan.pyx":264
  *                                     ws, cdims, B * nmax)
  *         finally:
  *             if not owned:             # <<<<<<<<<<<<<<
@@ -9046,13 +9526,13 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(struct __pyx_obj_9g
  * 
 */
       }
-      __pyx_r = __pyx_t_15;
-      __pyx_t_15 = 0;
+      __pyx_r = __pyx_t_24;
+      __pyx_t_24 = 0;
       goto __pyx_L0;
     }
   }
 
-  /* "gradchain/_plan.pyx":224
+  /* "gradchain/_plan.pyx":229
  *         return self._ws
  * 
  *     def loss_grad(self, cnp.ndarray x, int loss, object aux, object labels):             # <<<<<<<<<<<<<<
@@ -9062,7 +9542,12 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(struct __pyx_obj_9g
 
   /* function exit code */
   __pyx_L1_error:;
+  __Pyx_XDECREF(__pyx_t_3);
+  __Pyx_XDECREF(__pyx_t_4);
+  __Pyx_XDECREF(__pyx_t_5);
   __Pyx_XDECREF(__pyx_t_6);
+  __Pyx_XDECREF(__pyx_t_7);
+  __Pyx_XDECREF(__pyx_t_8);
   __Pyx_AddTraceback("gradchain._plan.Plan.loss_grad", __pyx_clineno, __pyx_lineno, __pyx_filename);
   __pyx_r = NULL;
   __pyx_L0:;
@@ -9073,6 +9558,9 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(struct __pyx_obj_9g
 
 
 
+  __Pyx_XDECREF(__pyx_v__);
+  __Pyx_XDECREF(__pyx_v_vals);
+  __Pyx_XDECREF(__pyx_v_G);
 
   __Pyx_XDECREF((PyObject *)__pyx_v_ws);
   __Pyx_XGIVEREF(__pyx_r);
@@ -9080,7 +9568,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_6loss_grad(struct __pyx_obj_9g
   return __pyx_r;
 }
 
-/* "gradchain/_plan.pyx":255
+/* "gradchain/_plan.pyx":267
  *                 self._ws_busy = False
  * 
  *     cdef object _loss_typed(self, floating *tag, cnp.ndarray x, Py_ssize_t B,             # <<<<<<<<<<<<<<
@@ -9114,7 +9602,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_loss_typed[float *]", 0);
 
-  /* "gradchain/_plan.pyx":258
+  /* "gradchain/_plan.pyx":270
  *                             int loss, aux, labels, cnp.ndarray ws,
  *                             Py_ssize_t *dims, Py_ssize_t half):
  *         cdef Py_ssize_t k = self._k, i, off = 0             # <<<<<<<<<<<<<<
@@ -9126,7 +9614,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
   __pyx_v_k = __pyx_t_1;
   __pyx_v_off = 0;
 
-  /* "gradchain/_plan.pyx":259
+  /* "gradchain/_plan.pyx":271
  *                             Py_ssize_t *dims, Py_ssize_t half):
  *         cdef Py_ssize_t k = self._k, i, off = 0
  *         cdef floating *base = <floating *>cnp.PyArray_DATA(ws)             # <<<<<<<<<<<<<<
@@ -9135,7 +9623,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
   __pyx_v_base = ((float *)PyArray_DATA(__pyx_v_ws));
 
-  /* "gradchain/_plan.pyx":262
+  /* "gradchain/_plan.pyx":274
  *         cdef floating *xs[65]
  *         cdef floating *work
  *         cdef int nt = effective_threads(), rc = 0             # <<<<<<<<<<<<<<
@@ -9145,7 +9633,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
   __pyx_v_nt = __pyx_f_9gradchain_8_kernels_effective_threads();
   __pyx_v_rc = 0;
 
-  /* "gradchain/_plan.pyx":263
+  /* "gradchain/_plan.pyx":275
  *         cdef floating *work
  *         cdef int nt = effective_threads(), rc = 0
  *         cdef cnp.ndarray vals = cnp.PyArray_EMPTY(1, [B], cnp.NPY_DOUBLE, 0)             # <<<<<<<<<<<<<<
@@ -9153,26 +9641,26 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
  *         cdef const floating *ap = NULL
 */
   __pyx_t_2[0] = __pyx_v_B;
-  __pyx_t_3 = PyArray_EMPTY(1, __pyx_t_2, NPY_DOUBLE, 0); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 263, __pyx_L1_error)
+  __pyx_t_3 = PyArray_EMPTY(1, __pyx_t_2, NPY_DOUBLE, 0); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 275, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (!(likely(((__pyx_t_3) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_3, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 263, __pyx_L1_error)
+  if (!(likely(((__pyx_t_3) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_3, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 275, __pyx_L1_error)
   __pyx_v_vals = ((PyArrayObject *)__pyx_t_3);
   __pyx_t_3 = 0;
 
-  /* "gradchain/_plan.pyx":264
+  /* "gradchain/_plan.pyx":276
  *         cdef int nt = effective_threads(), rc = 0
  *         cdef cnp.ndarray vals = cnp.PyArray_EMPTY(1, [B], cnp.NPY_DOUBLE, 0)
  *         cdef cnp.ndarray res = cnp.PyArray_EMPTY(x.ndim, x.shape, self._typenum, 0)             # <<<<<<<<<<<<<<
  *         cdef const floating *ap = NULL
  *         cdef const long long *lp = NULL
 */
-  __pyx_t_3 = PyArray_EMPTY(__pyx_f_5numpy_7ndarray_4ndim___get__(__pyx_v_x), __pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_x), __pyx_v_self->_typenum, 0); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 264, __pyx_L1_error)
+  __pyx_t_3 = PyArray_EMPTY(__pyx_f_5numpy_7ndarray_4ndim___get__(__pyx_v_x), __pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_x), __pyx_v_self->_typenum, 0); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 276, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (!(likely(((__pyx_t_3) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_3, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 264, __pyx_L1_error)
+  if (!(likely(((__pyx_t_3) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_3, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 276, __pyx_L1_error)
   __pyx_v_res = ((PyArrayObject *)__pyx_t_3);
   __pyx_t_3 = 0;
 
-  /* "gradchain/_plan.pyx":265
+  /* "gradchain/_plan.pyx":277
  *         cdef cnp.ndarray vals = cnp.PyArray_EMPTY(1, [B], cnp.NPY_DOUBLE, 0)
  *         cdef cnp.ndarray res = cnp.PyArray_EMPTY(x.ndim, x.shape, self._typenum, 0)
  *         cdef const floating *ap = NULL             # <<<<<<<<<<<<<<
@@ -9181,7 +9669,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
   __pyx_v_ap = NULL;
 
-  /* "gradchain/_plan.pyx":266
+  /* "gradchain/_plan.pyx":278
  *         cdef cnp.ndarray res = cnp.PyArray_EMPTY(x.ndim, x.shape, self._typenum, 0)
  *         cdef const floating *ap = NULL
  *         cdef const long long *lp = NULL             # <<<<<<<<<<<<<<
@@ -9190,7 +9678,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
   __pyx_v_lp = NULL;
 
-  /* "gradchain/_plan.pyx":267
+  /* "gradchain/_plan.pyx":279
  *         cdef const floating *ap = NULL
  *         cdef const long long *lp = NULL
  *         if aux is not None:             # <<<<<<<<<<<<<<
@@ -9201,7 +9689,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
   if (__pyx_t_4) {
 
 
-    /* "gradchain/_plan.pyx":268
+    /* "gradchain/_plan.pyx":280
  *         cdef const long long *lp = NULL
  *         if aux is not None:
  *             ap = <const floating *>cnp.PyArray_DATA(<cnp.ndarray>aux)             # <<<<<<<<<<<<<<
@@ -9210,7 +9698,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
     __pyx_v_ap = ((float const *)PyArray_DATA(((PyArrayObject *)__pyx_v_aux)));
 
-    /* "gradchain/_plan.pyx":267
+    /* "gradchain/_plan.pyx":279
  *         cdef const floating *ap = NULL
  *         cdef const long long *lp = NULL
  *         if aux is not None:             # <<<<<<<<<<<<<<
@@ -9219,7 +9707,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
   }
 
-  /* "gradchain/_plan.pyx":269
+  /* "gradchain/_plan.pyx":281
  *         if aux is not None:
  *             ap = <const floating *>cnp.PyArray_DATA(<cnp.ndarray>aux)
  *         if labels is not None:             # <<<<<<<<<<<<<<
@@ -9230,7 +9718,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
   if (__pyx_t_4) {
 
 
-    /* "gradchain/_plan.pyx":270
+    /* "gradchain/_plan.pyx":282
  *             ap = <const floating *>cnp.PyArray_DATA(<cnp.ndarray>aux)
  *         if labels is not None:
  *             lp = <const long long *>cnp.PyArray_DATA(<cnp.ndarray>labels)             # <<<<<<<<<<<<<<
@@ -9239,7 +9727,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
     __pyx_v_lp = ((PY_LONG_LONG const *)PyArray_DATA(((PyArrayObject *)__pyx_v_labels)));
 
-    /* "gradchain/_plan.pyx":269
+    /* "gradchain/_plan.pyx":281
  *         if aux is not None:
  *             ap = <const floating *>cnp.PyArray_DATA(<cnp.ndarray>aux)
  *         if labels is not None:             # <<<<<<<<<<<<<<
@@ -9248,7 +9736,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
   }
 
-  /* "gradchain/_plan.pyx":271
+  /* "gradchain/_plan.pyx":283
  *         if labels is not None:
  *             lp = <const long long *>cnp.PyArray_DATA(<cnp.ndarray>labels)
  *         xs[0] = <floating *>cnp.PyArray_DATA(x)             # <<<<<<<<<<<<<<
@@ -9257,7 +9745,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
   (__pyx_v_xs[0]) = ((float *)PyArray_DATA(__pyx_v_x));
 
-  /* "gradchain/_plan.pyx":272
+  /* "gradchain/_plan.pyx":284
  *             lp = <const long long *>cnp.PyArray_DATA(<cnp.ndarray>labels)
  *         xs[0] = <floating *>cnp.PyArray_DATA(x)
  *         for i in range(1, k + 1):             # <<<<<<<<<<<<<<
@@ -9271,7 +9759,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
   for (__pyx_t_6 = 1; __pyx_t_6 < __pyx_t_5; __pyx_t_6+=1) {
     __pyx_v_i = __pyx_t_6;
 
-    /* "gradchain/_plan.pyx":273
+    /* "gradchain/_plan.pyx":285
  *         xs[0] = <floating *>cnp.PyArray_DATA(x)
  *         for i in range(1, k + 1):
  *             xs[i] = base + off             # <<<<<<<<<<<<<<
@@ -9280,7 +9768,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
     (__pyx_v_xs[__pyx_v_i]) = (__pyx_v_base + __pyx_v_off);
 
-    /* "gradchain/_plan.pyx":274
+    /* "gradchain/_plan.pyx":286
  *         for i in range(1, k + 1):
  *             xs[i] = base + off
  *             off += B * dims[i]             # <<<<<<<<<<<<<<
@@ -9291,7 +9779,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
   }
 
 
-  /* "gradchain/_plan.pyx":275
+  /* "gradchain/_plan.pyx":287
  *             xs[i] = base + off
  *             off += B * dims[i]
  *         work = base + off             # <<<<<<<<<<<<<<
@@ -9300,7 +9788,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
   __pyx_v_work = (__pyx_v_base + __pyx_v_off);
 
-  /* "gradchain/_plan.pyx":276
+  /* "gradchain/_plan.pyx":288
  *             off += B * dims[i]
  *         work = base + off
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -9313,7 +9801,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "gradchain/_plan.pyx":277
+        /* "gradchain/_plan.pyx":289
  *         work = base + off
  *         with nogil:
  *             rc = _forward(self._ops, k, B, dims, xs, nt)             # <<<<<<<<<<<<<<
@@ -9322,7 +9810,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
         __pyx_v_rc = __pyx_fuse_0__pyx_f_9gradchain_5_plan__forward(__pyx_v_self->_ops, __pyx_v_k, __pyx_v_B, __pyx_v_dims, __pyx_v_xs, __pyx_v_nt);
 
-        /* "gradchain/_plan.pyx":278
+        /* "gradchain/_plan.pyx":290
  *         with nogil:
  *             rc = _forward(self._ops, k, B, dims, xs, nt)
  *             if rc == 0:             # <<<<<<<<<<<<<<
@@ -9334,7 +9822,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
         if (__pyx_t_4) {
 
 
-          /* "gradchain/_plan.pyx":280
+          /* "gradchain/_plan.pyx":292
  *             if rc == 0:
  *                 if floating is float:
  *                     gc_loss_s(loss, B, dims[k], xs[k], ap, lp,             # <<<<<<<<<<<<<<
@@ -9343,7 +9831,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
           gc_loss_s(__pyx_v_loss, __pyx_v_B, (__pyx_v_dims[__pyx_v_k]), (__pyx_v_xs[__pyx_v_k]), __pyx_v_ap, __pyx_v_lp, ((double *)PyArray_DATA(__pyx_v_vals)), (__pyx_v_work + __pyx_v_half));
 
-          /* "gradchain/_plan.pyx":285
+          /* "gradchain/_plan.pyx":297
  *                     gc_loss_d(loss, B, dims[k], xs[k], ap, lp,
  *                               <double *>cnp.PyArray_DATA(vals), work + half)
  *                 rc = _propagate(self._ops, k, B, dims, xs, True, work + half,             # <<<<<<<<<<<<<<
@@ -9352,7 +9840,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
           __pyx_v_rc = __pyx_fuse_0__pyx_f_9gradchain_5_plan__propagate(__pyx_v_self->_ops, __pyx_v_k, __pyx_v_B, __pyx_v_dims, __pyx_v_xs, 1, (__pyx_v_work + __pyx_v_half), ((float *)PyArray_DATA(__pyx_v_res)), __pyx_v_work, __pyx_v_half, __pyx_v_nt);
 
-          /* "gradchain/_plan.pyx":278
+          /* "gradchain/_plan.pyx":290
  *         with nogil:
  *             rc = _forward(self._ops, k, B, dims, xs, nt)
  *             if rc == 0:             # <<<<<<<<<<<<<<
@@ -9362,7 +9850,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
         }
       }
 
-      /* "gradchain/_plan.pyx":276
+      /* "gradchain/_plan.pyx":288
  *             off += B * dims[i]
  *         work = base + off
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -9379,7 +9867,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
       }
   }
 
-  /* "gradchain/_plan.pyx":287
+  /* "gradchain/_plan.pyx":299
  *                 rc = _propagate(self._ops, k, B, dims, xs, True, work + half,
  *                                 <floating *>cnp.PyArray_DATA(res), work, half, nt)
  *         if rc:             # <<<<<<<<<<<<<<
@@ -9391,16 +9879,16 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
   if (unlikely(__pyx_t_4)) {
 
 
-    /* "gradchain/_plan.pyx":288
+    /* "gradchain/_plan.pyx":300
  *                                 <floating *>cnp.PyArray_DATA(res), work, half, nt)
  *         if rc:
  *             raise MemoryError()             # <<<<<<<<<<<<<<
  *         return vals, res
  * 
 */
-    PyErr_NoMemory(); __PYX_ERR(0, 288, __pyx_L1_error)
+    PyErr_NoMemory(); __PYX_ERR(0, 300, __pyx_L1_error)
 
-    /* "gradchain/_plan.pyx":287
+    /* "gradchain/_plan.pyx":299
  *                 rc = _propagate(self._ops, k, B, dims, xs, True, work + half,
  *                                 <floating *>cnp.PyArray_DATA(res), work, half, nt)
  *         if rc:             # <<<<<<<<<<<<<<
@@ -9409,21 +9897,21 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
   }
 
-  /* "gradchain/_plan.pyx":289
+  /* "gradchain/_plan.pyx":301
  *         if rc:
  *             raise MemoryError()
  *         return vals, res             # <<<<<<<<<<<<<<
  * 
  *     def run(self, cnp.ndarray X, str mode, object T=None, int loss=0,
 */
-  __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 289, __pyx_L1_error)
+  __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 301, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_INCREF((PyObject *)__pyx_v_vals);
   __Pyx_GIVEREF((PyObject *)__pyx_v_vals);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_vals)) != (0)) __PYX_ERR(0, 289, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_vals)) != (0)) __PYX_ERR(0, 301, __pyx_L1_error);
   __Pyx_INCREF((PyObject *)__pyx_v_res);
   __Pyx_GIVEREF((PyObject *)__pyx_v_res);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, ((PyObject *)__pyx_v_res)) != (0)) __PYX_ERR(0, 289, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, ((PyObject *)__pyx_v_res)) != (0)) __PYX_ERR(0, 301, __pyx_L1_error);
   {
     PyObject *__pyx_temp;
     {
@@ -9435,7 +9923,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
   __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "gradchain/_plan.pyx":255
+  /* "gradchain/_plan.pyx":267
  *                 self._ws_busy = False
  * 
  *     cdef object _loss_typed(self, floating *tag, cnp.ndarray x, Py_ssize_t B,             # <<<<<<<<<<<<<<
@@ -9492,7 +9980,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_loss_typed[double *]", 0);
 
-  /* "gradchain/_plan.pyx":258
+  /* "gradchain/_plan.pyx":270
  *                             int loss, aux, labels, cnp.ndarray ws,
  *                             Py_ssize_t *dims, Py_ssize_t half):
  *         cdef Py_ssize_t k = self._k, i, off = 0             # <<<<<<<<<<<<<<
@@ -9504,7 +9992,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
   __pyx_v_k = __pyx_t_1;
   __pyx_v_off = 0;
 
-  /* "gradchain/_plan.pyx":259
+  /* "gradchain/_plan.pyx":271
  *                             Py_ssize_t *dims, Py_ssize_t half):
  *         cdef Py_ssize_t k = self._k, i, off = 0
  *         cdef floating *base = <floating *>cnp.PyArray_DATA(ws)             # <<<<<<<<<<<<<<
@@ -9513,7 +10001,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
   __pyx_v_base = ((double *)PyArray_DATA(__pyx_v_ws));
 
-  /* "gradchain/_plan.pyx":262
+  /* "gradchain/_plan.pyx":274
  *         cdef floating *xs[65]
  *         cdef floating *work
  *         cdef int nt = effective_threads(), rc = 0             # <<<<<<<<<<<<<<
@@ -9523,7 +10011,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
   __pyx_v_nt = __pyx_f_9gradchain_8_kernels_effective_threads();
   __pyx_v_rc = 0;
 
-  /* "gradchain/_plan.pyx":263
+  /* "gradchain/_plan.pyx":275
  *         cdef floating *work
  *         cdef int nt = effective_threads(), rc = 0
  *         cdef cnp.ndarray vals = cnp.PyArray_EMPTY(1, [B], cnp.NPY_DOUBLE, 0)             # <<<<<<<<<<<<<<
@@ -9531,26 +10019,26 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
  *         cdef const floating *ap = NULL
 */
   __pyx_t_2[0] = __pyx_v_B;
-  __pyx_t_3 = PyArray_EMPTY(1, __pyx_t_2, NPY_DOUBLE, 0); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 263, __pyx_L1_error)
+  __pyx_t_3 = PyArray_EMPTY(1, __pyx_t_2, NPY_DOUBLE, 0); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 275, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (!(likely(((__pyx_t_3) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_3, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 263, __pyx_L1_error)
+  if (!(likely(((__pyx_t_3) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_3, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 275, __pyx_L1_error)
   __pyx_v_vals = ((PyArrayObject *)__pyx_t_3);
   __pyx_t_3 = 0;
 
-  /* "gradchain/_plan.pyx":264
+  /* "gradchain/_plan.pyx":276
  *         cdef int nt = effective_threads(), rc = 0
  *         cdef cnp.ndarray vals = cnp.PyArray_EMPTY(1, [B], cnp.NPY_DOUBLE, 0)
  *         cdef cnp.ndarray res = cnp.PyArray_EMPTY(x.ndim, x.shape, self._typenum, 0)             # <<<<<<<<<<<<<<
  *         cdef const floating *ap = NULL
  *         cdef const long long *lp = NULL
 */
-  __pyx_t_3 = PyArray_EMPTY(__pyx_f_5numpy_7ndarray_4ndim___get__(__pyx_v_x), __pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_x), __pyx_v_self->_typenum, 0); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 264, __pyx_L1_error)
+  __pyx_t_3 = PyArray_EMPTY(__pyx_f_5numpy_7ndarray_4ndim___get__(__pyx_v_x), __pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_x), __pyx_v_self->_typenum, 0); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 276, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
-  if (!(likely(((__pyx_t_3) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_3, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 264, __pyx_L1_error)
+  if (!(likely(((__pyx_t_3) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_3, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 276, __pyx_L1_error)
   __pyx_v_res = ((PyArrayObject *)__pyx_t_3);
   __pyx_t_3 = 0;
 
-  /* "gradchain/_plan.pyx":265
+  /* "gradchain/_plan.pyx":277
  *         cdef cnp.ndarray vals = cnp.PyArray_EMPTY(1, [B], cnp.NPY_DOUBLE, 0)
  *         cdef cnp.ndarray res = cnp.PyArray_EMPTY(x.ndim, x.shape, self._typenum, 0)
  *         cdef const floating *ap = NULL             # <<<<<<<<<<<<<<
@@ -9559,7 +10047,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
   __pyx_v_ap = NULL;
 
-  /* "gradchain/_plan.pyx":266
+  /* "gradchain/_plan.pyx":278
  *         cdef cnp.ndarray res = cnp.PyArray_EMPTY(x.ndim, x.shape, self._typenum, 0)
  *         cdef const floating *ap = NULL
  *         cdef const long long *lp = NULL             # <<<<<<<<<<<<<<
@@ -9568,7 +10056,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
   __pyx_v_lp = NULL;
 
-  /* "gradchain/_plan.pyx":267
+  /* "gradchain/_plan.pyx":279
  *         cdef const floating *ap = NULL
  *         cdef const long long *lp = NULL
  *         if aux is not None:             # <<<<<<<<<<<<<<
@@ -9579,7 +10067,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
   if (__pyx_t_4) {
 
 
-    /* "gradchain/_plan.pyx":268
+    /* "gradchain/_plan.pyx":280
  *         cdef const long long *lp = NULL
  *         if aux is not None:
  *             ap = <const floating *>cnp.PyArray_DATA(<cnp.ndarray>aux)             # <<<<<<<<<<<<<<
@@ -9588,7 +10076,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
     __pyx_v_ap = ((double const *)PyArray_DATA(((PyArrayObject *)__pyx_v_aux)));
 
-    /* "gradchain/_plan.pyx":267
+    /* "gradchain/_plan.pyx":279
  *         cdef const floating *ap = NULL
  *         cdef const long long *lp = NULL
  *         if aux is not None:             # <<<<<<<<<<<<<<
@@ -9597,7 +10085,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
   }
 
-  /* "gradchain/_plan.pyx":269
+  /* "gradchain/_plan.pyx":281
  *         if aux is not None:
  *             ap = <const floating *>cnp.PyArray_DATA(<cnp.ndarray>aux)
  *         if labels is not None:             # <<<<<<<<<<<<<<
@@ -9608,7 +10096,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
   if (__pyx_t_4) {
 
 
-    /* "gradchain/_plan.pyx":270
+    /* "gradchain/_plan.pyx":282
  *             ap = <const floating *>cnp.PyArray_DATA(<cnp.ndarray>aux)
  *         if labels is not None:
  *             lp = <const long long *>cnp.PyArray_DATA(<cnp.ndarray>labels)             # <<<<<<<<<<<<<<
@@ -9617,7 +10105,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
     __pyx_v_lp = ((PY_LONG_LONG const *)PyArray_DATA(((PyArrayObject *)__pyx_v_labels)));
 
-    /* "gradchain/_plan.pyx":269
+    /* "gradchain/_plan.pyx":281
  *         if aux is not None:
  *             ap = <const floating *>cnp.PyArray_DATA(<cnp.ndarray>aux)
  *         if labels is not None:             # <<<<<<<<<<<<<<
@@ -9626,7 +10114,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
   }
 
-  /* "gradchain/_plan.pyx":271
+  /* "gradchain/_plan.pyx":283
  *         if labels is not None:
  *             lp = <const long long *>cnp.PyArray_DATA(<cnp.ndarray>labels)
  *         xs[0] = <floating *>cnp.PyArray_DATA(x)             # <<<<<<<<<<<<<<
@@ -9635,7 +10123,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
   (__pyx_v_xs[0]) = ((double *)PyArray_DATA(__pyx_v_x));
 
-  /* "gradchain/_plan.pyx":272
+  /* "gradchain/_plan.pyx":284
  *             lp = <const long long *>cnp.PyArray_DATA(<cnp.ndarray>labels)
  *         xs[0] = <floating *>cnp.PyArray_DATA(x)
  *         for i in range(1, k + 1):             # <<<<<<<<<<<<<<
@@ -9649,7 +10137,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
   for (__pyx_t_6 = 1; __pyx_t_6 < __pyx_t_5; __pyx_t_6+=1) {
     __pyx_v_i = __pyx_t_6;
 
-    /* "gradchain/_plan.pyx":273
+    /* "gradchain/_plan.pyx":285
  *         xs[0] = <floating *>cnp.PyArray_DATA(x)
  *         for i in range(1, k + 1):
  *             xs[i] = base + off             # <<<<<<<<<<<<<<
@@ -9658,7 +10146,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
     (__pyx_v_xs[__pyx_v_i]) = (__pyx_v_base + __pyx_v_off);
 
-    /* "gradchain/_plan.pyx":274
+    /* "gradchain/_plan.pyx":286
  *         for i in range(1, k + 1):
  *             xs[i] = base + off
  *             off += B * dims[i]             # <<<<<<<<<<<<<<
@@ -9669,7 +10157,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
   }
 
 
-  /* "gradchain/_plan.pyx":275
+  /* "gradchain/_plan.pyx":287
  *             xs[i] = base + off
  *             off += B * dims[i]
  *         work = base + off             # <<<<<<<<<<<<<<
@@ -9678,7 +10166,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
   __pyx_v_work = (__pyx_v_base + __pyx_v_off);
 
-  /* "gradchain/_plan.pyx":276
+  /* "gradchain/_plan.pyx":288
  *             off += B * dims[i]
  *         work = base + off
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -9691,7 +10179,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
       __Pyx_FastGIL_Remember();
       /*try:*/ {
 
-        /* "gradchain/_plan.pyx":277
+        /* "gradchain/_plan.pyx":289
  *         work = base + off
  *         with nogil:
  *             rc = _forward(self._ops, k, B, dims, xs, nt)             # <<<<<<<<<<<<<<
@@ -9700,7 +10188,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
         __pyx_v_rc = __pyx_fuse_1__pyx_f_9gradchain_5_plan__forward(__pyx_v_self->_ops, __pyx_v_k, __pyx_v_B, __pyx_v_dims, __pyx_v_xs, __pyx_v_nt);
 
-        /* "gradchain/_plan.pyx":278
+        /* "gradchain/_plan.pyx":290
  *         with nogil:
  *             rc = _forward(self._ops, k, B, dims, xs, nt)
  *             if rc == 0:             # <<<<<<<<<<<<<<
@@ -9712,7 +10200,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
         if (__pyx_t_4) {
 
 
-          /* "gradchain/_plan.pyx":283
+          /* "gradchain/_plan.pyx":295
  *                               <double *>cnp.PyArray_DATA(vals), work + half)
  *                 else:
  *                     gc_loss_d(loss, B, dims[k], xs[k], ap, lp,             # <<<<<<<<<<<<<<
@@ -9721,7 +10209,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
           gc_loss_d(__pyx_v_loss, __pyx_v_B, (__pyx_v_dims[__pyx_v_k]), (__pyx_v_xs[__pyx_v_k]), __pyx_v_ap, __pyx_v_lp, ((double *)PyArray_DATA(__pyx_v_vals)), (__pyx_v_work + __pyx_v_half));
 
-          /* "gradchain/_plan.pyx":285
+          /* "gradchain/_plan.pyx":297
  *                     gc_loss_d(loss, B, dims[k], xs[k], ap, lp,
  *                               <double *>cnp.PyArray_DATA(vals), work + half)
  *                 rc = _propagate(self._ops, k, B, dims, xs, True, work + half,             # <<<<<<<<<<<<<<
@@ -9730,7 +10218,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
           __pyx_v_rc = __pyx_fuse_1__pyx_f_9gradchain_5_plan__propagate(__pyx_v_self->_ops, __pyx_v_k, __pyx_v_B, __pyx_v_dims, __pyx_v_xs, 1, (__pyx_v_work + __pyx_v_half), ((double *)PyArray_DATA(__pyx_v_res)), __pyx_v_work, __pyx_v_half, __pyx_v_nt);
 
-          /* "gradchain/_plan.pyx":278
+          /* "gradchain/_plan.pyx":290
  *         with nogil:
  *             rc = _forward(self._ops, k, B, dims, xs, nt)
  *             if rc == 0:             # <<<<<<<<<<<<<<
@@ -9740,7 +10228,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
         }
       }
 
-      /* "gradchain/_plan.pyx":276
+      /* "gradchain/_plan.pyx":288
  *             off += B * dims[i]
  *         work = base + off
  *         with nogil:             # <<<<<<<<<<<<<<
@@ -9757,7 +10245,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
       }
   }
 
-  /* "gradchain/_plan.pyx":287
+  /* "gradchain/_plan.pyx":299
  *                 rc = _propagate(self._ops, k, B, dims, xs, True, work + half,
  *                                 <floating *>cnp.PyArray_DATA(res), work, half, nt)
  *         if rc:             # <<<<<<<<<<<<<<
@@ -9769,16 +10257,16 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
   if (unlikely(__pyx_t_4)) {
 
 
-    /* "gradchain/_plan.pyx":288
+    /* "gradchain/_plan.pyx":300
  *                                 <floating *>cnp.PyArray_DATA(res), work, half, nt)
  *         if rc:
  *             raise MemoryError()             # <<<<<<<<<<<<<<
  *         return vals, res
  * 
 */
-    PyErr_NoMemory(); __PYX_ERR(0, 288, __pyx_L1_error)
+    PyErr_NoMemory(); __PYX_ERR(0, 300, __pyx_L1_error)
 
-    /* "gradchain/_plan.pyx":287
+    /* "gradchain/_plan.pyx":299
  *                 rc = _propagate(self._ops, k, B, dims, xs, True, work + half,
  *                                 <floating *>cnp.PyArray_DATA(res), work, half, nt)
  *         if rc:             # <<<<<<<<<<<<<<
@@ -9787,21 +10275,21 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
 */
   }
 
-  /* "gradchain/_plan.pyx":289
+  /* "gradchain/_plan.pyx":301
  *         if rc:
  *             raise MemoryError()
  *         return vals, res             # <<<<<<<<<<<<<<
  * 
  *     def run(self, cnp.ndarray X, str mode, object T=None, int loss=0,
 */
-  __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 289, __pyx_L1_error)
+  __pyx_t_3 = PyTuple_New(2); if (unlikely(!__pyx_t_3)) __PYX_ERR(0, 301, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_3);
   __Pyx_INCREF((PyObject *)__pyx_v_vals);
   __Pyx_GIVEREF((PyObject *)__pyx_v_vals);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_vals)) != (0)) __PYX_ERR(0, 289, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 0, ((PyObject *)__pyx_v_vals)) != (0)) __PYX_ERR(0, 301, __pyx_L1_error);
   __Pyx_INCREF((PyObject *)__pyx_v_res);
   __Pyx_GIVEREF((PyObject *)__pyx_v_res);
-  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, ((PyObject *)__pyx_v_res)) != (0)) __PYX_ERR(0, 289, __pyx_L1_error);
+  if (__Pyx_PyTuple_SET_ITEM(__pyx_t_3, 1, ((PyObject *)__pyx_v_res)) != (0)) __PYX_ERR(0, 301, __pyx_L1_error);
   {
     PyObject *__pyx_temp;
     {
@@ -9813,7 +10301,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
   __pyx_t_3 = 0;
   goto __pyx_L0;
 
-  /* "gradchain/_plan.pyx":255
+  /* "gradchain/_plan.pyx":267
  *                 self._ws_busy = False
  * 
  *     cdef object _loss_typed(self, floating *tag, cnp.ndarray x, Py_ssize_t B,             # <<<<<<<<<<<<<<
@@ -9844,7 +10332,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__loss_typed(struct 
   return __pyx_r;
 }
 
-/* "gradchain/_plan.pyx":291
+/* "gradchain/_plan.pyx":303
  *         return vals, res
  * 
  *     def run(self, cnp.ndarray X, str mode, object T=None, int loss=0,             # <<<<<<<<<<<<<<
@@ -9898,45 +10386,45 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   {
     PyObject ** const __pyx_pyargnames[] = {&__pyx_mstate_global->__pyx_n_u_X,&__pyx_mstate_global->__pyx_n_u_mode,&__pyx_mstate_global->__pyx_n_u_T,&__pyx_mstate_global->__pyx_n_u_loss,&__pyx_mstate_global->__pyx_n_u_aux,&__pyx_mstate_global->__pyx_n_u_labels,&__pyx_mstate_global->__pyx_n_u_keep,0};
     const Py_ssize_t __pyx_kwds_len = (__pyx_kwds) ? __Pyx_NumKwargs_FASTCALL(__pyx_kwds) : 0;
-    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 291, __pyx_L3_error)
+    if (unlikely(__pyx_kwds_len < 0)) __PYX_ERR(0, 303, __pyx_L3_error)
     if (__pyx_kwds_len > 0) {
       switch (__pyx_nargs) {
         case  7:
         values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 291, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 303, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 291, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 303, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 291, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 303, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 291, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 303, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 291, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 303, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 291, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 303, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  1:
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 291, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 303, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  0: break;
         default: goto __pyx_L5_argtuple_error;
       }
       const Py_ssize_t kwd_pos_args = __pyx_nargs;
-      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "run", 0) < (0)) __PYX_ERR(0, 291, __pyx_L3_error)
+      if (__Pyx_ParseKeywords(__pyx_kwds, __pyx_kwvalues, __pyx_pyargnames, 0, values, kwd_pos_args, __pyx_kwds_len, "run", 0) < (0)) __PYX_ERR(0, 303, __pyx_L3_error)
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)Py_None));
 
-      /* "gradchain/_plan.pyx":292
+      /* "gradchain/_plan.pyx":304
  * 
  *     def run(self, cnp.ndarray X, str mode, object T=None, int loss=0,
  *             object aux=None, object labels=None, bint keep=False):             # <<<<<<<<<<<<<<
@@ -9946,40 +10434,40 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
       if (!values[4]) values[4] = __Pyx_NewRef(((PyObject *)Py_None));
       if (!values[5]) values[5] = __Pyx_NewRef(((PyObject *)Py_None));
       for (Py_ssize_t i = __pyx_nargs; i < 2; i++) {
-        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("run", 0, 2, 7, i); __PYX_ERR(0, 291, __pyx_L3_error) }
+        if (unlikely(!values[i])) { __Pyx_RaiseArgtupleInvalid("run", 0, 2, 7, i); __PYX_ERR(0, 303, __pyx_L3_error) }
       }
     } else {
       switch (__pyx_nargs) {
         case  7:
         values[6] = __Pyx_ArgRef_FASTCALL(__pyx_args, 6);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 291, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[6])) __PYX_ERR(0, 303, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  6:
         values[5] = __Pyx_ArgRef_FASTCALL(__pyx_args, 5);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 291, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[5])) __PYX_ERR(0, 303, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  5:
         values[4] = __Pyx_ArgRef_FASTCALL(__pyx_args, 4);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 291, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[4])) __PYX_ERR(0, 303, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  4:
         values[3] = __Pyx_ArgRef_FASTCALL(__pyx_args, 3);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 291, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[3])) __PYX_ERR(0, 303, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  3:
         values[2] = __Pyx_ArgRef_FASTCALL(__pyx_args, 2);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 291, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[2])) __PYX_ERR(0, 303, __pyx_L3_error)
         CYTHON_FALLTHROUGH;
         case  2:
         values[1] = __Pyx_ArgRef_FASTCALL(__pyx_args, 1);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 291, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[1])) __PYX_ERR(0, 303, __pyx_L3_error)
         values[0] = __Pyx_ArgRef_FASTCALL(__pyx_args, 0);
-        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 291, __pyx_L3_error)
+        if (!CYTHON_ASSUME_SAFE_MACROS && unlikely(!values[0])) __PYX_ERR(0, 303, __pyx_L3_error)
         break;
         default: goto __pyx_L5_argtuple_error;
       }
 
-      /* "gradchain/_plan.pyx":291
+      /* "gradchain/_plan.pyx":303
  *         return vals, res
  * 
  *     def run(self, cnp.ndarray X, str mode, object T=None, int loss=0,             # <<<<<<<<<<<<<<
@@ -9988,7 +10476,7 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
 */
       if (!values[2]) values[2] = __Pyx_NewRef(((PyObject *)Py_None));
 
-      /* "gradchain/_plan.pyx":292
+      /* "gradchain/_plan.pyx":304
  * 
  *     def run(self, cnp.ndarray X, str mode, object T=None, int loss=0,
  *             object aux=None, object labels=None, bint keep=False):             # <<<<<<<<<<<<<<
@@ -10002,21 +10490,21 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
     __pyx_v_mode = ((PyObject*)values[1]);
     __pyx_v_T = values[2];
     if (values[3]) {
-      __pyx_v_loss = __Pyx_PyLong_As_int(values[3]); if (unlikely((__pyx_v_loss == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 291, __pyx_L3_error)
+      __pyx_v_loss = __Pyx_PyLong_As_int(values[3]); if (unlikely((__pyx_v_loss == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 303, __pyx_L3_error)
     } else {
       __pyx_v_loss = ((int)0);
     }
     __pyx_v_aux = values[4];
     __pyx_v_labels = values[5];
     if (values[6]) {
-      __pyx_v_keep = __Pyx_PyObject_IsTrue(values[6]); if (unlikely((__pyx_v_keep == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 292, __pyx_L3_error)
+      __pyx_v_keep = __Pyx_PyObject_IsTrue(values[6]); if (unlikely((__pyx_v_keep == (int)-1) && PyErr_Occurred())) __PYX_ERR(0, 304, __pyx_L3_error)
     } else {
       __pyx_v_keep = ((int)0);
     }
   }
   goto __pyx_L6_skip;
   __pyx_L5_argtuple_error:;
-  __Pyx_RaiseArgtupleInvalid("run", 0, 2, 7, __pyx_nargs); __PYX_ERR(0, 291, __pyx_L3_error)
+  __Pyx_RaiseArgtupleInvalid("run", 0, 2, 7, __pyx_nargs); __PYX_ERR(0, 303, __pyx_L3_error)
   __pyx_L6_skip:;
   goto __pyx_L4_argument_unpacking_done;
   __pyx_L3_error:;
@@ -10027,11 +10515,11 @@ PyObject *__pyx_args, PyObject *__pyx_kwds
   __Pyx_RefNannyFinishContext();
   return NULL;
   __pyx_L4_argument_unpacking_done:;
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_X), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "X", 0))) __PYX_ERR(0, 291, __pyx_L1_error)
-  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_mode), (&PyUnicode_Type), 1, "mode", 1))) __PYX_ERR(0, 291, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_X), __pyx_mstate_global->__pyx_ptype_5numpy_ndarray, 1, "X", 0))) __PYX_ERR(0, 303, __pyx_L1_error)
+  if (unlikely(!__Pyx_ArgTypeTest(((PyObject *)__pyx_v_mode), (&PyUnicode_Type), 1, "mode", 1))) __PYX_ERR(0, 303, __pyx_L1_error)
   __pyx_r = __pyx_pf_9gradchain_5_plan_4Plan_8run(((struct __pyx_obj_9gradchain_5_plan_Plan *)__pyx_v_self), __pyx_v_X, __pyx_v_mode, __pyx_v_T, __pyx_v_loss, __pyx_v_aux, __pyx_v_labels, __pyx_v_keep);
 
-  /* "gradchain/_plan.pyx":291
+  /* "gradchain/_plan.pyx":303
  *         return vals, res
  * 
  *     def run(self, cnp.ndarray X, str mode, object T=None, int loss=0,             # <<<<<<<<<<<<<<
@@ -10096,7 +10584,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("run", 0);
 
-  /* "gradchain/_plan.pyx":303
+  /* "gradchain/_plan.pyx":315
  *         With keep=True the intermediates are also returned (as copies).
  *         """
  *         cdef Py_ssize_t B = X.shape[0], n0 = X.shape[1], i, total, nmax, half             # <<<<<<<<<<<<<<
@@ -10106,19 +10594,19 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
   __pyx_v_B = (__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_X)[0]);
   __pyx_v_n0 = (__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_X)[1]);
 
-  /* "gradchain/_plan.pyx":304
+  /* "gradchain/_plan.pyx":316
  *         """
  *         cdef Py_ssize_t B = X.shape[0], n0 = X.shape[1], i, total, nmax, half
  *         cdef list dims = self._dims(n0)             # <<<<<<<<<<<<<<
  *         cdef Py_ssize_t k = self._k
  *         cdef Py_ssize_t cdims[64]
 */
-  __pyx_t_1 = ((struct __pyx_vtabstruct_9gradchain_5_plan_Plan *)__pyx_v_self->__pyx_vtab)->_dims(__pyx_v_self, __pyx_v_n0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 304, __pyx_L1_error)
+  __pyx_t_1 = ((struct __pyx_vtabstruct_9gradchain_5_plan_Plan *)__pyx_v_self->__pyx_vtab)->_dims(__pyx_v_self, __pyx_v_n0); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 316, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_dims = ((PyObject*)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "gradchain/_plan.pyx":305
+  /* "gradchain/_plan.pyx":317
  *         cdef Py_ssize_t B = X.shape[0], n0 = X.shape[1], i, total, nmax, half
  *         cdef list dims = self._dims(n0)
  *         cdef Py_ssize_t k = self._k             # <<<<<<<<<<<<<<
@@ -10129,7 +10617,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
 
   __pyx_v_k = __pyx_t_2;
 
-  /* "gradchain/_plan.pyx":308
+  /* "gradchain/_plan.pyx":320
  *         cdef Py_ssize_t cdims[64]
  *         cdef Py_ssize_t *pd
  *         cdef bint heap = k + 1 > 64             # <<<<<<<<<<<<<<
@@ -10138,7 +10626,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
 */
   __pyx_v_heap = ((__pyx_v_k + 1) > 64);
 
-  /* "gradchain/_plan.pyx":309
+  /* "gradchain/_plan.pyx":321
  *         cdef Py_ssize_t *pd
  *         cdef bint heap = k + 1 > 64
  *         nmax = 0             # <<<<<<<<<<<<<<
@@ -10147,7 +10635,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
 */
   __pyx_v_nmax = 0;
 
-  /* "gradchain/_plan.pyx":310
+  /* "gradchain/_plan.pyx":322
  *         cdef bint heap = k + 1 > 64
  *         nmax = 0
  *         total = 0             # <<<<<<<<<<<<<<
@@ -10156,7 +10644,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
 */
   __pyx_v_total = 0;
 
-  /* "gradchain/_plan.pyx":311
+  /* "gradchain/_plan.pyx":323
  *         nmax = 0
  *         total = 0
  *         for i in range(k + 1):             # <<<<<<<<<<<<<<
@@ -10170,7 +10658,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
   for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
     __pyx_v_i = __pyx_t_4;
 
-    /* "gradchain/_plan.pyx":312
+    /* "gradchain/_plan.pyx":324
  *         total = 0
  *         for i in range(k + 1):
  *             total += B * <Py_ssize_t>dims[i]             # <<<<<<<<<<<<<<
@@ -10179,13 +10667,13 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
 */
     if (unlikely(__pyx_v_dims == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-      __PYX_ERR(0, 312, __pyx_L1_error)
+      __PYX_ERR(0, 324, __pyx_L1_error)
     }
-    __pyx_t_5 = __Pyx_PyIndex_AsSsize_t(__Pyx_PyList_GET_ITEM(__pyx_v_dims, __pyx_v_i)); if (unlikely((__pyx_t_5 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 312, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyIndex_AsSsize_t(__Pyx_PyList_GET_ITEM(__pyx_v_dims, __pyx_v_i)); if (unlikely((__pyx_t_5 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 324, __pyx_L1_error)
     __pyx_v_total = (__pyx_v_total + (__pyx_v_B * ((Py_ssize_t)__pyx_t_5)));
 
 
-    /* "gradchain/_plan.pyx":313
+    /* "gradchain/_plan.pyx":325
  *         for i in range(k + 1):
  *             total += B * <Py_ssize_t>dims[i]
  *             nmax = max(nmax, <Py_ssize_t>dims[i])             # <<<<<<<<<<<<<<
@@ -10194,9 +10682,9 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
 */
     if (unlikely(__pyx_v_dims == Py_None)) {
       PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-      __PYX_ERR(0, 313, __pyx_L1_error)
+      __PYX_ERR(0, 325, __pyx_L1_error)
     }
-    __pyx_t_5 = __Pyx_PyIndex_AsSsize_t(__Pyx_PyList_GET_ITEM(__pyx_v_dims, __pyx_v_i)); if (unlikely((__pyx_t_5 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 313, __pyx_L1_error)
+    __pyx_t_5 = __Pyx_PyIndex_AsSsize_t(__Pyx_PyList_GET_ITEM(__pyx_v_dims, __pyx_v_i)); if (unlikely((__pyx_t_5 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 325, __pyx_L1_error)
 
     __pyx_t_6 = ((Py_ssize_t)__pyx_t_5);
 
@@ -10217,7 +10705,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
   }
 
 
-  /* "gradchain/_plan.pyx":314
+  /* "gradchain/_plan.pyx":326
  *             total += B * <Py_ssize_t>dims[i]
  *             nmax = max(nmax, <Py_ssize_t>dims[i])
  *         half = B * nmax             # <<<<<<<<<<<<<<
@@ -10226,7 +10714,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
 */
   __pyx_v_half = (__pyx_v_B * __pyx_v_nmax);
 
-  /* "gradchain/_plan.pyx":315
+  /* "gradchain/_plan.pyx":327
  *             nmax = max(nmax, <Py_ssize_t>dims[i])
  *         half = B * nmax
  *         total += 2 * half             # <<<<<<<<<<<<<<
@@ -10235,7 +10723,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
 */
   __pyx_v_total = (__pyx_v_total + (2 * __pyx_v_half));
 
-  /* "gradchain/_plan.pyx":316
+  /* "gradchain/_plan.pyx":328
  *         half = B * nmax
  *         total += 2 * half
  *         owned = self._ws_busy             # <<<<<<<<<<<<<<
@@ -10246,19 +10734,19 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
 
   __pyx_v_owned = __pyx_t_8;
 
-  /* "gradchain/_plan.pyx":317
+  /* "gradchain/_plan.pyx":329
  *         total += 2 * half
  *         owned = self._ws_busy
  *         ws = self._workspace(B, total)             # <<<<<<<<<<<<<<
  *         if not owned:
  *             self._ws_busy = True
 */
-  __pyx_t_1 = ((PyObject *)((struct __pyx_vtabstruct_9gradchain_5_plan_Plan *)__pyx_v_self->__pyx_vtab)->_workspace(__pyx_v_self, __pyx_v_B, __pyx_v_total)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 317, __pyx_L1_error)
+  __pyx_t_1 = ((PyObject *)((struct __pyx_vtabstruct_9gradchain_5_plan_Plan *)__pyx_v_self->__pyx_vtab)->_workspace(__pyx_v_self, __pyx_v_B, __pyx_v_total)); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 329, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_1);
   __pyx_v_ws = ((PyArrayObject *)__pyx_t_1);
   __pyx_t_1 = 0;
 
-  /* "gradchain/_plan.pyx":318
+  /* "gradchain/_plan.pyx":330
  *         owned = self._ws_busy
  *         ws = self._workspace(B, total)
  *         if not owned:             # <<<<<<<<<<<<<<
@@ -10270,7 +10758,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
   if (__pyx_t_8) {
 
 
-    /* "gradchain/_plan.pyx":319
+    /* "gradchain/_plan.pyx":331
  *         ws = self._workspace(B, total)
  *         if not owned:
  *             self._ws_busy = True             # <<<<<<<<<<<<<<
@@ -10279,7 +10767,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
 */
     __pyx_v_self->_ws_busy = 1;
 
-    /* "gradchain/_plan.pyx":318
+    /* "gradchain/_plan.pyx":330
  *         owned = self._ws_busy
  *         ws = self._workspace(B, total)
  *         if not owned:             # <<<<<<<<<<<<<<
@@ -10288,7 +10776,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
 */
   }
 
-  /* "gradchain/_plan.pyx":320
+  /* "gradchain/_plan.pyx":332
  *         if not owned:
  *             self._ws_busy = True
  *         try:             # <<<<<<<<<<<<<<
@@ -10297,7 +10785,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
 */
   /*try:*/ {
 
-    /* "gradchain/_plan.pyx":321
+    /* "gradchain/_plan.pyx":333
  *             self._ws_busy = True
  *         try:
  *             if heap:             # <<<<<<<<<<<<<<
@@ -10306,7 +10794,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
 */
     if (__pyx_v_heap) {
 
-      /* "gradchain/_plan.pyx":322
+      /* "gradchain/_plan.pyx":334
  *         try:
  *             if heap:
  *                 pd = <Py_ssize_t *>PyMem_Malloc((k + 1) * sizeof(Py_ssize_t))             # <<<<<<<<<<<<<<
@@ -10315,7 +10803,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
 */
       __pyx_v_pd = ((Py_ssize_t *)PyMem_Malloc(((__pyx_v_k + 1) * (sizeof(Py_ssize_t)))));
 
-      /* "gradchain/_plan.pyx":323
+      /* "gradchain/_plan.pyx":335
  *             if heap:
  *                 pd = <Py_ssize_t *>PyMem_Malloc((k + 1) * sizeof(Py_ssize_t))
  *                 if pd == NULL:             # <<<<<<<<<<<<<<
@@ -10327,16 +10815,16 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
       if (unlikely(__pyx_t_8)) {
 
 
-        /* "gradchain/_plan.pyx":324
+        /* "gradchain/_plan.pyx":336
  *                 pd = <Py_ssize_t *>PyMem_Malloc((k + 1) * sizeof(Py_ssize_t))
  *                 if pd == NULL:
  *                     raise MemoryError()             # <<<<<<<<<<<<<<
  *             else:
  *                 pd = cdims
 */
-        PyErr_NoMemory(); __PYX_ERR(0, 324, __pyx_L7_error)
+        PyErr_NoMemory(); __PYX_ERR(0, 336, __pyx_L7_error)
 
-        /* "gradchain/_plan.pyx":323
+        /* "gradchain/_plan.pyx":335
  *             if heap:
  *                 pd = <Py_ssize_t *>PyMem_Malloc((k + 1) * sizeof(Py_ssize_t))
  *                 if pd == NULL:             # <<<<<<<<<<<<<<
@@ -10345,7 +10833,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
 */
       }
 
-      /* "gradchain/_plan.pyx":321
+      /* "gradchain/_plan.pyx":333
  *             self._ws_busy = True
  *         try:
  *             if heap:             # <<<<<<<<<<<<<<
@@ -10355,7 +10843,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
       goto __pyx_L9;
     }
 
-    /* "gradchain/_plan.pyx":326
+    /* "gradchain/_plan.pyx":338
  *                     raise MemoryError()
  *             else:
  *                 pd = cdims             # <<<<<<<<<<<<<<
@@ -10367,7 +10855,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
     }
     __pyx_L9:;
 
-    /* "gradchain/_plan.pyx":327
+    /* "gradchain/_plan.pyx":339
  *             else:
  *                 pd = cdims
  *             for i in range(k + 1):             # <<<<<<<<<<<<<<
@@ -10381,7 +10869,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
     for (__pyx_t_4 = 0; __pyx_t_4 < __pyx_t_3; __pyx_t_4+=1) {
       __pyx_v_i = __pyx_t_4;
 
-      /* "gradchain/_plan.pyx":328
+      /* "gradchain/_plan.pyx":340
  *                 pd = cdims
  *             for i in range(k + 1):
  *                 pd[i] = dims[i]             # <<<<<<<<<<<<<<
@@ -10390,15 +10878,15 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
 */
       if (unlikely(__pyx_v_dims == Py_None)) {
         PyErr_SetString(PyExc_TypeError, "\047NoneType\047 object is not subscriptable");
-        __PYX_ERR(0, 328, __pyx_L7_error)
+        __PYX_ERR(0, 340, __pyx_L7_error)
       }
-      __pyx_t_7 = __Pyx_PyIndex_AsSsize_t(__Pyx_PyList_GET_ITEM(__pyx_v_dims, __pyx_v_i)); if (unlikely((__pyx_t_7 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 328, __pyx_L7_error)
+      __pyx_t_7 = __Pyx_PyIndex_AsSsize_t(__Pyx_PyList_GET_ITEM(__pyx_v_dims, __pyx_v_i)); if (unlikely((__pyx_t_7 == (Py_ssize_t)-1) && PyErr_Occurred())) __PYX_ERR(0, 340, __pyx_L7_error)
       (__pyx_v_pd[__pyx_v_i]) = __pyx_t_7;
 
     }
 
 
-    /* "gradchain/_plan.pyx":329
+    /* "gradchain/_plan.pyx":341
  *             for i in range(k + 1):
  *                 pd[i] = dims[i]
  *             try:             # <<<<<<<<<<<<<<
@@ -10407,7 +10895,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
 */
     /*try:*/ {
 
-      /* "gradchain/_plan.pyx":330
+      /* "gradchain/_plan.pyx":342
  *                 pd[i] = dims[i]
  *             try:
  *                 if self._typenum == cnp.NPY_FLOAT:             # <<<<<<<<<<<<<<
@@ -10419,14 +10907,14 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
       if (__pyx_t_8) {
 
 
-        /* "gradchain/_plan.pyx":331
+        /* "gradchain/_plan.pyx":343
  *             try:
  *                 if self._typenum == cnp.NPY_FLOAT:
  *                     return self._run_typed(<float *>NULL, X, mode, T, loss, aux,             # <<<<<<<<<<<<<<
  *                                            labels, keep, ws, pd, half)
  *                 return self._run_typed(<double *>NULL, X, mode, T, loss, aux,
 */
-        __pyx_t_1 = ((struct __pyx_vtabstruct_9gradchain_5_plan_Plan *)__pyx_v_self->__pyx_vtab)->__pyx_fuse_0_run_typed(__pyx_v_self, ((float *)NULL), __pyx_v_X, __pyx_v_mode, __pyx_v_T, __pyx_v_loss, __pyx_v_aux, __pyx_v_labels, __pyx_v_keep, __pyx_v_ws, __pyx_v_pd, __pyx_v_half); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 331, __pyx_L14_error)
+        __pyx_t_1 = ((struct __pyx_vtabstruct_9gradchain_5_plan_Plan *)__pyx_v_self->__pyx_vtab)->__pyx_fuse_0_run_typed(__pyx_v_self, ((float *)NULL), __pyx_v_X, __pyx_v_mode, __pyx_v_T, __pyx_v_loss, __pyx_v_aux, __pyx_v_labels, __pyx_v_keep, __pyx_v_ws, __pyx_v_pd, __pyx_v_half); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 343, __pyx_L14_error)
         __Pyx_GOTREF(__pyx_t_1);
         {
           PyObject *__pyx_temp;
@@ -10439,7 +10927,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
         __pyx_t_1 = 0;
         goto __pyx_L13_return;
 
-        /* "gradchain/_plan.pyx":330
+        /* "gradchain/_plan.pyx":342
  *                 pd[i] = dims[i]
  *             try:
  *                 if self._typenum == cnp.NPY_FLOAT:             # <<<<<<<<<<<<<<
@@ -10448,14 +10936,14 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
 */
       }
 
-      /* "gradchain/_plan.pyx":333
+      /* "gradchain/_plan.pyx":345
  *                     return self._run_typed(<float *>NULL, X, mode, T, loss, aux,
  *                                            labels, keep, ws, pd, half)
  *                 return self._run_typed(<double *>NULL, X, mode, T, loss, aux,             # <<<<<<<<<<<<<<
  *                                        labels, keep, ws, pd, half)
  *             finally:
 */
-      __pyx_t_1 = ((struct __pyx_vtabstruct_9gradchain_5_plan_Plan *)__pyx_v_self->__pyx_vtab)->__pyx_fuse_1_run_typed(__pyx_v_self, ((double *)NULL), __pyx_v_X, __pyx_v_mode, __pyx_v_T, __pyx_v_loss, __pyx_v_aux, __pyx_v_labels, __pyx_v_keep, __pyx_v_ws, __pyx_v_pd, __pyx_v_half); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 333, __pyx_L14_error)
+      __pyx_t_1 = ((struct __pyx_vtabstruct_9gradchain_5_plan_Plan *)__pyx_v_self->__pyx_vtab)->__pyx_fuse_1_run_typed(__pyx_v_self, ((double *)NULL), __pyx_v_X, __pyx_v_mode, __pyx_v_T, __pyx_v_loss, __pyx_v_aux, __pyx_v_labels, __pyx_v_keep, __pyx_v_ws, __pyx_v_pd, __pyx_v_half); if (unlikely(!__pyx_t_1)) __PYX_ERR(0, 345, __pyx_L14_error)
       __Pyx_GOTREF(__pyx_t_1);
       {
         PyObject *__pyx_temp;
@@ -10469,7 +10957,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
       goto __pyx_L13_return;
     }
 
-    /* "gradchain/_plan.pyx":336
+    /* "gradchain/_plan.pyx":348
  *                                        labels, keep, ws, pd, half)
  *             finally:
  *                 if heap:             # <<<<<<<<<<<<<<
@@ -10495,7 +10983,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
         {
           if (__pyx_v_heap) {
 
-            /* "gradchain/_plan.pyx":337
+            /* "gradchain/_plan.pyx":349
  *             finally:
  *                 if heap:
  *                     PyMem_Free(pd)             # <<<<<<<<<<<<<<
@@ -10504,7 +10992,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
 */
             PyMem_Free(__pyx_v_pd);
 
-            /* "gradchain/_plan.pyx":336
+            /* "gradchain/_plan.pyx":348
  *                                        labels, keep, ws, pd, half)
  *             finally:
  *                 if heap:             # <<<<<<<<<<<<<<
@@ -10530,7 +11018,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
         __pyx_r = 0;
         if (__pyx_v_heap) {
 
-          /* "gradchain/_plan.pyx":337
+          /* "gradchain/_plan.pyx":349
  *             finally:
  *                 if heap:
  *                     PyMem_Free(pd)             # <<<<<<<<<<<<<<
@@ -10539,7 +11027,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
 */
           PyMem_Free(__pyx_v_pd);
 
-          /* "gradchain/_plan.pyx":336
+          /* "gradchain/_plan.pyx":348
  *                                        labels, keep, ws, pd, half)
  *             finally:
  *                 if heap:             # <<<<<<<<<<<<<<
@@ -10554,7 +11042,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
     }
   }
 
-  /* "gradchain/_plan.pyx":339
+  /* "gradchain/_plan.pyx":351
  *                     PyMem_Free(pd)
  *         finally:
  *             if not owned:             # <<<<<<<<<<<<<<
@@ -10583,7 +11071,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
         if (__pyx_t_8) {
 
 
-          /* "gradchain/_plan.pyx":340
+          /* "gradchain/_plan.pyx":352
  *         finally:
  *             if not owned:
  *                 self._ws_busy = False             # <<<<<<<<<<<<<<
@@ -10592,7 +11080,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
 */
           __pyx_v_self->_ws_busy = 0;
 
-          /* "gradchain/_plan.pyx":339
+          /* "gradchain/_plan.pyx":351
  *                     PyMem_Free(pd)
  *         finally:
  *             if not owned:             # <<<<<<<<<<<<<<
@@ -10621,7 +11109,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
       if (__pyx_t_8) {
 
 
-        /* "gradchain/_plan.pyx":340
+        /* "gradchain/_plan.pyx":352
  *         finally:
  *             if not owned:
  *                 self._ws_busy = False             # <<<<<<<<<<<<<<
@@ -10630,7 +11118,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
 */
         __pyx_v_self->_ws_busy = 0;
 
-        /* "gradchain/_plan.pyx":339
+        /* "gradchain/_plan.pyx":351
  *                     PyMem_Free(pd)
  *         finally:
  *             if not owned:             # <<<<<<<<<<<<<<
@@ -10644,7 +11132,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
     }
   }
 
-  /* "gradchain/_plan.pyx":291
+  /* "gradchain/_plan.pyx":303
  *         return vals, res
  * 
  *     def run(self, cnp.ndarray X, str mode, object T=None, int loss=0,             # <<<<<<<<<<<<<<
@@ -10676,7 +11164,7 @@ static PyObject *__pyx_pf_9gradchain_5_plan_4Plan_8run(struct __pyx_obj_9gradcha
   return __pyx_r;
 }
 
-/* "gradchain/_plan.pyx":342
+/* "gradchain/_plan.pyx":354
  *                 self._ws_busy = False
  * 
  *     cdef object _run_typed(self, floating *tag, cnp.ndarray X, str mode, T,             # <<<<<<<<<<<<<<
@@ -10736,7 +11224,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_run_typed[float *]", 0);
 
-  /* "gradchain/_plan.pyx":345
+  /* "gradchain/_plan.pyx":357
  *                            int loss, aux, labels, bint keep, cnp.ndarray ws,
  *                            Py_ssize_t *dims, Py_ssize_t half):
  *         cdef Py_ssize_t k = self._k, B = X.shape[0], i, off = 0             # <<<<<<<<<<<<<<
@@ -10749,7 +11237,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
   __pyx_v_B = (__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_X)[0]);
   __pyx_v_off = 0;
 
-  /* "gradchain/_plan.pyx":346
+  /* "gradchain/_plan.pyx":358
  *                            Py_ssize_t *dims, Py_ssize_t half):
  *         cdef Py_ssize_t k = self._k, B = X.shape[0], i, off = 0
  *         cdef floating *base = <floating *>cnp.PyArray_DATA(ws)             # <<<<<<<<<<<<<<
@@ -10758,7 +11246,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
   __pyx_v_base = ((float *)PyArray_DATA(__pyx_v_ws));
 
-  /* "gradchain/_plan.pyx":348
+  /* "gradchain/_plan.pyx":360
  *         cdef floating *base = <floating *>cnp.PyArray_DATA(ws)
  *         cdef floating *xsbuf[65]
  *         cdef floating **xs = xsbuf             # <<<<<<<<<<<<<<
@@ -10767,7 +11255,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
   __pyx_v_xs = __pyx_v_xsbuf;
 
-  /* "gradchain/_plan.pyx":350
+  /* "gradchain/_plan.pyx":362
  *         cdef floating **xs = xsbuf
  *         cdef floating *work
  *         cdef int nt = effective_threads(), rc = 0             # <<<<<<<<<<<<<<
@@ -10777,7 +11265,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
   __pyx_v_nt = __pyx_f_9gradchain_8_kernels_effective_threads();
   __pyx_v_rc = 0;
 
-  /* "gradchain/_plan.pyx":353
+  /* "gradchain/_plan.pyx":365
  *         cdef cnp.ndarray res, vals, Ta, auxa, laba
  *         cdef const floating *tp
  *         cdef const floating *ap = NULL             # <<<<<<<<<<<<<<
@@ -10786,7 +11274,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
   __pyx_v_ap = NULL;
 
-  /* "gradchain/_plan.pyx":354
+  /* "gradchain/_plan.pyx":366
  *         cdef const floating *tp
  *         cdef const floating *ap = NULL
  *         cdef const long long *lp = NULL             # <<<<<<<<<<<<<<
@@ -10795,19 +11283,19 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
   __pyx_v_lp = NULL;
 
-  /* "gradchain/_plan.pyx":355
+  /* "gradchain/_plan.pyx":367
  *         cdef const floating *ap = NULL
  *         cdef const long long *lp = NULL
  *         dtype = X.dtype             # <<<<<<<<<<<<<<
  *         if k + 1 > 65:
  *             xs = <floating **>PyMem_Malloc((k + 1) * sizeof(floating *))
 */
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_X), __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 355, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_X), __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 367, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __pyx_v_dtype = __pyx_t_2;
   __pyx_t_2 = 0;
 
-  /* "gradchain/_plan.pyx":356
+  /* "gradchain/_plan.pyx":368
  *         cdef const long long *lp = NULL
  *         dtype = X.dtype
  *         if k + 1 > 65:             # <<<<<<<<<<<<<<
@@ -10819,7 +11307,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
   if (__pyx_t_3) {
 
 
-    /* "gradchain/_plan.pyx":357
+    /* "gradchain/_plan.pyx":369
  *         dtype = X.dtype
  *         if k + 1 > 65:
  *             xs = <floating **>PyMem_Malloc((k + 1) * sizeof(floating *))             # <<<<<<<<<<<<<<
@@ -10828,7 +11316,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
     __pyx_v_xs = ((float **)PyMem_Malloc(((__pyx_v_k + 1) * (sizeof(float *)))));
 
-    /* "gradchain/_plan.pyx":358
+    /* "gradchain/_plan.pyx":370
  *         if k + 1 > 65:
  *             xs = <floating **>PyMem_Malloc((k + 1) * sizeof(floating *))
  *             if xs == NULL:             # <<<<<<<<<<<<<<
@@ -10840,16 +11328,16 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
     if (unlikely(__pyx_t_3)) {
 
 
-      /* "gradchain/_plan.pyx":359
+      /* "gradchain/_plan.pyx":371
  *             xs = <floating **>PyMem_Malloc((k + 1) * sizeof(floating *))
  *             if xs == NULL:
  *                 raise MemoryError()             # <<<<<<<<<<<<<<
  *         try:
  *             xs[0] = <floating *>cnp.PyArray_DATA(X)
 */
-      PyErr_NoMemory(); __PYX_ERR(0, 359, __pyx_L1_error)
+      PyErr_NoMemory(); __PYX_ERR(0, 371, __pyx_L1_error)
 
-      /* "gradchain/_plan.pyx":358
+      /* "gradchain/_plan.pyx":370
  *         if k + 1 > 65:
  *             xs = <floating **>PyMem_Malloc((k + 1) * sizeof(floating *))
  *             if xs == NULL:             # <<<<<<<<<<<<<<
@@ -10858,7 +11346,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
     }
 
-    /* "gradchain/_plan.pyx":356
+    /* "gradchain/_plan.pyx":368
  *         cdef const long long *lp = NULL
  *         dtype = X.dtype
  *         if k + 1 > 65:             # <<<<<<<<<<<<<<
@@ -10867,7 +11355,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
   }
 
-  /* "gradchain/_plan.pyx":360
+  /* "gradchain/_plan.pyx":372
  *             if xs == NULL:
  *                 raise MemoryError()
  *         try:             # <<<<<<<<<<<<<<
@@ -10876,7 +11364,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
   /*try:*/ {
 
-    /* "gradchain/_plan.pyx":361
+    /* "gradchain/_plan.pyx":373
  *                 raise MemoryError()
  *         try:
  *             xs[0] = <floating *>cnp.PyArray_DATA(X)             # <<<<<<<<<<<<<<
@@ -10885,7 +11373,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
     (__pyx_v_xs[0]) = ((float *)PyArray_DATA(__pyx_v_X));
 
-    /* "gradchain/_plan.pyx":362
+    /* "gradchain/_plan.pyx":374
  *         try:
  *             xs[0] = <floating *>cnp.PyArray_DATA(X)
  *             for i in range(1, k + 1):             # <<<<<<<<<<<<<<
@@ -10899,7 +11387,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
     for (__pyx_t_5 = 1; __pyx_t_5 < __pyx_t_4; __pyx_t_5+=1) {
       __pyx_v_i = __pyx_t_5;
 
-      /* "gradchain/_plan.pyx":363
+      /* "gradchain/_plan.pyx":375
  *             xs[0] = <floating *>cnp.PyArray_DATA(X)
  *             for i in range(1, k + 1):
  *                 xs[i] = base + off             # <<<<<<<<<<<<<<
@@ -10908,7 +11396,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
       (__pyx_v_xs[__pyx_v_i]) = (__pyx_v_base + __pyx_v_off);
 
-      /* "gradchain/_plan.pyx":364
+      /* "gradchain/_plan.pyx":376
  *             for i in range(1, k + 1):
  *                 xs[i] = base + off
  *                 off += B * dims[i]             # <<<<<<<<<<<<<<
@@ -10919,7 +11407,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
     }
 
 
-    /* "gradchain/_plan.pyx":365
+    /* "gradchain/_plan.pyx":377
  *                 xs[i] = base + off
  *                 off += B * dims[i]
  *             work = base + off             # <<<<<<<<<<<<<<
@@ -10928,7 +11416,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
     __pyx_v_work = (__pyx_v_base + __pyx_v_off);
 
-    /* "gradchain/_plan.pyx":366
+    /* "gradchain/_plan.pyx":378
  *                 off += B * dims[i]
  *             work = base + off
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -10941,7 +11429,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
         __Pyx_FastGIL_Remember();
         /*try:*/ {
 
-          /* "gradchain/_plan.pyx":367
+          /* "gradchain/_plan.pyx":379
  *             work = base + off
  *             with nogil:
  *                 rc = _forward(self._ops, k, B, dims, xs, nt)             # <<<<<<<<<<<<<<
@@ -10951,7 +11439,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
           __pyx_v_rc = __pyx_fuse_0__pyx_f_9gradchain_5_plan__forward(__pyx_v_self->_ops, __pyx_v_k, __pyx_v_B, __pyx_v_dims, __pyx_v_xs, __pyx_v_nt);
         }
 
-        /* "gradchain/_plan.pyx":366
+        /* "gradchain/_plan.pyx":378
  *                 off += B * dims[i]
  *             work = base + off
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -10968,7 +11456,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
         }
     }
 
-    /* "gradchain/_plan.pyx":368
+    /* "gradchain/_plan.pyx":380
  *             with nogil:
  *                 rc = _forward(self._ops, k, B, dims, xs, nt)
  *             if rc:             # <<<<<<<<<<<<<<
@@ -10980,16 +11468,16 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
     if (unlikely(__pyx_t_3)) {
 
 
-      /* "gradchain/_plan.pyx":369
+      /* "gradchain/_plan.pyx":381
  *                 rc = _forward(self._ops, k, B, dims, xs, nt)
  *             if rc:
  *                 raise MemoryError()             # <<<<<<<<<<<<<<
  *             Y = np.empty((B, dims[k]), dtype)
  *             memcpy(cnp.PyArray_DATA(Y), xs[k], B * dims[k] * sizeof(floating))
 */
-      PyErr_NoMemory(); __PYX_ERR(0, 369, __pyx_L6_error)
+      PyErr_NoMemory(); __PYX_ERR(0, 381, __pyx_L6_error)
 
-      /* "gradchain/_plan.pyx":368
+      /* "gradchain/_plan.pyx":380
  *             with nogil:
  *                 rc = _forward(self._ops, k, B, dims, xs, nt)
  *             if rc:             # <<<<<<<<<<<<<<
@@ -10998,7 +11486,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
     }
 
-    /* "gradchain/_plan.pyx":370
+    /* "gradchain/_plan.pyx":382
  *             if rc:
  *                 raise MemoryError()
  *             Y = np.empty((B, dims[k]), dtype)             # <<<<<<<<<<<<<<
@@ -11006,21 +11494,21 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
  *             inter = None
 */
     __pyx_t_6 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 370, __pyx_L6_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 382, __pyx_L6_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 370, __pyx_L6_error)
+    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 382, __pyx_L6_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    __pyx_t_7 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 370, __pyx_L6_error)
+    __pyx_t_7 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 382, __pyx_L6_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_9 = PyLong_FromSsize_t((__pyx_v_dims[__pyx_v_k])); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 370, __pyx_L6_error)
+    __pyx_t_9 = PyLong_FromSsize_t((__pyx_v_dims[__pyx_v_k])); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 382, __pyx_L6_error)
     __Pyx_GOTREF(__pyx_t_9);
-    __pyx_t_10 = PyTuple_New(2); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 370, __pyx_L6_error)
+    __pyx_t_10 = PyTuple_New(2); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 382, __pyx_L6_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_GIVEREF(__pyx_t_7);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 0, __pyx_t_7) != (0)) __PYX_ERR(0, 370, __pyx_L6_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 0, __pyx_t_7) != (0)) __PYX_ERR(0, 382, __pyx_L6_error);
     __Pyx_GIVEREF(__pyx_t_9);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 1, __pyx_t_9) != (0)) __PYX_ERR(0, 370, __pyx_L6_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 1, __pyx_t_9) != (0)) __PYX_ERR(0, 382, __pyx_L6_error);
     __pyx_t_7 = 0;
     __pyx_t_9 = 0;
     __pyx_t_11 = 1;
@@ -11041,23 +11529,23 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 370, __pyx_L6_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 382, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __pyx_v_Y = __pyx_t_2;
     __pyx_t_2 = 0;
 
-    /* "gradchain/_plan.pyx":371
+    /* "gradchain/_plan.pyx":383
  *                 raise MemoryError()
  *             Y = np.empty((B, dims[k]), dtype)
  *             memcpy(cnp.PyArray_DATA(Y), xs[k], B * dims[k] * sizeof(floating))             # <<<<<<<<<<<<<<
  *             inter = None
  *             if keep or mode == "forward":
 */
-    if (!(likely(((__pyx_v_Y) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_Y, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 371, __pyx_L6_error)
+    if (!(likely(((__pyx_v_Y) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_Y, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 383, __pyx_L6_error)
     (void)(memcpy(PyArray_DATA(((PyArrayObject *)__pyx_v_Y)), (__pyx_v_xs[__pyx_v_k]), ((__pyx_v_B * (__pyx_v_dims[__pyx_v_k])) * (sizeof(float)))));
 
-    /* "gradchain/_plan.pyx":372
+    /* "gradchain/_plan.pyx":384
  *             Y = np.empty((B, dims[k]), dtype)
  *             memcpy(cnp.PyArray_DATA(Y), xs[k], B * dims[k] * sizeof(floating))
  *             inter = None             # <<<<<<<<<<<<<<
@@ -11067,7 +11555,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
     __Pyx_INCREF(Py_None);
     __pyx_v_inter = ((PyObject*)Py_None);
 
-    /* "gradchain/_plan.pyx":373
+    /* "gradchain/_plan.pyx":385
  *             memcpy(cnp.PyArray_DATA(Y), xs[k], B * dims[k] * sizeof(floating))
  *             inter = None
  *             if keep or mode == "forward":             # <<<<<<<<<<<<<<
@@ -11080,7 +11568,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
       __pyx_t_3 = __pyx_v_keep;
       goto __pyx_L15_bool_binop_done;
     }
-    __pyx_t_12 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_mode, __pyx_mstate_global->__pyx_n_u_forward, Py_EQ); if (unlikely((__pyx_t_12 < 0))) __PYX_ERR(0, 373, __pyx_L6_error)
+    __pyx_t_12 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_mode, __pyx_mstate_global->__pyx_n_u_forward, Py_EQ); if (unlikely((__pyx_t_12 < 0))) __PYX_ERR(0, 385, __pyx_L6_error)
 
     __pyx_t_3 = __pyx_t_12;
 
@@ -11088,7 +11576,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
     if (__pyx_t_3) {
 
 
-      /* "gradchain/_plan.pyx":374
+      /* "gradchain/_plan.pyx":386
  *             inter = None
  *             if keep or mode == "forward":
  *                 inter = [X.copy()]             # <<<<<<<<<<<<<<
@@ -11102,18 +11590,18 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
         PyObject *__pyx_callargs[2] = {__pyx_t_8, NULL};
         __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_copy, __pyx_callargs+__pyx_t_11, (1-__pyx_t_11) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
-        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 374, __pyx_L6_error)
+        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 386, __pyx_L6_error)
         __Pyx_GOTREF(__pyx_t_2);
       }
-      __pyx_t_8 = PyList_New(1); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 374, __pyx_L6_error)
+      __pyx_t_8 = PyList_New(1); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 386, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_8);
       __Pyx_GIVEREF(__pyx_t_2);
-      if (__Pyx_PyList_SET_ITEM(__pyx_t_8, 0, __pyx_t_2) != (0)) __PYX_ERR(0, 374, __pyx_L6_error);
+      if (__Pyx_PyList_SET_ITEM(__pyx_t_8, 0, __pyx_t_2) != (0)) __PYX_ERR(0, 386, __pyx_L6_error);
       __pyx_t_2 = 0;
       __Pyx_DECREF_SET(__pyx_v_inter, ((PyObject*)__pyx_t_8));
       __pyx_t_8 = 0;
 
-      /* "gradchain/_plan.pyx":375
+      /* "gradchain/_plan.pyx":387
  *             if keep or mode == "forward":
  *                 inter = [X.copy()]
  *                 for i in range(1, k + 1):             # <<<<<<<<<<<<<<
@@ -11127,7 +11615,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
       for (__pyx_t_5 = 1; __pyx_t_5 < __pyx_t_4; __pyx_t_5+=1) {
         __pyx_v_i = __pyx_t_5;
 
-        /* "gradchain/_plan.pyx":376
+        /* "gradchain/_plan.pyx":388
  *                 inter = [X.copy()]
  *                 for i in range(1, k + 1):
  *                     a = np.empty((B, dims[i]), dtype)             # <<<<<<<<<<<<<<
@@ -11135,21 +11623,21 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
  *                     inter.append(a)
 */
         __pyx_t_2 = NULL;
-        __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 376, __pyx_L6_error)
+        __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 388, __pyx_L6_error)
         __Pyx_GOTREF(__pyx_t_10);
-        __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 376, __pyx_L6_error)
+        __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 388, __pyx_L6_error)
         __Pyx_GOTREF(__pyx_t_6);
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-        __pyx_t_10 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 376, __pyx_L6_error)
+        __pyx_t_10 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 388, __pyx_L6_error)
         __Pyx_GOTREF(__pyx_t_10);
-        __pyx_t_9 = PyLong_FromSsize_t((__pyx_v_dims[__pyx_v_i])); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 376, __pyx_L6_error)
+        __pyx_t_9 = PyLong_FromSsize_t((__pyx_v_dims[__pyx_v_i])); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 388, __pyx_L6_error)
         __Pyx_GOTREF(__pyx_t_9);
-        __pyx_t_7 = PyTuple_New(2); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 376, __pyx_L6_error)
+        __pyx_t_7 = PyTuple_New(2); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 388, __pyx_L6_error)
         __Pyx_GOTREF(__pyx_t_7);
         __Pyx_GIVEREF(__pyx_t_10);
-        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 0, __pyx_t_10) != (0)) __PYX_ERR(0, 376, __pyx_L6_error);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 0, __pyx_t_10) != (0)) __PYX_ERR(0, 388, __pyx_L6_error);
         __Pyx_GIVEREF(__pyx_t_9);
-        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 1, __pyx_t_9) != (0)) __PYX_ERR(0, 376, __pyx_L6_error);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 1, __pyx_t_9) != (0)) __PYX_ERR(0, 388, __pyx_L6_error);
         __pyx_t_10 = 0;
         __pyx_t_9 = 0;
         __pyx_t_11 = 1;
@@ -11170,35 +11658,35 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
           __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
           __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
           __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-          if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 376, __pyx_L6_error)
+          if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 388, __pyx_L6_error)
           __Pyx_GOTREF(__pyx_t_8);
         }
         __Pyx_XDECREF_SET(__pyx_v_a, __pyx_t_8);
         __pyx_t_8 = 0;
 
-        /* "gradchain/_plan.pyx":377
+        /* "gradchain/_plan.pyx":389
  *                 for i in range(1, k + 1):
  *                     a = np.empty((B, dims[i]), dtype)
  *                     memcpy(cnp.PyArray_DATA(a), xs[i], B * dims[i] * sizeof(floating))             # <<<<<<<<<<<<<<
  *                     inter.append(a)
  *             if mode == "forward":
 */
-        if (!(likely(((__pyx_v_a) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_a, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 377, __pyx_L6_error)
+        if (!(likely(((__pyx_v_a) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_a, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 389, __pyx_L6_error)
         (void)(memcpy(PyArray_DATA(((PyArrayObject *)__pyx_v_a)), (__pyx_v_xs[__pyx_v_i]), ((__pyx_v_B * (__pyx_v_dims[__pyx_v_i])) * (sizeof(float)))));
 
-        /* "gradchain/_plan.pyx":378
+        /* "gradchain/_plan.pyx":390
  *                     a = np.empty((B, dims[i]), dtype)
  *                     memcpy(cnp.PyArray_DATA(a), xs[i], B * dims[i] * sizeof(floating))
  *                     inter.append(a)             # <<<<<<<<<<<<<<
  *             if mode == "forward":
  *                 return inter
 */
-        __pyx_t_13 = __Pyx_PyList_Append(__pyx_v_inter, __pyx_v_a); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 378, __pyx_L6_error)
+        __pyx_t_13 = __Pyx_PyList_Append(__pyx_v_inter, __pyx_v_a); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 390, __pyx_L6_error)
 
       }
 
 
-      /* "gradchain/_plan.pyx":373
+      /* "gradchain/_plan.pyx":385
  *             memcpy(cnp.PyArray_DATA(Y), xs[k], B * dims[k] * sizeof(floating))
  *             inter = None
  *             if keep or mode == "forward":             # <<<<<<<<<<<<<<
@@ -11207,18 +11695,18 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
     }
 
-    /* "gradchain/_plan.pyx":379
+    /* "gradchain/_plan.pyx":391
  *                     memcpy(cnp.PyArray_DATA(a), xs[i], B * dims[i] * sizeof(floating))
  *                     inter.append(a)
  *             if mode == "forward":             # <<<<<<<<<<<<<<
  *                 return inter
  *             if mode == "loss":
 */
-    __pyx_t_3 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_mode, __pyx_mstate_global->__pyx_n_u_forward, Py_EQ); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 379, __pyx_L6_error)
+    __pyx_t_3 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_mode, __pyx_mstate_global->__pyx_n_u_forward, Py_EQ); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 391, __pyx_L6_error)
     if (__pyx_t_3) {
 
 
-      /* "gradchain/_plan.pyx":380
+      /* "gradchain/_plan.pyx":392
  *                     inter.append(a)
  *             if mode == "forward":
  *                 return inter             # <<<<<<<<<<<<<<
@@ -11236,7 +11724,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
       }
       goto __pyx_L5_return;
 
-      /* "gradchain/_plan.pyx":379
+      /* "gradchain/_plan.pyx":391
  *                     memcpy(cnp.PyArray_DATA(a), xs[i], B * dims[i] * sizeof(floating))
  *                     inter.append(a)
  *             if mode == "forward":             # <<<<<<<<<<<<<<
@@ -11245,18 +11733,18 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
     }
 
-    /* "gradchain/_plan.pyx":381
+    /* "gradchain/_plan.pyx":393
  *             if mode == "forward":
  *                 return inter
  *             if mode == "loss":             # <<<<<<<<<<<<<<
  *                 vals = np.empty(B, np.float64)
  *                 # the loss gradient (B, n_k) goes to the second work half
 */
-    __pyx_t_3 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_mode, __pyx_mstate_global->__pyx_n_u_loss, Py_EQ); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 381, __pyx_L6_error)
+    __pyx_t_3 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_mode, __pyx_mstate_global->__pyx_n_u_loss, Py_EQ); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 393, __pyx_L6_error)
     if (__pyx_t_3) {
 
 
-      /* "gradchain/_plan.pyx":382
+      /* "gradchain/_plan.pyx":394
  *                 return inter
  *             if mode == "loss":
  *                 vals = np.empty(B, np.float64)             # <<<<<<<<<<<<<<
@@ -11264,16 +11752,16 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
  *                 if aux is not None:
 */
       __pyx_t_6 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 382, __pyx_L6_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 394, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_7);
-      __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 382, __pyx_L6_error)
+      __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 394, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_2);
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-      __pyx_t_7 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 382, __pyx_L6_error)
+      __pyx_t_7 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 394, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_7);
-      __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 382, __pyx_L6_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 394, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_9);
-      __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 382, __pyx_L6_error)
+      __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 394, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_10);
       __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
       __pyx_t_11 = 1;
@@ -11295,14 +11783,14 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 382, __pyx_L6_error)
+        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 394, __pyx_L6_error)
         __Pyx_GOTREF(__pyx_t_8);
       }
-      if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 382, __pyx_L6_error)
+      if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 394, __pyx_L6_error)
       __pyx_v_vals = ((PyArrayObject *)__pyx_t_8);
       __pyx_t_8 = 0;
 
-      /* "gradchain/_plan.pyx":384
+      /* "gradchain/_plan.pyx":396
  *                 vals = np.empty(B, np.float64)
  *                 # the loss gradient (B, n_k) goes to the second work half
  *                 if aux is not None:             # <<<<<<<<<<<<<<
@@ -11313,7 +11801,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
       if (__pyx_t_3) {
 
 
-        /* "gradchain/_plan.pyx":385
+        /* "gradchain/_plan.pyx":397
  *                 # the loss gradient (B, n_k) goes to the second work half
  *                 if aux is not None:
  *                     auxa = aux             # <<<<<<<<<<<<<<
@@ -11322,11 +11810,11 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
         __pyx_t_8 = __pyx_v_aux;
         __Pyx_INCREF(__pyx_t_8);
-        if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 385, __pyx_L6_error)
+        if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 397, __pyx_L6_error)
         __pyx_v_auxa = ((PyArrayObject *)__pyx_t_8);
         __pyx_t_8 = 0;
 
-        /* "gradchain/_plan.pyx":386
+        /* "gradchain/_plan.pyx":398
  *                 if aux is not None:
  *                     auxa = aux
  *                     ap = <const floating *>cnp.PyArray_DATA(auxa)             # <<<<<<<<<<<<<<
@@ -11335,7 +11823,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
         __pyx_v_ap = ((float const *)PyArray_DATA(__pyx_v_auxa));
 
-        /* "gradchain/_plan.pyx":384
+        /* "gradchain/_plan.pyx":396
  *                 vals = np.empty(B, np.float64)
  *                 # the loss gradient (B, n_k) goes to the second work half
  *                 if aux is not None:             # <<<<<<<<<<<<<<
@@ -11344,7 +11832,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
       }
 
-      /* "gradchain/_plan.pyx":387
+      /* "gradchain/_plan.pyx":399
  *                     auxa = aux
  *                     ap = <const floating *>cnp.PyArray_DATA(auxa)
  *                 if labels is not None:             # <<<<<<<<<<<<<<
@@ -11355,7 +11843,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
       if (__pyx_t_3) {
 
 
-        /* "gradchain/_plan.pyx":388
+        /* "gradchain/_plan.pyx":400
  *                     ap = <const floating *>cnp.PyArray_DATA(auxa)
  *                 if labels is not None:
  *                     laba = labels             # <<<<<<<<<<<<<<
@@ -11364,11 +11852,11 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
         __pyx_t_8 = __pyx_v_labels;
         __Pyx_INCREF(__pyx_t_8);
-        if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 388, __pyx_L6_error)
+        if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 400, __pyx_L6_error)
         __pyx_v_laba = ((PyArrayObject *)__pyx_t_8);
         __pyx_t_8 = 0;
 
-        /* "gradchain/_plan.pyx":389
+        /* "gradchain/_plan.pyx":401
  *                 if labels is not None:
  *                     laba = labels
  *                     lp = <const long long *>cnp.PyArray_DATA(laba)             # <<<<<<<<<<<<<<
@@ -11377,7 +11865,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
         __pyx_v_lp = ((PY_LONG_LONG const *)PyArray_DATA(__pyx_v_laba));
 
-        /* "gradchain/_plan.pyx":387
+        /* "gradchain/_plan.pyx":399
  *                     auxa = aux
  *                     ap = <const floating *>cnp.PyArray_DATA(auxa)
  *                 if labels is not None:             # <<<<<<<<<<<<<<
@@ -11386,7 +11874,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
       }
 
-      /* "gradchain/_plan.pyx":390
+      /* "gradchain/_plan.pyx":402
  *                     laba = labels
  *                     lp = <const long long *>cnp.PyArray_DATA(laba)
  *                 with nogil:             # <<<<<<<<<<<<<<
@@ -11399,7 +11887,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
           __Pyx_FastGIL_Remember();
           /*try:*/ {
 
-            /* "gradchain/_plan.pyx":392
+            /* "gradchain/_plan.pyx":404
  *                 with nogil:
  *                     if floating is float:
  *                         gc_loss_s(loss, B, dims[k], xs[k], ap, lp,             # <<<<<<<<<<<<<<
@@ -11409,7 +11897,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
             gc_loss_s(__pyx_v_loss, __pyx_v_B, (__pyx_v_dims[__pyx_v_k]), (__pyx_v_xs[__pyx_v_k]), __pyx_v_ap, __pyx_v_lp, ((double *)PyArray_DATA(__pyx_v_vals)), (__pyx_v_work + __pyx_v_half));
           }
 
-          /* "gradchain/_plan.pyx":390
+          /* "gradchain/_plan.pyx":402
  *                     laba = labels
  *                     lp = <const long long *>cnp.PyArray_DATA(laba)
  *                 with nogil:             # <<<<<<<<<<<<<<
@@ -11426,7 +11914,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
           }
       }
 
-      /* "gradchain/_plan.pyx":397
+      /* "gradchain/_plan.pyx":409
  *                         gc_loss_d(loss, B, dims[k], xs[k], ap, lp,
  *                                   <double *>cnp.PyArray_DATA(vals), work + half)
  *                 res = np.empty((B, dims[0]), dtype)             # <<<<<<<<<<<<<<
@@ -11434,21 +11922,21 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
  *                     memcpy(cnp.PyArray_DATA(res), work + half,
 */
       __pyx_t_2 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 397, __pyx_L6_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 409, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_10);
-      __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 397, __pyx_L6_error)
+      __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 409, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_7);
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-      __pyx_t_10 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 397, __pyx_L6_error)
+      __pyx_t_10 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 409, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_10);
-      __pyx_t_6 = PyLong_FromSsize_t((__pyx_v_dims[0])); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 397, __pyx_L6_error)
+      __pyx_t_6 = PyLong_FromSsize_t((__pyx_v_dims[0])); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 409, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_9 = PyTuple_New(2); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 397, __pyx_L6_error)
+      __pyx_t_9 = PyTuple_New(2); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 409, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_9);
       __Pyx_GIVEREF(__pyx_t_10);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_9, 0, __pyx_t_10) != (0)) __PYX_ERR(0, 397, __pyx_L6_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_9, 0, __pyx_t_10) != (0)) __PYX_ERR(0, 409, __pyx_L6_error);
       __Pyx_GIVEREF(__pyx_t_6);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_9, 1, __pyx_t_6) != (0)) __PYX_ERR(0, 397, __pyx_L6_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_9, 1, __pyx_t_6) != (0)) __PYX_ERR(0, 409, __pyx_L6_error);
       __pyx_t_10 = 0;
       __pyx_t_6 = 0;
       __pyx_t_11 = 1;
@@ -11469,14 +11957,14 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
         __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
         __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 397, __pyx_L6_error)
+        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 409, __pyx_L6_error)
         __Pyx_GOTREF(__pyx_t_8);
       }
-      if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 397, __pyx_L6_error)
+      if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 409, __pyx_L6_error)
       __pyx_v_res = ((PyArrayObject *)__pyx_t_8);
       __pyx_t_8 = 0;
 
-      /* "gradchain/_plan.pyx":398
+      /* "gradchain/_plan.pyx":410
  *                                   <double *>cnp.PyArray_DATA(vals), work + half)
  *                 res = np.empty((B, dims[0]), dtype)
  *                 if k == 0:             # <<<<<<<<<<<<<<
@@ -11488,7 +11976,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
       if (__pyx_t_3) {
 
 
-        /* "gradchain/_plan.pyx":399
+        /* "gradchain/_plan.pyx":411
  *                 res = np.empty((B, dims[0]), dtype)
  *                 if k == 0:
  *                     memcpy(cnp.PyArray_DATA(res), work + half,             # <<<<<<<<<<<<<<
@@ -11497,7 +11985,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
         (void)(memcpy(PyArray_DATA(__pyx_v_res), (__pyx_v_work + __pyx_v_half), ((__pyx_v_B * (__pyx_v_dims[0])) * (sizeof(float)))));
 
-        /* "gradchain/_plan.pyx":398
+        /* "gradchain/_plan.pyx":410
  *                                   <double *>cnp.PyArray_DATA(vals), work + half)
  *                 res = np.empty((B, dims[0]), dtype)
  *                 if k == 0:             # <<<<<<<<<<<<<<
@@ -11507,7 +11995,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
         goto __pyx_L26;
       }
 
-      /* "gradchain/_plan.pyx":404
+      /* "gradchain/_plan.pyx":416
  *                     # the grad sits in half 1; step 0 writes half 0, step 1
  *                     # half 1 (overwriting it only after it was read)
  *                     with nogil:             # <<<<<<<<<<<<<<
@@ -11521,7 +12009,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
             __Pyx_FastGIL_Remember();
             /*try:*/ {
 
-              /* "gradchain/_plan.pyx":405
+              /* "gradchain/_plan.pyx":417
  *                     # half 1 (overwriting it only after it was read)
  *                     with nogil:
  *                         rc = _propagate(self._ops, k, B, dims, xs, True,             # <<<<<<<<<<<<<<
@@ -11531,7 +12019,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
               __pyx_v_rc = __pyx_fuse_0__pyx_f_9gradchain_5_plan__propagate(__pyx_v_self->_ops, __pyx_v_k, __pyx_v_B, __pyx_v_dims, __pyx_v_xs, 1, (__pyx_v_work + __pyx_v_half), ((float *)PyArray_DATA(__pyx_v_res)), __pyx_v_work, __pyx_v_half, __pyx_v_nt);
             }
 
-            /* "gradchain/_plan.pyx":404
+            /* "gradchain/_plan.pyx":416
  *                     # the grad sits in half 1; step 0 writes half 0, step 1
  *                     # half 1 (overwriting it only after it was read)
  *                     with nogil:             # <<<<<<<<<<<<<<
@@ -11548,7 +12036,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
             }
         }
 
-        /* "gradchain/_plan.pyx":408
+        /* "gradchain/_plan.pyx":420
  *                                         work + half, <floating *>cnp.PyArray_DATA(res),
  *                                         work, half, nt)
  *                     if rc:             # <<<<<<<<<<<<<<
@@ -11560,16 +12048,16 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
         if (unlikely(__pyx_t_3)) {
 
 
-          /* "gradchain/_plan.pyx":409
+          /* "gradchain/_plan.pyx":421
  *                                         work, half, nt)
  *                     if rc:
  *                         raise MemoryError()             # <<<<<<<<<<<<<<
  *                 return (Y, vals, res, inter)
  *             Ta = T
 */
-          PyErr_NoMemory(); __PYX_ERR(0, 409, __pyx_L6_error)
+          PyErr_NoMemory(); __PYX_ERR(0, 421, __pyx_L6_error)
 
-          /* "gradchain/_plan.pyx":408
+          /* "gradchain/_plan.pyx":420
  *                                         work + half, <floating *>cnp.PyArray_DATA(res),
  *                                         work, half, nt)
  *                     if rc:             # <<<<<<<<<<<<<<
@@ -11580,27 +12068,27 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
       }
       __pyx_L26:;
 
-      /* "gradchain/_plan.pyx":410
+      /* "gradchain/_plan.pyx":422
  *                     if rc:
  *                         raise MemoryError()
  *                 return (Y, vals, res, inter)             # <<<<<<<<<<<<<<
  *             Ta = T
  *             tp = <const floating *>cnp.PyArray_DATA(Ta)
 */
-      __pyx_t_8 = PyTuple_New(4); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 410, __pyx_L6_error)
+      __pyx_t_8 = PyTuple_New(4); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 422, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_8);
       __Pyx_INCREF(__pyx_v_Y);
       __Pyx_GIVEREF(__pyx_v_Y);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 0, __pyx_v_Y) != (0)) __PYX_ERR(0, 410, __pyx_L6_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 0, __pyx_v_Y) != (0)) __PYX_ERR(0, 422, __pyx_L6_error);
       __Pyx_INCREF((PyObject *)__pyx_v_vals);
       __Pyx_GIVEREF((PyObject *)__pyx_v_vals);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 1, ((PyObject *)__pyx_v_vals)) != (0)) __PYX_ERR(0, 410, __pyx_L6_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 1, ((PyObject *)__pyx_v_vals)) != (0)) __PYX_ERR(0, 422, __pyx_L6_error);
       __Pyx_INCREF((PyObject *)__pyx_v_res);
       __Pyx_GIVEREF((PyObject *)__pyx_v_res);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 2, ((PyObject *)__pyx_v_res)) != (0)) __PYX_ERR(0, 410, __pyx_L6_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 2, ((PyObject *)__pyx_v_res)) != (0)) __PYX_ERR(0, 422, __pyx_L6_error);
       __Pyx_INCREF(__pyx_v_inter);
       __Pyx_GIVEREF(__pyx_v_inter);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 3, __pyx_v_inter) != (0)) __PYX_ERR(0, 410, __pyx_L6_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 3, __pyx_v_inter) != (0)) __PYX_ERR(0, 422, __pyx_L6_error);
       {
         PyObject *__pyx_temp;
         {
@@ -11612,7 +12100,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
       __pyx_t_8 = 0;
       goto __pyx_L5_return;
 
-      /* "gradchain/_plan.pyx":381
+      /* "gradchain/_plan.pyx":393
  *             if mode == "forward":
  *                 return inter
  *             if mode == "loss":             # <<<<<<<<<<<<<<
@@ -11621,7 +12109,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
     }
 
-    /* "gradchain/_plan.pyx":411
+    /* "gradchain/_plan.pyx":423
  *                         raise MemoryError()
  *                 return (Y, vals, res, inter)
  *             Ta = T             # <<<<<<<<<<<<<<
@@ -11630,11 +12118,11 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
     __pyx_t_8 = __pyx_v_T;
     __Pyx_INCREF(__pyx_t_8);
-    if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 411, __pyx_L6_error)
+    if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 423, __pyx_L6_error)
     __pyx_v_Ta = ((PyArrayObject *)__pyx_t_8);
     __pyx_t_8 = 0;
 
-    /* "gradchain/_plan.pyx":412
+    /* "gradchain/_plan.pyx":424
  *                 return (Y, vals, res, inter)
  *             Ta = T
  *             tp = <const floating *>cnp.PyArray_DATA(Ta)             # <<<<<<<<<<<<<<
@@ -11643,18 +12131,18 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
     __pyx_v_tp = ((float const *)PyArray_DATA(__pyx_v_Ta));
 
-    /* "gradchain/_plan.pyx":413
+    /* "gradchain/_plan.pyx":425
  *             Ta = T
  *             tp = <const floating *>cnp.PyArray_DATA(Ta)
  *             if mode == "vjp":             # <<<<<<<<<<<<<<
  *                 res = np.empty((B, dims[0]), dtype)
  *                 with nogil:
 */
-    __pyx_t_3 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_mode, __pyx_mstate_global->__pyx_n_u_vjp, Py_EQ); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 413, __pyx_L6_error)
+    __pyx_t_3 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_mode, __pyx_mstate_global->__pyx_n_u_vjp, Py_EQ); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 425, __pyx_L6_error)
     if (__pyx_t_3) {
 
 
-      /* "gradchain/_plan.pyx":414
+      /* "gradchain/_plan.pyx":426
  *             tp = <const floating *>cnp.PyArray_DATA(Ta)
  *             if mode == "vjp":
  *                 res = np.empty((B, dims[0]), dtype)             # <<<<<<<<<<<<<<
@@ -11662,21 +12150,21 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
  *                     rc = _propagate(self._ops, k, B, dims, xs, True, tp,
 */
       __pyx_t_7 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 414, __pyx_L6_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 426, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_9);
-      __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 414, __pyx_L6_error)
+      __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 426, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_2);
       __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-      __pyx_t_9 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 414, __pyx_L6_error)
+      __pyx_t_9 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 426, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_9);
-      __pyx_t_6 = PyLong_FromSsize_t((__pyx_v_dims[0])); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 414, __pyx_L6_error)
+      __pyx_t_6 = PyLong_FromSsize_t((__pyx_v_dims[0])); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 426, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_10 = PyTuple_New(2); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 414, __pyx_L6_error)
+      __pyx_t_10 = PyTuple_New(2); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 426, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_10);
       __Pyx_GIVEREF(__pyx_t_9);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 0, __pyx_t_9) != (0)) __PYX_ERR(0, 414, __pyx_L6_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 0, __pyx_t_9) != (0)) __PYX_ERR(0, 426, __pyx_L6_error);
       __Pyx_GIVEREF(__pyx_t_6);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 1, __pyx_t_6) != (0)) __PYX_ERR(0, 414, __pyx_L6_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 1, __pyx_t_6) != (0)) __PYX_ERR(0, 426, __pyx_L6_error);
       __pyx_t_9 = 0;
       __pyx_t_6 = 0;
       __pyx_t_11 = 1;
@@ -11697,14 +12185,14 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
         __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 414, __pyx_L6_error)
+        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 426, __pyx_L6_error)
         __Pyx_GOTREF(__pyx_t_8);
       }
-      if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 414, __pyx_L6_error)
+      if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 426, __pyx_L6_error)
       __pyx_v_res = ((PyArrayObject *)__pyx_t_8);
       __pyx_t_8 = 0;
 
-      /* "gradchain/_plan.pyx":415
+      /* "gradchain/_plan.pyx":427
  *             if mode == "vjp":
  *                 res = np.empty((B, dims[0]), dtype)
  *                 with nogil:             # <<<<<<<<<<<<<<
@@ -11717,7 +12205,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
           __Pyx_FastGIL_Remember();
           /*try:*/ {
 
-            /* "gradchain/_plan.pyx":416
+            /* "gradchain/_plan.pyx":428
  *                 res = np.empty((B, dims[0]), dtype)
  *                 with nogil:
  *                     rc = _propagate(self._ops, k, B, dims, xs, True, tp,             # <<<<<<<<<<<<<<
@@ -11727,7 +12215,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
             __pyx_v_rc = __pyx_fuse_0__pyx_f_9gradchain_5_plan__propagate(__pyx_v_self->_ops, __pyx_v_k, __pyx_v_B, __pyx_v_dims, __pyx_v_xs, 1, __pyx_v_tp, ((float *)PyArray_DATA(__pyx_v_res)), __pyx_v_work, __pyx_v_half, __pyx_v_nt);
           }
 
-          /* "gradchain/_plan.pyx":415
+          /* "gradchain/_plan.pyx":427
  *             if mode == "vjp":
  *                 res = np.empty((B, dims[0]), dtype)
  *                 with nogil:             # <<<<<<<<<<<<<<
@@ -11744,7 +12232,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
           }
       }
 
-      /* "gradchain/_plan.pyx":413
+      /* "gradchain/_plan.pyx":425
  *             Ta = T
  *             tp = <const floating *>cnp.PyArray_DATA(Ta)
  *             if mode == "vjp":             # <<<<<<<<<<<<<<
@@ -11754,7 +12242,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
       goto __pyx_L31;
     }
 
-    /* "gradchain/_plan.pyx":419
+    /* "gradchain/_plan.pyx":431
  *                                     <floating *>cnp.PyArray_DATA(res), work, half, nt)
  *             else:
  *                 res = np.empty((B, dims[k]), dtype)             # <<<<<<<<<<<<<<
@@ -11763,21 +12251,21 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
     /*else*/ {
       __pyx_t_2 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 419, __pyx_L6_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 431, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_10);
-      __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 419, __pyx_L6_error)
+      __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 431, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_7);
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-      __pyx_t_10 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 419, __pyx_L6_error)
+      __pyx_t_10 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 431, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_10);
-      __pyx_t_6 = PyLong_FromSsize_t((__pyx_v_dims[__pyx_v_k])); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 419, __pyx_L6_error)
+      __pyx_t_6 = PyLong_FromSsize_t((__pyx_v_dims[__pyx_v_k])); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 431, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_9 = PyTuple_New(2); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 419, __pyx_L6_error)
+      __pyx_t_9 = PyTuple_New(2); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 431, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_9);
       __Pyx_GIVEREF(__pyx_t_10);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_9, 0, __pyx_t_10) != (0)) __PYX_ERR(0, 419, __pyx_L6_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_9, 0, __pyx_t_10) != (0)) __PYX_ERR(0, 431, __pyx_L6_error);
       __Pyx_GIVEREF(__pyx_t_6);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_9, 1, __pyx_t_6) != (0)) __PYX_ERR(0, 419, __pyx_L6_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_9, 1, __pyx_t_6) != (0)) __PYX_ERR(0, 431, __pyx_L6_error);
       __pyx_t_10 = 0;
       __pyx_t_6 = 0;
       __pyx_t_11 = 1;
@@ -11798,14 +12286,14 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
         __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
         __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 419, __pyx_L6_error)
+        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 431, __pyx_L6_error)
         __Pyx_GOTREF(__pyx_t_8);
       }
-      if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 419, __pyx_L6_error)
+      if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 431, __pyx_L6_error)
       __pyx_v_res = ((PyArrayObject *)__pyx_t_8);
       __pyx_t_8 = 0;
 
-      /* "gradchain/_plan.pyx":420
+      /* "gradchain/_plan.pyx":432
  *             else:
  *                 res = np.empty((B, dims[k]), dtype)
  *                 with nogil:             # <<<<<<<<<<<<<<
@@ -11818,7 +12306,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
           __Pyx_FastGIL_Remember();
           /*try:*/ {
 
-            /* "gradchain/_plan.pyx":421
+            /* "gradchain/_plan.pyx":433
  *                 res = np.empty((B, dims[k]), dtype)
  *                 with nogil:
  *                     rc = _propagate(self._ops, k, B, dims, xs, False, tp,             # <<<<<<<<<<<<<<
@@ -11828,7 +12316,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
             __pyx_v_rc = __pyx_fuse_0__pyx_f_9gradchain_5_plan__propagate(__pyx_v_self->_ops, __pyx_v_k, __pyx_v_B, __pyx_v_dims, __pyx_v_xs, 0, __pyx_v_tp, ((float *)PyArray_DATA(__pyx_v_res)), __pyx_v_work, __pyx_v_half, __pyx_v_nt);
           }
 
-          /* "gradchain/_plan.pyx":420
+          /* "gradchain/_plan.pyx":432
  *             else:
  *                 res = np.empty((B, dims[k]), dtype)
  *                 with nogil:             # <<<<<<<<<<<<<<
@@ -11847,7 +12335,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
     }
     __pyx_L31:;
 
-    /* "gradchain/_plan.pyx":423
+    /* "gradchain/_plan.pyx":435
  *                     rc = _propagate(self._ops, k, B, dims, xs, False, tp,
  *                                     <floating *>cnp.PyArray_DATA(res), work, half, nt)
  *             if rc:             # <<<<<<<<<<<<<<
@@ -11859,16 +12347,16 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
     if (unlikely(__pyx_t_3)) {
 
 
-      /* "gradchain/_plan.pyx":424
+      /* "gradchain/_plan.pyx":436
  *                                     <floating *>cnp.PyArray_DATA(res), work, half, nt)
  *             if rc:
  *                 raise MemoryError()             # <<<<<<<<<<<<<<
  *             return (Y, res, inter)
  *         finally:
 */
-      PyErr_NoMemory(); __PYX_ERR(0, 424, __pyx_L6_error)
+      PyErr_NoMemory(); __PYX_ERR(0, 436, __pyx_L6_error)
 
-      /* "gradchain/_plan.pyx":423
+      /* "gradchain/_plan.pyx":435
  *                     rc = _propagate(self._ops, k, B, dims, xs, False, tp,
  *                                     <floating *>cnp.PyArray_DATA(res), work, half, nt)
  *             if rc:             # <<<<<<<<<<<<<<
@@ -11877,24 +12365,24 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
     }
 
-    /* "gradchain/_plan.pyx":425
+    /* "gradchain/_plan.pyx":437
  *             if rc:
  *                 raise MemoryError()
  *             return (Y, res, inter)             # <<<<<<<<<<<<<<
  *         finally:
  *             if xs != xsbuf:
 */
-    __pyx_t_8 = PyTuple_New(3); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 425, __pyx_L6_error)
+    __pyx_t_8 = PyTuple_New(3); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 437, __pyx_L6_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_INCREF(__pyx_v_Y);
     __Pyx_GIVEREF(__pyx_v_Y);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 0, __pyx_v_Y) != (0)) __PYX_ERR(0, 425, __pyx_L6_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 0, __pyx_v_Y) != (0)) __PYX_ERR(0, 437, __pyx_L6_error);
     __Pyx_INCREF((PyObject *)__pyx_v_res);
     __Pyx_GIVEREF((PyObject *)__pyx_v_res);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 1, ((PyObject *)__pyx_v_res)) != (0)) __PYX_ERR(0, 425, __pyx_L6_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 1, ((PyObject *)__pyx_v_res)) != (0)) __PYX_ERR(0, 437, __pyx_L6_error);
     __Pyx_INCREF(__pyx_v_inter);
     __Pyx_GIVEREF(__pyx_v_inter);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 2, __pyx_v_inter) != (0)) __PYX_ERR(0, 425, __pyx_L6_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 2, __pyx_v_inter) != (0)) __PYX_ERR(0, 437, __pyx_L6_error);
     {
       PyObject *__pyx_temp;
       {
@@ -11907,7 +12395,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
     goto __pyx_L5_return;
   }
 
-  /* "gradchain/_plan.pyx":427
+  /* "gradchain/_plan.pyx":439
  *             return (Y, res, inter)
  *         finally:
  *             if xs != xsbuf:             # <<<<<<<<<<<<<<
@@ -11940,14 +12428,14 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
         if (__pyx_t_3) {
 
 
-          /* "gradchain/_plan.pyx":428
+          /* "gradchain/_plan.pyx":440
  *         finally:
  *             if xs != xsbuf:
  *                 PyMem_Free(xs)             # <<<<<<<<<<<<<<
 */
           PyMem_Free(__pyx_v_xs);
 
-          /* "gradchain/_plan.pyx":427
+          /* "gradchain/_plan.pyx":439
  *             return (Y, res, inter)
  *         finally:
  *             if xs != xsbuf:             # <<<<<<<<<<<<<<
@@ -11975,14 +12463,14 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
       if (__pyx_t_3) {
 
 
-        /* "gradchain/_plan.pyx":428
+        /* "gradchain/_plan.pyx":440
  *         finally:
  *             if xs != xsbuf:
  *                 PyMem_Free(xs)             # <<<<<<<<<<<<<<
 */
         PyMem_Free(__pyx_v_xs);
 
-        /* "gradchain/_plan.pyx":427
+        /* "gradchain/_plan.pyx":439
  *             return (Y, res, inter)
  *         finally:
  *             if xs != xsbuf:             # <<<<<<<<<<<<<<
@@ -11995,7 +12483,7 @@ static PyObject *__pyx_fuse_0__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
     }
   }
 
-  /* "gradchain/_plan.pyx":342
+  /* "gradchain/_plan.pyx":354
  *                 self._ws_busy = False
  * 
  *     cdef object _run_typed(self, floating *tag, cnp.ndarray X, str mode, T,             # <<<<<<<<<<<<<<
@@ -12093,7 +12581,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
   int __pyx_clineno = 0;
   __Pyx_RefNannySetupContext("_run_typed[double *]", 0);
 
-  /* "gradchain/_plan.pyx":345
+  /* "gradchain/_plan.pyx":357
  *                            int loss, aux, labels, bint keep, cnp.ndarray ws,
  *                            Py_ssize_t *dims, Py_ssize_t half):
  *         cdef Py_ssize_t k = self._k, B = X.shape[0], i, off = 0             # <<<<<<<<<<<<<<
@@ -12106,7 +12594,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
   __pyx_v_B = (__pyx_f_5numpy_7ndarray_5shape___get__(__pyx_v_X)[0]);
   __pyx_v_off = 0;
 
-  /* "gradchain/_plan.pyx":346
+  /* "gradchain/_plan.pyx":358
  *                            Py_ssize_t *dims, Py_ssize_t half):
  *         cdef Py_ssize_t k = self._k, B = X.shape[0], i, off = 0
  *         cdef floating *base = <floating *>cnp.PyArray_DATA(ws)             # <<<<<<<<<<<<<<
@@ -12115,7 +12603,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
   __pyx_v_base = ((double *)PyArray_DATA(__pyx_v_ws));
 
-  /* "gradchain/_plan.pyx":348
+  /* "gradchain/_plan.pyx":360
  *         cdef floating *base = <floating *>cnp.PyArray_DATA(ws)
  *         cdef floating *xsbuf[65]
  *         cdef floating **xs = xsbuf             # <<<<<<<<<<<<<<
@@ -12124,7 +12612,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
   __pyx_v_xs = __pyx_v_xsbuf;
 
-  /* "gradchain/_plan.pyx":350
+  /* "gradchain/_plan.pyx":362
  *         cdef floating **xs = xsbuf
  *         cdef floating *work
  *         cdef int nt = effective_threads(), rc = 0             # <<<<<<<<<<<<<<
@@ -12134,7 +12622,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
   __pyx_v_nt = __pyx_f_9gradchain_8_kernels_effective_threads();
   __pyx_v_rc = 0;
 
-  /* "gradchain/_plan.pyx":353
+  /* "gradchain/_plan.pyx":365
  *         cdef cnp.ndarray res, vals, Ta, auxa, laba
  *         cdef const floating *tp
  *         cdef const floating *ap = NULL             # <<<<<<<<<<<<<<
@@ -12143,7 +12631,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
   __pyx_v_ap = NULL;
 
-  /* "gradchain/_plan.pyx":354
+  /* "gradchain/_plan.pyx":366
  *         cdef const floating *tp
  *         cdef const floating *ap = NULL
  *         cdef const long long *lp = NULL             # <<<<<<<<<<<<<<
@@ -12152,19 +12640,19 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
   __pyx_v_lp = NULL;
 
-  /* "gradchain/_plan.pyx":355
+  /* "gradchain/_plan.pyx":367
  *         cdef const floating *ap = NULL
  *         cdef const long long *lp = NULL
  *         dtype = X.dtype             # <<<<<<<<<<<<<<
  *         if k + 1 > 65:
  *             xs = <floating **>PyMem_Malloc((k + 1) * sizeof(floating *))
 */
-  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_X), __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 355, __pyx_L1_error)
+  __pyx_t_2 = __Pyx_PyObject_GetAttrStr(((PyObject *)__pyx_v_X), __pyx_mstate_global->__pyx_n_u_dtype); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 367, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_2);
   __pyx_v_dtype = __pyx_t_2;
   __pyx_t_2 = 0;
 
-  /* "gradchain/_plan.pyx":356
+  /* "gradchain/_plan.pyx":368
  *         cdef const long long *lp = NULL
  *         dtype = X.dtype
  *         if k + 1 > 65:             # <<<<<<<<<<<<<<
@@ -12176,7 +12664,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
   if (__pyx_t_3) {
 
 
-    /* "gradchain/_plan.pyx":357
+    /* "gradchain/_plan.pyx":369
  *         dtype = X.dtype
  *         if k + 1 > 65:
  *             xs = <floating **>PyMem_Malloc((k + 1) * sizeof(floating *))             # <<<<<<<<<<<<<<
@@ -12185,7 +12673,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
     __pyx_v_xs = ((double **)PyMem_Malloc(((__pyx_v_k + 1) * (sizeof(double *)))));
 
-    /* "gradchain/_plan.pyx":358
+    /* "gradchain/_plan.pyx":370
  *         if k + 1 > 65:
  *             xs = <floating **>PyMem_Malloc((k + 1) * sizeof(floating *))
  *             if xs == NULL:             # <<<<<<<<<<<<<<
@@ -12197,16 +12685,16 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
     if (unlikely(__pyx_t_3)) {
 
 
-      /* "gradchain/_plan.pyx":359
+      /* "gradchain/_plan.pyx":371
  *             xs = <floating **>PyMem_Malloc((k + 1) * sizeof(floating *))
  *             if xs == NULL:
  *                 raise MemoryError()             # <<<<<<<<<<<<<<
  *         try:
  *             xs[0] = <floating *>cnp.PyArray_DATA(X)
 */
-      PyErr_NoMemory(); __PYX_ERR(0, 359, __pyx_L1_error)
+      PyErr_NoMemory(); __PYX_ERR(0, 371, __pyx_L1_error)
 
-      /* "gradchain/_plan.pyx":358
+      /* "gradchain/_plan.pyx":370
  *         if k + 1 > 65:
  *             xs = <floating **>PyMem_Malloc((k + 1) * sizeof(floating *))
  *             if xs == NULL:             # <<<<<<<<<<<<<<
@@ -12215,7 +12703,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
     }
 
-    /* "gradchain/_plan.pyx":356
+    /* "gradchain/_plan.pyx":368
  *         cdef const long long *lp = NULL
  *         dtype = X.dtype
  *         if k + 1 > 65:             # <<<<<<<<<<<<<<
@@ -12224,7 +12712,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
   }
 
-  /* "gradchain/_plan.pyx":360
+  /* "gradchain/_plan.pyx":372
  *             if xs == NULL:
  *                 raise MemoryError()
  *         try:             # <<<<<<<<<<<<<<
@@ -12233,7 +12721,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
   /*try:*/ {
 
-    /* "gradchain/_plan.pyx":361
+    /* "gradchain/_plan.pyx":373
  *                 raise MemoryError()
  *         try:
  *             xs[0] = <floating *>cnp.PyArray_DATA(X)             # <<<<<<<<<<<<<<
@@ -12242,7 +12730,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
     (__pyx_v_xs[0]) = ((double *)PyArray_DATA(__pyx_v_X));
 
-    /* "gradchain/_plan.pyx":362
+    /* "gradchain/_plan.pyx":374
  *         try:
  *             xs[0] = <floating *>cnp.PyArray_DATA(X)
  *             for i in range(1, k + 1):             # <<<<<<<<<<<<<<
@@ -12256,7 +12744,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
     for (__pyx_t_5 = 1; __pyx_t_5 < __pyx_t_4; __pyx_t_5+=1) {
       __pyx_v_i = __pyx_t_5;
 
-      /* "gradchain/_plan.pyx":363
+      /* "gradchain/_plan.pyx":375
  *             xs[0] = <floating *>cnp.PyArray_DATA(X)
  *             for i in range(1, k + 1):
  *                 xs[i] = base + off             # <<<<<<<<<<<<<<
@@ -12265,7 +12753,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
       (__pyx_v_xs[__pyx_v_i]) = (__pyx_v_base + __pyx_v_off);
 
-      /* "gradchain/_plan.pyx":364
+      /* "gradchain/_plan.pyx":376
  *             for i in range(1, k + 1):
  *                 xs[i] = base + off
  *                 off += B * dims[i]             # <<<<<<<<<<<<<<
@@ -12276,7 +12764,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
     }
 
 
-    /* "gradchain/_plan.pyx":365
+    /* "gradchain/_plan.pyx":377
  *                 xs[i] = base + off
  *                 off += B * dims[i]
  *             work = base + off             # <<<<<<<<<<<<<<
@@ -12285,7 +12773,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
     __pyx_v_work = (__pyx_v_base + __pyx_v_off);
 
-    /* "gradchain/_plan.pyx":366
+    /* "gradchain/_plan.pyx":378
  *                 off += B * dims[i]
  *             work = base + off
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -12298,7 +12786,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
         __Pyx_FastGIL_Remember();
         /*try:*/ {
 
-          /* "gradchain/_plan.pyx":367
+          /* "gradchain/_plan.pyx":379
  *             work = base + off
  *             with nogil:
  *                 rc = _forward(self._ops, k, B, dims, xs, nt)             # <<<<<<<<<<<<<<
@@ -12308,7 +12796,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
           __pyx_v_rc = __pyx_fuse_1__pyx_f_9gradchain_5_plan__forward(__pyx_v_self->_ops, __pyx_v_k, __pyx_v_B, __pyx_v_dims, __pyx_v_xs, __pyx_v_nt);
         }
 
-        /* "gradchain/_plan.pyx":366
+        /* "gradchain/_plan.pyx":378
  *                 off += B * dims[i]
  *             work = base + off
  *             with nogil:             # <<<<<<<<<<<<<<
@@ -12325,7 +12813,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
         }
     }
 
-    /* "gradchain/_plan.pyx":368
+    /* "gradchain/_plan.pyx":380
  *             with nogil:
  *                 rc = _forward(self._ops, k, B, dims, xs, nt)
  *             if rc:             # <<<<<<<<<<<<<<
@@ -12337,16 +12825,16 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
     if (unlikely(__pyx_t_3)) {
 
 
-      /* "gradchain/_plan.pyx":369
+      /* "gradchain/_plan.pyx":381
  *                 rc = _forward(self._ops, k, B, dims, xs, nt)
  *             if rc:
  *                 raise MemoryError()             # <<<<<<<<<<<<<<
  *             Y = np.empty((B, dims[k]), dtype)
  *             memcpy(cnp.PyArray_DATA(Y), xs[k], B * dims[k] * sizeof(floating))
 */
-      PyErr_NoMemory(); __PYX_ERR(0, 369, __pyx_L6_error)
+      PyErr_NoMemory(); __PYX_ERR(0, 381, __pyx_L6_error)
 
-      /* "gradchain/_plan.pyx":368
+      /* "gradchain/_plan.pyx":380
  *             with nogil:
  *                 rc = _forward(self._ops, k, B, dims, xs, nt)
  *             if rc:             # <<<<<<<<<<<<<<
@@ -12355,7 +12843,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
     }
 
-    /* "gradchain/_plan.pyx":370
+    /* "gradchain/_plan.pyx":382
  *             if rc:
  *                 raise MemoryError()
  *             Y = np.empty((B, dims[k]), dtype)             # <<<<<<<<<<<<<<
@@ -12363,21 +12851,21 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
  *             inter = None
 */
     __pyx_t_6 = NULL;
-    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 370, __pyx_L6_error)
+    __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 382, __pyx_L6_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 370, __pyx_L6_error)
+    __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 382, __pyx_L6_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-    __pyx_t_7 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 370, __pyx_L6_error)
+    __pyx_t_7 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 382, __pyx_L6_error)
     __Pyx_GOTREF(__pyx_t_7);
-    __pyx_t_9 = PyLong_FromSsize_t((__pyx_v_dims[__pyx_v_k])); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 370, __pyx_L6_error)
+    __pyx_t_9 = PyLong_FromSsize_t((__pyx_v_dims[__pyx_v_k])); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 382, __pyx_L6_error)
     __Pyx_GOTREF(__pyx_t_9);
-    __pyx_t_10 = PyTuple_New(2); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 370, __pyx_L6_error)
+    __pyx_t_10 = PyTuple_New(2); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 382, __pyx_L6_error)
     __Pyx_GOTREF(__pyx_t_10);
     __Pyx_GIVEREF(__pyx_t_7);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 0, __pyx_t_7) != (0)) __PYX_ERR(0, 370, __pyx_L6_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 0, __pyx_t_7) != (0)) __PYX_ERR(0, 382, __pyx_L6_error);
     __Pyx_GIVEREF(__pyx_t_9);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 1, __pyx_t_9) != (0)) __PYX_ERR(0, 370, __pyx_L6_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 1, __pyx_t_9) != (0)) __PYX_ERR(0, 382, __pyx_L6_error);
     __pyx_t_7 = 0;
     __pyx_t_9 = 0;
     __pyx_t_11 = 1;
@@ -12398,23 +12886,23 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
       __Pyx_XDECREF(__pyx_t_6); __pyx_t_6 = 0;
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
       __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
-      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 370, __pyx_L6_error)
+      if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 382, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_2);
     }
     __pyx_v_Y = __pyx_t_2;
     __pyx_t_2 = 0;
 
-    /* "gradchain/_plan.pyx":371
+    /* "gradchain/_plan.pyx":383
  *                 raise MemoryError()
  *             Y = np.empty((B, dims[k]), dtype)
  *             memcpy(cnp.PyArray_DATA(Y), xs[k], B * dims[k] * sizeof(floating))             # <<<<<<<<<<<<<<
  *             inter = None
  *             if keep or mode == "forward":
 */
-    if (!(likely(((__pyx_v_Y) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_Y, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 371, __pyx_L6_error)
+    if (!(likely(((__pyx_v_Y) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_Y, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 383, __pyx_L6_error)
     (void)(memcpy(PyArray_DATA(((PyArrayObject *)__pyx_v_Y)), (__pyx_v_xs[__pyx_v_k]), ((__pyx_v_B * (__pyx_v_dims[__pyx_v_k])) * (sizeof(double)))));
 
-    /* "gradchain/_plan.pyx":372
+    /* "gradchain/_plan.pyx":384
  *             Y = np.empty((B, dims[k]), dtype)
  *             memcpy(cnp.PyArray_DATA(Y), xs[k], B * dims[k] * sizeof(floating))
  *             inter = None             # <<<<<<<<<<<<<<
@@ -12424,7 +12912,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
     __Pyx_INCREF(Py_None);
     __pyx_v_inter = ((PyObject*)Py_None);
 
-    /* "gradchain/_plan.pyx":373
+    /* "gradchain/_plan.pyx":385
  *             memcpy(cnp.PyArray_DATA(Y), xs[k], B * dims[k] * sizeof(floating))
  *             inter = None
  *             if keep or mode == "forward":             # <<<<<<<<<<<<<<
@@ -12437,7 +12925,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
       __pyx_t_3 = __pyx_v_keep;
       goto __pyx_L15_bool_binop_done;
     }
-    __pyx_t_12 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_mode, __pyx_mstate_global->__pyx_n_u_forward, Py_EQ); if (unlikely((__pyx_t_12 < 0))) __PYX_ERR(0, 373, __pyx_L6_error)
+    __pyx_t_12 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_mode, __pyx_mstate_global->__pyx_n_u_forward, Py_EQ); if (unlikely((__pyx_t_12 < 0))) __PYX_ERR(0, 385, __pyx_L6_error)
 
     __pyx_t_3 = __pyx_t_12;
 
@@ -12445,7 +12933,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
     if (__pyx_t_3) {
 
 
-      /* "gradchain/_plan.pyx":374
+      /* "gradchain/_plan.pyx":386
  *             inter = None
  *             if keep or mode == "forward":
  *                 inter = [X.copy()]             # <<<<<<<<<<<<<<
@@ -12459,18 +12947,18 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
         PyObject *__pyx_callargs[2] = {__pyx_t_8, NULL};
         __pyx_t_2 = __Pyx_PyObject_FastCallMethod((PyObject*)__pyx_mstate_global->__pyx_n_u_copy, __pyx_callargs+__pyx_t_11, (1-__pyx_t_11) | (1*__Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET));
         __Pyx_XDECREF(__pyx_t_8); __pyx_t_8 = 0;
-        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 374, __pyx_L6_error)
+        if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 386, __pyx_L6_error)
         __Pyx_GOTREF(__pyx_t_2);
       }
-      __pyx_t_8 = PyList_New(1); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 374, __pyx_L6_error)
+      __pyx_t_8 = PyList_New(1); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 386, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_8);
       __Pyx_GIVEREF(__pyx_t_2);
-      if (__Pyx_PyList_SET_ITEM(__pyx_t_8, 0, __pyx_t_2) != (0)) __PYX_ERR(0, 374, __pyx_L6_error);
+      if (__Pyx_PyList_SET_ITEM(__pyx_t_8, 0, __pyx_t_2) != (0)) __PYX_ERR(0, 386, __pyx_L6_error);
       __pyx_t_2 = 0;
       __Pyx_DECREF_SET(__pyx_v_inter, ((PyObject*)__pyx_t_8));
       __pyx_t_8 = 0;
 
-      /* "gradchain/_plan.pyx":375
+      /* "gradchain/_plan.pyx":387
  *             if keep or mode == "forward":
  *                 inter = [X.copy()]
  *                 for i in range(1, k + 1):             # <<<<<<<<<<<<<<
@@ -12484,7 +12972,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
       for (__pyx_t_5 = 1; __pyx_t_5 < __pyx_t_4; __pyx_t_5+=1) {
         __pyx_v_i = __pyx_t_5;
 
-        /* "gradchain/_plan.pyx":376
+        /* "gradchain/_plan.pyx":388
  *                 inter = [X.copy()]
  *                 for i in range(1, k + 1):
  *                     a = np.empty((B, dims[i]), dtype)             # <<<<<<<<<<<<<<
@@ -12492,21 +12980,21 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
  *                     inter.append(a)
 */
         __pyx_t_2 = NULL;
-        __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 376, __pyx_L6_error)
+        __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 388, __pyx_L6_error)
         __Pyx_GOTREF(__pyx_t_10);
-        __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 376, __pyx_L6_error)
+        __pyx_t_6 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 388, __pyx_L6_error)
         __Pyx_GOTREF(__pyx_t_6);
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-        __pyx_t_10 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 376, __pyx_L6_error)
+        __pyx_t_10 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 388, __pyx_L6_error)
         __Pyx_GOTREF(__pyx_t_10);
-        __pyx_t_9 = PyLong_FromSsize_t((__pyx_v_dims[__pyx_v_i])); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 376, __pyx_L6_error)
+        __pyx_t_9 = PyLong_FromSsize_t((__pyx_v_dims[__pyx_v_i])); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 388, __pyx_L6_error)
         __Pyx_GOTREF(__pyx_t_9);
-        __pyx_t_7 = PyTuple_New(2); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 376, __pyx_L6_error)
+        __pyx_t_7 = PyTuple_New(2); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 388, __pyx_L6_error)
         __Pyx_GOTREF(__pyx_t_7);
         __Pyx_GIVEREF(__pyx_t_10);
-        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 0, __pyx_t_10) != (0)) __PYX_ERR(0, 376, __pyx_L6_error);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 0, __pyx_t_10) != (0)) __PYX_ERR(0, 388, __pyx_L6_error);
         __Pyx_GIVEREF(__pyx_t_9);
-        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 1, __pyx_t_9) != (0)) __PYX_ERR(0, 376, __pyx_L6_error);
+        if (__Pyx_PyTuple_SET_ITEM(__pyx_t_7, 1, __pyx_t_9) != (0)) __PYX_ERR(0, 388, __pyx_L6_error);
         __pyx_t_10 = 0;
         __pyx_t_9 = 0;
         __pyx_t_11 = 1;
@@ -12527,35 +13015,35 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
           __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
           __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
           __Pyx_DECREF(__pyx_t_6); __pyx_t_6 = 0;
-          if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 376, __pyx_L6_error)
+          if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 388, __pyx_L6_error)
           __Pyx_GOTREF(__pyx_t_8);
         }
         __Pyx_XDECREF_SET(__pyx_v_a, __pyx_t_8);
         __pyx_t_8 = 0;
 
-        /* "gradchain/_plan.pyx":377
+        /* "gradchain/_plan.pyx":389
  *                 for i in range(1, k + 1):
  *                     a = np.empty((B, dims[i]), dtype)
  *                     memcpy(cnp.PyArray_DATA(a), xs[i], B * dims[i] * sizeof(floating))             # <<<<<<<<<<<<<<
  *                     inter.append(a)
  *             if mode == "forward":
 */
-        if (!(likely(((__pyx_v_a) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_a, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 377, __pyx_L6_error)
+        if (!(likely(((__pyx_v_a) == Py_None) || likely(__Pyx_TypeTest(__pyx_v_a, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 389, __pyx_L6_error)
         (void)(memcpy(PyArray_DATA(((PyArrayObject *)__pyx_v_a)), (__pyx_v_xs[__pyx_v_i]), ((__pyx_v_B * (__pyx_v_dims[__pyx_v_i])) * (sizeof(double)))));
 
-        /* "gradchain/_plan.pyx":378
+        /* "gradchain/_plan.pyx":390
  *                     a = np.empty((B, dims[i]), dtype)
  *                     memcpy(cnp.PyArray_DATA(a), xs[i], B * dims[i] * sizeof(floating))
  *                     inter.append(a)             # <<<<<<<<<<<<<<
  *             if mode == "forward":
  *                 return inter
 */
-        __pyx_t_13 = __Pyx_PyList_Append(__pyx_v_inter, __pyx_v_a); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 378, __pyx_L6_error)
+        __pyx_t_13 = __Pyx_PyList_Append(__pyx_v_inter, __pyx_v_a); if (unlikely(__pyx_t_13 == ((int)-1))) __PYX_ERR(0, 390, __pyx_L6_error)
 
       }
 
 
-      /* "gradchain/_plan.pyx":373
+      /* "gradchain/_plan.pyx":385
  *             memcpy(cnp.PyArray_DATA(Y), xs[k], B * dims[k] * sizeof(floating))
  *             inter = None
  *             if keep or mode == "forward":             # <<<<<<<<<<<<<<
@@ -12564,18 +13052,18 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
     }
 
-    /* "gradchain/_plan.pyx":379
+    /* "gradchain/_plan.pyx":391
  *                     memcpy(cnp.PyArray_DATA(a), xs[i], B * dims[i] * sizeof(floating))
  *                     inter.append(a)
  *             if mode == "forward":             # <<<<<<<<<<<<<<
  *                 return inter
  *             if mode == "loss":
 */
-    __pyx_t_3 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_mode, __pyx_mstate_global->__pyx_n_u_forward, Py_EQ); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 379, __pyx_L6_error)
+    __pyx_t_3 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_mode, __pyx_mstate_global->__pyx_n_u_forward, Py_EQ); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 391, __pyx_L6_error)
     if (__pyx_t_3) {
 
 
-      /* "gradchain/_plan.pyx":380
+      /* "gradchain/_plan.pyx":392
  *                     inter.append(a)
  *             if mode == "forward":
  *                 return inter             # <<<<<<<<<<<<<<
@@ -12593,7 +13081,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
       }
       goto __pyx_L5_return;
 
-      /* "gradchain/_plan.pyx":379
+      /* "gradchain/_plan.pyx":391
  *                     memcpy(cnp.PyArray_DATA(a), xs[i], B * dims[i] * sizeof(floating))
  *                     inter.append(a)
  *             if mode == "forward":             # <<<<<<<<<<<<<<
@@ -12602,18 +13090,18 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
     }
 
-    /* "gradchain/_plan.pyx":381
+    /* "gradchain/_plan.pyx":393
  *             if mode == "forward":
  *                 return inter
  *             if mode == "loss":             # <<<<<<<<<<<<<<
  *                 vals = np.empty(B, np.float64)
  *                 # the loss gradient (B, n_k) goes to the second work half
 */
-    __pyx_t_3 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_mode, __pyx_mstate_global->__pyx_n_u_loss, Py_EQ); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 381, __pyx_L6_error)
+    __pyx_t_3 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_mode, __pyx_mstate_global->__pyx_n_u_loss, Py_EQ); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 393, __pyx_L6_error)
     if (__pyx_t_3) {
 
 
-      /* "gradchain/_plan.pyx":382
+      /* "gradchain/_plan.pyx":394
  *                 return inter
  *             if mode == "loss":
  *                 vals = np.empty(B, np.float64)             # <<<<<<<<<<<<<<
@@ -12621,16 +13109,16 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
  *                 if aux is not None:
 */
       __pyx_t_6 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 382, __pyx_L6_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 394, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_7);
-      __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 382, __pyx_L6_error)
+      __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_7, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 394, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_2);
       __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-      __pyx_t_7 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 382, __pyx_L6_error)
+      __pyx_t_7 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 394, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_7);
-      __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 382, __pyx_L6_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 394, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_9);
-      __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 382, __pyx_L6_error)
+      __pyx_t_10 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_float64); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 394, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_10);
       __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
       __pyx_t_11 = 1;
@@ -12652,14 +13140,14 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 382, __pyx_L6_error)
+        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 394, __pyx_L6_error)
         __Pyx_GOTREF(__pyx_t_8);
       }
-      if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 382, __pyx_L6_error)
+      if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 394, __pyx_L6_error)
       __pyx_v_vals = ((PyArrayObject *)__pyx_t_8);
       __pyx_t_8 = 0;
 
-      /* "gradchain/_plan.pyx":384
+      /* "gradchain/_plan.pyx":396
  *                 vals = np.empty(B, np.float64)
  *                 # the loss gradient (B, n_k) goes to the second work half
  *                 if aux is not None:             # <<<<<<<<<<<<<<
@@ -12670,7 +13158,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
       if (__pyx_t_3) {
 
 
-        /* "gradchain/_plan.pyx":385
+        /* "gradchain/_plan.pyx":397
  *                 # the loss gradient (B, n_k) goes to the second work half
  *                 if aux is not None:
  *                     auxa = aux             # <<<<<<<<<<<<<<
@@ -12679,11 +13167,11 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
         __pyx_t_8 = __pyx_v_aux;
         __Pyx_INCREF(__pyx_t_8);
-        if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 385, __pyx_L6_error)
+        if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 397, __pyx_L6_error)
         __pyx_v_auxa = ((PyArrayObject *)__pyx_t_8);
         __pyx_t_8 = 0;
 
-        /* "gradchain/_plan.pyx":386
+        /* "gradchain/_plan.pyx":398
  *                 if aux is not None:
  *                     auxa = aux
  *                     ap = <const floating *>cnp.PyArray_DATA(auxa)             # <<<<<<<<<<<<<<
@@ -12692,7 +13180,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
         __pyx_v_ap = ((double const *)PyArray_DATA(__pyx_v_auxa));
 
-        /* "gradchain/_plan.pyx":384
+        /* "gradchain/_plan.pyx":396
  *                 vals = np.empty(B, np.float64)
  *                 # the loss gradient (B, n_k) goes to the second work half
  *                 if aux is not None:             # <<<<<<<<<<<<<<
@@ -12701,7 +13189,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
       }
 
-      /* "gradchain/_plan.pyx":387
+      /* "gradchain/_plan.pyx":399
  *                     auxa = aux
  *                     ap = <const floating *>cnp.PyArray_DATA(auxa)
  *                 if labels is not None:             # <<<<<<<<<<<<<<
@@ -12712,7 +13200,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
       if (__pyx_t_3) {
 
 
-        /* "gradchain/_plan.pyx":388
+        /* "gradchain/_plan.pyx":400
  *                     ap = <const floating *>cnp.PyArray_DATA(auxa)
  *                 if labels is not None:
  *                     laba = labels             # <<<<<<<<<<<<<<
@@ -12721,11 +13209,11 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
         __pyx_t_8 = __pyx_v_labels;
         __Pyx_INCREF(__pyx_t_8);
-        if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 388, __pyx_L6_error)
+        if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 400, __pyx_L6_error)
         __pyx_v_laba = ((PyArrayObject *)__pyx_t_8);
         __pyx_t_8 = 0;
 
-        /* "gradchain/_plan.pyx":389
+        /* "gradchain/_plan.pyx":401
  *                 if labels is not None:
  *                     laba = labels
  *                     lp = <const long long *>cnp.PyArray_DATA(laba)             # <<<<<<<<<<<<<<
@@ -12734,7 +13222,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
         __pyx_v_lp = ((PY_LONG_LONG const *)PyArray_DATA(__pyx_v_laba));
 
-        /* "gradchain/_plan.pyx":387
+        /* "gradchain/_plan.pyx":399
  *                     auxa = aux
  *                     ap = <const floating *>cnp.PyArray_DATA(auxa)
  *                 if labels is not None:             # <<<<<<<<<<<<<<
@@ -12743,7 +13231,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
       }
 
-      /* "gradchain/_plan.pyx":390
+      /* "gradchain/_plan.pyx":402
  *                     laba = labels
  *                     lp = <const long long *>cnp.PyArray_DATA(laba)
  *                 with nogil:             # <<<<<<<<<<<<<<
@@ -12756,7 +13244,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
           __Pyx_FastGIL_Remember();
           /*try:*/ {
 
-            /* "gradchain/_plan.pyx":395
+            /* "gradchain/_plan.pyx":407
  *                                   <double *>cnp.PyArray_DATA(vals), work + half)
  *                     else:
  *                         gc_loss_d(loss, B, dims[k], xs[k], ap, lp,             # <<<<<<<<<<<<<<
@@ -12766,7 +13254,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
             gc_loss_d(__pyx_v_loss, __pyx_v_B, (__pyx_v_dims[__pyx_v_k]), (__pyx_v_xs[__pyx_v_k]), __pyx_v_ap, __pyx_v_lp, ((double *)PyArray_DATA(__pyx_v_vals)), (__pyx_v_work + __pyx_v_half));
           }
 
-          /* "gradchain/_plan.pyx":390
+          /* "gradchain/_plan.pyx":402
  *                     laba = labels
  *                     lp = <const long long *>cnp.PyArray_DATA(laba)
  *                 with nogil:             # <<<<<<<<<<<<<<
@@ -12783,7 +13271,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
           }
       }
 
-      /* "gradchain/_plan.pyx":397
+      /* "gradchain/_plan.pyx":409
  *                         gc_loss_d(loss, B, dims[k], xs[k], ap, lp,
  *                                   <double *>cnp.PyArray_DATA(vals), work + half)
  *                 res = np.empty((B, dims[0]), dtype)             # <<<<<<<<<<<<<<
@@ -12791,21 +13279,21 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
  *                     memcpy(cnp.PyArray_DATA(res), work + half,
 */
       __pyx_t_2 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 397, __pyx_L6_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 409, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_10);
-      __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 397, __pyx_L6_error)
+      __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 409, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_7);
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-      __pyx_t_10 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 397, __pyx_L6_error)
+      __pyx_t_10 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 409, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_10);
-      __pyx_t_6 = PyLong_FromSsize_t((__pyx_v_dims[0])); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 397, __pyx_L6_error)
+      __pyx_t_6 = PyLong_FromSsize_t((__pyx_v_dims[0])); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 409, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_9 = PyTuple_New(2); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 397, __pyx_L6_error)
+      __pyx_t_9 = PyTuple_New(2); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 409, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_9);
       __Pyx_GIVEREF(__pyx_t_10);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_9, 0, __pyx_t_10) != (0)) __PYX_ERR(0, 397, __pyx_L6_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_9, 0, __pyx_t_10) != (0)) __PYX_ERR(0, 409, __pyx_L6_error);
       __Pyx_GIVEREF(__pyx_t_6);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_9, 1, __pyx_t_6) != (0)) __PYX_ERR(0, 397, __pyx_L6_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_9, 1, __pyx_t_6) != (0)) __PYX_ERR(0, 409, __pyx_L6_error);
       __pyx_t_10 = 0;
       __pyx_t_6 = 0;
       __pyx_t_11 = 1;
@@ -12826,14 +13314,14 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
         __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
         __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 397, __pyx_L6_error)
+        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 409, __pyx_L6_error)
         __Pyx_GOTREF(__pyx_t_8);
       }
-      if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 397, __pyx_L6_error)
+      if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 409, __pyx_L6_error)
       __pyx_v_res = ((PyArrayObject *)__pyx_t_8);
       __pyx_t_8 = 0;
 
-      /* "gradchain/_plan.pyx":398
+      /* "gradchain/_plan.pyx":410
  *                                   <double *>cnp.PyArray_DATA(vals), work + half)
  *                 res = np.empty((B, dims[0]), dtype)
  *                 if k == 0:             # <<<<<<<<<<<<<<
@@ -12845,7 +13333,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
       if (__pyx_t_3) {
 
 
-        /* "gradchain/_plan.pyx":399
+        /* "gradchain/_plan.pyx":411
  *                 res = np.empty((B, dims[0]), dtype)
  *                 if k == 0:
  *                     memcpy(cnp.PyArray_DATA(res), work + half,             # <<<<<<<<<<<<<<
@@ -12854,7 +13342,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
         (void)(memcpy(PyArray_DATA(__pyx_v_res), (__pyx_v_work + __pyx_v_half), ((__pyx_v_B * (__pyx_v_dims[0])) * (sizeof(double)))));
 
-        /* "gradchain/_plan.pyx":398
+        /* "gradchain/_plan.pyx":410
  *                                   <double *>cnp.PyArray_DATA(vals), work + half)
  *                 res = np.empty((B, dims[0]), dtype)
  *                 if k == 0:             # <<<<<<<<<<<<<<
@@ -12864,7 +13352,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
         goto __pyx_L26;
       }
 
-      /* "gradchain/_plan.pyx":404
+      /* "gradchain/_plan.pyx":416
  *                     # the grad sits in half 1; step 0 writes half 0, step 1
  *                     # half 1 (overwriting it only after it was read)
  *                     with nogil:             # <<<<<<<<<<<<<<
@@ -12878,7 +13366,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
             __Pyx_FastGIL_Remember();
             /*try:*/ {
 
-              /* "gradchain/_plan.pyx":405
+              /* "gradchain/_plan.pyx":417
  *                     # half 1 (overwriting it only after it was read)
  *                     with nogil:
  *                         rc = _propagate(self._ops, k, B, dims, xs, True,             # <<<<<<<<<<<<<<
@@ -12888,7 +13376,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
               __pyx_v_rc = __pyx_fuse_1__pyx_f_9gradchain_5_plan__propagate(__pyx_v_self->_ops, __pyx_v_k, __pyx_v_B, __pyx_v_dims, __pyx_v_xs, 1, (__pyx_v_work + __pyx_v_half), ((double *)PyArray_DATA(__pyx_v_res)), __pyx_v_work, __pyx_v_half, __pyx_v_nt);
             }
 
-            /* "gradchain/_plan.pyx":404
+            /* "gradchain/_plan.pyx":416
  *                     # the grad sits in half 1; step 0 writes half 0, step 1
  *                     # half 1 (overwriting it only after it was read)
  *                     with nogil:             # <<<<<<<<<<<<<<
@@ -12905,7 +13393,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
             }
         }
 
-        /* "gradchain/_plan.pyx":408
+        /* "gradchain/_plan.pyx":420
  *                                         work + half, <floating *>cnp.PyArray_DATA(res),
  *                                         work, half, nt)
  *                     if rc:             # <<<<<<<<<<<<<<
@@ -12917,16 +13405,16 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
         if (unlikely(__pyx_t_3)) {
 
 
-          /* "gradchain/_plan.pyx":409
+          /* "gradchain/_plan.pyx":421
  *                                         work, half, nt)
  *                     if rc:
  *                         raise MemoryError()             # <<<<<<<<<<<<<<
  *                 return (Y, vals, res, inter)
  *             Ta = T
 */
-          PyErr_NoMemory(); __PYX_ERR(0, 409, __pyx_L6_error)
+          PyErr_NoMemory(); __PYX_ERR(0, 421, __pyx_L6_error)
 
-          /* "gradchain/_plan.pyx":408
+          /* "gradchain/_plan.pyx":420
  *                                         work + half, <floating *>cnp.PyArray_DATA(res),
  *                                         work, half, nt)
  *                     if rc:             # <<<<<<<<<<<<<<
@@ -12937,27 +13425,27 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
       }
       __pyx_L26:;
 
-      /* "gradchain/_plan.pyx":410
+      /* "gradchain/_plan.pyx":422
  *                     if rc:
  *                         raise MemoryError()
  *                 return (Y, vals, res, inter)             # <<<<<<<<<<<<<<
  *             Ta = T
  *             tp = <const floating *>cnp.PyArray_DATA(Ta)
 */
-      __pyx_t_8 = PyTuple_New(4); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 410, __pyx_L6_error)
+      __pyx_t_8 = PyTuple_New(4); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 422, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_8);
       __Pyx_INCREF(__pyx_v_Y);
       __Pyx_GIVEREF(__pyx_v_Y);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 0, __pyx_v_Y) != (0)) __PYX_ERR(0, 410, __pyx_L6_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 0, __pyx_v_Y) != (0)) __PYX_ERR(0, 422, __pyx_L6_error);
       __Pyx_INCREF((PyObject *)__pyx_v_vals);
       __Pyx_GIVEREF((PyObject *)__pyx_v_vals);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 1, ((PyObject *)__pyx_v_vals)) != (0)) __PYX_ERR(0, 410, __pyx_L6_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 1, ((PyObject *)__pyx_v_vals)) != (0)) __PYX_ERR(0, 422, __pyx_L6_error);
       __Pyx_INCREF((PyObject *)__pyx_v_res);
       __Pyx_GIVEREF((PyObject *)__pyx_v_res);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 2, ((PyObject *)__pyx_v_res)) != (0)) __PYX_ERR(0, 410, __pyx_L6_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 2, ((PyObject *)__pyx_v_res)) != (0)) __PYX_ERR(0, 422, __pyx_L6_error);
       __Pyx_INCREF(__pyx_v_inter);
       __Pyx_GIVEREF(__pyx_v_inter);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 3, __pyx_v_inter) != (0)) __PYX_ERR(0, 410, __pyx_L6_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 3, __pyx_v_inter) != (0)) __PYX_ERR(0, 422, __pyx_L6_error);
       {
         PyObject *__pyx_temp;
         {
@@ -12969,7 +13457,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
       __pyx_t_8 = 0;
       goto __pyx_L5_return;
 
-      /* "gradchain/_plan.pyx":381
+      /* "gradchain/_plan.pyx":393
  *             if mode == "forward":
  *                 return inter
  *             if mode == "loss":             # <<<<<<<<<<<<<<
@@ -12978,7 +13466,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
     }
 
-    /* "gradchain/_plan.pyx":411
+    /* "gradchain/_plan.pyx":423
  *                         raise MemoryError()
  *                 return (Y, vals, res, inter)
  *             Ta = T             # <<<<<<<<<<<<<<
@@ -12987,11 +13475,11 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
     __pyx_t_8 = __pyx_v_T;
     __Pyx_INCREF(__pyx_t_8);
-    if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 411, __pyx_L6_error)
+    if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 423, __pyx_L6_error)
     __pyx_v_Ta = ((PyArrayObject *)__pyx_t_8);
     __pyx_t_8 = 0;
 
-    /* "gradchain/_plan.pyx":412
+    /* "gradchain/_plan.pyx":424
  *                 return (Y, vals, res, inter)
  *             Ta = T
  *             tp = <const floating *>cnp.PyArray_DATA(Ta)             # <<<<<<<<<<<<<<
@@ -13000,18 +13488,18 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
     __pyx_v_tp = ((double const *)PyArray_DATA(__pyx_v_Ta));
 
-    /* "gradchain/_plan.pyx":413
+    /* "gradchain/_plan.pyx":425
  *             Ta = T
  *             tp = <const floating *>cnp.PyArray_DATA(Ta)
  *             if mode == "vjp":             # <<<<<<<<<<<<<<
  *                 res = np.empty((B, dims[0]), dtype)
  *                 with nogil:
 */
-    __pyx_t_3 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_mode, __pyx_mstate_global->__pyx_n_u_vjp, Py_EQ); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 413, __pyx_L6_error)
+    __pyx_t_3 = __Pyx_PyObject_CompareBoolEq_str_str(__pyx_v_mode, __pyx_mstate_global->__pyx_n_u_vjp, Py_EQ); if (unlikely((__pyx_t_3 < 0))) __PYX_ERR(0, 425, __pyx_L6_error)
     if (__pyx_t_3) {
 
 
-      /* "gradchain/_plan.pyx":414
+      /* "gradchain/_plan.pyx":426
  *             tp = <const floating *>cnp.PyArray_DATA(Ta)
  *             if mode == "vjp":
  *                 res = np.empty((B, dims[0]), dtype)             # <<<<<<<<<<<<<<
@@ -13019,21 +13507,21 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
  *                     rc = _propagate(self._ops, k, B, dims, xs, True, tp,
 */
       __pyx_t_7 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 414, __pyx_L6_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 426, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_9);
-      __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 414, __pyx_L6_error)
+      __pyx_t_2 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_2)) __PYX_ERR(0, 426, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_2);
       __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-      __pyx_t_9 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 414, __pyx_L6_error)
+      __pyx_t_9 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 426, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_9);
-      __pyx_t_6 = PyLong_FromSsize_t((__pyx_v_dims[0])); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 414, __pyx_L6_error)
+      __pyx_t_6 = PyLong_FromSsize_t((__pyx_v_dims[0])); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 426, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_10 = PyTuple_New(2); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 414, __pyx_L6_error)
+      __pyx_t_10 = PyTuple_New(2); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 426, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_10);
       __Pyx_GIVEREF(__pyx_t_9);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 0, __pyx_t_9) != (0)) __PYX_ERR(0, 414, __pyx_L6_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 0, __pyx_t_9) != (0)) __PYX_ERR(0, 426, __pyx_L6_error);
       __Pyx_GIVEREF(__pyx_t_6);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 1, __pyx_t_6) != (0)) __PYX_ERR(0, 414, __pyx_L6_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_10, 1, __pyx_t_6) != (0)) __PYX_ERR(0, 426, __pyx_L6_error);
       __pyx_t_9 = 0;
       __pyx_t_6 = 0;
       __pyx_t_11 = 1;
@@ -13054,14 +13542,14 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
         __Pyx_XDECREF(__pyx_t_7); __pyx_t_7 = 0;
         __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
         __Pyx_DECREF(__pyx_t_2); __pyx_t_2 = 0;
-        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 414, __pyx_L6_error)
+        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 426, __pyx_L6_error)
         __Pyx_GOTREF(__pyx_t_8);
       }
-      if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 414, __pyx_L6_error)
+      if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 426, __pyx_L6_error)
       __pyx_v_res = ((PyArrayObject *)__pyx_t_8);
       __pyx_t_8 = 0;
 
-      /* "gradchain/_plan.pyx":415
+      /* "gradchain/_plan.pyx":427
  *             if mode == "vjp":
  *                 res = np.empty((B, dims[0]), dtype)
  *                 with nogil:             # <<<<<<<<<<<<<<
@@ -13074,7 +13562,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
           __Pyx_FastGIL_Remember();
           /*try:*/ {
 
-            /* "gradchain/_plan.pyx":416
+            /* "gradchain/_plan.pyx":428
  *                 res = np.empty((B, dims[0]), dtype)
  *                 with nogil:
  *                     rc = _propagate(self._ops, k, B, dims, xs, True, tp,             # <<<<<<<<<<<<<<
@@ -13084,7 +13572,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
             __pyx_v_rc = __pyx_fuse_1__pyx_f_9gradchain_5_plan__propagate(__pyx_v_self->_ops, __pyx_v_k, __pyx_v_B, __pyx_v_dims, __pyx_v_xs, 1, __pyx_v_tp, ((double *)PyArray_DATA(__pyx_v_res)), __pyx_v_work, __pyx_v_half, __pyx_v_nt);
           }
 
-          /* "gradchain/_plan.pyx":415
+          /* "gradchain/_plan.pyx":427
  *             if mode == "vjp":
  *                 res = np.empty((B, dims[0]), dtype)
  *                 with nogil:             # <<<<<<<<<<<<<<
@@ -13101,7 +13589,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
           }
       }
 
-      /* "gradchain/_plan.pyx":413
+      /* "gradchain/_plan.pyx":425
  *             Ta = T
  *             tp = <const floating *>cnp.PyArray_DATA(Ta)
  *             if mode == "vjp":             # <<<<<<<<<<<<<<
@@ -13111,7 +13599,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
       goto __pyx_L31;
     }
 
-    /* "gradchain/_plan.pyx":419
+    /* "gradchain/_plan.pyx":431
  *                                     <floating *>cnp.PyArray_DATA(res), work, half, nt)
  *             else:
  *                 res = np.empty((B, dims[k]), dtype)             # <<<<<<<<<<<<<<
@@ -13120,21 +13608,21 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
     /*else*/ {
       __pyx_t_2 = NULL;
-      __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 419, __pyx_L6_error)
+      __Pyx_GetModuleGlobalName(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_np); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 431, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_10);
-      __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 419, __pyx_L6_error)
+      __pyx_t_7 = __Pyx_PyObject_GetAttrStr(__pyx_t_10, __pyx_mstate_global->__pyx_n_u_empty); if (unlikely(!__pyx_t_7)) __PYX_ERR(0, 431, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_7);
       __Pyx_DECREF(__pyx_t_10); __pyx_t_10 = 0;
-      __pyx_t_10 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 419, __pyx_L6_error)
+      __pyx_t_10 = PyLong_FromSsize_t(__pyx_v_B); if (unlikely(!__pyx_t_10)) __PYX_ERR(0, 431, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_10);
-      __pyx_t_6 = PyLong_FromSsize_t((__pyx_v_dims[__pyx_v_k])); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 419, __pyx_L6_error)
+      __pyx_t_6 = PyLong_FromSsize_t((__pyx_v_dims[__pyx_v_k])); if (unlikely(!__pyx_t_6)) __PYX_ERR(0, 431, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_6);
-      __pyx_t_9 = PyTuple_New(2); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 419, __pyx_L6_error)
+      __pyx_t_9 = PyTuple_New(2); if (unlikely(!__pyx_t_9)) __PYX_ERR(0, 431, __pyx_L6_error)
       __Pyx_GOTREF(__pyx_t_9);
       __Pyx_GIVEREF(__pyx_t_10);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_9, 0, __pyx_t_10) != (0)) __PYX_ERR(0, 419, __pyx_L6_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_9, 0, __pyx_t_10) != (0)) __PYX_ERR(0, 431, __pyx_L6_error);
       __Pyx_GIVEREF(__pyx_t_6);
-      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_9, 1, __pyx_t_6) != (0)) __PYX_ERR(0, 419, __pyx_L6_error);
+      if (__Pyx_PyTuple_SET_ITEM(__pyx_t_9, 1, __pyx_t_6) != (0)) __PYX_ERR(0, 431, __pyx_L6_error);
       __pyx_t_10 = 0;
       __pyx_t_6 = 0;
       __pyx_t_11 = 1;
@@ -13155,14 +13643,14 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
         __Pyx_XDECREF(__pyx_t_2); __pyx_t_2 = 0;
         __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
         __Pyx_DECREF(__pyx_t_7); __pyx_t_7 = 0;
-        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 419, __pyx_L6_error)
+        if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 431, __pyx_L6_error)
         __Pyx_GOTREF(__pyx_t_8);
       }
-      if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 419, __pyx_L6_error)
+      if (!(likely(((__pyx_t_8) == Py_None) || likely(__Pyx_TypeTest(__pyx_t_8, __pyx_mstate_global->__pyx_ptype_5numpy_ndarray))))) __PYX_ERR(0, 431, __pyx_L6_error)
       __pyx_v_res = ((PyArrayObject *)__pyx_t_8);
       __pyx_t_8 = 0;
 
-      /* "gradchain/_plan.pyx":420
+      /* "gradchain/_plan.pyx":432
  *             else:
  *                 res = np.empty((B, dims[k]), dtype)
  *                 with nogil:             # <<<<<<<<<<<<<<
@@ -13175,7 +13663,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
           __Pyx_FastGIL_Remember();
           /*try:*/ {
 
-            /* "gradchain/_plan.pyx":421
+            /* "gradchain/_plan.pyx":433
  *                 res = np.empty((B, dims[k]), dtype)
  *                 with nogil:
  *                     rc = _propagate(self._ops, k, B, dims, xs, False, tp,             # <<<<<<<<<<<<<<
@@ -13185,7 +13673,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
             __pyx_v_rc = __pyx_fuse_1__pyx_f_9gradchain_5_plan__propagate(__pyx_v_self->_ops, __pyx_v_k, __pyx_v_B, __pyx_v_dims, __pyx_v_xs, 0, __pyx_v_tp, ((double *)PyArray_DATA(__pyx_v_res)), __pyx_v_work, __pyx_v_half, __pyx_v_nt);
           }
 
-          /* "gradchain/_plan.pyx":420
+          /* "gradchain/_plan.pyx":432
  *             else:
  *                 res = np.empty((B, dims[k]), dtype)
  *                 with nogil:             # <<<<<<<<<<<<<<
@@ -13204,7 +13692,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
     }
     __pyx_L31:;
 
-    /* "gradchain/_plan.pyx":423
+    /* "gradchain/_plan.pyx":435
  *                     rc = _propagate(self._ops, k, B, dims, xs, False, tp,
  *                                     <floating *>cnp.PyArray_DATA(res), work, half, nt)
  *             if rc:             # <<<<<<<<<<<<<<
@@ -13216,16 +13704,16 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
     if (unlikely(__pyx_t_3)) {
 
 
-      /* "gradchain/_plan.pyx":424
+      /* "gradchain/_plan.pyx":436
  *                                     <floating *>cnp.PyArray_DATA(res), work, half, nt)
  *             if rc:
  *                 raise MemoryError()             # <<<<<<<<<<<<<<
  *             return (Y, res, inter)
  *         finally:
 */
-      PyErr_NoMemory(); __PYX_ERR(0, 424, __pyx_L6_error)
+      PyErr_NoMemory(); __PYX_ERR(0, 436, __pyx_L6_error)
 
-      /* "gradchain/_plan.pyx":423
+      /* "gradchain/_plan.pyx":435
  *                     rc = _propagate(self._ops, k, B, dims, xs, False, tp,
  *                                     <floating *>cnp.PyArray_DATA(res), work, half, nt)
  *             if rc:             # <<<<<<<<<<<<<<
@@ -13234,24 +13722,24 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
 */
     }
 
-    /* "gradchain/_plan.pyx":425
+    /* "gradchain/_plan.pyx":437
  *             if rc:
  *                 raise MemoryError()
  *             return (Y, res, inter)             # <<<<<<<<<<<<<<
  *         finally:
  *             if xs != xsbuf:
 */
-    __pyx_t_8 = PyTuple_New(3); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 425, __pyx_L6_error)
+    __pyx_t_8 = PyTuple_New(3); if (unlikely(!__pyx_t_8)) __PYX_ERR(0, 437, __pyx_L6_error)
     __Pyx_GOTREF(__pyx_t_8);
     __Pyx_INCREF(__pyx_v_Y);
     __Pyx_GIVEREF(__pyx_v_Y);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 0, __pyx_v_Y) != (0)) __PYX_ERR(0, 425, __pyx_L6_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 0, __pyx_v_Y) != (0)) __PYX_ERR(0, 437, __pyx_L6_error);
     __Pyx_INCREF((PyObject *)__pyx_v_res);
     __Pyx_GIVEREF((PyObject *)__pyx_v_res);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 1, ((PyObject *)__pyx_v_res)) != (0)) __PYX_ERR(0, 425, __pyx_L6_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 1, ((PyObject *)__pyx_v_res)) != (0)) __PYX_ERR(0, 437, __pyx_L6_error);
     __Pyx_INCREF(__pyx_v_inter);
     __Pyx_GIVEREF(__pyx_v_inter);
-    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 2, __pyx_v_inter) != (0)) __PYX_ERR(0, 425, __pyx_L6_error);
+    if (__Pyx_PyTuple_SET_ITEM(__pyx_t_8, 2, __pyx_v_inter) != (0)) __PYX_ERR(0, 437, __pyx_L6_error);
     {
       PyObject *__pyx_temp;
       {
@@ -13264,7 +13752,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
     goto __pyx_L5_return;
   }
 
-  /* "gradchain/_plan.pyx":427
+  /* "gradchain/_plan.pyx":439
  *             return (Y, res, inter)
  *         finally:
  *             if xs != xsbuf:             # <<<<<<<<<<<<<<
@@ -13297,14 +13785,14 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
         if (__pyx_t_3) {
 
 
-          /* "gradchain/_plan.pyx":428
+          /* "gradchain/_plan.pyx":440
  *         finally:
  *             if xs != xsbuf:
  *                 PyMem_Free(xs)             # <<<<<<<<<<<<<<
 */
           PyMem_Free(__pyx_v_xs);
 
-          /* "gradchain/_plan.pyx":427
+          /* "gradchain/_plan.pyx":439
  *             return (Y, res, inter)
  *         finally:
  *             if xs != xsbuf:             # <<<<<<<<<<<<<<
@@ -13332,14 +13820,14 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
       if (__pyx_t_3) {
 
 
-        /* "gradchain/_plan.pyx":428
+        /* "gradchain/_plan.pyx":440
  *         finally:
  *             if xs != xsbuf:
  *                 PyMem_Free(xs)             # <<<<<<<<<<<<<<
 */
         PyMem_Free(__pyx_v_xs);
 
-        /* "gradchain/_plan.pyx":427
+        /* "gradchain/_plan.pyx":439
  *             return (Y, res, inter)
  *         finally:
  *             if xs != xsbuf:             # <<<<<<<<<<<<<<
@@ -13352,7 +13840,7 @@ static PyObject *__pyx_fuse_1__pyx_f_9gradchain_5_plan_4Plan__run_typed(struct _
     }
   }
 
-  /* "gradchain/_plan.pyx":342
+  /* "gradchain/_plan.pyx":354
  *                 self._ws_busy = False
  * 
  *     cdef object _run_typed(self, floating *tag, cnp.ndarray X, str mode, T,             # <<<<<<<<<<<<<<
@@ -14646,7 +15134,7 @@ __Pyx_RefNannySetupContext("PyInit__plan", 0);
   __pyx_t_8 = __Pyx_PyObject_GetAttrStr(__pyx_t_9, __pyx_mstate_global->__pyx_n_u_get); if (unlikely(!__pyx_t_8)) __PYX_ERR(1, 47, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_8);
   __Pyx_DECREF(__pyx_t_9); __pyx_t_9 = 0;
-  __pyx_t_9 = __Pyx_PyObject_Call(__pyx_t_8, __pyx_mstate_global->__pyx_tuple[1], NULL); if (unlikely(!__pyx_t_9)) __PYX_ERR(1, 47, __pyx_L1_error)
+  __pyx_t_9 = __Pyx_PyObject_Call(__pyx_t_8, __pyx_mstate_global->__pyx_tuple[2], NULL); if (unlikely(!__pyx_t_9)) __PYX_ERR(1, 47, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_9);
   __Pyx_DECREF(__pyx_t_8); __pyx_t_8 = 0;
   #if CYTHON_VECTORCALL
@@ -14663,7 +15151,7 @@ __Pyx_RefNannySetupContext("PyInit__plan", 0);
   {
     PyObject *__pyx_callargs[4] = {__pyx_t_3, __pyx_mstate_global->__pyx_n_u_OpCode, __pyx_t_7, __pyx_t_9};
     #if CYTHON_VECTORCALL
-    __pyx_t_8 = __pyx_mstate_global->__pyx_tuple[2];
+    __pyx_t_8 = __pyx_mstate_global->__pyx_tuple[3];
     if (unlikely(!__pyx_t_8)) __PYX_ERR(1, 41, __pyx_L1_error)
     __Pyx_INCREF(__pyx_t_8);
     #else
@@ -14711,50 +15199,50 @@ __Pyx_RefNannySetupContext("PyInit__plan", 0);
   __pyx_t_11 = __pyx_f_5numpy_import_array(); if (unlikely(__pyx_t_11 == ((int)-1))) __PYX_ERR(0, 21, __pyx_L1_error)
 
 
-  /* "gradchain/_plan.pyx":208
+  /* "gradchain/_plan.pyx":212
  *         return dims
  * 
  *     def dims(self, n0):             # <<<<<<<<<<<<<<
  *         """(n_0, ..., n_k) for inputs of length n0."""
  *         return tuple(self._dims(n0))
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9gradchain_5_plan_4Plan_5dims, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Plan_dims, NULL, __pyx_mstate_global->__pyx_n_u_gradchain__plan, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 208, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9gradchain_5_plan_4Plan_5dims, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Plan_dims, NULL, __pyx_mstate_global->__pyx_n_u_gradchain__plan, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[2])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 212, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_9gradchain_5_plan_Plan, __pyx_mstate_global->__pyx_n_u_dims, __pyx_t_4) < (0)) __PYX_ERR(0, 208, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_9gradchain_5_plan_Plan, __pyx_mstate_global->__pyx_n_u_dims, __pyx_t_4) < (0)) __PYX_ERR(0, 212, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "gradchain/_plan.pyx":224
+  /* "gradchain/_plan.pyx":229
  *         return self._ws
  * 
  *     def loss_grad(self, cnp.ndarray x, int loss, object aux, object labels):             # <<<<<<<<<<<<<<
  *         """The fast path of value_and_grad: x (n_0,) or (B, n_0), C-contiguous
  *         in the plan's dtype (checked by the caller); aux / labels as for run.
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9gradchain_5_plan_4Plan_7loss_grad, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Plan_loss_grad, NULL, __pyx_mstate_global->__pyx_n_u_gradchain__plan, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 224, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9gradchain_5_plan_4Plan_7loss_grad, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Plan_loss_grad, NULL, __pyx_mstate_global->__pyx_n_u_gradchain__plan, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[3])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 229, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_9gradchain_5_plan_Plan, __pyx_mstate_global->__pyx_n_u_loss_grad, __pyx_t_4) < (0)) __PYX_ERR(0, 224, __pyx_L1_error)
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_9gradchain_5_plan_Plan, __pyx_mstate_global->__pyx_n_u_loss_grad, __pyx_t_4) < (0)) __PYX_ERR(0, 229, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
-  /* "gradchain/_plan.pyx":291
+  /* "gradchain/_plan.pyx":303
  *         return vals, res
  * 
  *     def run(self, cnp.ndarray X, str mode, object T=None, int loss=0,             # <<<<<<<<<<<<<<
  *             object aux=None, object labels=None, bint keep=False):
  *         """One compiled pass over a C-contiguous batch X (B, n_0) in the
 */
-  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9gradchain_5_plan_4Plan_9run, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Plan_run, NULL, __pyx_mstate_global->__pyx_n_u_gradchain__plan, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 291, __pyx_L1_error)
+  __pyx_t_4 = __Pyx_CyFunction_New(&__pyx_mdef_9gradchain_5_plan_4Plan_9run, __Pyx_CYFUNCTION_CCLASS, __pyx_mstate_global->__pyx_n_u_Plan_run, NULL, __pyx_mstate_global->__pyx_n_u_gradchain__plan, __pyx_mstate_global->__pyx_d, ((PyObject *)__pyx_mstate_global->__pyx_codeobj_tab[4])); if (unlikely(!__pyx_t_4)) __PYX_ERR(0, 303, __pyx_L1_error)
   __Pyx_GOTREF(__pyx_t_4);
   #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030E0000
   PyUnstable_Object_EnableDeferredRefcount(__pyx_t_4);
   #endif
-  __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[3]);
-  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_9gradchain_5_plan_Plan, __pyx_mstate_global->__pyx_n_u_run, __pyx_t_4) < (0)) __PYX_ERR(0, 291, __pyx_L1_error)
+  __Pyx_CyFunction_SetDefaultsTuple(__pyx_t_4, __pyx_mstate_global->__pyx_tuple[4]);
+  if (__Pyx_SetItemOnTypeDict(__pyx_mstate_global->__pyx_ptype_9gradchain_5_plan_Plan, __pyx_mstate_global->__pyx_n_u_run, __pyx_t_4) < (0)) __PYX_ERR(0, 303, __pyx_L1_error)
   __Pyx_DECREF(__pyx_t_4); __pyx_t_4 = 0;
 
   /* "(tree fragment)":1
@@ -14863,19 +15351,33 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
   CYTHON_UNUSED_VAR(__pyx_mstate);
   __Pyx_RefNannySetupContext("__Pyx_InitCachedConstants", 0);
 
-  /* "gradchain/_plan.pyx":216
- *         # sized for another batch
- *         if self._ws_busy or self._ws_B != B or self._ws is None:
+  /* "gradchain/_plan.pyx":221
+ *         if (self._ws_busy or self._ws is None or self._ws_B != B
+ *                 or self._ws.shape[0] < total):
  *             ws = np.empty(total, dtype=np.float32 if self._typenum == cnp.NPY_FLOAT             # <<<<<<<<<<<<<<
  *                           else np.float64)
  *             if not self._ws_busy:
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_dtype};
-    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 216, __pyx_L1_error)
+    __pyx_mstate_global->__pyx_tuple[0] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[0])) __PYX_ERR(0, 221, __pyx_L1_error)
     __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[0]);
   }
   __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[0]);
+
+  /* "gradchain/_plan.pyx":239
+ *         if k + 1 > 65:
+ *             # long plans: the general path (heap-allocated tables)
+ *             _, vals, G, _ = self.run(x.reshape(B, n0), "loss", loss=loss,             # <<<<<<<<<<<<<<
+ *                                      aux=aux, labels=labels)
+ *             return vals, G.reshape((<object>x).shape)
+*/
+  {
+    PyObject* __pyx_temp[3] = {__pyx_mstate_global->__pyx_n_u_loss, __pyx_mstate_global->__pyx_n_u_aux, __pyx_mstate_global->__pyx_n_u_labels};
+    __pyx_mstate_global->__pyx_tuple[1] = __Pyx_PyTuple_FromArray(__pyx_temp, 3); if (unlikely(!__pyx_mstate_global->__pyx_tuple[1])) __PYX_ERR(0, 239, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[1]);
+  }
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[1]);
 
   /* "EnumType":47
  *     ('OP_LOG_SOFTMAX', __Pyx_PyLong_From_enum____pyx_t_9gradchain_5_plan_OpCode(OP_LOG_SOFTMAX)),
@@ -14884,10 +15386,10 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[2] = {__pyx_mstate_global->__pyx_n_u_module, __pyx_mstate_global->__pyx_kp_u_gradchain__plan};
-    __pyx_mstate_global->__pyx_tuple[1] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[1])) __PYX_ERR(1, 47, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[1]);
+    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 2); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(1, 47, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[2]);
   }
-  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[1]);
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[2]);
 
   /* "EnumType":41
  * 
@@ -14898,12 +15400,12 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[1] = {__pyx_mstate_global->__pyx_n_u_module_2};
-    __pyx_mstate_global->__pyx_tuple[2] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[2])) __PYX_ERR(1, 41, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[2]);
+    __pyx_mstate_global->__pyx_tuple[3] = __Pyx_PyTuple_FromArray(__pyx_temp, 1); if (unlikely(!__pyx_mstate_global->__pyx_tuple[3])) __PYX_ERR(1, 41, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[3]);
   }
-  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[2]);
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[3]);
 
-  /* "gradchain/_plan.pyx":291
+  /* "gradchain/_plan.pyx":303
  *         return vals, res
  * 
  *     def run(self, cnp.ndarray X, str mode, object T=None, int loss=0,             # <<<<<<<<<<<<<<
@@ -14912,14 +15414,14 @@ static int __Pyx_InitCachedConstants(__pyx_mstatetype *__pyx_mstate) {
 */
   {
     PyObject* __pyx_temp[5] = {Py_None, __pyx_mstate_global->__pyx_int_0, Py_None, Py_None, Py_False};
-    __pyx_mstate_global->__pyx_tuple[3] = __Pyx_PyTuple_FromArray(__pyx_temp, 5); if (unlikely(!__pyx_mstate_global->__pyx_tuple[3])) __PYX_ERR(0, 291, __pyx_L1_error)
-    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[3]);
+    __pyx_mstate_global->__pyx_tuple[4] = __Pyx_PyTuple_FromArray(__pyx_temp, 5); if (unlikely(!__pyx_mstate_global->__pyx_tuple[4])) __PYX_ERR(0, 303, __pyx_L1_error)
+    __Pyx_GOTREF(__pyx_mstate_global->__pyx_tuple[4]);
   }
-  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[3]);
+  __Pyx_GIVEREF(__pyx_mstate_global->__pyx_tuple[4]);
   #if CYTHON_IMMORTAL_CONSTANTS
   {
     PyObject **table = __pyx_mstate->__pyx_tuple;
-    for (Py_ssize_t i=0; i<4; ++i) {
+    for (Py_ssize_t i=0; i<5; ++i) {
       #if PY_VERSION_HEX >= 0x030F0000
       PyUnstable_SetImmortal(table[i]);
       #elif CYTHON_COMPILING_IN_CPYTHON_FREETHREADING
@@ -14953,41 +15455,41 @@ static int __Pyx_InitConstants(__pyx_mstatetype *__pyx_mstate) {
   int __pyx_clineno = 0;
   CYTHON_UNUSED_VAR(__pyx_mstate);
   {
-    const struct { const unsigned int length: 8; } str_length_index[] = {{15},{2},{1},{1},{1},{179},{8},{7},{6},{2},{15},{19},{9},{50},{39},{34},{1},{8},{7},{9},{14},{14},{10},{6},{4},{22},{24},{9},{14},{8},{1},{1},{22},{31},{32},{20},{12},{9},{7},{8},{12},{8},{13},{10},{15},{8},{7},{11},{11},{14},{12},{10},{17},{13},{8},{12},{12},{19},{8},{13},{9},{6},{18},{7},{18},{3},{5},{18},{3},{4},{4},{5},{5},{4},{7},{7},{7},{3},{15},{4},{4},{1},{5},{8},{1},{4},{6},{4},{9},{4},{6},{2},{4},{2},{5},{5},{2},{3},{13},{3},{4},{10},{5},{5},{5},{5},{16},{6},{3},{2},{1}};
-    const struct { const unsigned int length: 9; } bytes_length_index[] = {{414},{337},{9},{43},{17},{89},{325},{356}};
+    const struct { const unsigned int length: 8; } str_length_index[] = {{16},{21},{15},{2},{1},{1},{1},{179},{8},{7},{6},{2},{15},{19},{9},{50},{39},{34},{3},{1},{8},{1},{7},{9},{14},{14},{10},{6},{4},{22},{24},{9},{14},{8},{1},{1},{1},{22},{31},{32},{20},{12},{9},{7},{8},{12},{8},{13},{10},{15},{8},{7},{11},{11},{14},{12},{10},{17},{13},{8},{12},{12},{19},{8},{13},{9},{6},{18},{7},{18},{3},{5},{18},{3},{4},{4},{5},{5},{4},{7},{7},{7},{3},{15},{4},{4},{1},{5},{8},{1},{4},{6},{4},{9},{4},{6},{2},{4},{2},{5},{5},{2},{3},{13},{7},{3},{4},{10},{5},{5},{5},{5},{4},{5},{16},{6},{3},{2},{1}};
+    const struct { const unsigned int length: 9; } bytes_length_index[] = {{414},{337},{9},{43},{17},{89},{450},{356}};
     #ifndef CYTHON_COMPRESS_STRINGS
       #define CYTHON_COMPRESS_STRINGS 90
     #endif
-    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (1422 bytes) */
-static const char cstring[] = "x\332\335U\313s\323F\030OJ(N1\32388a(\241\225[\006B\003\006;\346Q`\3508\3400i!\211\023C\031\240\335\331H\253XD/kW\216M\231i\216>\352\270G\035u\324\321G\0379\372\250c\376\004\376\204~+\331\006\022\312\320\036\353\031k\277\367\343\367}+\3153\207\020Iu\360\266ALv\361\226t\347\356\317\253\026#\022\253c&\335k\263\272eJ\032\225\024\242k[\304\301\214\350m\2112G\223\031q\204\221)\255W\326/\227n\226$l*\222C^\022\231Q\211\272[\262\216)%T\262Ti\313\325t\246\231\022k\333\204\346\245\025Uj[\256d\022\242H\314\222l\260{\337\201\325\211)Q\302\004!]\300\246i1\3144\313D\340\256\231\333\027$Es \211\326$\302{\031\353\224\344\261\242 \260#\212F\361\226N\210)\236\333\362\266\203\025\271\21653\217l\035\233#\366J\314\346\355vK\243\211\255bZ\320\243\212]\235I\0109Dqe\202\220\244\270q\022\3232/C\317M\r\353\240\2255Sc\010\231\256a\267\363H\266\034\2227\300O\303\216\203\333\222\2125=iL3l\313a\357\233\271\006f\365C\026K\025\260Y\302\224\254\230L\220k\353\250\274\274\274\262Z\001\242\362\260\362\250\262Z\373meSp\017\327\036\240\315\265\345\332\243\362S\340\206\224}\317R\310:4$\376\371Q\365r<<\204\006R@\224\002\220\007\344\212f\320\230\320-J\221\000(\346\034\327\254=\005\223v\013-\353\244\245\001B\303\"?.\215\323\332\016B\377\24464Jaz\003\375z\373>l\020Z%-\266AT\204\006S&\302?\336\003A(\226,\016\3255\343s{\330\000\374\014\030b|\022\206G\366\206\245\270z\242v,\004\353\354h$V\230\330\210\305&\331\025\207\r\225b\047\226\300\006\240APA6\231\330\005\241h\270X\037\272\r\267\341\020\262#\001i%L\002\000 =JI\337+\372\320\004\020b\204\302&!\215\212\375\260\\\270$\344\035RI\214&\326]R4\210\001\327\017\372\266\007\022\204i\333\2245+?r\244\330m\311b\236\262.\302\000@\314\3012\331\302\362\216\254S\331\262\333B\251\210KH\014\233\265\t\314F\325-\314\026\213\361q\275\244Z\316.v\024\000\372\300\305\251c]\255\023lk\032#\006M\036\257\310\316\016!\240\335\":\025\3333\332 \230\003Ifa^5\r\3342\355\370\016X\273&Ql\305\266l\233\022W\261P\322\023\254\032%\272\n\340\014\356\037\265\211L\251k\023\207\301N\350q\267\007A\210y""\332|i\357\322\226f2i^\261\\\230\234$[&e\322\217\227\244\3656\242\242F\304>\217\376\224\377@\007RHuql,N\030C\366\337\363}\302=Q\215\262m\351\226\274\203^\262\346\363\304zT\315\001vH\374>\364\370\327\016\243\024\303\n>\344\006\347\241\370\237\266\376\237O\047\316\326\2644\345\342X\362\nQ]xE\026F\210~L\372\201\360\352GM\257\216L\211\252&\037;\304\352\016\301\n\335\033\217&\276\352,x\325\275r\224:\336)uZ\036\345\271\375\364Io\321\303\036\343\267\374\027a&<\027\342(\365u\307\365\226<\2157\366\312\3731S\366j|\2267\374\361\275\362\333\324\330\344i~\204\337\364\013~%\310$\241v!\302_>\216\322\247\371\031\037\302\317x\317x\343\355\227c\223s\374\206\237\363\257\365\347\357v!\356\361\376\3619\376\300/D\351\271\376\334\245\340\327\260\321=\326m\210|\215$\360Y^\3613\376\371\340Hp#\314\205\327\273\231n.J\235\345U\256\372e\277\352\253\301RP\017\225nn?\365\035\177\035\024D\362bg\243\343x\323\036\004=\t\217\324\211N\265C\004\221\356T\274\031\250\253\021\2453^\306\373\036:\"\274\304]\210\264\341\277\n\263\341\343n\256[\354>\351-\366\254\376\343g\375g\317\373\317_D\351\244\335\r\317\341\047\371\022\307\321\324)\317\345e\276\301\035?\023\245gb\315\014\307\300NC#\251\014\244.\306B\200b\312\233\360\312\242\204\232w\006|6\375\361\004\036(a\312KsPM\212\004\314\273\305\237\2003\204f\374\216\337\010&\303\331\220v\177\200Z\256\275\031\217\346/\005\017\302b\270\0216DK%\3575 \375K\240\206\367\300\346|\357h\257\032\235\233\017\216\005N8\035\026\366\343p\020*\353=\364\307\373\023\245p\255W\210N-\364\027nw\013og\005\242e\221\313_\t\252\020\242\034V\243\324i\236\215EP\316\034\277\357\217\2139}\303\247yq\320\244\030\207\350e\374\035\206\016\250\013\303\356\347\374Z\220\trQz\0264M\376\"\310B\354xk\2229\0140\251~6\036\215hj\306\373\303\277\023\267T\0147\273_\300\330\247\304^\312\200jvf\037\324U\341r\324{\314sq\235\3402\355\345\274k|\002\342\202\356\204\260/y\257\374Y\277\021e\317\300\234\377\014r\301O\341r\214\352bO}S\216\026\026a\243\262\335Z/\223 \177\333\307\260\007\2631\252Gz\327\337d\242\013W""\202fX\003\233\352\376\224X\246\354\2670\350\306\207\030\377\rM\2234\360";
-    PyObject *data = __Pyx_DecompressString(cstring, 1422, 1);
+    #if (CYTHON_COMPRESS_STRINGS) == 1 /* compression: zlib (1565 bytes) */
+static const char cstring[] = "x\332\335U\315s\033E\026\267\211\2638\033SX\216l*\304@\213%\304&\301D\266c\330\220bK\016r\326\020\022\313V\200J\302v\265gz\254\211G=\243\351\036Y\312RE\216:\316\261\217s\234\343\034\347\250\243\217:\316\321\177B\376\004^\367H\"_\244\200#\256\262\272\337\367{\277\367k\t-\021\313\262\031]F\202\034R\216\220\315\274@p\264\037\010\344S\203\332mP.\t\237Rd\371\344\240I\231X\276\216n|\365\237;\256\240H4\210@7\273\242\3412dsdR\307\336\247>\021\324\351\".|\333\020\324WN\014\355Tw>]\377b\035\021fB\336G\324\200\032<\3307\034\3029Tp-\250h;\302fHt=\312W\320\266\205\272n\200\030\245&\022.\362\300\357\331\000\321\240\014q*\324\005]\"\214\271\202\010\333e\030\302mvp\t\2316\264/\240}\025\275E\034NW\210ib\360\243\246\315\311\276C)S\237\007\306\201OL\243Al\266\202=\207\260\261\370\231\026W\274n\307\346\271\257\311\\\230\321\"\201#\020\306>5\003\203b\214\314@\027a.\373\024fn\333\304\001\253a3[`\314\202\246\327]\301\206\353\323\225&\304\331\304\367I\027Y\304v\362\301\354\246\347\372\342Y\267\240ID\343%\017\327C\233Up\333$\234\336\332fB\335\357\356\340\312\326\326\366\235*\\\252\267\253\337U\357\324\177\330\336S\322\355\273\267\360\336\335\255\372w\225\037A\032\335\274\233\256Iw`(\365\2772\236\300\320\013\304x\250\005T9\200\371\202\336\264\233\\_\034\227s\254@\322\222\037\260\372\217\030|\272\035\274\345\320\216\r0\215\332|\265V\327\365|\214\177\317\334\2649\207\025\016\355;\335\257\201F\370\016\355\210]ja<\\5U\361\232\014\352b\272\206:\254\200\351\363`4\001\3745a\223\372\244\202\214\375\233\256\0318\271\331w1p\332\267\25160\322\324jF\217\324\341A\247\304\327\032\240\001\036&U\327\266P\204P\206V@\234Q\330\210\022/A;V\320N.\344\000\000\324\343\222\374\231\246_Z\001\306\202r\240\023\266\271\"\211\033\300K\241\277!\225\347h\023\047\240\253M\332\2047\010s{C\r&\274\313\014\333]\031\007r\022t\014\265P\303Qi\000 \341\023\203\356\023\343\320p\270\341z]e4\325K\244MOt)\354\306r\\\"\326V\365\261\261n\271\376\021\361M\000\372\205\327\323 \216\325\240\304\263mA\233<\377xL\017\017)\005\353>u\270\242""\317\230B\260\007\232\357\202]eM\322a\236~\010\356\021\243\246gz\256\347q\032\230.\316g\362)o\020\217\002\3458u,\300h\370\026\265\226{\324\340<\000\263\000~809\327\323\277\010\212\226y\373\221w\304;6\023h\311t\003\330$2\\\306\005\372\344\n\332\351b\256z\306\342\217\335_\027?\264\201\026J-OL\350\202\032\302\277^\3575\341\271i\\m\337q\215C\374H\264\037\344\336\343n^\020G\227\237F\021\177:`\\b\324\301\363\322\360|)\377\353\275\377\346\333\321\325\332\256m.O\344_)V\000_\231\3451\242\257\322>\247\274\372J\327\253cWjY\371/ \026\r\237\022\223?\231\314\246\376\331\273\034\326\236T\262\351\263\275\365^\047\344\262t2s.\\\013I(\344\365\350aRH>JH6\375v/\0107C[\266\236TN\264P\t\353rA\266\242\311\047\225\247\323\023g\316\313S\362\213\250\034U\343B\236\352\0102\374\022\221l\346\274\274\020A\372\371\360\276l=\375\307\304\231E\371yT\212\256\r\226\276J!\357\331\301\331Ey+*g3\213\203\305+\361\267I+}3m\251z\255<\361{\262\032\025\242\217\343S\361\347I)\331H\013i)\233~O\326\244\025U\242Zd\305\233q#1\323\322\311\364\007\362\347\270\254\212\257\366v{~8\027\226Of\336\356\265\303=9%\277\216\246\264{#&1O.&\2354\350W\262\213\313\361||\220\3242\230xC\026\344R\364a\364_H\010}\275\325\253\365h\010\351fz\325p\036fie\220L\204\327\344\244\234\223\033\321\271\350\233\330\204D\255\364T\272\226\232\375\213\375\326\361\033\307\245lv!|\024Mf\305\363\2620x\367J\\\211\353\311|B\022?-d\037\240\3504\264\000\220\024\302B\370!\300I\345\272\014\240\257\335\350qRL\356\245\245t5\375\276\277\326w\007\367\356\017\356?\030<x\250\212*\254wC_\236\223\233\222d\263\357\204\201\254\310]\351G\205lf^[\346%\001q\016P\234.\300\334\253Z\t{\230\r\247\302\212\232\245\036^\200\230=hL\357\006f\231\rg$\230\316\344S]\227\337C0\244\026\362F\324\212\317$\013\tO\377\005\275\\;\236\314\226\256\304\267\222\325d7i)\234\326\303\237a\315\337\304Vr\023|>\356\237\356\327\262\217\226\3427c?\231K4\342\002`\233-\206\267\243\311\301\324zr\267_\316\336\271<\270\374eZ~\272\240\326YQ\265\242\355\270\006)*\200\375\364yY\324*hg\021\0265\251H\362.""\200\274:\034RqA\3152\371\3332|0\227G\323/F\365\270\020\227\262\231\005\260\264\345\303\270\010\2715e5\tF\230\324\3760\036\255lv>\374_tC\217\264\232\354\245o\000\347f\325\2430\000\325\342\374\t\230k*\344txO\226t\237\0202\027\226\200\035S\220\027lo)\377\365\360q\264\020\265\262\342\005\330\363\377\343R\374\357dK\243\272\326\267\216+\331\3455\240s1\255\367\0139\362_F\004x\260\240Q=\325\3378.d\227>\213\333I\035|j\047\220\256\234\025\337\207E\267\236\307\370Wyw\177\371";
+    PyObject *data = __Pyx_DecompressString(cstring, 1565, 1);
     #define __Pyx_DecompressString_LZSS_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (1810 bytes) */
-static const char cstring[] = "\377(tree fr\377agment):\377 <>?Note\377 that Cy\377thon is \377delibera\377tely str\337icter!\001n \377PEP-484 \377and reje\377cts subc\377lasses o\377f builti\377n types.\377 If you \377need to \371p%\000%\tthen \367set\200\000e \047a\377nnotatio\373n_<\000ing\047 \267dirb\000iv\242\000o\377 False.a\367dd_%\000edis\277ableen\002\001g\377cgradcha\377in._plan\372\006\006/\n\002.pyxi\335s&\003dno\341\000fa\377ult __re\377duce__ d\275u`\002non-\361\000v\367ial\033\000cini\377t__numpy\377._core.m\3765\000iarray \357fail\323\003imp\367ort\033\tumat\355h\021\016BEH\000Bas\357eInt\007\001OP_\277AFFINE\006\000E\377LEMENTWI\375S\n\001LOG_SO\237FTMAX\"\000\002\005p\237CodeP\335\000\000\001.\232\265\006c\270B__\017\004\317 s\366\306 e_\013\ndims>2\002loss_\254!@\002\337runTX8\000yx?_Flexi\321 \235\005\274\000\023r\002pr__\007\025m\347iss\273@\031\004PyD\376\277`_NextRegf__\337D\360 __\264b\356E\001docL\001funN\003\002get\273\003b\000m\321@\336h\001meta\047\006mo\367dul>\002mro_\177entries\216\001wnamU\002new\235\001?preparg\002\377@\231_N\004\007\001vt\272a\301\001q\207ual/\005\206e\311.\240fe\361x\365\001T\000\374\002set_\362k\005s\252\010\361.__te\335s\307`_is\303aou\237tine_\241&\261\003v\377alue2mem\377ber_map_\375_\r\002_async\347io.\375`3\003sau\333xc\314AclC\001in\377_traceba\377ckclscop\365y\351Ad\201\206\001empt\377yenumflo\357at32\002\00264f?orward\346 \252\205\014\377halfheap\277iitems\000\002i\377zekkeepl\037abels\272a\271f\205@\375e\206Cn0nmax\373np\246\205\002owned\377pdpoppse\317udo_\316\003\350`se\177lfsetde\373\205\002\377specssup\177ertotal\373\002\374\365\r\220\"svjpws\377xint (do\377uble con\377st *, Py=_\355`ze_t\000\t\000\025\303, $\031U\004S\000h\000)\000\201\000l\002\265\"67$\030T\003e\006b\377lock_jtva[\327\003\205\006\000\014\236\005]\000+\004\000\000.Z\006z\005\310#\210\005\221\004O\016\020\033\374\277\200\334\370bvoid)\000\373__\312\207\001fuse_)1\254F\002\021v\037\t0\026\022\016\005\337v\000eff\347\214\003_t\377hreads\200\001\377\330\004\n\210+""\220Q\200\377A\330\010\013\2104\210x\377\220s\230!\340\014\023\220\3773\220a\220t\230:\240\377\\\260\021\260$\260a\330\377\010\017\210u\220B\220i\337\230q\200A\340\010\002A\220\377T\230\026\230q\240\001\200\377A\360\010\000\t\031\230\003\377\2308\2401\240E\250\021\372E\003w?\000\177\240a\330\014\357\031\230\033\240\\\000\025\220Z\377\230q\360\006\000\t\034\230\3777\240!\2405\320(>\375\270U\000\013\320\013\034\230G\377\2401\330\014\034\320\034,\377\250K\260q\270\007\270q\372l\001qS\003\035\230E\240\021\377\240&\250\003\2507\260!\377\2606\270\021\270!\330\010\377\035\230Q\230f\240A\240\377Q\240f\250B\250h\260\377d\270!\340\010\037\230|\373\2501\304\0012\210R\210r\327\220\022\220R\000\023\002\000\010\r\357\210Q\210e\005\001\014\210E\373\220\025\327\000q\330\014\021\220\367\021\220\"\317\000e\2304\230\375uG\000R\240z\260\024\260\377U\270!\2702\270V\300\3773\300o\320UZ\320Z\277[\320[\\\330\014\370\001A\377\220R\220r\230\023\230B\377\230a\330\020\027\220u\230\377A\230R\230r\240\021\330\273\014\025\025\002\025\230a\014\000\022\226\306\000\010\021x\0002*\002\210 \020\367\220\004\220\332 \r\210T\220\235\0331\000S\240\001\344#\200\000\020\327\220\014\230\365 \t]\001t\220\347:\230V\203 X\000t\230<\377\240q\250\t\260\026\260s\373\270#\211\0005\310\001\330(\377,\250G\2602\260R\260\276\267\000\023\2204\220|\347 J\357\250f\260C!\000&\300\005\377\300Q\330$(\250\007\250\277r\260\022\2601\340\255\000t\376\371\000\020\024\220L\240\001\320\377\0044\260O\3001\330\027\377+\320+;\2701\360\026\347\000\t\035\271\000i\000\240I\250\375Q@\000A\260Q\330\010\031\363\230\024{\001\244A\034\230D\240}\001\244A\032\230\022\2302\336\004L\374@\221@\020\220\272\000\274%r\034\000\3751\366\005\034\240T\250\021\250\357!\330\014\026\265`v\230\\\003\250\024Y\000\261b\202C\215$g\000\351\200$\377q\330\020\025\220^\240<\276\316\0022\260S\270\002\364@\020\376\224\204\001c\230\021\330\024\025\340\376\034\000Q\330\014\020\220\005\220\347U\230!\243\0020\000\022\220!\317\2205\230\004\231@\031\000\r\330\376-\0004""\220z\240\026\240q\367\330\024\033\345@{\250!\250\3679\260F\321\"3\300f\310\357A\330+3\317`\024\270T\373\300\021\321At\230;\240a\374\205`\366!&\300\003\3006\310\377\021\330\047/\250v\260T\337\270\024\270Q\340|\0001\330\013\024\036\346@q\326+";
-    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 1810, 2809);
+    #elif (CYTHON_COMPRESS_STRINGS) > 0 && (CYTHON_COMPRESS_STRINGS) <= 90 /* compression: lzss (1999 bytes) */
+static const char cstring[] = "\377 (affine\377) takes \377 inputs \377but rece\373iv\022\000(tree\377 fragmen\377t): <>?N\377ote that\377 Cython \377is delib\377erately \377stricter\376!\001n PEP-4\27784 andU\000j\373eca\000subcl\267asst\000ofo\000i\377ltin typ\377es. If y\377ou need \257to p%\000 &\010t\177hen set\200\000\377e \047annot\277ation_<\000i\277ng\047 di\274\000t\374\274\000:\001False.\357add_%\000edi\177sableen\002\001\377gcgradch\377ain._pla\365n\006\006/\n\002.pyx\273is&\003dno\341\000f\377ault __r\377educe__ \373du\207 o non\275-\361\000vial\033\000c\377init__nu\377mpy._cor\367e.m5\000iarr\177ay fail\323\003\277import\033\tu\357math\021\016op \373BEK\000BaseG\367Int\010\001OP_A\337FFINE\006\000EL\377EMENTWIS\376\n\001LOG_SOF\317TMAX\"\000\002\005pCOodeP\341\000\000\001.\271\006Mc\274B__\017\004\323 s\312 {e_\013\ndims2\002\237loss_\260!@\002r\337unTX_9\000yx?_Flexi\326 \237\005\334\000\023s\002pr_\036\024._\317miss\300@N\004Py\375D\304`_NextR\317ef__\344D\365 __\334\271bE\001docL\001fu\235n\003\002get\274\003\226\000m\274\326@h\001meta\047\006m\357odul>\002mro\377_entries\356\216\001namU\002new~\235\001preparg\0022\204`_N\004\007\001vt\277a\301\001\017qual/\005\213e\312.\245f\343ex\365\001T\000\374\002set\345_k\005s\252\010\362.__t\273es\314`_is\310ao\237utine\240\047\261\003v\377alue2mem\377ber_map_\375_\r\002_async\277io.cor3\003soauxc\315AclC\001\377in_trace\377backclsc\327opy\352Ad\206\206\001em\377ptyenumf\277loat32\002\0026\3774forward\374\346 \257\205\014halfhe\377apiitems\376\000\002izekkee\177plabels\273a\364\272f\205@e\206Cn0nm\357axnp\253\205\002own\377edpdpopp\277seudo_\316\003r\277eshape\360`s\377elfsetde\374\207\206\002\021\002specss}u\034\000total\211 \361s\213\"\205-\240\"svjp\377wsxint (\377double c\377onst *, \367Py_\375`ze_t\014\000\t\000\025, $\031U\004S\000h\000\007)\000\000l\002\305\"67$\030T\003\376e\006block_j\207tv[\327\003\205\006\000\014\236\005]\001\000+\004\000.Z\006z\005\310#\210\005\221\004\360O\016\020\033\277\200\334\370bvoid\357)\000__\332\207""\001fus\247e_1\254F\002\021v\037\t0\374\026\022\016\005v\000effe\375c\376\214\001_threa\377ds\200\001\330\004\n\210\377+\220Q\200A\330\010\013\377\2104\210x\220s\230!\377\340\014\023\2203\220a\220\377t\230:\240\\\260\021\260\377$\260a\330\010\017\210u\377\220B\220i\230q\200A\375\340\010\002A\220T\230\026\230\377q\240\001\200A\360\010\000\377\t\031\230\003\2308\2401\257\240E\250\021E\003w?\000\177\377\240a\330\014\031\230\033\240\376\\\000\025\220Z\230q\360\006\377\000\t\034\2307\240!\240\3375\320(>\270U\000\013\320\377\013\034\230G\2401\330\014\377\034\320\034,\250K\260q\257\270\007\270ql\001qS\003\035\377\230E\240\021\240&\250\003\377\2507\260!\2606\270\021\377\270!\330\010\035\230Q\230\377f\240A\240Q\240f\250\377B\250h\260d\270!\340\277\010\037\230|\2501\304\0012\377\210R\210r\220\022\2201\377\340\014\017\210v\220S\230\337\004\230D\240\004*\002h\250\377a\250s\260%\260x\270\377u\300A\330%)\250\025\337\250g\260Q\330\357\0006\230\177\021\230(\240\"\240HN\000~\355\000\r\210Q\210e\220L\000\337\014\210E\220\025\213 q\330\376J\000t\2205\230\001\230\022\377\2306\240\023\240J\250d\376F\000q\270\003\2703\270d\377\300%\300q\310\002\310!\377\330\020\026\220j\240\001\330\377\024\031\230\021\320\032,\250\377A\250T\260\025\260a\260\377r\270\021\330\037 \240\005|\257\000\220 \021\220\021\220\"\314 \337e\2304\230u\304\000R\240\377z\260\024\260U\270!\270\3772\270V\3003\300o\320\377UZ\320Z[\320[\\\376q\001u\220A\220R\220r\377\230\023\230B\230a\330\020\377\027\220u\230A\230R\230\277r\240\021\330\014\025\025\002\025k\230a\014\000\022\303 \010\021\365\000y2*\002\205@\020\220\004\220\327@_\r\210T\220\0331\000S\226\000\274\342B\311\000\020\220\014\230\362@\t\316\320\003:\230V\200@X\000t\230\377<\240q\250\t\260\026\260\367s\270#\211\0005\310\001\330\377(,\250G\2602\260R}\260\200 \023\2204\220|\344@\337J\250f\260C!\000&\300\377\005\300Q\330$(\250\007_\250r\260\022\260\355\"t\264 \377\020\024\220L\240\001\320\004\3774\260O\3001\330\027+\377\320+;\2701\360\026\000\363\t\035\271\000i\000\240I""\250Qz@\000A\371 \010\031\230\024{\001\252\241a\034\246@\001\241a\032\342 2\370\336\004\371`\216`\020\220\001\330\010\352\205Er\201@1\366\005\034\240T\377\250\021\250!\330\014\026\220\177a\220v\230\\\250\024Y\000t\256\204\002\200b\330\215$Q\330\010\351\200$\377q\330\020\025\220^\240<\276\316\0022\260S\270\002\361`\020\376\221\205\001c\230\021\330\024\025\340\374\034\000\261`\020\220\005\220U\230s!\230\244\0010\000\022\220!\233`\331\004\231@\315`\r\330-\0004\220\377z\240\026\240q\330\024\033\376\345@{\250!\2509\260F\376\321\"3\300f\310A\330+\3773\2606\270\024\270T\300}\021\321At\230;\240a\205`\376\366!&\300\003\3006\310\021\177\330\047/\250v\260T!\000{Q\340|\0001\330\024\036\346@\001q\322\204\001\332\047";
+    PyObject *data = __Pyx_DecompressString_LZSS(cstring, 1999, 2992);
     #define __Pyx_DecompressString_UNUSED
     if (unlikely(!data)) __PYX_ERR(0, 1, __pyx_L1_error)
     const char* const bytes = __Pyx_PyBytes_AsString(data);
     #if !CYTHON_ASSUME_SAFE_MACROS
     if (likely(bytes)); else { Py_DECREF(data); __PYX_ERR(0, 1, __pyx_L1_error) }
     #endif
-    #else /* compression: none (2809 bytes) */
-static const char bytes[] = "(tree fragment): <>?Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notedisableenablegcgradchain._plangradchain/_plan.pyxisenabledno default __reduce__ due to non-trivial __cinit__numpy._core.multiarray failed to importnumpy._core.umath failed to importBEnumBaseIntEnumOP_AFFINEOP_ELEMENTWISEOP_LOG_SOFTMAXOP_SOFTMAXOpCodePlanPlan.__reduce_cython__Plan.__setstate_cython__Plan.dimsPlan.loss_gradPlan.runTX__Pyx_FlexibleEnumBase__Pyx_FlexibleEnumBase.__repr____Pyx_FlexibleEnumBase._missing___Pyx_PyDict_NextRef__annotate____class____doc____func____getstate____main____metaclass____module____mro_entries____name____new____prepare____pyx_state__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____repr____set_name____setstate____setstate_cython____test___is_coroutine_missing__name__value2member_map__value_asyncio.coroutinesauxcdimscline_in_tracebackclscopydimsdtypeemptyenumfloat32float64forwardgetgradchain._planhalfheapiitemsitemsizekkeeplabelslossloss_gradmodemodulen0nmaxnpnumpyownedpdpoppseudo_memberrunselfsetdefaultspecssupertotalvaluevalue2member_mapvaluesvjpwsxint (double const *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, double const *, Py_ssize_t, double *, int)\000\000int (float const *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, float const *, Py_ssize_t, float *, int)\000\000block_jtv[const double *,const double *,double *]\000block_jv[const double *,const double *,double *]\000block_jtv[const float *,const float *,float *]\000block_jv[const float *,const float *,float *]int (double const *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, double const *, Py_ssize_t, double *, int)\000\000int (float const *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, float const *, Py_ssize_t, float *, int)\000\000int (void)\000__pyx_fuse_1block_jtv\000__pyx_fuse_1block_jv\000__pyx_fuse_0block_jtv\000__pyx_fuse_0block""_jv\000effective_threads\200\001\330\004\n\210+\220Q\200A\330\010\013\2104\210x\220s\230!\340\014\023\2203\220a\220t\230:\240\\\260\021\260$\260a\330\010\017\210u\220B\220i\230q\200A\340\010\017\210u\220A\220T\230\026\230q\240\001\200A\360\010\000\t\031\230\003\2308\2401\240E\250\021\330\010\013\2104\210w\220a\220\177\240a\330\014\031\230\033\240A\330\010\025\220Z\230q\360\006\000\t\034\2307\240!\2405\320(>\270a\330\010\013\320\013\034\230G\2401\330\014\034\320\034,\250K\260q\270\007\270q\330\010\017\210q\200A\360\010\000\t\035\230E\240\021\240&\250\003\2507\260!\2606\270\021\270!\330\010\035\230Q\230f\240A\240Q\240f\250B\250h\260d\270!\340\010\037\230|\2501\330\010\013\2102\210R\210r\220\022\2201\330\014\023\2201\330\010\r\210Q\210e\2201\330\010\014\210E\220\025\220a\220q\330\014\021\220\021\220\"\220B\220e\2304\230u\240A\240R\240z\260\024\260U\270!\2702\270V\3003\300o\320UZ\320Z[\320[\\\330\014\017\210u\220A\220R\220r\230\023\230B\230a\330\020\027\220u\230A\230R\230r\240\021\330\014\025\220R\220r\230\025\230a\230r\240\022\2401\330\010\021\220\022\2202\220R\220r\230\021\330\010\020\220\004\220A\330\010\r\210T\220\033\230A\230S\240\001\330\010\013\2104\210q\330\014\020\220\014\230A\330\010\t\330\014\017\210t\220:\230V\2401\330\020\027\220t\230<\240q\250\t\260\026\260s\270#\270V\3005\310\001\330(,\250G\2602\260R\260q\330\014\023\2204\220|\2401\240J\250f\260C\260s\270&\300\005\300Q\330$(\250\007\250r\260\022\2601\340\014\017\210t\2201\330\020\024\220L\240\001\320\0044\260O\3001\330\027+\320+;\2701\360\026\000\t\035\230A\230V\2401\240I\250Q\250f\260A\260Q\330\010\031\230\024\230V\2401\240A\330\010\034\230D\240\001\360\006\000\t\032\230\022\2302\230R\230r\240\021\330\010\017\210q\330\010\020\220\001\330\010\014\210E\220\025\220a\220r\230\022\2301\330\014\025\220R\220r\230\034\240T\250\021\250!\330\014\026\220a\220v\230\\\250\024\250Q\250a\330\010\017\210r\220\022\2201\330\010\021\220\022\2202\220Q\330\010\020\220\004\220A\330\010\r\210T\220\033\230A\230S\240\001\330""\010\013\2104\210q\330\014\020\220\014\230A\330\010\t\330\014\017\210q\330\020\025\220^\240<\250r\260\022\2602\260S\270\002\270!\330\020\023\2203\220c\230\021\330\024\025\340\020\025\220Q\330\014\020\220\005\220U\230!\2302\230R\230q\330\020\022\220!\2205\230\004\230A\230Q\330\014\r\330\020\023\2204\220z\240\026\240q\330\024\033\2304\230{\250!\2509\260F\270#\270V\3003\300f\310A\330+3\2606\270\024\270T\300\021\330\020\027\220t\230;\240a\240z\260\026\260s\270&\300\003\3006\310\021\330\047/\250v\260T\270\024\270Q\340\020\023\2201\330\024\036\230a\230q\340\014\017\210t\2201\330\020\024\220L\240\001";
+    #else /* compression: none (2992 bytes) */
+static const char bytes[] = " (affine) takes  inputs but receives (tree fragment): <>?Note that Cython is deliberately stricter than PEP-484 and rejects subclasses of builtin types. If you need to pass subclasses then set the \047annotation_typing\047 directive to False.add_notedisableenablegcgradchain._plangradchain/_plan.pyxisenabledno default __reduce__ due to non-trivial __cinit__numpy._core.multiarray failed to importnumpy._core.umath failed to importop BEnumBaseGIntEnumOP_AFFINEOP_ELEMENTWISEOP_LOG_SOFTMAXOP_SOFTMAXOpCodePlanPlan.__reduce_cython__Plan.__setstate_cython__Plan.dimsPlan.loss_gradPlan.runTX___Pyx_FlexibleEnumBase__Pyx_FlexibleEnumBase.__repr____Pyx_FlexibleEnumBase._missing___Pyx_PyDict_NextRef__annotate____class____doc____func____getstate____main____metaclass____module____mro_entries____name____new____prepare____pyx_state__pyx_vtable____qualname____reduce____reduce_cython____reduce_ex____repr____set_name____setstate____setstate_cython____test___is_coroutine_missing__name__value2member_map__value_asyncio.coroutinesauxcdimscline_in_tracebackclscopydimsdtypeemptyenumfloat32float64forwardgetgradchain._planhalfheapiitemsitemsizekkeeplabelslossloss_gradmodemodulen0nmaxnpnumpyownedpdpoppseudo_memberreshaperunselfsetdefaultshapespecssupertotalvalsvaluevalue2member_mapvaluesvjpwsxint (double const *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, double const *, Py_ssize_t, double *, int)\000\000int (float const *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, float const *, Py_ssize_t, float *, int)\000\000block_jtv[const double *,const double *,double *]\000block_jv[const double *,const double *,double *]\000block_jtv[const float *,const float *,float *]\000block_jv[const float *,const float *,float *]int (double const *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, double const *, Py_ssize_t, double *, int)\000\000int (float const *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, float const *, Py_ssize_t, float *, int)\000\000int (void)\000__pyx_fuse_1block_jtv\000__pyx_fu""se_1block_jv\000__pyx_fuse_0block_jtv\000__pyx_fuse_0block_jv\000effective_threads\200\001\330\004\n\210+\220Q\200A\330\010\013\2104\210x\220s\230!\340\014\023\2203\220a\220t\230:\240\\\260\021\260$\260a\330\010\017\210u\220B\220i\230q\200A\340\010\017\210u\220A\220T\230\026\230q\240\001\200A\360\010\000\t\031\230\003\2308\2401\240E\250\021\330\010\013\2104\210w\220a\220\177\240a\330\014\031\230\033\240A\330\010\025\220Z\230q\360\006\000\t\034\2307\240!\2405\320(>\270a\330\010\013\320\013\034\230G\2401\330\014\034\320\034,\250K\260q\270\007\270q\330\010\017\210q\200A\360\010\000\t\035\230E\240\021\240&\250\003\2507\260!\2606\270\021\270!\330\010\035\230Q\230f\240A\240Q\240f\250B\250h\260d\270!\340\010\037\230|\2501\330\010\013\2102\210R\210r\220\022\2201\340\014\017\210v\220S\230\004\230D\240\004\240A\240Q\240h\250a\250s\260%\260x\270u\300A\330%)\250\025\250g\260Q\330\014\023\2206\230\021\230(\240\"\240H\250B\250a\330\010\r\210Q\210e\2201\330\010\014\210E\220\025\220a\220q\330\014\017\210t\2205\230\001\230\022\2306\240\023\240J\250d\260%\260q\270\003\2703\270d\300%\300q\310\002\310!\330\020\026\220j\240\001\330\024\031\230\021\320\032,\250A\250T\260\025\260a\260r\270\021\330\037 \240\005\240Q\240a\330\014\021\220\021\220\"\220B\220e\2304\230u\240A\240R\240z\260\024\260U\270!\2702\270V\3003\300o\320UZ\320Z[\320[\\\330\014\017\210u\220A\220R\220r\230\023\230B\230a\330\020\027\220u\230A\230R\230r\240\021\330\014\025\220R\220r\230\025\230a\230r\240\022\2401\330\010\021\220\022\2202\220R\220r\230\021\330\010\020\220\004\220A\330\010\r\210T\220\033\230A\230S\240\001\330\010\013\2104\210q\330\014\020\220\014\230A\330\010\t\330\014\017\210t\220:\230V\2401\330\020\027\220t\230<\240q\250\t\260\026\260s\270#\270V\3005\310\001\330(,\250G\2602\260R\260q\330\014\023\2204\220|\2401\240J\250f\260C\260s\270&\300\005\300Q\330$(\250\007\250r\260\022\2601\340\014\017\210t\2201\330\020\024\220L\240\001\320\0044\260O\3001\330\027+\320+;\2701\360\026\000\t\035\230A\230V\2401\240I\250Q""\250f\260A\260Q\330\010\031\230\024\230V\2401\240A\330\010\034\230D\240\001\360\006\000\t\032\230\022\2302\230R\230r\240\021\330\010\017\210q\330\010\020\220\001\330\010\014\210E\220\025\220a\220r\230\022\2301\330\014\025\220R\220r\230\034\240T\250\021\250!\330\014\026\220a\220v\230\\\250\024\250Q\250a\330\010\017\210r\220\022\2201\330\010\021\220\022\2202\220Q\330\010\020\220\004\220A\330\010\r\210T\220\033\230A\230S\240\001\330\010\013\2104\210q\330\014\020\220\014\230A\330\010\t\330\014\017\210q\330\020\025\220^\240<\250r\260\022\2602\260S\270\002\270!\330\020\023\2203\220c\230\021\330\024\025\340\020\025\220Q\330\014\020\220\005\220U\230!\2302\230R\230q\330\020\022\220!\2205\230\004\230A\230Q\330\014\r\330\020\023\2204\220z\240\026\240q\330\024\033\2304\230{\250!\2509\260F\270#\270V\3003\300f\310A\330+3\2606\270\024\270T\300\021\330\020\027\220t\230;\240a\240z\260\026\260s\270&\300\003\3006\310\021\330\047/\250v\260T\270\024\270Q\340\020\023\2201\330\024\036\230a\230q\340\014\017\210t\2201\330\020\024\220L\240\001";
     PyObject *data = NULL;
     #define __Pyx_DecompressString_UNUSED
     #define __Pyx_DecompressString_LZSS_UNUSED
     #endif
     PyObject **stringtab = __pyx_mstate->__pyx_string_tab;
     Py_ssize_t pos = 0;
-    for (int i = 0; i < 111; i++) {
+    for (int i = 0; i < 119; i++) {
       Py_ssize_t bytes_length = str_length_index[i].length;
       PyObject *string = PyUnicode_DecodeUTF8(bytes + pos, bytes_length, NULL);
-      if (likely(string) && i >= 16) PyUnicode_InternInPlace(&string);
+      if (likely(string) && i >= 19) PyUnicode_InternInPlace(&string);
       if (unlikely(!string)) {
         Py_XDECREF(data);
         __PYX_ERR(0, 1, __pyx_L1_error)
@@ -14995,8 +15497,8 @@ static const char bytes[] = "(tree fragment): <>?Note that Cython is deliberatel
       stringtab[i] = string;
       pos += bytes_length;
     }
-    for (int i = 111; i < 119; i++) {
-      Py_ssize_t bytes_length = bytes_length_index[i-111].length;
+    for (int i = 119; i < 127; i++) {
+      Py_ssize_t bytes_length = bytes_length_index[i-119].length;
       PyObject *string = PyBytes_FromStringAndSize(bytes + pos, bytes_length);
       stringtab[i] = string;
       pos += bytes_length;
@@ -15006,14 +15508,14 @@ static const char bytes[] = "(tree fragment): <>?Note that Cython is deliberatel
       }
     }
     Py_XDECREF(data);
-    for (Py_ssize_t i = 0; i < 119; i++) {
+    for (Py_ssize_t i = 0; i < 127; i++) {
       if (unlikely(PyObject_Hash(stringtab[i]) == -1)) {
         __PYX_ERR(0, 1, __pyx_L1_error)
       }
     }
     #if CYTHON_IMMORTAL_CONSTANTS
     {
-      PyObject **table = stringtab + 111;
+      PyObject **table = stringtab + 119;
       for (Py_ssize_t i=0; i<8; ++i) {
         #if PY_VERSION_HEX >= 0x030F0000
         PyUnstable_SetImmortal(table[i]);
@@ -15110,17 +15612,17 @@ static int __Pyx_CreateCodeObjects(__pyx_mstatetype *__pyx_mstate) {
     __pyx_mstate_global->__pyx_codeobj_tab[1] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_n_u_EnumBase, __pyx_mstate->__pyx_n_u_repr, __pyx_mstate->__pyx_kp_b_iso88591_A_4xs_3at_a_uBiq, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[1])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 208};
+    const __Pyx_PyCode_New_function_description descr = {2, 0, 0, 2, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 212};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_n0};
     __pyx_mstate_global->__pyx_codeobj_tab[2] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_gradchain__plan_pyx, __pyx_mstate->__pyx_n_u_dims, __pyx_mstate->__pyx_kp_b_iso88591_A_uAT_q, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[2])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 14, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 224};
-    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_loss, __pyx_mstate->__pyx_n_u_aux, __pyx_mstate->__pyx_n_u_labels, __pyx_mstate->__pyx_n_u_B, __pyx_mstate->__pyx_n_u_n0, __pyx_mstate->__pyx_n_u_k, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_cdims, __pyx_mstate->__pyx_n_u_nmax, __pyx_mstate->__pyx_n_u_total, __pyx_mstate->__pyx_n_u_owned, __pyx_mstate->__pyx_n_u_ws};
-    __pyx_mstate_global->__pyx_codeobj_tab[3] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_gradchain__plan_pyx, __pyx_mstate->__pyx_n_u_loss_grad, __pyx_mstate->__pyx_kp_b_iso88591_A_E_7_6_QfAQfBhd_1_2Rr_1_1_Qe1_E, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[3])) goto bad;
+    const __Pyx_PyCode_New_function_description descr = {5, 0, 0, 17, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 229};
+    PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_x, __pyx_mstate->__pyx_n_u_loss, __pyx_mstate->__pyx_n_u_aux, __pyx_mstate->__pyx_n_u_labels, __pyx_mstate->__pyx_n_u_B, __pyx_mstate->__pyx_n_u_n0, __pyx_mstate->__pyx_n_u_k, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_cdims, __pyx_mstate->__pyx_n_u_nmax, __pyx_mstate->__pyx_n_u_total, __pyx_mstate->__pyx_n_u__5, __pyx_mstate->__pyx_n_u_vals, __pyx_mstate->__pyx_n_u_G, __pyx_mstate->__pyx_n_u_owned, __pyx_mstate->__pyx_n_u_ws};
+    __pyx_mstate_global->__pyx_codeobj_tab[3] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_gradchain__plan_pyx, __pyx_mstate->__pyx_n_u_loss_grad, __pyx_mstate->__pyx_kp_b_iso88591_A_E_7_6_QfAQfBhd_1_2Rr_1_vS_D_AQ, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[3])) goto bad;
   }
   {
-    const __Pyx_PyCode_New_function_description descr = {8, 0, 0, 21, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 291};
+    const __Pyx_PyCode_New_function_description descr = {8, 0, 0, 21, (unsigned int)(CO_OPTIMIZED|CO_NEWLOCALS), 303};
     PyObject* const varnames[] = {__pyx_mstate->__pyx_n_u_self, __pyx_mstate->__pyx_n_u_X, __pyx_mstate->__pyx_n_u_mode, __pyx_mstate->__pyx_n_u_T, __pyx_mstate->__pyx_n_u_loss, __pyx_mstate->__pyx_n_u_aux, __pyx_mstate->__pyx_n_u_labels, __pyx_mstate->__pyx_n_u_keep, __pyx_mstate->__pyx_n_u_B, __pyx_mstate->__pyx_n_u_n0, __pyx_mstate->__pyx_n_u_i, __pyx_mstate->__pyx_n_u_total, __pyx_mstate->__pyx_n_u_nmax, __pyx_mstate->__pyx_n_u_half, __pyx_mstate->__pyx_n_u_dims, __pyx_mstate->__pyx_n_u_k, __pyx_mstate->__pyx_n_u_cdims, __pyx_mstate->__pyx_n_u_pd, __pyx_mstate->__pyx_n_u_heap, __pyx_mstate->__pyx_n_u_owned, __pyx_mstate->__pyx_n_u_ws};
     __pyx_mstate_global->__pyx_codeobj_tab[4] = __Pyx_PyCode_New(descr, varnames, __pyx_mstate->__pyx_kp_u_gradchain__plan_pyx, __pyx_mstate->__pyx_n_u_run, __pyx_mstate->__pyx_kp_b_iso88591_4O1_1_AV1IQfAQ_V1A_D_2Rr_q_E_ar, tuple_dedup_map); if (unlikely(!__pyx_mstate_global->__pyx_codeobj_tab[4])) goto bad;
   }
@@ -17676,6 +18178,528 @@ static CYTHON_INLINE int __Pyx_PyList_Append(PyObject* list, PyObject* x) {
 }
 #endif
 
+/* PyObjectCompare */
+#ifndef __Pyx_DEFINED_PyObject_CompareFloatIntBoolNe
+#define __Pyx_DEFINED_PyObject_CompareFloatIntBoolNe
+static int __Pyx_PyObject_CompareFloatIntBoolNe(PyObject *op1, PyObject *op2) {
+    double float_op1 = __Pyx_PyFloat_AS_DOUBLE(op1);
+    #if !CYTHON_ASSUME_SAFE_MACROS
+    if (unlikely(float_op1 == -1. && PyErr_Occurred())) return -1;
+    #endif
+    #if CYTHON_USE_PYLONG_INTERNALS
+    if (__Pyx_PyLong_IsCompact(op2)) {
+        Py_ssize_t iop2 = __Pyx_PyLong_CompactValue(op2);
+        if (float_op1 != ((double)iop2)) goto __pyx_return_true; else goto __pyx_return_false;
+    }
+    if (unlikely(!__Pyx_isfinite(float_op1))) {
+        if (float_op1 != 0.0) goto __pyx_return_true; else goto __pyx_return_false;
+    } else {
+        int sign2 = __Pyx_PyLong_Sign(op2);
+        if (float_op1 >= 0.) {
+            if (sign2 < 0) goto __pyx_return_true;
+            if (float_op1 < (double) (1L << PyLong_SHIFT)) goto __pyx_return_true;
+        } else {
+            if (sign2 > 0) goto __pyx_return_true;
+            if (float_op1 > -(double) (1L << PyLong_SHIFT)) goto __pyx_return_true;
+        }
+    }
+    #else
+    if (unlikely(!__Pyx_isfinite(float_op1))) {
+        if (float_op1 != 0.0) goto __pyx_return_true; else goto __pyx_return_false;
+    } else {
+        int overflow2;
+        long iop2 = PyLong_AsLongAndOverflow(op2, &overflow2);
+        if (likely(!overflow2)) {
+            if ((long long) iop2 >= (1LL << 53)) {
+                overflow2 = 1;
+            } else if ((long long) iop2 <= - (1LL << 53)) {
+                overflow2 = -1;
+            } else {
+                if (float_op1 != ((double) iop2)) goto __pyx_return_true; else goto __pyx_return_false;
+            }
+        }
+        if (overflow2 > 0) {
+            if (float_op1 < ((double) (1LL << 53))) goto __pyx_return_true;
+        } else {
+            if (float_op1 > - ((double) (1LL << 53))) goto __pyx_return_true;
+        }
+    }
+    #endif
+    return __Pyx_PyObject_RichCompareBool(op1, op2, Py_NE);
+__pyx_return_true:
+    return 1;
+__pyx_return_false:
+    return 0;
+}
+#endif
+#if CYTHON_USE_PYLONG_INTERNALS
+#ifndef __Pyx_DEFINED_PyObject_CompareIntIntBoolNe
+#define __Pyx_DEFINED_PyObject_CompareIntIntBoolNe
+static int __Pyx_PyObject_CompareIntIntBoolNe(PyObject *op1, PyObject *op2) {
+    Py_ssize_t cmp = __Pyx_PyLong_CompareSignAndSize(op1, op2);
+    if (cmp == 0) {
+        Py_ssize_t size = __Pyx_PyLong_DigitCount(op1);
+        if (size > 0) {
+            const digit* digits1 = __Pyx_PyLong_Digits(op1);
+            const digit* digits2 = __Pyx_PyLong_Digits(op2);
+            if (size == 1) {
+                cmp = (Py_ssize_t) digits1[0] - (Py_ssize_t) digits2[0];
+            } else if ((size == 2) && (8 * sizeof(Py_ssize_t) >= 2 * PyLong_SHIFT)) {
+                cmp = (Py_ssize_t) (((((size_t)digits1[1]) << PyLong_SHIFT) | (size_t)digits1[0])) - (Py_ssize_t) (((((size_t)digits2[1]) << PyLong_SHIFT) | (size_t)digits2[0]));
+            } else {
+                for (Py_ssize_t i=size-1; i >= 0 && !cmp; --i) {
+                    cmp = (Py_ssize_t) digits1[i] - (Py_ssize_t) digits2[i];
+                }
+            }
+        }
+        if (cmp == 0) return 0;
+        if (__Pyx_PyLong_IsNeg(op1)) cmp = -cmp;
+    }
+    return 1;
+}
+#endif
+#ifndef __Pyx_DEFINED_PyObject_CompareIntIntBoolNe
+#define __Pyx_DEFINED_PyObject_CompareIntIntBoolNe
+static CYTHON_INLINE PyObject* __Pyx_PyObject_CompareIntIntNe(PyObject *op1, PyObject *op2) {
+    int result = __Pyx_PyObject_CompareIntIntBoolNe(op1, op2);
+    if (unlikely(result == -1)) return NULL;
+    return __Pyx_NewRef(result ? Py_True : Py_False);
+}
+#endif
+#else
+#ifndef __Pyx_DEFINED_PyObject_CompareIntIntBoolNe
+#define __Pyx_DEFINED_PyObject_CompareIntIntBoolNe
+static int __Pyx_PyObject_CompareIntIntBoolNe(PyObject *op1, PyObject *op2) {
+    int overflow1, overflow2;
+    long long iop1 = PyLong_AsLongLongAndOverflow(op1, &overflow1);
+    long long iop2 = PyLong_AsLongLongAndOverflow(op2, &overflow2);
+    if (likely(!(overflow1 | overflow2))) {
+        if (iop1 != iop2) goto __pyx_return_true; else goto __pyx_return_false;
+    } else if (overflow1 != overflow2) {
+        if (overflow1 != overflow2) goto __pyx_return_true; else goto __pyx_return_false;
+    } else {
+        return __Pyx_PyObject_RichCompareBool(op1, op2, Py_NE);
+    }
+__pyx_return_true:
+    return 1;
+__pyx_return_false:
+    return 0;
+}
+#endif
+#endif
+static CYTHON_INLINE int __Pyx_PyObject_CompareBoolNe_object_int(PyObject *op1, PyObject *op2, int pyop) {
+    CYTHON_UNUSED_VAR(pyop);
+    if (unlikely(op2 == Py_None)) {
+        if (op1 == Py_None) goto __pyx_return_false; else goto __pyx_richcmp;
+    }
+    if (op1 == op2) goto __pyx_return_false;
+    if (PyFloat_CheckExact(op1)) {
+        if (likely(op2 != Py_None)) {
+            return __Pyx_PyObject_CompareFloatIntBoolNe(op1, op2);
+        }
+        goto __pyx_richcmp;
+    }
+    if (likely(PyLong_CheckExact(op1))) {
+        if (op1 == op2) goto __pyx_return_false;
+        if (likely(op2 != Py_None)) {
+            return __Pyx_PyObject_CompareIntIntBoolNe(op1, op2);
+        }
+        goto __pyx_richcmp;
+    }
+    if ((0)) goto __pyx_richcmp;
+    if ((0)) goto __pyx_return_true;
+    if ((0)) goto __pyx_return_false;
+__pyx_richcmp:
+    return __Pyx_PyObject_RichCompareBool(op1, op2, Py_NE);
+__pyx_return_true:
+    return 1;
+__pyx_return_false:
+    return 0;
+}
+
+/* CIntToDigits (used by CIntToPyUnicode) */
+static const char DIGIT_PAIRS_10[2*10*10+1] = {
+    "00010203040506070809"
+    "10111213141516171819"
+    "20212223242526272829"
+    "30313233343536373839"
+    "40414243444546474849"
+    "50515253545556575859"
+    "60616263646566676869"
+    "70717273747576777879"
+    "80818283848586878889"
+    "90919293949596979899"
+};
+static const char DIGIT_PAIRS_8[2*8*8+1] = {
+    "0001020304050607"
+    "1011121314151617"
+    "2021222324252627"
+    "3031323334353637"
+    "4041424344454647"
+    "5051525354555657"
+    "6061626364656667"
+    "7071727374757677"
+};
+static const char DIGITS_HEX[2*16+1] = {
+    "0123456789abcdef"
+    "0123456789ABCDEF"
+};
+
+/* BuildPyUnicode (used by COrdinalToPyUnicode) */
+static PyObject* __Pyx_PyUnicode_BuildFromAscii(Py_ssize_t ulength, const char* chars, int clength,
+                                                int prepend_sign, char padding_char) {
+    PyObject *uval;
+    Py_ssize_t uoffset = ulength - clength;
+#if CYTHON_USE_UNICODE_INTERNALS
+    Py_ssize_t i;
+    void *udata;
+    uval = PyUnicode_New(ulength, 127);
+    if (unlikely(!uval)) return NULL;
+    udata = PyUnicode_DATA(uval);
+    if (uoffset > 0) {
+        i = 0;
+        if (prepend_sign) {
+            __Pyx_PyUnicode_WRITE(PyUnicode_1BYTE_KIND, udata, 0, '-');
+            i++;
+        }
+        for (; i < uoffset; i++) {
+            __Pyx_PyUnicode_WRITE(PyUnicode_1BYTE_KIND, udata, i, padding_char);
+        }
+    }
+    for (i=0; i < clength; i++) {
+        __Pyx_PyUnicode_WRITE(PyUnicode_1BYTE_KIND, udata, uoffset+i, chars[i]);
+    }
+#else
+    {
+        PyObject *sign = NULL, *padding = NULL;
+        uval = NULL;
+        if (uoffset > 0) {
+            prepend_sign = !!prepend_sign;
+            if (uoffset > prepend_sign) {
+                padding = PyUnicode_FromOrdinal(padding_char);
+                if (likely(padding) && uoffset > prepend_sign + 1) {
+                    PyObject *tmp = PySequence_Repeat(padding, uoffset - prepend_sign);
+                    Py_DECREF(padding);
+                    padding = tmp;
+                }
+                if (unlikely(!padding)) goto done_or_error;
+            }
+            if (prepend_sign) {
+                sign = PyUnicode_FromOrdinal('-');
+                if (unlikely(!sign)) goto done_or_error;
+            }
+        }
+        uval = PyUnicode_DecodeASCII(chars, clength, NULL);
+        if (likely(uval) && padding) {
+            PyObject *tmp = PyUnicode_Concat(padding, uval);
+            Py_DECREF(uval);
+            uval = tmp;
+        }
+        if (likely(uval) && sign) {
+            PyObject *tmp = PyUnicode_Concat(sign, uval);
+            Py_DECREF(uval);
+            uval = tmp;
+        }
+done_or_error:
+        Py_XDECREF(padding);
+        Py_XDECREF(sign);
+    }
+#endif
+    return uval;
+}
+
+/* COrdinalToPyUnicode (used by CIntToPyUnicode) */
+static CYTHON_INLINE int __Pyx_CheckUnicodeValue(int value) {
+    return value <= 1114111;
+}
+static PyObject* __Pyx_PyUnicode_FromOrdinal_Padded(int value, Py_ssize_t ulength, char padding_char) {
+    Py_ssize_t padding_length = ulength - 1;
+    if (likely((padding_length <= 250) && (value < 0xD800 || value > 0xDFFF))) {
+        char chars[256];
+        if (value <= 255) {
+            memset(chars, padding_char, (size_t) padding_length);
+            chars[ulength-1] = (char) value;
+            return PyUnicode_DecodeLatin1(chars, ulength, NULL);
+        }
+        char *cpos = chars + sizeof(chars);
+        if (value < 0x800) {
+            *--cpos = (char) (0x80 | (value & 0x3f));
+            value >>= 6;
+            *--cpos = (char) (0xc0 | (value & 0x1f));
+        } else if (value < 0x10000) {
+            *--cpos = (char) (0x80 | (value & 0x3f));
+            value >>= 6;
+            *--cpos = (char) (0x80 | (value & 0x3f));
+            value >>= 6;
+            *--cpos = (char) (0xe0 | (value & 0x0f));
+        } else {
+            *--cpos = (char) (0x80 | (value & 0x3f));
+            value >>= 6;
+            *--cpos = (char) (0x80 | (value & 0x3f));
+            value >>= 6;
+            *--cpos = (char) (0x80 | (value & 0x3f));
+            value >>= 6;
+            *--cpos = (char) (0xf0 | (value & 0x07));
+        }
+        cpos -= padding_length;
+        memset(cpos, padding_char, (size_t) padding_length);
+        return PyUnicode_DecodeUTF8(cpos, chars + sizeof(chars) - cpos, NULL);
+    }
+    if (value <= 127 && CYTHON_USE_UNICODE_INTERNALS) {
+        const char chars[1] = {(char) value};
+        return __Pyx_PyUnicode_BuildFromAscii(ulength, chars, 1, 0, padding_char);
+    }
+    {
+        PyObject *uchar, *padding_uchar, *padding, *result;
+        padding_uchar = PyUnicode_FromOrdinal(padding_char);
+        if (unlikely(!padding_uchar)) return NULL;
+        padding = PySequence_Repeat(padding_uchar, padding_length);
+        Py_DECREF(padding_uchar);
+        if (unlikely(!padding)) return NULL;
+        uchar = PyUnicode_FromOrdinal(value);
+        if (unlikely(!uchar)) {
+            Py_DECREF(padding);
+            return NULL;
+        }
+        result = PyUnicode_Concat(padding, uchar);
+        Py_DECREF(padding);
+        Py_DECREF(uchar);
+        return result;
+    }
+}
+
+/* CIntToPyUnicode */
+static CYTHON_INLINE PyObject* __Pyx_uchar___Pyx_PyUnicode_From_Py_ssize_t(Py_ssize_t value, Py_ssize_t width, char padding_char) {
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#endif
+    const Py_ssize_t neg_one = (Py_ssize_t) -1, const_zero = (Py_ssize_t) 0;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic pop
+#endif
+    const int is_unsigned = neg_one > const_zero;
+    if (unlikely(!(is_unsigned || value == 0 || value > 0) ||
+                    !(sizeof(value) <= 2 || value & ~ (Py_ssize_t) 0x01fffff || __Pyx_CheckUnicodeValue((int) value)))) {
+        PyErr_SetString(PyExc_OverflowError, "%c arg not in range(0x110000)");
+        return NULL;
+    }
+    if (width <= 1) {
+        return PyUnicode_FromOrdinal((int) value);
+    }
+    return __Pyx_PyUnicode_FromOrdinal_Padded((int) value, width, padding_char);
+}
+static CYTHON_INLINE PyObject* __Pyx____Pyx_PyUnicode_From_Py_ssize_t(Py_ssize_t value, Py_ssize_t width, char padding_char, char format_char) {
+    char digits[sizeof(Py_ssize_t)*3+2];
+    char *dpos, *end = digits + sizeof(Py_ssize_t)*3+2;
+    const char *hex_digits = DIGITS_HEX;
+    Py_ssize_t length, ulength;
+    int prepend_sign, last_one_off;
+    Py_ssize_t remaining;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#endif
+    const Py_ssize_t neg_one = (Py_ssize_t) -1, const_zero = (Py_ssize_t) 0;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic pop
+#endif
+    const int is_unsigned = neg_one > const_zero;
+    if (format_char == 'X') {
+        hex_digits += 16;
+        format_char = 'x';
+    }
+    remaining = value;
+    last_one_off = 0;
+    dpos = end;
+    do {
+        int digit_pos;
+        switch (format_char) {
+        case 'o':
+            digit_pos = abs((int)(remaining % (8*8)));
+            remaining = (Py_ssize_t) (remaining / (8*8));
+            dpos -= 2;
+            memcpy(dpos, DIGIT_PAIRS_8 + digit_pos * 2, 2);
+            last_one_off = (digit_pos < 8);
+            break;
+        case 'd':
+            digit_pos = abs((int)(remaining % (10*10)));
+            remaining = (Py_ssize_t) (remaining / (10*10));
+            dpos -= 2;
+            memcpy(dpos, DIGIT_PAIRS_10 + digit_pos * 2, 2);
+            last_one_off = (digit_pos < 10);
+            break;
+        case 'x':
+            *(--dpos) = hex_digits[abs((int)(remaining % 16))];
+            remaining = (Py_ssize_t) (remaining / 16);
+            break;
+        default:
+            assert(0);
+            break;
+        }
+    } while (unlikely(remaining != 0));
+    assert(!last_one_off || *dpos == '0');
+    dpos += last_one_off;
+    length = end - dpos;
+    ulength = length;
+    prepend_sign = 0;
+    if (!is_unsigned && value <= neg_one) {
+        if (padding_char == ' ' || width <= length + 1) {
+            *(--dpos) = '-';
+            ++length;
+        } else {
+            prepend_sign = 1;
+        }
+        ++ulength;
+    }
+    if (width > ulength) {
+        ulength = width;
+    }
+    if (ulength == 1) {
+        return PyUnicode_FromOrdinal(*dpos);
+    }
+    return __Pyx_PyUnicode_BuildFromAscii(ulength, dpos, (int) length, prepend_sign, padding_char);
+}
+
+/* PyObjectCompare */
+#ifndef __Pyx_DEFINED_PyObject_CompareFloatIntBoolLt
+#define __Pyx_DEFINED_PyObject_CompareFloatIntBoolLt
+static int __Pyx_PyObject_CompareFloatIntBoolLt(PyObject *op1, PyObject *op2) {
+    double float_op1 = __Pyx_PyFloat_AS_DOUBLE(op1);
+    #if !CYTHON_ASSUME_SAFE_MACROS
+    if (unlikely(float_op1 == -1. && PyErr_Occurred())) return -1;
+    #endif
+    #if CYTHON_USE_PYLONG_INTERNALS
+    if (__Pyx_PyLong_IsCompact(op2)) {
+        Py_ssize_t iop2 = __Pyx_PyLong_CompactValue(op2);
+        if (float_op1 < ((double)iop2)) goto __pyx_return_true; else goto __pyx_return_false;
+    }
+    if (unlikely(!__Pyx_isfinite(float_op1))) {
+        if (float_op1 < 0.0) goto __pyx_return_true; else goto __pyx_return_false;
+    } else {
+        int sign2 = __Pyx_PyLong_Sign(op2);
+        if (float_op1 >= 0.) {
+            if (sign2 < 0) goto __pyx_return_false;
+            if (float_op1 < (double) (1L << PyLong_SHIFT)) goto __pyx_return_true;
+        } else {
+            if (sign2 > 0) goto __pyx_return_true;
+            if (float_op1 > -(double) (1L << PyLong_SHIFT)) goto __pyx_return_false;
+        }
+    }
+    #else
+    if (unlikely(!__Pyx_isfinite(float_op1))) {
+        if (float_op1 < 0.0) goto __pyx_return_true; else goto __pyx_return_false;
+    } else {
+        int overflow2;
+        long iop2 = PyLong_AsLongAndOverflow(op2, &overflow2);
+        if (likely(!overflow2)) {
+            if ((long long) iop2 >= (1LL << 53)) {
+                overflow2 = 1;
+            } else if ((long long) iop2 <= - (1LL << 53)) {
+                overflow2 = -1;
+            } else {
+                if (float_op1 < ((double) iop2)) goto __pyx_return_true; else goto __pyx_return_false;
+            }
+        }
+        if (overflow2 > 0) {
+            if (float_op1 < ((double) (1LL << 53))) goto __pyx_return_true;
+        } else {
+            if (float_op1 > - ((double) (1LL << 53))) goto __pyx_return_false;
+        }
+    }
+    #endif
+    return __Pyx_PyObject_RichCompareBool(op1, op2, Py_LT);
+__pyx_return_true:
+    return 1;
+__pyx_return_false:
+    return 0;
+}
+#endif
+#if CYTHON_USE_PYLONG_INTERNALS
+#ifndef __Pyx_DEFINED_PyObject_CompareIntIntBoolLt
+#define __Pyx_DEFINED_PyObject_CompareIntIntBoolLt
+static int __Pyx_PyObject_CompareIntIntBoolLt(PyObject *op1, PyObject *op2) {
+    Py_ssize_t cmp = __Pyx_PyLong_CompareSignAndSize(op1, op2);
+    if (cmp == 0) {
+        Py_ssize_t size = __Pyx_PyLong_DigitCount(op1);
+        if (size > 0) {
+            const digit* digits1 = __Pyx_PyLong_Digits(op1);
+            const digit* digits2 = __Pyx_PyLong_Digits(op2);
+            if (size == 1) {
+                cmp = (Py_ssize_t) digits1[0] - (Py_ssize_t) digits2[0];
+            } else if ((size == 2) && (8 * sizeof(Py_ssize_t) >= 2 * PyLong_SHIFT)) {
+                cmp = (Py_ssize_t) (((((size_t)digits1[1]) << PyLong_SHIFT) | (size_t)digits1[0])) - (Py_ssize_t) (((((size_t)digits2[1]) << PyLong_SHIFT) | (size_t)digits2[0]));
+            } else {
+                for (Py_ssize_t i=size-1; i >= 0 && !cmp; --i) {
+                    cmp = (Py_ssize_t) digits1[i] - (Py_ssize_t) digits2[i];
+                }
+            }
+        }
+        if (cmp == 0) return 0;
+        if (__Pyx_PyLong_IsNeg(op1)) cmp = -cmp;
+    }
+    return (cmp < 0);
+}
+#endif
+#ifndef __Pyx_DEFINED_PyObject_CompareIntIntBoolLt
+#define __Pyx_DEFINED_PyObject_CompareIntIntBoolLt
+static CYTHON_INLINE PyObject* __Pyx_PyObject_CompareIntIntLt(PyObject *op1, PyObject *op2) {
+    int result = __Pyx_PyObject_CompareIntIntBoolLt(op1, op2);
+    if (unlikely(result == -1)) return NULL;
+    return __Pyx_NewRef(result ? Py_True : Py_False);
+}
+#endif
+#else
+#ifndef __Pyx_DEFINED_PyObject_CompareIntIntBoolLt
+#define __Pyx_DEFINED_PyObject_CompareIntIntBoolLt
+static int __Pyx_PyObject_CompareIntIntBoolLt(PyObject *op1, PyObject *op2) {
+    int overflow1, overflow2;
+    long long iop1 = PyLong_AsLongLongAndOverflow(op1, &overflow1);
+    long long iop2 = PyLong_AsLongLongAndOverflow(op2, &overflow2);
+    if (likely(!(overflow1 | overflow2))) {
+        if (iop1 < iop2) goto __pyx_return_true; else goto __pyx_return_false;
+    } else if (overflow1 != overflow2) {
+        if (overflow1 < overflow2) goto __pyx_return_true; else goto __pyx_return_false;
+    } else {
+        return __Pyx_PyObject_RichCompareBool(op1, op2, Py_LT);
+    }
+__pyx_return_true:
+    return 1;
+__pyx_return_false:
+    return 0;
+}
+#endif
+#endif
+static CYTHON_INLINE int __Pyx_PyObject_CompareBoolLt_object_int(PyObject *op1, PyObject *op2, int pyop) {
+    CYTHON_UNUSED_VAR(pyop);
+    if (unlikely(op2 == Py_None)) {
+        goto __pyx_richcmp;
+    }
+    if (op1 == op2) goto __pyx_return_false;
+    if (PyFloat_CheckExact(op1)) {
+        if (likely(op2 != Py_None)) {
+            return __Pyx_PyObject_CompareFloatIntBoolLt(op1, op2);
+        }
+        goto __pyx_richcmp;
+    }
+    if (likely(PyLong_CheckExact(op1))) {
+        if (op1 == op2) goto __pyx_return_false;
+        if (likely(op2 != Py_None)) {
+            return __Pyx_PyObject_CompareIntIntBoolLt(op1, op2);
+        }
+        goto __pyx_richcmp;
+    }
+    if ((0)) goto __pyx_richcmp;
+    if ((0)) goto __pyx_return_true;
+    if ((0)) goto __pyx_return_false;
+__pyx_richcmp:
+    return __Pyx_PyObject_RichCompareBool(op1, op2, Py_LT);
+__pyx_return_true:
+    return 1;
+__pyx_return_false:
+    return 0;
+}
+
 /* PyObjectVectorcallKwds */
 #if CYTHON_VECTORCALL
 CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject *kwnames, Py_ssize_t i) {
@@ -17710,6 +18734,57 @@ CYTHON_UNUSED static int __Pyx_CheckVectorcallKwarg(PyObject **kwnames, Py_ssize
     return 0;
 }
 #endif
+
+/* PyObjectVectorcallMethodKwds */
+#if !CYTHON_VECTORCALL
+static PyObject *__Pyx_Object_VectorcallMethodKwds(PyObject *name, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    PyObject *result;
+    PyObject *obj = PyObject_GetAttr(args[0], name);
+    if (unlikely(!obj))
+        return NULL;
+    result = __Pyx_Object_VectorcallKwds(obj, args+1, nargsf-1, kwnames);
+    Py_DECREF(obj);
+    return result;
+}
+#endif
+
+/* RaiseTooManyValuesToUnpack */
+static CYTHON_INLINE void __Pyx_RaiseTooManyValuesError(Py_ssize_t expected) {
+    PyErr_Format(PyExc_ValueError,
+                 "too many values to unpack (expected %" CYTHON_FORMAT_SSIZE_T "d)", expected);
+}
+
+/* RaiseNeedMoreValuesToUnpack */
+static CYTHON_INLINE void __Pyx_RaiseNeedMoreValuesError(Py_ssize_t index) {
+    PyErr_Format(PyExc_ValueError,
+                 "need more than %" CYTHON_FORMAT_SSIZE_T "d value%.1s to unpack",
+                 index, (index == 1) ? "" : "s");
+}
+
+/* IterFinish */
+static CYTHON_INLINE int __Pyx_IterFinish(void) {
+    PyObject* exc_type;
+    __Pyx_PyThreadState_declare
+    __Pyx_PyThreadState_assign
+    exc_type = __Pyx_PyErr_CurrentExceptionType();
+    if (unlikely(exc_type)) {
+        if (unlikely(!__Pyx_PyErr_GivenExceptionMatches(exc_type, PyExc_StopIteration)))
+            return -1;
+        __Pyx_PyErr_Clear();
+        return 0;
+    }
+    return 0;
+}
+
+/* UnpackItemEndCheck */
+static int __Pyx_IternextUnpackEndCheck(PyObject *retval, Py_ssize_t expected) {
+    if (unlikely(retval)) {
+        Py_DECREF(retval);
+        __Pyx_RaiseTooManyValuesError(expected);
+        return -1;
+    }
+    return __Pyx_IterFinish();
+}
 
 /* SwapException */
 #if CYTHON_FAST_THREAD_STATE
@@ -21729,19 +22804,6 @@ static CYTHON_INLINE int __Pyx_PyLong_As_int(PyObject *x) {
     }
 }
 
-/* PyObjectVectorcallMethodKwds (used by CIntToPy) */
-#if !CYTHON_VECTORCALL
-static PyObject *__Pyx_Object_VectorcallMethodKwds(PyObject *name, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
-    PyObject *result;
-    PyObject *obj = PyObject_GetAttr(args[0], name);
-    if (unlikely(!obj))
-        return NULL;
-    result = __Pyx_Object_VectorcallKwds(obj, args+1, nargsf-1, kwnames);
-    Py_DECREF(obj);
-    return result;
-}
-#endif
-
 /* CIntToPy */
 static CYTHON_INLINE PyObject* __Pyx_PyLong_From_long(long value) {
 #ifdef __Pyx_HAS_GCC_DIAGNOSTIC
@@ -21866,6 +22928,85 @@ static CYTHON_INLINE PyObject* __Pyx_PyLong_From_npy_intp(npy_intp value) {
         PyObject *result = NULL, *kwds = NULL;
         PyObject *py_bytes = NULL, *order_str = NULL, *from_bytes_str = NULL;;
         py_bytes = PyBytes_FromStringAndSize((char*)bytes, sizeof(npy_intp));
+        if (!py_bytes) goto limited_bad;
+        from_bytes_str = PyUnicode_FromStringAndSize("from_bytes", 10);
+        if (!from_bytes_str) goto limited_bad;
+        order_str = PyUnicode_FromString(little ? "little" : "big");
+        if (!order_str) goto limited_bad;
+        {
+            PyObject *args[] = { (PyObject*)&PyLong_Type, py_bytes, order_str, Py_True };
+            if (!is_unsigned) {
+                PyObject *signed_str = PyUnicode_FromStringAndSize("signed", 6);
+                if (!signed_str) goto limited_bad;
+#if CYTHON_VECTORCALL
+                kwds = PyTuple_Pack(1, signed_str);
+#else
+                {
+                    PyObject *keys[] = {signed_str};
+                    PyObject *values[] = {Py_True};
+                    kwds = __Pyx_MakeKwargDict(keys, values, 1);
+                }
+#endif
+                Py_DECREF(signed_str);
+                if (unlikely(!kwds)) goto limited_bad;
+            }
+            result = __Pyx_Object_VectorcallMethodKwds(from_bytes_str, args, 3 | __Pyx_PY_VECTORCALL_ARGUMENTS_OFFSET, kwds);
+        }
+        limited_bad:
+        Py_XDECREF(kwds);
+        Py_XDECREF(order_str);
+        Py_XDECREF(py_bytes);
+        Py_XDECREF(from_bytes_str);
+        return result;
+#endif
+    }
+}
+
+/* CIntToPy */
+static CYTHON_INLINE PyObject* __Pyx_PyLong_From_int(int value) {
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wconversion"
+#endif
+    const int neg_one = (int) -1, const_zero = (int) 0;
+#ifdef __Pyx_HAS_GCC_DIAGNOSTIC
+#pragma GCC diagnostic pop
+#endif
+    const int is_unsigned = neg_one > const_zero;
+    if (is_unsigned) {
+        if (sizeof(int) < sizeof(long)) {
+            return PyLong_FromLong((long) value);
+        } else if (sizeof(int) <= sizeof(unsigned long)) {
+            return PyLong_FromUnsignedLong((unsigned long) value);
+#if !CYTHON_COMPILING_IN_PYPY
+        } else if (sizeof(int) <= sizeof(unsigned PY_LONG_LONG)) {
+            return PyLong_FromUnsignedLongLong((unsigned PY_LONG_LONG) value);
+#endif
+        }
+    } else {
+        if (sizeof(int) <= sizeof(long)) {
+            return PyLong_FromLong((long) value);
+        } else if (sizeof(int) <= sizeof(PY_LONG_LONG)) {
+            return PyLong_FromLongLong((PY_LONG_LONG) value);
+        }
+    }
+    {
+        unsigned char *bytes = (unsigned char *)&value;
+#if !CYTHON_COMPILING_IN_LIMITED_API && PY_VERSION_HEX >= 0x030d00A4
+        if (is_unsigned) {
+            return PyLong_FromUnsignedNativeBytes(bytes, sizeof(value), -1);
+        } else {
+            return PyLong_FromNativeBytes(bytes, sizeof(value), -1);
+        }
+#elif !CYTHON_COMPILING_IN_LIMITED_API && PY_VERSION_HEX < 0x030d0000
+        int one = 1; int little = (int)*(unsigned char *)&one;
+        return _PyLong_FromByteArray(bytes, sizeof(int),
+                                     little, !is_unsigned);
+#else
+        int one = 1; int little = (int)*(unsigned char *)&one;
+        PyObject *result = NULL, *kwds = NULL;
+        PyObject *py_bytes = NULL, *order_str = NULL, *from_bytes_str = NULL;;
+        py_bytes = PyBytes_FromStringAndSize((char*)bytes, sizeof(int));
         if (!py_bytes) goto limited_bad;
         from_bytes_str = PyUnicode_FromStringAndSize("from_bytes", 10);
         if (!from_bytes_str) goto limited_bad;

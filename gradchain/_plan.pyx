@@ -200,6 +200,10 @@ cdef class Plan:
         dims = [n0]
         for i in range(self._k):
             if self._ops[i].code == OP_AFFINE:
+                if dims[i] != self._ops[i].n_in:
+                    raise ValueError(
+                        f"op {i} (affine) takes {self._ops[i].n_in} inputs but "
+                        f"receives {dims[i]}")
                 dims.append(self._ops[i].n_out)
             else:
                 dims.append(dims[i])
@@ -212,7 +216,8 @@ cdef class Plan:
     cdef cnp.ndarray _workspace(self, Py_ssize_t B, Py_ssize_t total):
         # the cached workspace, or a fresh one when the cache is in use or
         # sized for another batch
-        if self._ws_busy or self._ws_B != B or self._ws is None:
+        if (self._ws_busy or self._ws is None or self._ws_B != B
+                or self._ws.shape[0] < total):
             ws = np.empty(total, dtype=np.float32 if self._typenum == cnp.NPY_FLOAT
                           else np.float64)
             if not self._ws_busy:
@@ -230,9 +235,16 @@ cdef class Plan:
         cdef Py_ssize_t cdims[65]
         cdef Py_ssize_t nmax = n0, total = 0
         if k + 1 > 65:
-            return None          # caller falls back to run()
+            # long plans: the general path (heap-allocated tables)
+            _, vals, G, _ = self.run(x.reshape(B, n0), "loss", loss=loss,
+                                     aux=aux, labels=labels)
+            return vals, G.reshape((<object>x).shape)
         cdims[0] = n0
         for i in range(k):
+            if self._ops[i].code == OP_AFFINE and cdims[i] != self._ops[i].n_in:
+                raise ValueError(
+                    f"op {i} (affine) takes {self._ops[i].n_in} inputs but "
+                    f"receives {cdims[i]}")
             cdims[i + 1] = self._ops[i].n_out if self._ops[i].code == OP_AFFINE else cdims[i]
             if cdims[i + 1] > nmax:
                 nmax = cdims[i + 1]

@@ -120,6 +120,9 @@ class Map:
     in_dim = None
     out_dim = None
 
+    def _params(self):
+        return ()
+
     def __call__(self, x):
         return np.asarray(self.fn(x))
 
@@ -141,10 +144,16 @@ class Map:
         if x.ndim == 1:
             c = Chain([self._jac_at(x)])
             return c.vjp(t) if transpose else c.jvp(t)
+        if x.shape[0] == 0:
+            if transpose:
+                width = x.shape[1]
+            else:
+                y = np.asarray(self.fn(x))
+                width = y.shape[1] if y.ndim == 2 else 0
+            return np.empty((0, width))
         rows = [Chain([self._jac_at(x[b])]) for b in range(x.shape[0])]
         return np.stack([(c.vjp(t[b]) if transpose else c.jvp(t[b]))
-                         for b, c in enumerate(rows)]) if rows else (
-            np.empty((0, x.shape[1] if transpose else 0)))
+                         for b, c in enumerate(rows)])
 
     def __repr__(self):
         return f"Map({getattr(self.fn, '__name__', 'fn')})"
@@ -160,6 +169,9 @@ class _Builtin(Map):
 
     def _spec(self, dtype):
         raise NotImplementedError
+
+    def _spec_is_view(self, spec):
+        return True
 
     def _params(self):
         return ()
@@ -202,6 +214,11 @@ class Affine(_Builtin):
         W = np.require(self.W, dtype, "A")
         b = None if self.b is None else np.require(self.b, dtype, "CA")
         return (_OP_AFFINE, W, b)
+
+    def _spec_is_view(self, spec):
+        """Whether the plan reads W and b in place (else: converted copies,
+        which would not follow the caller's in-place changes)."""
+        return spec[1] is self.W and (self.b is None or spec[2] is self.b)
 
     def __repr__(self):
         return f"Affine({self.W.shape[1]} -> {self.W.shape[0]}" + (
@@ -472,11 +489,22 @@ class Composition:
         return np.dtype(np.result_type(*dts))
 
     def _plan_list(self, dtype):
+        """One Plan per built-in segment (user maps stand for themselves).
+        Cached per dtype when every parameter is read in place; a parameter
+        converted to another dtype is converted again at each call, so that
+        in-place changes to it are always seen."""
         plans = self._plans.get(dtype)
         if plans is None:
-            plans = [Plan([m._spec(dtype) for m in seg], dtype)
-                     if isinstance(seg, list) else seg for seg in self._segments]
-            self._plans[dtype] = plans
+            plans, cache = [], True
+            for seg in self._segments:
+                if isinstance(seg, list):
+                    specs = [m._spec(dtype) for m in seg]
+                    cache &= all(m._spec_is_view(sp) for m, sp in zip(seg, specs))
+                    plans.append(Plan(specs, dtype))
+                else:
+                    plans.append(seg)
+            if cache:
+                self._plans[dtype] = plans
         return plans
 
     def _input(self, x, name="x"):
@@ -509,6 +537,21 @@ class Composition:
             raise ValueError(f"maps[{i}] returned shape {y.shape} for a batch input")
         return np.require(y.reshape(1, -1) if single else y, dtype, "CA")
 
+    def _check_width(self, idx, X):
+        """X is about to enter maps[idx:]: check it against the first map
+        there whose input size is known (built-in stretches only)."""
+        for i in range(idx, len(self.maps)):
+            m = self.maps[i]
+            if not m._builtin:
+                return
+            if m.in_dim is not None:
+                if X.shape[1] != m.in_dim:
+                    src = f"maps[{idx - 1}]" if idx > 0 else "x"
+                    raise ValueError(
+                        f"maps[{i}] ({m!r}) takes {m.in_dim} inputs but {src} "
+                        f"outputs {X.shape[1]} values")
+                return
+
     def _forward_all(self, X, single, dtype):
         """Per segment: (segment, its input batch); and the final output."""
         trail = []
@@ -516,6 +559,7 @@ class Composition:
         for seg, plan in zip(self._segments, self._plan_list(dtype)):
             trail.append((seg, plan, X))
             if isinstance(seg, list):
+                self._check_width(idx, X)
                 X = plan.run(X, "forward")[-1]
                 idx += len(seg)
             else:
@@ -543,16 +587,17 @@ class Composition:
         idx = 0
         for seg, plan in zip(self._segments, self._plan_list(dtype)):
             if isinstance(seg, list):
+                self._check_width(idx, xs[-1])
                 xs += plan.run(xs[-1], "forward")[1:]
                 idx += len(seg)
             else:
                 xs.append(self._user_out(seg(self._user_in(xs[-1], single)),
                                          single, dtype, idx))
                 idx += 1
+        if np.shares_memory(xs[0], x):
+            xs[0] = xs[0].copy()            # never hand back the caller's x
         if single:
             xs = [a[0] for a in xs]
-        else:
-            xs[0] = xs[0].copy() if xs[0] is x else xs[0]
         return xs[-1], xs
 
     def __call__(self, x):
@@ -567,6 +612,9 @@ class Composition:
         with respect to sample b); ``"mean"`` divides both by B; ``"none"``
         returns the (B,) losses and the same rows.
         """
+        if reduction not in ("sum", "mean", "none"):
+            raise ValueError(f"reduction must be 'sum', 'mean' or 'none', got "
+                             f"{reduction!r}")
         fast = self._fast
         if (fast is not None and type(x) is np.ndarray and x.dtype == fast[0]
                 and x.shape == fast[1] and x.flags.c_contiguous):
@@ -580,9 +628,6 @@ class Composition:
             return self._reduce(vals, G, reduction)
         if self.loss is None:
             raise ValueError("value_and_grad needs a loss: compose(..., loss=...)")
-        if reduction not in ("sum", "mean", "none"):
-            raise ValueError(f"reduction must be 'sum', 'mean' or 'none', got "
-                             f"{reduction!r}")
         X, single, dtype = self._input(x)
         B = X.shape[0]
         plans = self._plan_list(dtype)
@@ -591,7 +636,8 @@ class Composition:
             aux, labels = self.loss._rows(B, n_k, dtype)
             _, vals, G, _ = plans[0].run(X, "loss", loss=self.loss._code,
                                          aux=aux, labels=labels)
-            if type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous:
+            if (type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous
+                    and self._plans.get(dtype) is plans):
                 self._fast = (dtype, x.shape, plans[0], n_k, single)
         else:
             trail, Y = self._forward_all(X, single, dtype)
@@ -647,6 +693,7 @@ class Composition:
         idx = 0
         for seg, plan in zip(self._segments, self._plan_list(dtype)):
             if isinstance(seg, list):
+                self._check_width(idx, X)
                 X, V, _ = plan.run(X, "jvp", T=V)
                 idx += len(seg)
             else:
@@ -672,6 +719,8 @@ class Composition:
             for plan in self._plan_list(dtype):
                 Xb, V, _ = plan.run(np.ascontiguousarray(Xb), "jvp", T=V)
             return np.ascontiguousarray(V.T)
+        if n0 == 0:
+            return np.zeros((self.forward(x)[0].shape[0], 0), dtype)
         return np.stack([self.jvp(x, E[j]) for j in range(n0)], axis=1)
 
     def chain(self, x):
