@@ -27,7 +27,7 @@ GC_NAME(tanh_vec)(GC_T x)
     const GC_T e = GC_EXP_POLY(r) * GC_POW2(kd);
     const GC_T big = 1 - 2 / (e + 1);
     GC_T y = ax < (GC_T)0.625 ? small : (x < 0 ? -big : big);
-    return x == x ? y : x;
+    return (x == x && x != 0) ? y : x;      /* NaN, and the sign of zero */
 }
 
 /* 1 / (1 + exp(-x)) without overflow for either sign of x. */
