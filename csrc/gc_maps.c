@@ -99,7 +99,7 @@ static inline float gc_tanh_pq_s(float z)
 #define GC_POW2 gc_pow2_s
 #define GC_EXP_POLY gc_exp_poly_s
 #define GC_TANH_PQ gc_tanh_pq_s
-#define GC_TANH_CAP 9.0f
+#define GC_TANH_CAP 10.0f
 #define GC_LN2_HI 0.693145751953125f
 #define GC_LN2_LO 1.428606765330187045e-06f
 #include "gc_maps_impl.h"
