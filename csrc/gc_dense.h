@@ -33,7 +33,7 @@ extern "C" {
 /* Products smaller than this many matrix elements never start threads:
  * below it the fork/join cost exceeds the time saved (measured, see
  * BENCHMARKS.md). */
-#define GC_PARALLEL_MIN_ELEMS ((ptrdiff_t)1 << 17)
+#define GC_PARALLEL_MIN_ELEMS ((ptrdiff_t)1 << 15)
 
 /* Row-major matrices up to this many bytes (cache resident) take the
  * register-blocked J^T x kernel; larger ones are streamed row by row.  Any
