@@ -64,7 +64,8 @@ def ext(name, sources, libraries=()):
         depends=["csrc/gc_simd.h", "csrc/gc_dense.h", "csrc/gc_dense_impl.h",
                  "csrc/gc_struct.h", "csrc/gc_struct_impl.h",
                  "csrc/gc_maps.h", "csrc/gc_maps_impl.h",
-                 "gradchain/_kernels.pxd", "gradchain/_structured.pxd"],
+                 "gradchain/_kernels.pxd", "gradchain/_structured.pxd",
+                 "gradchain/_accumulate.pxd"],
         include_dirs=include_dirs,
         define_macros=macros,
         extra_compile_args=compile_args,
@@ -76,6 +77,7 @@ def ext(name, sources, libraries=()):
 extensions = [
     ext("gradchain._kernels", ["gradchain/_kernels.pyx", "csrc/gc_dense.c"]),
     ext("gradchain._structured", ["gradchain/_structured.pyx", "csrc/gc_struct.c"]),
+    ext("gradchain._accumulate", ["gradchain/_accumulate.pyx"]),
     ext("gradchain._plan", ["gradchain/_plan.pyx", "csrc/gc_maps.c"],
         libraries=[] if sys.platform == "win32" else ["m"]),
     ext("gradchain._chain", ["gradchain/_chain.pyx"]),

@@ -46,6 +46,34 @@ GC_NAME(axpy_block)(ptrdiff_t m, const GC_T *restrict p, ptrdiff_t rs,
     }
 }
 
+/* Two blocks (2 GC_W unit-stride columns), all rows, two partial sums (rows
+ * r mod 2): reads each row's 2 GC_W columns in one pass. */
+static GC_INLINE void
+GC_NAME(axpy_block2)(ptrdiff_t m, const GC_T *restrict p, ptrdiff_t rs,
+                     const GC_T *restrict x, GC_T *restrict out)
+{
+    GC_T s0[2 * GC_W] = {0}, s1[2 * GC_W] = {0};
+    ptrdiff_t r, l;
+    for (r = 0; r + 2 <= m; r += 2) {
+        const GC_T *restrict q = p + r * rs;
+        const GC_T x0 = x[r], x1 = x[r + 1];
+        for (l = 0; l < 2 * GC_W; l++) {
+            s0[l] += x0 * q[l];
+            s1[l] += x1 * q[rs + l];
+        }
+    }
+    if (r < m) {
+        const GC_T *restrict q = p + r * rs;
+        const GC_T x0 = x[r];
+        for (l = 0; l < 2 * GC_W; l++) {
+            s0[l] += x0 * q[l];
+        }
+    }
+    for (l = 0; l < 2 * GC_W; l++) {
+        out[l] = s0[l] + s1[l];
+    }
+}
+
 /* Register-blocked A^T x for unit column stride: for small matrices (cache
  * resident) and narrow ones, where y would otherwise be a latency chain. */
 GC_CLONES static void
@@ -54,6 +82,9 @@ GC_NAME(axpy_regblock)(ptrdiff_t m, ptrdiff_t c0, ptrdiff_t c1,
                        const GC_T *restrict x, GC_T *restrict y)
 {
     ptrdiff_t c = c0, r, l;
+    for (; c + 2 * GC_W <= c1; c += 2 * GC_W) {
+        GC_NAME(axpy_block2)(m, A + c, rs, x, y + c);
+    }
     for (; c + GC_W <= c1; c += GC_W) {
         GC_NAME(axpy_block)(m, A + c, rs, x, y + c);
     }

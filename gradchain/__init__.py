@@ -11,7 +11,7 @@ from gradchain._kernels import (
     set_num_threads,
     simd_target,
 )
-from gradchain.chain import Chain, jvp, vjp
+from gradchain.chain import Chain, ChainPlan, jacobian, jvp, vjp
 from gradchain.maps import (
     Affine,
     Composition,
@@ -52,6 +52,8 @@ __all__ = [
     "Chain",
     "vjp",
     "jvp",
+    "jacobian",
+    "ChainPlan",
     "Operator",
     "Dense",
     "Diagonal",

@@ -17,13 +17,20 @@ from libc.stdint cimport PTRDIFF_MAX as PY_SSIZE_T_MAX
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 from cython cimport floating
+from cython.parallel cimport prange
 
 from gradchain._kernels cimport (effective_threads, link_jtv, link_jv,
                                  block_jtv, block_jv)
 from gradchain._structured cimport (struct_apply, LINK_DENSE, LINK_DIAG,
                                     LINK_SCALED_IDENTITY, LINK_DIAG_RANK1)
+from gradchain._accumulate cimport (Factor, F_DENSE, F_DIAG, F_SCALED,
+                                    F_IDENT, F_DPR1, plan_chain, order_cost,
+                                    run_chain_f, run_chain_d)
 
 cnp.import_array()
+
+cdef extern from "gc_dense.h":
+    Py_ssize_t GC_PARALLEL_MIN_ELEMS
 
 cdef struct Link:
     int kind                # LINK_DENSE or a structured kind (_structured.pxd)
@@ -34,6 +41,8 @@ cdef struct Link:
     Py_ssize_t ds, us, vs   # structured: strides of d, u, v in elements
     Py_ssize_t m, n         # J has shape (m, n): m outputs, n inputs
     Py_ssize_t rs, cs       # dense: strides in elements (any sign, may be 0)
+    bint per_sample         # dense (B, m, n): one Jacobian per sample,
+    Py_ssize_t bs           # sample b's at data + b * bs (elements)
     const char *lo          # [lo, hi): the bytes the link's arrays may touch
     const char *hi
 
@@ -137,6 +146,27 @@ cdef bint _shares_memory(object a, object b):
         return True
 
 
+cdef int _per_sample(const Link *L, bint transpose, const floating *cur,
+                     Py_ssize_t B, floating *dst, int nt) noexcept nogil:
+    """Row b of dst = row b of cur times sample b's Jacobian (transposed for
+    jvp), the batch split across threads; each Jacobian is read once."""
+    cdef Py_ssize_t b
+    cdef Py_ssize_t nin = L.m if transpose else L.n
+    cdef Py_ssize_t nout = L.n if transpose else L.m
+    cdef const floating *J = <const floating *>L.data
+    cdef int err = 0
+    if B * L.m * L.n < GC_PARALLEL_MIN_ELEMS:
+        nt = 1
+    for b in prange(B, num_threads=max(nt, 1), schedule="static"):
+        if transpose:
+            err += link_jtv(J + b * L.bs, L.m, L.n, L.rs, L.cs, cur + b * nin,
+                            dst + b * nout, 1) != 0
+        else:
+            err += link_jv(J + b * L.bs, L.m, L.n, L.rs, L.cs, cur + b * nin,
+                           dst + b * nout, 1) != 0
+    return -1 if err else 0
+
+
 cdef int _run(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
               bint transpose, const floating *x, Py_ssize_t B,
               floating *out, int nt) noexcept nogil:
@@ -164,7 +194,9 @@ cdef int _run(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
         i = k - 1 - step if transpose else step
         L = &links[i]
         dst = out if step == k - 1 else work + (step & 1) * half
-        if L.kind != LINK_DENSE:
+        if L.per_sample:
+            rc = _per_sample(L, transpose, cur, B, dst, nt)
+        elif L.kind != LINK_DENSE:
             for b in range(B):
                 struct_apply(L.kind, L.n, <const floating *>L.data, L.ds,
                              <const floating *>L.u, L.us,
@@ -204,6 +236,9 @@ cdef class ChainCore:
     cdef list _keep                # operator vectors converted for the kernels
     cdef tuple _sources            # each link as the caller gave it
     cdef bint _converted           # some link is bound to a converted copy
+    cdef dict _plan_cache          # (mode, batch) -> (split, cost, l2r, r2l)
+    cdef Py_ssize_t _batch         # per-sample links' batch size, or -1
+    cdef Py_ssize_t _batch_from    # the first per-sample link
 
     def __cinit__(self, *args, **kwargs):
         self._links = NULL
@@ -213,6 +248,9 @@ cdef class ChainCore:
         self._stack = None
         self._keep = []
         self._converted = False
+        self._plan_cache = {}
+        self._batch = -1
+        self._batch_from = -1
         if len(args) + len(kwargs) != 1 or (kwargs and "jacobians" not in kwargs):
             raise TypeError(
                 f"{type(self).__name__}() takes exactly one argument, "
@@ -272,6 +310,7 @@ cdef class ChainCore:
         k = len(items)
         # Pass 1: arrays or operators, ranks and the common dtype.
         arrays = [None] * k
+        cdef Py_ssize_t batch = -1, batch_from = -1
         for i in range(k):
             item = items[i]
             if type(item) is not np.ndarray and isinstance(item, cnp.ndarray):
@@ -295,10 +334,20 @@ cdef class ChainCore:
                             typenum = t
                     continue
             a = _as_array(item, f"jacobians[{i}]")
-            if cnp.PyArray_NDIM(a) != 2:
+            if cnp.PyArray_NDIM(a) == 3:
+                # per-sample: one Jacobian per row of the batch
+                if batch == -1:
+                    batch, batch_from = cnp.PyArray_DIM(a, 0), i
+                elif cnp.PyArray_DIM(a, 0) != batch:
+                    raise ValueError(
+                        f"jacobians[{i}] holds {cnp.PyArray_DIM(a, 0)} "
+                        f"per-sample Jacobians (shape {_pyshape(a)}) but "
+                        f"jacobians[{batch_from}] holds {batch}")
+            elif cnp.PyArray_NDIM(a) != 2:
                 raise ValueError(
                     f"jacobians[{i}] must be a 2-D array of shape "
-                    f"(n_{i + 1}, n_{i}), got shape {_pyshape(a)}")
+                    f"(n_{i + 1}, n_{i}), or 3-D (batch, n_{i + 1}, n_{i}) "
+                    f"for per-sample Jacobians, got shape {_pyshape(a)}")
             t = cnp.PyArray_TYPE(a)
             if t != cnp.NPY_DOUBLE and t != cnp.NPY_FLOAT:
                 t = _compute_typenum(a.dtype, f"jacobians[{i}]")
@@ -321,6 +370,8 @@ cdef class ChainCore:
             else:
                 self._set_operator(i, arrays[i], dtype)
         self._arrays = tuple(arrays)
+        self._batch = batch
+        self._batch_from = batch_from
         self._check_dims()
 
     cdef _set_operator(self, Py_ssize_t i, op, dtype):
@@ -332,6 +383,8 @@ cdef class ChainCore:
         cdef Py_ssize_t strd[3]
         cdef int j, typenum = cnp.NPY_DOUBLE if dtype == _DT_DOUBLE else cnp.NPY_FLOAT
         L.kind = op._gc_kind
+        L.per_sample = False
+        L.bs = 0
         L.m = L.n = op.shape[0]
         L.rs = L.cs = 0
         L.scale = op._gc_scale()
@@ -378,6 +431,8 @@ cdef class ChainCore:
             L.u = L.v = NULL
             L.scale = 1.0
             L.ds = L.us = L.vs = 0
+            L.per_sample = False
+            L.bs = 0
             L.data = base + i * st[0]
             L.m = a.shape[1]
             L.n = a.shape[2]
@@ -402,15 +457,18 @@ cdef class ChainCore:
     cdef _set_link(self, Py_ssize_t i, cnp.ndarray a):
         cdef Link *L = &self._links[i]
         cdef Py_ssize_t isz = cnp.PyArray_ITEMSIZE(a)
+        cdef int o = cnp.PyArray_NDIM(a) - 2     # 1 for per-sample links
         L.kind = LINK_DENSE
         L.u = L.v = NULL
         L.scale = 1.0
         L.ds = L.us = L.vs = 0
+        L.per_sample = o == 1
+        L.bs = cnp.PyArray_STRIDE(a, 0) // isz if o == 1 else 0
         L.data = <const char *>cnp.PyArray_DATA(a)
-        L.m = cnp.PyArray_DIM(a, 0)
-        L.n = cnp.PyArray_DIM(a, 1)
-        L.rs = cnp.PyArray_STRIDE(a, 0) // isz
-        L.cs = cnp.PyArray_STRIDE(a, 1) // isz
+        L.m = cnp.PyArray_DIM(a, o)
+        L.n = cnp.PyArray_DIM(a, o + 1)
+        L.rs = cnp.PyArray_STRIDE(a, o) // isz
+        L.cs = cnp.PyArray_STRIDE(a, o + 1) // isz
         _extent(a, &L.lo, &L.hi)
 
     cdef _check_dims(self):
@@ -488,6 +546,173 @@ cdef class ChainCore:
             return tuple(self._stack)
         return self._arrays
 
+    # ------------------------------------------------------ accumulation
+
+    cdef void _fill_factors(self, Factor *f, str mode, Py_ssize_t B,
+                            const char *block, Py_ssize_t sample=0):
+        """The product as factors: jacobian [J_k .. J_1]; vjp [G, J_k .. J_1];
+        jvp [V, J_1^T .. J_k^T] (G, V: C-contiguous blocks of B rows)."""
+        cdef Py_ssize_t k = self._k, i, j, off = 0
+        cdef const Link *L
+        cdef Factor *F
+        cdef bint tr = mode == "jvp"
+        if mode != "jacobian":
+            F = &f[0]
+            F.kind = F_DENSE
+            F.p = B
+            F.q = self._links[k - 1].m if mode == "vjp" else self._links[0].n
+            F.data = block
+            F.rs = F.q
+            F.cs = 1
+            F.d = F.u = F.v = NULL
+            F.ds = F.us = F.vs = 0
+            F.coef = 1.0
+            off = 1
+        for j in range(k):
+            i = j if tr else k - 1 - j
+            L = &self._links[i]
+            F = &f[off + j]
+            F.d = F.u = F.v = NULL
+            F.ds = F.us = F.vs = 0
+            F.data = NULL
+            F.rs = F.cs = 0
+            F.coef = L.scale
+            if tr:
+                F.p = L.n
+                F.q = L.m
+            else:
+                F.p = L.m
+                F.q = L.n
+            if L.kind == LINK_DENSE:
+                F.kind = F_DENSE
+                F.data = L.data
+                if L.per_sample:
+                    F.data = L.data + sample * L.bs * (
+                        4 if self._typenum == cnp.NPY_FLOAT else 8)
+                if tr:
+                    F.rs = L.cs
+                    F.cs = L.rs
+                else:
+                    F.rs = L.rs
+                    F.cs = L.cs
+            elif L.kind == LINK_DIAG:
+                F.kind = F_DIAG
+                F.d, F.ds = L.data, L.ds
+            elif L.kind == LINK_SCALED_IDENTITY:
+                F.kind = F_IDENT if L.scale == 1.0 else F_SCALED
+            else:
+                F.kind = F_DPR1
+                F.d, F.ds = L.data, L.ds
+                if tr:      # (diag(d) + c u v^T)^T = diag(d) + c v u^T
+                    F.u, F.us, F.v, F.vs = L.v, L.vs, L.u, L.us
+                else:
+                    F.u, F.us, F.v, F.vs = L.u, L.us, L.v, L.vs
+
+    cdef tuple _get_plan(self, str mode, Py_ssize_t B):
+        """(split table, cost, left-to-right cost, right-to-left cost),
+        cached per (mode, B) for the life of the chain."""
+        key = (mode, B)
+        cached = self._plan_cache.get(key)
+        if cached is not None:
+            return cached
+        cdef Py_ssize_t m = self._k + (0 if mode == "jacobian" else 1)
+        cdef Factor *f = <Factor *>malloc(max(1, m) * sizeof(Factor))
+        cdef double cost, l2r, r2l
+        if f == NULL:
+            raise MemoryError()
+        split = np.zeros(max(1, m * m), dtype=np.intc)
+        cdef int *sp = <int *>cnp.PyArray_DATA(split)
+        try:
+            self._fill_factors(f, mode, B, NULL)
+            with nogil:
+                cost = plan_chain(f, m, sp)
+                l2r = order_cost(f, m, True)
+                r2l = order_cost(f, m, False)
+        finally:
+            free(f)
+        if cost < 0:
+            raise MemoryError("could not allocate the bracketing tables")
+        cached = (split, cost, l2r, r2l)
+        if len(self._plan_cache) < 64:
+            self._plan_cache[key] = cached
+        return cached
+
+    cdef _run_plan(self, split, bint transpose, cnp.ndarray x, Py_ssize_t B,
+                   cnp.ndarray dst, int typenum, Py_ssize_t sample=0):
+        cdef str mode = "jacobian" if x is None else ("vjp" if transpose else "jvp")
+        cdef Py_ssize_t m = self._k + (0 if x is None else 1)
+        cdef Factor *f = <Factor *>malloc(max(1, m) * sizeof(Factor))
+        cdef int *sp = <int *>cnp.PyArray_DATA(split)
+        cdef int rc, nt = effective_threads()
+        if f == NULL:
+            raise MemoryError()
+        try:
+            if x is None:
+                self._fill_factors(f, mode, B, NULL, sample)
+            else:
+                self._fill_factors(f, mode, B, <const char *>cnp.PyArray_DATA(x))
+            if typenum == cnp.NPY_DOUBLE:
+                with nogil:
+                    rc = run_chain_d(f, m, sp, <double *>cnp.PyArray_DATA(dst), nt)
+            else:
+                with nogil:
+                    rc = run_chain_f(f, m, sp, <float *>cnp.PyArray_DATA(dst), nt)
+        finally:
+            free(f)
+        if rc:
+            raise MemoryError("could not allocate the intermediate products")
+
+    def jacobian(self):
+        """The dense Jacobian J_k ... J_1 of shape (n_k, n_0) (or, with
+        per-sample links, (batch, n_k, n_0)), accumulated in the cheapest
+        bracketing (see ``plan(mode="jacobian")``)."""
+        cdef cnp.npy_intp dims[3]
+        cdef Py_ssize_t b, per, size
+        if self._k == 0:
+            raise ValueError("the empty chain is the identity of any size; it "
+                             "has no dense Jacobian")
+        typenum = self._typenum if self._typenum != -1 else cnp.NPY_DOUBLE
+        dims[0] = self._batch
+        dims[1] = self._links[self._k - 1].m
+        dims[2] = self._links[0].n
+        if self._batch < 0:
+            out = cnp.PyArray_EMPTY(2, &dims[1], typenum, 0)
+        else:
+            out = cnp.PyArray_EMPTY(3, dims, typenum, 0)
+        if cnp.PyArray_SIZE(out) == 0:
+            return out
+        plan = self._get_plan("jacobian", 0)
+        if self._batch < 0:
+            self._run_plan(plan[0], False, None, 0, out, typenum)
+            return out
+        for b in range(self._batch):
+            self._run_plan(plan[0], False, None, 0, out[b], typenum, b)
+        return out
+
+    @property
+    def batch(self):
+        """The number of per-sample Jacobians of the chain's 3-D links, or
+        None when every link is shared."""
+        return None if self._batch < 0 else self._batch
+
+    def _plan_info(self, Py_ssize_t batch, str mode):
+        """(split table, cost, l2r, r2l, factor names) for Chain.plan."""
+        if mode not in ("vjp", "jvp", "jacobian"):
+            raise ValueError(f"mode must be 'vjp', 'jvp' or 'jacobian', got {mode!r}")
+        if batch < 0:
+            raise ValueError(f"batch must be >= 0, got {batch}")
+        if self._k == 0:
+            raise ValueError("the empty chain has nothing to plan")
+        plan = self._get_plan(mode, 0 if mode == "jacobian" else batch)
+        k = self._k
+        if mode == "jacobian":
+            names = [f"J{i}" for i in range(k, 0, -1)]
+        elif mode == "vjp":
+            names = ["G" if batch != 1 else "g"] + [f"J{i}" for i in range(k, 0, -1)]
+        else:
+            names = ["V" if batch != 1 else "v"] + [f"J{i}^T" for i in range(1, k + 1)]
+        return plan + (names,)
+
     # ------------------------------------------------------------ products
 
     def vjp(self, cotangent, out=None):
@@ -530,6 +755,16 @@ cdef class ChainCore:
                 f"{name} must be 1-D (n,) or 2-D (batch, n), got shape "
                 f"{_pyshape(x)}")
         nin = cnp.PyArray_DIM(x, nd - 1)
+        if self._batch >= 0:
+            if nd != 2:
+                raise ValueError(
+                    f"jacobians[{self._batch_from}] holds {self._batch} "
+                    f"per-sample Jacobians, so the {name} must be a batch of "
+                    f"shape ({self._batch}, n), got shape {_pyshape(x)}")
+            if B != self._batch:
+                raise ValueError(
+                    f"{name} has {B} rows but jacobians[{self._batch_from}] "
+                    f"holds {self._batch} per-sample Jacobians")
         if k == 0:
             nres = nin
         elif transpose:
@@ -616,6 +851,14 @@ cdef class ChainCore:
                         f"the work buffers for a batch of {B} through widths "
                         f"up to {self._maxw} exceed the address space")
                 nt = effective_threads()
+                if B > 1 and self._batch < 0:
+                    plan = self._get_plan("vjp" if transpose else "jvp", B)
+                    if plan[1] < plan[2]:
+                        # pre-accumulating some links beats plain propagation
+                        self._run_plan(plan[0], transpose, x, B, dst, typenum)
+                        if dst is not res:
+                            res[...] = dst
+                        return res
                 if typenum == cnp.NPY_DOUBLE:
                     with nogil:
                         rc = _run(self._links, k, self._maxw, transpose,

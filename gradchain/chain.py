@@ -38,7 +38,55 @@ from numpy.typing import ArrayLike, NDArray
 
 from gradchain._chain import ChainCore
 
-__all__ = ["Chain", "vjp", "jvp"]
+__all__ = ["Chain", "ChainPlan", "vjp", "jvp", "jacobian"]
+
+
+class ChainPlan:
+    """The bracketing gradchain chose for a product along a chain.
+
+    Attributes
+    ----------
+    mode : str
+        "vjp" (G J_k ... J_1 for a block G of ``batch`` cotangents), "jvp"
+        (V J_1^T ... J_k^T, a block of tangents as rows) or "jacobian"
+        (J_k ... J_1).
+    batch : int
+        The number of vectors (0 for "jacobian").
+    expression : str
+        The bracketing, fully parenthesised, e.g. ``"(G J3) (J2 J1)"``.
+    cost : float
+        Its multiply-add count under the structure-aware cost model.
+    baseline_costs : dict
+        ``{"left_to_right": ..., "right_to_left": ...}``: the counts of the
+        two plain orders (for "vjp"/"jvp", left to right is plain
+        propagation of the block through the chain).
+    """
+
+    __slots__ = ("mode", "batch", "expression", "cost", "baseline_costs")
+
+    def __init__(self, mode, batch, expression, cost, baseline_costs):
+        self.mode, self.batch, self.expression = mode, batch, expression
+        self.cost, self.baseline_costs = cost, baseline_costs
+
+    def __repr__(self):
+        return (f"ChainPlan(mode={self.mode!r}, batch={self.batch}, "
+                f"expression={self.expression!r}, cost={self.cost:g}, "
+                f"baseline_costs={{'left_to_right': "
+                f"{self.baseline_costs['left_to_right']:g}, 'right_to_left': "
+                f"{self.baseline_costs['right_to_left']:g}}})")
+
+
+def _expression(split, names):
+    m = len(names)
+
+    def build(i, j, top):
+        if i == j:
+            return names[i]
+        s = int(split[i * m + j])
+        inner = f"{build(i, s, False)} {build(s + 1, j, False)}"
+        return inner if top else f"({inner})"
+
+    return build(0, m - 1, True)
 
 
 class Chain(ChainCore):
@@ -86,6 +134,24 @@ class Chain(ChainCore):
     >>> chain.jvp(np.array([1., 0.]))                   # J2 J1 v
     array([4.])
     """
+
+    def plan(self, batch=1, mode="vjp"):
+        """The bracketing used for ``mode`` ("vjp", "jvp" or "jacobian")
+        with ``batch`` vectors, as a :class:`ChainPlan`.
+
+        A block of B cotangents is one more factor of the product
+        G J_k ... J_1; the matrix-chain programme (structure-aware: a
+        diagonal link costs n per vector, a diagonal-plus-rank-one ~3n, the
+        identity nothing) decides between propagating the block link by link
+        and pre-multiplying some links.  ``vjp``/``jvp`` of a block follow
+        this plan; plans are cached per (mode, batch) for the chain's life.
+        """
+        if isinstance(batch, bool) or not isinstance(batch, int):
+            raise TypeError(f"batch must be an int, got {batch!r}")
+        split, cost, l2r, r2l, names = self._plan_info(batch, mode)
+        return ChainPlan(mode, 0 if mode == "jacobian" else batch,
+                         _expression(split, names), cost,
+                         {"left_to_right": l2r, "right_to_left": r2l})
 
     def __repr__(self) -> str:
         k = len(self)
@@ -160,3 +226,20 @@ def jvp(jacobians: Iterable[ArrayLike] | ArrayLike, tangent: ArrayLike, *,
     array([9.])
     """
     return ChainCore(jacobians).jvp(tangent, out)
+
+
+def jacobian(jacobians) -> NDArray[np.floating]:
+    """The dense Jacobian J_k ... J_1 of a chain, shape (n_k, n_0).
+
+    The product is bracketed by the matrix-chain programme with a cost model
+    that knows each link's structure (see :meth:`Chain.plan`); diagonal
+    links scale rows or columns and are never materialised, dense products
+    go to BLAS.
+
+    Examples
+    --------
+    >>> import numpy as np, gradchain
+    >>> gradchain.jacobian([np.array([[1., 2.]]).T, np.array([[3., 4.]])])
+    array([[11.]])
+    """
+    return ChainCore(jacobians).jacobian()

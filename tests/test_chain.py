@@ -679,14 +679,18 @@ def test_link_shape_mismatch(make):
 
 
 def test_link_wrong_ndim():
+    # (a 3-D link in a list is a per-sample link: see tests for issue 4)
     with raises(ValueError, "jacobians[1] must be a 2-D array of shape "
-                            "(n_2, n_1), got shape (3,)"):
+                            "(n_2, n_1), or 3-D (batch, n_2, n_1) for per-sample "
+                            "Jacobians, got shape (3,)"):
         vjp([np.ones((3, 2)), np.ones(3)], np.ones(3))
     with raises(ValueError, "jacobians[0] must be a 2-D array of shape "
-                            "(n_1, n_0), got shape (2, 3, 2)"):
-        Chain([np.ones((2, 3, 2))])
+                            "(n_1, n_0), or 3-D (batch, n_1, n_0) for per-sample "
+                            "Jacobians, got shape (2, 3, 2, 1)"):
+        Chain([np.ones((2, 3, 2, 1))])
     with raises(ValueError, "jacobians[0] must be a 2-D array of shape "
-                            "(n_1, n_0), got shape ()"):
+                            "(n_1, n_0), or 3-D (batch, n_1, n_0) for per-sample "
+                            "Jacobians, got shape ()"):
         jvp([np.float64(1.0)], np.ones(1))
 
 
