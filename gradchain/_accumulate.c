@@ -1786,6 +1786,7 @@ struct __pyx_t_9gradchain_11_accumulate_Factor {
 struct __pyx_t_9gradchain_11_accumulate_Val {
   int kind;
   int owned;
+  int ext;
   Py_ssize_t p;
   Py_ssize_t q;
   void *buf;
@@ -2499,8 +2500,8 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t
 static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t_9gradchain_11_accumulate_Val *, double const *); /*proto*/
 static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *, Py_ssize_t, Py_ssize_t, float const *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, float *, int); /*proto*/
 static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *, Py_ssize_t, Py_ssize_t, double const *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, double *, int); /*proto*/
-static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_9gradchain_11_accumulate_Val *, struct __pyx_t_9gradchain_11_accumulate_Val *, struct __pyx_t_9gradchain_11_accumulate_Val *, float const *, int); /*proto*/
-static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_9gradchain_11_accumulate_Val *, struct __pyx_t_9gradchain_11_accumulate_Val *, struct __pyx_t_9gradchain_11_accumulate_Val *, double const *, int); /*proto*/
+static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_9gradchain_11_accumulate_Val *, struct __pyx_t_9gradchain_11_accumulate_Val *, struct __pyx_t_9gradchain_11_accumulate_Val *, float *, int); /*proto*/
+static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_9gradchain_11_accumulate_Val *, struct __pyx_t_9gradchain_11_accumulate_Val *, struct __pyx_t_9gradchain_11_accumulate_Val *, double *, int); /*proto*/
 static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gradchain_11_accumulate_Factor const *, Py_ssize_t, int const *, Py_ssize_t, Py_ssize_t, struct __pyx_t_9gradchain_11_accumulate_Val *, float *, int); /*proto*/
 static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gradchain_11_accumulate_Factor const *, Py_ssize_t, int const *, Py_ssize_t, Py_ssize_t, struct __pyx_t_9gradchain_11_accumulate_Val *, double *, int); /*proto*/
 static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__run_chain(struct __pyx_t_9gradchain_11_accumulate_Factor const *, Py_ssize_t, int const *, float *, int); /*proto*/
@@ -4389,7 +4390,7 @@ static double __pyx_f_9gradchain_11_accumulate_order_cost(struct __pyx_t_9gradch
   return __pyx_r;
 }
 
-/* "gradchain/_accumulate.pyx":198
+/* "gradchain/_accumulate.pyx":199
  * 
  * 
  * cdef inline floating _dget(const Val *v, Py_ssize_t i,             # <<<<<<<<<<<<<<
@@ -4401,7 +4402,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__dget(st
   float __pyx_r;
   int __pyx_t_1;
 
-  /* "gradchain/_accumulate.pyx":201
+  /* "gradchain/_accumulate.pyx":202
  *                            const floating *tag) noexcept nogil:
  *     """Diagonal element i of a diagonal-like value."""
  *     if v.kind == F_SCALED:             # <<<<<<<<<<<<<<
@@ -4413,7 +4414,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__dget(st
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":202
+    /* "gradchain/_accumulate.pyx":203
  *     """Diagonal element i of a diagonal-like value."""
  *     if v.kind == F_SCALED:
  *         return <floating>v.leaf.coef             # <<<<<<<<<<<<<<
@@ -4426,7 +4427,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__dget(st
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":201
+    /* "gradchain/_accumulate.pyx":202
  *                            const floating *tag) noexcept nogil:
  *     """Diagonal element i of a diagonal-like value."""
  *     if v.kind == F_SCALED:             # <<<<<<<<<<<<<<
@@ -4435,7 +4436,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__dget(st
 */
   }
 
-  /* "gradchain/_accumulate.pyx":203
+  /* "gradchain/_accumulate.pyx":204
  *     if v.kind == F_SCALED:
  *         return <floating>v.leaf.coef
  *     if v.owned:             # <<<<<<<<<<<<<<
@@ -4447,7 +4448,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__dget(st
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":204
+    /* "gradchain/_accumulate.pyx":205
  *         return <floating>v.leaf.coef
  *     if v.owned:
  *         return (<floating *>v.buf)[i]             # <<<<<<<<<<<<<<
@@ -4460,7 +4461,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__dget(st
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":203
+    /* "gradchain/_accumulate.pyx":204
  *     if v.kind == F_SCALED:
  *         return <floating>v.leaf.coef
  *     if v.owned:             # <<<<<<<<<<<<<<
@@ -4469,7 +4470,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__dget(st
 */
   }
 
-  /* "gradchain/_accumulate.pyx":205
+  /* "gradchain/_accumulate.pyx":206
  *     if v.owned:
  *         return (<floating *>v.buf)[i]
  *     return (<const floating *>v.leaf.d)[i * v.leaf.ds]             # <<<<<<<<<<<<<<
@@ -4482,7 +4483,7 @@ static CYTHON_INLINE float __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__dget(st
   }
   goto __pyx_L0;
 
-  /* "gradchain/_accumulate.pyx":198
+  /* "gradchain/_accumulate.pyx":199
  * 
  * 
  * cdef inline floating _dget(const Val *v, Py_ssize_t i,             # <<<<<<<<<<<<<<
@@ -4499,7 +4500,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__dget(s
   double __pyx_r;
   int __pyx_t_1;
 
-  /* "gradchain/_accumulate.pyx":201
+  /* "gradchain/_accumulate.pyx":202
  *                            const floating *tag) noexcept nogil:
  *     """Diagonal element i of a diagonal-like value."""
  *     if v.kind == F_SCALED:             # <<<<<<<<<<<<<<
@@ -4511,7 +4512,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__dget(s
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":202
+    /* "gradchain/_accumulate.pyx":203
  *     """Diagonal element i of a diagonal-like value."""
  *     if v.kind == F_SCALED:
  *         return <floating>v.leaf.coef             # <<<<<<<<<<<<<<
@@ -4524,7 +4525,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__dget(s
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":201
+    /* "gradchain/_accumulate.pyx":202
  *                            const floating *tag) noexcept nogil:
  *     """Diagonal element i of a diagonal-like value."""
  *     if v.kind == F_SCALED:             # <<<<<<<<<<<<<<
@@ -4533,7 +4534,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__dget(s
 */
   }
 
-  /* "gradchain/_accumulate.pyx":203
+  /* "gradchain/_accumulate.pyx":204
  *     if v.kind == F_SCALED:
  *         return <floating>v.leaf.coef
  *     if v.owned:             # <<<<<<<<<<<<<<
@@ -4545,7 +4546,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__dget(s
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":204
+    /* "gradchain/_accumulate.pyx":205
  *         return <floating>v.leaf.coef
  *     if v.owned:
  *         return (<floating *>v.buf)[i]             # <<<<<<<<<<<<<<
@@ -4558,7 +4559,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__dget(s
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":203
+    /* "gradchain/_accumulate.pyx":204
  *     if v.kind == F_SCALED:
  *         return <floating>v.leaf.coef
  *     if v.owned:             # <<<<<<<<<<<<<<
@@ -4567,7 +4568,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__dget(s
 */
   }
 
-  /* "gradchain/_accumulate.pyx":205
+  /* "gradchain/_accumulate.pyx":206
  *     if v.owned:
  *         return (<floating *>v.buf)[i]
  *     return (<const floating *>v.leaf.d)[i * v.leaf.ds]             # <<<<<<<<<<<<<<
@@ -4580,7 +4581,7 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__dget(s
   }
   goto __pyx_L0;
 
-  /* "gradchain/_accumulate.pyx":198
+  /* "gradchain/_accumulate.pyx":199
  * 
  * 
  * cdef inline floating _dget(const Val *v, Py_ssize_t i,             # <<<<<<<<<<<<<<
@@ -4593,52 +4594,67 @@ static CYTHON_INLINE double __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__dget(s
   return __pyx_r;
 }
 
-/* "gradchain/_accumulate.pyx":208
+/* "gradchain/_accumulate.pyx":209
  * 
  * 
  * cdef inline void _dense_of(const Val *v, const floating **ptr, Py_ssize_t *rs,             # <<<<<<<<<<<<<<
  *                            Py_ssize_t *cs) noexcept nogil:
- *     if v.owned:
+ *     if v.owned or v.ext:
 */
 
 static CYTHON_INLINE void __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__dense_of(struct __pyx_t_9gradchain_11_accumulate_Val const *__pyx_v_v, float const **__pyx_v_ptr, Py_ssize_t *__pyx_v_rs, Py_ssize_t *__pyx_v_cs) {
   int __pyx_t_1;
-  Py_ssize_t __pyx_t_2;
+  int __pyx_t_2;
+  Py_ssize_t __pyx_t_3;
 
-  /* "gradchain/_accumulate.pyx":210
+  /* "gradchain/_accumulate.pyx":211
  * cdef inline void _dense_of(const Val *v, const floating **ptr, Py_ssize_t *rs,
  *                            Py_ssize_t *cs) noexcept nogil:
- *     if v.owned:             # <<<<<<<<<<<<<<
+ *     if v.owned or v.ext:             # <<<<<<<<<<<<<<
  *         ptr[0] = <const floating *>v.buf
  *         rs[0] = v.q
 */
-  __pyx_t_1 = (__pyx_v_v->owned != 0);
+  __pyx_t_2 = (__pyx_v_v->owned != 0);
 
+  if (!__pyx_t_2) {
+
+  } else {
+
+    __pyx_t_1 = __pyx_t_2;
+
+    goto __pyx_L4_bool_binop_done;
+  }
+  __pyx_t_2 = (__pyx_v_v->ext != 0);
+
+
+  __pyx_t_1 = __pyx_t_2;
+
+  __pyx_L4_bool_binop_done:;
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":211
+    /* "gradchain/_accumulate.pyx":212
  *                            Py_ssize_t *cs) noexcept nogil:
- *     if v.owned:
+ *     if v.owned or v.ext:
  *         ptr[0] = <const floating *>v.buf             # <<<<<<<<<<<<<<
  *         rs[0] = v.q
  *         cs[0] = 1
 */
     (__pyx_v_ptr[0]) = ((float const *)__pyx_v_v->buf);
 
-    /* "gradchain/_accumulate.pyx":212
- *     if v.owned:
+    /* "gradchain/_accumulate.pyx":213
+ *     if v.owned or v.ext:
  *         ptr[0] = <const floating *>v.buf
  *         rs[0] = v.q             # <<<<<<<<<<<<<<
  *         cs[0] = 1
  *     else:
 */
-    __pyx_t_2 = __pyx_v_v->q;
+    __pyx_t_3 = __pyx_v_v->q;
 
-    (__pyx_v_rs[0]) = __pyx_t_2;
+    (__pyx_v_rs[0]) = __pyx_t_3;
 
 
-    /* "gradchain/_accumulate.pyx":213
+    /* "gradchain/_accumulate.pyx":214
  *         ptr[0] = <const floating *>v.buf
  *         rs[0] = v.q
  *         cs[0] = 1             # <<<<<<<<<<<<<<
@@ -4647,17 +4663,17 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__dense_of
 */
     (__pyx_v_cs[0]) = 1;
 
-    /* "gradchain/_accumulate.pyx":210
+    /* "gradchain/_accumulate.pyx":211
  * cdef inline void _dense_of(const Val *v, const floating **ptr, Py_ssize_t *rs,
  *                            Py_ssize_t *cs) noexcept nogil:
- *     if v.owned:             # <<<<<<<<<<<<<<
+ *     if v.owned or v.ext:             # <<<<<<<<<<<<<<
  *         ptr[0] = <const floating *>v.buf
  *         rs[0] = v.q
 */
     goto __pyx_L3;
   }
 
-  /* "gradchain/_accumulate.pyx":215
+  /* "gradchain/_accumulate.pyx":216
  *         cs[0] = 1
  *     else:
  *         ptr[0] = <const floating *>v.leaf.data             # <<<<<<<<<<<<<<
@@ -4667,38 +4683,38 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__dense_of
   /*else*/ {
     (__pyx_v_ptr[0]) = ((float const *)__pyx_v_v->leaf->data);
 
-    /* "gradchain/_accumulate.pyx":216
+    /* "gradchain/_accumulate.pyx":217
  *     else:
  *         ptr[0] = <const floating *>v.leaf.data
  *         rs[0] = v.leaf.rs             # <<<<<<<<<<<<<<
  *         cs[0] = v.leaf.cs
  * 
 */
-    __pyx_t_2 = __pyx_v_v->leaf->rs;
+    __pyx_t_3 = __pyx_v_v->leaf->rs;
 
-    (__pyx_v_rs[0]) = __pyx_t_2;
+    (__pyx_v_rs[0]) = __pyx_t_3;
 
 
-    /* "gradchain/_accumulate.pyx":217
+    /* "gradchain/_accumulate.pyx":218
  *         ptr[0] = <const floating *>v.leaf.data
  *         rs[0] = v.leaf.rs
  *         cs[0] = v.leaf.cs             # <<<<<<<<<<<<<<
  * 
  * 
 */
-    __pyx_t_2 = __pyx_v_v->leaf->cs;
+    __pyx_t_3 = __pyx_v_v->leaf->cs;
 
-    (__pyx_v_cs[0]) = __pyx_t_2;
+    (__pyx_v_cs[0]) = __pyx_t_3;
 
   }
   __pyx_L3:;
 
-  /* "gradchain/_accumulate.pyx":208
+  /* "gradchain/_accumulate.pyx":209
  * 
  * 
  * cdef inline void _dense_of(const Val *v, const floating **ptr, Py_ssize_t *rs,             # <<<<<<<<<<<<<<
  *                            Py_ssize_t *cs) noexcept nogil:
- *     if v.owned:
+ *     if v.owned or v.ext:
 */
 
   /* function exit code */
@@ -4706,42 +4722,57 @@ static CYTHON_INLINE void __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__dense_of
 
 static CYTHON_INLINE void __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__dense_of(struct __pyx_t_9gradchain_11_accumulate_Val const *__pyx_v_v, double const **__pyx_v_ptr, Py_ssize_t *__pyx_v_rs, Py_ssize_t *__pyx_v_cs) {
   int __pyx_t_1;
-  Py_ssize_t __pyx_t_2;
+  int __pyx_t_2;
+  Py_ssize_t __pyx_t_3;
 
-  /* "gradchain/_accumulate.pyx":210
+  /* "gradchain/_accumulate.pyx":211
  * cdef inline void _dense_of(const Val *v, const floating **ptr, Py_ssize_t *rs,
  *                            Py_ssize_t *cs) noexcept nogil:
- *     if v.owned:             # <<<<<<<<<<<<<<
+ *     if v.owned or v.ext:             # <<<<<<<<<<<<<<
  *         ptr[0] = <const floating *>v.buf
  *         rs[0] = v.q
 */
-  __pyx_t_1 = (__pyx_v_v->owned != 0);
+  __pyx_t_2 = (__pyx_v_v->owned != 0);
 
+  if (!__pyx_t_2) {
+
+  } else {
+
+    __pyx_t_1 = __pyx_t_2;
+
+    goto __pyx_L4_bool_binop_done;
+  }
+  __pyx_t_2 = (__pyx_v_v->ext != 0);
+
+
+  __pyx_t_1 = __pyx_t_2;
+
+  __pyx_L4_bool_binop_done:;
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":211
+    /* "gradchain/_accumulate.pyx":212
  *                            Py_ssize_t *cs) noexcept nogil:
- *     if v.owned:
+ *     if v.owned or v.ext:
  *         ptr[0] = <const floating *>v.buf             # <<<<<<<<<<<<<<
  *         rs[0] = v.q
  *         cs[0] = 1
 */
     (__pyx_v_ptr[0]) = ((double const *)__pyx_v_v->buf);
 
-    /* "gradchain/_accumulate.pyx":212
- *     if v.owned:
+    /* "gradchain/_accumulate.pyx":213
+ *     if v.owned or v.ext:
  *         ptr[0] = <const floating *>v.buf
  *         rs[0] = v.q             # <<<<<<<<<<<<<<
  *         cs[0] = 1
  *     else:
 */
-    __pyx_t_2 = __pyx_v_v->q;
+    __pyx_t_3 = __pyx_v_v->q;
 
-    (__pyx_v_rs[0]) = __pyx_t_2;
+    (__pyx_v_rs[0]) = __pyx_t_3;
 
 
-    /* "gradchain/_accumulate.pyx":213
+    /* "gradchain/_accumulate.pyx":214
  *         ptr[0] = <const floating *>v.buf
  *         rs[0] = v.q
  *         cs[0] = 1             # <<<<<<<<<<<<<<
@@ -4750,17 +4781,17 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__dense_of
 */
     (__pyx_v_cs[0]) = 1;
 
-    /* "gradchain/_accumulate.pyx":210
+    /* "gradchain/_accumulate.pyx":211
  * cdef inline void _dense_of(const Val *v, const floating **ptr, Py_ssize_t *rs,
  *                            Py_ssize_t *cs) noexcept nogil:
- *     if v.owned:             # <<<<<<<<<<<<<<
+ *     if v.owned or v.ext:             # <<<<<<<<<<<<<<
  *         ptr[0] = <const floating *>v.buf
  *         rs[0] = v.q
 */
     goto __pyx_L3;
   }
 
-  /* "gradchain/_accumulate.pyx":215
+  /* "gradchain/_accumulate.pyx":216
  *         cs[0] = 1
  *     else:
  *         ptr[0] = <const floating *>v.leaf.data             # <<<<<<<<<<<<<<
@@ -4770,44 +4801,44 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__dense_of
   /*else*/ {
     (__pyx_v_ptr[0]) = ((double const *)__pyx_v_v->leaf->data);
 
-    /* "gradchain/_accumulate.pyx":216
+    /* "gradchain/_accumulate.pyx":217
  *     else:
  *         ptr[0] = <const floating *>v.leaf.data
  *         rs[0] = v.leaf.rs             # <<<<<<<<<<<<<<
  *         cs[0] = v.leaf.cs
  * 
 */
-    __pyx_t_2 = __pyx_v_v->leaf->rs;
+    __pyx_t_3 = __pyx_v_v->leaf->rs;
 
-    (__pyx_v_rs[0]) = __pyx_t_2;
+    (__pyx_v_rs[0]) = __pyx_t_3;
 
 
-    /* "gradchain/_accumulate.pyx":217
+    /* "gradchain/_accumulate.pyx":218
  *         ptr[0] = <const floating *>v.leaf.data
  *         rs[0] = v.leaf.rs
  *         cs[0] = v.leaf.cs             # <<<<<<<<<<<<<<
  * 
  * 
 */
-    __pyx_t_2 = __pyx_v_v->leaf->cs;
+    __pyx_t_3 = __pyx_v_v->leaf->cs;
 
-    (__pyx_v_cs[0]) = __pyx_t_2;
+    (__pyx_v_cs[0]) = __pyx_t_3;
 
   }
   __pyx_L3:;
 
-  /* "gradchain/_accumulate.pyx":208
+  /* "gradchain/_accumulate.pyx":209
  * 
  * 
  * cdef inline void _dense_of(const Val *v, const floating **ptr, Py_ssize_t *rs,             # <<<<<<<<<<<<<<
  *                            Py_ssize_t *cs) noexcept nogil:
- *     if v.owned:
+ *     if v.owned or v.ext:
 */
 
   /* function exit code */
 }
 
-/* "gradchain/_accumulate.pyx":220
+/* "gradchain/_accumulate.pyx":221
  * 
  * 
  * cdef void _release(Val *v) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -4817,7 +4848,7 @@ static CYTHON_INLINE void __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__dense_of
 
 static void __pyx_f_9gradchain_11_accumulate__release(struct __pyx_t_9gradchain_11_accumulate_Val *__pyx_v_v) {
 
-  /* "gradchain/_accumulate.pyx":221
+  /* "gradchain/_accumulate.pyx":222
  * 
  * cdef void _release(Val *v) noexcept nogil:
  *     if v.owned:             # <<<<<<<<<<<<<<
@@ -4826,7 +4857,7 @@ static void __pyx_f_9gradchain_11_accumulate__release(struct __pyx_t_9gradchain_
 */
   if (__pyx_v_v->owned) {
 
-    /* "gradchain/_accumulate.pyx":222
+    /* "gradchain/_accumulate.pyx":223
  * cdef void _release(Val *v) noexcept nogil:
  *     if v.owned:
  *         free(v.buf)             # <<<<<<<<<<<<<<
@@ -4835,7 +4866,7 @@ static void __pyx_f_9gradchain_11_accumulate__release(struct __pyx_t_9gradchain_
 */
     free(__pyx_v_v->buf);
 
-    /* "gradchain/_accumulate.pyx":223
+    /* "gradchain/_accumulate.pyx":224
  *     if v.owned:
  *         free(v.buf)
  *         v.buf = NULL             # <<<<<<<<<<<<<<
@@ -4844,7 +4875,7 @@ static void __pyx_f_9gradchain_11_accumulate__release(struct __pyx_t_9gradchain_
 */
     __pyx_v_v->buf = NULL;
 
-    /* "gradchain/_accumulate.pyx":224
+    /* "gradchain/_accumulate.pyx":225
  *         free(v.buf)
  *         v.buf = NULL
  *         v.owned = False             # <<<<<<<<<<<<<<
@@ -4853,7 +4884,7 @@ static void __pyx_f_9gradchain_11_accumulate__release(struct __pyx_t_9gradchain_
 */
     __pyx_v_v->owned = 0;
 
-    /* "gradchain/_accumulate.pyx":221
+    /* "gradchain/_accumulate.pyx":222
  * 
  * cdef void _release(Val *v) noexcept nogil:
  *     if v.owned:             # <<<<<<<<<<<<<<
@@ -4862,7 +4893,7 @@ static void __pyx_f_9gradchain_11_accumulate__release(struct __pyx_t_9gradchain_
 */
   }
 
-  /* "gradchain/_accumulate.pyx":220
+  /* "gradchain/_accumulate.pyx":221
  * 
  * 
  * cdef void _release(Val *v) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -4873,7 +4904,7 @@ static void __pyx_f_9gradchain_11_accumulate__release(struct __pyx_t_9gradchain_
   /* function exit code */
 }
 
-/* "gradchain/_accumulate.pyx":227
+/* "gradchain/_accumulate.pyx":228
  * 
  * 
  * cdef int _materialize(const Val *v, floating *out) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -4900,7 +4931,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(struct __py
   Py_ssize_t __pyx_t_7;
   Py_ssize_t __pyx_t_8;
 
-  /* "gradchain/_accumulate.pyx":229
+  /* "gradchain/_accumulate.pyx":230
  * cdef int _materialize(const Val *v, floating *out) noexcept nogil:
  *     """out (p x q, C-contiguous) = the value as a dense matrix."""
  *     cdef Py_ssize_t i, j, p = v.p, q = v.q             # <<<<<<<<<<<<<<
@@ -4914,7 +4945,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(struct __py
 
   __pyx_v_q = __pyx_t_1;
 
-  /* "gradchain/_accumulate.pyx":232
+  /* "gradchain/_accumulate.pyx":233
  *     cdef const floating *a
  *     cdef Py_ssize_t rs, cs
  *     cdef const Factor *f = v.leaf             # <<<<<<<<<<<<<<
@@ -4925,7 +4956,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(struct __py
 
   __pyx_v_f = __pyx_t_2;
 
-  /* "gradchain/_accumulate.pyx":233
+  /* "gradchain/_accumulate.pyx":234
  *     cdef Py_ssize_t rs, cs
  *     cdef const Factor *f = v.leaf
  *     if v.kind == F_DENSE:             # <<<<<<<<<<<<<<
@@ -4937,7 +4968,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(struct __py
   if (__pyx_t_3) {
 
 
-    /* "gradchain/_accumulate.pyx":234
+    /* "gradchain/_accumulate.pyx":235
  *     cdef const Factor *f = v.leaf
  *     if v.kind == F_DENSE:
  *         _dense_of(v, &a, &rs, &cs)             # <<<<<<<<<<<<<<
@@ -4946,7 +4977,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(struct __py
 */
     __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__dense_of(__pyx_v_v, (&__pyx_v_a), (&__pyx_v_rs), (&__pyx_v_cs));
 
-    /* "gradchain/_accumulate.pyx":235
+    /* "gradchain/_accumulate.pyx":236
  *     if v.kind == F_DENSE:
  *         _dense_of(v, &a, &rs, &cs)
  *         for i in range(p):             # <<<<<<<<<<<<<<
@@ -4960,7 +4991,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(struct __py
     for (__pyx_t_5 = 0; __pyx_t_5 < __pyx_t_4; __pyx_t_5+=1) {
       __pyx_v_i = __pyx_t_5;
 
-      /* "gradchain/_accumulate.pyx":236
+      /* "gradchain/_accumulate.pyx":237
  *         _dense_of(v, &a, &rs, &cs)
  *         for i in range(p):
  *             for j in range(q):             # <<<<<<<<<<<<<<
@@ -4974,7 +5005,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(struct __py
       for (__pyx_t_8 = 0; __pyx_t_8 < __pyx_t_7; __pyx_t_8+=1) {
         __pyx_v_j = __pyx_t_8;
 
-        /* "gradchain/_accumulate.pyx":237
+        /* "gradchain/_accumulate.pyx":238
  *         for i in range(p):
  *             for j in range(q):
  *                 out[i * q + j] = a[i * rs + j * cs]             # <<<<<<<<<<<<<<
@@ -4987,7 +5018,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(struct __py
     }
 
 
-    /* "gradchain/_accumulate.pyx":238
+    /* "gradchain/_accumulate.pyx":239
  *             for j in range(q):
  *                 out[i * q + j] = a[i * rs + j * cs]
  *         return 0             # <<<<<<<<<<<<<<
@@ -5000,7 +5031,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(struct __py
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":233
+    /* "gradchain/_accumulate.pyx":234
  *     cdef Py_ssize_t rs, cs
  *     cdef const Factor *f = v.leaf
  *     if v.kind == F_DENSE:             # <<<<<<<<<<<<<<
@@ -5009,7 +5040,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(struct __py
 */
   }
 
-  /* "gradchain/_accumulate.pyx":239
+  /* "gradchain/_accumulate.pyx":240
  *                 out[i * q + j] = a[i * rs + j * cs]
  *         return 0
  *     memset(out, 0, p * q * sizeof(floating))             # <<<<<<<<<<<<<<
@@ -5018,7 +5049,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(struct __py
 */
   (void)(memset(__pyx_v_out, 0, ((__pyx_v_p * __pyx_v_q) * (sizeof(float)))));
 
-  /* "gradchain/_accumulate.pyx":240
+  /* "gradchain/_accumulate.pyx":241
  *         return 0
  *     memset(out, 0, p * q * sizeof(floating))
  *     if v.kind == F_IDENT:             # <<<<<<<<<<<<<<
@@ -5028,7 +5059,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(struct __py
   switch (__pyx_v_v->kind) {
     case __pyx_e_9gradchain_11_accumulate_F_IDENT:
 
-    /* "gradchain/_accumulate.pyx":241
+    /* "gradchain/_accumulate.pyx":242
  *     memset(out, 0, p * q * sizeof(floating))
  *     if v.kind == F_IDENT:
  *         for i in range(p):             # <<<<<<<<<<<<<<
@@ -5042,7 +5073,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(struct __py
     for (__pyx_t_5 = 0; __pyx_t_5 < __pyx_t_4; __pyx_t_5+=1) {
       __pyx_v_i = __pyx_t_5;
 
-      /* "gradchain/_accumulate.pyx":242
+      /* "gradchain/_accumulate.pyx":243
  *     if v.kind == F_IDENT:
  *         for i in range(p):
  *             out[i * q + i] = 1             # <<<<<<<<<<<<<<
@@ -5053,7 +5084,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(struct __py
     }
 
 
-    /* "gradchain/_accumulate.pyx":240
+    /* "gradchain/_accumulate.pyx":241
  *         return 0
  *     memset(out, 0, p * q * sizeof(floating))
  *     if v.kind == F_IDENT:             # <<<<<<<<<<<<<<
@@ -5063,7 +5094,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(struct __py
     break;
     case __pyx_e_9gradchain_11_accumulate_F_DIAG:
 
-    /* "gradchain/_accumulate.pyx":243
+    /* "gradchain/_accumulate.pyx":244
  *         for i in range(p):
  *             out[i * q + i] = 1
  *     elif v.kind == F_DIAG or v.kind == F_SCALED:             # <<<<<<<<<<<<<<
@@ -5072,7 +5103,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(struct __py
 */
     case __pyx_e_9gradchain_11_accumulate_F_SCALED:
 
-    /* "gradchain/_accumulate.pyx":244
+    /* "gradchain/_accumulate.pyx":245
  *             out[i * q + i] = 1
  *     elif v.kind == F_DIAG or v.kind == F_SCALED:
  *         for i in range(p):             # <<<<<<<<<<<<<<
@@ -5086,7 +5117,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(struct __py
     for (__pyx_t_5 = 0; __pyx_t_5 < __pyx_t_4; __pyx_t_5+=1) {
       __pyx_v_i = __pyx_t_5;
 
-      /* "gradchain/_accumulate.pyx":245
+      /* "gradchain/_accumulate.pyx":246
  *     elif v.kind == F_DIAG or v.kind == F_SCALED:
  *         for i in range(p):
  *             out[i * q + i] = _dget(v, i, out)             # <<<<<<<<<<<<<<
@@ -5097,7 +5128,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(struct __py
     }
 
 
-    /* "gradchain/_accumulate.pyx":243
+    /* "gradchain/_accumulate.pyx":244
  *         for i in range(p):
  *             out[i * q + i] = 1
  *     elif v.kind == F_DIAG or v.kind == F_SCALED:             # <<<<<<<<<<<<<<
@@ -5107,7 +5138,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(struct __py
     break;
     default:
 
-    /* "gradchain/_accumulate.pyx":247
+    /* "gradchain/_accumulate.pyx":248
  *             out[i * q + i] = _dget(v, i, out)
  *     else:   # F_DPR1 leaf: diag(d) + c u v^T
  *         for i in range(p):             # <<<<<<<<<<<<<<
@@ -5121,7 +5152,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(struct __py
     for (__pyx_t_5 = 0; __pyx_t_5 < __pyx_t_4; __pyx_t_5+=1) {
       __pyx_v_i = __pyx_t_5;
 
-      /* "gradchain/_accumulate.pyx":248
+      /* "gradchain/_accumulate.pyx":249
  *     else:   # F_DPR1 leaf: diag(d) + c u v^T
  *         for i in range(p):
  *             for j in range(q):             # <<<<<<<<<<<<<<
@@ -5135,7 +5166,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(struct __py
       for (__pyx_t_8 = 0; __pyx_t_8 < __pyx_t_7; __pyx_t_8+=1) {
         __pyx_v_j = __pyx_t_8;
 
-        /* "gradchain/_accumulate.pyx":249
+        /* "gradchain/_accumulate.pyx":250
  *         for i in range(p):
  *             for j in range(q):
  *                 out[i * q + j] = (<floating>f.coef             # <<<<<<<<<<<<<<
@@ -5146,7 +5177,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(struct __py
       }
 
 
-      /* "gradchain/_accumulate.pyx":252
+      /* "gradchain/_accumulate.pyx":253
  *                                   * (<const floating *>f.u)[i * f.us]
  *                                   * (<const floating *>f.v)[j * f.vs])
  *             out[i * q + i] += (<const floating *>f.d)[i * f.ds]             # <<<<<<<<<<<<<<
@@ -5161,7 +5192,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(struct __py
     break;
   }
 
-  /* "gradchain/_accumulate.pyx":253
+  /* "gradchain/_accumulate.pyx":254
  *                                   * (<const floating *>f.v)[j * f.vs])
  *             out[i * q + i] += (<const floating *>f.d)[i * f.ds]
  *     return 0             # <<<<<<<<<<<<<<
@@ -5174,7 +5205,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(struct __py
   }
   goto __pyx_L0;
 
-  /* "gradchain/_accumulate.pyx":227
+  /* "gradchain/_accumulate.pyx":228
  * 
  * 
  * cdef int _materialize(const Val *v, floating *out) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -5214,7 +5245,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
   Py_ssize_t __pyx_t_7;
   Py_ssize_t __pyx_t_8;
 
-  /* "gradchain/_accumulate.pyx":229
+  /* "gradchain/_accumulate.pyx":230
  * cdef int _materialize(const Val *v, floating *out) noexcept nogil:
  *     """out (p x q, C-contiguous) = the value as a dense matrix."""
  *     cdef Py_ssize_t i, j, p = v.p, q = v.q             # <<<<<<<<<<<<<<
@@ -5228,7 +5259,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
 
   __pyx_v_q = __pyx_t_1;
 
-  /* "gradchain/_accumulate.pyx":232
+  /* "gradchain/_accumulate.pyx":233
  *     cdef const floating *a
  *     cdef Py_ssize_t rs, cs
  *     cdef const Factor *f = v.leaf             # <<<<<<<<<<<<<<
@@ -5239,7 +5270,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
 
   __pyx_v_f = __pyx_t_2;
 
-  /* "gradchain/_accumulate.pyx":233
+  /* "gradchain/_accumulate.pyx":234
  *     cdef Py_ssize_t rs, cs
  *     cdef const Factor *f = v.leaf
  *     if v.kind == F_DENSE:             # <<<<<<<<<<<<<<
@@ -5251,7 +5282,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
   if (__pyx_t_3) {
 
 
-    /* "gradchain/_accumulate.pyx":234
+    /* "gradchain/_accumulate.pyx":235
  *     cdef const Factor *f = v.leaf
  *     if v.kind == F_DENSE:
  *         _dense_of(v, &a, &rs, &cs)             # <<<<<<<<<<<<<<
@@ -5260,7 +5291,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
 */
     __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__dense_of(__pyx_v_v, (&__pyx_v_a), (&__pyx_v_rs), (&__pyx_v_cs));
 
-    /* "gradchain/_accumulate.pyx":235
+    /* "gradchain/_accumulate.pyx":236
  *     if v.kind == F_DENSE:
  *         _dense_of(v, &a, &rs, &cs)
  *         for i in range(p):             # <<<<<<<<<<<<<<
@@ -5274,7 +5305,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
     for (__pyx_t_5 = 0; __pyx_t_5 < __pyx_t_4; __pyx_t_5+=1) {
       __pyx_v_i = __pyx_t_5;
 
-      /* "gradchain/_accumulate.pyx":236
+      /* "gradchain/_accumulate.pyx":237
  *         _dense_of(v, &a, &rs, &cs)
  *         for i in range(p):
  *             for j in range(q):             # <<<<<<<<<<<<<<
@@ -5288,7 +5319,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
       for (__pyx_t_8 = 0; __pyx_t_8 < __pyx_t_7; __pyx_t_8+=1) {
         __pyx_v_j = __pyx_t_8;
 
-        /* "gradchain/_accumulate.pyx":237
+        /* "gradchain/_accumulate.pyx":238
  *         for i in range(p):
  *             for j in range(q):
  *                 out[i * q + j] = a[i * rs + j * cs]             # <<<<<<<<<<<<<<
@@ -5301,7 +5332,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
     }
 
 
-    /* "gradchain/_accumulate.pyx":238
+    /* "gradchain/_accumulate.pyx":239
  *             for j in range(q):
  *                 out[i * q + j] = a[i * rs + j * cs]
  *         return 0             # <<<<<<<<<<<<<<
@@ -5314,7 +5345,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":233
+    /* "gradchain/_accumulate.pyx":234
  *     cdef Py_ssize_t rs, cs
  *     cdef const Factor *f = v.leaf
  *     if v.kind == F_DENSE:             # <<<<<<<<<<<<<<
@@ -5323,7 +5354,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
 */
   }
 
-  /* "gradchain/_accumulate.pyx":239
+  /* "gradchain/_accumulate.pyx":240
  *                 out[i * q + j] = a[i * rs + j * cs]
  *         return 0
  *     memset(out, 0, p * q * sizeof(floating))             # <<<<<<<<<<<<<<
@@ -5332,7 +5363,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
 */
   (void)(memset(__pyx_v_out, 0, ((__pyx_v_p * __pyx_v_q) * (sizeof(double)))));
 
-  /* "gradchain/_accumulate.pyx":240
+  /* "gradchain/_accumulate.pyx":241
  *         return 0
  *     memset(out, 0, p * q * sizeof(floating))
  *     if v.kind == F_IDENT:             # <<<<<<<<<<<<<<
@@ -5342,7 +5373,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
   switch (__pyx_v_v->kind) {
     case __pyx_e_9gradchain_11_accumulate_F_IDENT:
 
-    /* "gradchain/_accumulate.pyx":241
+    /* "gradchain/_accumulate.pyx":242
  *     memset(out, 0, p * q * sizeof(floating))
  *     if v.kind == F_IDENT:
  *         for i in range(p):             # <<<<<<<<<<<<<<
@@ -5356,7 +5387,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
     for (__pyx_t_5 = 0; __pyx_t_5 < __pyx_t_4; __pyx_t_5+=1) {
       __pyx_v_i = __pyx_t_5;
 
-      /* "gradchain/_accumulate.pyx":242
+      /* "gradchain/_accumulate.pyx":243
  *     if v.kind == F_IDENT:
  *         for i in range(p):
  *             out[i * q + i] = 1             # <<<<<<<<<<<<<<
@@ -5367,7 +5398,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
     }
 
 
-    /* "gradchain/_accumulate.pyx":240
+    /* "gradchain/_accumulate.pyx":241
  *         return 0
  *     memset(out, 0, p * q * sizeof(floating))
  *     if v.kind == F_IDENT:             # <<<<<<<<<<<<<<
@@ -5377,7 +5408,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
     break;
     case __pyx_e_9gradchain_11_accumulate_F_DIAG:
 
-    /* "gradchain/_accumulate.pyx":243
+    /* "gradchain/_accumulate.pyx":244
  *         for i in range(p):
  *             out[i * q + i] = 1
  *     elif v.kind == F_DIAG or v.kind == F_SCALED:             # <<<<<<<<<<<<<<
@@ -5386,7 +5417,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
 */
     case __pyx_e_9gradchain_11_accumulate_F_SCALED:
 
-    /* "gradchain/_accumulate.pyx":244
+    /* "gradchain/_accumulate.pyx":245
  *             out[i * q + i] = 1
  *     elif v.kind == F_DIAG or v.kind == F_SCALED:
  *         for i in range(p):             # <<<<<<<<<<<<<<
@@ -5400,7 +5431,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
     for (__pyx_t_5 = 0; __pyx_t_5 < __pyx_t_4; __pyx_t_5+=1) {
       __pyx_v_i = __pyx_t_5;
 
-      /* "gradchain/_accumulate.pyx":245
+      /* "gradchain/_accumulate.pyx":246
  *     elif v.kind == F_DIAG or v.kind == F_SCALED:
  *         for i in range(p):
  *             out[i * q + i] = _dget(v, i, out)             # <<<<<<<<<<<<<<
@@ -5411,7 +5442,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
     }
 
 
-    /* "gradchain/_accumulate.pyx":243
+    /* "gradchain/_accumulate.pyx":244
  *         for i in range(p):
  *             out[i * q + i] = 1
  *     elif v.kind == F_DIAG or v.kind == F_SCALED:             # <<<<<<<<<<<<<<
@@ -5421,7 +5452,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
     break;
     default:
 
-    /* "gradchain/_accumulate.pyx":247
+    /* "gradchain/_accumulate.pyx":248
  *             out[i * q + i] = _dget(v, i, out)
  *     else:   # F_DPR1 leaf: diag(d) + c u v^T
  *         for i in range(p):             # <<<<<<<<<<<<<<
@@ -5435,7 +5466,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
     for (__pyx_t_5 = 0; __pyx_t_5 < __pyx_t_4; __pyx_t_5+=1) {
       __pyx_v_i = __pyx_t_5;
 
-      /* "gradchain/_accumulate.pyx":248
+      /* "gradchain/_accumulate.pyx":249
  *     else:   # F_DPR1 leaf: diag(d) + c u v^T
  *         for i in range(p):
  *             for j in range(q):             # <<<<<<<<<<<<<<
@@ -5449,7 +5480,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
       for (__pyx_t_8 = 0; __pyx_t_8 < __pyx_t_7; __pyx_t_8+=1) {
         __pyx_v_j = __pyx_t_8;
 
-        /* "gradchain/_accumulate.pyx":249
+        /* "gradchain/_accumulate.pyx":250
  *         for i in range(p):
  *             for j in range(q):
  *                 out[i * q + j] = (<floating>f.coef             # <<<<<<<<<<<<<<
@@ -5460,7 +5491,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
       }
 
 
-      /* "gradchain/_accumulate.pyx":252
+      /* "gradchain/_accumulate.pyx":253
  *                                   * (<const floating *>f.u)[i * f.us]
  *                                   * (<const floating *>f.v)[j * f.vs])
  *             out[i * q + i] += (<const floating *>f.d)[i * f.ds]             # <<<<<<<<<<<<<<
@@ -5475,7 +5506,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
     break;
   }
 
-  /* "gradchain/_accumulate.pyx":253
+  /* "gradchain/_accumulate.pyx":254
  *                                   * (<const floating *>f.v)[j * f.vs])
  *             out[i * q + i] += (<const floating *>f.d)[i * f.ds]
  *     return 0             # <<<<<<<<<<<<<<
@@ -5488,7 +5519,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
   }
   goto __pyx_L0;
 
-  /* "gradchain/_accumulate.pyx":227
+  /* "gradchain/_accumulate.pyx":228
  * 
  * 
  * cdef int _materialize(const Val *v, floating *out) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -5509,7 +5540,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(struct __py
   return __pyx_r;
 }
 
-/* "gradchain/_accumulate.pyx":256
+/* "gradchain/_accumulate.pyx":257
  * 
  * 
  * cdef int _to_dense(Val *v, const floating *tag) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -5525,7 +5556,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t
   long __pyx_t_3;
   Py_ssize_t __pyx_t_4;
 
-  /* "gradchain/_accumulate.pyx":259
+  /* "gradchain/_accumulate.pyx":260
  *     """Replace a structured value by an owned dense one."""
  *     cdef floating *buf
  *     if v.kind == F_DENSE:             # <<<<<<<<<<<<<<
@@ -5537,7 +5568,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":260
+    /* "gradchain/_accumulate.pyx":261
  *     cdef floating *buf
  *     if v.kind == F_DENSE:
  *         return 0             # <<<<<<<<<<<<<<
@@ -5550,7 +5581,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":259
+    /* "gradchain/_accumulate.pyx":260
  *     """Replace a structured value by an owned dense one."""
  *     cdef floating *buf
  *     if v.kind == F_DENSE:             # <<<<<<<<<<<<<<
@@ -5559,7 +5590,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t
 */
   }
 
-  /* "gradchain/_accumulate.pyx":261
+  /* "gradchain/_accumulate.pyx":262
  *     if v.kind == F_DENSE:
  *         return 0
  *     buf = <floating *>malloc(max(1, v.p * v.q) * sizeof(floating))             # <<<<<<<<<<<<<<
@@ -5583,7 +5614,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t
   __pyx_v_buf = ((float *)malloc((__pyx_t_4 * (sizeof(float)))));
 
 
-  /* "gradchain/_accumulate.pyx":262
+  /* "gradchain/_accumulate.pyx":263
  *         return 0
  *     buf = <floating *>malloc(max(1, v.p * v.q) * sizeof(floating))
  *     if buf == NULL:             # <<<<<<<<<<<<<<
@@ -5595,7 +5626,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":263
+    /* "gradchain/_accumulate.pyx":264
  *     buf = <floating *>malloc(max(1, v.p * v.q) * sizeof(floating))
  *     if buf == NULL:
  *         return -1             # <<<<<<<<<<<<<<
@@ -5608,7 +5639,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":262
+    /* "gradchain/_accumulate.pyx":263
  *         return 0
  *     buf = <floating *>malloc(max(1, v.p * v.q) * sizeof(floating))
  *     if buf == NULL:             # <<<<<<<<<<<<<<
@@ -5617,7 +5648,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t
 */
   }
 
-  /* "gradchain/_accumulate.pyx":264
+  /* "gradchain/_accumulate.pyx":265
  *     if buf == NULL:
  *         return -1
  *     _materialize(v, buf)             # <<<<<<<<<<<<<<
@@ -5626,7 +5657,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t
 */
   (void)(__pyx_fuse_0__pyx_f_9gradchain_11_accumulate__materialize(__pyx_v_v, __pyx_v_buf));
 
-  /* "gradchain/_accumulate.pyx":265
+  /* "gradchain/_accumulate.pyx":266
  *         return -1
  *     _materialize(v, buf)
  *     _release(v)             # <<<<<<<<<<<<<<
@@ -5635,35 +5666,44 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t
 */
   __pyx_f_9gradchain_11_accumulate__release(__pyx_v_v);
 
-  /* "gradchain/_accumulate.pyx":266
+  /* "gradchain/_accumulate.pyx":267
  *     _materialize(v, buf)
  *     _release(v)
  *     v.kind = F_DENSE             # <<<<<<<<<<<<<<
  *     v.owned = True
- *     v.buf = buf
+ *     v.ext = False
 */
   __pyx_v_v->kind = __pyx_e_9gradchain_11_accumulate_F_DENSE;
 
-  /* "gradchain/_accumulate.pyx":267
+  /* "gradchain/_accumulate.pyx":268
  *     _release(v)
  *     v.kind = F_DENSE
  *     v.owned = True             # <<<<<<<<<<<<<<
+ *     v.ext = False
  *     v.buf = buf
- *     return 0
 */
   __pyx_v_v->owned = 1;
 
-  /* "gradchain/_accumulate.pyx":268
+  /* "gradchain/_accumulate.pyx":269
  *     v.kind = F_DENSE
  *     v.owned = True
+ *     v.ext = False             # <<<<<<<<<<<<<<
+ *     v.buf = buf
+ *     return 0
+*/
+  __pyx_v_v->ext = 0;
+
+  /* "gradchain/_accumulate.pyx":270
+ *     v.owned = True
+ *     v.ext = False
  *     v.buf = buf             # <<<<<<<<<<<<<<
  *     return 0
  * 
 */
   __pyx_v_v->buf = __pyx_v_buf;
 
-  /* "gradchain/_accumulate.pyx":269
- *     v.owned = True
+  /* "gradchain/_accumulate.pyx":271
+ *     v.ext = False
  *     v.buf = buf
  *     return 0             # <<<<<<<<<<<<<<
  * 
@@ -5675,7 +5715,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t
   }
   goto __pyx_L0;
 
-  /* "gradchain/_accumulate.pyx":256
+  /* "gradchain/_accumulate.pyx":257
  * 
  * 
  * cdef int _to_dense(Val *v, const floating *tag) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -5697,7 +5737,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t
   long __pyx_t_3;
   Py_ssize_t __pyx_t_4;
 
-  /* "gradchain/_accumulate.pyx":259
+  /* "gradchain/_accumulate.pyx":260
  *     """Replace a structured value by an owned dense one."""
  *     cdef floating *buf
  *     if v.kind == F_DENSE:             # <<<<<<<<<<<<<<
@@ -5709,7 +5749,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":260
+    /* "gradchain/_accumulate.pyx":261
  *     cdef floating *buf
  *     if v.kind == F_DENSE:
  *         return 0             # <<<<<<<<<<<<<<
@@ -5722,7 +5762,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":259
+    /* "gradchain/_accumulate.pyx":260
  *     """Replace a structured value by an owned dense one."""
  *     cdef floating *buf
  *     if v.kind == F_DENSE:             # <<<<<<<<<<<<<<
@@ -5731,7 +5771,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t
 */
   }
 
-  /* "gradchain/_accumulate.pyx":261
+  /* "gradchain/_accumulate.pyx":262
  *     if v.kind == F_DENSE:
  *         return 0
  *     buf = <floating *>malloc(max(1, v.p * v.q) * sizeof(floating))             # <<<<<<<<<<<<<<
@@ -5755,7 +5795,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t
   __pyx_v_buf = ((double *)malloc((__pyx_t_4 * (sizeof(double)))));
 
 
-  /* "gradchain/_accumulate.pyx":262
+  /* "gradchain/_accumulate.pyx":263
  *         return 0
  *     buf = <floating *>malloc(max(1, v.p * v.q) * sizeof(floating))
  *     if buf == NULL:             # <<<<<<<<<<<<<<
@@ -5767,7 +5807,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":263
+    /* "gradchain/_accumulate.pyx":264
  *     buf = <floating *>malloc(max(1, v.p * v.q) * sizeof(floating))
  *     if buf == NULL:
  *         return -1             # <<<<<<<<<<<<<<
@@ -5780,7 +5820,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":262
+    /* "gradchain/_accumulate.pyx":263
  *         return 0
  *     buf = <floating *>malloc(max(1, v.p * v.q) * sizeof(floating))
  *     if buf == NULL:             # <<<<<<<<<<<<<<
@@ -5789,7 +5829,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t
 */
   }
 
-  /* "gradchain/_accumulate.pyx":264
+  /* "gradchain/_accumulate.pyx":265
  *     if buf == NULL:
  *         return -1
  *     _materialize(v, buf)             # <<<<<<<<<<<<<<
@@ -5798,7 +5838,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t
 */
   (void)(__pyx_fuse_1__pyx_f_9gradchain_11_accumulate__materialize(__pyx_v_v, __pyx_v_buf));
 
-  /* "gradchain/_accumulate.pyx":265
+  /* "gradchain/_accumulate.pyx":266
  *         return -1
  *     _materialize(v, buf)
  *     _release(v)             # <<<<<<<<<<<<<<
@@ -5807,35 +5847,44 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t
 */
   __pyx_f_9gradchain_11_accumulate__release(__pyx_v_v);
 
-  /* "gradchain/_accumulate.pyx":266
+  /* "gradchain/_accumulate.pyx":267
  *     _materialize(v, buf)
  *     _release(v)
  *     v.kind = F_DENSE             # <<<<<<<<<<<<<<
  *     v.owned = True
- *     v.buf = buf
+ *     v.ext = False
 */
   __pyx_v_v->kind = __pyx_e_9gradchain_11_accumulate_F_DENSE;
 
-  /* "gradchain/_accumulate.pyx":267
+  /* "gradchain/_accumulate.pyx":268
  *     _release(v)
  *     v.kind = F_DENSE
  *     v.owned = True             # <<<<<<<<<<<<<<
+ *     v.ext = False
  *     v.buf = buf
- *     return 0
 */
   __pyx_v_v->owned = 1;
 
-  /* "gradchain/_accumulate.pyx":268
+  /* "gradchain/_accumulate.pyx":269
  *     v.kind = F_DENSE
  *     v.owned = True
+ *     v.ext = False             # <<<<<<<<<<<<<<
+ *     v.buf = buf
+ *     return 0
+*/
+  __pyx_v_v->ext = 0;
+
+  /* "gradchain/_accumulate.pyx":270
+ *     v.owned = True
+ *     v.ext = False
  *     v.buf = buf             # <<<<<<<<<<<<<<
  *     return 0
  * 
 */
   __pyx_v_v->buf = __pyx_v_buf;
 
-  /* "gradchain/_accumulate.pyx":269
- *     v.owned = True
+  /* "gradchain/_accumulate.pyx":271
+ *     v.ext = False
  *     v.buf = buf
  *     return 0             # <<<<<<<<<<<<<<
  * 
@@ -5847,7 +5896,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t
   }
   goto __pyx_L0;
 
-  /* "gradchain/_accumulate.pyx":256
+  /* "gradchain/_accumulate.pyx":257
  * 
  * 
  * cdef int _to_dense(Val *v, const floating *tag) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -5861,7 +5910,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__to_dense(struct __pyx_t
   return __pyx_r;
 }
 
-/* "gradchain/_accumulate.pyx":272
+/* "gradchain/_accumulate.pyx":274
  * 
  * 
  * cdef inline bint _c_order(Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t q) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -5877,7 +5926,7 @@ static CYTHON_INLINE int __pyx_f_9gradchain_11_accumulate__c_order(Py_ssize_t __
   Py_ssize_t __pyx_t_4;
   Py_ssize_t __pyx_t_5;
 
-  /* "gradchain/_accumulate.pyx":273
+  /* "gradchain/_accumulate.pyx":275
  * 
  * cdef inline bint _c_order(Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t q) noexcept nogil:
  *     return cs == 1 and rs >= max(q, 1)             # <<<<<<<<<<<<<<
@@ -5920,7 +5969,7 @@ static CYTHON_INLINE int __pyx_f_9gradchain_11_accumulate__c_order(Py_ssize_t __
   }
   goto __pyx_L0;
 
-  /* "gradchain/_accumulate.pyx":272
+  /* "gradchain/_accumulate.pyx":274
  * 
  * 
  * cdef inline bint _c_order(Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t q) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -5933,7 +5982,7 @@ static CYTHON_INLINE int __pyx_f_9gradchain_11_accumulate__c_order(Py_ssize_t __
   return __pyx_r;
 }
 
-/* "gradchain/_accumulate.pyx":276
+/* "gradchain/_accumulate.pyx":278
  * 
  * 
  * cdef inline bint _f_order(Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t p) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -5949,7 +5998,7 @@ static CYTHON_INLINE int __pyx_f_9gradchain_11_accumulate__f_order(Py_ssize_t __
   Py_ssize_t __pyx_t_4;
   Py_ssize_t __pyx_t_5;
 
-  /* "gradchain/_accumulate.pyx":277
+  /* "gradchain/_accumulate.pyx":279
  * 
  * cdef inline bint _f_order(Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t p) noexcept nogil:
  *     return rs == 1 and cs >= max(p, 1)             # <<<<<<<<<<<<<<
@@ -5992,7 +6041,7 @@ static CYTHON_INLINE int __pyx_f_9gradchain_11_accumulate__f_order(Py_ssize_t __
   }
   goto __pyx_L0;
 
-  /* "gradchain/_accumulate.pyx":276
+  /* "gradchain/_accumulate.pyx":278
  * 
  * 
  * cdef inline bint _f_order(Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t p) noexcept nogil:             # <<<<<<<<<<<<<<
@@ -6005,7 +6054,7 @@ static CYTHON_INLINE int __pyx_f_9gradchain_11_accumulate__f_order(Py_ssize_t __
   return __pyx_r;
 }
 
-/* "gradchain/_accumulate.pyx":280
+/* "gradchain/_accumulate.pyx":282
  * 
  * 
  * cdef int _matmul(const floating *A, Py_ssize_t ars, Py_ssize_t acs,             # <<<<<<<<<<<<<<
@@ -6046,7 +6095,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 
 
 
-  /* "gradchain/_accumulate.pyx":287
+  /* "gradchain/_accumulate.pyx":289
  *     cdef char ta, tb
  *     cdef int ip, iq, ir, lda, ldb, ldz
  *     cdef floating one = 1, zero = 0             # <<<<<<<<<<<<<<
@@ -6056,7 +6105,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
   __pyx_v_one = 1.0;
   __pyx_v_zero = 0.0;
 
-  /* "gradchain/_accumulate.pyx":288
+  /* "gradchain/_accumulate.pyx":290
  *     cdef int ip, iq, ir, lda, ldb, ldz
  *     cdef floating one = 1, zero = 0
  *     cdef floating *pack = NULL             # <<<<<<<<<<<<<<
@@ -6065,7 +6114,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 */
   __pyx_v_pack = NULL;
 
-  /* "gradchain/_accumulate.pyx":290
+  /* "gradchain/_accumulate.pyx":292
  *     cdef floating *pack = NULL
  *     cdef Py_ssize_t i, j
  *     cdef int rc = 0             # <<<<<<<<<<<<<<
@@ -6074,7 +6123,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 */
   __pyx_v_rc = 0;
 
-  /* "gradchain/_accumulate.pyx":291
+  /* "gradchain/_accumulate.pyx":293
  *     cdef Py_ssize_t i, j
  *     cdef int rc = 0
  *     if p == 0 or r == 0:             # <<<<<<<<<<<<<<
@@ -6100,7 +6149,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":292
+    /* "gradchain/_accumulate.pyx":294
  *     cdef int rc = 0
  *     if p == 0 or r == 0:
  *         return 0             # <<<<<<<<<<<<<<
@@ -6113,7 +6162,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":291
+    /* "gradchain/_accumulate.pyx":293
  *     cdef Py_ssize_t i, j
  *     cdef int rc = 0
  *     if p == 0 or r == 0:             # <<<<<<<<<<<<<<
@@ -6122,7 +6171,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 */
   }
 
-  /* "gradchain/_accumulate.pyx":293
+  /* "gradchain/_accumulate.pyx":295
  *     if p == 0 or r == 0:
  *         return 0
  *     if q == 0:             # <<<<<<<<<<<<<<
@@ -6134,7 +6183,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":294
+    /* "gradchain/_accumulate.pyx":296
  *         return 0
  *     if q == 0:
  *         memset(Z, 0, p * r * sizeof(floating))             # <<<<<<<<<<<<<<
@@ -6143,7 +6192,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 */
     (void)(memset(__pyx_v_Z, 0, ((__pyx_v_p * __pyx_v_r) * (sizeof(float)))));
 
-    /* "gradchain/_accumulate.pyx":295
+    /* "gradchain/_accumulate.pyx":297
  *     if q == 0:
  *         memset(Z, 0, p * r * sizeof(floating))
  *         return 0             # <<<<<<<<<<<<<<
@@ -6156,7 +6205,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":293
+    /* "gradchain/_accumulate.pyx":295
  *     if p == 0 or r == 0:
  *         return 0
  *     if q == 0:             # <<<<<<<<<<<<<<
@@ -6165,7 +6214,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 */
   }
 
-  /* "gradchain/_accumulate.pyx":298
+  /* "gradchain/_accumulate.pyx":300
  *     # A must be C- or F-order for BLAS; pack it otherwise (p q copies,
  *     # against the p q r of the product)
  *     if not (_c_order(ars, acs, q) or _f_order(ars, acs, p)):             # <<<<<<<<<<<<<<
@@ -6194,7 +6243,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":299
+    /* "gradchain/_accumulate.pyx":301
  *     # against the p q r of the product)
  *     if not (_c_order(ars, acs, q) or _f_order(ars, acs, p)):
  *         pack = <floating *>malloc(p * q * sizeof(floating))             # <<<<<<<<<<<<<<
@@ -6203,7 +6252,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 */
     __pyx_v_pack = ((float *)malloc(((__pyx_v_p * __pyx_v_q) * (sizeof(float)))));
 
-    /* "gradchain/_accumulate.pyx":300
+    /* "gradchain/_accumulate.pyx":302
  *     if not (_c_order(ars, acs, q) or _f_order(ars, acs, p)):
  *         pack = <floating *>malloc(p * q * sizeof(floating))
  *         if pack == NULL:             # <<<<<<<<<<<<<<
@@ -6215,7 +6264,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
     if (__pyx_t_2) {
 
 
-      /* "gradchain/_accumulate.pyx":301
+      /* "gradchain/_accumulate.pyx":303
  *         pack = <floating *>malloc(p * q * sizeof(floating))
  *         if pack == NULL:
  *             return -1             # <<<<<<<<<<<<<<
@@ -6228,7 +6277,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
       }
       goto __pyx_L0;
 
-      /* "gradchain/_accumulate.pyx":300
+      /* "gradchain/_accumulate.pyx":302
  *     if not (_c_order(ars, acs, q) or _f_order(ars, acs, p)):
  *         pack = <floating *>malloc(p * q * sizeof(floating))
  *         if pack == NULL:             # <<<<<<<<<<<<<<
@@ -6237,7 +6286,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 */
     }
 
-    /* "gradchain/_accumulate.pyx":302
+    /* "gradchain/_accumulate.pyx":304
  *         if pack == NULL:
  *             return -1
  *         for i in range(p):             # <<<<<<<<<<<<<<
@@ -6251,7 +6300,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
     for (__pyx_t_5 = 0; __pyx_t_5 < __pyx_t_4; __pyx_t_5+=1) {
       __pyx_v_i = __pyx_t_5;
 
-      /* "gradchain/_accumulate.pyx":303
+      /* "gradchain/_accumulate.pyx":305
  *             return -1
  *         for i in range(p):
  *             for j in range(q):             # <<<<<<<<<<<<<<
@@ -6265,7 +6314,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
       for (__pyx_t_8 = 0; __pyx_t_8 < __pyx_t_7; __pyx_t_8+=1) {
         __pyx_v_j = __pyx_t_8;
 
-        /* "gradchain/_accumulate.pyx":304
+        /* "gradchain/_accumulate.pyx":306
  *         for i in range(p):
  *             for j in range(q):
  *                 pack[i * q + j] = A[i * ars + j * acs]             # <<<<<<<<<<<<<<
@@ -6278,7 +6327,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
     }
 
 
-    /* "gradchain/_accumulate.pyx":305
+    /* "gradchain/_accumulate.pyx":307
  *             for j in range(q):
  *                 pack[i * q + j] = A[i * ars + j * acs]
  *         A = pack             # <<<<<<<<<<<<<<
@@ -6287,7 +6336,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 */
     __pyx_v_A = __pyx_v_pack;
 
-    /* "gradchain/_accumulate.pyx":306
+    /* "gradchain/_accumulate.pyx":308
  *                 pack[i * q + j] = A[i * ars + j * acs]
  *         A = pack
  *         ars, acs = q, 1             # <<<<<<<<<<<<<<
@@ -6301,7 +6350,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
     __pyx_v_ars = __pyx_t_3;
     __pyx_v_acs = __pyx_t_4;
 
-    /* "gradchain/_accumulate.pyx":298
+    /* "gradchain/_accumulate.pyx":300
  *     # A must be C- or F-order for BLAS; pack it otherwise (p q copies,
  *     # against the p q r of the product)
  *     if not (_c_order(ars, acs, q) or _f_order(ars, acs, p)):             # <<<<<<<<<<<<<<
@@ -6310,7 +6359,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 */
   }
 
-  /* "gradchain/_accumulate.pyx":307
+  /* "gradchain/_accumulate.pyx":309
  *         A = pack
  *         ars, acs = q, 1
  *     if (p > INT_MAX or q > INT_MAX or r > INT_MAX or ars > INT_MAX             # <<<<<<<<<<<<<<
@@ -6348,7 +6397,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
     goto __pyx_L16_bool_binop_done;
   }
 
-  /* "gradchain/_accumulate.pyx":308
+  /* "gradchain/_accumulate.pyx":310
  *         ars, acs = q, 1
  *     if (p > INT_MAX or q > INT_MAX or r > INT_MAX or ars > INT_MAX
  *             or acs > INT_MAX or not (_c_order(brs, bcs, r) or _f_order(brs, bcs, q))             # <<<<<<<<<<<<<<
@@ -6376,7 +6425,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
     goto __pyx_L16_bool_binop_done;
   }
 
-  /* "gradchain/_accumulate.pyx":309
+  /* "gradchain/_accumulate.pyx":311
  *     if (p > INT_MAX or q > INT_MAX or r > INT_MAX or ars > INT_MAX
  *             or acs > INT_MAX or not (_c_order(brs, bcs, r) or _f_order(brs, bcs, q))
  *             or brs > INT_MAX or bcs > INT_MAX):             # <<<<<<<<<<<<<<
@@ -6394,7 +6443,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
     goto __pyx_L23_bool_binop_done;
   }
 
-  /* "gradchain/_accumulate.pyx":308
+  /* "gradchain/_accumulate.pyx":310
  *         ars, acs = q, 1
  *     if (p > INT_MAX or q > INT_MAX or r > INT_MAX or ars > INT_MAX
  *             or acs > INT_MAX or not (_c_order(brs, bcs, r) or _f_order(brs, bcs, q))             # <<<<<<<<<<<<<<
@@ -6419,7 +6468,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
     goto __pyx_L16_bool_binop_done;
   }
 
-  /* "gradchain/_accumulate.pyx":309
+  /* "gradchain/_accumulate.pyx":311
  *     if (p > INT_MAX or q > INT_MAX or r > INT_MAX or ars > INT_MAX
  *             or acs > INT_MAX or not (_c_order(brs, bcs, r) or _f_order(brs, bcs, q))
  *             or brs > INT_MAX or bcs > INT_MAX):             # <<<<<<<<<<<<<<
@@ -6443,7 +6492,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 
   __pyx_L16_bool_binop_done:;
 
-  /* "gradchain/_accumulate.pyx":307
+  /* "gradchain/_accumulate.pyx":309
  *         A = pack
  *         ars, acs = q, 1
  *     if (p > INT_MAX or q > INT_MAX or r > INT_MAX or ars > INT_MAX             # <<<<<<<<<<<<<<
@@ -6453,7 +6502,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":312
+    /* "gradchain/_accumulate.pyx":314
  *         # B strided (or sizes past BLAS ints): row by row, Z[i] = B^T A[i]
  *         # with A's row as the vector (needs A rows contiguous)
  *         if acs != 1:             # <<<<<<<<<<<<<<
@@ -6465,7 +6514,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
     if (__pyx_t_2) {
 
 
-      /* "gradchain/_accumulate.pyx":313
+      /* "gradchain/_accumulate.pyx":315
  *         # with A's row as the vector (needs A rows contiguous)
  *         if acs != 1:
  *             if pack == NULL:             # <<<<<<<<<<<<<<
@@ -6477,7 +6526,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
       if (__pyx_t_2) {
 
 
-        /* "gradchain/_accumulate.pyx":314
+        /* "gradchain/_accumulate.pyx":316
  *         if acs != 1:
  *             if pack == NULL:
  *                 pack = <floating *>malloc(p * q * sizeof(floating))             # <<<<<<<<<<<<<<
@@ -6486,7 +6535,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 */
         __pyx_v_pack = ((float *)malloc(((__pyx_v_p * __pyx_v_q) * (sizeof(float)))));
 
-        /* "gradchain/_accumulate.pyx":315
+        /* "gradchain/_accumulate.pyx":317
  *             if pack == NULL:
  *                 pack = <floating *>malloc(p * q * sizeof(floating))
  *                 if pack == NULL:             # <<<<<<<<<<<<<<
@@ -6498,7 +6547,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
         if (__pyx_t_2) {
 
 
-          /* "gradchain/_accumulate.pyx":316
+          /* "gradchain/_accumulate.pyx":318
  *                 pack = <floating *>malloc(p * q * sizeof(floating))
  *                 if pack == NULL:
  *                     return -1             # <<<<<<<<<<<<<<
@@ -6511,7 +6560,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
           }
           goto __pyx_L0;
 
-          /* "gradchain/_accumulate.pyx":315
+          /* "gradchain/_accumulate.pyx":317
  *             if pack == NULL:
  *                 pack = <floating *>malloc(p * q * sizeof(floating))
  *                 if pack == NULL:             # <<<<<<<<<<<<<<
@@ -6520,7 +6569,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 */
         }
 
-        /* "gradchain/_accumulate.pyx":317
+        /* "gradchain/_accumulate.pyx":319
  *                 if pack == NULL:
  *                     return -1
  *                 for i in range(p):             # <<<<<<<<<<<<<<
@@ -6534,7 +6583,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
         for (__pyx_t_5 = 0; __pyx_t_5 < __pyx_t_3; __pyx_t_5+=1) {
           __pyx_v_i = __pyx_t_5;
 
-          /* "gradchain/_accumulate.pyx":318
+          /* "gradchain/_accumulate.pyx":320
  *                     return -1
  *                 for i in range(p):
  *                     for j in range(q):             # <<<<<<<<<<<<<<
@@ -6548,7 +6597,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
           for (__pyx_t_8 = 0; __pyx_t_8 < __pyx_t_7; __pyx_t_8+=1) {
             __pyx_v_j = __pyx_t_8;
 
-            /* "gradchain/_accumulate.pyx":319
+            /* "gradchain/_accumulate.pyx":321
  *                 for i in range(p):
  *                     for j in range(q):
  *                         pack[i * q + j] = A[i * ars + j * acs]             # <<<<<<<<<<<<<<
@@ -6561,7 +6610,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
         }
 
 
-        /* "gradchain/_accumulate.pyx":320
+        /* "gradchain/_accumulate.pyx":322
  *                     for j in range(q):
  *                         pack[i * q + j] = A[i * ars + j * acs]
  *                 A = pack             # <<<<<<<<<<<<<<
@@ -6570,7 +6619,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 */
         __pyx_v_A = __pyx_v_pack;
 
-        /* "gradchain/_accumulate.pyx":321
+        /* "gradchain/_accumulate.pyx":323
  *                         pack[i * q + j] = A[i * ars + j * acs]
  *                 A = pack
  *                 ars, acs = q, 1             # <<<<<<<<<<<<<<
@@ -6584,7 +6633,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
         __pyx_v_ars = __pyx_t_4;
         __pyx_v_acs = __pyx_t_3;
 
-        /* "gradchain/_accumulate.pyx":313
+        /* "gradchain/_accumulate.pyx":315
  *         # with A's row as the vector (needs A rows contiguous)
  *         if acs != 1:
  *             if pack == NULL:             # <<<<<<<<<<<<<<
@@ -6593,7 +6642,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 */
       }
 
-      /* "gradchain/_accumulate.pyx":312
+      /* "gradchain/_accumulate.pyx":314
  *         # B strided (or sizes past BLAS ints): row by row, Z[i] = B^T A[i]
  *         # with A's row as the vector (needs A rows contiguous)
  *         if acs != 1:             # <<<<<<<<<<<<<<
@@ -6602,7 +6651,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 */
     }
 
-    /* "gradchain/_accumulate.pyx":322
+    /* "gradchain/_accumulate.pyx":324
  *                 A = pack
  *                 ars, acs = q, 1
  *         for i in range(p):             # <<<<<<<<<<<<<<
@@ -6616,7 +6665,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
     for (__pyx_t_5 = 0; __pyx_t_5 < __pyx_t_4; __pyx_t_5+=1) {
       __pyx_v_i = __pyx_t_5;
 
-      /* "gradchain/_accumulate.pyx":323
+      /* "gradchain/_accumulate.pyx":325
  *                 ars, acs = q, 1
  *         for i in range(p):
  *             if link_jtv(Bm, q, r, brs, bcs, A + i * ars, Z + i * r, nt):             # <<<<<<<<<<<<<<
@@ -6628,7 +6677,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
       if (__pyx_t_2) {
 
 
-        /* "gradchain/_accumulate.pyx":324
+        /* "gradchain/_accumulate.pyx":326
  *         for i in range(p):
  *             if link_jtv(Bm, q, r, brs, bcs, A + i * ars, Z + i * r, nt):
  *                 rc = -1             # <<<<<<<<<<<<<<
@@ -6637,7 +6686,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 */
         __pyx_v_rc = -1;
 
-        /* "gradchain/_accumulate.pyx":325
+        /* "gradchain/_accumulate.pyx":327
  *             if link_jtv(Bm, q, r, brs, bcs, A + i * ars, Z + i * r, nt):
  *                 rc = -1
  *                 break             # <<<<<<<<<<<<<<
@@ -6646,7 +6695,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 */
         goto __pyx_L34_break;
 
-        /* "gradchain/_accumulate.pyx":323
+        /* "gradchain/_accumulate.pyx":325
  *                 ars, acs = q, 1
  *         for i in range(p):
  *             if link_jtv(Bm, q, r, brs, bcs, A + i * ars, Z + i * r, nt):             # <<<<<<<<<<<<<<
@@ -6658,7 +6707,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
     __pyx_L34_break:;
 
 
-    /* "gradchain/_accumulate.pyx":326
+    /* "gradchain/_accumulate.pyx":328
  *                 rc = -1
  *                 break
  *         free(pack)             # <<<<<<<<<<<<<<
@@ -6667,7 +6716,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 */
     free(__pyx_v_pack);
 
-    /* "gradchain/_accumulate.pyx":327
+    /* "gradchain/_accumulate.pyx":329
  *                 break
  *         free(pack)
  *         return rc             # <<<<<<<<<<<<<<
@@ -6680,7 +6729,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":307
+    /* "gradchain/_accumulate.pyx":309
  *         A = pack
  *         ars, acs = q, 1
  *     if (p > INT_MAX or q > INT_MAX or r > INT_MAX or ars > INT_MAX             # <<<<<<<<<<<<<<
@@ -6689,7 +6738,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 */
   }
 
-  /* "gradchain/_accumulate.pyx":329
+  /* "gradchain/_accumulate.pyx":331
  *         return rc
  *     # column-major view: Z^T (r x p) = B^T A^T
  *     if _c_order(brs, bcs, r):             # <<<<<<<<<<<<<<
@@ -6701,7 +6750,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":330
+    /* "gradchain/_accumulate.pyx":332
  *     # column-major view: Z^T (r x p) = B^T A^T
  *     if _c_order(brs, bcs, r):
  *         tb = c'N'             # <<<<<<<<<<<<<<
@@ -6710,7 +6759,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 */
     __pyx_v_tb = 'N';
 
-    /* "gradchain/_accumulate.pyx":331
+    /* "gradchain/_accumulate.pyx":333
  *     if _c_order(brs, bcs, r):
  *         tb = c'N'
  *         ldb = <int>brs             # <<<<<<<<<<<<<<
@@ -6719,7 +6768,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 */
     __pyx_v_ldb = ((int)__pyx_v_brs);
 
-    /* "gradchain/_accumulate.pyx":329
+    /* "gradchain/_accumulate.pyx":331
  *         return rc
  *     # column-major view: Z^T (r x p) = B^T A^T
  *     if _c_order(brs, bcs, r):             # <<<<<<<<<<<<<<
@@ -6729,7 +6778,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
     goto __pyx_L36;
   }
 
-  /* "gradchain/_accumulate.pyx":333
+  /* "gradchain/_accumulate.pyx":335
  *         ldb = <int>brs
  *     else:
  *         tb = c'T'             # <<<<<<<<<<<<<<
@@ -6739,7 +6788,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
   /*else*/ {
     __pyx_v_tb = 'T';
 
-    /* "gradchain/_accumulate.pyx":334
+    /* "gradchain/_accumulate.pyx":336
  *     else:
  *         tb = c'T'
  *         ldb = <int>bcs             # <<<<<<<<<<<<<<
@@ -6750,7 +6799,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
   }
   __pyx_L36:;
 
-  /* "gradchain/_accumulate.pyx":335
+  /* "gradchain/_accumulate.pyx":337
  *         tb = c'T'
  *         ldb = <int>bcs
  *     if _c_order(ars, acs, q):             # <<<<<<<<<<<<<<
@@ -6762,7 +6811,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":336
+    /* "gradchain/_accumulate.pyx":338
  *         ldb = <int>bcs
  *     if _c_order(ars, acs, q):
  *         ta = c'N'             # <<<<<<<<<<<<<<
@@ -6771,7 +6820,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 */
     __pyx_v_ta = 'N';
 
-    /* "gradchain/_accumulate.pyx":337
+    /* "gradchain/_accumulate.pyx":339
  *     if _c_order(ars, acs, q):
  *         ta = c'N'
  *         lda = <int>ars             # <<<<<<<<<<<<<<
@@ -6780,7 +6829,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 */
     __pyx_v_lda = ((int)__pyx_v_ars);
 
-    /* "gradchain/_accumulate.pyx":335
+    /* "gradchain/_accumulate.pyx":337
  *         tb = c'T'
  *         ldb = <int>bcs
  *     if _c_order(ars, acs, q):             # <<<<<<<<<<<<<<
@@ -6790,7 +6839,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
     goto __pyx_L37;
   }
 
-  /* "gradchain/_accumulate.pyx":339
+  /* "gradchain/_accumulate.pyx":341
  *         lda = <int>ars
  *     else:
  *         ta = c'T'             # <<<<<<<<<<<<<<
@@ -6800,7 +6849,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
   /*else*/ {
     __pyx_v_ta = 'T';
 
-    /* "gradchain/_accumulate.pyx":340
+    /* "gradchain/_accumulate.pyx":342
  *     else:
  *         ta = c'T'
  *         lda = <int>acs             # <<<<<<<<<<<<<<
@@ -6811,7 +6860,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
   }
   __pyx_L37:;
 
-  /* "gradchain/_accumulate.pyx":341
+  /* "gradchain/_accumulate.pyx":343
  *         ta = c'T'
  *         lda = <int>acs
  *     ip, iq, ir, ldz = <int>p, <int>q, <int>r, <int>r             # <<<<<<<<<<<<<<
@@ -6831,7 +6880,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
   __pyx_v_ir = __pyx_t_12;
   __pyx_v_ldz = __pyx_t_13;
 
-  /* "gradchain/_accumulate.pyx":343
+  /* "gradchain/_accumulate.pyx":345
  *     ip, iq, ir, ldz = <int>p, <int>q, <int>r, <int>r
  *     if floating is float:
  *         sgemm(&tb, &ta, &ir, &ip, &iq, &one, <float *>Bm, &ldb, <float *>A, &lda,             # <<<<<<<<<<<<<<
@@ -6840,7 +6889,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 */
   __pyx_f_5scipy_6linalg_11cython_blas_sgemm((&__pyx_v_tb), (&__pyx_v_ta), (&__pyx_v_ir), (&__pyx_v_ip), (&__pyx_v_iq), (&__pyx_v_one), ((float *)__pyx_v_Bm), (&__pyx_v_ldb), ((float *)__pyx_v_A), (&__pyx_v_lda), (&__pyx_v_zero), __pyx_v_Z, (&__pyx_v_ldz));
 
-  /* "gradchain/_accumulate.pyx":348
+  /* "gradchain/_accumulate.pyx":350
  *         dgemm(&tb, &ta, &ir, &ip, &iq, &one, <double *>Bm, &ldb, <double *>A, &lda,
  *               &zero, Z, &ldz)
  *     free(pack)             # <<<<<<<<<<<<<<
@@ -6849,7 +6898,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
 */
   free(__pyx_v_pack);
 
-  /* "gradchain/_accumulate.pyx":349
+  /* "gradchain/_accumulate.pyx":351
  *               &zero, Z, &ldz)
  *     free(pack)
  *     return 0             # <<<<<<<<<<<<<<
@@ -6862,7 +6911,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__matmul(float const *__p
   }
   goto __pyx_L0;
 
-  /* "gradchain/_accumulate.pyx":280
+  /* "gradchain/_accumulate.pyx":282
  * 
  * 
  * cdef int _matmul(const floating *A, Py_ssize_t ars, Py_ssize_t acs,             # <<<<<<<<<<<<<<
@@ -6925,7 +6974,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 
 
 
-  /* "gradchain/_accumulate.pyx":287
+  /* "gradchain/_accumulate.pyx":289
  *     cdef char ta, tb
  *     cdef int ip, iq, ir, lda, ldb, ldz
  *     cdef floating one = 1, zero = 0             # <<<<<<<<<<<<<<
@@ -6935,7 +6984,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
   __pyx_v_one = 1.0;
   __pyx_v_zero = 0.0;
 
-  /* "gradchain/_accumulate.pyx":288
+  /* "gradchain/_accumulate.pyx":290
  *     cdef int ip, iq, ir, lda, ldb, ldz
  *     cdef floating one = 1, zero = 0
  *     cdef floating *pack = NULL             # <<<<<<<<<<<<<<
@@ -6944,7 +6993,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 */
   __pyx_v_pack = NULL;
 
-  /* "gradchain/_accumulate.pyx":290
+  /* "gradchain/_accumulate.pyx":292
  *     cdef floating *pack = NULL
  *     cdef Py_ssize_t i, j
  *     cdef int rc = 0             # <<<<<<<<<<<<<<
@@ -6953,7 +7002,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 */
   __pyx_v_rc = 0;
 
-  /* "gradchain/_accumulate.pyx":291
+  /* "gradchain/_accumulate.pyx":293
  *     cdef Py_ssize_t i, j
  *     cdef int rc = 0
  *     if p == 0 or r == 0:             # <<<<<<<<<<<<<<
@@ -6979,7 +7028,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":292
+    /* "gradchain/_accumulate.pyx":294
  *     cdef int rc = 0
  *     if p == 0 or r == 0:
  *         return 0             # <<<<<<<<<<<<<<
@@ -6992,7 +7041,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":291
+    /* "gradchain/_accumulate.pyx":293
  *     cdef Py_ssize_t i, j
  *     cdef int rc = 0
  *     if p == 0 or r == 0:             # <<<<<<<<<<<<<<
@@ -7001,7 +7050,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 */
   }
 
-  /* "gradchain/_accumulate.pyx":293
+  /* "gradchain/_accumulate.pyx":295
  *     if p == 0 or r == 0:
  *         return 0
  *     if q == 0:             # <<<<<<<<<<<<<<
@@ -7013,7 +7062,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":294
+    /* "gradchain/_accumulate.pyx":296
  *         return 0
  *     if q == 0:
  *         memset(Z, 0, p * r * sizeof(floating))             # <<<<<<<<<<<<<<
@@ -7022,7 +7071,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 */
     (void)(memset(__pyx_v_Z, 0, ((__pyx_v_p * __pyx_v_r) * (sizeof(double)))));
 
-    /* "gradchain/_accumulate.pyx":295
+    /* "gradchain/_accumulate.pyx":297
  *     if q == 0:
  *         memset(Z, 0, p * r * sizeof(floating))
  *         return 0             # <<<<<<<<<<<<<<
@@ -7035,7 +7084,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":293
+    /* "gradchain/_accumulate.pyx":295
  *     if p == 0 or r == 0:
  *         return 0
  *     if q == 0:             # <<<<<<<<<<<<<<
@@ -7044,7 +7093,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 */
   }
 
-  /* "gradchain/_accumulate.pyx":298
+  /* "gradchain/_accumulate.pyx":300
  *     # A must be C- or F-order for BLAS; pack it otherwise (p q copies,
  *     # against the p q r of the product)
  *     if not (_c_order(ars, acs, q) or _f_order(ars, acs, p)):             # <<<<<<<<<<<<<<
@@ -7073,7 +7122,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":299
+    /* "gradchain/_accumulate.pyx":301
  *     # against the p q r of the product)
  *     if not (_c_order(ars, acs, q) or _f_order(ars, acs, p)):
  *         pack = <floating *>malloc(p * q * sizeof(floating))             # <<<<<<<<<<<<<<
@@ -7082,7 +7131,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 */
     __pyx_v_pack = ((double *)malloc(((__pyx_v_p * __pyx_v_q) * (sizeof(double)))));
 
-    /* "gradchain/_accumulate.pyx":300
+    /* "gradchain/_accumulate.pyx":302
  *     if not (_c_order(ars, acs, q) or _f_order(ars, acs, p)):
  *         pack = <floating *>malloc(p * q * sizeof(floating))
  *         if pack == NULL:             # <<<<<<<<<<<<<<
@@ -7094,7 +7143,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
     if (__pyx_t_2) {
 
 
-      /* "gradchain/_accumulate.pyx":301
+      /* "gradchain/_accumulate.pyx":303
  *         pack = <floating *>malloc(p * q * sizeof(floating))
  *         if pack == NULL:
  *             return -1             # <<<<<<<<<<<<<<
@@ -7107,7 +7156,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
       }
       goto __pyx_L0;
 
-      /* "gradchain/_accumulate.pyx":300
+      /* "gradchain/_accumulate.pyx":302
  *     if not (_c_order(ars, acs, q) or _f_order(ars, acs, p)):
  *         pack = <floating *>malloc(p * q * sizeof(floating))
  *         if pack == NULL:             # <<<<<<<<<<<<<<
@@ -7116,7 +7165,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 */
     }
 
-    /* "gradchain/_accumulate.pyx":302
+    /* "gradchain/_accumulate.pyx":304
  *         if pack == NULL:
  *             return -1
  *         for i in range(p):             # <<<<<<<<<<<<<<
@@ -7130,7 +7179,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
     for (__pyx_t_5 = 0; __pyx_t_5 < __pyx_t_4; __pyx_t_5+=1) {
       __pyx_v_i = __pyx_t_5;
 
-      /* "gradchain/_accumulate.pyx":303
+      /* "gradchain/_accumulate.pyx":305
  *             return -1
  *         for i in range(p):
  *             for j in range(q):             # <<<<<<<<<<<<<<
@@ -7144,7 +7193,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
       for (__pyx_t_8 = 0; __pyx_t_8 < __pyx_t_7; __pyx_t_8+=1) {
         __pyx_v_j = __pyx_t_8;
 
-        /* "gradchain/_accumulate.pyx":304
+        /* "gradchain/_accumulate.pyx":306
  *         for i in range(p):
  *             for j in range(q):
  *                 pack[i * q + j] = A[i * ars + j * acs]             # <<<<<<<<<<<<<<
@@ -7157,7 +7206,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
     }
 
 
-    /* "gradchain/_accumulate.pyx":305
+    /* "gradchain/_accumulate.pyx":307
  *             for j in range(q):
  *                 pack[i * q + j] = A[i * ars + j * acs]
  *         A = pack             # <<<<<<<<<<<<<<
@@ -7166,7 +7215,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 */
     __pyx_v_A = __pyx_v_pack;
 
-    /* "gradchain/_accumulate.pyx":306
+    /* "gradchain/_accumulate.pyx":308
  *                 pack[i * q + j] = A[i * ars + j * acs]
  *         A = pack
  *         ars, acs = q, 1             # <<<<<<<<<<<<<<
@@ -7180,7 +7229,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
     __pyx_v_ars = __pyx_t_3;
     __pyx_v_acs = __pyx_t_4;
 
-    /* "gradchain/_accumulate.pyx":298
+    /* "gradchain/_accumulate.pyx":300
  *     # A must be C- or F-order for BLAS; pack it otherwise (p q copies,
  *     # against the p q r of the product)
  *     if not (_c_order(ars, acs, q) or _f_order(ars, acs, p)):             # <<<<<<<<<<<<<<
@@ -7189,7 +7238,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 */
   }
 
-  /* "gradchain/_accumulate.pyx":307
+  /* "gradchain/_accumulate.pyx":309
  *         A = pack
  *         ars, acs = q, 1
  *     if (p > INT_MAX or q > INT_MAX or r > INT_MAX or ars > INT_MAX             # <<<<<<<<<<<<<<
@@ -7227,7 +7276,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
     goto __pyx_L16_bool_binop_done;
   }
 
-  /* "gradchain/_accumulate.pyx":308
+  /* "gradchain/_accumulate.pyx":310
  *         ars, acs = q, 1
  *     if (p > INT_MAX or q > INT_MAX or r > INT_MAX or ars > INT_MAX
  *             or acs > INT_MAX or not (_c_order(brs, bcs, r) or _f_order(brs, bcs, q))             # <<<<<<<<<<<<<<
@@ -7255,7 +7304,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
     goto __pyx_L16_bool_binop_done;
   }
 
-  /* "gradchain/_accumulate.pyx":309
+  /* "gradchain/_accumulate.pyx":311
  *     if (p > INT_MAX or q > INT_MAX or r > INT_MAX or ars > INT_MAX
  *             or acs > INT_MAX or not (_c_order(brs, bcs, r) or _f_order(brs, bcs, q))
  *             or brs > INT_MAX or bcs > INT_MAX):             # <<<<<<<<<<<<<<
@@ -7273,7 +7322,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
     goto __pyx_L23_bool_binop_done;
   }
 
-  /* "gradchain/_accumulate.pyx":308
+  /* "gradchain/_accumulate.pyx":310
  *         ars, acs = q, 1
  *     if (p > INT_MAX or q > INT_MAX or r > INT_MAX or ars > INT_MAX
  *             or acs > INT_MAX or not (_c_order(brs, bcs, r) or _f_order(brs, bcs, q))             # <<<<<<<<<<<<<<
@@ -7298,7 +7347,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
     goto __pyx_L16_bool_binop_done;
   }
 
-  /* "gradchain/_accumulate.pyx":309
+  /* "gradchain/_accumulate.pyx":311
  *     if (p > INT_MAX or q > INT_MAX or r > INT_MAX or ars > INT_MAX
  *             or acs > INT_MAX or not (_c_order(brs, bcs, r) or _f_order(brs, bcs, q))
  *             or brs > INT_MAX or bcs > INT_MAX):             # <<<<<<<<<<<<<<
@@ -7322,7 +7371,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 
   __pyx_L16_bool_binop_done:;
 
-  /* "gradchain/_accumulate.pyx":307
+  /* "gradchain/_accumulate.pyx":309
  *         A = pack
  *         ars, acs = q, 1
  *     if (p > INT_MAX or q > INT_MAX or r > INT_MAX or ars > INT_MAX             # <<<<<<<<<<<<<<
@@ -7332,7 +7381,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":312
+    /* "gradchain/_accumulate.pyx":314
  *         # B strided (or sizes past BLAS ints): row by row, Z[i] = B^T A[i]
  *         # with A's row as the vector (needs A rows contiguous)
  *         if acs != 1:             # <<<<<<<<<<<<<<
@@ -7344,7 +7393,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
     if (__pyx_t_2) {
 
 
-      /* "gradchain/_accumulate.pyx":313
+      /* "gradchain/_accumulate.pyx":315
  *         # with A's row as the vector (needs A rows contiguous)
  *         if acs != 1:
  *             if pack == NULL:             # <<<<<<<<<<<<<<
@@ -7356,7 +7405,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
       if (__pyx_t_2) {
 
 
-        /* "gradchain/_accumulate.pyx":314
+        /* "gradchain/_accumulate.pyx":316
  *         if acs != 1:
  *             if pack == NULL:
  *                 pack = <floating *>malloc(p * q * sizeof(floating))             # <<<<<<<<<<<<<<
@@ -7365,7 +7414,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 */
         __pyx_v_pack = ((double *)malloc(((__pyx_v_p * __pyx_v_q) * (sizeof(double)))));
 
-        /* "gradchain/_accumulate.pyx":315
+        /* "gradchain/_accumulate.pyx":317
  *             if pack == NULL:
  *                 pack = <floating *>malloc(p * q * sizeof(floating))
  *                 if pack == NULL:             # <<<<<<<<<<<<<<
@@ -7377,7 +7426,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
         if (__pyx_t_2) {
 
 
-          /* "gradchain/_accumulate.pyx":316
+          /* "gradchain/_accumulate.pyx":318
  *                 pack = <floating *>malloc(p * q * sizeof(floating))
  *                 if pack == NULL:
  *                     return -1             # <<<<<<<<<<<<<<
@@ -7390,7 +7439,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
           }
           goto __pyx_L0;
 
-          /* "gradchain/_accumulate.pyx":315
+          /* "gradchain/_accumulate.pyx":317
  *             if pack == NULL:
  *                 pack = <floating *>malloc(p * q * sizeof(floating))
  *                 if pack == NULL:             # <<<<<<<<<<<<<<
@@ -7399,7 +7448,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 */
         }
 
-        /* "gradchain/_accumulate.pyx":317
+        /* "gradchain/_accumulate.pyx":319
  *                 if pack == NULL:
  *                     return -1
  *                 for i in range(p):             # <<<<<<<<<<<<<<
@@ -7413,7 +7462,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
         for (__pyx_t_5 = 0; __pyx_t_5 < __pyx_t_3; __pyx_t_5+=1) {
           __pyx_v_i = __pyx_t_5;
 
-          /* "gradchain/_accumulate.pyx":318
+          /* "gradchain/_accumulate.pyx":320
  *                     return -1
  *                 for i in range(p):
  *                     for j in range(q):             # <<<<<<<<<<<<<<
@@ -7427,7 +7476,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
           for (__pyx_t_8 = 0; __pyx_t_8 < __pyx_t_7; __pyx_t_8+=1) {
             __pyx_v_j = __pyx_t_8;
 
-            /* "gradchain/_accumulate.pyx":319
+            /* "gradchain/_accumulate.pyx":321
  *                 for i in range(p):
  *                     for j in range(q):
  *                         pack[i * q + j] = A[i * ars + j * acs]             # <<<<<<<<<<<<<<
@@ -7440,7 +7489,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
         }
 
 
-        /* "gradchain/_accumulate.pyx":320
+        /* "gradchain/_accumulate.pyx":322
  *                     for j in range(q):
  *                         pack[i * q + j] = A[i * ars + j * acs]
  *                 A = pack             # <<<<<<<<<<<<<<
@@ -7449,7 +7498,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 */
         __pyx_v_A = __pyx_v_pack;
 
-        /* "gradchain/_accumulate.pyx":321
+        /* "gradchain/_accumulate.pyx":323
  *                         pack[i * q + j] = A[i * ars + j * acs]
  *                 A = pack
  *                 ars, acs = q, 1             # <<<<<<<<<<<<<<
@@ -7463,7 +7512,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
         __pyx_v_ars = __pyx_t_4;
         __pyx_v_acs = __pyx_t_3;
 
-        /* "gradchain/_accumulate.pyx":313
+        /* "gradchain/_accumulate.pyx":315
  *         # with A's row as the vector (needs A rows contiguous)
  *         if acs != 1:
  *             if pack == NULL:             # <<<<<<<<<<<<<<
@@ -7472,7 +7521,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 */
       }
 
-      /* "gradchain/_accumulate.pyx":312
+      /* "gradchain/_accumulate.pyx":314
  *         # B strided (or sizes past BLAS ints): row by row, Z[i] = B^T A[i]
  *         # with A's row as the vector (needs A rows contiguous)
  *         if acs != 1:             # <<<<<<<<<<<<<<
@@ -7481,7 +7530,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 */
     }
 
-    /* "gradchain/_accumulate.pyx":322
+    /* "gradchain/_accumulate.pyx":324
  *                 A = pack
  *                 ars, acs = q, 1
  *         for i in range(p):             # <<<<<<<<<<<<<<
@@ -7495,7 +7544,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
     for (__pyx_t_5 = 0; __pyx_t_5 < __pyx_t_4; __pyx_t_5+=1) {
       __pyx_v_i = __pyx_t_5;
 
-      /* "gradchain/_accumulate.pyx":323
+      /* "gradchain/_accumulate.pyx":325
  *                 ars, acs = q, 1
  *         for i in range(p):
  *             if link_jtv(Bm, q, r, brs, bcs, A + i * ars, Z + i * r, nt):             # <<<<<<<<<<<<<<
@@ -7507,7 +7556,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
       if (__pyx_t_2) {
 
 
-        /* "gradchain/_accumulate.pyx":324
+        /* "gradchain/_accumulate.pyx":326
  *         for i in range(p):
  *             if link_jtv(Bm, q, r, brs, bcs, A + i * ars, Z + i * r, nt):
  *                 rc = -1             # <<<<<<<<<<<<<<
@@ -7516,7 +7565,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 */
         __pyx_v_rc = -1;
 
-        /* "gradchain/_accumulate.pyx":325
+        /* "gradchain/_accumulate.pyx":327
  *             if link_jtv(Bm, q, r, brs, bcs, A + i * ars, Z + i * r, nt):
  *                 rc = -1
  *                 break             # <<<<<<<<<<<<<<
@@ -7525,7 +7574,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 */
         goto __pyx_L34_break;
 
-        /* "gradchain/_accumulate.pyx":323
+        /* "gradchain/_accumulate.pyx":325
  *                 ars, acs = q, 1
  *         for i in range(p):
  *             if link_jtv(Bm, q, r, brs, bcs, A + i * ars, Z + i * r, nt):             # <<<<<<<<<<<<<<
@@ -7537,7 +7586,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
     __pyx_L34_break:;
 
 
-    /* "gradchain/_accumulate.pyx":326
+    /* "gradchain/_accumulate.pyx":328
  *                 rc = -1
  *                 break
  *         free(pack)             # <<<<<<<<<<<<<<
@@ -7546,7 +7595,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 */
     free(__pyx_v_pack);
 
-    /* "gradchain/_accumulate.pyx":327
+    /* "gradchain/_accumulate.pyx":329
  *                 break
  *         free(pack)
  *         return rc             # <<<<<<<<<<<<<<
@@ -7559,7 +7608,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":307
+    /* "gradchain/_accumulate.pyx":309
  *         A = pack
  *         ars, acs = q, 1
  *     if (p > INT_MAX or q > INT_MAX or r > INT_MAX or ars > INT_MAX             # <<<<<<<<<<<<<<
@@ -7568,7 +7617,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 */
   }
 
-  /* "gradchain/_accumulate.pyx":329
+  /* "gradchain/_accumulate.pyx":331
  *         return rc
  *     # column-major view: Z^T (r x p) = B^T A^T
  *     if _c_order(brs, bcs, r):             # <<<<<<<<<<<<<<
@@ -7580,7 +7629,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":330
+    /* "gradchain/_accumulate.pyx":332
  *     # column-major view: Z^T (r x p) = B^T A^T
  *     if _c_order(brs, bcs, r):
  *         tb = c'N'             # <<<<<<<<<<<<<<
@@ -7589,7 +7638,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 */
     __pyx_v_tb = 'N';
 
-    /* "gradchain/_accumulate.pyx":331
+    /* "gradchain/_accumulate.pyx":333
  *     if _c_order(brs, bcs, r):
  *         tb = c'N'
  *         ldb = <int>brs             # <<<<<<<<<<<<<<
@@ -7598,7 +7647,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 */
     __pyx_v_ldb = ((int)__pyx_v_brs);
 
-    /* "gradchain/_accumulate.pyx":329
+    /* "gradchain/_accumulate.pyx":331
  *         return rc
  *     # column-major view: Z^T (r x p) = B^T A^T
  *     if _c_order(brs, bcs, r):             # <<<<<<<<<<<<<<
@@ -7608,7 +7657,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
     goto __pyx_L36;
   }
 
-  /* "gradchain/_accumulate.pyx":333
+  /* "gradchain/_accumulate.pyx":335
  *         ldb = <int>brs
  *     else:
  *         tb = c'T'             # <<<<<<<<<<<<<<
@@ -7618,7 +7667,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
   /*else*/ {
     __pyx_v_tb = 'T';
 
-    /* "gradchain/_accumulate.pyx":334
+    /* "gradchain/_accumulate.pyx":336
  *     else:
  *         tb = c'T'
  *         ldb = <int>bcs             # <<<<<<<<<<<<<<
@@ -7629,7 +7678,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
   }
   __pyx_L36:;
 
-  /* "gradchain/_accumulate.pyx":335
+  /* "gradchain/_accumulate.pyx":337
  *         tb = c'T'
  *         ldb = <int>bcs
  *     if _c_order(ars, acs, q):             # <<<<<<<<<<<<<<
@@ -7641,7 +7690,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":336
+    /* "gradchain/_accumulate.pyx":338
  *         ldb = <int>bcs
  *     if _c_order(ars, acs, q):
  *         ta = c'N'             # <<<<<<<<<<<<<<
@@ -7650,7 +7699,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 */
     __pyx_v_ta = 'N';
 
-    /* "gradchain/_accumulate.pyx":337
+    /* "gradchain/_accumulate.pyx":339
  *     if _c_order(ars, acs, q):
  *         ta = c'N'
  *         lda = <int>ars             # <<<<<<<<<<<<<<
@@ -7659,7 +7708,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 */
     __pyx_v_lda = ((int)__pyx_v_ars);
 
-    /* "gradchain/_accumulate.pyx":335
+    /* "gradchain/_accumulate.pyx":337
  *         tb = c'T'
  *         ldb = <int>bcs
  *     if _c_order(ars, acs, q):             # <<<<<<<<<<<<<<
@@ -7669,7 +7718,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
     goto __pyx_L37;
   }
 
-  /* "gradchain/_accumulate.pyx":339
+  /* "gradchain/_accumulate.pyx":341
  *         lda = <int>ars
  *     else:
  *         ta = c'T'             # <<<<<<<<<<<<<<
@@ -7679,7 +7728,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
   /*else*/ {
     __pyx_v_ta = 'T';
 
-    /* "gradchain/_accumulate.pyx":340
+    /* "gradchain/_accumulate.pyx":342
  *     else:
  *         ta = c'T'
  *         lda = <int>acs             # <<<<<<<<<<<<<<
@@ -7690,7 +7739,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
   }
   __pyx_L37:;
 
-  /* "gradchain/_accumulate.pyx":341
+  /* "gradchain/_accumulate.pyx":343
  *         ta = c'T'
  *         lda = <int>acs
  *     ip, iq, ir, ldz = <int>p, <int>q, <int>r, <int>r             # <<<<<<<<<<<<<<
@@ -7710,7 +7759,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
   __pyx_v_ir = __pyx_t_12;
   __pyx_v_ldz = __pyx_t_13;
 
-  /* "gradchain/_accumulate.pyx":346
+  /* "gradchain/_accumulate.pyx":348
  *               &zero, Z, &ldz)
  *     else:
  *         dgemm(&tb, &ta, &ir, &ip, &iq, &one, <double *>Bm, &ldb, <double *>A, &lda,             # <<<<<<<<<<<<<<
@@ -7719,7 +7768,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 */
   __pyx_f_5scipy_6linalg_11cython_blas_dgemm((&__pyx_v_tb), (&__pyx_v_ta), (&__pyx_v_ir), (&__pyx_v_ip), (&__pyx_v_iq), (&__pyx_v_one), ((double *)__pyx_v_Bm), (&__pyx_v_ldb), ((double *)__pyx_v_A), (&__pyx_v_lda), (&__pyx_v_zero), __pyx_v_Z, (&__pyx_v_ldz));
 
-  /* "gradchain/_accumulate.pyx":348
+  /* "gradchain/_accumulate.pyx":350
  *         dgemm(&tb, &ta, &ir, &ip, &iq, &one, <double *>Bm, &ldb, <double *>A, &lda,
  *               &zero, Z, &ldz)
  *     free(pack)             # <<<<<<<<<<<<<<
@@ -7728,7 +7777,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
 */
   free(__pyx_v_pack);
 
-  /* "gradchain/_accumulate.pyx":349
+  /* "gradchain/_accumulate.pyx":351
  *               &zero, Z, &ldz)
  *     free(pack)
  *     return 0             # <<<<<<<<<<<<<<
@@ -7741,7 +7790,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
   }
   goto __pyx_L0;
 
-  /* "gradchain/_accumulate.pyx":280
+  /* "gradchain/_accumulate.pyx":282
  * 
  * 
  * cdef int _matmul(const floating *A, Py_ssize_t ars, Py_ssize_t acs,             # <<<<<<<<<<<<<<
@@ -7771,15 +7820,16 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__matmul(double const *__
   return __pyx_r;
 }
 
-/* "gradchain/_accumulate.pyx":352
+/* "gradchain/_accumulate.pyx":354
  * 
  * 
- * cdef int _combine(Val *L, Val *R, Val *out, const floating *tag,             # <<<<<<<<<<<<<<
+ * cdef int _combine(Val *L, Val *R, Val *out, floating *dest,             # <<<<<<<<<<<<<<
  *                   int nt) noexcept nogil:
- *     """out = L R; consumes (releases) L and R."""
+ *     """out = L R; consumes (releases) L and R.  A dense result goes to dest
 */
 
-static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_9gradchain_11_accumulate_Val *__pyx_v_L, struct __pyx_t_9gradchain_11_accumulate_Val *__pyx_v_R, struct __pyx_t_9gradchain_11_accumulate_Val *__pyx_v_out, float const *__pyx_v_tag, int __pyx_v_nt) {
+static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_9gradchain_11_accumulate_Val *__pyx_v_L, struct __pyx_t_9gradchain_11_accumulate_Val *__pyx_v_R, struct __pyx_t_9gradchain_11_accumulate_Val *__pyx_v_out, float *__pyx_v_dest, int __pyx_v_nt) {
+  float const *__pyx_v_tag;
   Py_ssize_t __pyx_v_p;
   Py_ssize_t __pyx_v_q;
   Py_ssize_t __pyx_v_r;
@@ -7805,9 +7855,18 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
   Py_ssize_t __pyx_t_9;
   struct __pyx_t_9gradchain_11_accumulate_Factor const *__pyx_t_10;
 
-  /* "gradchain/_accumulate.pyx":355
- *                   int nt) noexcept nogil:
- *     """out = L R; consumes (releases) L and R."""
+  /* "gradchain/_accumulate.pyx":358
+ *     """out = L R; consumes (releases) L and R.  A dense result goes to dest
+ *     (C-contiguous p x r) when dest is not NULL."""
+ *     cdef const floating *tag = dest             # <<<<<<<<<<<<<<
+ *     cdef Py_ssize_t p = L.p, q = L.q, r = R.q, i, j
+ *     cdef floating *z
+*/
+  __pyx_v_tag = __pyx_v_dest;
+
+  /* "gradchain/_accumulate.pyx":359
+ *     (C-contiguous p x r) when dest is not NULL."""
+ *     cdef const floating *tag = dest
  *     cdef Py_ssize_t p = L.p, q = L.q, r = R.q, i, j             # <<<<<<<<<<<<<<
  *     cdef floating *z
  *     cdef floating *tmp
@@ -7822,7 +7881,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 
   __pyx_v_r = __pyx_t_1;
 
-  /* "gradchain/_accumulate.pyx":363
+  /* "gradchain/_accumulate.pyx":367
  *     cdef const Factor *f
  *     cdef floating c
  *     out.p = p             # <<<<<<<<<<<<<<
@@ -7831,27 +7890,36 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
   __pyx_v_out->p = __pyx_v_p;
 
-  /* "gradchain/_accumulate.pyx":364
+  /* "gradchain/_accumulate.pyx":368
  *     cdef floating c
  *     out.p = p
  *     out.q = r             # <<<<<<<<<<<<<<
  *     out.leaf = NULL
- *     if L.kind == F_IDENT:
+ *     out.ext = False
 */
   __pyx_v_out->q = __pyx_v_r;
 
-  /* "gradchain/_accumulate.pyx":365
+  /* "gradchain/_accumulate.pyx":369
  *     out.p = p
  *     out.q = r
  *     out.leaf = NULL             # <<<<<<<<<<<<<<
+ *     out.ext = False
  *     if L.kind == F_IDENT:
- *         out[0] = R[0]
 */
   __pyx_v_out->leaf = NULL;
 
-  /* "gradchain/_accumulate.pyx":366
+  /* "gradchain/_accumulate.pyx":370
  *     out.q = r
  *     out.leaf = NULL
+ *     out.ext = False             # <<<<<<<<<<<<<<
+ *     if L.kind == F_IDENT:
+ *         out[0] = R[0]
+*/
+  __pyx_v_out->ext = 0;
+
+  /* "gradchain/_accumulate.pyx":371
+ *     out.leaf = NULL
+ *     out.ext = False
  *     if L.kind == F_IDENT:             # <<<<<<<<<<<<<<
  *         out[0] = R[0]
  *         out.p, out.q = p, r
@@ -7861,8 +7929,8 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":367
- *     out.leaf = NULL
+    /* "gradchain/_accumulate.pyx":372
+ *     out.ext = False
  *     if L.kind == F_IDENT:
  *         out[0] = R[0]             # <<<<<<<<<<<<<<
  *         out.p, out.q = p, r
@@ -7870,7 +7938,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     (__pyx_v_out[0]) = (__pyx_v_R[0]);
 
-    /* "gradchain/_accumulate.pyx":368
+    /* "gradchain/_accumulate.pyx":373
  *     if L.kind == F_IDENT:
  *         out[0] = R[0]
  *         out.p, out.q = p, r             # <<<<<<<<<<<<<<
@@ -7884,7 +7952,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     __pyx_v_out->p = __pyx_t_1;
     __pyx_v_out->q = __pyx_t_3;
 
-    /* "gradchain/_accumulate.pyx":369
+    /* "gradchain/_accumulate.pyx":374
  *         out[0] = R[0]
  *         out.p, out.q = p, r
  *         return 0             # <<<<<<<<<<<<<<
@@ -7897,16 +7965,16 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":366
- *     out.q = r
+    /* "gradchain/_accumulate.pyx":371
  *     out.leaf = NULL
+ *     out.ext = False
  *     if L.kind == F_IDENT:             # <<<<<<<<<<<<<<
  *         out[0] = R[0]
  *         out.p, out.q = p, r
 */
   }
 
-  /* "gradchain/_accumulate.pyx":370
+  /* "gradchain/_accumulate.pyx":375
  *         out.p, out.q = p, r
  *         return 0
  *     if R.kind == F_IDENT:             # <<<<<<<<<<<<<<
@@ -7918,7 +7986,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":371
+    /* "gradchain/_accumulate.pyx":376
  *         return 0
  *     if R.kind == F_IDENT:
  *         out[0] = L[0]             # <<<<<<<<<<<<<<
@@ -7927,7 +7995,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     (__pyx_v_out[0]) = (__pyx_v_L[0]);
 
-    /* "gradchain/_accumulate.pyx":372
+    /* "gradchain/_accumulate.pyx":377
  *     if R.kind == F_IDENT:
  *         out[0] = L[0]
  *         return 0             # <<<<<<<<<<<<<<
@@ -7940,7 +8008,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":370
+    /* "gradchain/_accumulate.pyx":375
  *         out.p, out.q = p, r
  *         return 0
  *     if R.kind == F_IDENT:             # <<<<<<<<<<<<<<
@@ -7949,7 +8017,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
   }
 
-  /* "gradchain/_accumulate.pyx":373
+  /* "gradchain/_accumulate.pyx":378
  *         out[0] = L[0]
  *         return 0
  *     if _diaglike(L.kind) and _diaglike(R.kind):             # <<<<<<<<<<<<<<
@@ -7975,7 +8043,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":374
+    /* "gradchain/_accumulate.pyx":379
  *         return 0
  *     if _diaglike(L.kind) and _diaglike(R.kind):
  *         z = <floating *>malloc(max(1, q) * sizeof(floating))             # <<<<<<<<<<<<<<
@@ -7999,7 +8067,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     __pyx_v_z = ((float *)malloc((__pyx_t_1 * (sizeof(float)))));
 
 
-    /* "gradchain/_accumulate.pyx":375
+    /* "gradchain/_accumulate.pyx":380
  *     if _diaglike(L.kind) and _diaglike(R.kind):
  *         z = <floating *>malloc(max(1, q) * sizeof(floating))
  *         if z == NULL:             # <<<<<<<<<<<<<<
@@ -8011,7 +8079,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     if (__pyx_t_2) {
 
 
-      /* "gradchain/_accumulate.pyx":376
+      /* "gradchain/_accumulate.pyx":381
  *         z = <floating *>malloc(max(1, q) * sizeof(floating))
  *         if z == NULL:
  *             return -1             # <<<<<<<<<<<<<<
@@ -8024,7 +8092,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
       }
       goto __pyx_L0;
 
-      /* "gradchain/_accumulate.pyx":375
+      /* "gradchain/_accumulate.pyx":380
  *     if _diaglike(L.kind) and _diaglike(R.kind):
  *         z = <floating *>malloc(max(1, q) * sizeof(floating))
  *         if z == NULL:             # <<<<<<<<<<<<<<
@@ -8033,7 +8101,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     }
 
-    /* "gradchain/_accumulate.pyx":377
+    /* "gradchain/_accumulate.pyx":382
  *         if z == NULL:
  *             return -1
  *         for i in range(q):             # <<<<<<<<<<<<<<
@@ -8047,7 +8115,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_3; __pyx_t_6+=1) {
       __pyx_v_i = __pyx_t_6;
 
-      /* "gradchain/_accumulate.pyx":378
+      /* "gradchain/_accumulate.pyx":383
  *             return -1
  *         for i in range(q):
  *             z[i] = _dget(L, i, tag) * _dget(R, i, tag)             # <<<<<<<<<<<<<<
@@ -8058,7 +8126,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     }
 
 
-    /* "gradchain/_accumulate.pyx":379
+    /* "gradchain/_accumulate.pyx":384
  *         for i in range(q):
  *             z[i] = _dget(L, i, tag) * _dget(R, i, tag)
  *         _release(L)             # <<<<<<<<<<<<<<
@@ -8067,7 +8135,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_f_9gradchain_11_accumulate__release(__pyx_v_L);
 
-    /* "gradchain/_accumulate.pyx":380
+    /* "gradchain/_accumulate.pyx":385
  *             z[i] = _dget(L, i, tag) * _dget(R, i, tag)
  *         _release(L)
  *         _release(R)             # <<<<<<<<<<<<<<
@@ -8076,7 +8144,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_f_9gradchain_11_accumulate__release(__pyx_v_R);
 
-    /* "gradchain/_accumulate.pyx":381
+    /* "gradchain/_accumulate.pyx":386
  *         _release(L)
  *         _release(R)
  *         out.kind = F_DIAG             # <<<<<<<<<<<<<<
@@ -8085,7 +8153,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_v_out->kind = __pyx_e_9gradchain_11_accumulate_F_DIAG;
 
-    /* "gradchain/_accumulate.pyx":382
+    /* "gradchain/_accumulate.pyx":387
  *         _release(R)
  *         out.kind = F_DIAG
  *         out.owned = True             # <<<<<<<<<<<<<<
@@ -8094,7 +8162,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_v_out->owned = 1;
 
-    /* "gradchain/_accumulate.pyx":383
+    /* "gradchain/_accumulate.pyx":388
  *         out.kind = F_DIAG
  *         out.owned = True
  *         out.buf = z             # <<<<<<<<<<<<<<
@@ -8103,7 +8171,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_v_out->buf = __pyx_v_z;
 
-    /* "gradchain/_accumulate.pyx":384
+    /* "gradchain/_accumulate.pyx":389
  *         out.owned = True
  *         out.buf = z
  *         return 0             # <<<<<<<<<<<<<<
@@ -8116,7 +8184,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":373
+    /* "gradchain/_accumulate.pyx":378
  *         out[0] = L[0]
  *         return 0
  *     if _diaglike(L.kind) and _diaglike(R.kind):             # <<<<<<<<<<<<<<
@@ -8125,7 +8193,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
   }
 
-  /* "gradchain/_accumulate.pyx":385
+  /* "gradchain/_accumulate.pyx":390
  *         out.buf = z
  *         return 0
  *     if L.kind == F_DPR1 and R.kind != F_DENSE:             # <<<<<<<<<<<<<<
@@ -8151,7 +8219,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":386
+    /* "gradchain/_accumulate.pyx":391
  *         return 0
  *     if L.kind == F_DPR1 and R.kind != F_DENSE:
  *         if _to_dense(L, tag):             # <<<<<<<<<<<<<<
@@ -8163,7 +8231,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     if (__pyx_t_2) {
 
 
-      /* "gradchain/_accumulate.pyx":387
+      /* "gradchain/_accumulate.pyx":392
  *     if L.kind == F_DPR1 and R.kind != F_DENSE:
  *         if _to_dense(L, tag):
  *             return -1             # <<<<<<<<<<<<<<
@@ -8176,7 +8244,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
       }
       goto __pyx_L0;
 
-      /* "gradchain/_accumulate.pyx":386
+      /* "gradchain/_accumulate.pyx":391
  *         return 0
  *     if L.kind == F_DPR1 and R.kind != F_DENSE:
  *         if _to_dense(L, tag):             # <<<<<<<<<<<<<<
@@ -8185,7 +8253,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     }
 
-    /* "gradchain/_accumulate.pyx":385
+    /* "gradchain/_accumulate.pyx":390
  *         out.buf = z
  *         return 0
  *     if L.kind == F_DPR1 and R.kind != F_DENSE:             # <<<<<<<<<<<<<<
@@ -8194,7 +8262,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
   }
 
-  /* "gradchain/_accumulate.pyx":388
+  /* "gradchain/_accumulate.pyx":393
  *         if _to_dense(L, tag):
  *             return -1
  *     if R.kind == F_DPR1 and L.kind != F_DENSE:             # <<<<<<<<<<<<<<
@@ -8220,24 +8288,24 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":389
+    /* "gradchain/_accumulate.pyx":394
  *             return -1
  *     if R.kind == F_DPR1 and L.kind != F_DENSE:
  *         if _to_dense(R, tag):             # <<<<<<<<<<<<<<
  *             return -1
- *     z = <floating *>malloc(max(1, p * r) * sizeof(floating))
+ *     if dest != NULL:
 */
     __pyx_t_2 = (__pyx_fuse_0__pyx_f_9gradchain_11_accumulate__to_dense(__pyx_v_R, __pyx_v_tag) != 0);
 
     if (__pyx_t_2) {
 
 
-      /* "gradchain/_accumulate.pyx":390
+      /* "gradchain/_accumulate.pyx":395
  *     if R.kind == F_DPR1 and L.kind != F_DENSE:
  *         if _to_dense(R, tag):
  *             return -1             # <<<<<<<<<<<<<<
- *     z = <floating *>malloc(max(1, p * r) * sizeof(floating))
- *     if z == NULL:
+ *     if dest != NULL:
+ *         z = dest
 */
       {
 
@@ -8245,16 +8313,16 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
       }
       goto __pyx_L0;
 
-      /* "gradchain/_accumulate.pyx":389
+      /* "gradchain/_accumulate.pyx":394
  *             return -1
  *     if R.kind == F_DPR1 and L.kind != F_DENSE:
  *         if _to_dense(R, tag):             # <<<<<<<<<<<<<<
  *             return -1
- *     z = <floating *>malloc(max(1, p * r) * sizeof(floating))
+ *     if dest != NULL:
 */
     }
 
-    /* "gradchain/_accumulate.pyx":388
+    /* "gradchain/_accumulate.pyx":393
  *         if _to_dense(L, tag):
  *             return -1
  *     if R.kind == F_DPR1 and L.kind != F_DENSE:             # <<<<<<<<<<<<<<
@@ -8263,93 +8331,145 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
   }
 
-  /* "gradchain/_accumulate.pyx":391
+  /* "gradchain/_accumulate.pyx":396
  *         if _to_dense(R, tag):
  *             return -1
- *     z = <floating *>malloc(max(1, p * r) * sizeof(floating))             # <<<<<<<<<<<<<<
- *     if z == NULL:
- *         return -1
+ *     if dest != NULL:             # <<<<<<<<<<<<<<
+ *         z = dest
+ *         out.ext = True
 */
-
-  __pyx_t_1 = (__pyx_v_p * __pyx_v_r);
-
-  __pyx_t_5 = 1;
-  __pyx_t_2 = (__pyx_t_1 > __pyx_t_5);
+  __pyx_t_2 = (__pyx_v_dest != NULL);
 
   if (__pyx_t_2) {
 
-    __pyx_t_3 = __pyx_t_1;
-  } else {
 
-    __pyx_t_3 = __pyx_t_5;
+    /* "gradchain/_accumulate.pyx":397
+ *             return -1
+ *     if dest != NULL:
+ *         z = dest             # <<<<<<<<<<<<<<
+ *         out.ext = True
+ *         out.owned = False
+*/
+    __pyx_v_z = __pyx_v_dest;
+
+    /* "gradchain/_accumulate.pyx":398
+ *     if dest != NULL:
+ *         z = dest
+ *         out.ext = True             # <<<<<<<<<<<<<<
+ *         out.owned = False
+ *     else:
+*/
+    __pyx_v_out->ext = 1;
+
+    /* "gradchain/_accumulate.pyx":399
+ *         z = dest
+ *         out.ext = True
+ *         out.owned = False             # <<<<<<<<<<<<<<
+ *     else:
+ *         z = <floating *>malloc(max(1, p * r) * sizeof(floating))
+*/
+    __pyx_v_out->owned = 0;
+
+    /* "gradchain/_accumulate.pyx":396
+ *         if _to_dense(R, tag):
+ *             return -1
+ *     if dest != NULL:             # <<<<<<<<<<<<<<
+ *         z = dest
+ *         out.ext = True
+*/
+    goto __pyx_L19;
   }
 
-  __pyx_v_z = ((float *)malloc((__pyx_t_3 * (sizeof(float)))));
-
-
-  /* "gradchain/_accumulate.pyx":392
+  /* "gradchain/_accumulate.pyx":401
+ *         out.owned = False
+ *     else:
+ *         z = <floating *>malloc(max(1, p * r) * sizeof(floating))             # <<<<<<<<<<<<<<
+ *         if z == NULL:
  *             return -1
- *     z = <floating *>malloc(max(1, p * r) * sizeof(floating))
- *     if z == NULL:             # <<<<<<<<<<<<<<
- *         return -1
- *     out.kind = F_DENSE
 */
-  __pyx_t_2 = (__pyx_v_z == NULL);
+  /*else*/ {
 
-  if (__pyx_t_2) {
+    __pyx_t_1 = (__pyx_v_p * __pyx_v_r);
 
+    __pyx_t_5 = 1;
+    __pyx_t_2 = (__pyx_t_1 > __pyx_t_5);
 
-    /* "gradchain/_accumulate.pyx":393
- *     z = <floating *>malloc(max(1, p * r) * sizeof(floating))
- *     if z == NULL:
- *         return -1             # <<<<<<<<<<<<<<
- *     out.kind = F_DENSE
- *     out.owned = True
-*/
-    {
+    if (__pyx_t_2) {
 
-      __pyx_r = -1;
+      __pyx_t_3 = __pyx_t_1;
+    } else {
+
+      __pyx_t_3 = __pyx_t_5;
     }
-    goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":392
+    __pyx_v_z = ((float *)malloc((__pyx_t_3 * (sizeof(float)))));
+
+
+    /* "gradchain/_accumulate.pyx":402
+ *     else:
+ *         z = <floating *>malloc(max(1, p * r) * sizeof(floating))
+ *         if z == NULL:             # <<<<<<<<<<<<<<
  *             return -1
- *     z = <floating *>malloc(max(1, p * r) * sizeof(floating))
- *     if z == NULL:             # <<<<<<<<<<<<<<
- *         return -1
+ *         out.owned = True
+*/
+    __pyx_t_2 = (__pyx_v_z == NULL);
+
+    if (__pyx_t_2) {
+
+
+      /* "gradchain/_accumulate.pyx":403
+ *         z = <floating *>malloc(max(1, p * r) * sizeof(floating))
+ *         if z == NULL:
+ *             return -1             # <<<<<<<<<<<<<<
+ *         out.owned = True
  *     out.kind = F_DENSE
 */
-  }
+      {
 
-  /* "gradchain/_accumulate.pyx":394
- *     if z == NULL:
- *         return -1
- *     out.kind = F_DENSE             # <<<<<<<<<<<<<<
- *     out.owned = True
+        __pyx_r = -1;
+      }
+      goto __pyx_L0;
+
+      /* "gradchain/_accumulate.pyx":402
+ *     else:
+ *         z = <floating *>malloc(max(1, p * r) * sizeof(floating))
+ *         if z == NULL:             # <<<<<<<<<<<<<<
+ *             return -1
+ *         out.owned = True
+*/
+    }
+
+    /* "gradchain/_accumulate.pyx":404
+ *         if z == NULL:
+ *             return -1
+ *         out.owned = True             # <<<<<<<<<<<<<<
+ *     out.kind = F_DENSE
  *     out.buf = z
 */
-  __pyx_v_out->kind = __pyx_e_9gradchain_11_accumulate_F_DENSE;
+    __pyx_v_out->owned = 1;
+  }
+  __pyx_L19:;
 
-  /* "gradchain/_accumulate.pyx":395
- *         return -1
- *     out.kind = F_DENSE
- *     out.owned = True             # <<<<<<<<<<<<<<
+  /* "gradchain/_accumulate.pyx":405
+ *             return -1
+ *         out.owned = True
+ *     out.kind = F_DENSE             # <<<<<<<<<<<<<<
  *     out.buf = z
  *     if _diaglike(L.kind):                       # row scaling of R
 */
-  __pyx_v_out->owned = 1;
+  __pyx_v_out->kind = __pyx_e_9gradchain_11_accumulate_F_DENSE;
 
-  /* "gradchain/_accumulate.pyx":396
+  /* "gradchain/_accumulate.pyx":406
+ *         out.owned = True
  *     out.kind = F_DENSE
- *     out.owned = True
  *     out.buf = z             # <<<<<<<<<<<<<<
  *     if _diaglike(L.kind):                       # row scaling of R
  *         _dense_of(R, &a, &rs, &cs)
 */
   __pyx_v_out->buf = __pyx_v_z;
 
-  /* "gradchain/_accumulate.pyx":397
- *     out.owned = True
+  /* "gradchain/_accumulate.pyx":407
+ *     out.kind = F_DENSE
  *     out.buf = z
  *     if _diaglike(L.kind):                       # row scaling of R             # <<<<<<<<<<<<<<
  *         _dense_of(R, &a, &rs, &cs)
@@ -8360,7 +8480,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":398
+    /* "gradchain/_accumulate.pyx":408
  *     out.buf = z
  *     if _diaglike(L.kind):                       # row scaling of R
  *         _dense_of(R, &a, &rs, &cs)             # <<<<<<<<<<<<<<
@@ -8369,7 +8489,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__dense_of(__pyx_v_R, (&__pyx_v_a), (&__pyx_v_rs), (&__pyx_v_cs));
 
-    /* "gradchain/_accumulate.pyx":399
+    /* "gradchain/_accumulate.pyx":409
  *     if _diaglike(L.kind):                       # row scaling of R
  *         _dense_of(R, &a, &rs, &cs)
  *         for i in range(p):             # <<<<<<<<<<<<<<
@@ -8383,7 +8503,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_1; __pyx_t_6+=1) {
       __pyx_v_i = __pyx_t_6;
 
-      /* "gradchain/_accumulate.pyx":400
+      /* "gradchain/_accumulate.pyx":410
  *         _dense_of(R, &a, &rs, &cs)
  *         for i in range(p):
  *             c = _dget(L, i, tag)             # <<<<<<<<<<<<<<
@@ -8392,7 +8512,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
       __pyx_v_c = __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__dget(__pyx_v_L, __pyx_v_i, __pyx_v_tag);
 
-      /* "gradchain/_accumulate.pyx":401
+      /* "gradchain/_accumulate.pyx":411
  *         for i in range(p):
  *             c = _dget(L, i, tag)
  *             for j in range(r):             # <<<<<<<<<<<<<<
@@ -8406,7 +8526,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
       for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_8; __pyx_t_9+=1) {
         __pyx_v_j = __pyx_t_9;
 
-        /* "gradchain/_accumulate.pyx":402
+        /* "gradchain/_accumulate.pyx":412
  *             c = _dget(L, i, tag)
  *             for j in range(r):
  *                 z[i * r + j] = c * a[i * rs + j * cs]             # <<<<<<<<<<<<<<
@@ -8419,17 +8539,17 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     }
 
 
-    /* "gradchain/_accumulate.pyx":397
- *     out.owned = True
+    /* "gradchain/_accumulate.pyx":407
+ *     out.kind = F_DENSE
  *     out.buf = z
  *     if _diaglike(L.kind):                       # row scaling of R             # <<<<<<<<<<<<<<
  *         _dense_of(R, &a, &rs, &cs)
  *         for i in range(p):
 */
-    goto __pyx_L20;
+    goto __pyx_L21;
   }
 
-  /* "gradchain/_accumulate.pyx":403
+  /* "gradchain/_accumulate.pyx":413
  *             for j in range(r):
  *                 z[i * r + j] = c * a[i * rs + j * cs]
  *     elif _diaglike(R.kind):                     # column scaling of L             # <<<<<<<<<<<<<<
@@ -8441,7 +8561,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":404
+    /* "gradchain/_accumulate.pyx":414
  *                 z[i * r + j] = c * a[i * rs + j * cs]
  *     elif _diaglike(R.kind):                     # column scaling of L
  *         _dense_of(L, &a, &rs, &cs)             # <<<<<<<<<<<<<<
@@ -8450,7 +8570,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__dense_of(__pyx_v_L, (&__pyx_v_a), (&__pyx_v_rs), (&__pyx_v_cs));
 
-    /* "gradchain/_accumulate.pyx":405
+    /* "gradchain/_accumulate.pyx":415
  *     elif _diaglike(R.kind):                     # column scaling of L
  *         _dense_of(L, &a, &rs, &cs)
  *         for i in range(p):             # <<<<<<<<<<<<<<
@@ -8464,7 +8584,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_1; __pyx_t_6+=1) {
       __pyx_v_i = __pyx_t_6;
 
-      /* "gradchain/_accumulate.pyx":406
+      /* "gradchain/_accumulate.pyx":416
  *         _dense_of(L, &a, &rs, &cs)
  *         for i in range(p):
  *             for j in range(r):             # <<<<<<<<<<<<<<
@@ -8478,7 +8598,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
       for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_8; __pyx_t_9+=1) {
         __pyx_v_j = __pyx_t_9;
 
-        /* "gradchain/_accumulate.pyx":407
+        /* "gradchain/_accumulate.pyx":417
  *         for i in range(p):
  *             for j in range(r):
  *                 z[i * r + j] = a[i * rs + j * cs] * _dget(R, j, tag)             # <<<<<<<<<<<<<<
@@ -8491,17 +8611,17 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     }
 
 
-    /* "gradchain/_accumulate.pyx":403
+    /* "gradchain/_accumulate.pyx":413
  *             for j in range(r):
  *                 z[i * r + j] = c * a[i * rs + j * cs]
  *     elif _diaglike(R.kind):                     # column scaling of L             # <<<<<<<<<<<<<<
  *         _dense_of(L, &a, &rs, &cs)
  *         for i in range(p):
 */
-    goto __pyx_L20;
+    goto __pyx_L21;
   }
 
-  /* "gradchain/_accumulate.pyx":408
+  /* "gradchain/_accumulate.pyx":418
  *             for j in range(r):
  *                 z[i * r + j] = a[i * rs + j * cs] * _dget(R, j, tag)
  *     elif L.kind == F_DPR1:                      # (diag(d) + c u v^T) R             # <<<<<<<<<<<<<<
@@ -8513,7 +8633,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":409
+    /* "gradchain/_accumulate.pyx":419
  *                 z[i * r + j] = a[i * rs + j * cs] * _dget(R, j, tag)
  *     elif L.kind == F_DPR1:                      # (diag(d) + c u v^T) R
  *         f = L.leaf             # <<<<<<<<<<<<<<
@@ -8524,7 +8644,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 
     __pyx_v_f = __pyx_t_10;
 
-    /* "gradchain/_accumulate.pyx":410
+    /* "gradchain/_accumulate.pyx":420
  *     elif L.kind == F_DPR1:                      # (diag(d) + c u v^T) R
  *         f = L.leaf
  *         _dense_of(R, &a, &rs, &cs)             # <<<<<<<<<<<<<<
@@ -8533,7 +8653,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__dense_of(__pyx_v_R, (&__pyx_v_a), (&__pyx_v_rs), (&__pyx_v_cs));
 
-    /* "gradchain/_accumulate.pyx":411
+    /* "gradchain/_accumulate.pyx":421
  *         f = L.leaf
  *         _dense_of(R, &a, &rs, &cs)
  *         tmp = <floating *>malloc(max(1, q + r) * sizeof(floating))             # <<<<<<<<<<<<<<
@@ -8557,7 +8677,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     __pyx_v_tmp = ((float *)malloc((__pyx_t_1 * (sizeof(float)))));
 
 
-    /* "gradchain/_accumulate.pyx":412
+    /* "gradchain/_accumulate.pyx":422
  *         _dense_of(R, &a, &rs, &cs)
  *         tmp = <floating *>malloc(max(1, q + r) * sizeof(floating))
  *         if tmp == NULL:             # <<<<<<<<<<<<<<
@@ -8569,7 +8689,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     if (__pyx_t_2) {
 
 
-      /* "gradchain/_accumulate.pyx":413
+      /* "gradchain/_accumulate.pyx":423
  *         tmp = <floating *>malloc(max(1, q + r) * sizeof(floating))
  *         if tmp == NULL:
  *             return -1             # <<<<<<<<<<<<<<
@@ -8582,7 +8702,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
       }
       goto __pyx_L0;
 
-      /* "gradchain/_accumulate.pyx":412
+      /* "gradchain/_accumulate.pyx":422
  *         _dense_of(R, &a, &rs, &cs)
  *         tmp = <floating *>malloc(max(1, q + r) * sizeof(floating))
  *         if tmp == NULL:             # <<<<<<<<<<<<<<
@@ -8591,7 +8711,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     }
 
-    /* "gradchain/_accumulate.pyx":414
+    /* "gradchain/_accumulate.pyx":424
  *         if tmp == NULL:
  *             return -1
  *         w = tmp + q             # <<<<<<<<<<<<<<
@@ -8600,7 +8720,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_v_w = (__pyx_v_tmp + __pyx_v_q);
 
-    /* "gradchain/_accumulate.pyx":415
+    /* "gradchain/_accumulate.pyx":425
  *             return -1
  *         w = tmp + q
  *         for i in range(q):             # <<<<<<<<<<<<<<
@@ -8614,7 +8734,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_3; __pyx_t_6+=1) {
       __pyx_v_i = __pyx_t_6;
 
-      /* "gradchain/_accumulate.pyx":416
+      /* "gradchain/_accumulate.pyx":426
  *         w = tmp + q
  *         for i in range(q):
  *             tmp[i] = (<const floating *>f.v)[i * f.vs]             # <<<<<<<<<<<<<<
@@ -8625,7 +8745,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     }
 
 
-    /* "gradchain/_accumulate.pyx":417
+    /* "gradchain/_accumulate.pyx":427
  *         for i in range(q):
  *             tmp[i] = (<const floating *>f.v)[i * f.vs]
  *         if link_jtv(a, q, r, rs, cs, tmp, w, nt):      # w = R^T v             # <<<<<<<<<<<<<<
@@ -8637,7 +8757,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     if (__pyx_t_2) {
 
 
-      /* "gradchain/_accumulate.pyx":418
+      /* "gradchain/_accumulate.pyx":428
  *             tmp[i] = (<const floating *>f.v)[i * f.vs]
  *         if link_jtv(a, q, r, rs, cs, tmp, w, nt):      # w = R^T v
  *             free(tmp)             # <<<<<<<<<<<<<<
@@ -8646,7 +8766,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
       free(__pyx_v_tmp);
 
-      /* "gradchain/_accumulate.pyx":419
+      /* "gradchain/_accumulate.pyx":429
  *         if link_jtv(a, q, r, rs, cs, tmp, w, nt):      # w = R^T v
  *             free(tmp)
  *             return -1             # <<<<<<<<<<<<<<
@@ -8659,7 +8779,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
       }
       goto __pyx_L0;
 
-      /* "gradchain/_accumulate.pyx":417
+      /* "gradchain/_accumulate.pyx":427
  *         for i in range(q):
  *             tmp[i] = (<const floating *>f.v)[i * f.vs]
  *         if link_jtv(a, q, r, rs, cs, tmp, w, nt):      # w = R^T v             # <<<<<<<<<<<<<<
@@ -8668,7 +8788,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     }
 
-    /* "gradchain/_accumulate.pyx":420
+    /* "gradchain/_accumulate.pyx":430
  *             free(tmp)
  *             return -1
  *         c = <floating>f.coef             # <<<<<<<<<<<<<<
@@ -8677,7 +8797,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_v_c = ((float)__pyx_v_f->coef);
 
-    /* "gradchain/_accumulate.pyx":421
+    /* "gradchain/_accumulate.pyx":431
  *             return -1
  *         c = <floating>f.coef
  *         for i in range(p):             # <<<<<<<<<<<<<<
@@ -8691,7 +8811,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_3; __pyx_t_6+=1) {
       __pyx_v_i = __pyx_t_6;
 
-      /* "gradchain/_accumulate.pyx":422
+      /* "gradchain/_accumulate.pyx":432
  *         c = <floating>f.coef
  *         for i in range(p):
  *             for j in range(r):             # <<<<<<<<<<<<<<
@@ -8705,7 +8825,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
       for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_8; __pyx_t_9+=1) {
         __pyx_v_j = __pyx_t_9;
 
-        /* "gradchain/_accumulate.pyx":423
+        /* "gradchain/_accumulate.pyx":433
  *         for i in range(p):
  *             for j in range(r):
  *                 z[i * r + j] = ((<const floating *>f.d)[i * f.ds] * a[i * rs + j * cs]             # <<<<<<<<<<<<<<
@@ -8718,7 +8838,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     }
 
 
-    /* "gradchain/_accumulate.pyx":425
+    /* "gradchain/_accumulate.pyx":435
  *                 z[i * r + j] = ((<const floating *>f.d)[i * f.ds] * a[i * rs + j * cs]
  *                                 + c * (<const floating *>f.u)[i * f.us] * w[j])
  *         free(tmp)             # <<<<<<<<<<<<<<
@@ -8727,17 +8847,17 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     free(__pyx_v_tmp);
 
-    /* "gradchain/_accumulate.pyx":408
+    /* "gradchain/_accumulate.pyx":418
  *             for j in range(r):
  *                 z[i * r + j] = a[i * rs + j * cs] * _dget(R, j, tag)
  *     elif L.kind == F_DPR1:                      # (diag(d) + c u v^T) R             # <<<<<<<<<<<<<<
  *         f = L.leaf
  *         _dense_of(R, &a, &rs, &cs)
 */
-    goto __pyx_L20;
+    goto __pyx_L21;
   }
 
-  /* "gradchain/_accumulate.pyx":426
+  /* "gradchain/_accumulate.pyx":436
  *                                 + c * (<const floating *>f.u)[i * f.us] * w[j])
  *         free(tmp)
  *     elif R.kind == F_DPR1:                      # L (diag(d) + c u v^T)             # <<<<<<<<<<<<<<
@@ -8749,7 +8869,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":427
+    /* "gradchain/_accumulate.pyx":437
  *         free(tmp)
  *     elif R.kind == F_DPR1:                      # L (diag(d) + c u v^T)
  *         f = R.leaf             # <<<<<<<<<<<<<<
@@ -8760,7 +8880,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 
     __pyx_v_f = __pyx_t_10;
 
-    /* "gradchain/_accumulate.pyx":428
+    /* "gradchain/_accumulate.pyx":438
  *     elif R.kind == F_DPR1:                      # L (diag(d) + c u v^T)
  *         f = R.leaf
  *         _dense_of(L, &a, &rs, &cs)             # <<<<<<<<<<<<<<
@@ -8769,7 +8889,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__dense_of(__pyx_v_L, (&__pyx_v_a), (&__pyx_v_rs), (&__pyx_v_cs));
 
-    /* "gradchain/_accumulate.pyx":429
+    /* "gradchain/_accumulate.pyx":439
  *         f = R.leaf
  *         _dense_of(L, &a, &rs, &cs)
  *         tmp = <floating *>malloc(max(1, q + p) * sizeof(floating))             # <<<<<<<<<<<<<<
@@ -8793,7 +8913,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     __pyx_v_tmp = ((float *)malloc((__pyx_t_3 * (sizeof(float)))));
 
 
-    /* "gradchain/_accumulate.pyx":430
+    /* "gradchain/_accumulate.pyx":440
  *         _dense_of(L, &a, &rs, &cs)
  *         tmp = <floating *>malloc(max(1, q + p) * sizeof(floating))
  *         if tmp == NULL:             # <<<<<<<<<<<<<<
@@ -8805,7 +8925,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     if (__pyx_t_2) {
 
 
-      /* "gradchain/_accumulate.pyx":431
+      /* "gradchain/_accumulate.pyx":441
  *         tmp = <floating *>malloc(max(1, q + p) * sizeof(floating))
  *         if tmp == NULL:
  *             return -1             # <<<<<<<<<<<<<<
@@ -8818,7 +8938,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
       }
       goto __pyx_L0;
 
-      /* "gradchain/_accumulate.pyx":430
+      /* "gradchain/_accumulate.pyx":440
  *         _dense_of(L, &a, &rs, &cs)
  *         tmp = <floating *>malloc(max(1, q + p) * sizeof(floating))
  *         if tmp == NULL:             # <<<<<<<<<<<<<<
@@ -8827,7 +8947,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     }
 
-    /* "gradchain/_accumulate.pyx":432
+    /* "gradchain/_accumulate.pyx":442
  *         if tmp == NULL:
  *             return -1
  *         w = tmp + q             # <<<<<<<<<<<<<<
@@ -8836,7 +8956,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_v_w = (__pyx_v_tmp + __pyx_v_q);
 
-    /* "gradchain/_accumulate.pyx":433
+    /* "gradchain/_accumulate.pyx":443
  *             return -1
  *         w = tmp + q
  *         for i in range(q):             # <<<<<<<<<<<<<<
@@ -8850,7 +8970,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_1; __pyx_t_6+=1) {
       __pyx_v_i = __pyx_t_6;
 
-      /* "gradchain/_accumulate.pyx":434
+      /* "gradchain/_accumulate.pyx":444
  *         w = tmp + q
  *         for i in range(q):
  *             tmp[i] = (<const floating *>f.u)[i * f.us]             # <<<<<<<<<<<<<<
@@ -8861,7 +8981,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     }
 
 
-    /* "gradchain/_accumulate.pyx":435
+    /* "gradchain/_accumulate.pyx":445
  *         for i in range(q):
  *             tmp[i] = (<const floating *>f.u)[i * f.us]
  *         if link_jv(a, p, q, rs, cs, tmp, w, nt):       # w = L u             # <<<<<<<<<<<<<<
@@ -8873,7 +8993,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     if (__pyx_t_2) {
 
 
-      /* "gradchain/_accumulate.pyx":436
+      /* "gradchain/_accumulate.pyx":446
  *             tmp[i] = (<const floating *>f.u)[i * f.us]
  *         if link_jv(a, p, q, rs, cs, tmp, w, nt):       # w = L u
  *             free(tmp)             # <<<<<<<<<<<<<<
@@ -8882,7 +9002,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
       free(__pyx_v_tmp);
 
-      /* "gradchain/_accumulate.pyx":437
+      /* "gradchain/_accumulate.pyx":447
  *         if link_jv(a, p, q, rs, cs, tmp, w, nt):       # w = L u
  *             free(tmp)
  *             return -1             # <<<<<<<<<<<<<<
@@ -8895,7 +9015,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
       }
       goto __pyx_L0;
 
-      /* "gradchain/_accumulate.pyx":435
+      /* "gradchain/_accumulate.pyx":445
  *         for i in range(q):
  *             tmp[i] = (<const floating *>f.u)[i * f.us]
  *         if link_jv(a, p, q, rs, cs, tmp, w, nt):       # w = L u             # <<<<<<<<<<<<<<
@@ -8904,7 +9024,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     }
 
-    /* "gradchain/_accumulate.pyx":438
+    /* "gradchain/_accumulate.pyx":448
  *             free(tmp)
  *             return -1
  *         c = <floating>f.coef             # <<<<<<<<<<<<<<
@@ -8913,7 +9033,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_v_c = ((float)__pyx_v_f->coef);
 
-    /* "gradchain/_accumulate.pyx":439
+    /* "gradchain/_accumulate.pyx":449
  *             return -1
  *         c = <floating>f.coef
  *         for i in range(p):             # <<<<<<<<<<<<<<
@@ -8927,7 +9047,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_1; __pyx_t_6+=1) {
       __pyx_v_i = __pyx_t_6;
 
-      /* "gradchain/_accumulate.pyx":440
+      /* "gradchain/_accumulate.pyx":450
  *         c = <floating>f.coef
  *         for i in range(p):
  *             for j in range(r):             # <<<<<<<<<<<<<<
@@ -8941,7 +9061,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
       for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_8; __pyx_t_9+=1) {
         __pyx_v_j = __pyx_t_9;
 
-        /* "gradchain/_accumulate.pyx":441
+        /* "gradchain/_accumulate.pyx":451
  *         for i in range(p):
  *             for j in range(r):
  *                 z[i * r + j] = (a[i * rs + j * cs] * (<const floating *>f.d)[j * f.ds]             # <<<<<<<<<<<<<<
@@ -8954,7 +9074,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     }
 
 
-    /* "gradchain/_accumulate.pyx":443
+    /* "gradchain/_accumulate.pyx":453
  *                 z[i * r + j] = (a[i * rs + j * cs] * (<const floating *>f.d)[j * f.ds]
  *                                 + c * w[i] * (<const floating *>f.v)[j * f.vs])
  *         free(tmp)             # <<<<<<<<<<<<<<
@@ -8963,17 +9083,17 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     free(__pyx_v_tmp);
 
-    /* "gradchain/_accumulate.pyx":426
+    /* "gradchain/_accumulate.pyx":436
  *                                 + c * (<const floating *>f.u)[i * f.us] * w[j])
  *         free(tmp)
  *     elif R.kind == F_DPR1:                      # L (diag(d) + c u v^T)             # <<<<<<<<<<<<<<
  *         f = R.leaf
  *         _dense_of(L, &a, &rs, &cs)
 */
-    goto __pyx_L20;
+    goto __pyx_L21;
   }
 
-  /* "gradchain/_accumulate.pyx":445
+  /* "gradchain/_accumulate.pyx":455
  *         free(tmp)
  *     else:
  *         _dense_of(L, &a, &rs, &cs)             # <<<<<<<<<<<<<<
@@ -8983,7 +9103,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
   /*else*/ {
     __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__dense_of(__pyx_v_L, (&__pyx_v_a), (&__pyx_v_rs), (&__pyx_v_cs));
 
-    /* "gradchain/_accumulate.pyx":446
+    /* "gradchain/_accumulate.pyx":456
  *     else:
  *         _dense_of(L, &a, &rs, &cs)
  *         _dense_of(R, <const floating **>&tmp, &i, &j)             # <<<<<<<<<<<<<<
@@ -8992,7 +9112,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__dense_of(__pyx_v_R, ((float const **)(&__pyx_v_tmp)), (&__pyx_v_i), (&__pyx_v_j));
 
-    /* "gradchain/_accumulate.pyx":447
+    /* "gradchain/_accumulate.pyx":457
  *         _dense_of(L, &a, &rs, &cs)
  *         _dense_of(R, <const floating **>&tmp, &i, &j)
  *         if _matmul(a, rs, cs, <const floating *>tmp, i, j, p, q, r, z, nt):             # <<<<<<<<<<<<<<
@@ -9004,7 +9124,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     if (__pyx_t_2) {
 
 
-      /* "gradchain/_accumulate.pyx":448
+      /* "gradchain/_accumulate.pyx":458
  *         _dense_of(R, <const floating **>&tmp, &i, &j)
  *         if _matmul(a, rs, cs, <const floating *>tmp, i, j, p, q, r, z, nt):
  *             return -1             # <<<<<<<<<<<<<<
@@ -9017,7 +9137,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
       }
       goto __pyx_L0;
 
-      /* "gradchain/_accumulate.pyx":447
+      /* "gradchain/_accumulate.pyx":457
  *         _dense_of(L, &a, &rs, &cs)
  *         _dense_of(R, <const floating **>&tmp, &i, &j)
  *         if _matmul(a, rs, cs, <const floating *>tmp, i, j, p, q, r, z, nt):             # <<<<<<<<<<<<<<
@@ -9026,9 +9146,9 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     }
   }
-  __pyx_L20:;
+  __pyx_L21:;
 
-  /* "gradchain/_accumulate.pyx":449
+  /* "gradchain/_accumulate.pyx":459
  *         if _matmul(a, rs, cs, <const floating *>tmp, i, j, p, q, r, z, nt):
  *             return -1
  *     _release(L)             # <<<<<<<<<<<<<<
@@ -9037,7 +9157,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
   __pyx_f_9gradchain_11_accumulate__release(__pyx_v_L);
 
-  /* "gradchain/_accumulate.pyx":450
+  /* "gradchain/_accumulate.pyx":460
  *             return -1
  *     _release(L)
  *     _release(R)             # <<<<<<<<<<<<<<
@@ -9046,7 +9166,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
   __pyx_f_9gradchain_11_accumulate__release(__pyx_v_R);
 
-  /* "gradchain/_accumulate.pyx":451
+  /* "gradchain/_accumulate.pyx":461
  *     _release(L)
  *     _release(R)
  *     return 0             # <<<<<<<<<<<<<<
@@ -9059,12 +9179,12 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
   }
   goto __pyx_L0;
 
-  /* "gradchain/_accumulate.pyx":352
+  /* "gradchain/_accumulate.pyx":354
  * 
  * 
- * cdef int _combine(Val *L, Val *R, Val *out, const floating *tag,             # <<<<<<<<<<<<<<
+ * cdef int _combine(Val *L, Val *R, Val *out, floating *dest,             # <<<<<<<<<<<<<<
  *                   int nt) noexcept nogil:
- *     """out = L R; consumes (releases) L and R."""
+ *     """out = L R; consumes (releases) L and R.  A dense result goes to dest
 */
 
   /* function exit code */
@@ -9082,10 +9202,12 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 
 
 
+
   return __pyx_r;
 }
 
-static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_9gradchain_11_accumulate_Val *__pyx_v_L, struct __pyx_t_9gradchain_11_accumulate_Val *__pyx_v_R, struct __pyx_t_9gradchain_11_accumulate_Val *__pyx_v_out, double const *__pyx_v_tag, int __pyx_v_nt) {
+static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_9gradchain_11_accumulate_Val *__pyx_v_L, struct __pyx_t_9gradchain_11_accumulate_Val *__pyx_v_R, struct __pyx_t_9gradchain_11_accumulate_Val *__pyx_v_out, double *__pyx_v_dest, int __pyx_v_nt) {
+  double const *__pyx_v_tag;
   Py_ssize_t __pyx_v_p;
   Py_ssize_t __pyx_v_q;
   Py_ssize_t __pyx_v_r;
@@ -9111,9 +9233,18 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
   Py_ssize_t __pyx_t_9;
   struct __pyx_t_9gradchain_11_accumulate_Factor const *__pyx_t_10;
 
-  /* "gradchain/_accumulate.pyx":355
- *                   int nt) noexcept nogil:
- *     """out = L R; consumes (releases) L and R."""
+  /* "gradchain/_accumulate.pyx":358
+ *     """out = L R; consumes (releases) L and R.  A dense result goes to dest
+ *     (C-contiguous p x r) when dest is not NULL."""
+ *     cdef const floating *tag = dest             # <<<<<<<<<<<<<<
+ *     cdef Py_ssize_t p = L.p, q = L.q, r = R.q, i, j
+ *     cdef floating *z
+*/
+  __pyx_v_tag = __pyx_v_dest;
+
+  /* "gradchain/_accumulate.pyx":359
+ *     (C-contiguous p x r) when dest is not NULL."""
+ *     cdef const floating *tag = dest
  *     cdef Py_ssize_t p = L.p, q = L.q, r = R.q, i, j             # <<<<<<<<<<<<<<
  *     cdef floating *z
  *     cdef floating *tmp
@@ -9128,7 +9259,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 
   __pyx_v_r = __pyx_t_1;
 
-  /* "gradchain/_accumulate.pyx":363
+  /* "gradchain/_accumulate.pyx":367
  *     cdef const Factor *f
  *     cdef floating c
  *     out.p = p             # <<<<<<<<<<<<<<
@@ -9137,27 +9268,36 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
   __pyx_v_out->p = __pyx_v_p;
 
-  /* "gradchain/_accumulate.pyx":364
+  /* "gradchain/_accumulate.pyx":368
  *     cdef floating c
  *     out.p = p
  *     out.q = r             # <<<<<<<<<<<<<<
  *     out.leaf = NULL
- *     if L.kind == F_IDENT:
+ *     out.ext = False
 */
   __pyx_v_out->q = __pyx_v_r;
 
-  /* "gradchain/_accumulate.pyx":365
+  /* "gradchain/_accumulate.pyx":369
  *     out.p = p
  *     out.q = r
  *     out.leaf = NULL             # <<<<<<<<<<<<<<
+ *     out.ext = False
  *     if L.kind == F_IDENT:
- *         out[0] = R[0]
 */
   __pyx_v_out->leaf = NULL;
 
-  /* "gradchain/_accumulate.pyx":366
+  /* "gradchain/_accumulate.pyx":370
  *     out.q = r
  *     out.leaf = NULL
+ *     out.ext = False             # <<<<<<<<<<<<<<
+ *     if L.kind == F_IDENT:
+ *         out[0] = R[0]
+*/
+  __pyx_v_out->ext = 0;
+
+  /* "gradchain/_accumulate.pyx":371
+ *     out.leaf = NULL
+ *     out.ext = False
  *     if L.kind == F_IDENT:             # <<<<<<<<<<<<<<
  *         out[0] = R[0]
  *         out.p, out.q = p, r
@@ -9167,8 +9307,8 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":367
- *     out.leaf = NULL
+    /* "gradchain/_accumulate.pyx":372
+ *     out.ext = False
  *     if L.kind == F_IDENT:
  *         out[0] = R[0]             # <<<<<<<<<<<<<<
  *         out.p, out.q = p, r
@@ -9176,7 +9316,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     (__pyx_v_out[0]) = (__pyx_v_R[0]);
 
-    /* "gradchain/_accumulate.pyx":368
+    /* "gradchain/_accumulate.pyx":373
  *     if L.kind == F_IDENT:
  *         out[0] = R[0]
  *         out.p, out.q = p, r             # <<<<<<<<<<<<<<
@@ -9190,7 +9330,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     __pyx_v_out->p = __pyx_t_1;
     __pyx_v_out->q = __pyx_t_3;
 
-    /* "gradchain/_accumulate.pyx":369
+    /* "gradchain/_accumulate.pyx":374
  *         out[0] = R[0]
  *         out.p, out.q = p, r
  *         return 0             # <<<<<<<<<<<<<<
@@ -9203,16 +9343,16 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":366
- *     out.q = r
+    /* "gradchain/_accumulate.pyx":371
  *     out.leaf = NULL
+ *     out.ext = False
  *     if L.kind == F_IDENT:             # <<<<<<<<<<<<<<
  *         out[0] = R[0]
  *         out.p, out.q = p, r
 */
   }
 
-  /* "gradchain/_accumulate.pyx":370
+  /* "gradchain/_accumulate.pyx":375
  *         out.p, out.q = p, r
  *         return 0
  *     if R.kind == F_IDENT:             # <<<<<<<<<<<<<<
@@ -9224,7 +9364,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":371
+    /* "gradchain/_accumulate.pyx":376
  *         return 0
  *     if R.kind == F_IDENT:
  *         out[0] = L[0]             # <<<<<<<<<<<<<<
@@ -9233,7 +9373,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     (__pyx_v_out[0]) = (__pyx_v_L[0]);
 
-    /* "gradchain/_accumulate.pyx":372
+    /* "gradchain/_accumulate.pyx":377
  *     if R.kind == F_IDENT:
  *         out[0] = L[0]
  *         return 0             # <<<<<<<<<<<<<<
@@ -9246,7 +9386,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":370
+    /* "gradchain/_accumulate.pyx":375
  *         out.p, out.q = p, r
  *         return 0
  *     if R.kind == F_IDENT:             # <<<<<<<<<<<<<<
@@ -9255,7 +9395,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
   }
 
-  /* "gradchain/_accumulate.pyx":373
+  /* "gradchain/_accumulate.pyx":378
  *         out[0] = L[0]
  *         return 0
  *     if _diaglike(L.kind) and _diaglike(R.kind):             # <<<<<<<<<<<<<<
@@ -9281,7 +9421,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":374
+    /* "gradchain/_accumulate.pyx":379
  *         return 0
  *     if _diaglike(L.kind) and _diaglike(R.kind):
  *         z = <floating *>malloc(max(1, q) * sizeof(floating))             # <<<<<<<<<<<<<<
@@ -9305,7 +9445,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     __pyx_v_z = ((double *)malloc((__pyx_t_1 * (sizeof(double)))));
 
 
-    /* "gradchain/_accumulate.pyx":375
+    /* "gradchain/_accumulate.pyx":380
  *     if _diaglike(L.kind) and _diaglike(R.kind):
  *         z = <floating *>malloc(max(1, q) * sizeof(floating))
  *         if z == NULL:             # <<<<<<<<<<<<<<
@@ -9317,7 +9457,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     if (__pyx_t_2) {
 
 
-      /* "gradchain/_accumulate.pyx":376
+      /* "gradchain/_accumulate.pyx":381
  *         z = <floating *>malloc(max(1, q) * sizeof(floating))
  *         if z == NULL:
  *             return -1             # <<<<<<<<<<<<<<
@@ -9330,7 +9470,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
       }
       goto __pyx_L0;
 
-      /* "gradchain/_accumulate.pyx":375
+      /* "gradchain/_accumulate.pyx":380
  *     if _diaglike(L.kind) and _diaglike(R.kind):
  *         z = <floating *>malloc(max(1, q) * sizeof(floating))
  *         if z == NULL:             # <<<<<<<<<<<<<<
@@ -9339,7 +9479,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     }
 
-    /* "gradchain/_accumulate.pyx":377
+    /* "gradchain/_accumulate.pyx":382
  *         if z == NULL:
  *             return -1
  *         for i in range(q):             # <<<<<<<<<<<<<<
@@ -9353,7 +9493,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_3; __pyx_t_6+=1) {
       __pyx_v_i = __pyx_t_6;
 
-      /* "gradchain/_accumulate.pyx":378
+      /* "gradchain/_accumulate.pyx":383
  *             return -1
  *         for i in range(q):
  *             z[i] = _dget(L, i, tag) * _dget(R, i, tag)             # <<<<<<<<<<<<<<
@@ -9364,7 +9504,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     }
 
 
-    /* "gradchain/_accumulate.pyx":379
+    /* "gradchain/_accumulate.pyx":384
  *         for i in range(q):
  *             z[i] = _dget(L, i, tag) * _dget(R, i, tag)
  *         _release(L)             # <<<<<<<<<<<<<<
@@ -9373,7 +9513,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_f_9gradchain_11_accumulate__release(__pyx_v_L);
 
-    /* "gradchain/_accumulate.pyx":380
+    /* "gradchain/_accumulate.pyx":385
  *             z[i] = _dget(L, i, tag) * _dget(R, i, tag)
  *         _release(L)
  *         _release(R)             # <<<<<<<<<<<<<<
@@ -9382,7 +9522,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_f_9gradchain_11_accumulate__release(__pyx_v_R);
 
-    /* "gradchain/_accumulate.pyx":381
+    /* "gradchain/_accumulate.pyx":386
  *         _release(L)
  *         _release(R)
  *         out.kind = F_DIAG             # <<<<<<<<<<<<<<
@@ -9391,7 +9531,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_v_out->kind = __pyx_e_9gradchain_11_accumulate_F_DIAG;
 
-    /* "gradchain/_accumulate.pyx":382
+    /* "gradchain/_accumulate.pyx":387
  *         _release(R)
  *         out.kind = F_DIAG
  *         out.owned = True             # <<<<<<<<<<<<<<
@@ -9400,7 +9540,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_v_out->owned = 1;
 
-    /* "gradchain/_accumulate.pyx":383
+    /* "gradchain/_accumulate.pyx":388
  *         out.kind = F_DIAG
  *         out.owned = True
  *         out.buf = z             # <<<<<<<<<<<<<<
@@ -9409,7 +9549,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_v_out->buf = __pyx_v_z;
 
-    /* "gradchain/_accumulate.pyx":384
+    /* "gradchain/_accumulate.pyx":389
  *         out.owned = True
  *         out.buf = z
  *         return 0             # <<<<<<<<<<<<<<
@@ -9422,7 +9562,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":373
+    /* "gradchain/_accumulate.pyx":378
  *         out[0] = L[0]
  *         return 0
  *     if _diaglike(L.kind) and _diaglike(R.kind):             # <<<<<<<<<<<<<<
@@ -9431,7 +9571,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
   }
 
-  /* "gradchain/_accumulate.pyx":385
+  /* "gradchain/_accumulate.pyx":390
  *         out.buf = z
  *         return 0
  *     if L.kind == F_DPR1 and R.kind != F_DENSE:             # <<<<<<<<<<<<<<
@@ -9457,7 +9597,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":386
+    /* "gradchain/_accumulate.pyx":391
  *         return 0
  *     if L.kind == F_DPR1 and R.kind != F_DENSE:
  *         if _to_dense(L, tag):             # <<<<<<<<<<<<<<
@@ -9469,7 +9609,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     if (__pyx_t_2) {
 
 
-      /* "gradchain/_accumulate.pyx":387
+      /* "gradchain/_accumulate.pyx":392
  *     if L.kind == F_DPR1 and R.kind != F_DENSE:
  *         if _to_dense(L, tag):
  *             return -1             # <<<<<<<<<<<<<<
@@ -9482,7 +9622,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
       }
       goto __pyx_L0;
 
-      /* "gradchain/_accumulate.pyx":386
+      /* "gradchain/_accumulate.pyx":391
  *         return 0
  *     if L.kind == F_DPR1 and R.kind != F_DENSE:
  *         if _to_dense(L, tag):             # <<<<<<<<<<<<<<
@@ -9491,7 +9631,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     }
 
-    /* "gradchain/_accumulate.pyx":385
+    /* "gradchain/_accumulate.pyx":390
  *         out.buf = z
  *         return 0
  *     if L.kind == F_DPR1 and R.kind != F_DENSE:             # <<<<<<<<<<<<<<
@@ -9500,7 +9640,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
   }
 
-  /* "gradchain/_accumulate.pyx":388
+  /* "gradchain/_accumulate.pyx":393
  *         if _to_dense(L, tag):
  *             return -1
  *     if R.kind == F_DPR1 and L.kind != F_DENSE:             # <<<<<<<<<<<<<<
@@ -9526,24 +9666,24 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":389
+    /* "gradchain/_accumulate.pyx":394
  *             return -1
  *     if R.kind == F_DPR1 and L.kind != F_DENSE:
  *         if _to_dense(R, tag):             # <<<<<<<<<<<<<<
  *             return -1
- *     z = <floating *>malloc(max(1, p * r) * sizeof(floating))
+ *     if dest != NULL:
 */
     __pyx_t_2 = (__pyx_fuse_1__pyx_f_9gradchain_11_accumulate__to_dense(__pyx_v_R, __pyx_v_tag) != 0);
 
     if (__pyx_t_2) {
 
 
-      /* "gradchain/_accumulate.pyx":390
+      /* "gradchain/_accumulate.pyx":395
  *     if R.kind == F_DPR1 and L.kind != F_DENSE:
  *         if _to_dense(R, tag):
  *             return -1             # <<<<<<<<<<<<<<
- *     z = <floating *>malloc(max(1, p * r) * sizeof(floating))
- *     if z == NULL:
+ *     if dest != NULL:
+ *         z = dest
 */
       {
 
@@ -9551,16 +9691,16 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
       }
       goto __pyx_L0;
 
-      /* "gradchain/_accumulate.pyx":389
+      /* "gradchain/_accumulate.pyx":394
  *             return -1
  *     if R.kind == F_DPR1 and L.kind != F_DENSE:
  *         if _to_dense(R, tag):             # <<<<<<<<<<<<<<
  *             return -1
- *     z = <floating *>malloc(max(1, p * r) * sizeof(floating))
+ *     if dest != NULL:
 */
     }
 
-    /* "gradchain/_accumulate.pyx":388
+    /* "gradchain/_accumulate.pyx":393
  *         if _to_dense(L, tag):
  *             return -1
  *     if R.kind == F_DPR1 and L.kind != F_DENSE:             # <<<<<<<<<<<<<<
@@ -9569,93 +9709,145 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
   }
 
-  /* "gradchain/_accumulate.pyx":391
+  /* "gradchain/_accumulate.pyx":396
  *         if _to_dense(R, tag):
  *             return -1
- *     z = <floating *>malloc(max(1, p * r) * sizeof(floating))             # <<<<<<<<<<<<<<
- *     if z == NULL:
- *         return -1
+ *     if dest != NULL:             # <<<<<<<<<<<<<<
+ *         z = dest
+ *         out.ext = True
 */
-
-  __pyx_t_1 = (__pyx_v_p * __pyx_v_r);
-
-  __pyx_t_5 = 1;
-  __pyx_t_2 = (__pyx_t_1 > __pyx_t_5);
+  __pyx_t_2 = (__pyx_v_dest != NULL);
 
   if (__pyx_t_2) {
 
-    __pyx_t_3 = __pyx_t_1;
-  } else {
 
-    __pyx_t_3 = __pyx_t_5;
+    /* "gradchain/_accumulate.pyx":397
+ *             return -1
+ *     if dest != NULL:
+ *         z = dest             # <<<<<<<<<<<<<<
+ *         out.ext = True
+ *         out.owned = False
+*/
+    __pyx_v_z = __pyx_v_dest;
+
+    /* "gradchain/_accumulate.pyx":398
+ *     if dest != NULL:
+ *         z = dest
+ *         out.ext = True             # <<<<<<<<<<<<<<
+ *         out.owned = False
+ *     else:
+*/
+    __pyx_v_out->ext = 1;
+
+    /* "gradchain/_accumulate.pyx":399
+ *         z = dest
+ *         out.ext = True
+ *         out.owned = False             # <<<<<<<<<<<<<<
+ *     else:
+ *         z = <floating *>malloc(max(1, p * r) * sizeof(floating))
+*/
+    __pyx_v_out->owned = 0;
+
+    /* "gradchain/_accumulate.pyx":396
+ *         if _to_dense(R, tag):
+ *             return -1
+ *     if dest != NULL:             # <<<<<<<<<<<<<<
+ *         z = dest
+ *         out.ext = True
+*/
+    goto __pyx_L19;
   }
 
-  __pyx_v_z = ((double *)malloc((__pyx_t_3 * (sizeof(double)))));
-
-
-  /* "gradchain/_accumulate.pyx":392
+  /* "gradchain/_accumulate.pyx":401
+ *         out.owned = False
+ *     else:
+ *         z = <floating *>malloc(max(1, p * r) * sizeof(floating))             # <<<<<<<<<<<<<<
+ *         if z == NULL:
  *             return -1
- *     z = <floating *>malloc(max(1, p * r) * sizeof(floating))
- *     if z == NULL:             # <<<<<<<<<<<<<<
- *         return -1
- *     out.kind = F_DENSE
 */
-  __pyx_t_2 = (__pyx_v_z == NULL);
+  /*else*/ {
 
-  if (__pyx_t_2) {
+    __pyx_t_1 = (__pyx_v_p * __pyx_v_r);
 
+    __pyx_t_5 = 1;
+    __pyx_t_2 = (__pyx_t_1 > __pyx_t_5);
 
-    /* "gradchain/_accumulate.pyx":393
- *     z = <floating *>malloc(max(1, p * r) * sizeof(floating))
- *     if z == NULL:
- *         return -1             # <<<<<<<<<<<<<<
- *     out.kind = F_DENSE
- *     out.owned = True
-*/
-    {
+    if (__pyx_t_2) {
 
-      __pyx_r = -1;
+      __pyx_t_3 = __pyx_t_1;
+    } else {
+
+      __pyx_t_3 = __pyx_t_5;
     }
-    goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":392
+    __pyx_v_z = ((double *)malloc((__pyx_t_3 * (sizeof(double)))));
+
+
+    /* "gradchain/_accumulate.pyx":402
+ *     else:
+ *         z = <floating *>malloc(max(1, p * r) * sizeof(floating))
+ *         if z == NULL:             # <<<<<<<<<<<<<<
  *             return -1
- *     z = <floating *>malloc(max(1, p * r) * sizeof(floating))
- *     if z == NULL:             # <<<<<<<<<<<<<<
- *         return -1
+ *         out.owned = True
+*/
+    __pyx_t_2 = (__pyx_v_z == NULL);
+
+    if (__pyx_t_2) {
+
+
+      /* "gradchain/_accumulate.pyx":403
+ *         z = <floating *>malloc(max(1, p * r) * sizeof(floating))
+ *         if z == NULL:
+ *             return -1             # <<<<<<<<<<<<<<
+ *         out.owned = True
  *     out.kind = F_DENSE
 */
-  }
+      {
 
-  /* "gradchain/_accumulate.pyx":394
- *     if z == NULL:
- *         return -1
- *     out.kind = F_DENSE             # <<<<<<<<<<<<<<
- *     out.owned = True
+        __pyx_r = -1;
+      }
+      goto __pyx_L0;
+
+      /* "gradchain/_accumulate.pyx":402
+ *     else:
+ *         z = <floating *>malloc(max(1, p * r) * sizeof(floating))
+ *         if z == NULL:             # <<<<<<<<<<<<<<
+ *             return -1
+ *         out.owned = True
+*/
+    }
+
+    /* "gradchain/_accumulate.pyx":404
+ *         if z == NULL:
+ *             return -1
+ *         out.owned = True             # <<<<<<<<<<<<<<
+ *     out.kind = F_DENSE
  *     out.buf = z
 */
-  __pyx_v_out->kind = __pyx_e_9gradchain_11_accumulate_F_DENSE;
+    __pyx_v_out->owned = 1;
+  }
+  __pyx_L19:;
 
-  /* "gradchain/_accumulate.pyx":395
- *         return -1
- *     out.kind = F_DENSE
- *     out.owned = True             # <<<<<<<<<<<<<<
+  /* "gradchain/_accumulate.pyx":405
+ *             return -1
+ *         out.owned = True
+ *     out.kind = F_DENSE             # <<<<<<<<<<<<<<
  *     out.buf = z
  *     if _diaglike(L.kind):                       # row scaling of R
 */
-  __pyx_v_out->owned = 1;
+  __pyx_v_out->kind = __pyx_e_9gradchain_11_accumulate_F_DENSE;
 
-  /* "gradchain/_accumulate.pyx":396
+  /* "gradchain/_accumulate.pyx":406
+ *         out.owned = True
  *     out.kind = F_DENSE
- *     out.owned = True
  *     out.buf = z             # <<<<<<<<<<<<<<
  *     if _diaglike(L.kind):                       # row scaling of R
  *         _dense_of(R, &a, &rs, &cs)
 */
   __pyx_v_out->buf = __pyx_v_z;
 
-  /* "gradchain/_accumulate.pyx":397
- *     out.owned = True
+  /* "gradchain/_accumulate.pyx":407
+ *     out.kind = F_DENSE
  *     out.buf = z
  *     if _diaglike(L.kind):                       # row scaling of R             # <<<<<<<<<<<<<<
  *         _dense_of(R, &a, &rs, &cs)
@@ -9666,7 +9858,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":398
+    /* "gradchain/_accumulate.pyx":408
  *     out.buf = z
  *     if _diaglike(L.kind):                       # row scaling of R
  *         _dense_of(R, &a, &rs, &cs)             # <<<<<<<<<<<<<<
@@ -9675,7 +9867,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__dense_of(__pyx_v_R, (&__pyx_v_a), (&__pyx_v_rs), (&__pyx_v_cs));
 
-    /* "gradchain/_accumulate.pyx":399
+    /* "gradchain/_accumulate.pyx":409
  *     if _diaglike(L.kind):                       # row scaling of R
  *         _dense_of(R, &a, &rs, &cs)
  *         for i in range(p):             # <<<<<<<<<<<<<<
@@ -9689,7 +9881,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_1; __pyx_t_6+=1) {
       __pyx_v_i = __pyx_t_6;
 
-      /* "gradchain/_accumulate.pyx":400
+      /* "gradchain/_accumulate.pyx":410
  *         _dense_of(R, &a, &rs, &cs)
  *         for i in range(p):
  *             c = _dget(L, i, tag)             # <<<<<<<<<<<<<<
@@ -9698,7 +9890,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
       __pyx_v_c = __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__dget(__pyx_v_L, __pyx_v_i, __pyx_v_tag);
 
-      /* "gradchain/_accumulate.pyx":401
+      /* "gradchain/_accumulate.pyx":411
  *         for i in range(p):
  *             c = _dget(L, i, tag)
  *             for j in range(r):             # <<<<<<<<<<<<<<
@@ -9712,7 +9904,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
       for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_8; __pyx_t_9+=1) {
         __pyx_v_j = __pyx_t_9;
 
-        /* "gradchain/_accumulate.pyx":402
+        /* "gradchain/_accumulate.pyx":412
  *             c = _dget(L, i, tag)
  *             for j in range(r):
  *                 z[i * r + j] = c * a[i * rs + j * cs]             # <<<<<<<<<<<<<<
@@ -9725,17 +9917,17 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     }
 
 
-    /* "gradchain/_accumulate.pyx":397
- *     out.owned = True
+    /* "gradchain/_accumulate.pyx":407
+ *     out.kind = F_DENSE
  *     out.buf = z
  *     if _diaglike(L.kind):                       # row scaling of R             # <<<<<<<<<<<<<<
  *         _dense_of(R, &a, &rs, &cs)
  *         for i in range(p):
 */
-    goto __pyx_L20;
+    goto __pyx_L21;
   }
 
-  /* "gradchain/_accumulate.pyx":403
+  /* "gradchain/_accumulate.pyx":413
  *             for j in range(r):
  *                 z[i * r + j] = c * a[i * rs + j * cs]
  *     elif _diaglike(R.kind):                     # column scaling of L             # <<<<<<<<<<<<<<
@@ -9747,7 +9939,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":404
+    /* "gradchain/_accumulate.pyx":414
  *                 z[i * r + j] = c * a[i * rs + j * cs]
  *     elif _diaglike(R.kind):                     # column scaling of L
  *         _dense_of(L, &a, &rs, &cs)             # <<<<<<<<<<<<<<
@@ -9756,7 +9948,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__dense_of(__pyx_v_L, (&__pyx_v_a), (&__pyx_v_rs), (&__pyx_v_cs));
 
-    /* "gradchain/_accumulate.pyx":405
+    /* "gradchain/_accumulate.pyx":415
  *     elif _diaglike(R.kind):                     # column scaling of L
  *         _dense_of(L, &a, &rs, &cs)
  *         for i in range(p):             # <<<<<<<<<<<<<<
@@ -9770,7 +9962,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_1; __pyx_t_6+=1) {
       __pyx_v_i = __pyx_t_6;
 
-      /* "gradchain/_accumulate.pyx":406
+      /* "gradchain/_accumulate.pyx":416
  *         _dense_of(L, &a, &rs, &cs)
  *         for i in range(p):
  *             for j in range(r):             # <<<<<<<<<<<<<<
@@ -9784,7 +9976,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
       for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_8; __pyx_t_9+=1) {
         __pyx_v_j = __pyx_t_9;
 
-        /* "gradchain/_accumulate.pyx":407
+        /* "gradchain/_accumulate.pyx":417
  *         for i in range(p):
  *             for j in range(r):
  *                 z[i * r + j] = a[i * rs + j * cs] * _dget(R, j, tag)             # <<<<<<<<<<<<<<
@@ -9797,17 +9989,17 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     }
 
 
-    /* "gradchain/_accumulate.pyx":403
+    /* "gradchain/_accumulate.pyx":413
  *             for j in range(r):
  *                 z[i * r + j] = c * a[i * rs + j * cs]
  *     elif _diaglike(R.kind):                     # column scaling of L             # <<<<<<<<<<<<<<
  *         _dense_of(L, &a, &rs, &cs)
  *         for i in range(p):
 */
-    goto __pyx_L20;
+    goto __pyx_L21;
   }
 
-  /* "gradchain/_accumulate.pyx":408
+  /* "gradchain/_accumulate.pyx":418
  *             for j in range(r):
  *                 z[i * r + j] = a[i * rs + j * cs] * _dget(R, j, tag)
  *     elif L.kind == F_DPR1:                      # (diag(d) + c u v^T) R             # <<<<<<<<<<<<<<
@@ -9819,7 +10011,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":409
+    /* "gradchain/_accumulate.pyx":419
  *                 z[i * r + j] = a[i * rs + j * cs] * _dget(R, j, tag)
  *     elif L.kind == F_DPR1:                      # (diag(d) + c u v^T) R
  *         f = L.leaf             # <<<<<<<<<<<<<<
@@ -9830,7 +10022,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 
     __pyx_v_f = __pyx_t_10;
 
-    /* "gradchain/_accumulate.pyx":410
+    /* "gradchain/_accumulate.pyx":420
  *     elif L.kind == F_DPR1:                      # (diag(d) + c u v^T) R
  *         f = L.leaf
  *         _dense_of(R, &a, &rs, &cs)             # <<<<<<<<<<<<<<
@@ -9839,7 +10031,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__dense_of(__pyx_v_R, (&__pyx_v_a), (&__pyx_v_rs), (&__pyx_v_cs));
 
-    /* "gradchain/_accumulate.pyx":411
+    /* "gradchain/_accumulate.pyx":421
  *         f = L.leaf
  *         _dense_of(R, &a, &rs, &cs)
  *         tmp = <floating *>malloc(max(1, q + r) * sizeof(floating))             # <<<<<<<<<<<<<<
@@ -9863,7 +10055,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     __pyx_v_tmp = ((double *)malloc((__pyx_t_1 * (sizeof(double)))));
 
 
-    /* "gradchain/_accumulate.pyx":412
+    /* "gradchain/_accumulate.pyx":422
  *         _dense_of(R, &a, &rs, &cs)
  *         tmp = <floating *>malloc(max(1, q + r) * sizeof(floating))
  *         if tmp == NULL:             # <<<<<<<<<<<<<<
@@ -9875,7 +10067,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     if (__pyx_t_2) {
 
 
-      /* "gradchain/_accumulate.pyx":413
+      /* "gradchain/_accumulate.pyx":423
  *         tmp = <floating *>malloc(max(1, q + r) * sizeof(floating))
  *         if tmp == NULL:
  *             return -1             # <<<<<<<<<<<<<<
@@ -9888,7 +10080,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
       }
       goto __pyx_L0;
 
-      /* "gradchain/_accumulate.pyx":412
+      /* "gradchain/_accumulate.pyx":422
  *         _dense_of(R, &a, &rs, &cs)
  *         tmp = <floating *>malloc(max(1, q + r) * sizeof(floating))
  *         if tmp == NULL:             # <<<<<<<<<<<<<<
@@ -9897,7 +10089,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     }
 
-    /* "gradchain/_accumulate.pyx":414
+    /* "gradchain/_accumulate.pyx":424
  *         if tmp == NULL:
  *             return -1
  *         w = tmp + q             # <<<<<<<<<<<<<<
@@ -9906,7 +10098,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_v_w = (__pyx_v_tmp + __pyx_v_q);
 
-    /* "gradchain/_accumulate.pyx":415
+    /* "gradchain/_accumulate.pyx":425
  *             return -1
  *         w = tmp + q
  *         for i in range(q):             # <<<<<<<<<<<<<<
@@ -9920,7 +10112,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_3; __pyx_t_6+=1) {
       __pyx_v_i = __pyx_t_6;
 
-      /* "gradchain/_accumulate.pyx":416
+      /* "gradchain/_accumulate.pyx":426
  *         w = tmp + q
  *         for i in range(q):
  *             tmp[i] = (<const floating *>f.v)[i * f.vs]             # <<<<<<<<<<<<<<
@@ -9931,7 +10123,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     }
 
 
-    /* "gradchain/_accumulate.pyx":417
+    /* "gradchain/_accumulate.pyx":427
  *         for i in range(q):
  *             tmp[i] = (<const floating *>f.v)[i * f.vs]
  *         if link_jtv(a, q, r, rs, cs, tmp, w, nt):      # w = R^T v             # <<<<<<<<<<<<<<
@@ -9943,7 +10135,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     if (__pyx_t_2) {
 
 
-      /* "gradchain/_accumulate.pyx":418
+      /* "gradchain/_accumulate.pyx":428
  *             tmp[i] = (<const floating *>f.v)[i * f.vs]
  *         if link_jtv(a, q, r, rs, cs, tmp, w, nt):      # w = R^T v
  *             free(tmp)             # <<<<<<<<<<<<<<
@@ -9952,7 +10144,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
       free(__pyx_v_tmp);
 
-      /* "gradchain/_accumulate.pyx":419
+      /* "gradchain/_accumulate.pyx":429
  *         if link_jtv(a, q, r, rs, cs, tmp, w, nt):      # w = R^T v
  *             free(tmp)
  *             return -1             # <<<<<<<<<<<<<<
@@ -9965,7 +10157,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
       }
       goto __pyx_L0;
 
-      /* "gradchain/_accumulate.pyx":417
+      /* "gradchain/_accumulate.pyx":427
  *         for i in range(q):
  *             tmp[i] = (<const floating *>f.v)[i * f.vs]
  *         if link_jtv(a, q, r, rs, cs, tmp, w, nt):      # w = R^T v             # <<<<<<<<<<<<<<
@@ -9974,7 +10166,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     }
 
-    /* "gradchain/_accumulate.pyx":420
+    /* "gradchain/_accumulate.pyx":430
  *             free(tmp)
  *             return -1
  *         c = <floating>f.coef             # <<<<<<<<<<<<<<
@@ -9983,7 +10175,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_v_c = ((double)__pyx_v_f->coef);
 
-    /* "gradchain/_accumulate.pyx":421
+    /* "gradchain/_accumulate.pyx":431
  *             return -1
  *         c = <floating>f.coef
  *         for i in range(p):             # <<<<<<<<<<<<<<
@@ -9997,7 +10189,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_3; __pyx_t_6+=1) {
       __pyx_v_i = __pyx_t_6;
 
-      /* "gradchain/_accumulate.pyx":422
+      /* "gradchain/_accumulate.pyx":432
  *         c = <floating>f.coef
  *         for i in range(p):
  *             for j in range(r):             # <<<<<<<<<<<<<<
@@ -10011,7 +10203,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
       for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_8; __pyx_t_9+=1) {
         __pyx_v_j = __pyx_t_9;
 
-        /* "gradchain/_accumulate.pyx":423
+        /* "gradchain/_accumulate.pyx":433
  *         for i in range(p):
  *             for j in range(r):
  *                 z[i * r + j] = ((<const floating *>f.d)[i * f.ds] * a[i * rs + j * cs]             # <<<<<<<<<<<<<<
@@ -10024,7 +10216,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     }
 
 
-    /* "gradchain/_accumulate.pyx":425
+    /* "gradchain/_accumulate.pyx":435
  *                 z[i * r + j] = ((<const floating *>f.d)[i * f.ds] * a[i * rs + j * cs]
  *                                 + c * (<const floating *>f.u)[i * f.us] * w[j])
  *         free(tmp)             # <<<<<<<<<<<<<<
@@ -10033,17 +10225,17 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     free(__pyx_v_tmp);
 
-    /* "gradchain/_accumulate.pyx":408
+    /* "gradchain/_accumulate.pyx":418
  *             for j in range(r):
  *                 z[i * r + j] = a[i * rs + j * cs] * _dget(R, j, tag)
  *     elif L.kind == F_DPR1:                      # (diag(d) + c u v^T) R             # <<<<<<<<<<<<<<
  *         f = L.leaf
  *         _dense_of(R, &a, &rs, &cs)
 */
-    goto __pyx_L20;
+    goto __pyx_L21;
   }
 
-  /* "gradchain/_accumulate.pyx":426
+  /* "gradchain/_accumulate.pyx":436
  *                                 + c * (<const floating *>f.u)[i * f.us] * w[j])
  *         free(tmp)
  *     elif R.kind == F_DPR1:                      # L (diag(d) + c u v^T)             # <<<<<<<<<<<<<<
@@ -10055,7 +10247,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
   if (__pyx_t_2) {
 
 
-    /* "gradchain/_accumulate.pyx":427
+    /* "gradchain/_accumulate.pyx":437
  *         free(tmp)
  *     elif R.kind == F_DPR1:                      # L (diag(d) + c u v^T)
  *         f = R.leaf             # <<<<<<<<<<<<<<
@@ -10066,7 +10258,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 
     __pyx_v_f = __pyx_t_10;
 
-    /* "gradchain/_accumulate.pyx":428
+    /* "gradchain/_accumulate.pyx":438
  *     elif R.kind == F_DPR1:                      # L (diag(d) + c u v^T)
  *         f = R.leaf
  *         _dense_of(L, &a, &rs, &cs)             # <<<<<<<<<<<<<<
@@ -10075,7 +10267,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__dense_of(__pyx_v_L, (&__pyx_v_a), (&__pyx_v_rs), (&__pyx_v_cs));
 
-    /* "gradchain/_accumulate.pyx":429
+    /* "gradchain/_accumulate.pyx":439
  *         f = R.leaf
  *         _dense_of(L, &a, &rs, &cs)
  *         tmp = <floating *>malloc(max(1, q + p) * sizeof(floating))             # <<<<<<<<<<<<<<
@@ -10099,7 +10291,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     __pyx_v_tmp = ((double *)malloc((__pyx_t_3 * (sizeof(double)))));
 
 
-    /* "gradchain/_accumulate.pyx":430
+    /* "gradchain/_accumulate.pyx":440
  *         _dense_of(L, &a, &rs, &cs)
  *         tmp = <floating *>malloc(max(1, q + p) * sizeof(floating))
  *         if tmp == NULL:             # <<<<<<<<<<<<<<
@@ -10111,7 +10303,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     if (__pyx_t_2) {
 
 
-      /* "gradchain/_accumulate.pyx":431
+      /* "gradchain/_accumulate.pyx":441
  *         tmp = <floating *>malloc(max(1, q + p) * sizeof(floating))
  *         if tmp == NULL:
  *             return -1             # <<<<<<<<<<<<<<
@@ -10124,7 +10316,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
       }
       goto __pyx_L0;
 
-      /* "gradchain/_accumulate.pyx":430
+      /* "gradchain/_accumulate.pyx":440
  *         _dense_of(L, &a, &rs, &cs)
  *         tmp = <floating *>malloc(max(1, q + p) * sizeof(floating))
  *         if tmp == NULL:             # <<<<<<<<<<<<<<
@@ -10133,7 +10325,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     }
 
-    /* "gradchain/_accumulate.pyx":432
+    /* "gradchain/_accumulate.pyx":442
  *         if tmp == NULL:
  *             return -1
  *         w = tmp + q             # <<<<<<<<<<<<<<
@@ -10142,7 +10334,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_v_w = (__pyx_v_tmp + __pyx_v_q);
 
-    /* "gradchain/_accumulate.pyx":433
+    /* "gradchain/_accumulate.pyx":443
  *             return -1
  *         w = tmp + q
  *         for i in range(q):             # <<<<<<<<<<<<<<
@@ -10156,7 +10348,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_1; __pyx_t_6+=1) {
       __pyx_v_i = __pyx_t_6;
 
-      /* "gradchain/_accumulate.pyx":434
+      /* "gradchain/_accumulate.pyx":444
  *         w = tmp + q
  *         for i in range(q):
  *             tmp[i] = (<const floating *>f.u)[i * f.us]             # <<<<<<<<<<<<<<
@@ -10167,7 +10359,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     }
 
 
-    /* "gradchain/_accumulate.pyx":435
+    /* "gradchain/_accumulate.pyx":445
  *         for i in range(q):
  *             tmp[i] = (<const floating *>f.u)[i * f.us]
  *         if link_jv(a, p, q, rs, cs, tmp, w, nt):       # w = L u             # <<<<<<<<<<<<<<
@@ -10179,7 +10371,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     if (__pyx_t_2) {
 
 
-      /* "gradchain/_accumulate.pyx":436
+      /* "gradchain/_accumulate.pyx":446
  *             tmp[i] = (<const floating *>f.u)[i * f.us]
  *         if link_jv(a, p, q, rs, cs, tmp, w, nt):       # w = L u
  *             free(tmp)             # <<<<<<<<<<<<<<
@@ -10188,7 +10380,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
       free(__pyx_v_tmp);
 
-      /* "gradchain/_accumulate.pyx":437
+      /* "gradchain/_accumulate.pyx":447
  *         if link_jv(a, p, q, rs, cs, tmp, w, nt):       # w = L u
  *             free(tmp)
  *             return -1             # <<<<<<<<<<<<<<
@@ -10201,7 +10393,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
       }
       goto __pyx_L0;
 
-      /* "gradchain/_accumulate.pyx":435
+      /* "gradchain/_accumulate.pyx":445
  *         for i in range(q):
  *             tmp[i] = (<const floating *>f.u)[i * f.us]
  *         if link_jv(a, p, q, rs, cs, tmp, w, nt):       # w = L u             # <<<<<<<<<<<<<<
@@ -10210,7 +10402,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     }
 
-    /* "gradchain/_accumulate.pyx":438
+    /* "gradchain/_accumulate.pyx":448
  *             free(tmp)
  *             return -1
  *         c = <floating>f.coef             # <<<<<<<<<<<<<<
@@ -10219,7 +10411,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_v_c = ((double)__pyx_v_f->coef);
 
-    /* "gradchain/_accumulate.pyx":439
+    /* "gradchain/_accumulate.pyx":449
  *             return -1
  *         c = <floating>f.coef
  *         for i in range(p):             # <<<<<<<<<<<<<<
@@ -10233,7 +10425,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     for (__pyx_t_6 = 0; __pyx_t_6 < __pyx_t_1; __pyx_t_6+=1) {
       __pyx_v_i = __pyx_t_6;
 
-      /* "gradchain/_accumulate.pyx":440
+      /* "gradchain/_accumulate.pyx":450
  *         c = <floating>f.coef
  *         for i in range(p):
  *             for j in range(r):             # <<<<<<<<<<<<<<
@@ -10247,7 +10439,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
       for (__pyx_t_9 = 0; __pyx_t_9 < __pyx_t_8; __pyx_t_9+=1) {
         __pyx_v_j = __pyx_t_9;
 
-        /* "gradchain/_accumulate.pyx":441
+        /* "gradchain/_accumulate.pyx":451
  *         for i in range(p):
  *             for j in range(r):
  *                 z[i * r + j] = (a[i * rs + j * cs] * (<const floating *>f.d)[j * f.ds]             # <<<<<<<<<<<<<<
@@ -10260,7 +10452,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     }
 
 
-    /* "gradchain/_accumulate.pyx":443
+    /* "gradchain/_accumulate.pyx":453
  *                 z[i * r + j] = (a[i * rs + j * cs] * (<const floating *>f.d)[j * f.ds]
  *                                 + c * w[i] * (<const floating *>f.v)[j * f.vs])
  *         free(tmp)             # <<<<<<<<<<<<<<
@@ -10269,17 +10461,17 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     free(__pyx_v_tmp);
 
-    /* "gradchain/_accumulate.pyx":426
+    /* "gradchain/_accumulate.pyx":436
  *                                 + c * (<const floating *>f.u)[i * f.us] * w[j])
  *         free(tmp)
  *     elif R.kind == F_DPR1:                      # L (diag(d) + c u v^T)             # <<<<<<<<<<<<<<
  *         f = R.leaf
  *         _dense_of(L, &a, &rs, &cs)
 */
-    goto __pyx_L20;
+    goto __pyx_L21;
   }
 
-  /* "gradchain/_accumulate.pyx":445
+  /* "gradchain/_accumulate.pyx":455
  *         free(tmp)
  *     else:
  *         _dense_of(L, &a, &rs, &cs)             # <<<<<<<<<<<<<<
@@ -10289,7 +10481,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
   /*else*/ {
     __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__dense_of(__pyx_v_L, (&__pyx_v_a), (&__pyx_v_rs), (&__pyx_v_cs));
 
-    /* "gradchain/_accumulate.pyx":446
+    /* "gradchain/_accumulate.pyx":456
  *     else:
  *         _dense_of(L, &a, &rs, &cs)
  *         _dense_of(R, <const floating **>&tmp, &i, &j)             # <<<<<<<<<<<<<<
@@ -10298,7 +10490,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__dense_of(__pyx_v_R, ((double const **)(&__pyx_v_tmp)), (&__pyx_v_i), (&__pyx_v_j));
 
-    /* "gradchain/_accumulate.pyx":447
+    /* "gradchain/_accumulate.pyx":457
  *         _dense_of(L, &a, &rs, &cs)
  *         _dense_of(R, <const floating **>&tmp, &i, &j)
  *         if _matmul(a, rs, cs, <const floating *>tmp, i, j, p, q, r, z, nt):             # <<<<<<<<<<<<<<
@@ -10310,7 +10502,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
     if (__pyx_t_2) {
 
 
-      /* "gradchain/_accumulate.pyx":448
+      /* "gradchain/_accumulate.pyx":458
  *         _dense_of(R, <const floating **>&tmp, &i, &j)
  *         if _matmul(a, rs, cs, <const floating *>tmp, i, j, p, q, r, z, nt):
  *             return -1             # <<<<<<<<<<<<<<
@@ -10323,7 +10515,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
       }
       goto __pyx_L0;
 
-      /* "gradchain/_accumulate.pyx":447
+      /* "gradchain/_accumulate.pyx":457
  *         _dense_of(L, &a, &rs, &cs)
  *         _dense_of(R, <const floating **>&tmp, &i, &j)
  *         if _matmul(a, rs, cs, <const floating *>tmp, i, j, p, q, r, z, nt):             # <<<<<<<<<<<<<<
@@ -10332,9 +10524,9 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
     }
   }
-  __pyx_L20:;
+  __pyx_L21:;
 
-  /* "gradchain/_accumulate.pyx":449
+  /* "gradchain/_accumulate.pyx":459
  *         if _matmul(a, rs, cs, <const floating *>tmp, i, j, p, q, r, z, nt):
  *             return -1
  *     _release(L)             # <<<<<<<<<<<<<<
@@ -10343,7 +10535,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
   __pyx_f_9gradchain_11_accumulate__release(__pyx_v_L);
 
-  /* "gradchain/_accumulate.pyx":450
+  /* "gradchain/_accumulate.pyx":460
  *             return -1
  *     _release(L)
  *     _release(R)             # <<<<<<<<<<<<<<
@@ -10352,7 +10544,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 */
   __pyx_f_9gradchain_11_accumulate__release(__pyx_v_R);
 
-  /* "gradchain/_accumulate.pyx":451
+  /* "gradchain/_accumulate.pyx":461
  *     _release(L)
  *     _release(R)
  *     return 0             # <<<<<<<<<<<<<<
@@ -10365,12 +10557,12 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
   }
   goto __pyx_L0;
 
-  /* "gradchain/_accumulate.pyx":352
+  /* "gradchain/_accumulate.pyx":354
  * 
  * 
- * cdef int _combine(Val *L, Val *R, Val *out, const floating *tag,             # <<<<<<<<<<<<<<
+ * cdef int _combine(Val *L, Val *R, Val *out, floating *dest,             # <<<<<<<<<<<<<<
  *                   int nt) noexcept nogil:
- *     """out = L R; consumes (releases) L and R."""
+ *     """out = L R; consumes (releases) L and R.  A dense result goes to dest
 */
 
   /* function exit code */
@@ -10388,29 +10580,40 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine(struct __pyx_t_
 
 
 
+
   return __pyx_r;
 }
 
-/* "gradchain/_accumulate.pyx":454
+/* "gradchain/_accumulate.pyx":464
  * 
  * 
  * cdef int _eval(const Factor *f, Py_ssize_t m, const int *split, Py_ssize_t i,             # <<<<<<<<<<<<<<
- *                Py_ssize_t j, Val *out, floating *tag, int nt) noexcept nogil:
- *     cdef Val L, R
+ *                Py_ssize_t j, Val *out, floating *dest, int nt) noexcept nogil:
+ *     """Evaluate F_i .. F_j; a dense root product is written into dest (the
 */
 
-static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gradchain_11_accumulate_Factor const *__pyx_v_f, Py_ssize_t __pyx_v_m, int const *__pyx_v_split, Py_ssize_t __pyx_v_i, Py_ssize_t __pyx_v_j, struct __pyx_t_9gradchain_11_accumulate_Val *__pyx_v_out, float *__pyx_v_tag, int __pyx_v_nt) {
+static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gradchain_11_accumulate_Factor const *__pyx_v_f, Py_ssize_t __pyx_v_m, int const *__pyx_v_split, Py_ssize_t __pyx_v_i, Py_ssize_t __pyx_v_j, struct __pyx_t_9gradchain_11_accumulate_Val *__pyx_v_out, float *__pyx_v_dest, int __pyx_v_nt) {
   struct __pyx_t_9gradchain_11_accumulate_Val __pyx_v_L;
   struct __pyx_t_9gradchain_11_accumulate_Val __pyx_v_R;
   Py_ssize_t __pyx_v_s;
+  float *__pyx_v_none;
   int __pyx_r;
   int __pyx_t_1;
   int __pyx_t_2;
   Py_ssize_t __pyx_t_3;
 
-  /* "gradchain/_accumulate.pyx":458
+  /* "gradchain/_accumulate.pyx":470
  *     cdef Val L, R
  *     cdef Py_ssize_t s
+ *     cdef floating *none = NULL             # <<<<<<<<<<<<<<
+ *     if i == j:
+ *         out.kind = f[i].kind
+*/
+  __pyx_v_none = NULL;
+
+  /* "gradchain/_accumulate.pyx":471
+ *     cdef Py_ssize_t s
+ *     cdef floating *none = NULL
  *     if i == j:             # <<<<<<<<<<<<<<
  *         out.kind = f[i].kind
  *         out.owned = False
@@ -10420,29 +10623,38 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gr
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":459
- *     cdef Py_ssize_t s
+    /* "gradchain/_accumulate.pyx":472
+ *     cdef floating *none = NULL
  *     if i == j:
  *         out.kind = f[i].kind             # <<<<<<<<<<<<<<
  *         out.owned = False
- *         out.p = f[i].p
+ *         out.ext = False
 */
     __pyx_t_2 = (__pyx_v_f[__pyx_v_i]).kind;
 
     __pyx_v_out->kind = __pyx_t_2;
 
-    /* "gradchain/_accumulate.pyx":460
+    /* "gradchain/_accumulate.pyx":473
  *     if i == j:
  *         out.kind = f[i].kind
  *         out.owned = False             # <<<<<<<<<<<<<<
+ *         out.ext = False
  *         out.p = f[i].p
- *         out.q = f[i].q
 */
     __pyx_v_out->owned = 0;
 
-    /* "gradchain/_accumulate.pyx":461
+    /* "gradchain/_accumulate.pyx":474
  *         out.kind = f[i].kind
  *         out.owned = False
+ *         out.ext = False             # <<<<<<<<<<<<<<
+ *         out.p = f[i].p
+ *         out.q = f[i].q
+*/
+    __pyx_v_out->ext = 0;
+
+    /* "gradchain/_accumulate.pyx":475
+ *         out.owned = False
+ *         out.ext = False
  *         out.p = f[i].p             # <<<<<<<<<<<<<<
  *         out.q = f[i].q
  *         out.buf = NULL
@@ -10451,8 +10663,8 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gr
 
     __pyx_v_out->p = __pyx_t_3;
 
-    /* "gradchain/_accumulate.pyx":462
- *         out.owned = False
+    /* "gradchain/_accumulate.pyx":476
+ *         out.ext = False
  *         out.p = f[i].p
  *         out.q = f[i].q             # <<<<<<<<<<<<<<
  *         out.buf = NULL
@@ -10462,7 +10674,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gr
 
     __pyx_v_out->q = __pyx_t_3;
 
-    /* "gradchain/_accumulate.pyx":463
+    /* "gradchain/_accumulate.pyx":477
  *         out.p = f[i].p
  *         out.q = f[i].q
  *         out.buf = NULL             # <<<<<<<<<<<<<<
@@ -10471,7 +10683,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gr
 */
     __pyx_v_out->buf = NULL;
 
-    /* "gradchain/_accumulate.pyx":464
+    /* "gradchain/_accumulate.pyx":478
  *         out.q = f[i].q
  *         out.buf = NULL
  *         out.leaf = &f[i]             # <<<<<<<<<<<<<<
@@ -10480,12 +10692,12 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gr
 */
     __pyx_v_out->leaf = (&(__pyx_v_f[__pyx_v_i]));
 
-    /* "gradchain/_accumulate.pyx":465
+    /* "gradchain/_accumulate.pyx":479
  *         out.buf = NULL
  *         out.leaf = &f[i]
  *         return 0             # <<<<<<<<<<<<<<
  *     s = split[i * m + j]
- *     if _eval(f, m, split, i, s, &L, tag, nt):
+ *     if _eval(f, m, split, i, s, &L, none, nt):
 */
     {
 
@@ -10493,41 +10705,41 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gr
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":458
- *     cdef Val L, R
+    /* "gradchain/_accumulate.pyx":471
  *     cdef Py_ssize_t s
+ *     cdef floating *none = NULL
  *     if i == j:             # <<<<<<<<<<<<<<
  *         out.kind = f[i].kind
  *         out.owned = False
 */
   }
 
-  /* "gradchain/_accumulate.pyx":466
+  /* "gradchain/_accumulate.pyx":480
  *         out.leaf = &f[i]
  *         return 0
  *     s = split[i * m + j]             # <<<<<<<<<<<<<<
- *     if _eval(f, m, split, i, s, &L, tag, nt):
+ *     if _eval(f, m, split, i, s, &L, none, nt):
  *         return -1
 */
   __pyx_v_s = (__pyx_v_split[((__pyx_v_i * __pyx_v_m) + __pyx_v_j)]);
 
-  /* "gradchain/_accumulate.pyx":467
+  /* "gradchain/_accumulate.pyx":481
  *         return 0
  *     s = split[i * m + j]
- *     if _eval(f, m, split, i, s, &L, tag, nt):             # <<<<<<<<<<<<<<
+ *     if _eval(f, m, split, i, s, &L, none, nt):             # <<<<<<<<<<<<<<
  *         return -1
- *     if _eval(f, m, split, s + 1, j, &R, tag, nt):
+ *     if _eval(f, m, split, s + 1, j, &R, none, nt):
 */
-  __pyx_t_1 = (__pyx_fuse_0__pyx_f_9gradchain_11_accumulate__eval(__pyx_v_f, __pyx_v_m, __pyx_v_split, __pyx_v_i, __pyx_v_s, (&__pyx_v_L), __pyx_v_tag, __pyx_v_nt) != 0);
+  __pyx_t_1 = (__pyx_fuse_0__pyx_f_9gradchain_11_accumulate__eval(__pyx_v_f, __pyx_v_m, __pyx_v_split, __pyx_v_i, __pyx_v_s, (&__pyx_v_L), __pyx_v_none, __pyx_v_nt) != 0);
 
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":468
+    /* "gradchain/_accumulate.pyx":482
  *     s = split[i * m + j]
- *     if _eval(f, m, split, i, s, &L, tag, nt):
+ *     if _eval(f, m, split, i, s, &L, none, nt):
  *         return -1             # <<<<<<<<<<<<<<
- *     if _eval(f, m, split, s + 1, j, &R, tag, nt):
+ *     if _eval(f, m, split, s + 1, j, &R, none, nt):
  *         _release(&L)
 */
     {
@@ -10536,41 +10748,41 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gr
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":467
+    /* "gradchain/_accumulate.pyx":481
  *         return 0
  *     s = split[i * m + j]
- *     if _eval(f, m, split, i, s, &L, tag, nt):             # <<<<<<<<<<<<<<
+ *     if _eval(f, m, split, i, s, &L, none, nt):             # <<<<<<<<<<<<<<
  *         return -1
- *     if _eval(f, m, split, s + 1, j, &R, tag, nt):
+ *     if _eval(f, m, split, s + 1, j, &R, none, nt):
 */
   }
 
-  /* "gradchain/_accumulate.pyx":469
- *     if _eval(f, m, split, i, s, &L, tag, nt):
+  /* "gradchain/_accumulate.pyx":483
+ *     if _eval(f, m, split, i, s, &L, none, nt):
  *         return -1
- *     if _eval(f, m, split, s + 1, j, &R, tag, nt):             # <<<<<<<<<<<<<<
+ *     if _eval(f, m, split, s + 1, j, &R, none, nt):             # <<<<<<<<<<<<<<
  *         _release(&L)
  *         return -1
 */
-  __pyx_t_1 = (__pyx_fuse_0__pyx_f_9gradchain_11_accumulate__eval(__pyx_v_f, __pyx_v_m, __pyx_v_split, (__pyx_v_s + 1), __pyx_v_j, (&__pyx_v_R), __pyx_v_tag, __pyx_v_nt) != 0);
+  __pyx_t_1 = (__pyx_fuse_0__pyx_f_9gradchain_11_accumulate__eval(__pyx_v_f, __pyx_v_m, __pyx_v_split, (__pyx_v_s + 1), __pyx_v_j, (&__pyx_v_R), __pyx_v_none, __pyx_v_nt) != 0);
 
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":470
+    /* "gradchain/_accumulate.pyx":484
  *         return -1
- *     if _eval(f, m, split, s + 1, j, &R, tag, nt):
+ *     if _eval(f, m, split, s + 1, j, &R, none, nt):
  *         _release(&L)             # <<<<<<<<<<<<<<
  *         return -1
- *     if _combine(&L, &R, out, <const floating *>tag, nt):
+ *     if _combine(&L, &R, out, dest, nt):
 */
     __pyx_f_9gradchain_11_accumulate__release((&__pyx_v_L));
 
-    /* "gradchain/_accumulate.pyx":471
- *     if _eval(f, m, split, s + 1, j, &R, tag, nt):
+    /* "gradchain/_accumulate.pyx":485
+ *     if _eval(f, m, split, s + 1, j, &R, none, nt):
  *         _release(&L)
  *         return -1             # <<<<<<<<<<<<<<
- *     if _combine(&L, &R, out, <const floating *>tag, nt):
+ *     if _combine(&L, &R, out, dest, nt):
  *         _release(&L)
 */
     {
@@ -10579,38 +10791,38 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gr
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":469
- *     if _eval(f, m, split, i, s, &L, tag, nt):
+    /* "gradchain/_accumulate.pyx":483
+ *     if _eval(f, m, split, i, s, &L, none, nt):
  *         return -1
- *     if _eval(f, m, split, s + 1, j, &R, tag, nt):             # <<<<<<<<<<<<<<
+ *     if _eval(f, m, split, s + 1, j, &R, none, nt):             # <<<<<<<<<<<<<<
  *         _release(&L)
  *         return -1
 */
   }
 
-  /* "gradchain/_accumulate.pyx":472
+  /* "gradchain/_accumulate.pyx":486
  *         _release(&L)
  *         return -1
- *     if _combine(&L, &R, out, <const floating *>tag, nt):             # <<<<<<<<<<<<<<
+ *     if _combine(&L, &R, out, dest, nt):             # <<<<<<<<<<<<<<
  *         _release(&L)
  *         _release(&R)
 */
-  __pyx_t_1 = (__pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine((&__pyx_v_L), (&__pyx_v_R), __pyx_v_out, ((float const *)__pyx_v_tag), __pyx_v_nt) != 0);
+  __pyx_t_1 = (__pyx_fuse_0__pyx_f_9gradchain_11_accumulate__combine((&__pyx_v_L), (&__pyx_v_R), __pyx_v_out, __pyx_v_dest, __pyx_v_nt) != 0);
 
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":473
+    /* "gradchain/_accumulate.pyx":487
  *         return -1
- *     if _combine(&L, &R, out, <const floating *>tag, nt):
+ *     if _combine(&L, &R, out, dest, nt):
  *         _release(&L)             # <<<<<<<<<<<<<<
  *         _release(&R)
  *         return -1
 */
     __pyx_f_9gradchain_11_accumulate__release((&__pyx_v_L));
 
-    /* "gradchain/_accumulate.pyx":474
- *     if _combine(&L, &R, out, <const floating *>tag, nt):
+    /* "gradchain/_accumulate.pyx":488
+ *     if _combine(&L, &R, out, dest, nt):
  *         _release(&L)
  *         _release(&R)             # <<<<<<<<<<<<<<
  *         return -1
@@ -10618,7 +10830,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gr
 */
     __pyx_f_9gradchain_11_accumulate__release((&__pyx_v_R));
 
-    /* "gradchain/_accumulate.pyx":475
+    /* "gradchain/_accumulate.pyx":489
  *         _release(&L)
  *         _release(&R)
  *         return -1             # <<<<<<<<<<<<<<
@@ -10631,16 +10843,16 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gr
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":472
+    /* "gradchain/_accumulate.pyx":486
  *         _release(&L)
  *         return -1
- *     if _combine(&L, &R, out, <const floating *>tag, nt):             # <<<<<<<<<<<<<<
+ *     if _combine(&L, &R, out, dest, nt):             # <<<<<<<<<<<<<<
  *         _release(&L)
  *         _release(&R)
 */
   }
 
-  /* "gradchain/_accumulate.pyx":476
+  /* "gradchain/_accumulate.pyx":490
  *         _release(&R)
  *         return -1
  *     return 0             # <<<<<<<<<<<<<<
@@ -10653,12 +10865,12 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gr
   }
   goto __pyx_L0;
 
-  /* "gradchain/_accumulate.pyx":454
+  /* "gradchain/_accumulate.pyx":464
  * 
  * 
  * cdef int _eval(const Factor *f, Py_ssize_t m, const int *split, Py_ssize_t i,             # <<<<<<<<<<<<<<
- *                Py_ssize_t j, Val *out, floating *tag, int nt) noexcept nogil:
- *     cdef Val L, R
+ *                Py_ssize_t j, Val *out, floating *dest, int nt) noexcept nogil:
+ *     """Evaluate F_i .. F_j; a dense root product is written into dest (the
 */
 
   /* function exit code */
@@ -10666,21 +10878,32 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gr
 
 
 
+
   return __pyx_r;
 }
 
-static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gradchain_11_accumulate_Factor const *__pyx_v_f, Py_ssize_t __pyx_v_m, int const *__pyx_v_split, Py_ssize_t __pyx_v_i, Py_ssize_t __pyx_v_j, struct __pyx_t_9gradchain_11_accumulate_Val *__pyx_v_out, double *__pyx_v_tag, int __pyx_v_nt) {
+static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gradchain_11_accumulate_Factor const *__pyx_v_f, Py_ssize_t __pyx_v_m, int const *__pyx_v_split, Py_ssize_t __pyx_v_i, Py_ssize_t __pyx_v_j, struct __pyx_t_9gradchain_11_accumulate_Val *__pyx_v_out, double *__pyx_v_dest, int __pyx_v_nt) {
   struct __pyx_t_9gradchain_11_accumulate_Val __pyx_v_L;
   struct __pyx_t_9gradchain_11_accumulate_Val __pyx_v_R;
   Py_ssize_t __pyx_v_s;
+  double *__pyx_v_none;
   int __pyx_r;
   int __pyx_t_1;
   int __pyx_t_2;
   Py_ssize_t __pyx_t_3;
 
-  /* "gradchain/_accumulate.pyx":458
+  /* "gradchain/_accumulate.pyx":470
  *     cdef Val L, R
  *     cdef Py_ssize_t s
+ *     cdef floating *none = NULL             # <<<<<<<<<<<<<<
+ *     if i == j:
+ *         out.kind = f[i].kind
+*/
+  __pyx_v_none = NULL;
+
+  /* "gradchain/_accumulate.pyx":471
+ *     cdef Py_ssize_t s
+ *     cdef floating *none = NULL
  *     if i == j:             # <<<<<<<<<<<<<<
  *         out.kind = f[i].kind
  *         out.owned = False
@@ -10690,29 +10913,38 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gr
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":459
- *     cdef Py_ssize_t s
+    /* "gradchain/_accumulate.pyx":472
+ *     cdef floating *none = NULL
  *     if i == j:
  *         out.kind = f[i].kind             # <<<<<<<<<<<<<<
  *         out.owned = False
- *         out.p = f[i].p
+ *         out.ext = False
 */
     __pyx_t_2 = (__pyx_v_f[__pyx_v_i]).kind;
 
     __pyx_v_out->kind = __pyx_t_2;
 
-    /* "gradchain/_accumulate.pyx":460
+    /* "gradchain/_accumulate.pyx":473
  *     if i == j:
  *         out.kind = f[i].kind
  *         out.owned = False             # <<<<<<<<<<<<<<
+ *         out.ext = False
  *         out.p = f[i].p
- *         out.q = f[i].q
 */
     __pyx_v_out->owned = 0;
 
-    /* "gradchain/_accumulate.pyx":461
+    /* "gradchain/_accumulate.pyx":474
  *         out.kind = f[i].kind
  *         out.owned = False
+ *         out.ext = False             # <<<<<<<<<<<<<<
+ *         out.p = f[i].p
+ *         out.q = f[i].q
+*/
+    __pyx_v_out->ext = 0;
+
+    /* "gradchain/_accumulate.pyx":475
+ *         out.owned = False
+ *         out.ext = False
  *         out.p = f[i].p             # <<<<<<<<<<<<<<
  *         out.q = f[i].q
  *         out.buf = NULL
@@ -10721,8 +10953,8 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gr
 
     __pyx_v_out->p = __pyx_t_3;
 
-    /* "gradchain/_accumulate.pyx":462
- *         out.owned = False
+    /* "gradchain/_accumulate.pyx":476
+ *         out.ext = False
  *         out.p = f[i].p
  *         out.q = f[i].q             # <<<<<<<<<<<<<<
  *         out.buf = NULL
@@ -10732,7 +10964,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gr
 
     __pyx_v_out->q = __pyx_t_3;
 
-    /* "gradchain/_accumulate.pyx":463
+    /* "gradchain/_accumulate.pyx":477
  *         out.p = f[i].p
  *         out.q = f[i].q
  *         out.buf = NULL             # <<<<<<<<<<<<<<
@@ -10741,7 +10973,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gr
 */
     __pyx_v_out->buf = NULL;
 
-    /* "gradchain/_accumulate.pyx":464
+    /* "gradchain/_accumulate.pyx":478
  *         out.q = f[i].q
  *         out.buf = NULL
  *         out.leaf = &f[i]             # <<<<<<<<<<<<<<
@@ -10750,12 +10982,12 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gr
 */
     __pyx_v_out->leaf = (&(__pyx_v_f[__pyx_v_i]));
 
-    /* "gradchain/_accumulate.pyx":465
+    /* "gradchain/_accumulate.pyx":479
  *         out.buf = NULL
  *         out.leaf = &f[i]
  *         return 0             # <<<<<<<<<<<<<<
  *     s = split[i * m + j]
- *     if _eval(f, m, split, i, s, &L, tag, nt):
+ *     if _eval(f, m, split, i, s, &L, none, nt):
 */
     {
 
@@ -10763,41 +10995,41 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gr
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":458
- *     cdef Val L, R
+    /* "gradchain/_accumulate.pyx":471
  *     cdef Py_ssize_t s
+ *     cdef floating *none = NULL
  *     if i == j:             # <<<<<<<<<<<<<<
  *         out.kind = f[i].kind
  *         out.owned = False
 */
   }
 
-  /* "gradchain/_accumulate.pyx":466
+  /* "gradchain/_accumulate.pyx":480
  *         out.leaf = &f[i]
  *         return 0
  *     s = split[i * m + j]             # <<<<<<<<<<<<<<
- *     if _eval(f, m, split, i, s, &L, tag, nt):
+ *     if _eval(f, m, split, i, s, &L, none, nt):
  *         return -1
 */
   __pyx_v_s = (__pyx_v_split[((__pyx_v_i * __pyx_v_m) + __pyx_v_j)]);
 
-  /* "gradchain/_accumulate.pyx":467
+  /* "gradchain/_accumulate.pyx":481
  *         return 0
  *     s = split[i * m + j]
- *     if _eval(f, m, split, i, s, &L, tag, nt):             # <<<<<<<<<<<<<<
+ *     if _eval(f, m, split, i, s, &L, none, nt):             # <<<<<<<<<<<<<<
  *         return -1
- *     if _eval(f, m, split, s + 1, j, &R, tag, nt):
+ *     if _eval(f, m, split, s + 1, j, &R, none, nt):
 */
-  __pyx_t_1 = (__pyx_fuse_1__pyx_f_9gradchain_11_accumulate__eval(__pyx_v_f, __pyx_v_m, __pyx_v_split, __pyx_v_i, __pyx_v_s, (&__pyx_v_L), __pyx_v_tag, __pyx_v_nt) != 0);
+  __pyx_t_1 = (__pyx_fuse_1__pyx_f_9gradchain_11_accumulate__eval(__pyx_v_f, __pyx_v_m, __pyx_v_split, __pyx_v_i, __pyx_v_s, (&__pyx_v_L), __pyx_v_none, __pyx_v_nt) != 0);
 
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":468
+    /* "gradchain/_accumulate.pyx":482
  *     s = split[i * m + j]
- *     if _eval(f, m, split, i, s, &L, tag, nt):
+ *     if _eval(f, m, split, i, s, &L, none, nt):
  *         return -1             # <<<<<<<<<<<<<<
- *     if _eval(f, m, split, s + 1, j, &R, tag, nt):
+ *     if _eval(f, m, split, s + 1, j, &R, none, nt):
  *         _release(&L)
 */
     {
@@ -10806,41 +11038,41 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gr
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":467
+    /* "gradchain/_accumulate.pyx":481
  *         return 0
  *     s = split[i * m + j]
- *     if _eval(f, m, split, i, s, &L, tag, nt):             # <<<<<<<<<<<<<<
+ *     if _eval(f, m, split, i, s, &L, none, nt):             # <<<<<<<<<<<<<<
  *         return -1
- *     if _eval(f, m, split, s + 1, j, &R, tag, nt):
+ *     if _eval(f, m, split, s + 1, j, &R, none, nt):
 */
   }
 
-  /* "gradchain/_accumulate.pyx":469
- *     if _eval(f, m, split, i, s, &L, tag, nt):
+  /* "gradchain/_accumulate.pyx":483
+ *     if _eval(f, m, split, i, s, &L, none, nt):
  *         return -1
- *     if _eval(f, m, split, s + 1, j, &R, tag, nt):             # <<<<<<<<<<<<<<
+ *     if _eval(f, m, split, s + 1, j, &R, none, nt):             # <<<<<<<<<<<<<<
  *         _release(&L)
  *         return -1
 */
-  __pyx_t_1 = (__pyx_fuse_1__pyx_f_9gradchain_11_accumulate__eval(__pyx_v_f, __pyx_v_m, __pyx_v_split, (__pyx_v_s + 1), __pyx_v_j, (&__pyx_v_R), __pyx_v_tag, __pyx_v_nt) != 0);
+  __pyx_t_1 = (__pyx_fuse_1__pyx_f_9gradchain_11_accumulate__eval(__pyx_v_f, __pyx_v_m, __pyx_v_split, (__pyx_v_s + 1), __pyx_v_j, (&__pyx_v_R), __pyx_v_none, __pyx_v_nt) != 0);
 
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":470
+    /* "gradchain/_accumulate.pyx":484
  *         return -1
- *     if _eval(f, m, split, s + 1, j, &R, tag, nt):
+ *     if _eval(f, m, split, s + 1, j, &R, none, nt):
  *         _release(&L)             # <<<<<<<<<<<<<<
  *         return -1
- *     if _combine(&L, &R, out, <const floating *>tag, nt):
+ *     if _combine(&L, &R, out, dest, nt):
 */
     __pyx_f_9gradchain_11_accumulate__release((&__pyx_v_L));
 
-    /* "gradchain/_accumulate.pyx":471
- *     if _eval(f, m, split, s + 1, j, &R, tag, nt):
+    /* "gradchain/_accumulate.pyx":485
+ *     if _eval(f, m, split, s + 1, j, &R, none, nt):
  *         _release(&L)
  *         return -1             # <<<<<<<<<<<<<<
- *     if _combine(&L, &R, out, <const floating *>tag, nt):
+ *     if _combine(&L, &R, out, dest, nt):
  *         _release(&L)
 */
     {
@@ -10849,38 +11081,38 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gr
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":469
- *     if _eval(f, m, split, i, s, &L, tag, nt):
+    /* "gradchain/_accumulate.pyx":483
+ *     if _eval(f, m, split, i, s, &L, none, nt):
  *         return -1
- *     if _eval(f, m, split, s + 1, j, &R, tag, nt):             # <<<<<<<<<<<<<<
+ *     if _eval(f, m, split, s + 1, j, &R, none, nt):             # <<<<<<<<<<<<<<
  *         _release(&L)
  *         return -1
 */
   }
 
-  /* "gradchain/_accumulate.pyx":472
+  /* "gradchain/_accumulate.pyx":486
  *         _release(&L)
  *         return -1
- *     if _combine(&L, &R, out, <const floating *>tag, nt):             # <<<<<<<<<<<<<<
+ *     if _combine(&L, &R, out, dest, nt):             # <<<<<<<<<<<<<<
  *         _release(&L)
  *         _release(&R)
 */
-  __pyx_t_1 = (__pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine((&__pyx_v_L), (&__pyx_v_R), __pyx_v_out, ((double const *)__pyx_v_tag), __pyx_v_nt) != 0);
+  __pyx_t_1 = (__pyx_fuse_1__pyx_f_9gradchain_11_accumulate__combine((&__pyx_v_L), (&__pyx_v_R), __pyx_v_out, __pyx_v_dest, __pyx_v_nt) != 0);
 
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":473
+    /* "gradchain/_accumulate.pyx":487
  *         return -1
- *     if _combine(&L, &R, out, <const floating *>tag, nt):
+ *     if _combine(&L, &R, out, dest, nt):
  *         _release(&L)             # <<<<<<<<<<<<<<
  *         _release(&R)
  *         return -1
 */
     __pyx_f_9gradchain_11_accumulate__release((&__pyx_v_L));
 
-    /* "gradchain/_accumulate.pyx":474
- *     if _combine(&L, &R, out, <const floating *>tag, nt):
+    /* "gradchain/_accumulate.pyx":488
+ *     if _combine(&L, &R, out, dest, nt):
  *         _release(&L)
  *         _release(&R)             # <<<<<<<<<<<<<<
  *         return -1
@@ -10888,7 +11120,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gr
 */
     __pyx_f_9gradchain_11_accumulate__release((&__pyx_v_R));
 
-    /* "gradchain/_accumulate.pyx":475
+    /* "gradchain/_accumulate.pyx":489
  *         _release(&L)
  *         _release(&R)
  *         return -1             # <<<<<<<<<<<<<<
@@ -10901,16 +11133,16 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gr
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":472
+    /* "gradchain/_accumulate.pyx":486
  *         _release(&L)
  *         return -1
- *     if _combine(&L, &R, out, <const floating *>tag, nt):             # <<<<<<<<<<<<<<
+ *     if _combine(&L, &R, out, dest, nt):             # <<<<<<<<<<<<<<
  *         _release(&L)
  *         _release(&R)
 */
   }
 
-  /* "gradchain/_accumulate.pyx":476
+  /* "gradchain/_accumulate.pyx":490
  *         _release(&R)
  *         return -1
  *     return 0             # <<<<<<<<<<<<<<
@@ -10923,12 +11155,12 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gr
   }
   goto __pyx_L0;
 
-  /* "gradchain/_accumulate.pyx":454
+  /* "gradchain/_accumulate.pyx":464
  * 
  * 
  * cdef int _eval(const Factor *f, Py_ssize_t m, const int *split, Py_ssize_t i,             # <<<<<<<<<<<<<<
- *                Py_ssize_t j, Val *out, floating *tag, int nt) noexcept nogil:
- *     cdef Val L, R
+ *                Py_ssize_t j, Val *out, floating *dest, int nt) noexcept nogil:
+ *     """Evaluate F_i .. F_j; a dense root product is written into dest (the
 */
 
   /* function exit code */
@@ -10936,10 +11168,11 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__eval(struct __pyx_t_9gr
 
 
 
+
   return __pyx_r;
 }
 
-/* "gradchain/_accumulate.pyx":479
+/* "gradchain/_accumulate.pyx":493
  * 
  * 
  * cdef int _run_chain(const Factor *f, Py_ssize_t m, const int *split,             # <<<<<<<<<<<<<<
@@ -10953,23 +11186,23 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__run_chain(struct __pyx_
   int __pyx_t_1;
   int __pyx_t_2;
 
-  /* "gradchain/_accumulate.pyx":482
+  /* "gradchain/_accumulate.pyx":496
  *                     floating *out, int nt) noexcept nogil:
  *     cdef Val v
  *     if m == 0:             # <<<<<<<<<<<<<<
  *         return 0
- *     if _eval(f, m, split, 0, m - 1, &v, <floating *>NULL, nt):
+ *     if _eval(f, m, split, 0, m - 1, &v, out, nt):
 */
   __pyx_t_1 = (__pyx_v_m == 0);
 
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":483
+    /* "gradchain/_accumulate.pyx":497
  *     cdef Val v
  *     if m == 0:
  *         return 0             # <<<<<<<<<<<<<<
- *     if _eval(f, m, split, 0, m - 1, &v, <floating *>NULL, nt):
+ *     if _eval(f, m, split, 0, m - 1, &v, out, nt):
  *         return -1
 */
     {
@@ -10978,33 +11211,33 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__run_chain(struct __pyx_
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":482
+    /* "gradchain/_accumulate.pyx":496
  *                     floating *out, int nt) noexcept nogil:
  *     cdef Val v
  *     if m == 0:             # <<<<<<<<<<<<<<
  *         return 0
- *     if _eval(f, m, split, 0, m - 1, &v, <floating *>NULL, nt):
+ *     if _eval(f, m, split, 0, m - 1, &v, out, nt):
 */
   }
 
-  /* "gradchain/_accumulate.pyx":484
+  /* "gradchain/_accumulate.pyx":498
  *     if m == 0:
  *         return 0
- *     if _eval(f, m, split, 0, m - 1, &v, <floating *>NULL, nt):             # <<<<<<<<<<<<<<
+ *     if _eval(f, m, split, 0, m - 1, &v, out, nt):             # <<<<<<<<<<<<<<
  *         return -1
- *     if v.kind == F_DENSE and v.owned:
+ *     if v.ext:
 */
-  __pyx_t_1 = (__pyx_fuse_0__pyx_f_9gradchain_11_accumulate__eval(__pyx_v_f, __pyx_v_m, __pyx_v_split, 0, (__pyx_v_m - 1), (&__pyx_v_v), ((float *)NULL), __pyx_v_nt) != 0);
+  __pyx_t_1 = (__pyx_fuse_0__pyx_f_9gradchain_11_accumulate__eval(__pyx_v_f, __pyx_v_m, __pyx_v_split, 0, (__pyx_v_m - 1), (&__pyx_v_v), __pyx_v_out, __pyx_v_nt) != 0);
 
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":485
+    /* "gradchain/_accumulate.pyx":499
  *         return 0
- *     if _eval(f, m, split, 0, m - 1, &v, <floating *>NULL, nt):
+ *     if _eval(f, m, split, 0, m - 1, &v, out, nt):
  *         return -1             # <<<<<<<<<<<<<<
- *     if v.kind == F_DENSE and v.owned:
- *         memcpy(out, v.buf, v.p * v.q * sizeof(floating))
+ *     if v.ext:
+ *         pass                                    # already in out
 */
     {
 
@@ -11012,19 +11245,30 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__run_chain(struct __pyx_
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":484
+    /* "gradchain/_accumulate.pyx":498
  *     if m == 0:
  *         return 0
- *     if _eval(f, m, split, 0, m - 1, &v, <floating *>NULL, nt):             # <<<<<<<<<<<<<<
+ *     if _eval(f, m, split, 0, m - 1, &v, out, nt):             # <<<<<<<<<<<<<<
  *         return -1
- *     if v.kind == F_DENSE and v.owned:
+ *     if v.ext:
 */
   }
 
-  /* "gradchain/_accumulate.pyx":486
- *     if _eval(f, m, split, 0, m - 1, &v, <floating *>NULL, nt):
+  /* "gradchain/_accumulate.pyx":500
+ *     if _eval(f, m, split, 0, m - 1, &v, out, nt):
  *         return -1
- *     if v.kind == F_DENSE and v.owned:             # <<<<<<<<<<<<<<
+ *     if v.ext:             # <<<<<<<<<<<<<<
+ *         pass                                    # already in out
+ *     elif v.kind == F_DENSE and v.owned:
+*/
+  if (__pyx_v_v.ext) {
+    goto __pyx_L5;
+  }
+
+  /* "gradchain/_accumulate.pyx":502
+ *     if v.ext:
+ *         pass                                    # already in out
+ *     elif v.kind == F_DENSE and v.owned:             # <<<<<<<<<<<<<<
  *         memcpy(out, v.buf, v.p * v.q * sizeof(floating))
  *     else:
 */
@@ -11044,26 +11288,26 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__run_chain(struct __pyx_
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":487
- *         return -1
- *     if v.kind == F_DENSE and v.owned:
+    /* "gradchain/_accumulate.pyx":503
+ *         pass                                    # already in out
+ *     elif v.kind == F_DENSE and v.owned:
  *         memcpy(out, v.buf, v.p * v.q * sizeof(floating))             # <<<<<<<<<<<<<<
  *     else:
  *         _materialize(&v, out)
 */
     (void)(memcpy(__pyx_v_out, __pyx_v_v.buf, ((__pyx_v_v.p * __pyx_v_v.q) * (sizeof(float)))));
 
-    /* "gradchain/_accumulate.pyx":486
- *     if _eval(f, m, split, 0, m - 1, &v, <floating *>NULL, nt):
- *         return -1
- *     if v.kind == F_DENSE and v.owned:             # <<<<<<<<<<<<<<
+    /* "gradchain/_accumulate.pyx":502
+ *     if v.ext:
+ *         pass                                    # already in out
+ *     elif v.kind == F_DENSE and v.owned:             # <<<<<<<<<<<<<<
  *         memcpy(out, v.buf, v.p * v.q * sizeof(floating))
  *     else:
 */
     goto __pyx_L5;
   }
 
-  /* "gradchain/_accumulate.pyx":489
+  /* "gradchain/_accumulate.pyx":505
  *         memcpy(out, v.buf, v.p * v.q * sizeof(floating))
  *     else:
  *         _materialize(&v, out)             # <<<<<<<<<<<<<<
@@ -11075,7 +11319,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__run_chain(struct __pyx_
   }
   __pyx_L5:;
 
-  /* "gradchain/_accumulate.pyx":490
+  /* "gradchain/_accumulate.pyx":506
  *     else:
  *         _materialize(&v, out)
  *     _release(&v)             # <<<<<<<<<<<<<<
@@ -11084,7 +11328,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__run_chain(struct __pyx_
 */
   __pyx_f_9gradchain_11_accumulate__release((&__pyx_v_v));
 
-  /* "gradchain/_accumulate.pyx":491
+  /* "gradchain/_accumulate.pyx":507
  *         _materialize(&v, out)
  *     _release(&v)
  *     return 0             # <<<<<<<<<<<<<<
@@ -11097,7 +11341,7 @@ static int __pyx_fuse_0__pyx_f_9gradchain_11_accumulate__run_chain(struct __pyx_
   }
   goto __pyx_L0;
 
-  /* "gradchain/_accumulate.pyx":479
+  /* "gradchain/_accumulate.pyx":493
  * 
  * 
  * cdef int _run_chain(const Factor *f, Py_ssize_t m, const int *split,             # <<<<<<<<<<<<<<
@@ -11117,23 +11361,23 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__run_chain(struct __pyx_
   int __pyx_t_1;
   int __pyx_t_2;
 
-  /* "gradchain/_accumulate.pyx":482
+  /* "gradchain/_accumulate.pyx":496
  *                     floating *out, int nt) noexcept nogil:
  *     cdef Val v
  *     if m == 0:             # <<<<<<<<<<<<<<
  *         return 0
- *     if _eval(f, m, split, 0, m - 1, &v, <floating *>NULL, nt):
+ *     if _eval(f, m, split, 0, m - 1, &v, out, nt):
 */
   __pyx_t_1 = (__pyx_v_m == 0);
 
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":483
+    /* "gradchain/_accumulate.pyx":497
  *     cdef Val v
  *     if m == 0:
  *         return 0             # <<<<<<<<<<<<<<
- *     if _eval(f, m, split, 0, m - 1, &v, <floating *>NULL, nt):
+ *     if _eval(f, m, split, 0, m - 1, &v, out, nt):
  *         return -1
 */
     {
@@ -11142,33 +11386,33 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__run_chain(struct __pyx_
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":482
+    /* "gradchain/_accumulate.pyx":496
  *                     floating *out, int nt) noexcept nogil:
  *     cdef Val v
  *     if m == 0:             # <<<<<<<<<<<<<<
  *         return 0
- *     if _eval(f, m, split, 0, m - 1, &v, <floating *>NULL, nt):
+ *     if _eval(f, m, split, 0, m - 1, &v, out, nt):
 */
   }
 
-  /* "gradchain/_accumulate.pyx":484
+  /* "gradchain/_accumulate.pyx":498
  *     if m == 0:
  *         return 0
- *     if _eval(f, m, split, 0, m - 1, &v, <floating *>NULL, nt):             # <<<<<<<<<<<<<<
+ *     if _eval(f, m, split, 0, m - 1, &v, out, nt):             # <<<<<<<<<<<<<<
  *         return -1
- *     if v.kind == F_DENSE and v.owned:
+ *     if v.ext:
 */
-  __pyx_t_1 = (__pyx_fuse_1__pyx_f_9gradchain_11_accumulate__eval(__pyx_v_f, __pyx_v_m, __pyx_v_split, 0, (__pyx_v_m - 1), (&__pyx_v_v), ((double *)NULL), __pyx_v_nt) != 0);
+  __pyx_t_1 = (__pyx_fuse_1__pyx_f_9gradchain_11_accumulate__eval(__pyx_v_f, __pyx_v_m, __pyx_v_split, 0, (__pyx_v_m - 1), (&__pyx_v_v), __pyx_v_out, __pyx_v_nt) != 0);
 
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":485
+    /* "gradchain/_accumulate.pyx":499
  *         return 0
- *     if _eval(f, m, split, 0, m - 1, &v, <floating *>NULL, nt):
+ *     if _eval(f, m, split, 0, m - 1, &v, out, nt):
  *         return -1             # <<<<<<<<<<<<<<
- *     if v.kind == F_DENSE and v.owned:
- *         memcpy(out, v.buf, v.p * v.q * sizeof(floating))
+ *     if v.ext:
+ *         pass                                    # already in out
 */
     {
 
@@ -11176,19 +11420,30 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__run_chain(struct __pyx_
     }
     goto __pyx_L0;
 
-    /* "gradchain/_accumulate.pyx":484
+    /* "gradchain/_accumulate.pyx":498
  *     if m == 0:
  *         return 0
- *     if _eval(f, m, split, 0, m - 1, &v, <floating *>NULL, nt):             # <<<<<<<<<<<<<<
+ *     if _eval(f, m, split, 0, m - 1, &v, out, nt):             # <<<<<<<<<<<<<<
  *         return -1
- *     if v.kind == F_DENSE and v.owned:
+ *     if v.ext:
 */
   }
 
-  /* "gradchain/_accumulate.pyx":486
- *     if _eval(f, m, split, 0, m - 1, &v, <floating *>NULL, nt):
+  /* "gradchain/_accumulate.pyx":500
+ *     if _eval(f, m, split, 0, m - 1, &v, out, nt):
  *         return -1
- *     if v.kind == F_DENSE and v.owned:             # <<<<<<<<<<<<<<
+ *     if v.ext:             # <<<<<<<<<<<<<<
+ *         pass                                    # already in out
+ *     elif v.kind == F_DENSE and v.owned:
+*/
+  if (__pyx_v_v.ext) {
+    goto __pyx_L5;
+  }
+
+  /* "gradchain/_accumulate.pyx":502
+ *     if v.ext:
+ *         pass                                    # already in out
+ *     elif v.kind == F_DENSE and v.owned:             # <<<<<<<<<<<<<<
  *         memcpy(out, v.buf, v.p * v.q * sizeof(floating))
  *     else:
 */
@@ -11208,26 +11463,26 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__run_chain(struct __pyx_
   if (__pyx_t_1) {
 
 
-    /* "gradchain/_accumulate.pyx":487
- *         return -1
- *     if v.kind == F_DENSE and v.owned:
+    /* "gradchain/_accumulate.pyx":503
+ *         pass                                    # already in out
+ *     elif v.kind == F_DENSE and v.owned:
  *         memcpy(out, v.buf, v.p * v.q * sizeof(floating))             # <<<<<<<<<<<<<<
  *     else:
  *         _materialize(&v, out)
 */
     (void)(memcpy(__pyx_v_out, __pyx_v_v.buf, ((__pyx_v_v.p * __pyx_v_v.q) * (sizeof(double)))));
 
-    /* "gradchain/_accumulate.pyx":486
- *     if _eval(f, m, split, 0, m - 1, &v, <floating *>NULL, nt):
- *         return -1
- *     if v.kind == F_DENSE and v.owned:             # <<<<<<<<<<<<<<
+    /* "gradchain/_accumulate.pyx":502
+ *     if v.ext:
+ *         pass                                    # already in out
+ *     elif v.kind == F_DENSE and v.owned:             # <<<<<<<<<<<<<<
  *         memcpy(out, v.buf, v.p * v.q * sizeof(floating))
  *     else:
 */
     goto __pyx_L5;
   }
 
-  /* "gradchain/_accumulate.pyx":489
+  /* "gradchain/_accumulate.pyx":505
  *         memcpy(out, v.buf, v.p * v.q * sizeof(floating))
  *     else:
  *         _materialize(&v, out)             # <<<<<<<<<<<<<<
@@ -11239,7 +11494,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__run_chain(struct __pyx_
   }
   __pyx_L5:;
 
-  /* "gradchain/_accumulate.pyx":490
+  /* "gradchain/_accumulate.pyx":506
  *     else:
  *         _materialize(&v, out)
  *     _release(&v)             # <<<<<<<<<<<<<<
@@ -11248,7 +11503,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__run_chain(struct __pyx_
 */
   __pyx_f_9gradchain_11_accumulate__release((&__pyx_v_v));
 
-  /* "gradchain/_accumulate.pyx":491
+  /* "gradchain/_accumulate.pyx":507
  *         _materialize(&v, out)
  *     _release(&v)
  *     return 0             # <<<<<<<<<<<<<<
@@ -11261,7 +11516,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__run_chain(struct __pyx_
   }
   goto __pyx_L0;
 
-  /* "gradchain/_accumulate.pyx":479
+  /* "gradchain/_accumulate.pyx":493
  * 
  * 
  * cdef int _run_chain(const Factor *f, Py_ssize_t m, const int *split,             # <<<<<<<<<<<<<<
@@ -11275,7 +11530,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__run_chain(struct __pyx_
   return __pyx_r;
 }
 
-/* "gradchain/_accumulate.pyx":494
+/* "gradchain/_accumulate.pyx":510
  * 
  * 
  * cdef int run_chain_f(const Factor *f, Py_ssize_t m, const int *split,             # <<<<<<<<<<<<<<
@@ -11286,7 +11541,7 @@ static int __pyx_fuse_1__pyx_f_9gradchain_11_accumulate__run_chain(struct __pyx_
 static int __pyx_f_9gradchain_11_accumulate_run_chain_f(struct __pyx_t_9gradchain_11_accumulate_Factor const *__pyx_v_f, Py_ssize_t __pyx_v_m, int const *__pyx_v_split, float *__pyx_v_out, int __pyx_v_nt) {
   int __pyx_r;
 
-  /* "gradchain/_accumulate.pyx":496
+  /* "gradchain/_accumulate.pyx":512
  * cdef int run_chain_f(const Factor *f, Py_ssize_t m, const int *split,
  *                      float *out, int nt) noexcept nogil:
  *     return _run_chain(f, m, split, out, nt)             # <<<<<<<<<<<<<<
@@ -11299,7 +11554,7 @@ static int __pyx_f_9gradchain_11_accumulate_run_chain_f(struct __pyx_t_9gradchai
   }
   goto __pyx_L0;
 
-  /* "gradchain/_accumulate.pyx":494
+  /* "gradchain/_accumulate.pyx":510
  * 
  * 
  * cdef int run_chain_f(const Factor *f, Py_ssize_t m, const int *split,             # <<<<<<<<<<<<<<
@@ -11312,7 +11567,7 @@ static int __pyx_f_9gradchain_11_accumulate_run_chain_f(struct __pyx_t_9gradchai
   return __pyx_r;
 }
 
-/* "gradchain/_accumulate.pyx":499
+/* "gradchain/_accumulate.pyx":515
  * 
  * 
  * cdef int run_chain_d(const Factor *f, Py_ssize_t m, const int *split,             # <<<<<<<<<<<<<<
@@ -11323,7 +11578,7 @@ static int __pyx_f_9gradchain_11_accumulate_run_chain_f(struct __pyx_t_9gradchai
 static int __pyx_f_9gradchain_11_accumulate_run_chain_d(struct __pyx_t_9gradchain_11_accumulate_Factor const *__pyx_v_f, Py_ssize_t __pyx_v_m, int const *__pyx_v_split, double *__pyx_v_out, int __pyx_v_nt) {
   int __pyx_r;
 
-  /* "gradchain/_accumulate.pyx":501
+  /* "gradchain/_accumulate.pyx":517
  * cdef int run_chain_d(const Factor *f, Py_ssize_t m, const int *split,
  *                      double *out, int nt) noexcept nogil:
  *     return _run_chain(f, m, split, out, nt)             # <<<<<<<<<<<<<<
@@ -11334,7 +11589,7 @@ static int __pyx_f_9gradchain_11_accumulate_run_chain_d(struct __pyx_t_9gradchai
   }
   goto __pyx_L0;
 
-  /* "gradchain/_accumulate.pyx":499
+  /* "gradchain/_accumulate.pyx":515
  * 
  * 
  * cdef int run_chain_d(const Factor *f, Py_ssize_t m, const int *split,             # <<<<<<<<<<<<<<

@@ -190,6 +190,7 @@ cdef double order_cost(const Factor *f, Py_ssize_t m, bint left) noexcept nogil:
 cdef struct Val:
     int kind            # F_DENSE, F_DIAG, F_SCALED, F_IDENT, F_DPR1
     bint owned          # buf holds a C-contiguous dense (p x q) or a diagonal
+    bint ext            # buf is the caller's C-contiguous output (not freed)
     Py_ssize_t p, q
     void *buf
     const Factor *leaf
@@ -207,7 +208,7 @@ cdef inline floating _dget(const Val *v, Py_ssize_t i,
 
 cdef inline void _dense_of(const Val *v, const floating **ptr, Py_ssize_t *rs,
                            Py_ssize_t *cs) noexcept nogil:
-    if v.owned:
+    if v.owned or v.ext:
         ptr[0] = <const floating *>v.buf
         rs[0] = v.q
         cs[0] = 1
@@ -265,6 +266,7 @@ cdef int _to_dense(Val *v, const floating *tag) noexcept nogil:
     _release(v)
     v.kind = F_DENSE
     v.owned = True
+    v.ext = False
     v.buf = buf
     return 0
 
@@ -349,9 +351,11 @@ cdef int _matmul(const floating *A, Py_ssize_t ars, Py_ssize_t acs,
     return 0
 
 
-cdef int _combine(Val *L, Val *R, Val *out, const floating *tag,
+cdef int _combine(Val *L, Val *R, Val *out, floating *dest,
                   int nt) noexcept nogil:
-    """out = L R; consumes (releases) L and R."""
+    """out = L R; consumes (releases) L and R.  A dense result goes to dest
+    (C-contiguous p x r) when dest is not NULL."""
+    cdef const floating *tag = dest
     cdef Py_ssize_t p = L.p, q = L.q, r = R.q, i, j
     cdef floating *z
     cdef floating *tmp
@@ -363,6 +367,7 @@ cdef int _combine(Val *L, Val *R, Val *out, const floating *tag,
     out.p = p
     out.q = r
     out.leaf = NULL
+    out.ext = False
     if L.kind == F_IDENT:
         out[0] = R[0]
         out.p, out.q = p, r
@@ -388,11 +393,16 @@ cdef int _combine(Val *L, Val *R, Val *out, const floating *tag,
     if R.kind == F_DPR1 and L.kind != F_DENSE:
         if _to_dense(R, tag):
             return -1
-    z = <floating *>malloc(max(1, p * r) * sizeof(floating))
-    if z == NULL:
-        return -1
+    if dest != NULL:
+        z = dest
+        out.ext = True
+        out.owned = False
+    else:
+        z = <floating *>malloc(max(1, p * r) * sizeof(floating))
+        if z == NULL:
+            return -1
+        out.owned = True
     out.kind = F_DENSE
-    out.owned = True
     out.buf = z
     if _diaglike(L.kind):                       # row scaling of R
         _dense_of(R, &a, &rs, &cs)
@@ -452,24 +462,28 @@ cdef int _combine(Val *L, Val *R, Val *out, const floating *tag,
 
 
 cdef int _eval(const Factor *f, Py_ssize_t m, const int *split, Py_ssize_t i,
-               Py_ssize_t j, Val *out, floating *tag, int nt) noexcept nogil:
+               Py_ssize_t j, Val *out, floating *dest, int nt) noexcept nogil:
+    """Evaluate F_i .. F_j; a dense root product is written into dest (the
+    caller's output) when dest is not NULL."""
     cdef Val L, R
     cdef Py_ssize_t s
+    cdef floating *none = NULL
     if i == j:
         out.kind = f[i].kind
         out.owned = False
+        out.ext = False
         out.p = f[i].p
         out.q = f[i].q
         out.buf = NULL
         out.leaf = &f[i]
         return 0
     s = split[i * m + j]
-    if _eval(f, m, split, i, s, &L, tag, nt):
+    if _eval(f, m, split, i, s, &L, none, nt):
         return -1
-    if _eval(f, m, split, s + 1, j, &R, tag, nt):
+    if _eval(f, m, split, s + 1, j, &R, none, nt):
         _release(&L)
         return -1
-    if _combine(&L, &R, out, <const floating *>tag, nt):
+    if _combine(&L, &R, out, dest, nt):
         _release(&L)
         _release(&R)
         return -1
@@ -481,9 +495,11 @@ cdef int _run_chain(const Factor *f, Py_ssize_t m, const int *split,
     cdef Val v
     if m == 0:
         return 0
-    if _eval(f, m, split, 0, m - 1, &v, <floating *>NULL, nt):
+    if _eval(f, m, split, 0, m - 1, &v, out, nt):
         return -1
-    if v.kind == F_DENSE and v.owned:
+    if v.ext:
+        pass                                    # already in out
+    elif v.kind == F_DENSE and v.owned:
         memcpy(out, v.buf, v.p * v.q * sizeof(floating))
     else:
         _materialize(&v, out)
