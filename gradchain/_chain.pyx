@@ -157,7 +157,10 @@ cdef int _per_sample(const Link *L, bint transpose, const floating *cur,
     cdef int err = 0
     if B * L.m * L.n < GC_PARALLEL_MIN_ELEMS:
         nt = 1
-    for b in prange(B, num_threads=max(nt, 1), schedule="static"):
+    # dynamic: a thread that loses its core for a while (another library's
+    # spinning thread pool, say) takes fewer samples instead of holding up
+    # the others; each row of dst still has one writer
+    for b in prange(B, num_threads=max(nt, 1), schedule="dynamic", chunksize=16):
         if transpose:
             err += link_jtv(J + b * L.bs, L.m, L.n, L.rs, L.cs, cur + b * nin,
                             dst + b * nout, 1) != 0
