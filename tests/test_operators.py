@@ -1005,7 +1005,9 @@ def test_unknown_operator_subclass_does_not_crash():
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(gradchain.__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", code], env=env,
+    # run from the package's parent folder, so the child imports the same
+    # (installed or built in place) gradchain, not a source tree in the cwd
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=root,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, (
         f"child died with return code {proc.returncode} "
