@@ -1,0 +1,962 @@
+"""Jacobian accumulation (Chain.plan, Chain.jacobian, gradchain.jacobian,
+pre-accumulated vjp/jvp of blocks) and per-sample chains, against
+independent references.
+
+* Plans: the structure-aware cost model is re-implemented here from its
+  specification (``model_mult_cost``/``model_result_kind``) and every full
+  bracketing of the product is enumerated by brute force; the plan's cost
+  must be the brute-force minimum, its baselines the two plain orders, and
+  its expression must parse to a bracketing of exactly that cost.
+* Values: NumPy float64 dense products (np.linalg.multi_dot, ``@``) and
+  Python loops over samples, never gradchain's own output.  The error scale
+  is the same product taken with absolute values (conftest.py), with a
+  structured link's scale built from |d|, |c| |u| |v|^T so that cancellation
+  inside diag(d) + c u v^T cannot cause a false failure.
+"""
+import functools
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gradchain
+from gradchain import (Chain, ChainPlan, Diagonal, DiagonalPlusRankOne,
+                       Identity, jvp, vjp)
+
+from conftest import DTYPES, LAYOUTS, assert_close, make_layout
+
+
+def raises(exc, msg):
+    return pytest.raises(exc, match=re.escape(msg))
+
+
+# --------------------------------------------------------------------------
+# The cost model, written from its specification (not from gradchain)
+# --------------------------------------------------------------------------
+
+DENSE, DIAG, SCALED, IDENT, DPR1 = "dense", "diag", "scaled", "ident", "dpr1"
+DIAGLIKE = (DIAG, SCALED)
+
+
+def model_mult_cost(kl, kr, p, q, r):
+    """Multiply-adds for (p x q, kind kl) times (q x r, kind kr)."""
+    if kl == IDENT or kr == IDENT:
+        return 0
+    if kl in DIAGLIKE and kr in DIAGLIKE:
+        return q
+    if kl in DIAGLIKE:                  # scale the rows of the right side
+        return q * r + (q * q if kr == DPR1 else 0)
+    if kr in DIAGLIKE:                  # scale the columns of the left side
+        return p * q + (q * q if kl == DPR1 else 0)
+    if kl == DPR1 and kr == DPR1:
+        return q * q + 3 * q * r
+    if kl == DPR1:
+        return 3 * q * r
+    if kr == DPR1:
+        return 3 * p * q
+    return p * q * r
+
+
+def model_result_kind(kl, kr):
+    if kl == IDENT:
+        return kr
+    if kr == IDENT:
+        return kl
+    if kl in DIAGLIKE and kr in DIAGLIKE:
+        return DIAG
+    return DENSE
+
+
+def tree_cost(tree, factors):
+    """(cost, kind, p, q) of a bracketing; tree: a factor index, or a pair
+    (left, right); factors: list of (kind, p, q)."""
+    if isinstance(tree, int):
+        kind, p, q = factors[tree]
+        return 0, kind, p, q
+    cl, kl, p, q = tree_cost(tree[0], factors)
+    cr, kr, q2, r = tree_cost(tree[1], factors)
+    assert q == q2, "the bracketing does not chain"
+    return (cl + cr + model_mult_cost(kl, kr, p, q, r),
+            model_result_kind(kl, kr), p, r)
+
+
+@functools.lru_cache(maxsize=None)
+def all_trees(i, j):
+    """Every full bracketing of factors i..j (Catalan(j - i) of them)."""
+    if i == j:
+        return (i,)
+    return tuple((left, right) for s in range(i, j)
+                 for left in all_trees(i, s) for right in all_trees(s + 1, j))
+
+
+def left_to_right_tree(m):
+    tree = 0
+    for i in range(1, m):
+        tree = (tree, i)
+    return tree
+
+
+def right_to_left_tree(m):
+    tree = m - 1
+    for i in range(m - 2, -1, -1):
+        tree = (i, tree)
+    return tree
+
+
+def brute_force_min(factors):
+    return min(tree_cost(t, factors)[0] for t in all_trees(0, len(factors) - 1))
+
+
+def classic_chain_order_cost(dims):
+    """Optimal cost of the classic matrix-chain problem for matrices of
+    shapes (dims[i], dims[i+1]) (the programme np.linalg.multi_dot runs),
+    vectorised over the start index for each length."""
+    d = np.asarray(dims, dtype=np.float64)
+    m = len(d) - 1
+    best = np.zeros((m, m + 1))         # best[i, L]: factors i .. i+L-1
+    for L in range(2, m + 1):
+        i = np.arange(0, m - L + 1)[:, None]
+        t = np.arange(1, L)[None, :]    # left part has t factors
+        c = best[i, t] + best[i + t, L - t] + d[i] * d[i + t] * d[i + L]
+        best[: m - L + 1, L] = c.min(axis=1)
+    return best[0, m]
+
+
+def parse_expression(expr, names):
+    """The bracketing a ChainPlan expression spells, as a tree of factor
+    indices; the leaves must be ``names`` in order.  Iterative (500-link
+    expressions nest deeply)."""
+    tokens = re.findall(r"\(|\)|[^\s()]+", expr)
+    stack = [[]]
+    leaf = 0
+    for tok in tokens:
+        if tok == "(":
+            stack.append([])
+        elif tok == ")":
+            group = stack.pop()
+            assert len(group) == 2, f"a group of {len(group)} in {expr!r}"
+            stack[-1].append(tuple(group))
+        else:
+            assert leaf < len(names) and tok == names[leaf], (tok, names, expr)
+            stack[-1].append(leaf)
+            leaf += 1
+    assert len(stack) == 1 and leaf == len(names), expr
+    top = stack[0]
+    if len(names) == 1:
+        assert top == [0], expr
+        return 0
+    assert len(top) == 2, f"top level of {expr!r} has {len(top)} terms"
+    return tuple(top)
+
+
+def plan_factors(kinds, dims, mode, batch):
+    """(kind, p, q) of the product's factors: jacobian [J_k .. J_1]; vjp
+    [G, J_k .. J_1]; jvp [V, J_1^T .. J_k^T]; J_i has shape
+    (dims[i], dims[i-1])."""
+    k = len(kinds)
+    if mode == "jacobian":
+        return [(kinds[i], dims[i + 1], dims[i]) for i in range(k - 1, -1, -1)]
+    if mode == "vjp":
+        return [(DENSE, batch, dims[k])] + [
+            (kinds[i], dims[i + 1], dims[i]) for i in range(k - 1, -1, -1)]
+    return [(DENSE, batch, dims[0])] + [
+        (kinds[i], dims[i], dims[i + 1]) for i in range(k)]
+
+
+def plan_names(k, mode, batch):
+    if mode == "jacobian":
+        return [f"J{i}" for i in range(k, 0, -1)]
+    if mode == "vjp":
+        return ["G" if batch != 1 else "g"] + [f"J{i}" for i in range(k, 0, -1)]
+    return ["V" if batch != 1 else "v"] + [f"J{i}^T" for i in range(1, k + 1)]
+
+
+def check_plan(chain, kinds, dims, mode, batch):
+    """Chain.plan(batch, mode) against the brute force of the model."""
+    plan = chain.plan(batch, mode)
+    assert isinstance(plan, ChainPlan)
+    assert plan.mode == mode
+    assert plan.batch == (0 if mode == "jacobian" else batch)
+    factors = plan_factors(kinds, dims, mode, batch)
+    m = len(factors)
+    best = brute_force_min(factors)
+    l2r = tree_cost(left_to_right_tree(m), factors)[0]
+    r2l = tree_cost(right_to_left_tree(m), factors)[0]
+    where = f"{mode} B={batch} factors={factors}: {plan!r}"
+    assert plan.cost == best, where
+    assert plan.baseline_costs == {"left_to_right": l2r,
+                                   "right_to_left": r2l}, where
+    tree = parse_expression(plan.expression, plan_names(len(kinds), mode, batch))
+    assert tree_cost(tree, factors)[0] == plan.cost, where
+    if best == l2r:
+        # ties go to plain left-to-right
+        assert tree == left_to_right_tree(m), where
+    return plan
+
+
+# --------------------------------------------------------------------------
+# Building chains with their own dense references
+# --------------------------------------------------------------------------
+
+OP_KINDS = ["diag", "ident", "scaled", "scaled2", "dpr1"]
+KIND_OF = {"dense": DENSE, "ps": DENSE, "diag": DIAG, "ident": IDENT,
+           "scaled": SCALED, "scaled2": SCALED, "dpr1": DPR1}
+
+
+def layout3(a, layout):
+    """A 3-D (B, m, n) array equal to a in the given layout."""
+    a = np.asarray(a)
+    B, m, n = a.shape
+    if layout == "C":
+        out = np.ascontiguousarray(a).copy()
+    elif layout == "F":          # each sample Fortran-ordered (transposed view)
+        out = np.ascontiguousarray(a.transpose(0, 2, 1)).transpose(0, 2, 1)
+    elif layout == "Fwhole":     # np.asfortranarray: the batch axis is unit-stride
+        out = np.asfortranarray(a).copy(order="F")
+    elif layout == "strided":
+        big = np.full((2 * B + 1, 2 * m + 1, 3 * n + 1), np.nan, a.dtype)
+        out = big[::2, ::2, ::3][:B, :m, :n]
+        out[...] = a
+    elif layout == "negative":
+        big = np.full((B, m, 2 * n + 1), np.nan, a.dtype)
+        out = big[::-1, ::-1, ::-2][:, :, :n]
+        out[...] = a
+    else:
+        raise ValueError(layout)
+    assert out.shape == a.shape and np.array_equal(out, a, equal_nan=True)
+    return out
+
+
+LAYOUTS3 = ["C", "F", "Fwhole", "strided", "negative"]
+
+
+def build(rng, spec, dtype, n0, batch=None, layouts=None, layouts3=None):
+    """Build a chain from spec, a list of tokens:
+    ("dense", m) a shared dense link to m outputs; ("ps", m) a per-sample
+    dense link (batch, m, n); "diag", "ident" (Identity(n)), "scaled"
+    (Identity(n, 2.0)), "scaled2" (Identity(n, random scale)), "dpr1".
+
+    Returns (links, dense, absf, kinds, dims): the links for gradchain, the
+    float64 dense references (2-D shared, 3-D per-sample) built here from
+    the raw values, the error-scale forms, the model kinds and the dims."""
+    links, dense, absf, kinds = [], [], [], []
+    dims = [n0]
+    n = n0
+    for idx, tok in enumerate(spec):
+        name = tok[0] if isinstance(tok, tuple) else tok
+        if name in ("dense", "ps"):
+            m = tok[1]
+            if name == "dense":
+                a = (rng.standard_normal((m, n)) / np.sqrt(max(n, 1))).astype(dtype)
+                lay = layouts[idx % len(layouts)] if layouts else "C"
+                links.append(make_layout(a, lay))
+            else:
+                a = (rng.standard_normal((batch, m, n))
+                     / np.sqrt(max(n, 1))).astype(dtype)
+                lay = layouts3[idx % len(layouts3)] if layouts3 else "C"
+                links.append(layout3(a, lay))
+            ref = a.astype(np.float64)
+            dense.append(ref)
+            absf.append(np.abs(ref))
+            n = m
+        elif name == "diag":
+            d = rng.standard_normal(n).astype(dtype)
+            links.append(Diagonal(d))
+            ref = np.diag(d.astype(np.float64))
+            dense.append(ref)
+            absf.append(np.abs(ref))
+        elif name in ("ident", "scaled", "scaled2"):
+            c = {"ident": 1.0, "scaled": 2.0,
+                 "scaled2": float(rng.choice([-0.5, 0.75, 3.0]))}[name]
+            links.append(Identity(n, c) if name != "ident" else Identity(n))
+            dense.append(c * np.eye(n))
+            absf.append(abs(c) * np.eye(n))
+        elif name == "dpr1":
+            d, u, v = (rng.standard_normal(n).astype(dtype) for _ in range(3))
+            c = float(rng.choice([-1.0, 0.5, 1.25]))
+            links.append(DiagonalPlusRankOne(d, u, v, c))
+            d64, u64, v64 = (x.astype(np.float64) for x in (d, u, v))
+            dense.append(np.diag(d64) + c * np.outer(u64, v64))
+            absf.append(np.diag(np.abs(d64)) + abs(c) * np.outer(np.abs(u64),
+                                                                 np.abs(v64)))
+        else:
+            raise ValueError(tok)
+        kinds.append(KIND_OF[name])
+        dims.append(n)
+    return links, dense, absf, kinds, dims
+
+
+def random_spec(rng, k, mix, ps_prob=0.0):
+    """k tokens: mix "dense" (dims 1..12), "ops" (operators only) or
+    "mixed"; a dense link is per-sample with probability ps_prob."""
+    spec = []
+    for _ in range(k):
+        if mix == "dense" or (mix == "mixed" and rng.random() < 0.45):
+            name = "ps" if rng.random() < ps_prob else "dense"
+            spec.append((name, int(rng.integers(1, 13))))
+        else:
+            spec.append(OP_KINDS[int(rng.integers(len(OP_KINDS)))])
+    return spec
+
+
+def sample_of(forms, b):
+    return [J[b] if J.ndim == 3 else J for J in forms]
+
+
+def chain_product(mats):
+    """mats[0] @ mats[1] @ ... (np.linalg.multi_dot for two or more)."""
+    if len(mats) == 1:
+        return np.array(mats[0], dtype=np.float64)
+    return np.linalg.multi_dot(mats)
+
+
+def ref_jacobian(forms):
+    """J_k ... J_1, or (B, n_k, n_0) by a loop over samples."""
+    batch = next((J.shape[0] for J in forms if J.ndim == 3), None)
+    if batch is None:
+        return chain_product(forms[::-1])
+    out = np.zeros((batch, forms[-1].shape[-2], forms[0].shape[-1]))
+    for b in range(batch):
+        out[b] = chain_product(sample_of(forms, b)[::-1])
+    return out
+
+
+def ref_vjp(forms, G):
+    """Row b: G[b] J_k ... J_1 (one Python step per sample for per-sample
+    chains)."""
+    G = np.asarray(G, dtype=np.float64)
+    if all(J.ndim == 2 for J in forms):
+        return chain_product([G] + forms[::-1]) if forms else G.copy()
+    out = np.zeros((G.shape[0], forms[0].shape[-1]))
+    for b in range(G.shape[0]):
+        x = G[b]
+        for J in sample_of(forms, b)[::-1]:
+            x = x @ J
+        out[b] = x
+    return out
+
+
+def ref_jvp(forms, V):
+    """Row b: J_k ... J_1 V[b]."""
+    V = np.asarray(V, dtype=np.float64)
+    if all(J.ndim == 2 for J in forms):
+        return chain_product([V] + [J.T for J in forms])
+    out = np.zeros((V.shape[0], forms[-1].shape[-2]))
+    for b in range(V.shape[0]):
+        x = V[b]
+        for J in sample_of(forms, b):
+            x = J @ x
+        out[b] = x
+    return out
+
+
+def check_all(chain, dense, absf, dtype, rng, batch_sizes=(), jac_dtype=None):
+    """jacobian, vjp and jvp of a chain against the references."""
+    res = chain.jacobian()
+    assert_close(res, ref_jacobian(dense), ref_jacobian(absf),
+                 dtype if jac_dtype is None else jac_dtype)
+    n0, nk = dense[0].shape[-1], dense[-1].shape[-2]
+    for B in batch_sizes:
+        G = rng.standard_normal((B, nk)).astype(dtype)
+        V = rng.standard_normal((B, n0)).astype(dtype)
+        assert_close(chain.vjp(G), ref_vjp(dense, G),
+                     ref_vjp(absf, np.abs(G)), dtype)
+        assert_close(chain.jvp(V), ref_jvp(dense, V),
+                     ref_jvp(absf, np.abs(V)), dtype)
+
+
+# --------------------------------------------------------------------------
+# Plans against the brute force
+# --------------------------------------------------------------------------
+
+MODES = ["jacobian", "vjp", "jvp"]
+PLAN_BATCHES = [1, 3, 50]
+
+
+@pytest.mark.parametrize("mix", ["dense", "ops", "mixed"])
+@pytest.mark.parametrize("k", range(1, 8))
+def test_plan_is_the_brute_force_optimum(rng, k, mix):
+    for _ in range(5):
+        spec = random_spec(rng, k, mix)
+        links, _, _, kinds, dims = build(
+            rng, spec, np.float64, int(rng.integers(1, 13)))
+        chain = Chain(links)
+        for mode in MODES:
+            for B in PLAN_BATCHES:
+                check_plan(chain, kinds, dims, mode, B)
+
+
+@pytest.mark.parametrize("spec", [
+    # every operator pairing the model distinguishes, in both orders
+    ["diag", "dpr1", "diag"],
+    ["dpr1", "dpr1", "dpr1"],
+    ["scaled", "dpr1", "scaled2", "dpr1"],
+    ["ident", "dpr1", "ident", "ident"],
+    ["ident", "ident", "ident"],
+    ["diag", "scaled", "ident", "diag", "scaled2"],
+    [("dense", 7), "dpr1", ("dense", 2), "dpr1", "diag", ("dense", 9)],
+    [("dense", 12), "ident", "dpr1", "scaled", ("dense", 1), "ident"],
+    [("dense", 5), ("dense", 5), ("dense", 5)],         # square: all equal
+    [("dense", 3), ("dense", 11), ("dense", 3), ("dense", 11), ("dense", 3)],
+], ids=lambda s: "-".join(t if isinstance(t, str) else f"{t[0]}{t[1]}" for t in s))
+@pytest.mark.parametrize("n0", [5, 1])
+def test_plan_structured_cases(rng, spec, n0):
+    links, _, _, kinds, dims = build(rng, spec, np.float64, n0)
+    chain = Chain(links)
+    for mode in MODES:
+        for B in PLAN_BATCHES + [n0, 0]:
+            check_plan(chain, kinds, dims, mode, B)
+
+
+def test_plan_square_dense_block_shortcut(rng):
+    # all factors square and equal, the block included: (m - 1) n^3
+    links, _, _, kinds, dims = build(rng, [("dense", 6)] * 4, np.float64, 6)
+    chain = Chain(links)
+    for mode in MODES:
+        plan = check_plan(chain, kinds, dims, mode, 6)
+        m = 4 if mode == "jacobian" else 5
+        assert plan.cost == (m - 1) * 6 ** 3
+        # every bracketing ties: plain left to right
+        names = plan_names(4, mode, 6)
+        assert parse_expression(plan.expression, names) == left_to_right_tree(m)
+
+
+def test_plan_zero_size_dims(rng):
+    for spec, n0 in [([("dense", 0)], 4), ([("dense", 0), ("dense", 5)], 3),
+                     ([("dense", 4), "diag", ("dense", 0), "dpr1"], 0),
+                     ([("dense", 64), ("dense", 4), ("dense", 0), ("dense", 4),
+                       ("dense", 64)], 64)]:
+        links, _, _, kinds, dims = build(rng, spec, np.float64, n0)
+        chain = Chain(links)
+        for mode in MODES:
+            for B in (0, 1, 3, 50):
+                check_plan(chain, kinds, dims, mode, B)
+
+
+def test_plan_classic_matrix_chain_big_dims(rng):
+    dims = [2000, 10, 2000, 10, 2000]
+    links = [rng.standard_normal((dims[i + 1], dims[i])) * 1e-2
+             for i in range(4)]
+    chain = Chain(links)
+    plan = chain.plan(mode="jacobian")
+    # factors J4 .. J1: shapes (dims[4], dims[3]) ... (dims[1], dims[0])
+    assert plan.cost == classic_chain_order_cost(dims[::-1])
+    assert plan.cost == brute_force_min(plan_factors([DENSE] * 4, dims,
+                                                     "jacobian", 0))
+    for B in PLAN_BATCHES:
+        p = chain.plan(B, "vjp")
+        assert p.cost == classic_chain_order_cost([B] + dims[::-1])
+        p = chain.plan(B, "jvp")
+        assert p.cost == classic_chain_order_cost([B] + dims)
+    # a cheap product with this chain (no 2000 x 2000 matrix anywhere)
+    G = rng.standard_normal((3, 2000))
+    res = chain.vjp(G)
+    ref = G @ links[3] @ links[2] @ links[1] @ links[0]
+    scale = np.abs(G) @ np.abs(links[3]) @ np.abs(links[2]) @ \
+        np.abs(links[1]) @ np.abs(links[0])
+    assert_close(res, ref, scale, np.float64)
+
+
+def test_plan_for_500_links(rng):
+    k = 500
+    dims = [int(x) for x in rng.integers(1, 13, size=k + 1)]
+    links = [np.ones((dims[i + 1], dims[i])) for i in range(k)]
+    chain = Chain(links)
+    plan = chain.plan(mode="jacobian")
+    tree = parse_expression(plan.expression, plan_names(k, "jacobian", 0))
+    factors = plan_factors([DENSE] * k, dims, "jacobian", 0)
+    assert plan.cost == classic_chain_order_cost(dims[::-1])
+    assert tree_cost(tree, factors)[0] == plan.cost
+    assert plan.cost <= min(plan.baseline_costs.values())
+    p = chain.plan(7, "vjp")
+    assert p.cost == classic_chain_order_cost([7] + dims[::-1])
+
+
+def test_plan_argument_errors(rng):
+    chain = Chain([rng.standard_normal((3, 4))])
+    with raises(ValueError, "mode must be 'vjp', 'jvp' or 'jacobian', got 'jtv'"):
+        chain.plan(1, "jtv")
+    with raises(ValueError, "batch must be >= 0, got -1"):
+        chain.plan(-1)
+    with raises(TypeError, "batch must be an int"):
+        chain.plan(True)
+    with raises(TypeError, "batch must be an int"):
+        chain.plan(2.0)
+    for mode in MODES:
+        with raises(ValueError, "the empty chain has nothing to plan"):
+            Chain([]).plan(1, mode)
+
+
+def test_plan_default_is_vjp_of_one_vector(rng):
+    chain = Chain([rng.standard_normal((3, 4)), rng.standard_normal((2, 3))])
+    plan = chain.plan()
+    assert plan.mode == "vjp" and plan.batch == 1
+    assert plan.expression == "(g J2) J1"
+    assert plan.cost == 2 * 3 + 3 * 4
+
+
+# --------------------------------------------------------------------------
+# Jacobians against np.linalg.multi_dot
+# --------------------------------------------------------------------------
+
+RESULT_SPECS = {
+    "dense1": [("dense", 6)],
+    "dense5": [("dense", 9), ("dense", 2), ("dense", 12), ("dense", 1),
+               ("dense", 7)],
+    "diag": [("dense", 5), "diag", ("dense", 4)],
+    "ident": [("dense", 5), "ident", ("dense", 3), "ident"],
+    "scaled": ["scaled", ("dense", 6), "scaled2", ("dense", 3)],
+    "dpr1": [("dense", 5), "dpr1", ("dense", 8), "dpr1"],
+    "dpr1-dpr1": ["dpr1", "dpr1", ("dense", 3), "dpr1", "dpr1"],
+    "diag-dpr1": ["diag", "dpr1", "scaled", "dpr1", "diag"],
+    "all": ["ident", ("dense", 7), "diag", "scaled", "dpr1", ("dense", 7),
+            "ident", "dpr1", "scaled2", ("dense", 4), "diag"],
+    "ops-only": ["diag", "ident", "scaled", "dpr1", "diag", "dpr1"],
+    "diag-only": ["diag", "ident", "scaled", "diag", "scaled2"],
+    "ident-only": ["ident", "ident"],
+    "scaled-only": ["scaled", "ident", "scaled2"],
+    "one-scaled": ["ident", "scaled", "ident"],
+    "one-dpr1": ["ident", "dpr1", "ident"],
+}
+CHAIN_LAYOUTS = ["C", "F", "strided", "negative", "rowstrided", "mixed"]
+
+
+@pytest.mark.parametrize("layout", CHAIN_LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(RESULT_SPECS))
+def test_jacobian_matches_multi_dot(rng, name, dtype, layout):
+    layouts = LAYOUTS if layout == "mixed" else [layout]
+    links, dense, absf, kinds, dims = build(rng, RESULT_SPECS[name], dtype, 6,
+                                            layouts=layouts)
+    ref, scale = ref_jacobian(dense), ref_jacobian(absf)
+    only_identities = all(k == IDENT or k == SCALED for k in kinds)
+    want = np.float64 if only_identities else dtype
+    for res in (Chain(links).jacobian(), gradchain.jacobian(links)):
+        assert res.shape == (dims[-1], dims[0])
+        assert res.flags.c_contiguous
+        assert_close(res, ref, scale, want)
+    # the chain keeps working: a second call, and vjp/jvp for good measure
+    chain = Chain(links)
+    chain.jacobian()
+    check_all(chain, dense, absf, dtype, rng, batch_sizes=(2, 5),
+              jac_dtype=want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", range(1, 8))
+def test_jacobian_random_mixes(rng, k, dtype):
+    for _ in range(6):
+        spec = random_spec(rng, k, "mixed")
+        lays = [LAYOUTS[int(i)] for i in rng.integers(len(LAYOUTS), size=k)]
+        links, dense, absf, kinds, dims = build(
+            rng, spec, dtype, int(rng.integers(1, 13)), layouts=lays)
+        want = (np.float64 if all(k_ in (IDENT, SCALED) for k_ in kinds)
+                else dtype)
+        assert_close(Chain(links).jacobian(), ref_jacobian(dense),
+                     ref_jacobian(absf), want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_jacobian_big_links_strided(rng, dtype, restore_threads):
+    # products past the threading threshold, strided/negative/F links, a
+    # diagonal-plus-rank-one link against a 200 x 300 block
+    spec = [("dense", 200), "dpr1", ("dense", 257), "diag", ("dense", 9)]
+    links, dense, absf, _, dims = build(
+        rng, spec, dtype, 300, layouts=["strided", "C", "negative", "C", "F"])
+    ref, scale = ref_jacobian(dense), ref_jacobian(absf)
+    for nt in (1, 2):
+        gradchain.set_num_threads(nt)
+        assert_close(Chain(links).jacobian(), ref, scale, dtype)
+        G = rng.standard_normal((40, 9)).astype(dtype)
+        assert_close(Chain(links).vjp(G), ref_vjp(dense, G),
+                     ref_vjp(absf, np.abs(G)), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_jacobian_broadcast_readonly_links_untouched(rng, dtype):
+    J1 = np.broadcast_to(rng.standard_normal(6).astype(dtype), (5, 6))
+    J2 = np.broadcast_to(rng.standard_normal((7, 1)).astype(dtype), (7, 5))
+    J3 = np.broadcast_to(dtype(0.5), (3, 7))
+    J4 = rng.standard_normal((3, 3)).astype(dtype)
+    J4.flags.writeable = False
+    d = rng.standard_normal(3).astype(dtype)
+    links = [J1, J2, J3, Diagonal(d), J4]
+    before = [np.array(J) for J in (J1, J2, J3, J4)] + [d.copy()]
+    dense = [np.array(J, np.float64) for J in (J1, J2, J3)] + [
+        np.diag(d.astype(np.float64)), J4.astype(np.float64)]
+    absf = [np.abs(x) for x in dense]
+    assert_close(Chain(links).jacobian(), ref_jacobian(dense),
+                 ref_jacobian(absf), dtype)
+    G = rng.standard_normal((16, 3)).astype(dtype)
+    V = rng.standard_normal((16, 6)).astype(dtype)
+    assert_close(Chain(links).vjp(G), ref_vjp(dense, G),
+                 ref_vjp(absf, np.abs(G)), dtype)
+    assert_close(Chain(links).jvp(V), ref_jvp(dense, V),
+                 ref_jvp(absf, np.abs(V)), dtype)
+    for a, b in zip(before, [J1, J2, J3, J4, d]):
+        assert np.array_equal(a, b)
+
+
+def test_jacobian_identity_only_values():
+    res = Chain([Identity(4), Identity(4)]).jacobian()
+    assert res.dtype == np.float64
+    assert np.array_equal(res, np.eye(4))
+    res = gradchain.jacobian([Identity(3, 2.0), Identity(3), Identity(3, -1.5)])
+    assert np.array_equal(res, -3.0 * np.eye(3))
+    d = np.array([1.0, -2.0, 0.5], np.float32)
+    res = gradchain.jacobian([Diagonal(d), Identity(3, 2.0), Diagonal(d)])
+    assert res.dtype == np.float32
+    assert np.array_equal(res, np.diag(2 * d * d))
+
+
+def test_jacobian_k0_and_k1(rng):
+    with raises(ValueError, "the empty chain is the identity of any size; it "
+                            "has no dense Jacobian"):
+        Chain([]).jacobian()
+    with pytest.raises(ValueError):
+        gradchain.jacobian([])
+    for dtype in DTYPES:
+        for lay in LAYOUTS:
+            J = make_layout(rng.standard_normal((4, 7)).astype(dtype), lay)
+            res = Chain([J]).jacobian()
+            assert res.dtype == dtype and res.shape == (4, 7)
+            assert np.array_equal(res, J)      # a copy: exact
+            assert not np.shares_memory(res, J)
+    d = rng.standard_normal(5)
+    assert np.array_equal(gradchain.jacobian([Diagonal(d)]), np.diag(d))
+    d, u, v = rng.standard_normal((3, 5))
+    res = gradchain.jacobian([DiagonalPlusRankOne(d, u, v, -1.0)])
+    assert_close(res, np.diag(d) - np.outer(u, v),
+                 np.diag(np.abs(d)) + np.outer(np.abs(u), np.abs(v)), np.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("spec, n0", [
+    ([("dense", 0)], 4),
+    ([("dense", 4)], 0),
+    ([("dense", 0), ("dense", 4)], 3),
+    ([("dense", 0), "diag", ("dense", 4)], 3),
+    ([("dense", 0), "dpr1", "scaled", ("dense", 4)], 3),
+    ([("dense", 3), ("dense", 0)], 0),
+    (["diag", "dpr1", "ident"], 0),
+    ([("dense", 4), "dpr1", ("dense", 0), "dpr1", ("dense", 5)], 6),
+    ([("dense", 64), ("dense", 4), ("dense", 0), ("dense", 4), ("dense", 64)], 64),
+], ids=lambda x: str(x))
+def test_zero_size_dims(rng, dtype, spec, n0):
+    links, dense, absf, _, dims = build(rng, spec, dtype, n0)
+    chain = Chain(links)
+    res = chain.jacobian()
+    assert res.shape == (dims[-1], dims[0]) and res.dtype == dtype
+    assert_close(res, ref_jacobian(dense), ref_jacobian(absf), dtype)
+    assert_close(gradchain.jacobian(links), ref_jacobian(dense),
+                 ref_jacobian(absf), dtype)
+    check_all(chain, dense, absf, dtype, rng, batch_sizes=(0, 1, 2, 7, 64))
+
+
+# --------------------------------------------------------------------------
+# Blocks of vectors: pre-accumulated or propagated
+# --------------------------------------------------------------------------
+
+BLOCK_SPECS = {
+    "64-4-64-4-64": ([("dense", 4), ("dense", 64), ("dense", 4),
+                      ("dense", 64)], 64),
+    "narrowing": ([("dense", 30), ("dense", 20), ("dense", 10)], 5),
+    "widening": ([("dense", 50), ("dense", 40), ("dense", 3)], 60),
+    "structured": ([("dense", 16), "diag", "dpr1", "scaled", ("dense", 16),
+                    "ident", "dpr1", ("dense", 3)], 8),
+    "diag-run": (["diag", "diag", "scaled", "dpr1", "diag"], 24),
+}
+BLOCK_B = [0, 1, 2, 7, 256]
+
+
+@pytest.mark.parametrize("B", BLOCK_B)
+@pytest.mark.parametrize("layout", ["C", "F", "strided", "negative", "mixed"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(BLOCK_SPECS))
+def test_blocks_match_reference(rng, name, dtype, layout, B):
+    spec, n0 = BLOCK_SPECS[name]
+    layouts = LAYOUTS if layout == "mixed" else [layout]
+    links, dense, absf, kinds, dims = build(rng, spec, dtype, n0,
+                                            layouts=layouts)
+    chain = Chain(links)
+    for mode in ("vjp", "jvp"):
+        check_plan(chain, kinds, dims, mode, B)
+    G = rng.standard_normal((B, dims[-1])).astype(dtype)
+    V = rng.standard_normal((B, dims[0])).astype(dtype)
+    for res in (chain.vjp(G), vjp(links, G)):
+        assert_close(res, ref_vjp(dense, G), ref_vjp(absf, np.abs(G)), dtype)
+    for res in (chain.jvp(V), jvp(links, V)):
+        assert_close(res, ref_jvp(dense, V), ref_jvp(absf, np.abs(V)), dtype)
+    # Fortran-ordered blocks and out= take the same path
+    out = np.full((B, dims[0]), np.nan, dtype)
+    r = chain.vjp(np.asfortranarray(G), out=out)
+    assert r is out
+    assert_close(out, ref_vjp(dense, G), ref_vjp(absf, np.abs(G)), dtype)
+
+
+def test_both_regimes_are_exercised(rng):
+    """The block cases above include plans that pre-accumulate (cost below
+    plain propagation) and plans that propagate."""
+    pre, prop = set(), set()
+    for name, (spec, n0) in BLOCK_SPECS.items():
+        links, _, _, kinds, dims = build(rng, spec, np.float64, n0)
+        chain = Chain(links)
+        for B in BLOCK_B:
+            for mode in ("vjp", "jvp"):
+                p = chain.plan(B, mode)
+                (pre if p.cost < p.baseline_costs["left_to_right"]
+                 else prop).add((name, B, mode))
+    assert ("64-4-64-4-64", 256, "vjp") in pre
+    assert ("64-4-64-4-64", 1, "vjp") in prop
+    assert len(pre) > 10 and len(prop) > 10
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["C", "F", "strided", "negative"])
+def test_preaccumulating_block_64(rng, dtype, layout):
+    links, dense, absf, kinds, dims = build(
+        rng, BLOCK_SPECS["64-4-64-4-64"][0], dtype, 64, layouts=[layout])
+    chain = Chain(links)
+    for mode in ("vjp", "jvp"):
+        plan = check_plan(chain, kinds, dims, mode, 64)
+        assert plan.cost < plan.baseline_costs["left_to_right"]
+    G = rng.standard_normal((64, 64)).astype(dtype)
+    assert_close(chain.vjp(G), ref_vjp(dense, G), ref_vjp(absf, np.abs(G)), dtype)
+    assert_close(chain.jvp(G), ref_jvp(dense, G), ref_jvp(absf, np.abs(G)), dtype)
+    # plan with one vector: plain propagation
+    plan = chain.plan(1, "vjp")
+    assert plan.cost == plan.baseline_costs["left_to_right"]
+    assert plan.expression == "(((g J4) J3) J2) J1"
+
+
+def test_block_readonly_and_float64_promotion(rng):
+    links, dense, absf, _, dims = build(
+        rng, BLOCK_SPECS["64-4-64-4-64"][0], np.float32, 64)
+    for J in links:
+        J.flags.writeable = False
+    chain = Chain(links)
+    G = rng.standard_normal((64, 64))            # float64: promoted
+    G.flags.writeable = False
+    res = chain.vjp(G)
+    assert res.dtype == np.float64
+    assert_close(res, ref_vjp(dense, G), ref_vjp(absf, np.abs(G)), np.float64)
+    G32 = G.astype(np.float32)
+    G32.flags.writeable = False
+    assert_close(chain.jvp(G32), ref_jvp(dense, G32),
+                 ref_jvp(absf, np.abs(G32)), np.float32)
+
+
+def test_block_results_independent_of_threads(rng, restore_threads):
+    links, *_ = build(rng, BLOCK_SPECS["64-4-64-4-64"][0], np.float64, 64)
+    G = rng.standard_normal((256, 64))
+    gradchain.set_num_threads(1)
+    one = Chain(links).vjp(G), Chain(links).jvp(G), Chain(links).jacobian()
+    gradchain.set_num_threads(2)
+    two = Chain(links).vjp(G), Chain(links).jvp(G), Chain(links).jacobian()
+    for a, b in zip(one, two):
+        assert np.array_equal(a, b)
+
+
+# --------------------------------------------------------------------------
+# Per-sample chains
+# --------------------------------------------------------------------------
+
+PS_SPECS = {
+    "ps1": [("ps", 4)],
+    "shared-ps": [("dense", 6), ("ps", 3)],
+    "ps-shared-ps": [("ps", 5), ("dense", 7), ("ps", 2)],
+    "ops": [("ps", 6), "diag", "dpr1", ("dense", 6), "scaled", ("ps", 4),
+            "ident"],
+    "ps-ops-first": ["dpr1", ("ps", 3), "scaled2", ("ps", 3), "diag"],
+}
+
+
+def _ps_check(chain, dense, absf, dtype, rng, B):
+    n0, nk = dense[0].shape[-1], dense[-1].shape[-2]
+    assert chain.batch == B
+    J = chain.jacobian()
+    assert J.shape == (B, nk, n0) and J.dtype == dtype
+    assert_close(J, ref_jacobian(dense), ref_jacobian(absf), dtype)
+    G = rng.standard_normal((B, nk)).astype(dtype)
+    V = rng.standard_normal((B, n0)).astype(dtype)
+    r = chain.vjp(G)
+    assert r.shape == (B, n0)
+    assert_close(r, ref_vjp(dense, G), ref_vjp(absf, np.abs(G)), dtype)
+    r = chain.jvp(V)
+    assert r.shape == (B, nk)
+    assert_close(r, ref_jvp(dense, V), ref_jvp(absf, np.abs(V)), dtype)
+    return G, V
+
+
+@pytest.mark.parametrize("B", [0, 1, 5])
+@pytest.mark.parametrize("layout3_", LAYOUTS3 + ["mixed"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(PS_SPECS))
+def test_per_sample_chain(rng, name, dtype, layout3_, B):
+    lay3 = LAYOUTS3 if layout3_ == "mixed" else [layout3_]
+    links, dense, absf, _, _ = build(rng, PS_SPECS[name], dtype, 4, batch=B,
+                                     layouts=LAYOUTS, layouts3=lay3)
+    chain = Chain(links)
+    G, V = _ps_check(chain, dense, absf, dtype, rng, B)
+    # the functional API agrees
+    assert_close(vjp(links, G), ref_vjp(dense, G), ref_vjp(absf, np.abs(G)), dtype)
+    assert_close(jvp(links, V), ref_jvp(dense, V), ref_jvp(absf, np.abs(V)), dtype)
+    assert_close(gradchain.jacobian(links), ref_jacobian(dense),
+                 ref_jacobian(absf), dtype)
+
+
+def test_per_sample_float32_chain_float64_vector(rng):
+    links, dense, absf, _, _ = build(rng, PS_SPECS["ops"], np.float32, 4,
+                                     batch=3, layouts3=["F", "strided"])
+    chain = Chain(links)
+    G = rng.standard_normal((3, 4))
+    res = chain.vjp(G)
+    assert res.dtype == np.float64
+    assert_close(res, ref_vjp(dense, G), ref_vjp(absf, np.abs(G)), np.float64)
+    V = rng.standard_normal((3, 4))
+    res = chain.jvp(V)
+    assert res.dtype == np.float64
+    assert_close(res, ref_jvp(dense, V), ref_jvp(absf, np.abs(V)), np.float64)
+
+
+def test_per_sample_mixed_dtypes_and_pickle(rng):
+    import pickle
+    A = rng.standard_normal((4, 3, 5)).astype(np.float32)    # converted
+    S = rng.standard_normal((2, 3))
+    chain = Chain([A, S])
+    assert chain.dtype == np.float64 and chain.batch == 4
+    dense = [A.astype(np.float64), S]
+    _ps_check(chain, dense, [np.abs(x) for x in dense], np.float64, rng, 4)
+    again = pickle.loads(pickle.dumps(chain))
+    assert again.batch == 4
+    _ps_check(again, dense, [np.abs(x) for x in dense], np.float64, rng, 4)
+
+
+def test_per_sample_broadcast_and_readonly(rng):
+    # a stride-0 batch axis and read-only arrays
+    J = rng.standard_normal((4, 3))
+    Jb = np.broadcast_to(J, (6, 4, 3))
+    K = rng.standard_normal((6, 2, 4))
+    K.flags.writeable = False
+    chain = Chain([Jb, K])
+    assert chain.batch == 6
+    dense = [np.array(Jb), K]
+    _ps_check(chain, dense, [np.abs(x) for x in dense], np.float64, rng, 6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout3_", ["C", "F", "Fwhole", "strided"])
+def test_per_sample_threads_bitwise(rng, restore_threads, dtype, layout3_):
+    # B * m * n >= 2**15 for each per-sample link: the batch is threaded
+    B = 96
+    spec = [("ps", 32), "diag", ("dense", 32), ("ps", 24), "dpr1",
+            ("ps", 16)]
+    links, dense, absf, _, dims = build(rng, spec, dtype, 32, batch=B,
+                                        layouts3=[layout3_])
+    assert all(B * J.shape[1] * J.shape[2] >= 2 ** 15
+               for J in links if isinstance(J, np.ndarray) and J.ndim == 3)
+    G = rng.standard_normal((B, dims[-1])).astype(dtype)
+    V = rng.standard_normal((B, dims[0])).astype(dtype)
+    results = {}
+    for nt in (1, 2):
+        gradchain.set_num_threads(nt)
+        chain = Chain(links)
+        results[nt] = (chain.vjp(G), chain.jvp(V), chain.jacobian())
+    gradchain.set_num_threads(None)
+    for a, b in zip(results[1], results[2]):
+        assert np.array_equal(a, b)
+    assert_close(results[2][0], ref_vjp(dense, G), ref_vjp(absf, np.abs(G)), dtype)
+    assert_close(results[2][1], ref_jvp(dense, V), ref_jvp(absf, np.abs(V)), dtype)
+    assert_close(results[2][2], ref_jacobian(dense), ref_jacobian(absf), dtype)
+
+
+def test_batch_property(rng):
+    assert Chain([]).batch is None
+    assert Chain([rng.standard_normal((3, 4))]).batch is None
+    assert Chain([Identity(3), Diagonal(np.ones(3))]).batch is None
+    # a bare 3-D array is a stacked chain of shared links, not a batch
+    assert Chain(rng.standard_normal((5, 3, 3))).batch is None
+    assert Chain([rng.standard_normal((5, 3, 4))]).batch == 5
+    assert Chain([rng.standard_normal((4, 3)),
+                  rng.standard_normal((0, 2, 4))]).batch == 0
+
+
+def test_per_sample_batch_mismatch_names_both_links(rng):
+    A = rng.standard_normal((3, 4, 5))
+    S = rng.standard_normal((4, 4))
+    C = rng.standard_normal((2, 6, 4))
+    msg = ("jacobians[2] holds 2 per-sample Jacobians (shape (2, 6, 4)) but "
+           "jacobians[0] holds 3")
+    with raises(ValueError, msg):
+        Chain([A, S, C])
+    with raises(ValueError, msg):
+        vjp([A, S, C], np.ones((3, 6)))
+    with raises(ValueError, msg):
+        gradchain.jacobian([A, S, C])
+
+
+def test_per_sample_vector_errors(rng):
+    S = rng.standard_normal((4, 5))
+    A = rng.standard_normal((3, 6, 4))
+    chain = Chain([S, A])
+    with raises(ValueError, "jacobians[1] holds 3 per-sample Jacobians, so the "
+                            "cotangent must be a batch of shape (3, n), got "
+                            "shape (6,)"):
+        chain.vjp(np.ones(6))
+    with raises(ValueError, "jacobians[1] holds 3 per-sample Jacobians, so the "
+                            "tangent must be a batch of shape (3, n), got "
+                            "shape (5,)"):
+        chain.jvp(np.ones(5))
+    with raises(ValueError, "cotangent has 4 rows but jacobians[1] holds 3 "
+                            "per-sample Jacobians"):
+        chain.vjp(np.ones((4, 6)))
+    with raises(ValueError, "tangent has 1 rows but jacobians[1] holds 3 "
+                            "per-sample Jacobians"):
+        chain.jvp(np.ones((1, 5)))
+    with raises(ValueError, "cotangent has 0 rows but jacobians[1] holds 3 "
+                            "per-sample Jacobians"):
+        vjp([S, A], np.ones((0, 6)))
+    # wrong length of the right batch: the usual shape message
+    with raises(ValueError, "cotangent has shape (3, 5) but jacobians[1]"):
+        chain.vjp(np.ones((3, 5)))
+    # per-sample inner shapes must chain like shared ones
+    with raises(ValueError, "jacobians[1] has shape (6, 5) but jacobians[0] "
+                            "outputs 4 values"):
+        Chain([S, rng.standard_normal((3, 6, 5))])
+
+
+# --------------------------------------------------------------------------
+# Property test
+# --------------------------------------------------------------------------
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1),
+       k=st.integers(1, 6),
+       dtype=st.sampled_from(DTYPES),
+       per_sample=st.booleans(),
+       batch=st.integers(0, 6),
+       n0=st.integers(0, 9))
+def test_property_mixed_chains(seed, k, dtype, per_sample, batch, n0):
+    rng = np.random.default_rng(seed)
+    spec = random_spec(rng, k, "mixed", ps_prob=0.5 if per_sample else 0.0)
+    spec = [(t[0], int(rng.integers(0, 10))) if isinstance(t, tuple) else t
+            for t in spec]
+    lays = [LAYOUTS[int(i)] for i in rng.integers(len(LAYOUTS), size=k)]
+    lays3 = [LAYOUTS3[int(i)] for i in rng.integers(len(LAYOUTS3), size=k)]
+    links, dense, absf, kinds, dims = build(rng, spec, dtype, n0, batch=batch,
+                                            layouts=lays, layouts3=lays3)
+    chain = Chain(links)
+    is_ps = any(J.ndim == 3 for J in dense)
+    want = (np.float64 if all(x in (IDENT, SCALED) for x in kinds) else dtype)
+    G = rng.standard_normal((batch, dims[-1])).astype(dtype)
+    V = rng.standard_normal((batch, dims[0])).astype(dtype)
+    assert chain.batch == (batch if is_ps else None)
+    res = chain.jacobian()
+    assert_close(res, ref_jacobian(dense), ref_jacobian(absf), want)
+    assert_close(chain.vjp(G), ref_vjp(dense, G), ref_vjp(absf, np.abs(G)), dtype)
+    assert_close(chain.jvp(V), ref_jvp(dense, V), ref_jvp(absf, np.abs(V)), dtype)
+    if not is_ps:
+        for mode in MODES:
+            check_plan(chain, kinds, dims, mode, batch)
