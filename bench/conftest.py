@@ -83,3 +83,31 @@ def paired_ratio(ours, peer, pairs=30):
         tp.append(t[peer])
         r.append(t[peer] / t[ours])
     return float(np.median(r)), float(np.median(to)), float(np.median(tp))
+
+
+def blocked_ratio(ours, peer, blocks=12, calls=15, rest=0.3):
+    """Alternating blocks of calls with a rest before each: ``blocks``
+    blocks per callable (which goes first alternates), each ``calls``
+    timed calls after one warm-up, ``rest`` seconds of sleep before each
+    block so that idle thread pools (OpenBLAS's, libgomp's) are asleep when
+    a block starts.  Returns (median over block pairs of peer/ours of the
+    block medians, median ours block time, median peer block time).
+
+    Used for the bandwidth-bound single products, whose separately timed
+    rounds drift with this shared machine's memory bandwidth.
+    """
+    import time
+    meds = {ours: [], peer: []}
+    for blk in range(blocks):
+        order = (ours, peer) if blk % 2 == 0 else (peer, ours)
+        for fn in order:
+            time.sleep(rest)
+            fn()
+            ts = []
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+            meds[fn].append(float(np.median(ts)))
+    a, b = np.array(meds[ours]), np.array(meds[peer])
+    return float(np.median(b / a)), float(np.median(a)), float(np.median(b))

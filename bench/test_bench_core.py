@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import gradchain
-from conftest import chain_arrays, jax_scan_vjp, numpy_vjp_loop, paired_ratio
+from conftest import (blocked_ratio, chain_arrays, jax_scan_vjp,
+                      numpy_vjp_loop, paired_ratio)
 
 # ---------------------------------------------------------------------------
 # Small chains: per-call overhead dominates
@@ -117,6 +118,8 @@ def test_single_jtv_C(benchmark, impl, n, dtype):
         chain = gradchain.Chain([J])
         out = np.empty(n, dtype)
         benchmark.extra_info["paired"] = paired_ratio(
+            lambda: chain.vjp(g, out), lambda: J.T @ g)
+        benchmark.extra_info["blocked"] = blocked_ratio(
             lambda: chain.vjp(g, out), lambda: J.T @ g)
         res = benchmark(chain.vjp, g, out)
     else:
