@@ -295,9 +295,16 @@ cdef int _matmul(const floating *A, Py_ssize_t ars, Py_ssize_t acs,
     if q == 0:
         memset(Z, 0, p * r * sizeof(floating))
         return 0
-    # A must be C- or F-order for BLAS; pack it otherwise (p q copies,
-    # against the p q r of the product)
-    if not (_c_order(ars, acs, q) or _f_order(ars, acs, p)):
+    # BLAS needs B in C- or F-order and sizes that fit its ints; otherwise
+    # the product runs row by row, Z[i] = B^T A[i], with rows of A as the
+    # vectors (so A's rows must be contiguous)
+    cdef bint blas = (p <= INT_MAX and q <= INT_MAX and r <= INT_MAX
+                      and (_c_order(brs, bcs, r) or _f_order(brs, bcs, q))
+                      and brs <= INT_MAX and bcs <= INT_MAX)
+    # pack A when its layout does not fit (p q copies, against the p q r of
+    # the product)
+    if (not (_c_order(ars, acs, q) or _f_order(ars, acs, p))
+            or ars > INT_MAX or acs > INT_MAX or (not blas and acs != 1)):
         pack = <floating *>malloc(p * q * sizeof(floating))
         if pack == NULL:
             return -1
@@ -306,21 +313,7 @@ cdef int _matmul(const floating *A, Py_ssize_t ars, Py_ssize_t acs,
                 pack[i * q + j] = A[i * ars + j * acs]
         A = pack
         ars, acs = q, 1
-    if (p > INT_MAX or q > INT_MAX or r > INT_MAX or ars > INT_MAX
-            or acs > INT_MAX or not (_c_order(brs, bcs, r) or _f_order(brs, bcs, q))
-            or brs > INT_MAX or bcs > INT_MAX):
-        # B strided (or sizes past BLAS ints): row by row, Z[i] = B^T A[i]
-        # with A's row as the vector (needs A rows contiguous)
-        if acs != 1:
-            if pack == NULL:
-                pack = <floating *>malloc(p * q * sizeof(floating))
-                if pack == NULL:
-                    return -1
-                for i in range(p):
-                    for j in range(q):
-                        pack[i * q + j] = A[i * ars + j * acs]
-                A = pack
-                ars, acs = q, 1
+    if not blas:
         for i in range(p):
             if link_jtv(Bm, q, r, brs, bcs, A + i * ars, Z + i * r, nt):
                 rc = -1
