@@ -186,7 +186,7 @@ def set_num_threads(n):
         or None to follow OpenMP again (``OMP_NUM_THREADS``,
         ``omp_set_num_threads``, and so ``threadpoolctl``).
 
-    Only products with at least 2**17 matrix elements are split over
+    Only products with at least 2**15 matrix elements are split over
     threads; smaller ones always run on the calling thread.
     """
     global _num_threads

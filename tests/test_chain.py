@@ -998,7 +998,7 @@ def test_property_random_chains(dims, dtype, batch, layout, seed):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_thread_pool_concurrent_calls(rng, dtype):
-    # Links with >= 2**17 elements, so the kernels may also split over
+    # Links with >= 2**15 elements, so the kernels may also split over
     # OpenMP threads inside each call.
     dims = [300, 450, 500, 64]
     Js = random_chain(rng, dims, dtype)

@@ -9,7 +9,7 @@ Shapes straddle every regime of csrc/gc_dense_impl.h and _kernels.pyx: 1, 3,
 4, 5, 9 rows (4-row blocks and their tails), column counts around the
 partial-sum width W (16 doubles / 32 floats) and 2W, the 256 KiB boundary
 between the register-blocked and the streaming J^T x kernel, products with
->= 2**17 elements (split over OpenMP threads), strided J in the batched path
+>= 2**15 elements (split over OpenMP threads), strided J in the batched path
 large enough to need several packed 32768-element panels, and zero-size and
 stride-0 (broadcast) J.
 """
@@ -33,9 +33,9 @@ BIG_SHAPES = [
     (256, 128),    # float64: exactly 256 KiB -> register-blocked J^T x
     (257, 128),    # float64: just above 256 KiB -> streaming J^T x
     (513, 128),    # float32: just above 256 KiB -> streaming J^T x
-    (600, 300),    # >= 2**17 elements: OpenMP split when threads > 1
-    (2048, 64),    # float64 2**17 elements, 4W columns
-    (1024, 128),   # float32 2**17 elements, 4W columns
+    (600, 300),    # >= 2**15 elements: OpenMP split when threads > 1
+    (2048, 64),    # float64 2**17 elements (threaded), 4W columns
+    (1024, 128),   # float32 2**17 elements (threaded), 4W columns
     (300, 200),    # strided batch path: two 32768-element panels
     (700, 100),    # strided batch path: three panels
     (2, 33000),    # more than one panel's worth of columns: 1-row panels
@@ -199,7 +199,7 @@ def test_transposed_views(rng, dtype):
 # --------------------------------------------------------------------------
 
 THREAD_CASES = [
-    # (m, n, dtype): all with >= 2**17 elements
+    # (m, n, dtype): all with >= 2**15 elements
     (600, 300, np.float64),
     (600, 300, np.float32),
     (2048, 64, np.float64),     # 2 threads: 32-column halves
