@@ -17,6 +17,7 @@ import tempfile
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 DEBUG = os.environ.get("GRADCHAIN_DEBUG", "") not in ("", "0")
 NO_OPENMP = os.environ.get("GRADCHAIN_NO_OPENMP", "") not in ("", "0")
@@ -92,7 +93,23 @@ directives = {
     "embedsignature": True,
 }
 
+class build_ext_and_copy(build_ext):
+    """Also copy the built extensions into the source tree (as an in-place
+    build would), so that ``pip install . && python -m gradchain`` works when
+    run from a checkout, where ``python -m`` finds ./gradchain before the
+    installed copy.  The copies are ignored by git."""
+
+    def run(self):
+        super().run()
+        if not self.inplace:
+            try:
+                self.copy_extensions_to_source()
+            except OSError as exc:      # a read-only checkout: skip
+                print(f"note: extensions not copied into the source tree: {exc}")
+
+
 setup(
+    cmdclass={"build_ext": build_ext_and_copy},
     ext_modules=cythonize(extensions, compiler_directives=directives),
     package_data={"gradchain": ["py.typed", "*.pyi", "*.pxd"]},
 )
