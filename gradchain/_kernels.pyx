@@ -91,29 +91,42 @@ cdef inline bint _blas_ok(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c,
     return a <= INT_MAX and b <= INT_MAX and c <= INT_MAX and d <= INT_MAX
 
 
-cdef int block_jtv(const floating *J, Py_ssize_t m, Py_ssize_t n,
-                   Py_ssize_t rs, Py_ssize_t cs, const floating *G,
-                   Py_ssize_t B, floating *Out, int nthreads) noexcept nogil:
-    # Row-major Out (B, n) = G (B, m) @ J is column-major Out^T = J^T G^T.
+cdef int _block(const floating *J, Py_ssize_t m, Py_ssize_t n, Py_ssize_t rs,
+                Py_ssize_t cs, const floating *X, Py_ssize_t B, floating *Out,
+                int nthreads, bint transpose) noexcept nogil:
+    # transpose: row-major Out (B, n) = X (B, m) @ J, i.e. column-major
+    #            Out^T = J^T X^T;
+    # else:      Out (B, m) = X (B, n) @ J^T, i.e. Out^T = J X^T.
+    # A C-order J is stored column-major as J^T (ld rs), an F-order one as J
+    # (ld cs); any other layout is packed a panel of rows at a time.
+    cdef Py_ssize_t nin = m if transpose else n
+    cdef Py_ssize_t nout = n if transpose else m
     cdef Py_ssize_t b, r0, r1, rows
     cdef floating *P
-    if B == 0 or n == 0:
+    cdef int rc
+    if B == 0 or nout == 0:
         return 0
-    if m == 0:
-        memset(Out, 0, B * n * sizeof(floating))
+    if nin == 0:
+        memset(Out, 0, B * nout * sizeof(floating))
         return 0
     if B == 1 or not _blas_ok(m, n, B, _abs(rs) + _abs(cs)):
         for b in range(B):
-            if link_jtv(J, m, n, rs, cs, G + b * m, Out + b * n, nthreads):
+            if transpose:
+                rc = link_jtv(J, m, n, rs, cs, X + b * nin, Out + b * nout, nthreads)
+            else:
+                rc = link_jv(J, m, n, rs, cs, X + b * nin, Out + b * nout, nthreads)
+            if rc:
                 return -1
         return 0
-    if cs == 1 and rs >= n:            # C-order: J^T is column-major, ld rs
-        _gemm(c'N', c'N', n, B, m, J, rs, G, m, <floating>0, Out, n)
-    elif rs == 1 and cs >= m:          # F-order: J is column-major, ld cs
-        _gemm(c'T', c'N', n, B, m, J, cs, G, m, <floating>0, Out, n)
+    if cs == 1 and rs >= n:
+        _gemm(c'N' if transpose else c'T', c'N', nout, B, nin, J, rs, X, nin,
+              <floating>0, Out, nout)
+    elif rs == 1 and cs >= m:
+        _gemm(c'T' if transpose else c'N', c'N', nout, B, nin, J, cs, X, nin,
+              <floating>0, Out, nout)
     else:
-        # Strided: pack row panels J[r0:r1] and accumulate
-        # Out += G[:, r0:r1] @ J[r0:r1], never copying J whole.
+        # transpose: Out += X[:, r0:r1] @ J[r0:r1]; else Out[:, r0:r1] =
+        # X @ J[r0:r1]^T -- never copying J whole
         rows = max(1, min(m, PANEL_ELEMS // n))
         P = <floating *>malloc(rows * n * sizeof(floating))
         if P == NULL:
@@ -125,51 +138,27 @@ cdef int block_jtv(const floating *J, Py_ssize_t m, Py_ssize_t n,
                 gc_pack_rows_s(r0, r1, n, J, rs, cs, P)
             else:
                 gc_pack_rows_d(r0, r1, n, J, rs, cs, P)
-            _gemm(c'N', c'N', n, B, r1 - r0, P, n, G + r0, m,
-                  <floating>(0 if r0 == 0 else 1), Out, n)
+            if transpose:
+                _gemm(c'N', c'N', n, B, r1 - r0, P, n, X + r0, m,
+                      <floating>(0 if r0 == 0 else 1), Out, n)
+            else:
+                _gemm(c'T', c'N', r1 - r0, B, n, P, n, X, n, <floating>0,
+                      Out + r0, m)
             r0 = r1
         free(P)
     return 0
+
+
+cdef int block_jtv(const floating *J, Py_ssize_t m, Py_ssize_t n,
+                   Py_ssize_t rs, Py_ssize_t cs, const floating *G,
+                   Py_ssize_t B, floating *Out, int nthreads) noexcept nogil:
+    return _block(J, m, n, rs, cs, G, B, Out, nthreads, True)
 
 
 cdef int block_jv(const floating *J, Py_ssize_t m, Py_ssize_t n,
                   Py_ssize_t rs, Py_ssize_t cs, const floating *V,
                   Py_ssize_t B, floating *Out, int nthreads) noexcept nogil:
-    # Row-major Out (B, m) = V (B, n) @ J^T is column-major Out^T = J V^T.
-    cdef Py_ssize_t b, r0, r1, rows
-    cdef floating *P
-    if B == 0 or m == 0:
-        return 0
-    if n == 0:
-        memset(Out, 0, B * m * sizeof(floating))
-        return 0
-    if B == 1 or not _blas_ok(m, n, B, _abs(rs) + _abs(cs)):
-        for b in range(B):
-            if link_jv(J, m, n, rs, cs, V + b * n, Out + b * m, nthreads):
-                return -1
-        return 0
-    if cs == 1 and rs >= n:            # C-order: stored as J^T, transpose it
-        _gemm(c'T', c'N', m, B, n, J, rs, V, n, <floating>0, Out, m)
-    elif rs == 1 and cs >= m:          # F-order: stored as J
-        _gemm(c'N', c'N', m, B, n, J, cs, V, n, <floating>0, Out, m)
-    else:
-        # Strided: pack row panels J[r0:r1] and fill Out[:, r0:r1].
-        rows = max(1, min(m, PANEL_ELEMS // n))
-        P = <floating *>malloc(rows * n * sizeof(floating))
-        if P == NULL:
-            return -1
-        r0 = 0
-        while r0 < m:
-            r1 = min(m, r0 + rows)
-            if floating is float:
-                gc_pack_rows_s(r0, r1, n, J, rs, cs, P)
-            else:
-                gc_pack_rows_d(r0, r1, n, J, rs, cs, P)
-            _gemm(c'T', c'N', r1 - r0, B, n, P, n, V, n, <floating>0,
-                  Out + r0, m)
-            r0 = r1
-        free(P)
-    return 0
+    return _block(J, m, n, rs, cs, V, B, Out, nthreads, False)
 
 
 # --------------------------------------------------------------------------
