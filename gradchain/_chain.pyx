@@ -77,6 +77,14 @@ cdef int _compute_typenum(object dtype, str name) except -1:
         f"real floating-point (float32/float64), integer or bool arrays")
 
 
+def compute_dtype(dtype, str name):
+    """The dtype (float32 or float64) that an input of ``dtype`` computes in,
+    by gradchain's dtype rule; TypeError naming ``name`` otherwise.  The one
+    implementation of the rule, shared by operators.py and maps.py."""
+    return _DT_DOUBLE if _compute_typenum(np.dtype(dtype), name) == cnp.NPY_DOUBLE \
+        else _DT_FLOAT
+
+
 cdef inline object _pyshape(object a):
     return a.shape
 

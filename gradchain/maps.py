@@ -24,9 +24,10 @@ import numbers
 
 import numpy as np
 
+from gradchain._chain import compute_dtype
 from gradchain._plan import OpCode, Plan
 from gradchain.chain import Chain
-from gradchain.operators import Dense, Diagonal, DiagonalPlusRankOne, Operator
+from gradchain.operators import Diagonal, DiagonalPlusRankOne, Operator, _scalar
 
 __all__ = [
     "Map", "Affine", "Tanh", "Sigmoid", "ReLU", "LeakyReLU", "Softplus", "Exp",
@@ -48,18 +49,7 @@ _LOSS = dict(squared_error=1, mean_squared_error=2, cross_entropy=3,
              logsumexp=4, dot=5)
 
 
-def _float_dtype(dtype, name):
-    """The dtype an input of this dtype computes in (the chain dtype rule)."""
-    dtype = np.dtype(dtype)
-    if dtype.kind == "f" and dtype.itemsize <= 4:
-        return np.dtype(np.float32)
-    if (dtype.kind == "f" and dtype.itemsize == 8) or dtype.kind in "biu":
-        return np.dtype(np.float64)
-    if dtype.kind == "c":
-        raise TypeError(f"{name} has complex dtype {dtype}; gradchain supports "
-                        f"real float32/float64 values only")
-    raise TypeError(f"{name} has dtype {dtype}; gradchain needs real "
-                    f"float32/float64 (or integer/bool) values")
+_float_dtype = compute_dtype      # the chain's dtype rule (gradchain._chain)
 
 
 def _as_float(x, name):
@@ -70,12 +60,6 @@ def _as_float(x, name):
                         f"{exc}") from exc
     _float_dtype(a.dtype, name)
     return a
-
-
-def _real(c, name):
-    if isinstance(c, (bool, np.bool_)) or not isinstance(c, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {c!r}")
-    return float(c)
 
 
 # ---------------------------------------------------------------------------
@@ -261,7 +245,7 @@ class LeakyReLU(_Elementwise):
     _code = _EW["leaky_relu"]
 
     def __init__(self, alpha=0.01):
-        self._param = self.alpha = _real(alpha, "alpha")
+        self._param = self.alpha = _scalar(alpha, "alpha")
 
     def __repr__(self):
         return f"LeakyReLU({self.alpha!r})"
@@ -273,7 +257,7 @@ class Scale(_Elementwise):
     _code = _EW["scale"]
 
     def __init__(self, c):
-        self._param = self.c = _real(c, "c")
+        self._param = self.c = _scalar(c, "c")
 
     def __repr__(self):
         return f"Scale({self.c!r})"
@@ -786,7 +770,7 @@ def check_grad(f, x, *, eps=None):
     x = np.array(_as_float(x, "x"), dtype=np.result_type(_float_dtype(np.asarray(x).dtype, "x")))
     if x.ndim != 1:
         raise ValueError(f"check_grad takes a single x (n,), got shape {x.shape}")
-    e0 = np.cbrt(np.finfo(x.dtype).eps) if eps is None else _real(eps, "eps")
+    e0 = np.cbrt(np.finfo(x.dtype).eps) if eps is None else _scalar(eps, "eps")
     steps = e0 * np.maximum(1.0, np.abs(x))
     if isinstance(f, Map):
         f = Composition([f])

@@ -30,6 +30,7 @@ import numbers
 
 import numpy as np
 
+from gradchain._chain import compute_dtype
 from gradchain._structured import LinkKind
 
 # The link kinds the compiled chain loop knows (see _structured.pxd).
@@ -47,19 +48,20 @@ def _as_float_array(x, name, ndim):
     except (ValueError, TypeError) as exc:
         raise TypeError(f"{name} could not be converted to a numeric array: "
                         f"{exc}") from exc
-    if a.dtype.kind in "biu":
-        a = a.astype(np.float64)
-    elif a.dtype.kind == "f" and a.dtype.itemsize == 2:
-        a = a.astype(np.float32)
-    elif a.dtype.kind != "f" or a.dtype.itemsize > 8:
+    try:
+        dtype = compute_dtype(a.dtype, name)
+    except TypeError:
         raise TypeError(f"{name} has dtype {a.dtype}; operators take real "
-                        f"float32/float64 (or integer/bool) values")
+                        f"float32/float64 (or integer/bool) values") from None
+    if a.dtype != dtype:
+        a = a.astype(dtype)
     if a.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
     return a
 
 
 def _scalar(c, name):
+    """c as a float; TypeError for anything but a real number (bool too)."""
     if isinstance(c, (bool, np.bool_)) or not isinstance(c, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {c!r}")
     return float(c)
