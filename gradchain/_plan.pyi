@@ -26,8 +26,4 @@ class Plan:
         X: NDArray[np.floating],  # (B, n_0), C-contiguous, plan dtype
         mode: str,
         T: NDArray[np.floating] | None = ...,
-        loss: int = ...,
-        aux: NDArray[np.floating] | None = ...,
-        labels: NDArray[np.int64] | None = ...,
-        keep: bool = ...,
     ) -> Any: ...

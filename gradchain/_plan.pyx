@@ -195,23 +195,41 @@ cdef class Plan:
     def __dealloc__(self):
         PyMem_Free(self._ops)
 
-    cdef list _dims(self, Py_ssize_t n0):
+    cdef int _fill_dims(self, Py_ssize_t n0, Py_ssize_t *dims) except -1:
+        """dims[0..k] = (n_0, ..., n_k) for inputs of width n0, checking
+        every affine op's input width."""
         cdef Py_ssize_t i
-        dims = [n0]
+        dims[0] = n0
         for i in range(self._k):
             if self._ops[i].code == OP_AFFINE:
                 if dims[i] != self._ops[i].n_in:
                     raise ValueError(
                         f"op {i} (affine) takes {self._ops[i].n_in} inputs but "
                         f"receives {dims[i]}")
-                dims.append(self._ops[i].n_out)
+                dims[i + 1] = self._ops[i].n_out
             else:
-                dims.append(dims[i])
-        return dims
+                dims[i + 1] = dims[i]
+        return 0
 
-    def dims(self, n0):
+    cdef Py_ssize_t *_dims_buffer(self, Py_ssize_t *stackbuf, Py_ssize_t n) except NULL:
+        """stackbuf when n entries fit in it (64), else a PyMem block."""
+        cdef Py_ssize_t *p = stackbuf
+        if n > 64:
+            p = <Py_ssize_t *>PyMem_Malloc(n * sizeof(Py_ssize_t))
+            if p == NULL:
+                raise MemoryError()
+        return p
+
+    def dims(self, Py_ssize_t n0):
         """(n_0, ..., n_k) for inputs of length n0."""
-        return tuple(self._dims(n0))
+        cdef Py_ssize_t buf[64]
+        cdef Py_ssize_t *d = self._dims_buffer(buf, self._k + 1)
+        try:
+            self._fill_dims(n0, d)
+            return tuple(d[i] for i in range(self._k + 1))
+        finally:
+            if d != buf:
+                PyMem_Free(d)
 
     cdef cnp.ndarray _workspace(self, Py_ssize_t B, Py_ssize_t total):
         # the cached workspace, or a fresh one when the cache is in use or
@@ -227,49 +245,45 @@ cdef class Plan:
         return self._ws
 
     def loss_grad(self, cnp.ndarray x, int loss, object aux, object labels):
-        """The fast path of value_and_grad: x (n_0,) or (B, n_0), C-contiguous
-        in the plan's dtype (checked by the caller); aux / labels as for run.
-        Returns (values (B,), gradient shaped like x)."""
+        """Loss values and gradients in one compiled pass: x (n_0,) or
+        (B, n_0), C-contiguous in the plan's dtype (checked by the caller);
+        aux rows (B, n_k) or None, labels (B,) int64 or None.  Returns
+        (values (B,), gradient shaped like x)."""
         cdef Py_ssize_t B = 1 if x.ndim == 1 else x.shape[0]
         cdef Py_ssize_t n0 = x.shape[x.ndim - 1], k = self._k, i
-        cdef Py_ssize_t cdims[65]
+        cdef Py_ssize_t buf[64]
+        cdef Py_ssize_t *cdims = self._dims_buffer(buf, k + 1)
         cdef Py_ssize_t nmax = n0, total = 0
-        if k + 1 > 65:
-            # long plans: the general path (heap-allocated tables)
-            _, vals, G, _ = self.run(x.reshape(B, n0), "loss", loss=loss,
-                                     aux=aux, labels=labels)
-            return vals, G.reshape((<object>x).shape)
-        cdims[0] = n0
-        for i in range(k):
-            if self._ops[i].code == OP_AFFINE and cdims[i] != self._ops[i].n_in:
-                raise ValueError(
-                    f"op {i} (affine) takes {self._ops[i].n_in} inputs but "
-                    f"receives {cdims[i]}")
-            cdims[i + 1] = self._ops[i].n_out if self._ops[i].code == OP_AFFINE else cdims[i]
-            if cdims[i + 1] > nmax:
-                nmax = cdims[i + 1]
-            total += B * cdims[i + 1]
-        total += 2 * B * nmax
-        owned = self._ws_busy
-        ws = self._workspace(B, total)
-        if not owned:
-            self._ws_busy = True
         try:
-            if self._typenum == cnp.NPY_FLOAT:
-                return self._loss_typed(<float *>NULL, x, B, loss, aux, labels,
-                                        ws, cdims, B * nmax)
-            return self._loss_typed(<double *>NULL, x, B, loss, aux, labels,
-                                    ws, cdims, B * nmax)
-        finally:
+            self._fill_dims(n0, cdims)
+            for i in range(1, k + 1):
+                nmax = max(nmax, cdims[i])
+                total += B * cdims[i]
+            total += 2 * B * nmax
+            owned = self._ws_busy
+            ws = self._workspace(B, total)
             if not owned:
-                self._ws_busy = False
+                self._ws_busy = True
+            try:
+                if self._typenum == cnp.NPY_FLOAT:
+                    return self._loss_typed(<float *>NULL, x, B, loss, aux, labels,
+                                            ws, cdims, B * nmax)
+                return self._loss_typed(<double *>NULL, x, B, loss, aux, labels,
+                                        ws, cdims, B * nmax)
+            finally:
+                if not owned:
+                    self._ws_busy = False
+        finally:
+            if cdims != buf:
+                PyMem_Free(cdims)
 
     cdef object _loss_typed(self, floating *tag, cnp.ndarray x, Py_ssize_t B,
                             int loss, aux, labels, cnp.ndarray ws,
                             Py_ssize_t *dims, Py_ssize_t half):
         cdef Py_ssize_t k = self._k, i, off = 0
         cdef floating *base = <floating *>cnp.PyArray_DATA(ws)
-        cdef floating *xs[65]
+        cdef floating *xsbuf[65]
+        cdef floating **xs = xsbuf
         cdef floating *work
         cdef int nt = effective_threads(), rc = 0
         cdef cnp.ndarray vals = cnp.PyArray_EMPTY(1, [B], cnp.NPY_DOUBLE, 0)
@@ -280,90 +294,84 @@ cdef class Plan:
             ap = <const floating *>cnp.PyArray_DATA(<cnp.ndarray>aux)
         if labels is not None:
             lp = <const long long *>cnp.PyArray_DATA(<cnp.ndarray>labels)
-        xs[0] = <floating *>cnp.PyArray_DATA(x)
-        for i in range(1, k + 1):
-            xs[i] = base + off
-            off += B * dims[i]
-        work = base + off
-        with nogil:
-            rc = _forward(self._ops, k, B, dims, xs, nt)
-            if rc == 0:
-                if floating is float:
-                    gc_loss_s(loss, B, dims[k], xs[k], ap, lp,
-                              <double *>cnp.PyArray_DATA(vals), work + half)
-                else:
-                    gc_loss_d(loss, B, dims[k], xs[k], ap, lp,
-                              <double *>cnp.PyArray_DATA(vals), work + half)
-                rc = _propagate(self._ops, k, B, dims, xs, True, work + half,
-                                <floating *>cnp.PyArray_DATA(res), work, half, nt)
+        if k + 1 > 65:
+            xs = <floating **>PyMem_Malloc((k + 1) * sizeof(floating *))
+            if xs == NULL:
+                raise MemoryError()
+        try:
+            xs[0] = <floating *>cnp.PyArray_DATA(x)
+            for i in range(1, k + 1):
+                xs[i] = base + off
+                off += B * dims[i]
+            work = base + off
+            with nogil:
+                rc = _forward(self._ops, k, B, dims, xs, nt)
+                if rc == 0:
+                    # the loss gradient goes to work half 1; the first link
+                    # of the backward pass writes half 0, the second half 1
+                    # (after the gradient was read)
+                    if floating is float:
+                        gc_loss_s(loss, B, dims[k], xs[k], ap, lp,
+                                  <double *>cnp.PyArray_DATA(vals), work + half)
+                    else:
+                        gc_loss_d(loss, B, dims[k], xs[k], ap, lp,
+                                  <double *>cnp.PyArray_DATA(vals), work + half)
+                    rc = _propagate(self._ops, k, B, dims, xs, True, work + half,
+                                    <floating *>cnp.PyArray_DATA(res), work, half, nt)
+        finally:
+            if xs != xsbuf:
+                PyMem_Free(xs)
         if rc:
             raise MemoryError()
         return vals, res
 
-    def run(self, cnp.ndarray X, str mode, object T=None, int loss=0,
-            object aux=None, object labels=None, bint keep=False):
+    def run(self, cnp.ndarray X, str mode, object T=None):
         """One compiled pass over a C-contiguous batch X (B, n_0) in the
         plan's dtype (checked by the caller).
 
         mode "forward": returns the list [x^(0), ..., x^(k)] (copies).
         mode "vjp": T (B, n_k) cotangents -> (x^(k), T J_k ... J_1).
         mode "jvp": T (B, n_0) tangents -> (x^(k), J_k ... J_1 T rows).
-        mode "loss": loss code, aux rows (B, n_k) or None, labels (B,) int64
-            or None -> (x^(k), values (B,), gradients (B, n_0)).
-        With keep=True the intermediates are also returned (as copies).
+        (Losses: loss_grad.)
         """
-        cdef Py_ssize_t B = X.shape[0], n0 = X.shape[1], i, total, nmax, half
-        cdef list dims = self._dims(n0)
+        cdef Py_ssize_t B = X.shape[0], n0 = X.shape[1], i, total = 0, nmax = 0
         cdef Py_ssize_t k = self._k
-        cdef Py_ssize_t cdims[64]
-        cdef Py_ssize_t *pd
-        cdef bint heap = k + 1 > 64
-        nmax = 0
-        total = 0
-        for i in range(k + 1):
-            total += B * <Py_ssize_t>dims[i]
-            nmax = max(nmax, <Py_ssize_t>dims[i])
-        half = B * nmax
-        total += 2 * half
-        owned = self._ws_busy
-        ws = self._workspace(B, total)
-        if not owned:
-            self._ws_busy = True
+        cdef Py_ssize_t buf[64]
+        cdef Py_ssize_t *pd = self._dims_buffer(buf, k + 1)
         try:
-            if heap:
-                pd = <Py_ssize_t *>PyMem_Malloc((k + 1) * sizeof(Py_ssize_t))
-                if pd == NULL:
-                    raise MemoryError()
-            else:
-                pd = cdims
+            self._fill_dims(n0, pd)
             for i in range(k + 1):
-                pd[i] = dims[i]
+                total += B * pd[i]
+                nmax = max(nmax, pd[i])
+            total += 2 * B * nmax
+            owned = self._ws_busy
+            ws = self._workspace(B, total)
+            if not owned:
+                self._ws_busy = True
             try:
                 if self._typenum == cnp.NPY_FLOAT:
-                    return self._run_typed(<float *>NULL, X, mode, T, loss, aux,
-                                           labels, keep, ws, pd, half)
-                return self._run_typed(<double *>NULL, X, mode, T, loss, aux,
-                                       labels, keep, ws, pd, half)
+                    return self._run_typed(<float *>NULL, X, mode, T, ws, pd,
+                                           B * nmax)
+                return self._run_typed(<double *>NULL, X, mode, T, ws, pd,
+                                       B * nmax)
             finally:
-                if heap:
-                    PyMem_Free(pd)
+                if not owned:
+                    self._ws_busy = False
         finally:
-            if not owned:
-                self._ws_busy = False
+            if pd != buf:
+                PyMem_Free(pd)
 
     cdef object _run_typed(self, floating *tag, cnp.ndarray X, str mode, T,
-                           int loss, aux, labels, bint keep, cnp.ndarray ws,
-                           Py_ssize_t *dims, Py_ssize_t half):
+                           cnp.ndarray ws, Py_ssize_t *dims, Py_ssize_t half):
         cdef Py_ssize_t k = self._k, B = X.shape[0], i, off = 0
         cdef floating *base = <floating *>cnp.PyArray_DATA(ws)
         cdef floating *xsbuf[65]
         cdef floating **xs = xsbuf
         cdef floating *work
         cdef int nt = effective_threads(), rc = 0
-        cdef cnp.ndarray res, vals, Ta, auxa, laba
+        cdef cnp.ndarray res, Ta
         cdef const floating *tp
-        cdef const floating *ap = NULL
-        cdef const long long *lp = NULL
+        cdef bint transpose
         dtype = X.dtype
         if k + 1 > 65:
             xs = <floating **>PyMem_Malloc((k + 1) * sizeof(floating *))
@@ -379,62 +387,25 @@ cdef class Plan:
                 rc = _forward(self._ops, k, B, dims, xs, nt)
             if rc:
                 raise MemoryError()
-            Y = np.empty((B, dims[k]), dtype)
-            memcpy(cnp.PyArray_DATA(Y), xs[k], B * dims[k] * sizeof(floating))
-            inter = None
-            if keep or mode == "forward":
+            if mode == "forward":
                 inter = [X.copy()]
                 for i in range(1, k + 1):
                     a = np.empty((B, dims[i]), dtype)
                     memcpy(cnp.PyArray_DATA(a), xs[i], B * dims[i] * sizeof(floating))
                     inter.append(a)
-            if mode == "forward":
                 return inter
-            if mode == "loss":
-                vals = np.empty(B, np.float64)
-                # the loss gradient (B, n_k) goes to the second work half
-                if aux is not None:
-                    auxa = aux
-                    ap = <const floating *>cnp.PyArray_DATA(auxa)
-                if labels is not None:
-                    laba = labels
-                    lp = <const long long *>cnp.PyArray_DATA(laba)
-                with nogil:
-                    if floating is float:
-                        gc_loss_s(loss, B, dims[k], xs[k], ap, lp,
-                                  <double *>cnp.PyArray_DATA(vals), work + half)
-                    else:
-                        gc_loss_d(loss, B, dims[k], xs[k], ap, lp,
-                                  <double *>cnp.PyArray_DATA(vals), work + half)
-                res = np.empty((B, dims[0]), dtype)
-                if k == 0:
-                    memcpy(cnp.PyArray_DATA(res), work + half,
-                           B * dims[0] * sizeof(floating))
-                else:
-                    # the grad sits in half 1; step 0 writes half 0, step 1
-                    # half 1 (overwriting it only after it was read)
-                    with nogil:
-                        rc = _propagate(self._ops, k, B, dims, xs, True,
-                                        work + half, <floating *>cnp.PyArray_DATA(res),
-                                        work, half, nt)
-                    if rc:
-                        raise MemoryError()
-                return (Y, vals, res, inter)
+            Y = np.empty((B, dims[k]), dtype)
+            memcpy(cnp.PyArray_DATA(Y), xs[k], B * dims[k] * sizeof(floating))
             Ta = T
             tp = <const floating *>cnp.PyArray_DATA(Ta)
-            if mode == "vjp":
-                res = np.empty((B, dims[0]), dtype)
-                with nogil:
-                    rc = _propagate(self._ops, k, B, dims, xs, True, tp,
-                                    <floating *>cnp.PyArray_DATA(res), work, half, nt)
-            else:
-                res = np.empty((B, dims[k]), dtype)
-                with nogil:
-                    rc = _propagate(self._ops, k, B, dims, xs, False, tp,
-                                    <floating *>cnp.PyArray_DATA(res), work, half, nt)
+            transpose = mode == "vjp"
+            res = np.empty((B, dims[0] if transpose else dims[k]), dtype)
+            with nogil:
+                rc = _propagate(self._ops, k, B, dims, xs, transpose, tp,
+                                <floating *>cnp.PyArray_DATA(res), work, half, nt)
             if rc:
                 raise MemoryError()
-            return (Y, res, inter)
+            return (Y, res)
         finally:
             if xs != xsbuf:
                 PyMem_Free(xs)

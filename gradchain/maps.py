@@ -310,8 +310,7 @@ class Loss:
         if x.ndim not in (1, 2):
             raise ValueError(f"x must be 1-D or 2-D, got shape {x.shape}")
         aux, labels = self._rows(X.shape[0], X.shape[1], dtype)
-        _, vals, G, _ = Plan([], dtype).run(X, "loss", loss=self._code, aux=aux,
-                                            labels=labels)
+        vals, G = Plan([], dtype).loss_grad(X, self._code, aux, labels)
         if x.ndim == 1:
             return float(vals[0]), G[0]
         return vals, G
@@ -618,16 +617,14 @@ class Composition:
         if len(plans) == 1 and isinstance(self._segments[0], list):
             n_k = plans[0].dims(X.shape[1])[-1]
             aux, labels = self.loss._rows(B, n_k, dtype)
-            _, vals, G, _ = plans[0].run(X, "loss", loss=self.loss._code,
-                                         aux=aux, labels=labels)
+            vals, G = plans[0].loss_grad(X, self.loss._code, aux, labels)
             if (type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous
                     and self._plans.get(dtype) is plans):
                 self._fast = (dtype, x.shape, plans[0], n_k, single)
         else:
             trail, Y = self._forward_all(X, single, dtype)
             aux, labels = self.loss._rows(B, Y.shape[1], dtype)
-            _, vals, Gk, _ = Plan([], dtype).run(Y, "loss", loss=self.loss._code,
-                                                 aux=aux, labels=labels)
+            vals, Gk = Plan([], dtype).loss_grad(Y, self.loss._code, aux, labels)
             G = self._backward(trail, Gk, single, dtype)
         if single:
             return float(vals[0]), G[0]
@@ -678,7 +675,7 @@ class Composition:
         for seg, plan in zip(self._segments, self._plan_list(dtype)):
             if isinstance(seg, list):
                 self._check_width(idx, X)
-                X, V, _ = plan.run(X, "jvp", T=V)
+                X, V = plan.run(X, "jvp", T=V)
                 idx += len(seg)
             else:
                 xin = self._user_in(X, single)
@@ -701,7 +698,7 @@ class Composition:
         if all(isinstance(s, list) for s in self._segments):
             V = E
             for plan in self._plan_list(dtype):
-                Xb, V, _ = plan.run(np.ascontiguousarray(Xb), "jvp", T=V)
+                Xb, V = plan.run(np.ascontiguousarray(Xb), "jvp", T=V)
             return np.ascontiguousarray(V.T)
         if n0 == 0:
             return np.zeros((self.forward(x)[0].shape[0], 0), dtype)
