@@ -495,14 +495,10 @@ class Composition:
         if x.ndim not in (1, 2):
             raise ValueError(f"{name} must be 1-D (n_0,) or 2-D (batch, n_0), "
                              f"got shape {x.shape}")
-        for i, m in enumerate(self.maps):
-            if m.in_dim is not None:
-                if x.shape[-1] != m.in_dim:
-                    raise ValueError(f"{name} has shape {x.shape} but maps[{i}] "
-                                     f"({m!r}) takes {m.in_dim} inputs")
-                break
-            if not m._builtin:
-                break
+        i = self._first_sized(0)
+        if i is not None and x.shape[-1] != self.maps[i].in_dim:
+            raise ValueError(f"{name} has shape {x.shape} but maps[{i}] "
+                             f"({self.maps[i]!r}) takes {self.maps[i].in_dim} inputs")
         dtype = self._dtype(x)
         X = np.require(x.reshape(1, -1) if x.ndim == 1 else x, dtype, "CA")
         return X, x.ndim == 1, dtype
@@ -520,20 +516,26 @@ class Composition:
             raise ValueError(f"maps[{i}] returned shape {y.shape} for a batch input")
         return np.require(y.reshape(1, -1) if single else y, dtype, "CA")
 
-    def _check_width(self, idx, X):
-        """X is about to enter maps[idx:]: check it against the first map
-        there whose input size is known (built-in stretches only)."""
+    def _first_sized(self, idx):
+        """Index of the first map from maps[idx] on whose input size is
+        known (an Affine) before any user map, or None."""
         for i in range(idx, len(self.maps)):
             m = self.maps[i]
             if not m._builtin:
-                return
+                return None
             if m.in_dim is not None:
-                if X.shape[1] != m.in_dim:
-                    src = f"maps[{idx - 1}]" if idx > 0 else "x"
-                    raise ValueError(
-                        f"maps[{i}] ({m!r}) takes {m.in_dim} inputs but {src} "
-                        f"outputs {X.shape[1]} values")
-                return
+                return i
+        return None
+
+    def _check_width(self, idx, X):
+        """X is about to enter maps[idx:]: check it against the first map
+        there whose input size is known (built-in stretches only)."""
+        i = self._first_sized(idx)
+        if i is not None and X.shape[1] != self.maps[i].in_dim:
+            src = f"maps[{idx - 1}]" if idx > 0 else "x"
+            raise ValueError(
+                f"maps[{i}] ({self.maps[i]!r}) takes {self.maps[i].in_dim} "
+                f"inputs but {src} outputs {X.shape[1]} values")
 
     def _forward_all(self, X, single, dtype):
         """Per segment: (segment, its input batch); and the final output."""
