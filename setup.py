@@ -62,7 +62,7 @@ def ext(name, sources, libraries=()):
     return Extension(
         name,
         sources=sources,
-        depends=["csrc/gc_simd.h", "csrc/gc_dense.h", "csrc/gc_dense_impl.h",
+        depends=["csrc/gc_simd.h", "csrc/gc_instantiate.h", "csrc/gc_dense.h", "csrc/gc_dense_impl.h",
                  "csrc/gc_struct.h", "csrc/gc_struct_impl.h",
                  "csrc/gc_maps.h", "csrc/gc_maps_impl.h",
                  "gradchain/_kernels.pxd", "gradchain/_structured.pxd",

@@ -15,21 +15,8 @@
 /* The three A^T x kernels of gc_dense_impl.h. */
 enum { GC_AXPY_STRIDED, GC_AXPY_REGBLOCK, GC_AXPY_STREAM };
 
-#define GC_T float
-#define GC_SFX s
-#define GC_W 32
-#include "gc_dense_impl.h"
-#undef GC_T
-#undef GC_SFX
-#undef GC_W
-
-#define GC_T double
-#define GC_SFX d
-#define GC_W 16
-#include "gc_dense_impl.h"
-#undef GC_T
-#undef GC_SFX
-#undef GC_W
+#define GC_IMPL "gc_dense_impl.h"
+#include "gc_instantiate.h"
 
 const char *
 gc_simd_target(void)
