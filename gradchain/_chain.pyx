@@ -17,7 +17,7 @@ from libc.stdint cimport PTRDIFF_MAX as PY_SSIZE_T_MAX
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 
 from gradchain._kernels cimport (effective_threads, link_jtv, link_jv,
                                  block_jtv, block_jv)
@@ -154,27 +154,81 @@ cdef bint _shares_memory(object a, object b):
         return True
 
 
-cdef int _per_sample(const Link *L, bint transpose, const floating *cur,
-                     Py_ssize_t B, floating *dst, int nt) noexcept nogil:
-    """Row b of dst = row b of cur times sample b's Jacobian (transposed for
-    jvp), the batch split across threads; each Jacobian is read once."""
-    cdef Py_ssize_t b
-    cdef Py_ssize_t nin = L.m if transpose else L.n
-    cdef Py_ssize_t nout = L.n if transpose else L.m
-    cdef const floating *J = <const floating *>L.data
+cdef inline const Link *_link_at(const Link *links, Py_ssize_t k,
+                                 Py_ssize_t step, bint transpose) noexcept nogil:
+    """The link applied at this step: vjp walks the chain from the end."""
+    return &links[k - 1 - step if transpose else step]
+
+
+cdef int _per_sample_run(const Link *links, Py_ssize_t k, Py_ssize_t s0,
+                         Py_ssize_t s1, bint transpose, const floating *x,
+                         Py_ssize_t B, Py_ssize_t maxw, floating *dst,
+                         int nt) noexcept nogil:
+    """Steps s0 <= step < s1 of the chain, all per-sample (B, m, n) links:
+    rows of x (the input of step s0) in, rows of dst (the output of step
+    s1 - 1, compact) out; dst must not overlap x.
+
+    Sample-block major: the batch is cut into blocks and one thread takes a
+    block through every link of the run before the next block, so there is
+    no barrier between links and each link's Jacobians stream in long
+    contiguous runs of a block's samples.  A block's intermediate rows stay
+    in its thread's scratch (widths change from link to link, so rows of a
+    shared buffer would overlap other blocks' rows).  A sample's result does
+    not depend on the blocking or the thread count.  Returns 0, or -1 when
+    out of memory.
+    """
+    cdef Py_ssize_t step, b, c, b0, b1, nin, nout, nblocks, size, per, nin0
+    cdef Py_ssize_t elems = 0
+    cdef const Link *L
+    cdef const floating *cur
+    cdef floating *nxt
+    cdef floating *scratch = NULL
+    cdef floating *mine
     cdef int err = 0
-    if B * L.m * L.n < GC_PARALLEL_MIN_ELEMS:
+    for step in range(s0, s1):
+        L = _link_at(links, k, step, transpose)
+        elems += L.m * L.n
+    L = _link_at(links, k, s0, transpose)
+    nin0 = L.m if transpose else L.n        # width of the rows of x
+    if B * elems < GC_PARALLEL_MIN_ELEMS:
         nt = 1
-    # dynamic: a thread that loses its core for a while (another library's
-    # spinning thread pool, say) takes fewer samples instead of holding up
-    # the others; each row of dst still has one writer
-    for b in prange(B, num_threads=max(nt, 1), schedule="dynamic", chunksize=16):
-        if transpose:
-            err += link_jtv(J + b * L.bs, L.m, L.n, L.rs, L.cs, cur + b * nin,
-                            dst + b * nout, 1) != 0
-        else:
-            err += link_jv(J + b * L.bs, L.m, L.n, L.rs, L.cs, cur + b * nin,
-                           dst + b * nout, 1) != 0
+    nt = max(nt, 1)
+    # a few blocks per thread: long streams per link, and a thread that
+    # loses its core for a while (another library's spinning pool) takes
+    # fewer blocks instead of holding up the others
+    size = (B + 4 * nt - 1) // (4 * nt)
+    nblocks = (B + size - 1) // size
+    if nt > nblocks:
+        nt = <int>nblocks
+    per = 2 * size * maxw               # one thread's two scratch blocks
+    if s1 - s0 > 1:
+        scratch = <floating *>malloc(nt * per * sizeof(floating))
+        if scratch == NULL:
+            return -1
+    for c in prange(nblocks, num_threads=nt, schedule="dynamic", chunksize=1):
+        b0 = c * size
+        b1 = min(b0 + size, B)
+        mine = scratch + threadid() * per if scratch != NULL else NULL
+        cur = x + b0 * nin0
+        for step in range(s0, s1):
+            L = _link_at(links, k, step, transpose)
+            nin = L.m if transpose else L.n
+            nout = L.n if transpose else L.m
+            if step == s1 - 1:
+                nxt = dst + b0 * nout
+            else:
+                nxt = mine + ((step - s0) & 1) * (per // 2)
+            for b in range(b0, b1):
+                if transpose:
+                    err += link_jtv(<const floating *>L.data + b * L.bs, L.m,
+                                    L.n, L.rs, L.cs, cur + (b - b0) * nin,
+                                    nxt + (b - b0) * nout, 1) != 0
+                else:
+                    err += link_jv(<const floating *>L.data + b * L.bs, L.m,
+                                   L.n, L.rs, L.cs, cur + (b - b0) * nin,
+                                   nxt + (b - b0) * nout, 1) != 0
+            cur = nxt
+    free(scratch)
     return -1 if err else 0
 
 
@@ -184,15 +238,17 @@ cdef int _run(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
     """The fused chain loop: out = x J_k ... J_1 (transpose, vjp) or
     out = x J_1^T ... J_k^T (jvp), row by row for B rows of x.
 
-    Work buffers alternate between two halves of one allocation; the last
-    link writes straight into out.  Returns 0, or -1 when out of memory.
+    Intermediate rows alternate between two halves of one allocation (each
+    step writes the half it does not read); the last link writes straight
+    into out.  A run of consecutive per-sample links is one step here (see
+    _per_sample_run).  Returns 0, or -1 when out of memory.
     """
-    cdef Py_ssize_t step, i, b, half = B * maxw
+    cdef Py_ssize_t step, s1, b, half = B * maxw
     cdef floating *work = NULL
     cdef floating *dst
     cdef const floating *cur = x
     cdef const Link *L
-    cdef int rc = 0
+    cdef int rc = 0, which = 0
     if B == 0:
         return 0
     if k == 0:
@@ -201,12 +257,17 @@ cdef int _run(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
         work = <floating *>malloc(2 * half * sizeof(floating))
         if work == NULL:
             return -1
-    for step in range(k):
-        i = k - 1 - step if transpose else step
-        L = &links[i]
-        dst = out if step == k - 1 else work + (step & 1) * half
+    step = 0
+    while step < k:
+        L = _link_at(links, k, step, transpose)
+        s1 = step + 1
         if L.per_sample:
-            rc = _per_sample(L, transpose, cur, B, dst, nt)
+            while s1 < k and _link_at(links, k, s1, transpose).per_sample:
+                s1 += 1
+        dst = out if s1 == k else work + which * half
+        if L.per_sample:
+            rc = _per_sample_run(links, k, step, s1, transpose, cur, B, maxw,
+                                 dst, nt)
         elif L.kind != LINK_DENSE:
             for b in range(B):
                 struct_apply(L.kind, L.n, <const floating *>L.data, L.ds,
@@ -230,6 +291,8 @@ cdef int _run(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
         if rc:
             break
         cur = dst
+        which ^= 1
+        step = s1
     free(work)
     return rc
 

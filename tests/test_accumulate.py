@@ -872,6 +872,33 @@ def test_per_sample_threads_bitwise(rng, restore_threads, dtype, layout3_):
     assert_close(results[2][2], ref_jacobian(dense), ref_jacobian(absf), dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("spec", [
+    [("ps", 24), ("ps", 16), ("ps", 32)],                   # the whole chain
+    [("ps", 24), ("ps", 16), "diag", ("dense", 32), ("ps", 32), ("ps", 8),
+     ("ps", 32)],                                           # runs at both ends
+    ["dpr1", ("ps", 40), ("ps", 40), ("ps", 40), ("dense", 16)],   # inside
+], ids=["all", "ends", "middle"])
+def test_per_sample_runs_threads_bitwise(rng, restore_threads, dtype, spec):
+    # consecutive per-sample links go through the chain in one pass, a block
+    # of samples at a time; B is odd so that the last block is short, and
+    # every thread count gives the same bits
+    B = 97
+    links, dense, absf, _, dims = build(rng, spec, dtype, 32, batch=B)
+    G = rng.standard_normal((B, dims[-1])).astype(dtype)
+    V = rng.standard_normal((B, dims[0])).astype(dtype)
+    results = {}
+    for nt in (1, 2, 3):
+        gradchain.set_num_threads(nt)
+        chain = Chain(links)
+        results[nt] = (chain.vjp(G), chain.jvp(V))
+    for nt in (2, 3):
+        for a, b in zip(results[1], results[nt]):
+            assert np.array_equal(a, b)
+    assert_close(results[2][0], ref_vjp(dense, G), ref_vjp(absf, np.abs(G)), dtype)
+    assert_close(results[2][1], ref_jvp(dense, V), ref_jvp(absf, np.abs(V)), dtype)
+
+
 def test_batch_property(rng):
     assert Chain([]).batch is None
     assert Chain([rng.standard_normal((3, 4))]).batch is None
