@@ -741,7 +741,6 @@ cdef class ChainCore:
         per-sample links, (batch, n_k, n_0)), accumulated in the cheapest
         bracketing (see ``plan(mode="jacobian")``)."""
         cdef cnp.npy_intp dims[3]
-        cdef Py_ssize_t b, per, size
         if self._k == 0:
             raise ValueError("the empty chain is the identity of any size; it "
                              "has no dense Jacobian")
@@ -759,9 +758,63 @@ cdef class ChainCore:
         if self._batch < 0:
             self._run_plan(plan[0], False, None, 0, out, typenum)
             return out
-        for b in range(self._batch):
-            self._run_plan(plan[0], False, None, 0, out[b], typenum, b)
+        self._run_plan_samples(plan[0], out, typenum)
         return out
+
+    cdef _run_plan_samples(self, split, cnp.ndarray dst, int typenum):
+        """dst[b] = J_k ... J_1 of sample b, for every sample.
+
+        Where every product of the plan is small (at most 64^3 multiply-adds,
+        which BLAS runs on the calling thread), the samples are split across
+        threads, each running the plan single-threaded; otherwise samples go
+        one at a time, each product threaded.  A sample's bits are the same
+        either way."""
+        cdef Py_ssize_t k = self._k, B = self._batch, b, j, w = 0
+        cdef Py_ssize_t item = 4 if typenum == cnp.NPY_FLOAT else 8
+        cdef Py_ssize_t size = cnp.PyArray_DIM(dst, 1) * cnp.PyArray_DIM(dst, 2)
+        cdef int *sp = <int *>cnp.PyArray_DATA(split)
+        cdef char *base = <char *>cnp.PyArray_DATA(dst)
+        cdef int nt = effective_threads(), err = 0
+        cdef Factor *tmpl = NULL
+        cdef Factor *fs = NULL
+        cdef Factor *F
+        cdef const Link *L
+        cdef Py_ssize_t *step = NULL
+        for j in range(k):
+            w = max(w, self._links[j].m, self._links[j].n)
+        if w * w * w > 262144:
+            for b in range(B):
+                self._run_plan(split, False, None, 0, dst[b], typenum, b)
+            return
+        nt = <int>max(1, min(nt, B))
+        tmpl = <Factor *>malloc(k * sizeof(Factor))
+        fs = <Factor *>malloc(nt * k * sizeof(Factor))
+        step = <Py_ssize_t *>malloc(k * sizeof(Py_ssize_t))
+        try:
+            if tmpl == NULL or fs == NULL or step == NULL:
+                raise MemoryError()
+            self._fill_factors(tmpl, "jacobian", 0, NULL, 0)
+            for j in range(k):      # factor j is link k - 1 - j
+                L = &self._links[k - 1 - j]
+                step[j] = L.bs * item if L.per_sample else 0
+            with nogil:
+                for b in prange(B, num_threads=nt, schedule="dynamic",
+                                chunksize=8):
+                    F = fs + threadid() * k
+                    for j in range(k):
+                        F[j] = tmpl[j]
+                        if step[j]:
+                            F[j].data = tmpl[j].data + b * step[j]
+                    if typenum == cnp.NPY_DOUBLE:
+                        err += run_chain_d(F, k, sp, <double *>(base + b * size * item), 1) != 0
+                    else:
+                        err += run_chain_f(F, k, sp, <float *>(base + b * size * item), 1) != 0
+        finally:
+            free(tmpl)
+            free(fs)
+            free(step)
+        if err:
+            raise MemoryError("could not allocate the intermediate products")
 
     @property
     def batch(self):

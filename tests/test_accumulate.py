@@ -899,6 +899,18 @@ def test_per_sample_runs_threads_bitwise(rng, restore_threads, dtype, spec):
     assert_close(results[2][1], ref_jvp(dense, V), ref_jvp(absf, np.abs(V)), dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_per_sample_jacobian_wide_links(rng, dtype):
+    # products over 64^3 multiply-adds: samples go one at a time, each
+    # product threaded (the other path of Chain.jacobian for batches)
+    B = 3
+    spec = [("ps", 70), ("dense", 66), "diag", ("ps", 72)]
+    links, dense, absf, _, dims = build(rng, spec, dtype, 68, batch=B)
+    res = Chain(links).jacobian()
+    assert res.shape == (B, 72, 68) and res.dtype == dtype
+    assert_close(res, ref_jacobian(dense), ref_jacobian(absf), dtype)
+
+
 def test_batch_property(rng):
     assert Chain([]).batch is None
     assert Chain([rng.standard_normal((3, 4))]).batch is None
