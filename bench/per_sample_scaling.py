@@ -1,8 +1,12 @@
-"""Thread scaling of a per-sample chain (issue 4): B = 4096 samples, k = 8
-links of 32x32, float64, vjp, against the NumPy loop
-g = (g[:, None, :] @ J)[:, 0, :].
+"""Thread scaling of a per-sample chain (issue 4): B samples (default 4096),
+k = 8 links of 32x32, float64.  vjp and jvp against the NumPy loops
+g = (g[:, None, :] @ J)[:, 0, :] and v = (J @ v[:, :, None])[:, :, 0], and
+Chain.jacobian against the batched-matmul loop M = J @ M.
 
-    python bench/per_sample_scaling.py [--threads 1,2,4,8,16]
+    python bench/per_sample_scaling.py [--batch 4096] [--threads 1,2,4,8,16]
+
+GB/s counts the per-sample Jacobians read once (B k n^2 8 bytes); with B
+large enough that they outgrow the last-level cache it is memory bandwidth.
 """
 import argparse
 import os
@@ -13,37 +17,66 @@ import numpy as np
 import gradchain
 
 
+def best(f, number=5, repeat=7):
+    return min(timeit.repeat(f, number=number, repeat=repeat)) / number
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", default=None)
+    ap.add_argument("--batch", type=int, default=4096)
     args = ap.parse_args()
     ncpu = os.cpu_count()
     threads = ([int(t) for t in args.threads.split(",")] if args.threads
                else sorted({t for t in (1, 2, 4, 8, 16, ncpu) if t <= ncpu}))
     rng = np.random.default_rng(0)
-    B, k, n = 4096, 8, 32
+    B, k, n = args.batch, 8, 32
     Js = [rng.standard_normal((B, n, n)) / np.sqrt(n) for _ in range(k)]
     G = rng.standard_normal((B, n))
+    V = rng.standard_normal((B, n))
 
-    def loop(G):
+    def vjp_loop():
         g = G
         for J in reversed(Js):
             g = (g[:, None, :] @ J)[:, 0, :]
         return g
 
+    def jvp_loop():
+        v = V
+        for J in Js:
+            v = (J @ v[:, :, None])[:, :, 0]
+        return v
+
+    def jac_loop():
+        M = Js[0]
+        for J in Js[1:]:
+            M = J @ M
+        return M
+
     chain = gradchain.Chain(Js)
-    assert np.allclose(chain.vjp(G), loop(G), rtol=1e-10, atol=1e-12)
-    t_np = min(timeit.repeat(lambda: loop(G), number=5, repeat=7)) / 5
+    assert np.allclose(chain.vjp(G), vjp_loop(), rtol=1e-10, atol=1e-12)
+    assert np.allclose(chain.jvp(V), jvp_loop(), rtol=1e-10, atol=1e-12)
+    assert np.allclose(chain.jacobian(), jac_loop(), rtol=1e-10, atol=1e-12)
     nbytes = sum(J.nbytes for J in Js)
-    print(f"cores {ncpu}; NumPy loop {t_np * 1e3:.2f} ms "
-          f"({nbytes / t_np / 1e9:.0f} GB/s)\n")
-    print("| threads | gradchain vjp | GB/s | NumPy loop / gradchain |")
-    print("|---|---|---|---|")
-    for t in threads:
-        gradchain.set_num_threads(t)
-        s = min(timeit.repeat(lambda: chain.vjp(G), number=5, repeat=7)) / 5
-        print(f"| {t} | {s * 1e3:.2f} ms | {nbytes / s / 1e9:.0f} | {t_np / s:.2f}x |")
-    gradchain.set_num_threads(None)
+    rows = [("vjp", lambda: chain.vjp(G), vjp_loop),
+            ("jvp", lambda: chain.jvp(V), jvp_loop),
+            ("jacobian", chain.jacobian, jac_loop)]
+    print(f"cores {ncpu}; B = {B}, k = {k}, n = {n}, float64; "
+          f"{nbytes / 2**20:.0f} MiB of per-sample Jacobians\n")
+    print("| product | NumPy loop | " + " | ".join(f"{t} thr" for t in threads)
+          + " |")
+    print("|---|---|" + "---|" * len(threads))
+    for name, ours, peer in rows:
+        t_np = best(peer, number=2 if name == "jacobian" else 5)
+        cells = []
+        for t in threads:
+            gradchain.set_num_threads(t)
+            s = best(ours, number=2 if name == "jacobian" else 5)
+            gb = f", {nbytes / s / 1e9:.0f} GB/s" if name != "jacobian" else ""
+            cells.append(f"{s * 1e3:.2f} ms ({t_np / s:.2f}x{gb})")
+        gradchain.set_num_threads(None)
+        gb = f", {nbytes / t_np / 1e9:.0f} GB/s" if name != "jacobian" else ""
+        print(f"| {name} | {t_np * 1e3:.2f} ms{gb} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

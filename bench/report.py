@@ -51,6 +51,8 @@ TARGETS4 = [
      "jacobian dims [2000, 10, 2000, 10, 2000] vs multi_dot (same multiply-adds, asserted)"),
     ("per-sample vjp B=4096 k=8 n=32", "numpy", 2.0, "per-sample B=4096 k=8 n=32 vs NumPy loop"),
     ("per-sample vjp B=4096 k=8 n=32", "jax", 1.0, "per-sample B=4096 k=8 n=32 vs jax.jit(lax.scan, einsum)"),
+    ("per-sample jacobian B=4096 k=8 n=32", "numpy", None,
+     "per-sample jacobian B=4096 k=8 n=32 vs NumPy batched matmul loop"),
     ("B=256 cotangents through [512, 8, 512, 8, 512]", "numpy", 1.5,
      "B=256 through [512, 8, 512, 8, 512]: plan vs propagation G = G @ J"),
 ]
