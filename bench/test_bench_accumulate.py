@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import gradchain
+from conftest import paired_ratio
 
 
 def classic_chain_cost(dims):
@@ -104,6 +105,11 @@ def test_per_sample(benchmark, impl, request):
     ref = numpy_per_sample(Js, G)
     if impl == "gradchain":
         chain = gradchain.Chain(Js)
+        # bandwidth-bound (256 MiB of Jacobians per call): also timed
+        # interleaved with the NumPy loop, so both sides of each pair see
+        # the same state of this shared machine's memory bandwidth
+        benchmark.extra_info["paired"] = paired_ratio(
+            lambda: chain.vjp(G), lambda: numpy_per_sample(Js, G))
         out = benchmark(chain.vjp, G)
     elif impl == "numpy":
         out = benchmark(numpy_per_sample, Js, G)
