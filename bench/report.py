@@ -377,6 +377,13 @@ def main():
         w("## Thread scaling beyond 2 cores (recorded separately)\n")
         w("Not re-measured by this script: `bench/results/scaling-16core.md`, "
           "copied here as recorded." + body)
+    rec = os.path.join(HERE, "results", "per-sample-bandwidth.md")
+    if os.path.exists(rec):
+        with open(rec) as f:
+            body = f.read().split("\n", 1)[1]
+        w("\n## Per-sample vjp against the read floor (recorded separately)\n")
+        w("Not re-measured by this script: `bench/results/per-sample-bandwidth.md`, "
+          "copied here as recorded." + body)
     with open(args.output, "w") as f:
         f.write("\n".join(lines))
     print("wrote", args.output)

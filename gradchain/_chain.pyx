@@ -202,7 +202,7 @@ cdef int _per_sample_run(const Link *links, Py_ssize_t k, Py_ssize_t s0,
         nt = <int>nblocks
     per = 2 * size * maxw               # one thread's two scratch blocks
     if s1 - s0 > 1:
-        scratch = <floating *>malloc(nt * per * sizeof(floating))
+        scratch = <floating *>malloc(max(nt * per, 1) * sizeof(floating))
         if scratch == NULL:
             return -1
     for c in prange(nblocks, num_threads=nt, schedule="dynamic", chunksize=1):

@@ -878,7 +878,8 @@ def test_per_sample_threads_bitwise(rng, restore_threads, dtype, layout3_):
     [("ps", 24), ("ps", 16), "diag", ("dense", 32), ("ps", 32), ("ps", 8),
      ("ps", 32)],                                           # runs at both ends
     ["dpr1", ("ps", 40), ("ps", 40), ("ps", 40), ("dense", 16)],   # inside
-], ids=["all", "ends", "middle"])
+    [("ps", 24), ("ps", 0), ("ps", 16)],                    # an empty middle
+], ids=["all", "ends", "middle", "empty"])
 def test_per_sample_runs_threads_bitwise(rng, restore_threads, dtype, spec):
     # consecutive per-sample links go through the chain in one pass, a block
     # of samples at a time; B is odd so that the last block is short, and
