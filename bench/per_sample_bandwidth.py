@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 import gradchain
+from test_bench_accumulate import numpy_per_sample, per_sample_problem
 
 
 def main():
@@ -32,20 +33,13 @@ def main():
     ap.add_argument("--every", type=float, default=10.0)
     ap.add_argument("--pairs", type=int, default=10)
     args = ap.parse_args()
-    rng = np.random.default_rng(3)
-    B, k, n = 4096, 8, 32
-    Js = [rng.standard_normal((B, n, n)) / np.sqrt(n) for _ in range(k)]
-    G = rng.standard_normal((B, n))
+    Js, G = per_sample_problem()
     chain = gradchain.Chain(Js)
     nt = gradchain.get_num_threads()
     shares = [Js[i::nt] for i in range(nt)]
     nbytes = sum(J.nbytes for J in Js)
 
-    def loop():
-        g = G
-        for J in reversed(Js):
-            g = (g[:, None, :] @ J)[:, 0, :]
-        return g
+    loop = lambda: numpy_per_sample(Js, G)          # noqa: E731
 
     def floor():
         ts = [threading.Thread(target=lambda s=s: [np.sum(J) for J in s])

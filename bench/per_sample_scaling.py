@@ -15,6 +15,8 @@ import timeit
 import numpy as np
 
 import gradchain
+from test_bench_accumulate import (numpy_jacobian_loop, numpy_per_sample,
+                                   per_sample_problem)
 
 
 def best(f, number=5, repeat=7):
@@ -29,29 +31,17 @@ def main():
     ncpu = os.cpu_count()
     threads = ([int(t) for t in args.threads.split(",")] if args.threads
                else sorted({t for t in (1, 2, 4, 8, 16, ncpu) if t <= ncpu}))
-    rng = np.random.default_rng(0)
     B, k, n = args.batch, 8, 32
-    Js = [rng.standard_normal((B, n, n)) / np.sqrt(n) for _ in range(k)]
-    G = rng.standard_normal((B, n))
-    V = rng.standard_normal((B, n))
-
-    def vjp_loop():
-        g = G
-        for J in reversed(Js):
-            g = (g[:, None, :] @ J)[:, 0, :]
-        return g
+    Js, G = per_sample_problem(B, k, n)
+    V = np.random.default_rng(0).standard_normal((B, n))
+    vjp_loop = lambda: numpy_per_sample(Js, G)      # noqa: E731
+    jac_loop = lambda: numpy_jacobian_loop(Js)      # noqa: E731
 
     def jvp_loop():
         v = V
         for J in Js:
             v = (J @ v[:, :, None])[:, :, 0]
         return v
-
-    def jac_loop():
-        M = Js[0]
-        for J in Js[1:]:
-            M = J @ M
-        return M
 
     chain = gradchain.Chain(Js)
     assert np.allclose(chain.vjp(G), vjp_loop(), rtol=1e-10, atol=1e-12)

@@ -184,10 +184,21 @@ def main():
                 "extra_info": b.get("extra_info", {}),
             }
         sessions.append(groups)
+    # the date and the read-bandwidth probe belong to the sessions: measured
+    # right after them, saved with them, and reused by --render-only
+    saved_meta = os.path.join(HERE, "results", "sessions-meta.json")
+    if args.render_only and os.path.exists(saved_meta):
+        with open(saved_meta) as f:
+            meta = json.load(f)
+    else:
+        meta = {"date": datetime.date.today().isoformat(),
+                "read_gbs_1": read_bandwidth(1), "read_gbs_2": read_bandwidth(2)}
     if not args.render_only:
         os.makedirs(os.path.dirname(saved), exist_ok=True)
         with open(saved, "w") as f:
             json.dump(sessions, f, indent=0)
+        with open(saved_meta, "w") as f:
+            json.dump(meta, f, indent=0)
 
     def ratios(group, num, den, stat="median"):
         """num stat / den stat in each session that has both."""
@@ -213,7 +224,7 @@ def main():
             return med, f"{med:.2f}×"
         return med, f"{med:.2f}× ({min(rs):.2f}–{max(rs):.2f})"
 
-    bw1, bw2 = read_bandwidth(1), read_bandwidth(2)
+    bw1, bw2 = meta["read_gbs_1"], meta["read_gbs_2"]
     lines = []
     w = lines.append
     w("# gradchain benchmarks\n")
@@ -225,7 +236,7 @@ def main():
       "per-session ratios, with their range in brackets (the shared machine's memory "
       "bandwidth drifts between sessions, which moves the bandwidth-bound rows). The "
       "time columns come from the session with the median ratio.\n")
-    w(f"Measured {datetime.date.today().isoformat()} on:\n")
+    w(f"Measured {meta['date']} on:\n")
     for k, v in machine().items():
         w(f"- {k}: {v}")
     w(f"- read bandwidth (np.sum over 1 GiB): {bw1:.1f} GB/s on 1 thread, "
@@ -370,20 +381,16 @@ def main():
       "`elements` a view `A[::2, ::2]` (inner stride 2: every cache line of the "
       "parent is fetched, so twice the bytes of J cross the memory bus). No layout "
       "is copied: the benchmark asserts the chain binds the caller's array.\n")
-    rec = os.path.join(HERE, "results", "scaling-16core.md")
-    if os.path.exists(rec):
-        with open(rec) as f:
-            body = f.read().split("\n", 1)[1]
-        w("## Thread scaling beyond 2 cores (recorded separately)\n")
-        w("Not re-measured by this script: `bench/results/scaling-16core.md`, "
-          "copied here as recorded." + body)
-    rec = os.path.join(HERE, "results", "per-sample-bandwidth.md")
-    if os.path.exists(rec):
-        with open(rec) as f:
-            body = f.read().split("\n", 1)[1]
-        w("\n## Per-sample vjp against the read floor (recorded separately)\n")
-        w("Not re-measured by this script: `bench/results/per-sample-bandwidth.md`, "
-          "copied here as recorded." + body)
+    for name, title in (("scaling-16core.md", "Thread scaling beyond 2 cores"),
+                        ("per-sample-bandwidth.md",
+                         "Per-sample vjp against the read floor")):
+        rec = os.path.join(HERE, "results", name)
+        if os.path.exists(rec):
+            with open(rec) as f:
+                body = f.read().split("\n", 1)[1].rstrip() + "\n"
+            w(f"## {title} (recorded separately)\n")
+            w(f"Not re-measured by this script: `bench/results/{name}`, "
+              "copied here as recorded." + body)
     with open(args.output, "w") as f:
         f.write("\n".join(lines))
     print("wrote", args.output)
