@@ -42,6 +42,9 @@ extern "C" {
 #define GC_REGBLOCK_BYTES ((ptrdiff_t)1 << 18)
 #define GC_CHUNK_MIN_ROWS ((ptrdiff_t)128)
 #define GC_CHUNK_MAX ((ptrdiff_t)64)
+/* A^T x on one thread keeps a chunk's partial sums on the stack up to this
+ * many columns (4 KiB of double) instead of allocating them */
+#define GC_STACK_PARTIALS 512
 
 /* Returns 0, or -1 when a work buffer for a large product cannot be
  * allocated (y is then unspecified). */

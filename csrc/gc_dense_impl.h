@@ -401,19 +401,27 @@ GC_NAME(gc_axpy_rows)(ptrdiff_t m, ptrdiff_t n, const GC_T *A, ptrdiff_t rs,
     }
 #endif
     (void)nthreads;
-    P = (GC_T *)malloc((size_t)n * sizeof(GC_T));
-    if (P == NULL) {
-        return -1;
+    {
+        /* one chunk's partial sums: on the stack when narrow (per-sample
+         * links call this once per sample, inside a parallel loop) */
+        GC_T onstack[GC_STACK_PARTIALS];
+        P = n <= GC_STACK_PARTIALS ? onstack
+                                   : (GC_T *)malloc((size_t)n * sizeof(GC_T));
+        if (P == NULL) {
+            return -1;
+        }
+        GC_NAME(axpy_rows_range)(kind, chunk, 0, n, A, rs, cs, x, y);
+        for (j = 1; j < nch; j++) {
+            const ptrdiff_t r0 = j * chunk;
+            const ptrdiff_t r1 = r0 + chunk < m ? r0 + chunk : m;
+            GC_NAME(axpy_rows_range)(kind, r1 - r0, 0, n, A + r0 * rs, rs,
+                                     cs, x + r0, P);
+            GC_NAME(add_partials)(1, n, 0, n, P, y);
+        }
+        if (P != onstack) {
+            free(P);
+        }
     }
-    GC_NAME(axpy_rows_range)(kind, chunk, 0, n, A, rs, cs, x, y);
-    for (j = 1; j < nch; j++) {
-        const ptrdiff_t r0 = j * chunk;
-        const ptrdiff_t r1 = r0 + chunk < m ? r0 + chunk : m;
-        GC_NAME(axpy_rows_range)(kind, r1 - r0, 0, n, A + r0 * rs, rs, cs,
-                                 x + r0, P);
-        GC_NAME(add_partials)(1, n, 0, n, P, y);
-    }
-    free(P);
     return 0;
 }
 

@@ -764,12 +764,13 @@ cdef class ChainCore:
     cdef _run_plan_samples(self, split, cnp.ndarray dst, int typenum):
         """dst[b] = J_k ... J_1 of sample b, for every sample.
 
-        Where every product of the plan is small (at most 64^3 multiply-adds,
-        which BLAS runs on the calling thread), the samples are split across
-        threads, each running the plan single-threaded; otherwise samples go
-        one at a time, each product threaded.  A sample's bits are the same
-        either way."""
-        cdef Py_ssize_t k = self._k, B = self._batch, b, j, w = 0
+        Where every link is at most 64 wide, so that every product of the
+        plan is at most 64^3 multiply-adds (which OpenBLAS, the BLAS of the
+        SciPy wheels, runs on the calling thread), the samples are split
+        across threads, each running the plan single-threaded; otherwise
+        samples go one at a time, each product threaded.  A sample's bits
+        are the same either way."""
+        cdef Py_ssize_t k = self._k, B = self._batch, b, j, w = 0, elems = 0
         cdef Py_ssize_t item = 4 if typenum == cnp.NPY_FLOAT else 8
         cdef Py_ssize_t size = cnp.PyArray_DIM(dst, 1) * cnp.PyArray_DIM(dst, 2)
         cdef int *sp = <int *>cnp.PyArray_DATA(split)
@@ -782,10 +783,13 @@ cdef class ChainCore:
         cdef Py_ssize_t *step = NULL
         for j in range(k):
             w = max(w, self._links[j].m, self._links[j].n)
-        if w * w * w > 262144:
+            elems += self._links[j].m * self._links[j].n
+        if w > 64:          # some product may exceed 64^3 multiply-adds
             for b in range(B):
                 self._run_plan(split, False, None, 0, dst[b], typenum, b)
             return
+        if B * elems < GC_PARALLEL_MIN_ELEMS:
+            nt = 1
         nt = <int>max(1, min(nt, B))
         tmpl = <Factor *>malloc(k * sizeof(Factor))
         fs = <Factor *>malloc(nt * k * sizeof(Factor))

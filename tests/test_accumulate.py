@@ -912,6 +912,23 @@ def test_per_sample_jacobian_wide_links(rng, dtype):
     assert_close(res, ref_jacobian(dense), ref_jacobian(absf), dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n0", [40, 520], ids=["partials-on-stack", "partials-on-heap"])
+def test_per_sample_tall_links(rng, restore_threads, dtype, n0):
+    # more than 128 rows: J^T g sums the rows in chunks, with the partial
+    # sums on the stack up to 512 columns and allocated beyond
+    B = 3
+    links, dense, absf, _, dims = build(rng, [("ps", 140), ("ps", 130)], dtype,
+                                        n0, batch=B)
+    G = rng.standard_normal((B, dims[-1])).astype(dtype)
+    results = []
+    for nt in (1, 2):
+        gradchain.set_num_threads(nt)
+        results.append(Chain(links).vjp(G))
+    assert np.array_equal(results[0], results[1])
+    assert_close(results[1], ref_vjp(dense, G), ref_vjp(absf, np.abs(G)), dtype)
+
+
 def test_batch_property(rng):
     assert Chain([]).batch is None
     assert Chain([rng.standard_normal((3, 4))]).batch is None
