@@ -810,9 +810,11 @@ cdef class ChainCore:
                         if step[j]:
                             F[j].data = tmpl[j].data + b * step[j]
                     if typenum == cnp.NPY_DOUBLE:
-                        err += run_chain_d(F, k, sp, <double *>(base + b * size * item), 1) != 0
+                        err += run_chain_d(
+                            F, k, sp, <double *>(base + b * size * item), 1) != 0
                     else:
-                        err += run_chain_f(F, k, sp, <float *>(base + b * size * item), 1) != 0
+                        err += run_chain_f(
+                            F, k, sp, <float *>(base + b * size * item), 1) != 0
         finally:
             free(tmpl)
             free(fs)
