@@ -25,8 +25,12 @@ cdef struct Factor:
 # out of memory.  Runs without the GIL in O(m^3).
 cdef double plan_chain(const Factor *f, Py_ssize_t m, int *split) noexcept nogil
 
-# The cost of the fixed left-to-right and right-to-left orders.
-cdef double order_cost(const Factor *f, Py_ssize_t m, bint left) noexcept nogil
+# The cost of the fixed left-to-right and right-to-left orders; with
+# per_sample flags (one per factor), products holding a per-sample factor
+# count batch times (see _accumulate.pyx).
+cdef double order_cost(const Factor *f, Py_ssize_t m, bint left,
+                       const char *per_sample=*, double batch=*,
+                       bint block=*) noexcept nogil
 
 # out (p_0 x q_{m-1}, C-contiguous) = F_0 ... F_{m-1} in the bracketing of
 # split.  0, or -1 when out of memory.

@@ -160,24 +160,44 @@ cdef double plan_chain(const Factor *f, Py_ssize_t m, int *split) noexcept nogil
     return best
 
 
-cdef double order_cost(const Factor *f, Py_ssize_t m, bint left) noexcept nogil:
-    cdef double total = 0.0
+cdef double order_cost(const Factor *f, Py_ssize_t m, bint left,
+                       const char *per_sample=NULL, double batch=1.0,
+                       bint block=False) noexcept nogil:
+    """Multiply-adds of the plain left-to-right or right-to-left order.
+
+    With per_sample (one flag per factor), a product of factors that holds
+    a per-sample factor is made once per sample (batch times), unless it
+    holds factor 0 and block says factor 0 is the block of batch vectors of
+    a vjp/jvp (row b meets only sample b's factors, so the p q r count,
+    with p = batch, is already the total)."""
+    cdef double total = 0.0, c
     cdef int acc
+    cdef bint ps
     cdef Py_ssize_t i
     if m <= 1:
         return 0.0
     if left:
         acc = f[0].kind
+        ps = per_sample != NULL and per_sample[0]
         for i in range(1, m):
-            total += _mult_cost(acc, f[i].kind, <double>f[0].p,
-                                <double>f[i].p, <double>f[i].q)
+            c = _mult_cost(acc, f[i].kind, <double>f[0].p,
+                           <double>f[i].p, <double>f[i].q)
+            ps = ps or (per_sample != NULL and per_sample[i])
+            if ps and not block:
+                c *= batch
+            total += c
             acc = _result_kind(acc, f[i].kind)
     else:
         acc = f[m - 1].kind
+        ps = per_sample != NULL and per_sample[m - 1]
         i = m - 2
         while i >= 0:
-            total += _mult_cost(f[i].kind, acc, <double>f[i].p,
-                                <double>f[i].q, <double>f[m - 1].q)
+            c = _mult_cost(f[i].kind, acc, <double>f[i].p,
+                           <double>f[i].q, <double>f[m - 1].q)
+            ps = ps or (per_sample != NULL and per_sample[i])
+            if ps and not (i == 0 and block):
+                c *= batch
+            total += c
             acc = _result_kind(f[i].kind, acc)
             i -= 1
     return total

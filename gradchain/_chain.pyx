@@ -828,6 +828,42 @@ cdef class ChainCore:
         None when every link is shared."""
         return None if self._batch < 0 else self._batch
 
+    cdef tuple _per_sample_plan(self, tuple plan, str mode):
+        """The plan of a chain with per-sample links as it is executed.
+
+        jacobian: the bracketing runs once per sample, so every count is
+        batch times the per-sample one.  vjp/jvp: the block propagates link
+        by link (row b through sample b's Jacobians), so the bracketing is
+        left to right; the right-to-left baseline counts a product that
+        holds a per-sample link once per sample."""
+        cdef Py_ssize_t k = self._k, m = k + 1, i, j
+        cdef double B = <double>self._batch, l2r, r2l
+        cdef bint tr = mode == "jvp"
+        cdef Factor *f
+        cdef char *ps
+        split, cost, l2r, r2l = plan
+        if mode == "jacobian":
+            return split, cost * B, l2r * B, r2l * B
+        f = <Factor *>malloc(m * sizeof(Factor))
+        ps = <char *>malloc(m)
+        try:
+            if f == NULL or ps == NULL:
+                raise MemoryError()
+            self._fill_factors(f, mode, self._batch, NULL)
+            ps[0] = 0
+            for j in range(k):
+                i = j if tr else k - 1 - j
+                ps[j + 1] = self._links[i].per_sample
+            l2r = order_cost(f, m, True, ps, B, True)
+            r2l = order_cost(f, m, False, ps, B, True)
+        finally:
+            free(f)
+            free(ps)
+        split = np.zeros(m * m, dtype=np.intc)
+        for j in range(1, m):
+            split[j::m][:j] = j - 1         # (F_i .. F_{j-1}) F_j
+        return split, l2r, l2r, r2l
+
     def _plan_info(self, Py_ssize_t batch, str mode):
         """(split table, cost, l2r, r2l, factor names) for Chain.plan."""
         if mode not in ("vjp", "jvp", "jacobian"):
@@ -836,7 +872,14 @@ cdef class ChainCore:
             raise ValueError(f"batch must be >= 0, got {batch}")
         if self._k == 0:
             raise ValueError("the empty chain has nothing to plan")
+        if self._batch >= 0 and mode != "jacobian" and batch != self._batch:
+            raise ValueError(
+                f"jacobians[{self._batch_from}] holds {self._batch} per-sample "
+                f"Jacobians, so a {mode} takes a batch of exactly "
+                f"{self._batch} vectors: pass batch={self._batch}, got {batch}")
         plan = self._get_plan(mode, 0 if mode == "jacobian" else batch)
+        if self._batch >= 0:
+            plan = self._per_sample_plan(plan, mode)
         k = self._k
         if mode == "jacobian":
             names = [f"J{i}" for i in range(k, 0, -1)]

@@ -145,6 +145,13 @@ class Chain(ChainCore):
         identity nothing) decides between propagating the block link by link
         and pre-multiplying some links.  ``vjp``/``jvp`` of a block follow
         this plan; plans are cached per (mode, batch) for the chain's life.
+
+        With per-sample (3-D) links, ``batch`` must be the chain's
+        :attr:`batch` for vjp/jvp, and the plan is what runs: the block is
+        propagated link by link (row b through sample b's Jacobians), and
+        the right-to-left baseline counts a product holding a per-sample
+        link once per sample.  For ``"jacobian"`` the bracketing runs once
+        per sample, and every count is ``batch`` times the per-sample one.
         """
         if isinstance(batch, bool) or not isinstance(batch, int):
             raise TypeError(f"batch must be an int, got {batch!r}")

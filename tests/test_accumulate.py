@@ -929,6 +929,39 @@ def test_per_sample_tall_links(rng, restore_threads, dtype, n0):
     assert_close(results[1], ref_vjp(dense, G), ref_vjp(absf, np.abs(G)), dtype)
 
 
+def test_per_sample_plans(rng):
+    # plans of chains with per-sample links report what runs: vjp/jvp
+    # propagate the block link by link; jacobian runs its bracketing once
+    # per sample; a product holding a per-sample link counts B times
+    B = 5
+    J1 = rng.standard_normal((B, 3, 4))
+    W2 = rng.standard_normal((6, 3))
+    J3 = rng.standard_normal((B, 2, 6))
+    chain = Chain([J1, W2, J3])
+    p = chain.plan(B, "vjp")
+    assert p.expression == "((G J3) J2) J1"
+    assert p.cost == p.baseline_costs["left_to_right"] == B * (2 * 6 + 6 * 3 + 3 * 4)
+    assert p.baseline_costs["right_to_left"] == (B * 6 * 3 * 4 + B * 2 * 6 * 4
+                                                 + B * 2 * 4)
+    p = chain.plan(B, "jvp")
+    assert p.expression == "((V J1^T) J2^T) J3^T"
+    assert p.cost == B * (4 * 3 + 3 * 6 + 6 * 2)
+    assert p.baseline_costs["right_to_left"] == (B * 3 * 6 * 2 + B * 4 * 3 * 2
+                                                 + B * 4 * 2)
+    shared = Chain([J1[0], W2, J3[0]]).plan(mode="jacobian")
+    p = chain.plan(mode="jacobian")
+    assert p.expression == shared.expression
+    assert p.cost == B * shared.cost
+    assert p.baseline_costs == {key: B * v for key, v in shared.baseline_costs.items()}
+    # a product of shared links only is made once
+    W1 = rng.standard_normal((3, 4))
+    p = Chain([W1, W2, J3]).plan(B, "vjp")
+    assert p.baseline_costs["right_to_left"] == 6 * 3 * 4 + B * 2 * 6 * 4 + B * 2 * 4
+    with raises(ValueError, "jacobians[0] holds 5 per-sample Jacobians, so a vjp "
+                            "takes a batch of exactly 5 vectors: pass batch=5, got 1"):
+        chain.plan()
+
+
 def test_batch_property(rng):
     assert Chain([]).batch is None
     assert Chain([rng.standard_normal((3, 4))]).batch is None
