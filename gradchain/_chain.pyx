@@ -771,15 +771,13 @@ cdef class ChainCore:
         samples go one at a time, each product threaded.  A sample's bits
         are the same either way."""
         cdef Py_ssize_t k = self._k, B = self._batch, b, j, w = 0, elems = 0
-        cdef Py_ssize_t item = 4 if typenum == cnp.NPY_FLOAT else 8
-        cdef Py_ssize_t size = cnp.PyArray_DIM(dst, 1) * cnp.PyArray_DIM(dst, 2)
+        cdef Py_ssize_t bstride = cnp.PyArray_STRIDE(dst, 0)
         cdef int *sp = <int *>cnp.PyArray_DATA(split)
         cdef char *base = <char *>cnp.PyArray_DATA(dst)
         cdef int nt = effective_threads(), err = 0
         cdef Factor *tmpl = NULL
         cdef Factor *fs = NULL
         cdef Factor *F
-        cdef const Link *L
         cdef Py_ssize_t *step = NULL
         for j in range(k):
             w = max(w, self._links[j].m, self._links[j].n)
@@ -797,10 +795,12 @@ cdef class ChainCore:
         try:
             if tmpl == NULL or fs == NULL or step == NULL:
                 raise MemoryError()
+            # sample b's factors: sample 0's, data moved by b steps (0 for
+            # shared links), the step read off sample 1's factors
             self._fill_factors(tmpl, "jacobian", 0, NULL, 0)
-            for j in range(k):      # factor j is link k - 1 - j
-                L = &self._links[k - 1 - j]
-                step[j] = L.bs * item if L.per_sample else 0
+            self._fill_factors(fs, "jacobian", 0, NULL, 1 if B > 1 else 0)
+            for j in range(k):
+                step[j] = fs[j].data - tmpl[j].data if tmpl[j].data != NULL else 0
             with nogil:
                 for b in prange(B, num_threads=nt, schedule="dynamic",
                                 chunksize=8):
@@ -811,10 +811,10 @@ cdef class ChainCore:
                             F[j].data = tmpl[j].data + b * step[j]
                     if typenum == cnp.NPY_DOUBLE:
                         err += run_chain_d(
-                            F, k, sp, <double *>(base + b * size * item), 1) != 0
+                            F, k, sp, <double *>(base + b * bstride), 1) != 0
                     else:
                         err += run_chain_f(
-                            F, k, sp, <float *>(base + b * size * item), 1) != 0
+                            F, k, sp, <float *>(base + b * bstride), 1) != 0
         finally:
             free(tmpl)
             free(fs)

@@ -135,6 +135,19 @@ cdef int _propagate(const Op *ops, Py_ssize_t k, Py_ssize_t B,
     return 0
 
 
+cdef floating *_bind_layers(floating **xs, floating *x0, floating *base,
+                            const Py_ssize_t *dims, Py_ssize_t B,
+                            Py_ssize_t k) noexcept nogil:
+    """xs[0] = x0 and xs[i] = layer i's B x dims[i] rows in the workspace,
+    one after another from base; returns the work area that follows."""
+    cdef Py_ssize_t i, off = 0
+    xs[0] = x0
+    for i in range(1, k + 1):
+        xs[i] = base + off
+        off += B * dims[i]
+    return base + off
+
+
 cdef class Plan:
     """Compiled forward/backward of built-in maps (see module docstring).
 
@@ -280,7 +293,7 @@ cdef class Plan:
     cdef object _loss_typed(self, floating *tag, cnp.ndarray x, Py_ssize_t B,
                             int loss, aux, labels, cnp.ndarray ws,
                             Py_ssize_t *dims, Py_ssize_t half):
-        cdef Py_ssize_t k = self._k, i, off = 0
+        cdef Py_ssize_t k = self._k, i
         cdef floating *base = <floating *>cnp.PyArray_DATA(ws)
         cdef floating *xsbuf[65]
         cdef floating **xs = xsbuf
@@ -299,11 +312,8 @@ cdef class Plan:
             if xs == NULL:
                 raise MemoryError()
         try:
-            xs[0] = <floating *>cnp.PyArray_DATA(x)
-            for i in range(1, k + 1):
-                xs[i] = base + off
-                off += B * dims[i]
-            work = base + off
+            work = _bind_layers(xs, <floating *>cnp.PyArray_DATA(x), base,
+                                dims, B, k)
             with nogil:
                 rc = _forward(self._ops, k, B, dims, xs, nt)
                 if rc == 0:
@@ -363,7 +373,7 @@ cdef class Plan:
 
     cdef object _run_typed(self, floating *tag, cnp.ndarray X, str mode, T,
                            cnp.ndarray ws, Py_ssize_t *dims, Py_ssize_t half):
-        cdef Py_ssize_t k = self._k, B = X.shape[0], i, off = 0
+        cdef Py_ssize_t k = self._k, B = X.shape[0], i
         cdef floating *base = <floating *>cnp.PyArray_DATA(ws)
         cdef floating *xsbuf[65]
         cdef floating **xs = xsbuf
@@ -378,11 +388,8 @@ cdef class Plan:
             if xs == NULL:
                 raise MemoryError()
         try:
-            xs[0] = <floating *>cnp.PyArray_DATA(X)
-            for i in range(1, k + 1):
-                xs[i] = base + off
-                off += B * dims[i]
-            work = base + off
+            work = _bind_layers(xs, <floating *>cnp.PyArray_DATA(X), base,
+                                dims, B, k)
             with nogil:
                 rc = _forward(self._ops, k, B, dims, xs, nt)
             if rc:
