@@ -35,6 +35,19 @@ from gradchain import (Chain, Dense, Diagonal, DiagonalPlusRankOne, Identity,
 from conftest import (DTYPES, assert_close, make_layout, random_matrix,
                       reference_jvp, reference_vjp)
 
+
+def threads_compared():
+    """Called first by a test that compares results across thread counts.
+    Without OpenMP every count runs on one thread and the comparison is one
+    thread against itself; where GRADCHAIN_EXPECT_OPENMP=1 (.ci/run) says
+    the build must have OpenMP, that is a failure, not a vacuous pass."""
+    if (os.environ.get("GRADCHAIN_EXPECT_OPENMP", "") not in ("", "0")
+            and not gradchain.openmp_enabled()):
+        pytest.fail("GRADCHAIN_EXPECT_OPENMP=1 but this build of gradchain has "
+                    "no OpenMP: comparing thread counts would compare one "
+                    "thread with itself")
+
+
 KINDS = ["diagonal", "identity", "rank1", "softmax", "log_softmax"]
 # straddle the 16 (float64) / 32 (float32) lanes of the rank-one dot
 SIZES = [0, 1, 3, 16, 17, 33, 100]
@@ -956,6 +969,7 @@ def test_pickle_operators_every_protocol():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bitwise_identical_across_thread_counts(rng, dtype, restore_threads):
+    threads_compared()
     m, n = 400, 1500               # 600k-element dense link: threaded
     links = [make_op(rng, "diagonal", m, dtype),
              make_dense(rng, n, m, dtype, "C"),
