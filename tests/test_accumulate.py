@@ -86,42 +86,52 @@ class RefVal:
 
 
 class RefOps:
-    """NumPy primitives that count the multiplications they perform."""
+    """NumPy primitives that count the multiplications they perform.
 
-    def __init__(self):
+    dry=True counts without computing (each primitive returns an
+    uninitialised array of its result's shape): for brute-force searches
+    over products too big to compute, along the same code path whose values
+    are checked at small sizes."""
+
+    def __init__(self, dry=False):
         self.count = 0
+        self.dry = dry
+
+    def _out(self, shape, compute):
+        return np.empty(shape) if self.dry else compute()
 
     def matmul(self, A, B):                 # each entry: a dot of length q
         self.count += A.shape[0] * A.shape[1] * B.shape[1]
-        return A @ B
+        return self._out((A.shape[0], B.shape[1]), lambda: A @ B)
 
     def vecmat(self, x, A):                 # x^T A
         self.count += A.size
-        return x @ A
+        return self._out(A.shape[1:], lambda: x @ A)
 
     def matvec(self, A, x):                 # A x
         self.count += A.size
-        return A @ x
+        return self._out(A.shape[:1], lambda: A @ x)
 
     def hadamard(self, a, b):
         self.count += a.size
-        return a * b
+        return self._out(a.shape, lambda: a * b)
 
     def scale_rows(self, d, A):             # diag(d) A
         self.count += A.size
-        return d[:, None] * A
+        return self._out(A.shape, lambda: d[:, None] * A)
 
     def scale_cols(self, A, d):             # A diag(d)
         self.count += A.size
-        return A * d[None, :]
+        return self._out(A.shape, lambda: A * d[None, :])
 
     def add_outer(self, Z, x, y):           # Z + x y^T, one multiply-add each
         self.count += Z.size
-        return Z + np.outer(x, y)
+        return self._out(Z.shape, lambda: Z + np.outer(x, y))
 
     def write_out(self, val):               # diag(d) + cu v^T as a dense matrix
         assert val.kind == DPR1
-        M = self.add_outer(np.diag(val.d), val.cu, val.v)
+        M = self.add_outer(self._out((val.p, val.p), lambda: np.diag(val.d)),
+                           val.cu, val.v)
         return RefVal(DENSE, val.p, val.q, M=M)
 
 
@@ -157,9 +167,10 @@ def ref_multiply(L, R, ops):
     return RefVal(DENSE, p, r, M=Z)
 
 
-def random_refval(rng, kind, p, q):
+def random_refval(rng, kind, p, q, dry=False):
     if kind == DENSE:
-        return RefVal(DENSE, p, q, M=rng.standard_normal((p, q)))
+        return RefVal(DENSE, p, q, M=np.empty((p, q)) if dry
+                      else rng.standard_normal((p, q)))
     assert p == q
     if kind == IDENT:
         return RefVal(IDENT, p, q)
@@ -174,15 +185,19 @@ def random_refval(rng, kind, p, q):
 @functools.lru_cache(maxsize=None)
 def measured_product(kl, kr, p, q, r):
     """(multiply-adds, result kind) of (p x q, kl) times (q x r, kr),
-    measured on random operands; the value is checked against ``@``."""
+    measured on random operands; the value is checked against ``@`` (up to
+    2**18 multiply-adds; beyond, counted dry)."""
     rng = np.random.default_rng([ALL_KINDS.index(kl), ALL_KINDS.index(kr),
                                  p, q, r])
-    L, R = random_refval(rng, kl, p, q), random_refval(rng, kr, q, r)
-    ops = RefOps()
+    dry = p * q * r > 2 ** 18
+    L, R = random_refval(rng, kl, p, q, dry), random_refval(rng, kr, q, r, dry)
+    ops = RefOps(dry)
     Z = ref_multiply(L, R, ops)
     assert (Z.p, Z.q) == (p, r)
-    want = L.todense() @ R.todense()
-    assert np.allclose(Z.todense(), want, rtol=1e-12, atol=1e-12), (kl, kr, p, q, r)
+    if not dry:
+        want = L.todense() @ R.todense()
+        assert np.allclose(Z.todense(), want, rtol=1e-12, atol=1e-12), \
+            (kl, kr, p, q, r)
     return ops.count, Z.kind
 
 
