@@ -14,6 +14,7 @@ microseconds).
 cimport numpy as cnp
 import numpy as np
 from libc.stdlib cimport free
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.string cimport memcpy
 from cython cimport floating
 from cython.parallel cimport prange, threadid
@@ -104,6 +105,13 @@ cdef _reject_masked(object a, str name):
 
 
 cdef cnp.ndarray _as_array(object x, str name):
+    """x as an ndarray, read in place when it is one: the one conversion of
+    every input (chains, operators, maps, losses, callback outputs).  Masked
+    arrays are refused whatever their dtype: gradchain would not apply the
+    mask."""
+    if type(x) is np.ndarray:
+        return <cnp.ndarray>x
+    _reject_masked(x, name)
     if isinstance(x, cnp.ndarray):
         return <cnp.ndarray>x
     try:
@@ -112,6 +120,12 @@ cdef cnp.ndarray _as_array(object x, str name):
         raise TypeError(
             f"{name} could not be converted to a numeric array "
             f"(ragged or not array-like): {exc}") from exc
+
+
+def as_array(x, str name):
+    """The one conversion rule for inputs (see _as_array), for the Python
+    layer (operators.py, maps.py)."""
+    return _as_array(x, name)
 
 
 cdef inline bint _usable(cnp.ndarray a, int typenum):
@@ -368,6 +382,54 @@ cdef const int *_table_of(object order):
     return <const int *>cnp.PyArray_DATA(<cnp.ndarray>order)
 
 
+# what each structured kind binds: its number of vectors
+cdef dict _OPERATOR_VECTORS = {LINK_DIAG: 1, LINK_SCALED_IDENTITY: 0,
+                               LINK_DIAG_RANK1: 3}
+
+
+cdef tuple _operator_record(object op, object kind, Py_ssize_t i):
+    """(kind, n, vectors, scale) of an operator link, validated: everything
+    the kernels will read comes from here, checked against the operator's
+    shape, so an operator (or a subclass) that lies about itself raises
+    instead of making the kernels read past a vector."""
+    cdef str name = f"jacobians[{i}]"
+    cdef cnp.ndarray a
+    if kind not in _OPERATOR_VECTORS:
+        raise TypeError(
+            f"{name} is a {type(op).__name__}, an Operator the compiled chain "
+            f"does not know; pass its dense form (Dense(op.todense())) or use "
+            f"one of Dense, Diagonal, Identity, DiagonalPlusRankOne")
+    shape = op.shape
+    if (not isinstance(shape, tuple) or len(shape) != 2
+            or not all(isinstance(d, (int, np.integer))
+                       and not isinstance(d, (bool, np.bool_)) for d in shape)):
+        raise TypeError(f"{name} ({type(op).__name__}) has shape {shape!r}; "
+                        f"an operator's shape is a tuple of two ints")
+    n = int(shape[0])
+    if shape[1] != n or not 0 <= n <= PY_SSIZE_T_MAX:
+        raise ValueError(f"{name} ({type(op).__name__}) has shape {shape}; a "
+                         f"structured operator is square, n x n with "
+                         f"0 <= n <= {PY_SSIZE_T_MAX}")
+    vectors = tuple(op._gc_vectors())
+    if len(vectors) != _OPERATOR_VECTORS[kind]:
+        raise ValueError(f"{name} ({type(op).__name__}) gave {len(vectors)} "
+                         f"vectors; its kind binds {_OPERATOR_VECTORS[kind]}")
+    for j, vec in enumerate(vectors):
+        a = _as_array(vec, f"{name}'s vector {j}")
+        if cnp.PyArray_NDIM(a) != 1 or cnp.PyArray_DIM(a, 0) != n:
+            raise ValueError(f"{name} ({type(op).__name__}) has shape {shape} "
+                             f"but its vector {j} has shape {_pyshape(a)}, "
+                             f"expected ({n},)")
+        _compute_typenum(a.dtype, f"{name}'s vector {j}")
+        vectors = vectors[:j] + (a,) + vectors[j + 1:]
+    scale = op._gc_scale()
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(
+            scale, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} ({type(op).__name__}) has scale {scale!r}; "
+                        f"expected a real number")
+    return (kind, n, vectors, float(scale))
+
+
 cdef class ChainCore:
     """Compiled core of :class:`gradchain.Chain` (see there)."""
 
@@ -380,6 +442,8 @@ cdef class ChainCore:
     cdef tuple _arrays             # the bound 2-D arrays and operators
     cdef object _stack             # the 3-D array the links view, or None
     cdef list _keep                # operator vectors converted for the kernels
+    cdef tuple _opvecs             # per link: the operator's validated
+                                   # record (kind, n, vectors, scale) or None
     cdef tuple _sources            # each link as the caller gave it
     cdef bint _converted           # some link is bound to a converted copy
     cdef dict _plan_cache          # (mode, batch) -> (split, cost, l2r, r2l)
@@ -393,6 +457,7 @@ cdef class ChainCore:
         self._typenum = -1
         self._stack = None
         self._keep = []
+        self._opvecs = None
         self._converted = False
         self._plan_cache = {}
         self._batch = -1
@@ -456,26 +521,21 @@ cdef class ChainCore:
         k = len(items)
         # Pass 1: arrays or operators, ranks and the common dtype.
         arrays = [None] * k
+        opvecs = [None] * k
         cdef Py_ssize_t batch = -1, batch_from = -1
         for i in range(k):
             item = items[i]
-            if type(item) is not np.ndarray and isinstance(item, cnp.ndarray):
-                _reject_masked(item, f"jacobians[{i}]")
             if not isinstance(item, cnp.ndarray):
                 kind = getattr(type(item), "_gc_kind", None)
                 if kind == LINK_DENSE:
                     item = item.matrix
                 elif kind is not None:
-                    if kind not in (LINK_DIAG, LINK_SCALED_IDENTITY,
-                                    LINK_DIAG_RANK1):
-                        raise TypeError(
-                            f"jacobians[{i}] is a {type(item).__name__}, an "
-                            f"Operator the compiled chain does not know; pass "
-                            f"its dense form (Dense(op.todense())) or use one "
-                            f"of Dense, Diagonal, Identity, DiagonalPlusRankOne")
+                    rec = _operator_record(item, kind, i)
                     arrays[i] = item
-                    if item.dtype is not None:
-                        t = _compute_typenum(item.dtype, f"jacobians[{i}]")
+                    opvecs[i] = rec
+                    for vec in rec[2]:
+                        t = _compute_typenum((<cnp.ndarray>vec).dtype,
+                                             f"jacobians[{i}]")
                         if t == cnp.NPY_DOUBLE or typenum == -1:
                             typenum = t
                     continue
@@ -514,13 +574,15 @@ cdef class ChainCore:
             if isinstance(arrays[i], cnp.ndarray):
                 self._set_link(i, <cnp.ndarray>arrays[i])
             else:
-                self._set_operator(i, arrays[i], dtype)
+                self._set_operator(i, opvecs[i], dtype)
         self._arrays = tuple(arrays)
+        self._opvecs = tuple(opvecs)
         self._batch = batch
         self._batch_from = batch_from
         self._check_dims()
 
-    cdef _set_operator(self, Py_ssize_t i, op, dtype):
+    cdef _set_operator(self, Py_ssize_t i, tuple rec, dtype):
+        """Link i from an operator's validated record (_operator_record)."""
         cdef Link *L = &self._links[i]
         cdef cnp.ndarray a
         cdef const char *lo
@@ -528,16 +590,17 @@ cdef class ChainCore:
         cdef const char *ptrs[3]
         cdef Py_ssize_t strd[3]
         cdef int j, typenum = cnp.NPY_DOUBLE if dtype == _DT_DOUBLE else cnp.NPY_FLOAT
-        L.kind = op._gc_kind
+        kind, n, vectors, scale = rec
+        L.kind = kind
         L.per_sample = False
         L.bs = 0
-        L.m = L.n = op.shape[0]
+        L.m = L.n = n
         L.rs = L.cs = 0
-        L.scale = op._gc_scale()
+        L.scale = scale
         L.lo = L.hi = NULL
         ptrs[0] = ptrs[1] = ptrs[2] = NULL
         strd[0] = strd[1] = strd[2] = 0
-        for j, vec in enumerate(op._gc_vectors()):
+        for j, vec in enumerate(vectors):
             # read in place when it has the chain's dtype (any stride), else
             # an aligned copy (O(n)); the bound array is kept alive here,
             # whatever later happens to op's attributes
@@ -641,13 +704,12 @@ cdef class ChainCore:
             if self._sources[i] is self._stack:
                 return (self._stack[i],)
             return (self._stack[i], self._sources[i][i])
-        out = []
-        for item in (self._arrays[i], self._sources[i]):
-            if isinstance(item, cnp.ndarray):
-                out.append(item)
-            else:
-                out.extend(item._gc_vectors())
-        return tuple(out)
+        if self._opvecs[i] is not None:
+            # the vectors bound at construction, whatever the operator's
+            # attributes say now (converted copies are the chain's own)
+            return self._opvecs[i][2]
+        return tuple(a for a in (self._arrays[i], self._sources[i])
+                     if isinstance(a, cnp.ndarray))
 
     # ---------------------------------------------------------------- info
 
@@ -1013,8 +1075,6 @@ cdef class ChainCore:
         cdef cnp.npy_intp rdims[2]
         if xt != cnp.NPY_DOUBLE and xt != cnp.NPY_FLOAT:
             xt = _compute_typenum(x.dtype, name)
-        elif type(x) is not np.ndarray:
-            _reject_masked(x, name)
         typenum = xt if self._typenum == -1 else self._typenum
         if xt == cnp.NPY_DOUBLE and typenum == cnp.NPY_FLOAT:
             typenum = cnp.NPY_DOUBLE       # promoted below, after the checks
@@ -1071,6 +1131,7 @@ cdef class ChainCore:
             if not isinstance(out, cnp.ndarray):
                 raise TypeError(
                     f"out must be a numpy.ndarray, got {type(out).__name__}")
+            _reject_masked(out, "out")
             res = <cnp.ndarray>out
             if cnp.PyArray_TYPE(res) != typenum or not cnp.PyArray_ISNOTSWAPPED(res):
                 raise TypeError(
