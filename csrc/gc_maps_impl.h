@@ -252,9 +252,19 @@ GC_NAME(gc_loss)(int code, ptrdiff_t B, ptrdiff_t n, const GC_T *x,
             }
             v = lse;
             if (code == GC_LOSS_CROSS_ENTROPY) {
-                const ptrdiff_t c = (ptrdiff_t)labels[b];
-                gr[c] -= 1;
-                v = lse - xr[c];
+                /* the caller validated the labels; read each once, and a
+                 * label changed since (it is the caller's memory) gives a
+                 * NaN row, never an index out of bounds */
+                const long long c = labels[b];
+                if (c < 0 || c >= (long long)n) {
+                    for (i = 0; i < n; i++)
+                        gr[i] = (GC_T)NAN;
+                    v = (GC_T)NAN;
+                }
+                else {
+                    gr[c] -= 1;
+                    v = lse - xr[c];
+                }
             }
             break;
         }

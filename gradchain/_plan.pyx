@@ -17,6 +17,7 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cython cimport floating
 
 from gradchain._kernels cimport effective_threads, block_jtv, block_jv
+from gradchain._sizes cimport checked_elems
 
 cnp.import_array()
 
@@ -33,6 +34,8 @@ cdef extern from "gc_maps.h" nogil:
                             const float *y, const float *g, float *out)
     void gc_softmax_apply_d(int log, int transpose, Py_ssize_t B, Py_ssize_t n,
                             const double *y, const double *g, double *out)
+    enum:
+        GC_LOSS_CROSS_ENTROPY
     void gc_loss_s(int code, Py_ssize_t B, Py_ssize_t n, const float *x,
                    const float *aux, const long long *labels, double *value,
                    float *grad)
@@ -146,6 +149,30 @@ cdef floating *_bind_layers(floating **xs, floating *x0, floating *base,
         xs[i] = base + off
         off += B * dims[i]
     return base + off
+
+
+cdef int _check_block(object a, str name, int typenum, Py_ssize_t B,
+                      Py_ssize_t n, int ndim=2) except -1:
+    """a is what the nogil loops may read as B rows of n values: an aligned,
+    C-contiguous ndarray of the plan's dtype and exactly that shape (ndim 1:
+    (n,) with B == 1).  The callers (maps.py) guarantee it; checking costs a
+    few comparisons and turns any slip into an error instead of an
+    out-of-bounds read."""
+    cdef cnp.ndarray x
+    if not isinstance(a, cnp.ndarray):
+        raise TypeError(f"{name} must be an ndarray, got {type(a).__name__}")
+    x = <cnp.ndarray>a
+    if (cnp.PyArray_TYPE(x) != typenum or not cnp.PyArray_IS_C_CONTIGUOUS(x)
+            or not cnp.PyArray_ISALIGNED(x) or not cnp.PyArray_ISNOTSWAPPED(x)):
+        raise ValueError(f"{name} must be an aligned, C-contiguous array of "
+                         f"the plan's dtype, got dtype {x.dtype}")
+    if ndim == 1 and cnp.PyArray_NDIM(x) == 1:
+        if B != 1 or cnp.PyArray_DIM(x, 0) != n:
+            raise ValueError(f"{name} has shape {(<object>x).shape}, expected ({n},)")
+    elif (cnp.PyArray_NDIM(x) != 2 or cnp.PyArray_DIM(x, 0) != B
+            or cnp.PyArray_DIM(x, 1) != n):
+        raise ValueError(f"{name} has shape {(<object>x).shape}, expected ({B}, {n})")
+    return 0
 
 
 cdef class Plan:
@@ -268,11 +295,27 @@ cdef class Plan:
         cdef Py_ssize_t *cdims = self._dims_buffer(buf, k + 1)
         cdef Py_ssize_t nmax = n0, total = 0
         try:
+            _check_block(x, "x", self._typenum, B, n0, 1)
             self._fill_dims(n0, cdims)
             for i in range(1, k + 1):
                 nmax = max(nmax, cdims[i])
-                total += B * cdims[i]
-            total += 2 * B * nmax
+                total += checked_elems(B, cdims[i], cnp.PyArray_ITEMSIZE(x),
+                                       "the plan's workspace")
+            total += checked_elems(2 * B, nmax, cnp.PyArray_ITEMSIZE(x),
+                                   "the plan's workspace")
+            if aux is not None:
+                _check_block(aux, "the loss target rows", self._typenum, B,
+                             cdims[k], 1)
+            if labels is not None:
+                if (not isinstance(labels, cnp.ndarray)
+                        or cnp.PyArray_TYPE(<cnp.ndarray>labels) != cnp.NPY_INT64
+                        or cnp.PyArray_NDIM(<cnp.ndarray>labels) != 1
+                        or cnp.PyArray_DIM(<cnp.ndarray>labels, 0) != B
+                        or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>labels)):
+                    raise ValueError(f"labels must be a C-contiguous int64 "
+                                     f"array of shape ({B},)")
+            elif loss == GC_LOSS_CROSS_ENTROPY:
+                raise ValueError("cross-entropy needs labels")
             owned = self._ws_busy
             ws = self._workspace(B, total)
             if not owned:
@@ -349,11 +392,21 @@ cdef class Plan:
         cdef Py_ssize_t buf[64]
         cdef Py_ssize_t *pd = self._dims_buffer(buf, k + 1)
         try:
+            _check_block(X, "X", self._typenum, B, n0)
             self._fill_dims(n0, pd)
             for i in range(k + 1):
-                total += B * pd[i]
+                total += checked_elems(B, pd[i], cnp.PyArray_ITEMSIZE(X),
+                                       "the plan's workspace")
                 nmax = max(nmax, pd[i])
-            total += 2 * B * nmax
+            total += checked_elems(2 * B, nmax, cnp.PyArray_ITEMSIZE(X),
+                                   "the plan's workspace")
+            if mode == "vjp":
+                _check_block(T, "T", self._typenum, B, pd[k])
+            elif mode == "jvp":
+                _check_block(T, "T", self._typenum, B, n0)
+            elif mode != "forward":
+                raise ValueError(f"mode must be 'forward', 'vjp' or 'jvp', "
+                                 f"got {mode!r}")
             owned = self._ws_busy
             ws = self._workspace(B, total)
             if not owned:

@@ -24,7 +24,7 @@ import numbers
 
 import numpy as np
 
-from gradchain._chain import compute_dtype
+from gradchain._chain import as_array, compute_dtype
 from gradchain._plan import OpCode, Plan
 from gradchain.chain import Chain
 from gradchain.operators import Diagonal, DiagonalPlusRankOne, Operator, _scalar
@@ -53,13 +53,45 @@ _float_dtype = compute_dtype      # the chain's dtype rule (gradchain._chain)
 
 
 def _as_float(x, name):
-    try:
-        a = np.asarray(x)
-    except (ValueError, TypeError) as exc:
-        raise TypeError(f"{name} could not be converted to a numeric array: "
-                        f"{exc}") from exc
+    """x as an array (the one conversion rule: masked arrays refused), of a
+    dtype the dtype rule accepts; TypeError naming ``name`` otherwise."""
+    a = as_array(x, name)
     _float_dtype(a.dtype, name)
     return a
+
+
+def _readonly(a):
+    """A read-only view of a: what user callbacks receive, so that one that
+    writes into its input gets NumPy's error instead of corrupting the
+    forward pass (or the caller's array)."""
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+def _checked(y, want, dtype, i, name, inputs):
+    """A callback's result checked before compiled code reads it: exactly
+    the shape ``want`` (None: any extent there), a real dtype, then
+    C-contiguous in ``dtype``, and never sharing memory with ``inputs``."""
+    where = f"maps[{i}].{name}"
+    a = as_array(y, f"{where}'s result")
+    if a.dtype.kind == "c":
+        raise TypeError(f"{where} returned complex values (dtype {a.dtype}); "
+                        f"gradchain's maps are real")
+    _float_dtype(a.dtype, f"{where}'s result")
+    if a.ndim != len(want) or any(w is not None and s != w
+                                  for s, w in zip(a.shape, want)):
+        shown = tuple("any" if w is None else w for w in want)
+        raise ValueError(f"{where} returned shape {a.shape}, expected "
+                         f"{_shape_text(shown)}")
+    out = np.require(a, dtype, "CA")
+    if out is a and any(np.may_share_memory(out, x) for x in inputs):
+        out = out.copy()
+    return out
+
+
+def _shape_text(shape):
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
 # ---------------------------------------------------------------------------
@@ -86,6 +118,18 @@ class Map:
 
     A map needs ``jacobian`` or ``vjp`` for gradients, and ``jacobian`` or
     ``jvp`` for forward mode.
+
+    Inside a composition every callback receives read-only arrays in the
+    composition's dtype, and what it returns is checked before compiled
+    code reads it: ``fn`` must return a real array of shape (m,) for a
+    single x and (B, m), with the same B, for a batch; ``vjp(x, g)`` must
+    return x's shape; ``jvp(x, v)`` must return fn(x)'s shape; ``jacobian(x)``
+    must return an (m, n_in) real array or a :class:`gradchain.Operator` of
+    that shape.  A wrong shape raises ``ValueError`` naming the map and the
+    callback (``maps[2].vjp returned shape (3, 1), expected (3, 1000)``), a
+    complex, object or masked result ``TypeError``; an exception raised by
+    the callback itself propagates unchanged.  Results are converted to the
+    composition's dtype, and copied if they share memory with an input.
     """
 
     _builtin = False
@@ -110,34 +154,42 @@ class Map:
     def __call__(self, x):
         return np.asarray(self.fn(x))
 
-    def _jac_at(self, x):
+    def _jac_at(self, x, m_out, i, dtype):
+        """The Jacobian at a single x (read-only, 1-D), checked: an
+        (m_out, len(x)) real array in dtype, or an Operator of that shape."""
+        want = (m_out, x.shape[0])
         J = self._jacobian(x)
-        if not isinstance(J, Operator):
-            J = np.asarray(J)
-        return J
+        if isinstance(J, Operator):
+            if tuple(J.shape) != want:
+                raise ValueError(f"maps[{i}].jacobian returned an operator of "
+                                 f"shape {tuple(J.shape)}, expected {want}")
+            return J
+        return _checked(J, want, dtype, i, "jacobian", (x,))
 
-    def _apply(self, x, t, transpose):
-        """J^T t (transpose) or J t at x, x and t of rank 1 or 2."""
+    def _apply(self, i, x, t, m_out, transpose, dtype):
+        """J^T t (transpose) or J t at x (read-only, rank 1 or 2), checked:
+        the result has x's shape (transpose) or (..., m_out)."""
+        name = "vjp" if transpose else "jvp"
+        lead = x.shape[:-1]
+        want = lead + ((x.shape[-1],) if transpose else (m_out,))
         f = self._vjp if transpose else self._jvp
         if f is not None:
-            return np.asarray(f(x, t))
+            return _checked(f(x, t), want, dtype, i, name, (x, t))
         if self._jacobian is None:
             raise TypeError(
-                f"this Map has no {'vjp= or jacobian=' if transpose else 'jvp= or jacobian='}"
-                f" for {'reverse' if transpose else 'forward'} mode")
+                f"maps[{i}] has no {name}= or jacobian= for "
+                f"{'reverse' if transpose else 'forward'} mode")
         if x.ndim == 1:
-            c = Chain([self._jac_at(x)])
+            c = Chain([self._jac_at(x, m_out, i, dtype)])
             return c.vjp(t) if transpose else c.jvp(t)
-        if x.shape[0] == 0:
+        out = np.empty(want, dtype)
+        for b in range(x.shape[0]):
+            c = Chain([self._jac_at(x[b], m_out, i, dtype)])
             if transpose:
-                width = x.shape[1]
+                c.vjp(t[b], out=out[b])
             else:
-                y = np.asarray(self.fn(x))
-                width = y.shape[1] if y.ndim == 2 else 0
-            return np.empty((0, width))
-        rows = [Chain([self._jac_at(x[b])]) for b in range(x.shape[0])]
-        return np.stack([(c.vjp(t[b]) if transpose else c.jvp(t[b]))
-                         for b, c in enumerate(rows)])
+                c.jvp(t[b], out=out[b])
+        return out
 
     def __repr__(self):
         return f"Map({getattr(self.fn, '__name__', 'fn')})"
@@ -181,7 +233,10 @@ class Affine(_Builtin):
             if b.shape != (W.shape[0],):
                 raise ValueError(f"b has shape {b.shape} but W has shape "
                                  f"{W.shape}: b must have shape ({W.shape[0]},)")
-        self.W, self.b = W, b
+        self._W, self._b = W, b
+
+    W = property(lambda self: self._W, doc="W (n_out, n_in), read in place")
+    b = property(lambda self: self._b, doc="b (n_out,) or None, read in place")
 
     @property
     def in_dim(self):
@@ -245,7 +300,9 @@ class LeakyReLU(_Elementwise):
     _code = _EW["leaky_relu"]
 
     def __init__(self, alpha=0.01):
-        self._param = self.alpha = _scalar(alpha, "alpha")
+        self._param = _scalar(alpha, "alpha")
+
+    alpha = property(lambda self: self._param, doc="the slope below 0")
 
     def __repr__(self):
         return f"LeakyReLU({self.alpha!r})"
@@ -257,7 +314,9 @@ class Scale(_Elementwise):
     _code = _EW["scale"]
 
     def __init__(self, c):
-        self._param = self.c = _scalar(c, "c")
+        self._param = _scalar(c, "c")
+
+    c = property(lambda self: self._param, doc="the factor")
 
     def __repr__(self):
         return f"Scale({self.c!r})"
@@ -320,17 +379,20 @@ class _TargetLoss(Loss):
     _name = "target"
 
     def __init__(self, target):
-        self.target = _as_float(target, self._name)
-        if self.target.ndim not in (1, 2):
+        self._target = _as_float(target, self._name)
+        if self._target.ndim not in (1, 2):
             raise ValueError(f"{self._name} must be 1-D (n,) or 2-D (batch, n), "
                              f"got shape {self.target.shape}")
+
+    target = property(lambda self: self._target,
+                      doc="the target (read in place at each call)")
 
     def _params(self):
         return (self.target,)
 
     def _rows(self, B, n, dtype):
         t = self.target
-        if t.dtype == dtype and t.flags.c_contiguous and (
+        if t.dtype == dtype and t.flags.c_contiguous and t.flags.aligned and (
                 t.shape == (n,) and B == 1 or t.shape == (B, n)):
             return t, None      # read in place
         if t.shape[-1] != n or (t.ndim == 2 and t.shape[0] != B):
@@ -385,24 +447,31 @@ class CrossEntropy(Loss):
     _code = _LOSS["cross_entropy"]
 
     def __init__(self, labels):
-        a = np.asarray(labels)
-        if a.dtype.kind not in "iu" and not (a.dtype.kind == "b" and False):
+        a = as_array(labels, "labels")
+        if a.dtype.kind not in "iu":
             raise TypeError(f"labels must be integers, got dtype {a.dtype}")
         if a.ndim > 1:
             raise ValueError(f"labels must be an int or 1-D (batch,), got shape {a.shape}")
-        self.labels = a
+        self._labels = a
+
+    labels = property(lambda self: self._labels,
+                      doc="the labels (the caller's array, read at each call)")
 
     def _rows(self, B, n, dtype):
         a = self.labels
         if a.ndim == 1 and a.shape[0] != B:
             raise ValueError(f"labels has shape {a.shape} but the batch has {B} "
                              f"sample(s)")
-        lab = np.ascontiguousarray(np.broadcast_to(a, (B,)), dtype=np.int64)
+        # a copy, taken and validated here: the kernels index with it after
+        # the GIL is released, so the caller's array (which another thread
+        # may change meanwhile) is never what they read
+        src = np.broadcast_to(a, (B,))
+        lab = np.array(src, dtype=np.int64)   # uint64 past int64 wraps < 0
         bad = np.flatnonzero((lab < 0) | (lab >= n))
         if bad.size:
             i = int(bad[0])
             where = f"labels[{i}]" if a.ndim == 1 else "labels"
-            raise ValueError(f"{where} = {int(lab[i])} is out of range for "
+            raise ValueError(f"{where} = {int(src[i])} is out of range for "
                              f"{n} classes (0 <= label < {n})")
         return None, lab
 
@@ -440,19 +509,28 @@ class Composition:
             raise ValueError(
                 f"loss {loss._name} has shape {loss.target.shape} but maps[{known_from}] "
                 f"outputs {cur} values")
-        self.maps, self.loss = maps, loss
-        # consecutive built-in maps form compiled segments
-        self._segments = []
-        for m in maps:
-            if m._builtin:
-                if self._segments and isinstance(self._segments[-1], list):
-                    self._segments[-1].append(m)
-                else:
-                    self._segments.append([m])
-            else:
-                self._segments.append(m)
+        self._maps, self._loss = tuple(maps), loss
+        # consecutive built-in maps form compiled segments; _starts[j] is the
+        # index in maps of segment j's first map (the name in messages)
+        self._segments, self._starts = [], []
+        for i, m in enumerate(maps):
+            if m._builtin and self._segments and isinstance(self._segments[-1], list):
+                self._segments[-1].append(m)
+                continue
+            self._starts.append(i)
+            self._segments.append([m] if m._builtin else m)
         self._plans = {}
         self._fast = None
+
+    @property
+    def maps(self):
+        """The maps, a tuple (a Composition is immutable)."""
+        return self._maps
+
+    @property
+    def loss(self):
+        """The loss, or None."""
+        return self._loss
 
     def __len__(self):
         return len(self.maps)
@@ -503,18 +581,19 @@ class Composition:
         X = np.require(x.reshape(1, -1) if x.ndim == 1 else x, dtype, "CA")
         return X, x.ndim == 1, dtype
 
-    @staticmethod
-    def _user_in(X, single):
-        return X[0] if single else X
+    def _user_fn(self, i, X, single, dtype):
+        """maps[i](X) for a user map, checked: (B, m) rows (B = X's rows)."""
+        xin = _readonly(X[0] if single else X)
+        want = (None,) if single else (X.shape[0], None)
+        Y = _checked(self.maps[i].fn(xin), want, dtype, i, "fn", (X,))
+        return Y.reshape(1, -1) if single else Y
 
-    @staticmethod
-    def _user_out(y, single, dtype, i):
-        y = np.asarray(y)
-        if single and y.ndim != 1:
-            raise ValueError(f"maps[{i}] returned shape {y.shape} for a 1-D input")
-        if not single and y.ndim != 2:
-            raise ValueError(f"maps[{i}] returned shape {y.shape} for a batch input")
-        return np.require(y.reshape(1, -1) if single else y, dtype, "CA")
+    def _user_link(self, i, X, T, m_out, transpose, single, dtype):
+        """J^T T (transpose) or J T for user map i at the batch X, checked."""
+        xin = _readonly(X[0] if single else X)
+        tin = _readonly(T[0] if single else T)
+        R = self.maps[i]._apply(i, xin, tin, m_out, transpose, dtype)
+        return R.reshape(1, -1) if single else R
 
     def _first_sized(self, idx):
         """Index of the first map from maps[idx] on whose input size is
@@ -537,29 +616,45 @@ class Composition:
                 f"maps[{i}] ({self.maps[i]!r}) takes {self.maps[i].in_dim} "
                 f"inputs but {src} outputs {X.shape[1]} values")
 
-    def _forward_all(self, X, single, dtype):
-        """Per segment: (segment, its input batch); and the final output."""
-        trail = []
-        idx = 0
-        for seg, plan in zip(self._segments, self._plan_list(dtype)):
-            trail.append((seg, plan, X))
+    def _walk(self, X, single, dtype, mode, T=None):
+        """The one walk over the segments, forward from x^(0) = X.
+
+        mode "forward": returns (trail, [x^(0), ..., x^(k)]);
+        mode "jvp":     returns (x^(k), J T) for tangents T (X's shape);
+        mode "trail":   returns (trail, x^(k)), the trail being, per segment,
+                        (index of its first map, segment, plan, its input)
+                        for _backward.
+        """
+        trail, xs = [], [X]
+        for idx, seg, plan in zip(self._starts, self._segments,
+                                  self._plan_list(dtype)):
+            trail.append((idx, seg, plan, X))
             if isinstance(seg, list):
                 self._check_width(idx, X)
-                X = plan.run(X, "forward")[-1]
-                idx += len(seg)
+                if mode == "jvp":
+                    X, T = plan.run(X, "jvp", T=T)
+                elif mode == "forward":
+                    xs += plan.run(X, "forward")[1:]
+                    X = xs[-1]
+                else:
+                    X = plan.run(X, "forward")[-1]
             else:
-                X = self._user_out(seg(self._user_in(X, single)), single, dtype, idx)
-                idx += 1
-        return trail, X
+                Y = self._user_fn(idx, X, single, dtype)
+                if mode == "jvp":
+                    T = self._user_link(idx, X, T, Y.shape[1], False, single,
+                                        dtype)
+                X = Y
+                xs.append(X)
+        if mode == "jvp":
+            return X, T
+        return trail, (xs if mode == "forward" else X)
 
     def _backward(self, trail, G, single, dtype):
-        for seg, plan, Xin in reversed(trail):
+        for idx, seg, plan, Xin in reversed(trail):
             if isinstance(seg, list):
                 G = plan.run(Xin, "vjp", T=G)[1]
             else:
-                g = seg._apply(self._user_in(Xin, single), self._user_in(G, single),
-                               True)
-                G = self._user_out(g, single, dtype, self.maps.index(seg))
+                G = self._user_link(idx, Xin, G, G.shape[1], True, single, dtype)
         return G
 
     # -- public API -----------------------------------------------------
@@ -568,17 +663,7 @@ class Composition:
         """Run the maps: returns (x^(k), [x^(0), x^(1), ..., x^(k)]), each of
         x's rank (1-D, or (B, n_i) for a batch)."""
         X, single, dtype = self._input(x)
-        xs = [X]
-        idx = 0
-        for seg, plan in zip(self._segments, self._plan_list(dtype)):
-            if isinstance(seg, list):
-                self._check_width(idx, xs[-1])
-                xs += plan.run(xs[-1], "forward")[1:]
-                idx += len(seg)
-            else:
-                xs.append(self._user_out(seg(self._user_in(xs[-1], single)),
-                                         single, dtype, idx))
-                idx += 1
+        xs = self._walk(X, single, dtype, "forward")[1]
         if np.shares_memory(xs[0], x):
             xs[0] = xs[0].copy()            # never hand back the caller's x
         if single:
@@ -602,7 +687,8 @@ class Composition:
                              f"{reduction!r}")
         fast = self._fast
         if (fast is not None and type(x) is np.ndarray and x.dtype == fast[0]
-                and x.shape == fast[1] and x.flags.c_contiguous):
+                and x.shape == fast[1] and x.flags.c_contiguous
+                and x.flags.aligned):
             # same dtype and shape as an earlier call of an all-built-in
             # composition: the plan and sizes are known; one compiled call
             B = 1 if fast[4] else x.shape[0]
@@ -621,10 +707,10 @@ class Composition:
             aux, labels = self.loss._rows(B, n_k, dtype)
             vals, G = plans[0].loss_grad(X, self.loss._code, aux, labels)
             if (type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous
-                    and self._plans.get(dtype) is plans):
+                    and x.flags.aligned and self._plans.get(dtype) is plans):
                 self._fast = (dtype, x.shape, plans[0], n_k, single)
         else:
-            trail, Y = self._forward_all(X, single, dtype)
+            trail, Y = self._walk(X, single, dtype, "trail")
             aux, labels = self.loss._rows(B, Y.shape[1], dtype)
             vals, Gk = Plan([], dtype).loss_grad(Y, self.loss._code, aux, labels)
             G = self._backward(trail, Gk, single, dtype)
@@ -657,7 +743,7 @@ class Composition:
         """J^T g for the maps' Jacobian J at x (the loss is not involved);
         g of shape (n_k,) or, for a batch x, (B, n_k)."""
         X, single, dtype = self._input(x)
-        trail, Y = self._forward_all(X, single, dtype)
+        trail, Y = self._walk(X, single, dtype, "trail")
         G = _as_float(g, "g")
         want = (Y.shape[1],) if single else Y.shape
         if G.shape != want:
@@ -673,18 +759,7 @@ class Composition:
         if V.shape != np.shape(x):
             raise ValueError(f"v has shape {V.shape} but x has shape {np.shape(x)}")
         V = np.require(V.reshape(X.shape), dtype, "CA")
-        idx = 0
-        for seg, plan in zip(self._segments, self._plan_list(dtype)):
-            if isinstance(seg, list):
-                self._check_width(idx, X)
-                X, V = plan.run(X, "jvp", T=V)
-                idx += len(seg)
-            else:
-                xin = self._user_in(X, single)
-                V = self._user_out(seg._apply(xin, self._user_in(V, single), False),
-                                   single, dtype, idx)
-                X = self._user_out(seg(xin), single, dtype, idx)
-                idx += 1
+        V = self._walk(X, single, dtype, "jvp", T=V)[1]
         return V[0] if single else V
 
     def jacobian(self, x):
@@ -728,7 +803,7 @@ class Composition:
             elif isinstance(m, LogSoftmax):
                 links.append(DiagonalPlusRankOne.log_softmax(np.exp(yi)))
             elif m._jacobian is not None:
-                links.append(m._jac_at(xi))
+                links.append(m._jac_at(_readonly(xi), yi.shape[0], i, dtype))
             else:
                 raise TypeError(f"maps[{i}] is matrix-free (vjp=/jvp= only): it has "
                                 f"no Jacobian to put in a Chain")
