@@ -91,7 +91,8 @@ class Operator:
             f"{type(self).__name__}.{name} cannot be set: operators are "
             f"immutable; build a new {type(self).__name__}(...) instead")
 
-    __delattr__ = __setattr__
+    def __delattr__(self, name):
+        self.__setattr__(name, None)
 
     def _init(self, **attrs):
         """Set the attributes once, at construction."""
