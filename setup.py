@@ -3,11 +3,29 @@
 Environment switches:
   GRADCHAIN_DEBUG=1      bounds/wraparound/initialisation checks on, -O0 -g
   GRADCHAIN_NO_OPENMP=1  build without OpenMP (kernels then run single-threaded)
+  GRADCHAIN_SANITIZE=1   AddressSanitizer + UndefinedBehaviorSanitizer build:
+                         -fsanitize=address,undefined,float-cast-overflow
+                         -fno-sanitize-recover=... -fno-omit-frame-pointer
+                         -fno-wrapv -O1 -g (compile and link; -O0 with
+                         GRADCHAIN_DEBUG).  The extensions then need the
+                         ASan runtime loaded first: see .ci/sanitize, which
+                         builds them in a scratch copy and runs the tests.
 
-Without either, the build uses -O3 and OpenMP when the compiler supports it,
+Without any, the build uses -O3 and OpenMP when the compiler supports it,
 and no -march=native or -ffast-math: csrc/ dispatches SIMD at run time.
+
+Optimisation level, in order of precedence (GCC and Clang obey the last -O
+on the command line, and setup.py's arguments come after the CFLAGS, which
+are Python's own, e.g. "-g -fwrapv -O3", extended or, with newer setuptools,
+replaced by the CFLAGS environment variable):
+  1. GRADCHAIN_SANITIZE / GRADCHAIN_DEBUG: their -O1/-O0 always wins, even
+     over CFLAGS.
+  2. A -O flag in the CFLAGS environment variable (e.g. CFLAGS=-O1): used
+     as given; setup.py adds no -O of its own.
+  3. Otherwise -O3.
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +39,14 @@ from setuptools.command.build_ext import build_ext
 
 DEBUG = os.environ.get("GRADCHAIN_DEBUG", "") not in ("", "0")
 NO_OPENMP = os.environ.get("GRADCHAIN_NO_OPENMP", "") not in ("", "0")
+SANITIZE = os.environ.get("GRADCHAIN_SANITIZE", "") not in ("", "0")
+
+
+def _user_sets_opt_level():
+    """Whether the CFLAGS environment variable has its own -O flag (-O0..-O3,
+    -Os, -Og, -Ofast, -O)."""
+    return any(re.fullmatch(r"-O\w*", f)
+               for f in os.environ.get("CFLAGS", "").split())
 
 
 def _compiler_accepts(flag):
@@ -45,11 +71,29 @@ use_openmp = (not NO_OPENMP and sys.platform != "win32"
 # -ffp-contract=fast lets GCC fuse a*b+c into FMA (it is off under -std=c99);
 # it is not -ffast-math: no reassociation, NaN/Inf semantics kept.
 compile_args = ["-std=c99", "-ffp-contract=fast"]
-compile_args += ["-O0", "-g"] if DEBUG else ["-O3"]
 link_args = []
 if use_openmp:
     compile_args.append("-fopenmp")
     link_args.append("-fopenmp")
+# The optimisation flag goes last, so that it is the one in force (see the
+# precedence in the module docstring): setuptools puts the CFLAGS (Python's,
+# -O3 for most builds of CPython, and/or the user's) before these.
+if SANITIZE:
+    # -fno-sanitize-recover: a UBSan finding aborts the process (a test run
+    # fails), instead of printing and carrying on.  float-cast-overflow (a
+    # double too big for the integer it is cast to) is not in GCC's
+    # "undefined" group.  -fno-wrapv undoes Python's -fwrapv (in its CFLAGS),
+    # which defines signed overflow as wrap-around and so hides overflowing
+    # size arithmetic from UBSan.
+    san = ["-fsanitize=address,undefined,float-cast-overflow",
+           "-fno-sanitize-recover=undefined,float-cast-overflow",
+           "-fno-omit-frame-pointer"]
+    compile_args += san + ["-fno-wrapv"] + (["-O0", "-g"] if DEBUG else ["-O1", "-g"])
+    link_args += san
+elif DEBUG:
+    compile_args += ["-O0", "-g"]
+elif not _user_sets_opt_level():
+    compile_args += ["-O3"]
 
 macros = [
     ("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION"),
