@@ -15,7 +15,7 @@ products go to BLAS (scipy.linalg.cython_blas) whatever the operands' layout
 (C- or F-order directly; other strides are packed first).  The programme
 runs without the GIL in O(m^3); for m = 500 it takes a few tens of ms.
 """
-from libc.stdlib cimport malloc, free, calloc
+from libc.stdlib cimport free
 from libc.string cimport memset, memcpy
 from libc.limits cimport INT_MAX
 from cython cimport floating
@@ -23,8 +23,18 @@ from cython cimport floating
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 from gradchain._kernels cimport link_jtv, link_jv
+from gradchain._sizes cimport gc_size_mul, gc_malloc_n
 
 cdef double INF = float("inf")
+
+
+cdef inline void *_alloc2(Py_ssize_t a, Py_ssize_t b, size_t size) noexcept nogil:
+    """malloc of a * b items (at least one), NULL on overflow or when out
+    of memory: the executor's one allocation."""
+    cdef Py_ssize_t n
+    if not gc_size_mul(a, b, &n):
+        return NULL
+    return gc_malloc_n(n, size)
 
 
 # ---------------------------------------------------------------------------
@@ -68,8 +78,8 @@ cdef inline int _result_kind(int kl, int kr) noexcept nogil:
 cdef double _plan_dense(const Factor *f, Py_ssize_t m, int *split) noexcept nogil:
     """The classic programme when every factor is dense (no kinds to
     track): a tight O(m^3) loop over doubles."""
-    cdef double *cost = <double *>malloc(m * m * sizeof(double))
-    cdef double *dim = <double *>malloc((m + 1) * sizeof(double))
+    cdef double *cost = <double *>_alloc2(m, m, sizeof(double))
+    cdef double *dim = <double *>_alloc2(m + 1, 1, sizeof(double))
     cdef Py_ssize_t L, i, j, s
     cdef double best, c, pij
     cdef int bs
@@ -123,8 +133,8 @@ cdef double plan_chain(const Factor *f, Py_ssize_t m, int *split) noexcept nogil
         return (m - 1) * (<double>f[0].p) ** 3
     if dense:
         return _plan_dense(f, m, split)
-    cost = <double *>malloc(m * m * sizeof(double))
-    kind = <unsigned char *>malloc(m * m * sizeof(unsigned char))
+    cost = <double *>_alloc2(m, m, sizeof(double))
+    kind = <unsigned char *>_alloc2(m, m, sizeof(unsigned char))
     if cost == NULL or kind == NULL:
         free(cost)
         free(kind)
@@ -279,7 +289,7 @@ cdef int _to_dense(Val *v, const floating *tag) noexcept nogil:
     cdef floating *buf
     if v.kind == F_DENSE:
         return 0
-    buf = <floating *>malloc(max(1, v.p * v.q) * sizeof(floating))
+    buf = <floating *>_alloc2(v.p, v.q, sizeof(floating))
     if buf == NULL:
         return -1
     _materialize(v, buf)
@@ -325,7 +335,7 @@ cdef int _matmul(const floating *A, Py_ssize_t ars, Py_ssize_t acs,
     # the product)
     if (not (_c_order(ars, acs, q) or _f_order(ars, acs, p))
             or ars > INT_MAX or acs > INT_MAX or (not blas and acs != 1)):
-        pack = <floating *>malloc(p * q * sizeof(floating))
+        pack = <floating *>_alloc2(p, q, sizeof(floating))
         if pack == NULL:
             return -1
         for i in range(p):
@@ -389,7 +399,7 @@ cdef int _combine(Val *L, Val *R, Val *out, floating *dest,
         out[0] = L[0]
         return 0
     if _diaglike(L.kind) and _diaglike(R.kind):
-        z = <floating *>malloc(max(1, q) * sizeof(floating))
+        z = <floating *>_alloc2(q, 1, sizeof(floating))
         if z == NULL:
             return -1
         for i in range(q):
@@ -411,7 +421,7 @@ cdef int _combine(Val *L, Val *R, Val *out, floating *dest,
         out.ext = True
         out.owned = False
     else:
-        z = <floating *>malloc(max(1, p * r) * sizeof(floating))
+        z = <floating *>_alloc2(p, r, sizeof(floating))
         if z == NULL:
             return -1
         out.owned = True
@@ -431,7 +441,7 @@ cdef int _combine(Val *L, Val *R, Val *out, floating *dest,
     elif L.kind == F_DPR1:                      # (diag(d) + c u v^T) R
         f = L.leaf
         _dense_of(R, &a, &rs, &cs)
-        tmp = <floating *>malloc(max(1, q + r) * sizeof(floating))
+        tmp = <floating *>_alloc2(q + r, 1, sizeof(floating))
         if tmp == NULL:
             return -1
         w = tmp + q
@@ -449,7 +459,7 @@ cdef int _combine(Val *L, Val *R, Val *out, floating *dest,
     elif R.kind == F_DPR1:                      # L (diag(d) + c u v^T)
         f = R.leaf
         _dense_of(L, &a, &rs, &cs)
-        tmp = <floating *>malloc(max(1, q + p) * sizeof(floating))
+        tmp = <floating *>_alloc2(q + p, 1, sizeof(floating))
         if tmp == NULL:
             return -1
         w = tmp + q
