@@ -10,6 +10,8 @@ so that cancellation in the exact result can never cause a false failure
 and a wrong result (a missed term, a wrong element, a stale buffer) almost
 always does.
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -25,6 +27,18 @@ TINY = {np.dtype(np.float32): 1e-30, np.dtype(np.float64): 1e-290}
 
 # Every layout that make_layout() can produce.
 LAYOUTS = ["C", "F", "strided", "negative", "rowstrided"]
+
+
+def threads_compared():
+    """Called first by a test that compares results across thread counts.
+    Without OpenMP every count runs on one thread and the comparison is one
+    thread against itself; where GRADCHAIN_EXPECT_OPENMP=1 (.ci/run) says
+    the build must have OpenMP, that is a failure, not a vacuous pass."""
+    if (os.environ.get("GRADCHAIN_EXPECT_OPENMP", "") not in ("", "0")
+            and not gradchain.openmp_enabled()):
+        pytest.fail("GRADCHAIN_EXPECT_OPENMP=1 but this build of gradchain has "
+                    "no OpenMP: comparing thread counts would compare one "
+                    "thread with itself")
 
 
 # --------------------------------------------------------------------------

@@ -19,7 +19,6 @@ independent references.
   inside diag(d) + c u v^T cannot cause a false failure.
 """
 import functools
-import os
 import re
 
 import numpy as np
@@ -31,23 +30,12 @@ import gradchain
 from gradchain import (Chain, ChainPlan, Diagonal, DiagonalPlusRankOne,
                        Identity, jvp, vjp)
 
-from conftest import DTYPES, LAYOUTS, assert_close, make_layout
+from conftest import (DTYPES, LAYOUTS, assert_close, make_layout,
+                      threads_compared)
 
 
 def raises(exc, msg):
     return pytest.raises(exc, match=re.escape(msg))
-
-
-def threads_compared():
-    """Called first by a test that compares results across thread counts.
-    Without OpenMP every count runs on one thread and the comparison is one
-    thread against itself; where GRADCHAIN_EXPECT_OPENMP=1 (.ci/run) says
-    the build must have OpenMP, that is a failure, not a vacuous pass."""
-    if (os.environ.get("GRADCHAIN_EXPECT_OPENMP", "") not in ("", "0")
-            and not gradchain.openmp_enabled()):
-        pytest.fail("GRADCHAIN_EXPECT_OPENMP=1 but this build of gradchain has "
-                    "no OpenMP: comparing thread counts would compare one "
-                    "thread with itself")
 
 
 # --------------------------------------------------------------------------

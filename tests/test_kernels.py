@@ -13,7 +13,6 @@ between the register-blocked and the streaming J^T x kernel, products with
 large enough to need several packed 32768-element panels, and zero-size and
 stride-0 (broadcast) J.
 """
-import os
 
 import numpy as np
 import pytest
@@ -21,20 +20,8 @@ import pytest
 import gradchain
 from gradchain import _kernels as K
 
-from conftest import (DTYPES, LAYOUTS, abs_chain, assert_close, make_layout,
+from conftest import (threads_compared, DTYPES, LAYOUTS, abs_chain, assert_close, make_layout,
                       random_matrix, reference_jvp, reference_vjp)
-
-
-def threads_compared():
-    """Called first by a test that compares results across thread counts.
-    Without OpenMP every count runs on one thread and the comparison is one
-    thread against itself; where GRADCHAIN_EXPECT_OPENMP=1 (.ci/run) says
-    the build must have OpenMP, that is a failure, not a vacuous pass."""
-    if (os.environ.get("GRADCHAIN_EXPECT_OPENMP", "") not in ("", "0")
-            and not gradchain.openmp_enabled()):
-        pytest.fail("GRADCHAIN_EXPECT_OPENMP=1 but this build of gradchain has "
-                    "no OpenMP: comparing thread counts would compare one "
-                    "thread with itself")
 
 
 ROWS = [1, 3, 4, 5, 9]

@@ -32,20 +32,8 @@ import gradchain
 from gradchain import (Chain, Dense, Diagonal, DiagonalPlusRankOne, Identity,
                        Operator, jvp, vjp)
 
-from conftest import (DTYPES, assert_close, make_layout, random_matrix,
+from conftest import (threads_compared, DTYPES, assert_close, make_layout, random_matrix,
                       reference_jvp, reference_vjp)
-
-
-def threads_compared():
-    """Called first by a test that compares results across thread counts.
-    Without OpenMP every count runs on one thread and the comparison is one
-    thread against itself; where GRADCHAIN_EXPECT_OPENMP=1 (.ci/run) says
-    the build must have OpenMP, that is a failure, not a vacuous pass."""
-    if (os.environ.get("GRADCHAIN_EXPECT_OPENMP", "") not in ("", "0")
-            and not gradchain.openmp_enabled()):
-        pytest.fail("GRADCHAIN_EXPECT_OPENMP=1 but this build of gradchain has "
-                    "no OpenMP: comparing thread counts would compare one "
-                    "thread with itself")
 
 
 KINDS = ["diagonal", "identity", "rank1", "softmax", "log_softmax"]
