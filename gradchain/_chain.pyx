@@ -528,7 +528,12 @@ cdef class ChainCore:
             if not isinstance(item, cnp.ndarray):
                 kind = getattr(type(item), "_gc_kind", None)
                 if kind == LINK_DENSE:
-                    item = item.matrix
+                    matrix = getattr(item, "matrix", None)
+                    if matrix is None:
+                        raise TypeError(
+                            f"jacobians[{i}] ({type(item).__name__}) is a dense "
+                            f"operator without a matrix")
+                    item = matrix
                 elif kind is not None:
                     rec = _operator_record(item, kind, i)
                     arrays[i] = item
