@@ -794,6 +794,7 @@ BUILTINS = ["Affine", "Affine_nobias", "Tanh", "Sigmoid", "ReLU", "LeakyReLU",
 LOSSES = [None, "SquaredError", "SquaredError_rows", "MeanSquaredError", "CrossEntropy",
           "LogSumExp", "Dot", "Dot_rows"]
 POSITIVE = ("Exp", "Sigmoid", "Softmax", "Softplus")
+BOUNDED = (None, "Tanh", "Sigmoid", "Sin", "Cos", "Softmax", "UserSin")
 
 
 def _sigmoid(x):
@@ -874,7 +875,9 @@ def composition_specs(draw, max_maps=5):
     maps, w = [], n0
     prev = None
     for _ in range(k):
-        choices = [b for b in BUILTINS if b != "Log" or prev in POSITIVE]
+        # Log only of positive values; Exp only of bounded ones (no overflow)
+        choices = [b for b in BUILTINS if (b != "Log" or prev in POSITIVE) and (
+            b != "Exp" or prev in BOUNDED)]
         kind = draw(st.sampled_from(choices))
         m = dict(kind=kind)
         if kind.startswith("Affine") or kind == "UserLinear":
