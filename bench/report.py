@@ -1,19 +1,43 @@
-"""Run the benchmarks and write BENCHMARKS.md.
+"""Run the benchmarks and write BENCHMARKS.md and the README's headline table.
 
-    python bench/report.py [--quick] [--output BENCHMARKS.md] [-- PYTEST ARGS]
+    python bench/report.py [--quick] [--runs N] [--render-only] [-- PYTEST ARGS]
 
 Runs ``pytest bench/ --benchmark-only`` with a JSON report ``--runs`` times
-(default 5), then writes, for each group, every implementation's median and
-minimum time and its speed relative to gradchain (peer median / gradchain
-median; > 1 means gradchain is faster), the issue's targets with the
-measured ratio, GB/s for the bandwidth-bound groups, and the machine the
-numbers came from.
+(default 5), saves the sessions (bench/results/sessions.json) and what the
+run was measured on (bench/results/sessions-meta.json: commit, whether the
+tree was dirty, the machine as read at run time, library versions, thread
+counts, a read-bandwidth probe before and after), then writes BENCHMARKS.md
+and the headline table between the markers in README.md.  ``--render-only``
+rewrites both from the saved files without running anything or reading the
+machine.
 
-This machine's memory bandwidth drifts by tens of percent from minute to
-minute (it is shared), so one session can flatter either side of a
-bandwidth-bound pair.  Each ratio is therefore taken per session and the
-table reports the median over the sessions, with their range; the time
-columns are from the session whose ratio is the median.
+Verdict rule (one rule, fixed before the numbers, the same for every target
+row): a target row is decided by its **rested alternating-block ratio**.
+Inside gradchain's test, `measure` (bench/conftest.py) runs 12 rounds in which
+gradchain and each peer run one block each, the order rotating from round to
+round; a block is 0.3 s of rest (idle thread pools fall asleep), one warm-up
+call, then up to 15 timed samples (each long enough that the timer does not
+count), and its figure is the median per-call time.  A session's ratio is the
+median over rounds of peer figure / gradchain figure; the row's figure is the
+median of the session ratios, and "≥ x×" is met when that figure is at least
+x.  Rows that bound a time ("< 100 ms") use the median over sessions of the
+rested per-call time; layout rows use the layout's rested time over the
+C-order time.  Nothing else decides a verdict; a row without a rested figure
+says "not measured yet".
+
+Beside every verdict the table shows, in their own columns, the interleaved
+ratio (the shared ``interleaved.compare``: the contenders' rounds interleaved
+with no rests, best of 7, the way a user's script runs) and the ratio of the
+pytest-benchmark medians.  Why rested decides: the targets compare
+gradchain's speed with its peer's.  Rested blocks time each side at its own
+speed, under the same conditions, alternating so that both see the same
+state of this shared machine's memory bandwidth; separately timed
+pytest-benchmark rounds of a bandwidth-bound pair swing by tens of percent
+between sessions, and interleaved rounds add the cost of one library's idle
+thread pool spinning on a core while the other runs (real for a script that
+mixes them on 2 cores, but a property of the pair and the core count).  The
+rows that would miss their target on the interleaved figure are listed under
+the tables.
 """
 import argparse
 import datetime
@@ -25,54 +49,150 @@ import sys
 import tempfile
 import threading
 import time
+from typing import NamedTuple, Optional
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+# the gradchain of this checkout, as the suite (run from ROOT) imports it
+sys.path.insert(0, ROOT)
 
-# (group, peer test-id fragment, minimum ratio peer/gradchain, label)
-TARGETS = [
-    ("chain.vjp k=64 n=16 (prebuilt)", "numpy", 15.0, "prebuilt Chain.vjp k=64 n=16 vs NumPy loop"),
-    ("chain.vjp k=64 n=16 (prebuilt)", "jax", 1.0, "prebuilt Chain.vjp k=64 n=16 vs jax.jit(lax.scan)"),
-    ("vjp one-shot k=16 n=8 (list of arrays)", "numpy", 5.0, "one-shot vjp k=16 n=8 vs NumPy loop"),
-    ("chain.vjp k=64 n=64 (prebuilt)", "numpy", 2.0, "Chain.vjp k=64 n=64 vs NumPy loop"),
-    ("vjp one-shot k=64 n=64 (list of arrays)", "numpy", 2.0, "one-shot vjp k=64 n=64 vs NumPy loop"),
-    ("J.T @ v 4096x4096 float64 C-order", "numpy", 0.95, "J.T @ v 4096² float64 vs NumPy"),
-    ("J.T @ v 4096x4096 float32 C-order", "numpy", 0.95, "J.T @ v 4096² float32 vs NumPy"),
-    ("J.T @ v 8192x8192 float64 C-order", "numpy", 0.95, "J.T @ v 8192² float64 vs NumPy"),
-    ("J.T @ v 8192x8192 float32 C-order", "numpy", 0.95, "J.T @ v 8192² float32 vs NumPy"),
-    ("batch B=256 through k=8 n=512", "numpy", 0.9, "B=256 through k=8 n=512 vs NumPy G = G @ J"),
-]
-TARGETS4 = [
-    ("jacobian k=64 dense 16x16", "multi_dot", 100.0, "jacobian k=64 16x16 vs np.linalg.multi_dot"),
-    ("jacobian k=64 dense 16x16", "numpy loop", 1.5, "jacobian k=64 16x16 vs NumPy left-to-right loop"),
-    ("jacobian dims [2000, 10, 2000, 10, 2000]", "multi_dot", 0.95,
-     "jacobian dims [2000, 10, 2000, 10, 2000] vs multi_dot (same multiply-adds, asserted)"),
-    ("per-sample vjp B=4096 k=8 n=32", "numpy", 2.0, "per-sample B=4096 k=8 n=32 vs NumPy loop"),
-    ("per-sample vjp B=4096 k=8 n=32", "jax", 1.0, "per-sample B=4096 k=8 n=32 vs jax.jit(lax.scan, einsum)"),
-    ("per-sample jacobian B=4096 k=8 n=32", "numpy", None,
-     "per-sample jacobian B=4096 k=8 n=32 vs NumPy batched matmul loop"),
-    ("B=256 cotangents through [512, 8, 512, 8, 512]", "numpy", 1.5,
-     "B=256 through [512, 8, 512, 8, 512]: plan vs propagation G = G @ J"),
-]
+SAVED = os.path.join(HERE, "results", "sessions.json")
+SAVED_META = os.path.join(HERE, "results", "sessions-meta.json")
+README_BEGIN = "<!-- headline table: written by bench/report.py (HEADLINE there) from bench/results; do not edit by hand -->"
+README_END = "<!-- end of headline table -->"
+
+
+class Target(NamedTuple):
+    """One target row.  ``peer`` None: ``need`` bounds the rested time (s) of
+    ``holder``.  ``layout`` True: the figure is the time of layout ``peer``
+    over the C-order time, at most ``need``.  Otherwise the figure is peer
+    time / gradchain time, at least ``need`` (None: reported only)."""
+    group: str
+    peer: Optional[str]
+    need: Optional[float]
+    label: str
+    holder: str = "gradchain"      # the test whose extra_info holds the figures
+    layout: bool = False
+    k: Optional[int] = None        # the chain length the row is about, where the test can vary it
+
+
+ALGO = " — *algorithm-choice comparison*"
+FAIR = " — *fair peer*"
 _MLP = "compose(Affine, Tanh)x4 + SquaredError, value_and_grad, "
-TARGETS3 = [
-    (_MLP + "n=16", "numpy", 5.0, "n=16 vs NumPy by hand"),
-    (_MLP + "n=16", "torch", 20.0, "n=16 vs PyTorch autograd"),
-    (_MLP + "n=16", "jax", None, "n=16 vs jax.jit(jax.value_and_grad)"),
-    (_MLP + "n=64", "numpy", 3.0, "n=64 vs NumPy by hand"),
-    (_MLP + "n=256", "numpy", 1.5, "n=256 vs NumPy by hand"),
-    (_MLP + "batch B=256, n=64", "numpy", 1.0, "batch B=256, n=64 vs NumPy by hand"),
-    (_MLP + "batch B=256, n=64", "torch", 1.0, "batch B=256, n=64 vs PyTorch autograd"),
-    (_MLP + "batch B=256, n=64", "jax", 1.0, "batch B=256, n=64 vs jax.jit(jax.value_and_grad)"),
-]
-# layout groups: (group, layout id, max slowdown vs the C-order row)
-LAYOUT_TARGETS = [
-    (f"J.T @ v 4096x4096 {dt} layouts", lay, 1.5)
-    for dt in ("float64", "float32") for lay in ("F", "rows", "elements")
+SECTIONS = [
+    ("issue 2: the core chain products", [
+        Target("chain.vjp k=64 n=16 (prebuilt)", "numpy", 15.0,
+               "prebuilt Chain.vjp k=64 n=16 vs NumPy loop"),
+        Target("chain.vjp k=64 n=16 (prebuilt)", "jax", 1.0,
+               "prebuilt Chain.vjp k=64 n=16 vs jax.jit(lax.scan)"),
+        Target("vjp one-shot k=16 n=8 (list of arrays)", "numpy", 5.0,
+               "one-shot vjp k=16 n=8 vs NumPy loop"),
+        Target("chain.vjp k=64 n=64 (prebuilt)", "numpy", 2.0,
+               "Chain.vjp k=64 n=64 vs NumPy loop"),
+        Target("vjp one-shot k=64 n=64 (list of arrays)", "numpy", 2.0,
+               "one-shot vjp k=64 n=64 vs NumPy loop"),
+        Target("J.T @ v 4096x4096 float64 C-order", "numpy", 0.95, "J.T @ v 4096² float64 vs NumPy"),
+        Target("J.T @ v 4096x4096 float32 C-order", "numpy", 0.95, "J.T @ v 4096² float32 vs NumPy"),
+        Target("J.T @ v 8192x8192 float64 C-order", "numpy", 0.95, "J.T @ v 8192² float64 vs NumPy"),
+        Target("J.T @ v 8192x8192 float32 C-order", "numpy", 0.95, "J.T @ v 8192² float32 vs NumPy"),
+        Target("batch B=256 through k=8 n=512", "numpy", 0.9,
+               "B=256 through k=8 n=512 vs NumPy G = G @ J"),
+    ] + [
+        Target(f"J.T @ v 4096x4096 {dt} layouts", lay, 1.5,
+               f"J.T @ v 4096² {dt}: {lay} layout time / C-order time", holder=lay, layout=True)
+        for dt in ("float64", "float32") for lay in ("F", "rows", "elements")
+    ]),
+    ("issue 3: maps and losses, value_and_grad of compose(Affine(W_i, b_i), Tanh) x 4 "
+     "with SquaredError, W_i n x n", [
+        Target(_MLP + "n=16", "numpy", 5.0, "n=16 vs NumPy by hand"),
+        Target(_MLP + "n=16", "torch", 20.0, "n=16 vs PyTorch autograd"),
+        Target(_MLP + "n=16", "jax", None, "n=16 vs jax.jit(jax.value_and_grad)"),
+        Target(_MLP + "n=64", "numpy", 3.0, "n=64 vs NumPy by hand"),
+        Target(_MLP + "n=256", "numpy", 1.5, "n=256 vs NumPy by hand"),
+        Target(_MLP + "batch B=256, n=64", "numpy", 1.0, "batch B=256, n=64 vs NumPy by hand"),
+        Target(_MLP + "batch B=256, n=64", "torch", 1.0, "batch B=256, n=64 vs PyTorch autograd"),
+        Target(_MLP + "batch B=256, n=64", "jax", 1.0,
+               "batch B=256, n=64 vs jax.jit(jax.value_and_grad)"),
+    ]),
+    ("issue 4: accumulation and per-sample chains", [
+        Target("jacobian k=64 dense 16x16", "numpy loop", 1.5,
+               "jacobian k=64 16x16 vs NumPy left-to-right loop" + FAIR),
+        Target("jacobian k=64 dense 16x16", "multi_dot", 100.0,
+               "jacobian k=64 16x16 vs np.linalg.multi_dot (most of its time is its "
+               "order search in Python)" + ALGO),
+        Target("jacobian dims [2000, 10, 2000, 10, 2000]", "multi_dot", 0.95,
+               "jacobian dims [2000, 10, 2000, 10, 2000] vs multi_dot (same multiply-adds, asserted)"),
+        Target("per-sample vjp B=4096 k=8 n=32", "numpy", 2.0,
+               "per-sample B=4096 k=8 n=32 vs NumPy loop (single-threaded)"),
+        Target("per-sample vjp B=4096 k=8 n=32", "jax", 1.0,
+               "per-sample B=4096 k=8 n=32 vs jax.jit(lax.scan, einsum)"),
+        Target("per-sample jacobian B=4096 k=8 n=32", "numpy", None,
+               "per-sample jacobian B=4096 k=8 n=32 vs NumPy batched matmul loop"),
+        Target("B=256 cotangents through [512, 8, 512, 8, 512]", "numpy best bracketing", None,
+               "B=256 through [512, 8, 512, 8, 512] vs NumPy bracketed by hand "
+               "((G@J4)@(J3@J2))@J1, the fewest multiply-adds" + FAIR),
+        Target("B=256 cotangents through [512, 8, 512, 8, 512]", "numpy", 1.5,
+               "B=256 through [512, 8, 512, 8, 512]: plan vs propagation G = G @ J "
+               "(twice the multiply-adds)" + ALGO),
+        Target("plan for k=500 links", None, 0.1,
+               "time of Chain(Js).plan(mode='jacobian'), k = 500 links of random sizes "
+               "5–59 (binding and planning, whatever the planner runs for it)",
+               holder="test_plan_k500"),
+    ]),
+    ("issue 8: bounded planning", [
+        Target("vjp one-shot batch 8 through k=2000 links of 4x4", "numpy", 0.5,
+               "one-shot gradchain.vjp, batch of 8 through k = 2000 links of 4×4, vs NumPy "
+               "loop G = G @ J (gradchain ≤ 2× the loop's time)", k=2000),
+    ]),
 ]
 
+
+# The README's headline table: (case, groups, holder/peer texts, what the
+# gradchain cell shows).  Every figure is the rested one of BENCHMARKS.md.
+HEADLINE = [
+    ("prebuilt `Chain.vjp`, k = 64 links of 16×16", ["chain.vjp k=64 n=16 (prebuilt)"],
+     [("numpy", "the NumPy loop `g = J.T @ g`"), ("jax", "`jax.jit` of a `lax.scan`")]),
+    ("one-shot `gradchain.vjp(list, g)`, k = 16 links of 8×8",
+     ["vjp one-shot k=16 n=8 (list of arrays)"], [("numpy", "the NumPy loop")]),
+    ("`Chain.vjp`, k = 64 links of 64×64", ["chain.vjp k=64 n=64 (prebuilt)"],
+     [("numpy", "the NumPy loop")]),
+    ("one J^T v, 4096² and 8192², float64 / float32",
+     [f"J.T @ v {n}x{n} {dt} C-order" for n in (4096, 8192) for dt in ("float64", "float32")],
+     [("numpy", "NumPy's `J.T @ v`")]),
+    ("F-order or row-strided views of a 4096² J",
+     [f"J.T @ v 4096x4096 {dt} layouts" for dt in ("float64", "float32")],
+     [("F", None), ("rows", None)]),
+    ("256 cotangents through k = 8 links of 512×512", ["batch B=256 through k=8 n=512"],
+     [("numpy", "the NumPy loop `G = G @ J`")]),
+    ("`compose(Affine, Tanh)×4, loss=SquaredError`, `value_and_grad`, n = 16", [_MLP + "n=16"],
+     [("numpy", "NumPy by hand"), ("torch", "PyTorch autograd"),
+      ("jax", "`jax.jit(jax.value_and_grad)`")]),
+    ("the same, n = 64", [_MLP + "n=64"], [("numpy", "NumPy by hand")]),
+    ("the same, n = 256", [_MLP + "n=256"], [("numpy", "NumPy by hand")]),
+    ("the same, batch of 256, n = 64", [_MLP + "batch B=256, n=64"],
+     [("numpy", "NumPy by hand"), ("torch", "PyTorch"), ("jax", "JAX")]),
+    ("`gradchain.jacobian`, k = 64 links of 16×16", ["jacobian k=64 dense 16x16"],
+     [("numpy loop", "the NumPy loop `M = J @ M`")]),
+    ("`gradchain.jacobian`, dims [2000, 10, 2000, 10, 2000]",
+     ["jacobian dims [2000, 10, 2000, 10, 2000]"], [("multi_dot", "`multi_dot` (same multiply-adds)")]),
+    ("256 cotangents through [512, 8, 512, 8, 512] (the plan pre-multiplies)",
+     ["B=256 cotangents through [512, 8, 512, 8, 512]"],
+     [("numpy best bracketing", "NumPy bracketed by hand, `((G@J4)@(J3@J2))@J1`")]),
+    ("per-sample chain, B = 4096, k = 8, n = 32, vjp", ["per-sample vjp B=4096 k=8 n=32"],
+     [("numpy", "the NumPy loop (one thread against gradchain's {threads})"),
+      ("jax", "`jax.jit` (lax.scan + einsum)")]),
+    ("the same, `Chain.jacobian()` → (B, 32, 32)", ["per-sample jacobian B=4096 k=8 n=32"],
+     [("numpy", "the NumPy batched-matmul loop `M = J @ M`")]),
+    ("one-shot `gradchain.vjp`, batch of 8 through k = 2000 links of 4×4",
+     ["vjp one-shot batch 8 through k=2000 links of 4x4"], [("numpy", "the NumPy loop `G = G @ J`")]),
+]
+
+
+# ---------------------------------------------------------------------------
+# What the run was measured on (read at run time, saved, never re-read)
+# ---------------------------------------------------------------------------
 
 def read_bandwidth(nthreads):
     """GB/s of np.sum over 1 GiB split across nthreads threads (best of 5)."""
@@ -90,43 +210,107 @@ def read_bandwidth(nthreads):
     return a.nbytes / best / 1e9
 
 
-def machine():
-    info = {}
+def _run(cmd):
     try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            key, _, val = line.partition(":")
-            if key.strip() in ("Model name", "L2 cache", "L3 cache"):
-                info[key.strip()] = val.strip()
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT).stdout.strip()
     except OSError:
+        return ""
+
+
+def git_state():
+    """The commit measured and what differs from it in the working tree."""
+    try:                                   # not _run: its strip() would eat the status column
+        status = subprocess.run(["git", "status", "--porcelain"], capture_output=True,
+                                text=True, cwd=ROOT).stdout.splitlines()
+    except OSError:
+        status = []
+    status = [line for line in status if line.strip()]
+    paths = [line[3:] for line in status]
+    # the run rewrites its own outputs; anything else means the code measured is not the commit
+    outputs = ("BENCHMARKS.md", "README.md", "bench/results/")
+    return {
+        "commit": _run(["git", "rev-parse", "HEAD"]),
+        "subject": _run(["git", "log", "-1", "--format=%s"]),
+        "branch": _run(["git", "rev-parse", "--abbrev-ref", "HEAD"]),
+        "dirty": bool(status),
+        "dirty_paths": paths,
+        "dirty_outside_outputs": [p for p in paths if not p.startswith(outputs)],
+    }
+
+
+def machine_info():
+    """The machine and software as they are now (called while measuring)."""
+    info = {}
+    lscpu = {}
+    keep = ("Model name", "Vendor ID", "CPU(s)", "Thread(s) per core", "Core(s) per socket",
+            "Socket(s)", "CPU max MHz", "BogoMIPS", "L1d cache", "L2 cache", "L3 cache",
+            "NUMA node(s)", "Hypervisor vendor", "Virtualization type")
+    for line in _run(["lscpu"]).splitlines():
+        key, _, val = line.partition(":")
+        if key.strip() in keep:
+            lscpu[key.strip()] = val.strip()
+    info["lscpu"] = lscpu
+    info["os.cpu_count"] = os.cpu_count()
+    try:
+        info["cpus usable (affinity)"] = len(os.sched_getaffinity(0))
+    except AttributeError:
         pass
-    info["cores"] = os.cpu_count()
     try:
         with open("/proc/meminfo") as f:
             kb = int(f.readline().split()[1])
-        info["memory"] = f"{kb / 2**20:.0f} GiB"
+        info["memory"] = f"{kb / 2**20:.1f} GiB"
     except OSError:
         pass
-    import gradchain
-    import scipy
+    info["platform"] = platform.platform()
     info["python"] = platform.python_version()
     info["numpy"] = np.__version__
-    info["scipy"] = scipy.__version__
     try:
-        import jax
-        info["jax"] = jax.__version__
-    except ImportError:
-        info["jax"] = "not installed (its rows skip)"
+        blas = np.__config__.CONFIG["Build Dependencies"]["blas"]
+        info["numpy BLAS"] = f"{blas.get('name')} {blas.get('version')}"
+    except (AttributeError, KeyError, TypeError):
+        pass
+    import scipy
+    info["scipy"] = scipy.__version__
+    for mod in ("jax", "jaxlib", "torch", "pytest_benchmark", "threadpoolctl"):
+        try:
+            m = __import__(mod)
+            info[mod] = m.__version__
+        except ImportError:
+            info[mod] = "not installed (its rows skip)" if mod in ("jax", "torch") else "not installed"
     try:
         import torch
-        info["torch"] = f"{torch.__version__} ({torch.get_num_threads()} threads)"
+        info["torch"] += f" ({torch.get_num_threads()} threads)"
     except ImportError:
-        info["torch"] = "not installed (its rows skip)"
-    info["gradchain"] = (f"{gradchain.__version__}, kernels {gradchain.simd_target()}, "
-                         f"OpenMP {'on' if gradchain.openmp_enabled() else 'off'}, "
-                         f"{gradchain.get_num_threads()} threads")
+        pass
+    import gradchain
+    exts = sorted(f for f in os.listdir(os.path.dirname(gradchain.__file__)) if f.endswith(".so"))
+    built = max((os.path.getmtime(os.path.join(os.path.dirname(gradchain.__file__), f))
+                 for f in exts), default=None)
+    info["gradchain"] = {
+        "version": gradchain.__version__,
+        "imported from": os.path.dirname(gradchain.__file__),
+        "kernels": gradchain.simd_target(),
+        "OpenMP": gradchain.openmp_enabled(),
+        "threads": gradchain.get_num_threads(),
+        "extensions built": (datetime.datetime.fromtimestamp(built, datetime.timezone.utc)
+                             .strftime("%Y-%m-%d %H:%M UTC") if built else "no extension found"),
+    }
+    try:
+        import threadpoolctl
+        info["thread pools"] = [f"{p.get('internal_api')} {p.get('version')}: {p.get('num_threads')} threads"
+                                for p in threadpoolctl.threadpool_info()]
+    except ImportError:
+        pass
+    info["environment"] = {k: v for k, v in sorted(os.environ.items())
+                           if k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                    "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_PROC_BIND")
+                           or k.startswith("GRADCHAIN_")}
     return info
 
+
+# ---------------------------------------------------------------------------
+# Reading the sessions
+# ---------------------------------------------------------------------------
 
 def impl_of(bench):
     name = bench["name"]
@@ -141,221 +325,252 @@ def impl_of(bench):
 def fmt_time(s):
     if s < 1e-3:
         return f"{s * 1e6:.2f} µs"
-    return f"{s * 1e3:.2f} ms"
+    if s < 1:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.2f} s"
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--output", default=os.path.join(ROOT, "BENCHMARKS.md"))
-    ap.add_argument("--quick", action="store_true",
-                    help="fewer rounds (noisier numbers)")
-    ap.add_argument("--runs", type=int, default=5,
-                    help="benchmark sessions (ratios: median over sessions)")
-    ap.add_argument("--render-only", action="store_true",
-                    help="rewrite the report from the last saved sessions "
-                         "(bench/results/sessions.json) without running")
-    ap.add_argument("pytest_args", nargs="*")
-    args = ap.parse_args()
+class Figures:
+    """The figures of one target row over the sessions."""
 
-    saved = os.path.join(HERE, "results", "sessions.json")
-    sessions = []
-    if args.render_only:
-        with open(saved) as f:
-            sessions = json.load(f)
-    for run in range(0 if args.render_only else args.runs):
-        with tempfile.TemporaryDirectory() as tmp:
-            js = os.path.join(tmp, "bench.json")
-            cmd = [sys.executable, "-m", "pytest", os.path.join(ROOT, "bench"),
-                   "-q", "-p", "no:cacheprovider", "--benchmark-only",
-                   f"--benchmark-json={js}",
-                   "--benchmark-min-rounds=" + ("5" if args.quick else "20"),
-                   "--benchmark-max-time=" + ("0.2" if args.quick else "1.0"),
-                   *args.pytest_args]
-            print(f"session {run + 1}/{args.runs}:", " ".join(cmd), flush=True)
-            rc = subprocess.run(cmd, cwd=ROOT).returncode
-            if rc not in (0, 5):
-                sys.exit(rc)
-            with open(js) as f:
-                data = json.load(f)
-        groups = {}
-        for b in data["benchmarks"]:
-            groups.setdefault(b["group"], {})[impl_of(b)] = {
-                "stats": {k: b["stats"][k] for k in ("min", "median", "mean", "rounds")},
-                "extra_info": b.get("extra_info", {}),
-            }
-        sessions.append(groups)
-    # the date and the read-bandwidth probe belong to the sessions: measured
-    # right after them, saved with them, and reused by --render-only
-    saved_meta = os.path.join(HERE, "results", "sessions-meta.json")
-    if args.render_only and os.path.exists(saved_meta):
-        with open(saved_meta) as f:
-            meta = json.load(f)
+    def __init__(self, sessions, t):
+        self.t = t
+        self.rested, self.rested_time, self.interleaved, self.medians = [], [], [], []
+        self.old_interleaved = False     # figures from the older paired_ratio
+        self.slow = False                # a contender took > 1 s a call
+        self.bytes = None
+        self.first_call = []
+        self.other_k = set()             # sessions measured at another chain length
+        for gs in sessions:
+            g = gs.get(t.group, {})
+            b = g.get(t.holder)
+            if b is None:
+                continue
+            ei = b["extra_info"]
+            if t.k is not None and ei.get("k", t.k) != t.k:
+                self.other_k.add(ei["k"])          # a quick check at another k: not this row
+                continue
+            self.bytes = ei.get("bytes", self.bytes)
+            if "first_call_s" in ei:
+                self.first_call.append(ei["first_call_s"])
+            if (ei.get("measure_setup") or {}).get("blocks") == 1:
+                self.slow = True
+            if t.peer is None:                                # a bound on a time
+                if t.holder in ei.get("rested_time", {}):
+                    self.rested.append(ei["rested_time"][t.holder])
+                    self.rested_time.append(ei["rested_time"][t.holder])
+                self.medians.append(b["stats"]["median"])
+                continue
+            r = ei.get("rested", {}).get(t.peer)
+            if r is None and t.peer == "numpy" and "blocked" in ei:
+                r = ei["blocked"]            # sessions before `measure`: same blocks, two contenders
+            if r is not None:
+                if t.layout:                 # measured with "C" as ours: [layout/C, C, layout]
+                    self.rested.append(r[0])
+                    self.rested_time.append(r[2])
+                else:
+                    self.rested.append(r[0])
+                    self.rested_time.append(r[1])
+            i = ei.get("interleaved", {}).get(t.peer)
+            if i is not None:
+                self.interleaved.append(i[0])
+            elif "paired" in ei and (t.layout or t.peer == "numpy"):
+                self.interleaved.append(ei["paired"][0])
+                self.old_interleaved = True
+            base = "C" if t.layout else t.holder
+            if t.peer in g and base in g:
+                self.medians.append(g[t.peer]["stats"]["median"] / g[base]["stats"]["median"])
+
+    def figure(self):
+        return float(np.median(self.rested)) if self.rested else None
+
+    def verdict(self):
+        f = self.figure()
+        if f is None:
+            return "not measured yet"
+        if self.t.need is None:
+            return "(reported)"
+        ok = f < self.t.need if self.t.peer is None else (
+            f <= self.t.need if self.t.layout else f >= self.t.need)
+        return "met" if ok else "**NOT met**"
+
+    def interleaved_misses(self):
+        if not self.interleaved or self.t.need is None or self.t.peer is None:
+            return False
+        f = float(np.median(self.interleaved))
+        return f > self.t.need if self.t.layout else f < self.t.need
+
+
+def summary(rs, unit="×"):
+    """median (min–max over sessions)"""
+    if not rs:
+        return None
+    med = float(np.median(rs))
+    if unit == "s":
+        txt = fmt_time(med)
+        return txt if len(rs) == 1 else f"{txt} ({fmt_time(min(rs))}–{fmt_time(max(rs))})"
+    txt = f"{med:.2f}×"
+    return txt if len(rs) == 1 else f"{txt} ({min(rs):.2f}–{max(rs):.2f})"
+
+
+def required(t):
+    if t.need is None:
+        return "(reported)"
+    if t.peer is None:
+        return f"< {t.need * 1e3:g} ms"
+    return f"≤ {t.need}×" if t.layout else f"≥ {t.need}×"
+
+
+def short_ratio(x):
+    return f"{x:.0f}×" if x >= 10 else f"{x:.2f}×"
+
+
+# ---------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------
+
+def render_provenance(meta, nsessions, w):
+    prov = meta.get("git")
+    mach = meta.get("machine")
+    when = meta.get("date", "an unrecorded date")
+    if meta.get("started") and meta.get("finished"):
+        when += f" ({meta['started']} to {meta['finished']})"
+    w(f"Sessions: {nsessions}, {when}" +
+      (f", with `{meta['command']}`" if meta.get("command") else "") + ".\n")
+    if meta.get("recovered"):
+        w(f"*Provenance recovered, not recorded:* {meta['recovered']}\n")
+    if prov:
+        state = ("whether the working tree was dirty was not recorded" if prov.get("dirty") is None
+                 else "working tree clean" if not prov.get("dirty") else
+                 "uncommitted changes in the measured code: " + ", ".join(prov["dirty_outside_outputs"])
+                 if prov.get("dirty_outside_outputs") else
+                 "only the report's own outputs differed from it")
+        w(f"Commit measured: `{prov.get('commit', '?')}` ({prov.get('subject', '')}); {state}.\n")
     else:
-        meta = {"date": datetime.date.today().isoformat(),
-                "read_gbs_1": read_bandwidth(1), "read_gbs_2": read_bandwidth(2)}
-    if not args.render_only:
-        os.makedirs(os.path.dirname(saved), exist_ok=True)
-        with open(saved, "w") as f:
-            json.dump(sessions, f, indent=0)
-        with open(saved_meta, "w") as f:
-            json.dump(meta, f, indent=0)
+        w("Commit measured: not recorded with these sessions.\n")
+    if meta.get("session_seconds"):
+        ss = meta["session_seconds"]
+        w(f"Each session took {min(ss) / 60:.1f}–{max(ss) / 60:.1f} min "
+          f"({sum(ss) / 60:.0f} min in all).\n")
+    if not mach:
+        w("Machine: not recorded with these sessions.\n")
+        return
+    w("Machine and software, as read while the sessions ran:\n")
+    for k, v in mach.items():
+        if isinstance(v, dict):
+            v = "; ".join(f"{a} {b}" for a, b in v.items()) or "(none set)"
+        elif isinstance(v, list):
+            v = "; ".join(v) or "(none reported)"
+        w(f"- {k}: {v}")
+    if "read_gbs_1" in meta:
+        before = ""
+        if "read_gbs_before_1" in meta:
+            before = (f" (before the sessions: {meta['read_gbs_before_1']:.1f} / "
+                      f"{meta['read_gbs_before_2']:.1f} GB/s)")
+        w(f"- read bandwidth (np.sum over 1 GiB), after the sessions: {meta['read_gbs_1']:.1f} GB/s "
+          f"on 1 thread, {meta['read_gbs_2']:.1f} GB/s on 2 threads{before}")
+    if "loadavg" in meta:
+        w(f"- load average (1, 5, 15 min) before / after: {meta['loadavg']['before']} / "
+          f"{meta['loadavg']['after']}")
+    w("")
 
-    def ratios(group, num, den, stat="median"):
-        """num stat / den stat in each session that has both."""
-        out = []
-        for gs in sessions:
-            g = gs.get(group, {})
-            if num in g and den in g:
-                out.append(g[num]["stats"][stat] / g[den]["stats"][stat])
-        return out
 
-    def paired(group, name, key="paired"):
-        """Per-session interleaved ratios recorded by the test `name`."""
-        out = []
-        for gs in sessions:
-            b = gs.get(group, {}).get(name)
-            if b is not None and key in b["extra_info"]:
-                out.append(b["extra_info"][key][0])
-        return out
-
-    def summary(rs):
-        med = float(np.median(rs))
-        if len(rs) == 1:
-            return med, f"{med:.2f}×"
-        return med, f"{med:.2f}× ({min(rs):.2f}–{max(rs):.2f})"
-
-    bw1, bw2 = meta["read_gbs_1"], meta["read_gbs_2"]
+def render(sessions, meta):
     lines = []
     w = lines.append
     w("# gradchain benchmarks\n")
-    w("Produced by `python bench/report.py` (pytest-benchmark; every row of a group "
-      "was timed in the same session). Ratios are the peer's median time divided by "
-      "gradchain's: above 1 means gradchain is faster. float64 unless the group "
-      "says otherwise.\n")
-    w(f"The suite ran {len(sessions)} times; each ratio is the median of the "
-      "per-session ratios, with their range in brackets (the shared machine's memory "
-      "bandwidth drifts between sessions, which moves the bandwidth-bound rows). The "
-      "time columns come from the session with the median ratio.\n")
-    w(f"Measured {meta['date']} on:\n")
-    for k, v in machine().items():
-        w(f"- {k}: {v}")
-    w(f"- read bandwidth (np.sum over 1 GiB): {bw1:.1f} GB/s on 1 thread, "
-      f"{bw2:.1f} GB/s on 2 threads\n")
+    w("Produced by `python bench/report.py` (pytest-benchmark; every contender of a row was "
+      "timed in the same session). Ratios are the peer's time divided by gradchain's: above 1 "
+      "means gradchain is faster. float64 unless the group says otherwise.\n")
+    w("**Verdict rule, the same for every row, fixed before the numbers: the rested "
+      "alternating-block figure decides.** In gradchain's test, `measure` (bench/conftest.py) "
+      "runs 12 rounds; in each, gradchain and every peer run one block, the order rotating; a "
+      "block is 0.3 s of rest (so idle OpenBLAS/libgomp/PyTorch/XLA pools are asleep), one "
+      "warm-up call, then up to 15 timed samples, and its figure is the median per-call time. "
+      "A session's ratio is the median over rounds of peer figure / gradchain figure; the "
+      "row's figure is the median of the session ratios (range over sessions in brackets). "
+      "Time bounds use the median rested per-call time. Beside it, and never deciding: the "
+      "**interleaved** ratio, measured in the same test with the shared "
+      "`interleaved.compare` (the contenders' rounds interleaved with no rests, best of 7, "
+      "the way a user's script runs), and the ratio of the **pytest-benchmark medians** "
+      "(separately timed tests). Why rested: the targets compare each library's own speed; "
+      "rested alternating blocks give both sides the same conditions and the same state of "
+      "this shared machine's memory bandwidth, while separately timed rounds of a "
+      "bandwidth-bound pair swing by tens of percent between sessions and interleaved "
+      "rounds add one library's idle thread pool spinning while the other runs. Rows whose "
+      "interleaved figure misses the target are listed under the tables. A row with no "
+      "rested figure in the saved sessions says *not measured yet*.\n")
+    w("*Algorithm-choice comparisons* race gradchain against a peer that does a different "
+      "amount of work (a pure-Python order search, twice the multiply-adds); each sits next "
+      "to the *fair peer* doing the same work, and the README quotes the fair one.\n")
+    render_provenance(meta, len(sessions), w)
 
-    w("## Targets (issue 2: the core chain products)\n")
-    w("| target | required | measured | |")
-    w("|---|---|---|---|")
-    interference = []
-    for group, peer, need, label in TARGETS:
-        # bandwidth-bound single products: alternating rested blocks (§)
-        rs = paired(group, "gradchain", "blocked")
-        mark = " §" if rs else ""
-        rs = rs or ratios(group, peer, "gradchain")
-        if not rs:
-            w(f"| {label} | ≥ {need}× | not run ({peer} absent or deselected) | |")
-            continue
-        med, txt = summary(rs)
-        txt += mark
-        w(f"| {label} | ≥ {need}× | {txt} | {'met' if med >= need else 'NOT met'} |")
-        pr = paired(group, "gradchain")
-        if pr:
-            interference.append((label, pr))
-    for group, lay, most in LAYOUT_TARGETS:
-        rs = paired(group, lay)
-        if not rs:
-            continue
-        med, txt = summary(rs)
-        w(f"| {group.replace(' layouts', '')}: {lay} layout vs C-order time | "
-          f"≤ {most}× | {txt} † | {'met' if med <= most else 'NOT met'} |")
-    w("")
-    w("## Targets (issue 3: maps and losses, value_and_grad of "
-      "compose(Affine(W_i, b_i), Tanh) x 4 with SquaredError, W_i n x n)\n")
-    w("| target | required | measured | |")
-    w("|---|---|---|---|")
-    for group, peer, need, label in TARGETS3:
-        rs = ratios(group, peer, "gradchain")
-        if not rs:
-            w(f"| {label} | {'≥ ' + str(need) + '×' if need else 'none'} | "
-              f"not run ({peer} absent or deselected) | |")
-            continue
-        med, txt = summary(rs)
-        verdict = "" if need is None else ("met" if med >= need else "NOT met")
-        w(f"| {label} | {'≥ ' + str(need) + '×' if need else '(reported)'} | "
-          f"{txt} | {verdict} |")
-    w("")
-    w("## Targets (issue 4: accumulation and per-sample chains)\n")
-    w("| target | required | measured (medians) | measured (best times) "
-      "| measured (interleaved pairs) ‡ | |")
-    w("|---|---|---|---|---|---|")
-    for group, peer, need, label in TARGETS4:
-        req = f"≥ {need}×" if need else "(reported)"
-        rs = ratios(group, peer, "gradchain")
-        if not rs:
-            w(f"| {label} | {req} | not run ({peer} absent or deselected) | | | |")
-            continue
-        med, txt = summary(rs)
-        _, txt_min = summary(ratios(group, peer, "gradchain", "min"))
-        # a bandwidth-bound row: its peer was also timed interleaved (‡),
-        # which decides the verdict
-        pr = paired(group, "gradchain") if peer == "numpy" else []
-        txt_pr = ""
-        if pr:
-            med, txt_pr = summary(pr)
-        verdict = "" if need is None else ("met" if med >= need else "NOT met")
-        w(f"| {label} | {req} | {txt} | {txt_min} | {txt_pr} | {verdict} |")
-    for gs in sessions[:1]:
-        g = gs.get("plan for k=500 links", {})
-        for name, b in g.items():
-            w(f"| plan for k = 500 links | < 100 ms | {fmt_time(b['stats']['median'])} "
-              f"| {fmt_time(b['stats']['min'])} | | "
-              f"{'met' if b['stats']['median'] < 0.1 else 'NOT met'} |")
-    w("")
-    w("§ Alternating rested blocks (`blocked_ratio` in bench/conftest.py), "
-      "measured inside the gradchain test: 12 blocks of 15 calls of each side, which "
-      "side goes first alternating, 0.3 s of rest before each block so that idle "
-      "thread pools are asleep; the ratio is the median over block pairs of the "
-      "block medians. This shared machine's memory bandwidth drifts by tens of "
-      "percent between the rounds of one pytest-benchmark test and the next, so the "
-      "separately timed medians of these bandwidth-bound pairs (in the tables below) "
-      "swing by ±40% between sessions; back-to-back blocks see the same bandwidth.\n")
-    w("† Interleaved measurement: inside the layout's test, `paired_ratio` "
-      "(bench/conftest.py) times the C-order and the other layout back to back, 30 "
-      "pairs alternating which goes first, over the same values, and takes the "
-      "median of the per-pair ratios.\n")
-    w("‡ Interleaved with the peer: inside the gradchain test, `paired_ratio` times "
-      "one gradchain call and one NumPy call back to back, 30 pairs alternating "
-      "which goes first, and takes the median of the per-pair ratios (the range "
-      "in brackets is over sessions). Used for the per-sample row, which reads "
-      "256 MiB of Jacobians per call: its separately timed rounds swing with the "
-      "machine's memory bandwidth, which other tenants of the host move by tens "
-      "of percent from minute to minute, while both calls of a pair see the same "
-      "bandwidth. Where it is given it decides the row's verdict.\n")
-    if interference:
-        w("### Interleaved with NumPy calls\n")
-        w("The same pairing against NumPy (one gradchain call, one NumPy call, "
-          "alternately) measures something else: on 2 cores, an idle OpenBLAS pool "
-          "keeps spinning for a while after each NumPy call and libgomp's pool after "
-          "each gradchain call, so each library runs while the other's threads "
-          "hold a core. Both slow down; this is what code that alternates NumPy "
-          "BLAS calls and gradchain calls sees on a small machine "
-          "(`OMP_WAIT_POLICY=passive`, or one of the two pools limited to 1 "
-          "thread with threadpoolctl, mostly removes it).\n")
-        w("| product | NumPy time / gradchain time, alternating |")
-        w("|---|---|")
-        for label, pr in interference:
-            w(f"| {label} | {summary(pr)[1]} |")
+    misses, slow_rows, old_rows = [], [], []
+    for title, targets in SECTIONS:
+        w(f"## Targets ({title})\n")
+        w("| target | required | **rested blocks (verdict figure)** | time, rested | "
+          "interleaved (user script) | pytest-benchmark medians | verdict |")
+        w("|---|---|---|---|---|---|---|")
+        for t in targets:
+            f = Figures(sessions, t)
+            unit = "s" if t.peer is None else "×"
+            rested = summary(f.rested, unit) or "not measured yet"
+            if f.slow:
+                rested += " ¶"
+                slow_rows.append(t.label)
+            if f.other_k:
+                rested += (f" (sessions at k = {', '.join(map(str, sorted(f.other_k)))} "
+                           f"left out: GRADCHAIN_BENCH_LONG_K was set)")
+            tm = summary(f.rested_time, "s") or ""
+            if f.bytes and f.rested_time:
+                tm += f", {f.bytes / float(np.median(f.rested_time)) / 1e9:.1f} GB/s of J"
+            if t.peer is None:
+                inter = "— (no peer)"
+            else:
+                inter = summary(f.interleaved) or "not measured yet"
+                if f.old_interleaved:
+                    inter += " ‡"
+                    old_rows.append(t.label)
+            med = summary(f.medians, unit) or "not run"
+            w(f"| {t.label} | {required(t)} | {rested} | {tm} | {inter} | {med} | {f.verdict()} |")
+            if f.interleaved_misses():
+                misses.append((t, summary(f.interleaved)))
         w("")
-
-    w("## All groups\n")
+    w("Columns: *time, rested* is the per-call time of gradchain (of the layout, for layout "
+      "rows) in the rested blocks, median over sessions. *interleaved*: peer best / gradchain "
+      "best over 7 interleaved rounds of ~20 ms each, median over sessions. *pytest-benchmark "
+      "medians*: peer median / gradchain median of the separately timed tests in the "
+      "**All groups** tables below.\n")
+    if slow_rows:
+        w("¶ A contender took over 1 s a call (bench/conftest.py `SLOW_CALL_S`), so its row "
+          "was measured with one rested block of one call each and one interleaved round.\n")
+    if old_rows:
+        w("‡ From sessions saved before `measure` existed: the older `paired_ratio` "
+          "interleaving (one call of each side back to back, 30 pairs alternating which goes "
+          "first, median of the per-pair ratios), recorded for these rows only; "
+          "`interleaved.compare` will replace it at the next run.\n")
+    if misses:
+        w("On the interleaved figure these rows miss their target, whatever their verdict "
+          "(where rested and interleaved differ, it is mostly the cost, on 2 cores, of one "
+          "library's idle thread pool spinning while the other runs; `OMP_WAIT_POLICY=passive`, "
+          "or one pool limited to 1 thread with threadpoolctl, mostly removes it):\n")
+        for t, txt in misses:
+            w(f"- {t.label}: interleaved {txt}, required {required(t)}")
+        w("")
+    w("## All groups (pytest-benchmark rounds)\n")
+    w("Each test timed on its own by pytest-benchmark; times from the session whose ratio "
+      "(first peer against the base) is the median one; ratios are medians of the "
+      "per-session ratios of medians.\n")
     all_groups = sorted({g for gs in sessions for g in gs})
     for group in all_groups:
         names = {n for gs in sessions for n in gs.get(group, {})}
         base_name = ("gradchain" if "gradchain" in names
                      else "C" if "C" in names else sorted(names)[0])
-        peers = sorted({n for gs in sessions for n in gs.get(group, {})})
-        # the session whose first peer ratio is the median one
+        peers = sorted(names)
         key = [p for p in peers if p != base_name][:1]
         cand = [gs for gs in sessions if group in gs and base_name in gs[group]]
+        if not cand:
+            continue
         if key:
             cand.sort(key=lambda gs: (gs[group].get(key[0], gs[group][base_name])
                                       ["stats"]["median"]
@@ -369,12 +584,21 @@ def main():
         w("|---|---|---|---|---|" + ("---|" if has_bytes else ""))
         for name, b in sorted(g.items(), key=lambda kv: kv[1]["stats"]["median"]):
             st = b["stats"]
-            rs = ratios(group, name, base_name)
+            rs = [gs[group][name]["stats"]["median"] / gs[group][base_name]["stats"]["median"]
+                  for gs in sessions
+                  if name in gs.get(group, {}) and base_name in gs.get(group, {})]
             row = (f"| {name} | {fmt_time(st['median'])} | {fmt_time(st['min'])} | "
-                   f"{st['rounds']} | {summary(rs)[1]} |")
+                   f"{st['rounds']} | {summary(rs)} |")
             if has_bytes:
                 row += f" {b['extra_info']['bytes'] / st['median'] / 1e9:.1f} |"
             w(row)
+        extra = {k: v for k, v in base["extra_info"].items()
+                 if k in ("plan", "cost", "propagation_cost", "best_bracketing_cost", "plan_cost",
+                          "baseline_costs", "k", "first_call_s")}
+        if extra:
+            w("\nRecorded with it: " + "; ".join(
+                f"{k} = {fmt_time(v) if k.endswith('_s') else v}" for k, v in extra.items()
+                if not (k == "plan" and len(str(v)) > 200)))
         w("")
     w("Layouts: `C` C-order; `F` Fortran-order (read as the transpose); `rows` a "
       "view `A[:, :n]` of an n×(n+64) array (row stride ≠ n, unit inner stride); "
@@ -391,9 +615,168 @@ def main():
             w(f"## {title} (recorded separately)\n")
             w(f"Not re-measured by this script: `bench/results/{name}`, "
               "copied here as recorded." + body)
+    return "\n".join(lines)
+
+
+def render_headline(sessions, meta):
+    """The README's headline table, every figure from the rested blocks."""
+    mach = meta.get("machine") or {}
+    cpu = (mach.get("lscpu") or {}).get("Model name", "machine not recorded")
+    gthreads = (mach.get("gradchain") or {}).get("threads", "?")
+    pools = "; ".join(mach.get("thread pools", [])) or "not recorded"
+
+    def fig(group, peer, holder="gradchain", layout=False):
+        return Figures(sessions, Target(group, peer, None, "", holder, layout))
+
+    out = [README_BEGIN,
+           f"Headline figures from [BENCHMARKS.md](BENCHMARKS.md), every one from its verdict "
+           f"measurement: rested alternating blocks, median over the {len(sessions)} sessions of "
+           f"one run ({cpu}, {mach.get('os.cpu_count', '?')} cores; gradchain on {gthreads} threads, "
+           f"thread pools: {pools}); float64 unless said; ratio = peer time / gradchain time, "
+           "measured in the same test. *not measured yet*: the saved sessions predate that "
+           "measurement for the row.", "",
+           "| case | gradchain (rested) | vs peer (rested) |", "|---|---|---|"]
+    for case, groups, peers in HEADLINE:
+        times, gbs, cells = [], [], []
+        if peers[0][1] is None:                         # layout rows: time over the C-order time
+            rs = [float(np.median(f.rested)) for g in groups for lay, _ in peers
+                  for f in [fig(g, lay, lay, True)] if f.rested]
+            out.append(f"| {case} | no copy | " + (
+                f"{min(rs):.2f}–{max(rs):.2f}× the C-order time |" if rs else "not measured yet |"))
+            continue
+        for peer, text in peers:
+            rs = []
+            for g in groups:
+                f = fig(g, peer)
+                if f.rested:
+                    rs.append(float(np.median(f.rested)))
+                    times.append(float(np.median(f.rested_time)))
+                    if f.bytes:
+                        gbs.append(f.bytes / times[-1] / 1e9)
+            text = text.format(threads=gthreads)
+            if not rs:
+                cells.append(f"{text}: not measured yet")
+            elif len(rs) == 1:
+                cells.append(f"{short_ratio(rs[0])} {text}")
+            else:
+                cells.append(f"{min(rs):.2f}–{max(rs):.2f}× {text}")
+        if gbs:
+            tcell = f"~{min(gbs):.0f}–{max(gbs):.0f} GB/s of J read"
+        elif times:
+            tcell = "~" + fmt_time(float(np.median(times)))
+        else:
+            tcell = "not measured yet"
+        if not times:
+            cells = ["not measured yet"]
+        out.append(f"| {case} | {tcell} | {'; '.join(cells)} |")
+    short, n_rows, n_measured = [], 0, 0
+    for _, targets in SECTIONS:
+        for t in targets:
+            f = Figures(sessions, t)
+            if t.need is None:
+                continue
+            n_rows += 1
+            n_measured += bool(f.rested)
+            if f.verdict() == "**NOT met**":
+                fig = summary(f.rested, "s" if t.peer is None else "×")
+                short.append(f"- {t.label.split(' — ')[0]}: {fig} (required {required(t)})")
+    status = f"Rested figures exist for {n_measured} of the {n_rows} target rows of BENCHMARKS.md; "
+    status += ("of those, these miss their target:" if short else
+               "all of those meet their target." if n_measured else "")
+    out += ["", status, *short, README_END]
+    return "\n".join(out)
+
+
+def update_readme(path, block):
+    with open(path) as f:
+        text = f.read()
+    a, b = text.find(README_BEGIN), text.find(README_END)
+    if a < 0 or b < a:
+        print(f"{path}: headline markers not found; README left as it is")
+        return
+    with open(path, "w") as f:
+        f.write(text[:a] + block + text[b + len(README_END):])
+    print("wrote the headline table in", path)
+
+
+# ---------------------------------------------------------------------------
+
+def run_sessions(args):
+    sessions, seconds = [], []
+    for run in range(args.runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            js = os.path.join(tmp, "bench.json")
+            cmd = [sys.executable, "-m", "pytest", os.path.join(ROOT, "bench"),
+                   "-q", "-p", "no:cacheprovider", "--benchmark-only",
+                   f"--benchmark-json={js}",
+                   "--benchmark-min-rounds=" + ("5" if args.quick else "20"),
+                   "--benchmark-max-time=" + ("0.2" if args.quick else "1.0"),
+                   *args.pytest_args]
+            print(f"session {run + 1}/{args.runs}:", " ".join(cmd), flush=True)
+            t0 = time.time()
+            rc = subprocess.run(cmd, cwd=ROOT).returncode
+            seconds.append(time.time() - t0)
+            if rc not in (0, 5):
+                sys.exit(rc)
+            with open(js) as f:
+                data = json.load(f)
+        groups = {}
+        for b in data["benchmarks"]:
+            groups.setdefault(b["group"], {})[impl_of(b)] = {
+                "stats": {k: b["stats"][k] for k in ("min", "median", "mean", "rounds")},
+                "extra_info": b.get("extra_info", {}),
+            }
+        sessions.append(groups)
+    return sessions, seconds
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--output", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    ap.add_argument("--readme", default=os.path.join(ROOT, "README.md"),
+                    help="README whose headline table (between the markers) is rewritten")
+    ap.add_argument("--no-readme", action="store_true", help="leave the README alone")
+    ap.add_argument("--quick", action="store_true",
+                    help="fewer pytest-benchmark rounds (noisier numbers)")
+    ap.add_argument("--runs", type=int, default=5,
+                    help="benchmark sessions (ratios: median over sessions)")
+    ap.add_argument("--render-only", action="store_true",
+                    help="rewrite the report from the saved sessions and their meta "
+                         "(bench/results/) without running or reading the machine")
+    ap.add_argument("pytest_args", nargs="*")
+    args = ap.parse_args()
+
+    if args.render_only:
+        with open(SAVED) as f:
+            sessions = json.load(f)
+        meta = {}
+        if os.path.exists(SAVED_META):
+            with open(SAVED_META) as f:
+                meta = json.load(f)
+    else:
+        now = lambda: datetime.datetime.now(datetime.timezone.utc)   # noqa: E731
+        meta = {"date": now().date().isoformat(),
+                "started": now().strftime("%H:%M UTC"),
+                "command": " ".join(["python", "bench/report.py", *sys.argv[1:]]),
+                "git": git_state(),
+                "loadavg": {"before": [round(x, 2) for x in os.getloadavg()]},
+                "read_gbs_before_1": read_bandwidth(1), "read_gbs_before_2": read_bandwidth(2)}
+        sessions, seconds = run_sessions(args)
+        meta["finished"] = now().strftime("%H:%M UTC")
+        meta["session_seconds"] = seconds
+        meta["loadavg"]["after"] = [round(x, 2) for x in os.getloadavg()]
+        meta["read_gbs_1"], meta["read_gbs_2"] = read_bandwidth(1), read_bandwidth(2)
+        meta["machine"] = machine_info()
+        os.makedirs(os.path.dirname(SAVED), exist_ok=True)
+        with open(SAVED, "w") as f:
+            json.dump(sessions, f, indent=0)
+        with open(SAVED_META, "w") as f:
+            json.dump(meta, f, indent=1)
     with open(args.output, "w") as f:
-        f.write("\n".join(lines))
+        f.write(render(sessions, meta))
     print("wrote", args.output)
+    if not args.no_readme:
+        update_readme(args.readme, render_headline(sessions, meta))
 
 
 if __name__ == "__main__":

@@ -1,23 +1,32 @@
-"""Accumulation and per-sample benchmarks (issue 4).
+"""Accumulation and per-sample benchmarks (issue 4), and bounded planning
+(issue 8).
 
-- jacobian of k = 64 dense 16x16 links: gradchain.jacobian vs
-  np.linalg.multi_dot (whose bracketing search runs in Python) and vs the
-  NumPy left-to-right loop;
+- jacobian of k = 64 dense 16x16 links: gradchain.jacobian vs the NumPy
+  left-to-right loop (the fair peer) and vs np.linalg.multi_dot (an
+  algorithm-choice comparison: nearly all of multi_dot's time there is its
+  order search, which runs in Python);
 - dims [2000, 10, 2000, 10, 2000]: gradchain.jacobian vs multi_dot (and the
   same multiply-add count as multi_dot's choice);
-- the plan for k = 500 links (time to compute the bracketing);
+- the plan for k = 500 links: the time of ``Chain(Js).plan(mode="jacobian")``
+  (binding the links and choosing the order, whatever the planner decides to
+  run for that chain);
 - per-sample chains, B = 4096, k = 8, n = 32: vjp vs the NumPy loop
   g = (g[:, None, :] @ J)[:, 0, :] and jax.jit of a lax.scan with einsum;
 - B = 256 cotangents through dims [512, 8, 512, 8, 512]: the chosen plan vs
-  plain propagation G = G @ J link by link;
+  plain propagation G = G @ J link by link (an algorithm-choice comparison:
+  propagation does twice the multiply-adds) and vs the best bracketing
+  written by hand in NumPy, ((G @ J4) @ (J3 @ J2)) @ J1 (the fair peer);
 - per-sample jacobian, B = 4096, k = 8, n = 32: Chain.jacobian vs the NumPy
-  batched-matmul loop M = J @ M.
+  batched-matmul loop M = J @ M;
+- one-shot vjp with a batch of 8 cotangents through k = 2000 links of 4x4
+  (issue 8: planning bounded by the product's cost) vs the NumPy loop
+  G = G @ J.
 """
 import numpy as np
 import pytest
 
 import gradchain
-from conftest import paired_ratio
+from conftest import SLOW_CALL_S, measure, optional_peer
 
 
 def classic_chain_cost(dims):
@@ -50,12 +59,14 @@ def test_jacobian_k64_n16(benchmark, impl):
     Js = [rng.standard_normal((16, 16)) / 4 for _ in range(64)]
     loop = lambda: numpy_jacobian_loop(Js)          # noqa: E731
 
+    contenders = {
+        "gradchain": lambda: gradchain.jacobian(Js),
+        "numpy loop": loop,
+        "multi_dot": lambda: np.linalg.multi_dot(list(reversed(Js))),
+    }
+    fn = contenders[impl]
     if impl == "gradchain":
-        fn = lambda: gradchain.jacobian(Js)          # noqa: E731
-    elif impl == "numpy loop":
-        fn = loop
-    else:
-        fn = lambda: np.linalg.multi_dot(list(reversed(Js)))   # noqa: E731
+        measure(benchmark, "gradchain", contenders)
     out = benchmark(fn)
     np.testing.assert_allclose(out, loop(), rtol=1e-9, atol=1e-12)
 
@@ -72,6 +83,9 @@ def test_jacobian_rectangular(benchmark, impl):
         # the same multiply-add count as the classic optimum multi_dot uses
         assert plan.cost == classic_chain_cost(list(reversed(dims)))
         benchmark.extra_info["cost"] = plan.cost
+        measure(benchmark, "gradchain", {
+            "gradchain": lambda: gradchain.jacobian(Js),
+            "multi_dot": lambda: np.linalg.multi_dot(list(reversed(Js)))})
         out = benchmark(lambda: gradchain.jacobian(Js))
     else:
         out = benchmark(lambda: np.linalg.multi_dot(list(reversed(Js))))
@@ -84,7 +98,15 @@ def test_plan_k500(benchmark):
     rng = np.random.default_rng(2)
     dims = rng.integers(5, 60, 501)
     Js = [np.empty((dims[i + 1], dims[i])) for i in range(500)]
-    plan = benchmark(lambda: gradchain.Chain(Js).plan(mode="jacobian"))
+    # what is timed: the whole call, binding and planning; the planner may
+    # run its order search or a cheaper one for this chain, so record what
+    # the plan found next to the time
+    call = lambda: gradchain.Chain(Js).plan(mode="jacobian")   # noqa: E731
+    plan = call()
+    benchmark.extra_info["plan_cost"] = plan.cost
+    benchmark.extra_info["baseline_costs"] = dict(plan.baseline_costs)
+    measure(benchmark, "test_plan_k500", {"test_plan_k500": call})
+    plan = benchmark(call)
     assert plan.cost <= min(plan.baseline_costs.values())
 
 
@@ -102,6 +124,23 @@ def numpy_per_sample(Js, G):
     return g
 
 
+def _jax_per_sample(jax, Js, G):
+    """jax.jit of a lax.scan with einsum over the stacked per-sample links."""
+    from jax import lax
+    stack = jax.numpy.asarray(np.stack(Js))        # (k, B, n, n)
+    Gj = jax.numpy.asarray(G)
+
+    @jax.jit
+    def f(stack, g):
+        def step(h, J):
+            return jax.numpy.einsum("bi,bij->bj", h, J), None
+        h, _ = lax.scan(step, g, stack, reverse=True)
+        return h
+
+    f(stack, Gj).block_until_ready()
+    return lambda: f(stack, Gj).block_until_ready()
+
+
 @pytest.mark.benchmark(group="per-sample vjp B=4096 k=8 n=32")
 @pytest.mark.parametrize("impl", ["gradchain", "numpy", "jax"])
 def test_per_sample(benchmark, impl, request):
@@ -109,38 +148,33 @@ def test_per_sample(benchmark, impl, request):
     ref = numpy_per_sample(Js, G)
     if impl == "gradchain":
         chain = gradchain.Chain(Js)
-        # bandwidth-bound (256 MiB of Jacobians per call): also timed
-        # interleaved with the NumPy loop, so both sides of each pair see
-        # the same state of this shared machine's memory bandwidth
-        benchmark.extra_info["paired"] = paired_ratio(
-            lambda: chain.vjp(G), lambda: numpy_per_sample(Js, G))
+        peers = {"numpy": lambda: numpy_per_sample(Js, G)}
+        jax = optional_peer(request, "jax_x64")
+        if jax is not None:
+            peers["jax"] = _jax_per_sample(jax, Js, G)
+        measure(benchmark, "gradchain", {"gradchain": lambda: chain.vjp(G), **peers})
         out = benchmark(chain.vjp, G)
     elif impl == "numpy":
         out = benchmark(numpy_per_sample, Js, G)
     else:
         jax = request.getfixturevalue("jax_x64")
-        from jax import lax
-        stack = jax.numpy.asarray(np.stack(Js))        # (k, B, n, n)
-        Gj = jax.numpy.asarray(G)
-
-        @jax.jit
-        def f(stack, g):
-            def step(h, J):
-                return jax.numpy.einsum("bi,bij->bj", h, J), None
-            h, _ = lax.scan(step, g, stack, reverse=True)
-            return h
-
-        f(stack, Gj).block_until_ready()
-        out = benchmark(lambda: f(stack, Gj).block_until_ready())
+        out = benchmark(_jax_per_sample(jax, Js, G))
     np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-9, atol=1e-10)
 
 
+def best_bracketing_cost(B, dims):
+    """Fewest multiply-adds of any bracketing of G (B x dims[-1]) times the
+    links (dims[i+1] x dims[i]), last link first."""
+    return classic_chain_cost([B] + list(reversed(dims)))
+
+
 @pytest.mark.benchmark(group="B=256 cotangents through [512, 8, 512, 8, 512]")
-@pytest.mark.parametrize("impl", ["gradchain", "numpy"])
+@pytest.mark.parametrize("impl", ["gradchain", "numpy", "numpy best bracketing"])
 def test_block_plan(benchmark, impl):
     rng = np.random.default_rng(4)
     dims = [512, 8, 512, 8, 512]
     Js = [rng.standard_normal((dims[i + 1], dims[i])) for i in range(4)]
+    J1, J2, J3, J4 = Js
     G = rng.standard_normal((256, 512))
 
     def propagate(G):
@@ -148,16 +182,30 @@ def test_block_plan(benchmark, impl):
             G = G @ J
         return G
 
+    def bracketed(G):
+        # written by hand: the bracketing with the fewest multiply-adds
+        return ((G @ J4) @ (J3 @ J2)) @ J1
+
+    b = G.shape[0]
+    assert (b * 512 * 8 + 8 * 512 * 8 + b * 8 * 8 + b * 8 * 512
+            == best_bracketing_cost(b, dims))
+    contenders = {"gradchain": None, "numpy": lambda: propagate(G),
+                  "numpy best bracketing": lambda: bracketed(G)}
     if impl == "gradchain":
         chain = gradchain.Chain(Js)
         plan = chain.plan(256, "vjp")
         benchmark.extra_info["plan"] = plan.expression
         benchmark.extra_info["cost"] = plan.cost
         benchmark.extra_info["propagation_cost"] = plan.baseline_costs["left_to_right"]
+        benchmark.extra_info["best_bracketing_cost"] = best_bracketing_cost(b, dims)
         assert plan.cost < plan.baseline_costs["left_to_right"]
+        contenders["gradchain"] = lambda: chain.vjp(G)
+        measure(benchmark, "gradchain", contenders)
         out = benchmark(chain.vjp, G)
-    else:
+    elif impl == "numpy":
         out = benchmark(propagate, G)
+    else:
+        out = benchmark(bracketed, G)
     np.testing.assert_allclose(out, propagate(G), rtol=1e-9, atol=1e-8)
 
 
@@ -166,7 +214,55 @@ def test_block_plan(benchmark, impl):
 def test_per_sample_jacobian(benchmark, impl):
     Js, _ = per_sample_problem()
     if impl == "gradchain":
-        out = benchmark(gradchain.Chain(Js).jacobian)
+        chain = gradchain.Chain(Js)
+        measure(benchmark, "gradchain", {"gradchain": chain.jacobian,
+                                         "numpy": lambda: numpy_jacobian_loop(Js)})
+        out = benchmark(chain.jacobian)
     else:
         out = benchmark(numpy_jacobian_loop, Js)
     np.testing.assert_allclose(out, numpy_jacobian_loop(Js), rtol=1e-9, atol=1e-10)
+
+
+LONG_K, LONG_N, LONG_B = 2000, 4, 8
+
+
+@pytest.mark.benchmark(group="vjp one-shot batch 8 through k=2000 links of 4x4")
+@pytest.mark.parametrize("impl", ["gradchain", "numpy"])
+def test_oneshot_long_chain(benchmark, impl):
+    """Issue 8, item 9: planning bounded by the product's cost.  A one-shot
+    vjp of a batch through a long chain of small links must not cost more
+    than twice the NumPy loop.  GRADCHAIN_BENCH_LONG_K overrides k (for a
+    quick check of the code path; the report's row is for k = 2000)."""
+    import os
+    import time
+    k = int(os.environ.get("GRADCHAIN_BENCH_LONG_K", LONG_K))
+    rng = np.random.default_rng(5)
+    # scaled so that the product neither grows nor shrinks much over 2000 links
+    Js = [rng.standard_normal((LONG_N, LONG_N)) / 1.75 for _ in range(k)]
+    G = rng.standard_normal((LONG_B, LONG_N))
+
+    def loop():
+        H = G
+        for J in reversed(Js):
+            H = H @ J
+        return H
+
+    benchmark.extra_info["k"] = k
+    if impl == "gradchain":
+        # the first call for these shapes, before anything could be cached
+        t0 = time.perf_counter()
+        out = gradchain.vjp(Js, G)
+        first = time.perf_counter() - t0
+        benchmark.extra_info["first_call_s"] = first
+        measure(benchmark, "gradchain", {"gradchain": lambda: gradchain.vjp(Js, G),
+                                         "numpy": loop})
+        fn = lambda: gradchain.vjp(Js, G)       # noqa: E731
+    else:
+        first = 0.0
+        fn = loop
+    if first > SLOW_CALL_S:
+        # today's planner can take seconds a call: one round, not twenty
+        out = benchmark.pedantic(fn, rounds=1, iterations=1)
+    else:
+        out = benchmark(fn)
+    np.testing.assert_allclose(out, loop(), rtol=1e-8, atol=1e-300)

@@ -2,18 +2,27 @@
 
 Run:  pytest bench/ --benchmark-only   (or python bench/report.py to write
 BENCHMARKS.md).  Each group pairs gradchain with the peer named in the
-issue; report.py divides the peer's median by gradchain's.
+issue; gradchain's test of a target row also times it against every peer with
+`measure` (rested alternating blocks and interleaved rounds, see conftest.py).
 """
 import numpy as np
 import pytest
 
 import gradchain
-from conftest import (blocked_ratio, chain_arrays, jax_scan_vjp,
-                      numpy_vjp_loop, paired_ratio)
+from conftest import (chain_arrays, jax_scan_vjp, measure, numpy_vjp_loop,
+                      optional_peer)
 
 # ---------------------------------------------------------------------------
 # Small chains: per-call overhead dominates
 # ---------------------------------------------------------------------------
+
+
+def _jax_prebuilt(jax, Js, g):
+    f = jax_scan_vjp(jax)
+    stack = jax.numpy.asarray(np.stack(Js))
+    gj = jax.numpy.asarray(g)
+    f(stack, gj).block_until_ready()
+    return lambda: f(stack, gj).block_until_ready()
 
 
 @pytest.mark.benchmark(group="chain.vjp k=64 n=16 (prebuilt)")
@@ -23,16 +32,17 @@ def test_prebuilt_k64_n16(benchmark, impl, request):
     ref = numpy_vjp_loop(Js, g)
     if impl == "gradchain":
         chain = gradchain.Chain(Js)
+        peers = {"numpy": lambda: numpy_vjp_loop(Js, g)}
+        jax = optional_peer(request, "jax_x64")
+        if jax is not None:
+            peers["jax"] = _jax_prebuilt(jax, Js, g)
+        measure(benchmark, "gradchain", {"gradchain": lambda: chain.vjp(g), **peers})
         out = benchmark(chain.vjp, g)
     elif impl == "numpy":
         out = benchmark(numpy_vjp_loop, Js, g)
     else:
         jax = request.getfixturevalue("jax_x64")
-        f = jax_scan_vjp(jax)
-        stack = jax.numpy.asarray(np.stack(Js))
-        gj = jax.numpy.asarray(g)
-        f(stack, gj).block_until_ready()
-        out = benchmark(lambda: f(stack, gj).block_until_ready())
+        out = benchmark(_jax_prebuilt(jax, Js, g))
     np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-10, atol=1e-12)
 
 
@@ -41,6 +51,9 @@ def test_prebuilt_k64_n16(benchmark, impl, request):
 def test_oneshot_k16_n8(benchmark, impl):
     Js, g = chain_arrays(16, 8)
     fn = gradchain.vjp if impl == "gradchain" else numpy_vjp_loop
+    if impl == "gradchain":
+        measure(benchmark, "gradchain", {"gradchain": lambda: gradchain.vjp(Js, g),
+                                         "numpy": lambda: numpy_vjp_loop(Js, g)})
     out = benchmark(fn, Js, g)
     np.testing.assert_allclose(out, numpy_vjp_loop(Js, g), rtol=1e-12)
 
@@ -51,6 +64,9 @@ def test_prebuilt_k64_n64(benchmark, impl):
     Js, g = chain_arrays(64, 64)
     fn = gradchain.Chain(Js).vjp if impl == "gradchain" else (
         lambda g: numpy_vjp_loop(Js, g))
+    if impl == "gradchain":
+        measure(benchmark, "gradchain", {"gradchain": lambda: fn(g),
+                                         "numpy": lambda: numpy_vjp_loop(Js, g)})
     out = benchmark(fn, g)
     np.testing.assert_allclose(out, numpy_vjp_loop(Js, g), rtol=1e-10,
                                atol=1e-12)
@@ -61,6 +77,9 @@ def test_prebuilt_k64_n64(benchmark, impl):
 def test_oneshot_k64_n64(benchmark, impl):
     Js, g = chain_arrays(64, 64)
     fn = gradchain.vjp if impl == "gradchain" else numpy_vjp_loop
+    if impl == "gradchain":
+        measure(benchmark, "gradchain", {"gradchain": lambda: gradchain.vjp(Js, g),
+                                         "numpy": lambda: numpy_vjp_loop(Js, g)})
     out = benchmark(fn, Js, g)
     np.testing.assert_allclose(out, numpy_vjp_loop(Js, g), rtol=1e-10,
                                atol=1e-12)
@@ -117,10 +136,8 @@ def test_single_jtv_C(benchmark, impl, n, dtype):
     if impl == "gradchain":
         chain = gradchain.Chain([J])
         out = np.empty(n, dtype)
-        benchmark.extra_info["paired"] = paired_ratio(
-            lambda: chain.vjp(g, out), lambda: J.T @ g)
-        benchmark.extra_info["blocked"] = blocked_ratio(
-            lambda: chain.vjp(g, out), lambda: J.T @ g)
+        measure(benchmark, "gradchain", {"gradchain": lambda: chain.vjp(g, out),
+                                         "numpy": lambda: J.T @ g})
         res = benchmark(chain.vjp, g, out)
     else:
         res = benchmark(lambda: J.T @ g)
@@ -141,11 +158,12 @@ def test_single_jtv_layouts(benchmark, layout, n, dtype):
     assert chain.jacobians[0] is J          # bound in place, never copied
     out = np.empty(n, dtype)
     if layout != "C":
-        # interleaved against the same values in C order
+        # against the same values in C order, both ways; the ratios stored
+        # under this layout's name are its time over the C-order time
         c_chain = gradchain.Chain([np.ascontiguousarray(J)])
         c_out = np.empty(n, dtype)
-        benchmark.extra_info["paired"] = paired_ratio(
-            lambda: c_chain.vjp(g, c_out), lambda: chain.vjp(g, out))
+        measure(benchmark, "C", {"C": lambda: c_chain.vjp(g, c_out),
+                                 layout: lambda: chain.vjp(g, out)})
         del c_chain
     res = benchmark(chain.vjp, g, out)
     ref = J.T.astype(np.float64) @ g.astype(np.float64)
@@ -172,7 +190,7 @@ def test_batch_b256_k8_n512(benchmark, impl):
 
     fn = gradchain.Chain(Js).vjp if impl == "gradchain" else numpy_loop
     if impl == "gradchain":
-        benchmark.extra_info["paired"] = paired_ratio(
-            lambda: fn(G), lambda: numpy_loop(G), pairs=20)
+        measure(benchmark, "gradchain", {"gradchain": lambda: fn(G),
+                                         "numpy": lambda: numpy_loop(G)})
     out = benchmark(fn, G)
     np.testing.assert_allclose(out, numpy_loop(G), rtol=1e-9, atol=1e-9)

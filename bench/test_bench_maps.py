@@ -2,13 +2,15 @@
 compose(Affine, Tanh) x 4 with SquaredError, against the same computation by
 hand in NumPy, PyTorch autograd and jax.jit(jax.value_and_grad).
 
-Peers other than NumPy are optional (rows skip when absent).
+Peers other than NumPy are optional (rows skip when absent).  gradchain's
+test of each size also times it against every installed peer with `measure`
+(rested alternating blocks and interleaved rounds, see conftest.py).
 """
 import numpy as np
 import pytest
 
 import gradchain as gc
-from conftest import paired_ratio  # noqa: F401  (shared helpers)
+from conftest import measure, optional_peer
 
 SIZES = [16, 64, 256]
 
@@ -84,9 +86,26 @@ def jax_fn(jax, Ws, bs, t):
     return f
 
 
+def _peer_calls(Ws, bs, x, t, request):
+    """name -> zero-argument call, for every peer that is installed."""
+    calls = {"numpy": lambda: numpy_by_hand(Ws, bs, x, t)}
+    try:
+        f_torch = torch_fn(Ws, bs, t)
+        calls["torch"] = lambda: f_torch(x)
+    except pytest.skip.Exception:
+        pass
+    jax = optional_peer(request, "jax_x64")
+    if jax is not None:
+        f_jax, xj = jax_fn(jax, Ws, bs, t), jax.numpy.asarray(x)
+        calls["jax"] = lambda: f_jax(xj)
+    return calls
+
+
 def _bench(benchmark, impl, Ws, bs, x, t, request):
     if impl == "gradchain":
         f = gradchain_fn(Ws, bs, t)
+        measure(benchmark, "gradchain", {"gradchain": lambda: f(x),
+                                         **_peer_calls(Ws, bs, x, t, request)})
     elif impl == "numpy":
         def f(x):
             return numpy_by_hand(Ws, bs, x, t)

@@ -32,9 +32,17 @@ cdef double order_cost(const Factor *f, Py_ssize_t m, bint left,
                        const char *per_sample=*, double batch=*,
                        bint block=*) noexcept nogil
 
+# Orders a product runs in: the bracketing table of plan_chain, or one of
+# the plain orders (no table; evaluated iteratively, any length).
+cdef enum:
+    ORDER_TABLE = 0
+    ORDER_LEFT = 1      # ((F_0 F_1) F_2) ...
+    ORDER_RIGHT = 2     # F_0 (F_1 (... F_{m-1}))
+
 # out (p_0 x q_{m-1}, C-contiguous) = F_0 ... F_{m-1} in the bracketing of
-# split.  0, or -1 when out of memory.
+# split (order ORDER_TABLE) or in a plain order (split unused, may be NULL).
+# 0, or -1 when out of memory.
 cdef int run_chain_f(const Factor *f, Py_ssize_t m, const int *split,
-                     float *out, int nt) noexcept nogil
+                     float *out, int nt, int order=*) noexcept nogil
 cdef int run_chain_d(const Factor *f, Py_ssize_t m, const int *split,
-                     double *out, int nt) noexcept nogil
+                     double *out, int nt, int order=*) noexcept nogil

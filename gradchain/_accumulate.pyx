@@ -503,12 +503,55 @@ cdef int _eval(const Factor *f, Py_ssize_t m, const int *split, Py_ssize_t i,
     return 0
 
 
+cdef inline void _leaf(const Factor *f, Val *out) noexcept nogil:
+    out.kind = f.kind
+    out.owned = False
+    out.ext = False
+    out.p = f.p
+    out.q = f.q
+    out.buf = NULL
+    out.leaf = f
+
+
+cdef int _eval_plain(const Factor *f, Py_ssize_t m, bint left, Val *out,
+                     floating *dest, int nt) noexcept nogil:
+    """Evaluate F_0 .. F_{m-1} in a plain order, iteratively (no table, no
+    recursion: chains of any length): ((F_0 F_1) F_2) ... (left) or
+    F_0 (F_1 (... F_{m-1})) (right); the last product goes to dest."""
+    cdef Val acc, nxt, leaf
+    cdef Py_ssize_t i
+    cdef floating *none = NULL
+    if left:
+        _leaf(&f[0], &acc)
+        for i in range(1, m):
+            _leaf(&f[i], &leaf)
+            if _combine(&acc, &leaf, &nxt, dest if i == m - 1 else none, nt):
+                _release(&acc)
+                return -1
+            acc = nxt
+    else:
+        _leaf(&f[m - 1], &acc)
+        i = m - 2
+        while i >= 0:
+            _leaf(&f[i], &leaf)
+            if _combine(&leaf, &acc, &nxt, dest if i == 0 else none, nt):
+                _release(&acc)
+                return -1
+            acc = nxt
+            i -= 1
+    out[0] = acc
+    return 0
+
+
 cdef int _run_chain(const Factor *f, Py_ssize_t m, const int *split,
-                    floating *out, int nt) noexcept nogil:
+                    floating *out, int nt, int order) noexcept nogil:
     cdef Val v
     if m == 0:
         return 0
-    if _eval(f, m, split, 0, m - 1, &v, out, nt):
+    if order == ORDER_TABLE:
+        if _eval(f, m, split, 0, m - 1, &v, out, nt):
+            return -1
+    elif _eval_plain(f, m, order == ORDER_LEFT, &v, out, nt):
         return -1
     if v.ext:
         pass                                    # already in out
@@ -521,10 +564,10 @@ cdef int _run_chain(const Factor *f, Py_ssize_t m, const int *split,
 
 
 cdef int run_chain_f(const Factor *f, Py_ssize_t m, const int *split,
-                     float *out, int nt) noexcept nogil:
-    return _run_chain(f, m, split, out, nt)
+                     float *out, int nt, int order=ORDER_TABLE) noexcept nogil:
+    return _run_chain(f, m, split, out, nt, order)
 
 
 cdef int run_chain_d(const Factor *f, Py_ssize_t m, const int *split,
-                     double *out, int nt) noexcept nogil:
-    return _run_chain(f, m, split, out, nt)
+                     double *out, int nt, int order=ORDER_TABLE) noexcept nogil:
+    return _run_chain(f, m, split, out, nt, order)

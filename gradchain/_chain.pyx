@@ -13,8 +13,8 @@ microseconds).
 """
 cimport numpy as cnp
 import numpy as np
-from libc.stdint cimport PTRDIFF_MAX as PY_SSIZE_T_MAX
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport free
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.string cimport memcpy
 from cython cimport floating
 from cython.parallel cimport prange, threadid
@@ -25,12 +25,15 @@ from gradchain._structured cimport (struct_apply, LINK_DENSE, LINK_DIAG,
                                     LINK_SCALED_IDENTITY, LINK_DIAG_RANK1)
 from gradchain._accumulate cimport (Factor, F_DENSE, F_DIAG, F_SCALED,
                                     F_IDENT, F_DPR1, plan_chain, order_cost,
-                                    run_chain_f, run_chain_d)
+                                    run_chain_f, run_chain_d, ORDER_TABLE,
+                                    ORDER_LEFT, ORDER_RIGHT)
 
 cnp.import_array()
 
 cdef extern from "gc_dense.h":
     Py_ssize_t GC_PARALLEL_MIN_ELEMS
+
+from gradchain._sizes cimport gc_size_mul, gc_size_mul3, gc_malloc_n, checked_elems
 
 cdef struct Link:
     int kind                # LINK_DENSE or a structured kind (_structured.pxd)
@@ -102,6 +105,13 @@ cdef _reject_masked(object a, str name):
 
 
 cdef cnp.ndarray _as_array(object x, str name):
+    """x as an ndarray, read in place when it is one: the one conversion of
+    every input (chains, operators, maps, losses, callback outputs).  Masked
+    arrays are refused whatever their dtype: gradchain would not apply the
+    mask."""
+    if type(x) is np.ndarray:
+        return <cnp.ndarray>x
+    _reject_masked(x, name)
     if isinstance(x, cnp.ndarray):
         return <cnp.ndarray>x
     try:
@@ -110,6 +120,12 @@ cdef cnp.ndarray _as_array(object x, str name):
         raise TypeError(
             f"{name} could not be converted to a numeric array "
             f"(ragged or not array-like): {exc}") from exc
+
+
+def as_array(x, str name):
+    """The one conversion rule for inputs (see _as_array), for the Python
+    layer (operators.py, maps.py)."""
+    return _as_array(x, name)
 
 
 cdef inline bint _usable(cnp.ndarray a, int typenum):
@@ -178,7 +194,7 @@ cdef int _per_sample_run(const Link *links, Py_ssize_t k, Py_ssize_t s0,
     out of memory.
     """
     cdef Py_ssize_t step, b, c, b0, b1, nin, nout, nblocks, size, per, nin0
-    cdef Py_ssize_t elems = 0
+    cdef Py_ssize_t elems = 0, total
     cdef const Link *L
     cdef const floating *cur
     cdef floating *nxt
@@ -190,7 +206,7 @@ cdef int _per_sample_run(const Link *links, Py_ssize_t k, Py_ssize_t s0,
         elems += L.m * L.n
     L = _link_at(links, k, s0, transpose)
     nin0 = L.m if transpose else L.n        # width of the rows of x
-    if B * elems < GC_PARALLEL_MIN_ELEMS:
+    if gc_size_mul(B, elems, &total) and total < GC_PARALLEL_MIN_ELEMS:
         nt = 1
     nt = max(nt, 1)
     # a few blocks per thread: long streams per link, and a thread that
@@ -200,9 +216,13 @@ cdef int _per_sample_run(const Link *links, Py_ssize_t k, Py_ssize_t s0,
     nblocks = (B + size - 1) // size
     if nt > nblocks:
         nt = <int>nblocks
-    per = 2 * size * maxw               # one thread's two scratch blocks
+    # one thread's two scratch blocks (size * maxw <= B * maxw, which the
+    # caller checked; the thread count multiplies it once more)
+    per = 2 * size * maxw
     if s1 - s0 > 1:
-        scratch = <floating *>malloc(max(nt * per, 1) * sizeof(floating))
+        if not gc_size_mul(nt, per, &total):
+            return -1
+        scratch = <floating *>gc_malloc_n(total, sizeof(floating))
         if scratch == NULL:
             return -1
     for c in prange(nblocks, num_threads=nt, schedule="dynamic", chunksize=1):
@@ -254,7 +274,8 @@ cdef int _run(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
     if k == 0:
         return 0    # handled by the caller (a copy)
     if k > 1 and half > 0:
-        work = <floating *>malloc(2 * half * sizeof(floating))
+        # 2 * B * maxw elements: the caller checked the byte count
+        work = <floating *>gc_malloc_n(2 * half, sizeof(floating))
         if work == NULL:
             return -1
     step = 0
@@ -297,17 +318,132 @@ cdef int _run(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
     return rc
 
 
+# Planning is bounded by what it can save.  One step of the matrix-chain
+# programme (m^3 / 6 steps for m factors) takes about as long as 3
+# multiply-adds of the products it plans (measured: 1.2-1.8 ns a step,
+# 0.45-0.6 ns a multiply-add of 5..60-wide dense products on this build's
+# reference machine), so the programme runs only when its steps cost no more
+# than the cheaper plain order itself: planning then at most doubles a
+# one-shot product, and only where it may pay.  Otherwise the cheaper plain
+# order runs.  Up to 1024 steps (m <= 18, about 2 us, the order of a call's
+# fixed overhead) the programme always runs.
+cdef double _DP_STEP_MADDS = 3.0
+cdef double _DP_FREE_STEPS = 1024.0
+# strategies shared across chains of the same shape (bounded: tables of at
+# most 256^2 ints, at most 256 entries)
+cdef dict _STRATEGIES = {}
+cdef Py_ssize_t _CACHE_MAX_FACTORS = 256
+cdef Py_ssize_t _CACHE_MAX_ENTRIES = 256
+
+
+cdef tuple _choose_strategy(const Factor *f, Py_ssize_t m, bint single):
+    """(order, cost, l2r, r2l) for the product f[0] ... f[m-1]; order is
+    "left", "right" (the plain orders) or the programme's bracketing table.
+
+    single: f[0] is one vector (a vjp/jvp of batch 1), which propagates
+    link by link: the fused loop of _run, with no planning in the call
+    (pre-multiplying links can save multiply-adds for one vector only
+    around a link narrower than its neighbours, and a one-shot call could
+    not pay for finding out)."""
+    cdef double cost, l2r, r2l, steps, dm = <double>m
+    cdef int *sp
+    with nogil:
+        l2r = order_cost(f, m, True)
+        r2l = order_cost(f, m, False)
+    if m <= 2 or single:
+        return "left", l2r, l2r, r2l
+    steps = dm * dm * dm / 6.0
+    if steps <= _DP_FREE_STEPS or steps * _DP_STEP_MADDS <= min(l2r, r2l):
+        split = np.empty(m * m, dtype=np.intc)
+        sp = <int *>cnp.PyArray_DATA(split)
+        with nogil:
+            cost = plan_chain(f, m, sp)
+        if cost < 0:
+            raise MemoryError("could not allocate the bracketing tables")
+        if cost < l2r:
+            return split, cost, l2r, r2l
+        return "left", l2r, l2r, r2l
+    if r2l < l2r:
+        return "right", r2l, l2r, r2l
+    return "left", l2r, l2r, r2l
+
+
+cdef int _order_of(object order):
+    """The executor's order code for a strategy's order."""
+    if isinstance(order, str):
+        return ORDER_LEFT if order == "left" else ORDER_RIGHT
+    return ORDER_TABLE
+
+
+cdef const int *_table_of(object order):
+    """The bracketing table of a strategy's order (NULL for plain orders)."""
+    if isinstance(order, str):
+        return NULL
+    return <const int *>cnp.PyArray_DATA(<cnp.ndarray>order)
+
+
+# what each structured kind binds: its number of vectors
+cdef dict _OPERATOR_VECTORS = {LINK_DIAG: 1, LINK_SCALED_IDENTITY: 0,
+                               LINK_DIAG_RANK1: 3}
+
+
+cdef tuple _operator_record(object op, object kind, Py_ssize_t i):
+    """(kind, n, vectors, scale) of an operator link, validated: everything
+    the kernels will read comes from here, checked against the operator's
+    shape, so an operator (or a subclass) that lies about itself raises
+    instead of making the kernels read past a vector."""
+    cdef str name = f"jacobians[{i}]"
+    cdef cnp.ndarray a
+    if kind not in _OPERATOR_VECTORS:
+        raise TypeError(
+            f"{name} is a {type(op).__name__}, an Operator the compiled chain "
+            f"does not know; pass its dense form (Dense(op.todense())) or use "
+            f"one of Dense, Diagonal, Identity, DiagonalPlusRankOne")
+    shape = op.shape
+    if (not isinstance(shape, tuple) or len(shape) != 2
+            or not all(isinstance(d, (int, np.integer))
+                       and not isinstance(d, (bool, np.bool_)) for d in shape)):
+        raise TypeError(f"{name} ({type(op).__name__}) has shape {shape!r}; "
+                        f"an operator's shape is a tuple of two ints")
+    n = int(shape[0])
+    if shape[1] != n or not 0 <= n <= PY_SSIZE_T_MAX:
+        raise ValueError(f"{name} ({type(op).__name__}) has shape {shape}; a "
+                         f"structured operator is square, n x n with "
+                         f"0 <= n <= {PY_SSIZE_T_MAX}")
+    vectors = tuple(op._gc_vectors())
+    if len(vectors) != _OPERATOR_VECTORS[kind]:
+        raise ValueError(f"{name} ({type(op).__name__}) gave {len(vectors)} "
+                         f"vectors; its kind binds {_OPERATOR_VECTORS[kind]}")
+    for j, vec in enumerate(vectors):
+        a = _as_array(vec, f"{name}'s vector {j}")
+        if cnp.PyArray_NDIM(a) != 1 or cnp.PyArray_DIM(a, 0) != n:
+            raise ValueError(f"{name} ({type(op).__name__}) has shape {shape} "
+                             f"but its vector {j} has shape {_pyshape(a)}, "
+                             f"expected ({n},)")
+        _compute_typenum(a.dtype, f"{name}'s vector {j}")
+        vectors = vectors[:j] + (a,) + vectors[j + 1:]
+    scale = op._gc_scale()
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(
+            scale, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} ({type(op).__name__}) has scale {scale!r}; "
+                        f"expected a real number")
+    return (kind, n, vectors, float(scale))
+
+
 cdef class ChainCore:
     """Compiled core of :class:`gradchain.Chain` (see there)."""
 
     cdef Link *_links
     cdef Py_ssize_t _k
     cdef Py_ssize_t _maxw          # widest intermediate dimension
+    cdef bint _has_zero            # some n_i is 0: every product is zeros
     cdef int _typenum              # NPY_FLOAT / NPY_DOUBLE; -1 when no link
                                    # sets it (k == 0, identities only)
     cdef tuple _arrays             # the bound 2-D arrays and operators
     cdef object _stack             # the 3-D array the links view, or None
     cdef list _keep                # operator vectors converted for the kernels
+    cdef tuple _opvecs             # per link: the operator's validated
+                                   # record (kind, n, vectors, scale) or None
     cdef tuple _sources            # each link as the caller gave it
     cdef bint _converted           # some link is bound to a converted copy
     cdef dict _plan_cache          # (mode, batch) -> (split, cost, l2r, r2l)
@@ -321,6 +457,7 @@ cdef class ChainCore:
         self._typenum = -1
         self._stack = None
         self._keep = []
+        self._opvecs = None
         self._converted = False
         self._plan_cache = {}
         self._batch = -1
@@ -384,26 +521,21 @@ cdef class ChainCore:
         k = len(items)
         # Pass 1: arrays or operators, ranks and the common dtype.
         arrays = [None] * k
+        opvecs = [None] * k
         cdef Py_ssize_t batch = -1, batch_from = -1
         for i in range(k):
             item = items[i]
-            if type(item) is not np.ndarray and isinstance(item, cnp.ndarray):
-                _reject_masked(item, f"jacobians[{i}]")
             if not isinstance(item, cnp.ndarray):
                 kind = getattr(type(item), "_gc_kind", None)
                 if kind == LINK_DENSE:
                     item = item.matrix
                 elif kind is not None:
-                    if kind not in (LINK_DIAG, LINK_SCALED_IDENTITY,
-                                    LINK_DIAG_RANK1):
-                        raise TypeError(
-                            f"jacobians[{i}] is a {type(item).__name__}, an "
-                            f"Operator the compiled chain does not know; pass "
-                            f"its dense form (Dense(op.todense())) or use one "
-                            f"of Dense, Diagonal, Identity, DiagonalPlusRankOne")
+                    rec = _operator_record(item, kind, i)
                     arrays[i] = item
-                    if item.dtype is not None:
-                        t = _compute_typenum(item.dtype, f"jacobians[{i}]")
+                    opvecs[i] = rec
+                    for vec in rec[2]:
+                        t = _compute_typenum((<cnp.ndarray>vec).dtype,
+                                             f"jacobians[{i}]")
                         if t == cnp.NPY_DOUBLE or typenum == -1:
                             typenum = t
                     continue
@@ -442,13 +574,15 @@ cdef class ChainCore:
             if isinstance(arrays[i], cnp.ndarray):
                 self._set_link(i, <cnp.ndarray>arrays[i])
             else:
-                self._set_operator(i, arrays[i], dtype)
+                self._set_operator(i, opvecs[i], dtype)
         self._arrays = tuple(arrays)
+        self._opvecs = tuple(opvecs)
         self._batch = batch
         self._batch_from = batch_from
         self._check_dims()
 
-    cdef _set_operator(self, Py_ssize_t i, op, dtype):
+    cdef _set_operator(self, Py_ssize_t i, tuple rec, dtype):
+        """Link i from an operator's validated record (_operator_record)."""
         cdef Link *L = &self._links[i]
         cdef cnp.ndarray a
         cdef const char *lo
@@ -456,16 +590,17 @@ cdef class ChainCore:
         cdef const char *ptrs[3]
         cdef Py_ssize_t strd[3]
         cdef int j, typenum = cnp.NPY_DOUBLE if dtype == _DT_DOUBLE else cnp.NPY_FLOAT
-        L.kind = op._gc_kind
+        kind, n, vectors, scale = rec
+        L.kind = kind
         L.per_sample = False
         L.bs = 0
-        L.m = L.n = op.shape[0]
+        L.m = L.n = n
         L.rs = L.cs = 0
-        L.scale = op._gc_scale()
+        L.scale = scale
         L.lo = L.hi = NULL
         ptrs[0] = ptrs[1] = ptrs[2] = NULL
         strd[0] = strd[1] = strd[2] = 0
-        for j, vec in enumerate(op._gc_vectors()):
+        for j, vec in enumerate(vectors):
             # read in place when it has the chain's dtype (any stride), else
             # an aligned copy (O(n)); the bound array is kept alive here,
             # whatever later happens to op's attributes
@@ -524,7 +659,7 @@ cdef class ChainCore:
         self._k = k
         self._typenum = typenum
         if k > 0:
-            self._links = <Link *>malloc(k * sizeof(Link))
+            self._links = <Link *>gc_malloc_n(k, sizeof(Link))
             if self._links == NULL:
                 raise MemoryError()
 
@@ -548,6 +683,10 @@ cdef class ChainCore:
     cdef _check_dims(self):
         cdef Py_ssize_t i
         self._maxw = 0
+        self._has_zero = False
+        for i in range(self._k):
+            if self._links[i].m == 0 or self._links[i].n == 0:
+                self._has_zero = True
         for i in range(1, self._k):
             if self._links[i].n != self._links[i - 1].m:
                 raise ValueError(
@@ -565,13 +704,12 @@ cdef class ChainCore:
             if self._sources[i] is self._stack:
                 return (self._stack[i],)
             return (self._stack[i], self._sources[i][i])
-        out = []
-        for item in (self._arrays[i], self._sources[i]):
-            if isinstance(item, cnp.ndarray):
-                out.append(item)
-            else:
-                out.extend(item._gc_vectors())
-        return tuple(out)
+        if self._opvecs[i] is not None:
+            # the vectors bound at construction, whatever the operator's
+            # attributes say now (converted copies are the chain's own)
+            return self._opvecs[i][2]
+        return tuple(a for a in (self._arrays[i], self._sources[i])
+                     if isinstance(a, cnp.ndarray))
 
     # ---------------------------------------------------------------- info
 
@@ -683,30 +821,46 @@ cdef class ChainCore:
                     F.u, F.us, F.v, F.vs = L.u, L.us, L.v, L.vs
 
     cdef tuple _get_plan(self, str mode, Py_ssize_t B):
-        """(split table, cost, left-to-right cost, right-to-left cost),
-        cached per (mode, B) for the life of the chain."""
+        """The strategy for (mode, B): (order, cost, l2r, r2l), where order
+        is the programme's bracketing table, "right" (right to left) or
+        "left" (left to right; for vjp/jvp: propagating the block link by
+        link, the fused loop of _run).  The one place
+        that decides what runs; cached per (mode, B) for the chain's life
+        and, for small tables, per chain shape across chains (one-shot
+        calls of the same shapes plan once)."""
         key = (mode, B)
         cached = self._plan_cache.get(key)
         if cached is not None:
             return cached
-        cdef Py_ssize_t m = self._k + (0 if mode == "jacobian" else 1)
-        cdef Factor *f = <Factor *>malloc(max(1, m) * sizeof(Factor))
-        cdef double cost, l2r, r2l
+        cdef Py_ssize_t m = self._k + (0 if mode == "jacobian" else 1), i
+        cdef Factor *f = <Factor *>gc_malloc_n(m, sizeof(Factor))
+        cdef Py_ssize_t *sig
         if f == NULL:
             raise MemoryError()
-        split = np.zeros(max(1, m * m), dtype=np.intc)
-        cdef int *sp = <int *>cnp.PyArray_DATA(split)
         try:
             self._fill_factors(f, mode, B, NULL)
-            with nogil:
-                cost = plan_chain(f, m, sp)
-                l2r = order_cost(f, m, True)
-                r2l = order_cost(f, m, False)
+            if mode != "jacobian" and B <= 1:
+                cached = _choose_strategy(f, m, True)
+                if len(self._plan_cache) < 64:
+                    self._plan_cache[key] = cached
+                return cached
+            # the shape signature: what the strategy depends on
+            sigb = bytearray(3 * m * sizeof(Py_ssize_t))
+            sig = <Py_ssize_t *><char *>sigb
+            for i in range(m):
+                sig[3 * i] = f[i].kind
+                sig[3 * i + 1] = f[i].p
+                sig[3 * i + 2] = f[i].q
+            gkey = (mode, B, bytes(sigb))
+            cached = _STRATEGIES.get(gkey)
+            if cached is None:
+                cached = _choose_strategy(f, m, False)
+                if m <= _CACHE_MAX_FACTORS:
+                    if len(_STRATEGIES) >= _CACHE_MAX_ENTRIES:
+                        _STRATEGIES.clear()
+                    _STRATEGIES[gkey] = cached
         finally:
             free(f)
-        if cost < 0:
-            raise MemoryError("could not allocate the bracketing tables")
-        cached = (split, cost, l2r, r2l)
         if len(self._plan_cache) < 64:
             self._plan_cache[key] = cached
         return cached
@@ -715,8 +869,9 @@ cdef class ChainCore:
                    cnp.ndarray dst, int typenum, Py_ssize_t sample=0):
         cdef str mode = "jacobian" if x is None else ("vjp" if transpose else "jvp")
         cdef Py_ssize_t m = self._k + (0 if x is None else 1)
-        cdef Factor *f = <Factor *>malloc(max(1, m) * sizeof(Factor))
-        cdef int *sp = <int *>cnp.PyArray_DATA(split)
+        cdef Factor *f = <Factor *>gc_malloc_n(m, sizeof(Factor))
+        cdef int order = _order_of(split)
+        cdef const int *sp = _table_of(split)
         cdef int rc, nt = effective_threads()
         if f == NULL:
             raise MemoryError()
@@ -727,10 +882,12 @@ cdef class ChainCore:
                 self._fill_factors(f, mode, B, <const char *>cnp.PyArray_DATA(x))
             if typenum == cnp.NPY_DOUBLE:
                 with nogil:
-                    rc = run_chain_d(f, m, sp, <double *>cnp.PyArray_DATA(dst), nt)
+                    rc = run_chain_d(f, m, sp, <double *>cnp.PyArray_DATA(dst),
+                                     nt, order)
             else:
                 with nogil:
-                    rc = run_chain_f(f, m, sp, <float *>cnp.PyArray_DATA(dst), nt)
+                    rc = run_chain_f(f, m, sp, <float *>cnp.PyArray_DATA(dst),
+                                     nt, order)
         finally:
             free(f)
         if rc:
@@ -754,11 +911,14 @@ cdef class ChainCore:
             out = cnp.PyArray_EMPTY(3, dims, typenum, 0)
         if cnp.PyArray_SIZE(out) == 0:
             return out
-        plan = self._get_plan("jacobian", 0)
-        if self._batch < 0:
-            self._run_plan(plan[0], False, None, 0, out, typenum)
+        if self._has_zero:
+            out[...] = 0    # through a zero-width intermediate: zeros
             return out
-        self._run_plan_samples(plan[0], out, typenum)
+        split = self._get_plan("jacobian", 0)[0]
+        if self._batch < 0:
+            self._run_plan(split, False, None, 0, out, typenum)
+            return out
+        self._run_plan_samples(split, out, typenum)
         return out
 
     cdef _run_plan_samples(self, split, cnp.ndarray dst, int typenum):
@@ -772,7 +932,8 @@ cdef class ChainCore:
         are the same either way."""
         cdef Py_ssize_t k = self._k, B = self._batch, b, j, w = 0, elems = 0
         cdef Py_ssize_t bstride = cnp.PyArray_STRIDE(dst, 0)
-        cdef int *sp = <int *>cnp.PyArray_DATA(split)
+        cdef int order = _order_of(split)
+        cdef const int *sp = _table_of(split)
         cdef char *base = <char *>cnp.PyArray_DATA(dst)
         cdef int nt = effective_threads(), err = 0
         cdef Factor *tmpl = NULL
@@ -789,9 +950,9 @@ cdef class ChainCore:
         if B * elems < GC_PARALLEL_MIN_ELEMS:
             nt = 1
         nt = <int>max(1, min(nt, B))
-        tmpl = <Factor *>malloc(k * sizeof(Factor))
-        fs = <Factor *>malloc(nt * k * sizeof(Factor))
-        step = <Py_ssize_t *>malloc(k * sizeof(Py_ssize_t))
+        tmpl = <Factor *>gc_malloc_n(k, sizeof(Factor))
+        fs = <Factor *>gc_malloc_n(nt * k, sizeof(Factor))   # nt <= B, k small
+        step = <Py_ssize_t *>gc_malloc_n(k, sizeof(Py_ssize_t))
         try:
             if tmpl == NULL or fs == NULL or step == NULL:
                 raise MemoryError()
@@ -811,10 +972,12 @@ cdef class ChainCore:
                             F[j].data = tmpl[j].data + b * step[j]
                     if typenum == cnp.NPY_DOUBLE:
                         err += run_chain_d(
-                            F, k, sp, <double *>(base + b * bstride), 1) != 0
+                            F, k, sp, <double *>(base + b * bstride), 1,
+                            order) != 0
                     else:
                         err += run_chain_f(
-                            F, k, sp, <float *>(base + b * bstride), 1) != 0
+                            F, k, sp, <float *>(base + b * bstride), 1,
+                            order) != 0
         finally:
             free(tmpl)
             free(fs)
@@ -844,8 +1007,8 @@ cdef class ChainCore:
         split, cost, l2r, r2l = plan
         if mode == "jacobian":
             return split, cost * B, l2r * B, r2l * B
-        f = <Factor *>malloc(m * sizeof(Factor))
-        ps = <char *>malloc(m)
+        f = <Factor *>gc_malloc_n(m, sizeof(Factor))
+        ps = <char *>gc_malloc_n(m, 1)
         try:
             if f == NULL or ps == NULL:
                 raise MemoryError()
@@ -859,10 +1022,7 @@ cdef class ChainCore:
         finally:
             free(f)
             free(ps)
-        split = np.zeros(m * m, dtype=np.intc)
-        for j in range(1, m):
-            split[j::m][:j] = j - 1         # (F_i .. F_{j-1}) F_j
-        return split, l2r, l2r, r2l
+        return "left", l2r, l2r, r2l       # propagation, left to right
 
     def _plan_info(self, Py_ssize_t batch, str mode):
         """(split table, cost, l2r, r2l, factor names) for Chain.plan."""
@@ -915,8 +1075,6 @@ cdef class ChainCore:
         cdef cnp.npy_intp rdims[2]
         if xt != cnp.NPY_DOUBLE and xt != cnp.NPY_FLOAT:
             xt = _compute_typenum(x.dtype, name)
-        elif type(x) is not np.ndarray:
-            _reject_masked(x, name)
         typenum = xt if self._typenum == -1 else self._typenum
         if xt == cnp.NPY_DOUBLE and typenum == cnp.NPY_FLOAT:
             typenum = cnp.NPY_DOUBLE       # promoted below, after the checks
@@ -973,6 +1131,7 @@ cdef class ChainCore:
             if not isinstance(out, cnp.ndarray):
                 raise TypeError(
                     f"out must be a numpy.ndarray, got {type(out).__name__}")
+            _reject_masked(out, "out")
             res = <cnp.ndarray>out
             if cnp.PyArray_TYPE(res) != typenum or not cnp.PyArray_ISNOTSWAPPED(res):
                 raise TypeError(
@@ -1013,6 +1172,10 @@ cdef class ChainCore:
                                   else np.asarray(J, _DT_DOUBLE)
                                   for J in self.jacobians])
             (<ChainCore>promoted)._apply(x, dst, transpose)
+        elif B * nres > 0 and self._has_zero:
+            # the product passes through a zero-width intermediate: an
+            # empty sum, exactly zero (as NumPy's @), whatever the values
+            dst[...] = 0
         elif B * nres > 0:
             if not (cnp.PyArray_IS_C_CONTIGUOUS(x) and _usable(x, typenum)):
                 x = np.require(x, rdtype, "CA")
@@ -1021,15 +1184,13 @@ cdef class ChainCore:
             else:
                 # the two work halves: 2 * B * maxw elements, checked for
                 # overflow before any allocation
-                if self._maxw > 0 and B > PY_SSIZE_T_MAX // (
-                        2 * self._maxw * <Py_ssize_t>sizeof(double)):
-                    raise MemoryError(
-                        f"the work buffers for a batch of {B} through widths "
-                        f"up to {self._maxw} exceed the address space")
+                checked_elems(2 * B, self._maxw, sizeof(double),
+                              f"the work buffers for a batch of {B} through "
+                              f"widths up to {self._maxw}")
                 nt = effective_threads()
-                if B > 1 and self._batch < 0:
+                if self._batch < 0:
                     plan = self._get_plan("vjp" if transpose else "jvp", B)
-                    if plan[1] < plan[2]:
+                    if _order_of(plan[0]) != ORDER_LEFT:
                         # pre-accumulating some links beats plain propagation
                         self._run_plan(plan[0], transpose, x, B, dst, typenum)
                         if dst is not res:

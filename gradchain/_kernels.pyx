@@ -18,6 +18,10 @@ from cython cimport floating
 
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
+import numbers
+
+import numpy as np
+
 # Panel size (elements) used when a strided J is packed for BLAS: 32 Ki
 # elements is 256 KiB of float64, which stays resident in L2.
 cdef enum:
@@ -182,9 +186,10 @@ def set_num_threads(n):
     if n is None:
         _num_threads = 0
         return
-    if isinstance(n, bool) or not hasattr(n, "__index__"):
-        raise TypeError(f"n must be a positive int or None, got {n!r}")
-    n = n.__index__()
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"n must be a positive int or None, got "
+                        f"{type(n).__name__} {n!r}")
+    n = int(n)
     if n < 1:
         raise ValueError(f"n must be a positive int or None, got {n}")
     _num_threads = <int>min(n, 1 << 16)

@@ -31,6 +31,7 @@ are converted once.
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 
 import numpy as np
@@ -76,17 +77,40 @@ class ChainPlan:
                 f"{self.baseline_costs['right_to_left']:g}}})")
 
 
-def _expression(split, names):
+def _expression(order, names):
+    """The bracketing as text: order is "left" or "right" (the plain
+    orders) or the table of the matrix-chain programme (the k of
+    (F_i..F_k)(F_k+1..F_j) at i * m + j).  Iterative: any length."""
     m = len(names)
-
-    def build(i, j, top):
+    if isinstance(order, str):
+        if order == "left":
+            text = names[0]
+            for j in range(1, m):
+                text = f"{text} {names[j]}" if j == m - 1 else f"({text} {names[j]})"
+        else:
+            text = names[m - 1]
+            for j in range(m - 2, -1, -1):
+                text = f"{names[j]} {text}" if j == 0 else f"({names[j]} {text})"
+        return text
+    split = order
+    done = {}                       # (i, j) -> text of F_i .. F_j
+    todo = [(0, m - 1)]
+    while todo:
+        i, j = todo[-1]
         if i == j:
-            return names[i]
+            done[i, j] = names[i]
+            todo.pop()
+            continue
         s = int(split[i * m + j])
-        inner = f"{build(i, s, False)} {build(s + 1, j, False)}"
-        return inner if top else f"({inner})"
-
-    return build(0, m - 1, True)
+        parts = [(i, s), (s + 1, j)]
+        missing = [p for p in parts if p not in done]
+        if missing:
+            todo.extend(missing)
+            continue
+        todo.pop()
+        inner = f"{done[parts[0]]} {done[parts[1]]}"
+        done[i, j] = inner if (i, j) == (0, m - 1) else f"({inner})"
+    return done[0, m - 1]
 
 
 class Chain(ChainCore):
@@ -144,7 +168,16 @@ class Chain(ChainCore):
         diagonal link costs n per vector, a diagonal-plus-rank-one ~3n, the
         identity nothing) decides between propagating the block link by link
         and pre-multiplying some links.  ``vjp``/``jvp`` of a block follow
-        this plan; plans are cached per (mode, batch) for the chain's life.
+        this plan; a single vector (``batch=1``) always propagates.
+
+        Planning is bounded by what it can save: the programme, O(m^3) for
+        m factors, runs when its m^3 / 6 steps are at most 1024 (m <= 18)
+        or, each worth about 3 multiply-adds, cost no more than the cheaper
+        plain order (left to right, or right to left); otherwise that plain
+        order runs.  A plan
+        is cached per (mode, batch) for the chain's life and, for chains
+        of at most 256 factors, per shape across chains, so repeated
+        one-shot calls of the same shapes plan once.
 
         With per-sample (3-D) links, ``batch`` must be the chain's
         :attr:`batch` for vjp/jvp, and the plan is what runs: the block is
@@ -153,8 +186,14 @@ class Chain(ChainCore):
         link once per sample.  For ``"jacobian"`` the bracketing runs once
         per sample, and every count is ``batch`` times the per-sample one.
         """
-        if isinstance(batch, bool) or not isinstance(batch, int):
+        if isinstance(batch, (bool, np.bool_)) or not isinstance(batch, (int, np.integer)):
             raise TypeError(f"batch must be an int, got {batch!r}")
+        batch = int(batch)
+        if batch < 0:
+            raise ValueError(f"batch must be >= 0, got {batch}")
+        if batch > sys.maxsize:
+            raise ValueError(f"batch must be at most sys.maxsize = {sys.maxsize}, "
+                             f"got {batch}")
         split, cost, l2r, r2l, names = self._plan_info(batch, mode)
         return ChainPlan(mode, 0 if mode == "jacobian" else batch,
                          _expression(split, names), cost,

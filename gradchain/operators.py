@@ -21,16 +21,24 @@ Operators keep references to the caller's vectors, and a ``Chain`` reads
 float32/float64 vectors in place whatever their stride, as it does matrices:
 modify one in place and later products use the new values.  (A vector of the
 other float dtype in a mixed chain is bound as a copy taken when the chain is
-built.)  Reassigning an operator's attribute does not affect chains already
-built from it.
+built.)
+
+Operators are immutable: their attributes (``diagonal``, ``u``, ``v``,
+``c``, ``n``, ``scale``, ``matrix``) are read-only, and assigning one raises
+``AttributeError`` -- build a new operator instead.  A ``Chain`` checks what
+an operator hands it when it binds it (a square integer shape, vectors of
+that length and a real dtype, a real scale), so a subclass that overrides
+them inconsistently raises ``ValueError``/``TypeError`` there rather than
+making the kernels read past a vector.
 """
 from __future__ import annotations
 
 import numbers
+import sys
 
 import numpy as np
 
-from gradchain._chain import compute_dtype
+from gradchain._chain import as_array, compute_dtype
 from gradchain._structured import LinkKind
 
 # The link kinds the compiled chain loop knows (see _structured.pxd).
@@ -43,11 +51,7 @@ __all__ = ["Operator", "Dense", "Diagonal", "Identity", "DiagonalPlusRankOne"]
 
 
 def _as_float_array(x, name, ndim):
-    try:
-        a = np.asarray(x)
-    except (ValueError, TypeError) as exc:
-        raise TypeError(f"{name} could not be converted to a numeric array: "
-                        f"{exc}") from exc
+    a = as_array(x, name)
     try:
         dtype = compute_dtype(a.dtype, name)
     except TypeError:
@@ -81,6 +85,18 @@ class Operator:
 
     __slots__ = ()
     _gc_kind = -1
+
+    def __setattr__(self, name, value):
+        raise AttributeError(
+            f"{type(self).__name__}.{name} cannot be set: operators are "
+            f"immutable; build a new {type(self).__name__}(...) instead")
+
+    __delattr__ = __setattr__
+
+    def _init(self, **attrs):
+        """Set the attributes once, at construction."""
+        for name, value in attrs.items():
+            object.__setattr__(self, name, value)
 
     @property
     def shape(self):
@@ -127,11 +143,16 @@ class Dense(Operator):
     """A dense Jacobian J of shape (n_out, n_in): what a plain 2-D array
     in a chain means.  Keeps a reference to ``J`` (no copy)."""
 
-    __slots__ = ("matrix",)
+    __slots__ = ("_matrix",)
     _gc_kind = LINK_DENSE
 
     def __init__(self, J):
-        self.matrix = _as_float_array(J, "J", 2)
+        self._init(_matrix=_as_float_array(J, "J", 2))
+
+    @property
+    def matrix(self):
+        """The dense Jacobian (the caller's array, read in place)."""
+        return self._matrix
 
     @property
     def shape(self):
@@ -160,11 +181,16 @@ class Diagonal(Operator):
     Costs n per vector and O(n) memory, whatever n.
     """
 
-    __slots__ = ("diagonal",)
+    __slots__ = ("_d",)
     _gc_kind = LINK_DIAG
 
     def __init__(self, d):
-        self.diagonal = _as_float_array(d, "d", 1)
+        self._init(_d=_as_float_array(d, "d", 1))
+
+    @property
+    def diagonal(self):
+        """d (the caller's vector, read in place)."""
+        return self._d
 
     @property
     def shape(self):
@@ -201,7 +227,7 @@ class Diagonal(Operator):
 class Identity(Operator):
     """J = scale * I of size n.  Takes the chain's dtype (constrains none)."""
 
-    __slots__ = ("n", "scale")
+    __slots__ = ("_n", "_scale")
     _gc_kind = LINK_SCALED_IDENTITY
 
     def __init__(self, n, scale=1.0):
@@ -209,8 +235,20 @@ class Identity(Operator):
             raise TypeError(f"n must be a non-negative int, got {n!r}")
         if n < 0:
             raise ValueError(f"n must be a non-negative int, got {n}")
-        self.n = int(n)
-        self.scale = _scalar(scale, "scale")
+        if n > sys.maxsize:
+            raise ValueError(f"n must be at most sys.maxsize = {sys.maxsize}, "
+                             f"got {n}")
+        self._init(_n=int(n), _scale=_scalar(scale, "scale"))
+
+    @property
+    def n(self):
+        """The size."""
+        return self._n
+
+    @property
+    def scale(self):
+        """c, a float."""
+        return self._scale
 
     @property
     def shape(self):
@@ -255,7 +293,7 @@ class DiagonalPlusRankOne(Operator):
     Jacobian); that of log-softmax is I - 1 s^T (:meth:`log_softmax`).
     """
 
-    __slots__ = ("diagonal", "u", "v", "c")
+    __slots__ = ("_d", "_u", "_v", "_c")
     _gc_kind = LINK_DIAG_RANK1
 
     def __init__(self, d, u, v, c=1.0):
@@ -267,8 +305,12 @@ class DiagonalPlusRankOne(Operator):
             if a.shape[0] != n:
                 raise ValueError(f"{name} has shape {a.shape} but d has shape "
                                  f"{d.shape}; all three must have length n")
-        self.diagonal, self.u, self.v = d, u, v
-        self.c = _scalar(c, "c")
+        self._init(_d=d, _u=u, _v=v, _c=_scalar(c, "c"))
+
+    diagonal = property(lambda self: self._d, doc="d (read in place)")
+    u = property(lambda self: self._u, doc="u (read in place)")
+    v = property(lambda self: self._v, doc="v (read in place)")
+    c = property(lambda self: self._c, doc="c, a float")
 
     @classmethod
     def softmax(cls, s):

@@ -2,11 +2,16 @@
 pre-accumulated vjp/jvp of blocks) and per-sample chains, against
 independent references.
 
-* Plans: the structure-aware cost model is re-implemented here from its
-  specification (``model_mult_cost``/``model_result_kind``) and every full
-  bracketing of the product is enumerated by brute force; the plan's cost
-  must be the brute-force minimum, its baselines the two plain orders, and
-  its expression must parse to a bracketing of exactly that cost.
+* Plans: the cost model is the README's ("Cost model"), and is not restated
+  as formulas here: a NumPy reference evaluation (``ref_multiply`` over
+  counting primitives, ``RefOps``) performs each product of two factors as
+  the README describes and counts the multiplications it actually does.
+  Every full bracketing is enumerated by brute force with those measured
+  counts; the plan's cost must be the brute-force minimum, its baselines
+  the two plain orders, and its expression must parse to a bracketing of
+  exactly that cost.  The plan's bracketing, evaluated on the chain's own
+  vectors and matrices, must count exactly ``plan.cost`` and give
+  gradchain's result.
 * Values: NumPy float64 dense products (np.linalg.multi_dot, ``@``) and
   Python loops over samples, never gradchain's own output.  The error scale
   is the same product taken with absolute values (conftest.py), with a
@@ -14,6 +19,7 @@ independent references.
   inside diag(d) + c u v^T cannot cause a false failure.
 """
 import functools
+import os
 import re
 
 import numpy as np
@@ -32,54 +38,188 @@ def raises(exc, msg):
     return pytest.raises(exc, match=re.escape(msg))
 
 
+def threads_compared():
+    """Called first by a test that compares results across thread counts.
+    Without OpenMP every count runs on one thread and the comparison is one
+    thread against itself; where GRADCHAIN_EXPECT_OPENMP=1 (.ci/run) says
+    the build must have OpenMP, that is a failure, not a vacuous pass."""
+    if (os.environ.get("GRADCHAIN_EXPECT_OPENMP", "") not in ("", "0")
+            and not gradchain.openmp_enabled()):
+        pytest.fail("GRADCHAIN_EXPECT_OPENMP=1 but this build of gradchain has "
+                    "no OpenMP: comparing thread counts would compare one "
+                    "thread with itself")
+
+
 # --------------------------------------------------------------------------
-# The cost model, written from its specification (not from gradchain)
+# The cost model, measured on a reference evaluation (README, "Cost model")
 # --------------------------------------------------------------------------
+#
+# Nothing here restates gradchain's cost formulas.  RefOps performs the
+# product of two factors the way the README says it is evaluated, in NumPy,
+# and counts the multiplications each primitive actually performs (from the
+# operands' sizes at run time).  A plan's cost must equal the count of
+# evaluating its bracketing; its value must equal the dense product.
+
 
 DENSE, DIAG, SCALED, IDENT, DPR1 = "dense", "diag", "scaled", "ident", "dpr1"
-DIAGLIKE = (DIAG, SCALED)
+ALL_KINDS = (DENSE, DIAG, SCALED, IDENT, DPR1)
 
 
-def model_mult_cost(kl, kr, p, q, r):
-    """Multiply-adds for (p x q, kind kl) times (q x r, kind kr)."""
-    if kl == IDENT or kr == IDENT:
-        return 0
-    if kl in DIAGLIKE and kr in DIAGLIKE:
-        return q
-    if kl in DIAGLIKE:                  # scale the rows of the right side
-        return q * r + (q * q if kr == DPR1 else 0)
-    if kr in DIAGLIKE:                  # scale the columns of the left side
-        return p * q + (q * q if kl == DPR1 else 0)
-    if kl == DPR1 and kr == DPR1:
-        return q * q + 3 * q * r
-    if kl == DPR1:
-        return 3 * q * r
-    if kr == DPR1:
-        return 3 * p * q
-    return p * q * r
+class RefVal:
+    """A value of the reference evaluation: kind, shape (p, q) and data
+    (dense: M; diag/scaled: the diagonal d; dpr1: d, cu = c u, v)."""
+    __slots__ = ("kind", "p", "q", "M", "d", "cu", "v")
+
+    def __init__(self, kind, p, q, M=None, d=None, cu=None, v=None):
+        self.kind, self.p, self.q = kind, p, q
+        self.M, self.d, self.cu, self.v = M, d, cu, v
+
+    def todense(self):
+        """The value as a dense matrix (for checking values; not counted)."""
+        if self.kind == DENSE:
+            return self.M
+        if self.kind == IDENT:
+            return np.eye(self.p)
+        if self.kind in (DIAG, SCALED):
+            return np.diag(self.d)
+        return np.diag(self.d) + np.outer(self.cu, self.v)
 
 
-def model_result_kind(kl, kr):
-    if kl == IDENT:
-        return kr
-    if kr == IDENT:
-        return kl
-    if kl in DIAGLIKE and kr in DIAGLIKE:
-        return DIAG
-    return DENSE
+class RefOps:
+    """NumPy primitives that count the multiplications they perform.
+
+    dry=True counts without computing (each primitive returns an
+    uninitialised array of its result's shape): for brute-force searches
+    over products too big to compute, along the same code path whose values
+    are checked at small sizes."""
+
+    def __init__(self, dry=False):
+        self.count = 0
+        self.dry = dry
+
+    def _out(self, shape, compute):
+        return np.empty(shape) if self.dry else compute()
+
+    def matmul(self, A, B):                 # each entry: a dot of length q
+        self.count += A.shape[0] * A.shape[1] * B.shape[1]
+        return self._out((A.shape[0], B.shape[1]), lambda: A @ B)
+
+    def vecmat(self, x, A):                 # x^T A
+        self.count += A.size
+        return self._out(A.shape[1:], lambda: x @ A)
+
+    def matvec(self, A, x):                 # A x
+        self.count += A.size
+        return self._out(A.shape[:1], lambda: A @ x)
+
+    def hadamard(self, a, b):
+        self.count += a.size
+        return self._out(a.shape, lambda: a * b)
+
+    def scale_rows(self, d, A):             # diag(d) A
+        self.count += A.size
+        return self._out(A.shape, lambda: d[:, None] * A)
+
+    def scale_cols(self, A, d):             # A diag(d)
+        self.count += A.size
+        return self._out(A.shape, lambda: A * d[None, :])
+
+    def add_outer(self, Z, x, y):           # Z + x y^T, one multiply-add each
+        self.count += Z.size
+        return self._out(Z.shape, lambda: Z + np.outer(x, y))
+
+    def write_out(self, val):               # diag(d) + cu v^T as a dense matrix
+        assert val.kind == DPR1
+        M = self.add_outer(self._out((val.p, val.p), lambda: np.diag(val.d)),
+                           val.cu, val.v)
+        return RefVal(DENSE, val.p, val.q, M=M)
+
+
+def ref_multiply(L, R, ops):
+    """L R as the README's cost model evaluates it, counted by ops."""
+    assert L.q == R.p
+    p, r = L.p, R.q
+    if L.kind == IDENT:                     # I X = X: no arithmetic
+        return R
+    if R.kind == IDENT:
+        return L
+    diaglike = (DIAG, SCALED)
+    if L.kind in diaglike and R.kind in diaglike:
+        return RefVal(DIAG, p, r, d=ops.hadamard(L.d, R.d))
+    # a diagonal plus rank one meets a dense matrix as it is, anything else
+    # written out (the left one first when both are)
+    if L.kind == DPR1 and R.kind != DENSE:
+        L = ops.write_out(L)
+    if R.kind == DPR1 and L.kind != DENSE:
+        R = ops.write_out(R)
+    if L.kind in diaglike:
+        Z = ops.scale_rows(L.d, R.M)
+    elif R.kind in diaglike:
+        Z = ops.scale_cols(L.M, R.d)
+    elif L.kind == DPR1:                    # diag(d) R + cu (v^T R)
+        w = ops.vecmat(L.v, R.M)
+        Z = ops.add_outer(ops.scale_rows(L.d, R.M), L.cu, w)
+    elif R.kind == DPR1:                    # L diag(d) + (L cu) v^T
+        w = ops.matvec(L.M, R.cu)
+        Z = ops.add_outer(ops.scale_cols(L.M, R.d), w, R.v)
+    else:
+        Z = ops.matmul(L.M, R.M)
+    return RefVal(DENSE, p, r, M=Z)
+
+
+def random_refval(rng, kind, p, q, dry=False):
+    if kind == DENSE:
+        return RefVal(DENSE, p, q, M=np.empty((p, q)) if dry
+                      else rng.standard_normal((p, q)))
+    assert p == q
+    if kind == IDENT:
+        return RefVal(IDENT, p, q)
+    if kind == SCALED:
+        return RefVal(SCALED, p, q, d=np.full(p, float(rng.choice([-0.5, 3.0]))))
+    if kind == DIAG:
+        return RefVal(DIAG, p, q, d=rng.standard_normal(p))
+    d, cu, v = rng.standard_normal((3, p))
+    return RefVal(DPR1, p, q, d=d, cu=cu, v=v)
+
+
+@functools.lru_cache(maxsize=None)
+def measured_product(kl, kr, p, q, r):
+    """(multiply-adds, result kind) of (p x q, kl) times (q x r, kr),
+    measured on random operands; the value is checked against ``@`` (up to
+    2**18 multiply-adds; beyond, counted dry)."""
+    rng = np.random.default_rng([ALL_KINDS.index(kl), ALL_KINDS.index(kr),
+                                 p, q, r])
+    dry = p * q * r > 2 ** 18
+    L, R = random_refval(rng, kl, p, q, dry), random_refval(rng, kr, q, r, dry)
+    ops = RefOps(dry)
+    Z = ref_multiply(L, R, ops)
+    assert (Z.p, Z.q) == (p, r)
+    if not dry:
+        want = L.todense() @ R.todense()
+        assert np.allclose(Z.todense(), want, rtol=1e-12, atol=1e-12), \
+            (kl, kr, p, q, r)
+    return ops.count, Z.kind
 
 
 def tree_cost(tree, factors):
-    """(cost, kind, p, q) of a bracketing; tree: a factor index, or a pair
-    (left, right); factors: list of (kind, p, q)."""
+    """(cost, kind, p, q) of a bracketing, from measured products; tree: a
+    factor index, or a pair (left, right); factors: list of (kind, p, q)."""
     if isinstance(tree, int):
         kind, p, q = factors[tree]
         return 0, kind, p, q
     cl, kl, p, q = tree_cost(tree[0], factors)
     cr, kr, q2, r = tree_cost(tree[1], factors)
     assert q == q2, "the bracketing does not chain"
-    return (cl + cr + model_mult_cost(kl, kr, p, q, r),
-            model_result_kind(kl, kr), p, r)
+    c, kind = measured_product(kl, kr, p, q, r)
+    return cl + cr + c, kind, p, r
+
+
+def evaluate_tree(tree, leaves, ops):
+    """The product of RefVal leaves in the bracketing tree, counted by ops."""
+    if isinstance(tree, int):
+        return leaves[tree]
+    return ref_multiply(evaluate_tree(tree[0], leaves, ops),
+                        evaluate_tree(tree[1], leaves, ops), ops)
 
 
 @functools.lru_cache(maxsize=None)
@@ -185,6 +325,9 @@ def check_plan(chain, kinds, dims, mode, batch):
     l2r = tree_cost(left_to_right_tree(m), factors)[0]
     r2l = tree_cost(right_to_left_tree(m), factors)[0]
     where = f"{mode} B={batch} factors={factors}: {plan!r}"
+    if mode != "jacobian" and batch == 1:
+        # a single vector always propagates (the fused loop; no planning)
+        best = l2r
     assert plan.cost == best, where
     assert plan.baseline_costs == {"left_to_right": l2r,
                                    "right_to_left": r2l}, where
@@ -460,18 +603,82 @@ def test_plan_classic_matrix_chain_big_dims(rng):
 
 
 def test_plan_for_500_links(rng):
+    # products large enough that the O(m^3) programme pays for itself
+    # (zero-stride links: no memory): the optimum
     k = 500
-    dims = [int(x) for x in rng.integers(1, 13, size=k + 1)]
-    links = [np.ones((dims[i + 1], dims[i])) for i in range(k)]
+    dims = [int(x) for x in rng.integers(100, 400, size=k + 1)]
+    links = [np.broadcast_to(np.ones(1), (dims[i + 1], dims[i])) for i in range(k)]
     chain = Chain(links)
     plan = chain.plan(mode="jacobian")
     tree = parse_expression(plan.expression, plan_names(k, "jacobian", 0))
     factors = plan_factors([DENSE] * k, dims, "jacobian", 0)
     assert plan.cost == classic_chain_order_cost(dims[::-1])
     assert tree_cost(tree, factors)[0] == plan.cost
-    assert plan.cost <= min(plan.baseline_costs.values())
+    assert plan.cost < min(plan.baseline_costs.values())
     p = chain.plan(7, "vjp")
     assert p.cost == classic_chain_order_cost([7] + dims[::-1])
+
+
+@pytest.mark.parametrize("mode, batch", [("jacobian", 0), ("vjp", 7), ("jvp", 3)])
+def test_planning_is_bounded_by_the_product(rng, mode, batch):
+    # issue 8, item 9: 500 small links, where the programme's 2e7 steps
+    # would cost far more than the product: the cheaper plain order runs
+    # and is reported, and the plan is what the products compute
+    k = 500
+    dims = [int(x) for x in rng.integers(1, 13, size=k + 1)]
+    links = [rng.standard_normal((dims[i + 1], dims[i])) / 2 for i in range(k)]
+    chain = Chain(links)
+    plan = chain.plan(batch, mode)
+    assert plan.cost == min(plan.baseline_costs.values())
+    names = plan_names(k, mode, batch)
+    tree = parse_expression(plan.expression, names)
+    kinds = [DENSE] * k
+    factors = plan_factors(kinds, dims, mode, batch)
+    assert tree_cost(tree, factors)[0] == plan.cost
+    assert tree in (left_to_right_tree(len(names)), right_to_left_tree(len(names)))
+    if mode == "jacobian":
+        ref = np.linalg.multi_dot(links[::-1])
+        np.testing.assert_allclose(chain.jacobian(), ref, rtol=1e-9,
+                                   atol=1e-9 * np.abs(ref).max())
+
+
+def test_one_shot_batched_vjp_of_a_long_chain_is_fast(rng):
+    # issue 8, item 9: k = 3000 links of 1 x 1, a batch of 3, took 49 s
+    # (the programme re-ran at every call); now the cheaper plain order:
+    # right to left (one multiply-add a product, and 3 for G) rather than
+    # 3 a link
+    links = [rng.standard_normal((1, 1)) for _ in range(3000)]
+    G = rng.standard_normal((3, 1))
+    ref = G.copy()
+    for J in reversed(links):
+        ref = ref @ J
+    out = gradchain.vjp(links, G)
+    np.testing.assert_allclose(out, ref, rtol=1e-10)
+    plan = Chain(links).plan(3)
+    assert plan.expression.startswith("G (J3000 (J2999 (J2998")
+    assert (plan.cost, plan.baseline_costs) == (
+        3002, {"left_to_right": 9000, "right_to_left": 3002})
+
+
+def test_plan_for_500_links_is_consistent(rng):
+    # a long chain: the planner may stop short of the O(m^3) programme when
+    # that cannot pay for itself, so only what every plan must satisfy is
+    # asserted: its expression counts its cost, the baselines are the plain
+    # orders, and it is no worse than either
+    k = 500
+    dims = [int(x) for x in rng.integers(1, 13, size=k + 1)]
+    links = [np.ones((dims[i + 1], dims[i])) for i in range(k)]
+    chain = Chain(links)
+    for mode, B in (("jacobian", 0), ("vjp", 7)):
+        plan = chain.plan(B, mode)
+        factors = plan_factors([DENSE] * k, dims, mode, B)
+        m = len(factors)
+        tree = parse_expression(plan.expression, plan_names(k, mode, B))
+        assert tree_cost(tree, factors)[0] == plan.cost
+        assert plan.baseline_costs == {
+            "left_to_right": tree_cost(left_to_right_tree(m), factors)[0],
+            "right_to_left": tree_cost(right_to_left_tree(m), factors)[0]}
+        assert plan.cost <= min(plan.baseline_costs.values())
 
 
 def test_plan_argument_errors(rng):
@@ -495,6 +702,225 @@ def test_plan_default_is_vjp_of_one_vector(rng):
     assert plan.mode == "vjp" and plan.batch == 1
     assert plan.expression == "(g J2) J1"
     assert plan.cost == 2 * 3 + 3 * 4
+
+
+# --------------------------------------------------------------------------
+# Plans against a counted reference evaluation of their own bracketing
+# --------------------------------------------------------------------------
+
+def ref_leaf(link, transpose=False, sample=None):
+    """The RefVal of a chain link, read off the object gradchain was given
+    (J^T for transpose; sample b of a per-sample link)."""
+    if isinstance(link, np.ndarray):
+        M = np.array(link[sample] if link.ndim == 3 else link, np.float64)
+        M = M.T if transpose else M
+        return RefVal(DENSE, M.shape[0], M.shape[1], M=M)
+    n = link.shape[0]
+    if isinstance(link, Identity):
+        if link.scale == 1.0:
+            return RefVal(IDENT, n, n)
+        return RefVal(SCALED, n, n, d=np.full(n, link.scale))
+    if isinstance(link, Diagonal):
+        return RefVal(DIAG, n, n, d=np.array(link.diagonal, np.float64))
+    assert isinstance(link, DiagonalPlusRankOne)
+    d, u, v = (np.array(a, np.float64) for a in (link.diagonal, link.u, link.v))
+    if transpose:           # (diag(d) + c u v^T)^T = diag(d) + c v u^T
+        u, v = v, u
+    return RefVal(DPR1, n, n, d=d, cu=link.c * u, v=v)
+
+
+def ref_leaves(links, mode, block=None, sample=None):
+    """The factors of the product (see plan_factors) as RefVals."""
+    if mode == "jacobian":
+        return [ref_leaf(J, False, sample) for J in links[::-1]]
+    head = RefVal(DENSE, block.shape[0], block.shape[1], M=block)
+    if mode == "vjp":
+        return [head] + [ref_leaf(J, False, sample) for J in links[::-1]]
+    return [head] + [ref_leaf(J, True, sample) for J in links]
+
+
+def counted(tree, leaves):
+    """(multiply-adds, dense value) of evaluating tree over leaves."""
+    ops = RefOps()
+    val = evaluate_tree(tree, leaves, ops)
+    return ops.count, val.todense()
+
+
+MEASURED_SPECS = [
+    ["diag", "dpr1", "diag"],
+    ["dpr1", "dpr1", ("dense", 3), "dpr1", "dpr1"],
+    ["scaled", "dpr1", "scaled2", "dpr1", "ident"],
+    ["ident", "dpr1", "ident"],
+    ["diag", "scaled", "ident", "diag", "scaled2"],
+    [("dense", 7), "dpr1", ("dense", 2), "dpr1", "diag", ("dense", 9)],
+    [("dense", 12), "ident", "dpr1", "scaled", ("dense", 1), "ident"],
+    [("dense", 4), ("dense", 64), ("dense", 4), ("dense", 64)],
+    [("dense", 16), "diag", "dpr1", "scaled", ("dense", 16), "ident", "dpr1",
+     ("dense", 3)],
+]
+
+
+@pytest.mark.parametrize("spec", MEASURED_SPECS, ids=lambda s: "-".join(
+    t if isinstance(t, str) else f"{t[0]}{t[1]}" for t in s))
+def test_plan_cost_is_the_count_of_evaluating_it(rng, spec):
+    """Evaluate the plan's bracketing (and the two plain orders) in NumPy,
+    counting the multiplications performed: the counts are plan.cost and
+    baseline_costs, and the value is gradchain's result."""
+    n0 = 6
+    links, dense, absf, kinds, dims = build(rng, spec, np.float64, n0)
+    chain = Chain(links)
+    k = len(links)
+    for mode in MODES:
+        for B in ((0,) if mode == "jacobian" else (1, 3, 64)):
+            plan = chain.plan(B, mode)
+            block = None
+            if mode == "vjp":
+                block = rng.standard_normal((B, dims[-1]))
+                got = chain.vjp(block)
+                ref, scale = ref_vjp(dense, block), ref_vjp(absf, np.abs(block))
+            elif mode == "jvp":
+                block = rng.standard_normal((B, dims[0]))
+                got = chain.jvp(block)
+                ref, scale = ref_jvp(dense, block), ref_jvp(absf, np.abs(block))
+            else:
+                got, ref, scale = (chain.jacobian(), ref_jacobian(dense),
+                                   ref_jacobian(absf))
+            leaves = ref_leaves(links, mode, block)
+            m = len(leaves)
+            tree = parse_expression(plan.expression, plan_names(k, mode, B))
+            where = f"{mode} B={B}: {plan!r}"
+            count, value = counted(tree, leaves)
+            assert count == plan.cost, where
+            assert_close(got, value, scale, np.float64)
+            assert_close(value, ref, scale, np.float64)
+            for key, t in (("left_to_right", left_to_right_tree(m)),
+                           ("right_to_left", right_to_left_tree(m))):
+                count, value = counted(t, leaves)
+                assert count == plan.baseline_costs[key], (key, where)
+                assert_close(value, ref, scale, np.float64)
+
+
+def test_measured_product_counts_by_hand():
+    # a few entries of the README's table, counted by hand for small sizes,
+    # against the measured reference evaluation
+    p, q, r = 2, 3, 5
+    assert measured_product(DENSE, DENSE, p, q, r) == (p * q * r, DENSE)
+    assert measured_product(DIAG, DENSE, q, q, r) == (q * r, DENSE)
+    assert measured_product(DENSE, SCALED, p, q, q) == (p * q, DENSE)
+    assert measured_product(SCALED, DIAG, q, q, q) == (q, DIAG)
+    assert measured_product(SCALED, SCALED, q, q, q) == (q, DIAG)
+    assert measured_product(IDENT, DPR1, q, q, q) == (0, DPR1)
+    assert measured_product(DENSE, IDENT, p, q, q) == (0, DENSE)
+    assert measured_product(IDENT, IDENT, q, q, q) == (0, IDENT)
+    assert measured_product(DPR1, DENSE, q, q, r) == (3 * q * r, DENSE)
+    assert measured_product(DENSE, DPR1, p, q, q) == (3 * p * q, DENSE)
+    assert measured_product(DIAG, DPR1, q, q, q) == (2 * q * q, DENSE)
+    assert measured_product(DPR1, SCALED, q, q, q) == (2 * q * q, DENSE)
+    assert measured_product(DPR1, DPR1, q, q, q) == (4 * q * q, DENSE)
+
+
+@pytest.mark.parametrize("name", ["shared-ps", "ps-shared-ps", "ops",
+                                  "ps-ops-first"])
+def test_per_sample_plan_counts_measured(rng, name):
+    """Per-sample plans against a counted evaluation that makes a product
+    once per sample when it holds a per-sample factor (row b of the block
+    meets only sample b) and once when it holds shared factors only."""
+    B = 3
+    links, dense, absf, kinds, dims = build(rng, PS_SPECS[name], np.float64, 4,
+                                            batch=B)
+    chain = Chain(links)
+    k = len(links)
+    ps_link = [isinstance(J, np.ndarray) and J.ndim == 3 for J in links]
+    # jacobian: the whole bracketing runs once per sample
+    plan = chain.plan(mode="jacobian")
+    m = k
+    got = chain.jacobian()
+    for key, tree in (("cost", parse_expression(plan.expression,
+                                                plan_names(k, "jacobian", 0))),
+                      ("left_to_right", left_to_right_tree(m)),
+                      ("right_to_left", right_to_left_tree(m))):
+        total = 0
+        for b in range(B):
+            count, value = counted(tree, ref_leaves(links, "jacobian", sample=b))
+            total += count
+            assert_close(got[b], value, ref_jacobian(absf)[b], np.float64)
+        want = plan.cost if key == "cost" else plan.baseline_costs[key]
+        assert total == want, (key, plan)
+    for mode in ("vjp", "jvp"):
+        plan = chain.plan(B, mode)
+        m = k + 1
+        block = rng.standard_normal((B, dims[-1] if mode == "vjp" else dims[0]))
+        got = chain.vjp(block) if mode == "vjp" else chain.jvp(block)
+        # factor 0 is the block (per-row), then the links in factor order
+        ps = [True] + (ps_link[::-1] if mode == "vjp" else ps_link)
+
+        def leaves_of(b):
+            return ref_leaves(links, mode, block[b:b + 1], sample=b)
+
+        def run(tree, ops):
+            def rec(t):
+                if isinstance(t, int):
+                    if ps[t]:
+                        return [leaves_of(b)[t] for b in range(B)]
+                    return leaves_of(0)[t]
+                L, R = rec(t[0]), rec(t[1])
+                if isinstance(L, list) or isinstance(R, list):
+                    return [ref_multiply(L[b] if isinstance(L, list) else L,
+                                         R[b] if isinstance(R, list) else R, ops)
+                            for b in range(B)]
+                return ref_multiply(L, R, ops)
+            return rec(tree)
+
+        tree = parse_expression(plan.expression, plan_names(k, mode, B))
+        assert tree == left_to_right_tree(m), plan      # propagation
+        for key, t in (("cost", tree), ("right_to_left", right_to_left_tree(m))):
+            ops = RefOps()
+            rows = run(t, ops)
+            want = plan.cost if key == "cost" else plan.baseline_costs[key]
+            assert ops.count == want, (mode, key, plan)
+            value = np.vstack([r.todense() for r in rows])
+            scale = (ref_vjp(absf, np.abs(block)) if mode == "vjp"
+                     else ref_jvp(absf, np.abs(block)))
+            assert_close(got, value, scale, np.float64)
+        assert plan.cost == plan.baseline_costs["left_to_right"]
+
+
+def _overflow_chain():
+    # g J2 J1 with g = 1e-200, J2 (2 x 100) = 1e200, J1 (100 x 1) = 1e200:
+    # propagating, (g J2) is 2 and (g J2) J1 = 2e202 is finite; pre-
+    # multiplying, (J2 J1) = 1e402 overflows and g (J2 J1) is inf.  The
+    # result tells which bracketing ran.
+    J1 = np.full((100, 1), 1e200)
+    J2 = np.full((2, 100), 1e200)
+    return Chain([J1, J2])
+
+
+def _check_plan_is_what_runs(chain, B):
+    plan = chain.plan(B, "vjp")
+    res = chain.vjp(np.full((B, 2), 1e-200))
+    if plan.expression in ("g (J2 J1)", "G (J2 J1)"):
+        assert np.isinf(res).all(), (plan, res)
+    else:
+        assert plan.expression in ("(g J2) J1", "(G J2) J1"), plan
+        # 100 terms of 2e200, summed in the kernel's order
+        assert np.isfinite(res).all(), (plan, res)
+        np.testing.assert_allclose(res, 2e202, rtol=1e-14)
+
+
+def test_plan_of_a_block_is_what_runs():
+    chain = _overflow_chain()
+    plan = chain.plan(2, "vjp")
+    # G (J2 J1): 2*100*1 + 2*2*1 against propagation 2*2*100 + 2*100*1
+    assert plan.expression == "G (J2 J1)" and plan.cost == 204
+    assert plan.baseline_costs["left_to_right"] == 600
+    _check_plan_is_what_runs(chain, 2)
+
+
+def test_plan_of_one_vector_is_what_runs():
+    # one vector always propagates, and plan(batch=1) says so
+    chain = _overflow_chain()
+    assert chain.plan(1, "vjp").expression == "(g J2) J1"
+    _check_plan_is_what_runs(chain, 1)
 
 
 # --------------------------------------------------------------------------
@@ -560,6 +986,7 @@ def test_jacobian_random_mixes(rng, k, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_jacobian_big_links_strided(rng, dtype, restore_threads):
+    threads_compared()
     # products past the threading threshold, strided/negative/F links, a
     # diagonal-plus-rank-one link against a 200 x 300 block
     spec = [("dense", 200), "dpr1", ("dense", 257), "diag", ("dense", 9)]
@@ -615,7 +1042,8 @@ def test_jacobian_k0_and_k1(rng):
     with raises(ValueError, "the empty chain is the identity of any size; it "
                             "has no dense Jacobian"):
         Chain([]).jacobian()
-    with pytest.raises(ValueError):
+    with raises(ValueError, "the empty chain is the identity of any size; it "
+                            "has no dense Jacobian"):
         gradchain.jacobian([])
     for dtype in DTYPES:
         for lay in LAYOUTS:
@@ -749,6 +1177,7 @@ def test_block_readonly_and_float64_promotion(rng):
 
 
 def test_block_results_independent_of_threads(rng, restore_threads):
+    threads_compared()
     links, *_ = build(rng, BLOCK_SPECS["64-4-64-4-64"][0], np.float64, 64)
     G = rng.standard_normal((256, 64))
     gradchain.set_num_threads(1)
@@ -849,6 +1278,7 @@ def test_per_sample_broadcast_and_readonly(rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout3_", ["C", "F", "Fwhole", "strided"])
 def test_per_sample_threads_bitwise(rng, restore_threads, dtype, layout3_):
+    threads_compared()
     # B * m * n >= 2**15 for each per-sample link: the batch is threaded
     B = 96
     spec = [("ps", 32), "diag", ("dense", 32), ("ps", 24), "dpr1",
@@ -881,6 +1311,7 @@ def test_per_sample_threads_bitwise(rng, restore_threads, dtype, layout3_):
     [("ps", 24), ("ps", 0), ("ps", 16)],                    # an empty middle
 ], ids=["all", "ends", "middle", "empty"])
 def test_per_sample_runs_threads_bitwise(rng, restore_threads, dtype, spec):
+    threads_compared()
     # consecutive per-sample links go through the chain in one pass, a block
     # of samples at a time; B is odd so that the last block is short, and
     # every thread count gives the same bits
@@ -915,6 +1346,7 @@ def test_per_sample_jacobian_wide_links(rng, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n0", [40, 520], ids=["partials-on-stack", "partials-on-heap"])
 def test_per_sample_tall_links(rng, restore_threads, dtype, n0):
+    threads_compared()
     # more than 128 rows: J^T g sums the rows in chunks, with the partial
     # sums on the stack up to 512 columns and allocated beyond
     B = 3

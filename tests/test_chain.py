@@ -601,22 +601,27 @@ def test_out_noncontiguous_vector(rng, dtype, kind):
     if kind == "step2":
         big = np.full(13, np.nan, dtype)
         out = big[1::2]
-        untouched = big[0::2]
     elif kind == "reversed":
-        big = np.full(6, np.nan, dtype)
-        out = big[::-1]
-        untouched = big[:0]
+        # a guard element on each side of the reversed view
+        big = np.full(8, np.nan, dtype)
+        out = big[6:0:-1]
+        assert out.strides[0] < 0 and out.shape == (6,)
     else:
+        # a guard of whole elements on each side of the unaligned view
         isz = np.dtype(dtype).itemsize
-        buf = np.zeros(6 * isz + 1, np.uint8)
-        out = np.frombuffer(buf.data, dtype=dtype, count=6, offset=1)
+        buf = np.full(8 * isz + 1, 0xA5, np.uint8)
+        out = np.frombuffer(buf.data, dtype=dtype, count=6, offset=1 + isz)
         assert not out.flags.aligned
-        big = None
-        untouched = np.zeros(0)
     res = vjp(Js, g, out=out)
     assert res is out
     check_vjp(out, Js, g, dtype)
-    assert np.isnan(untouched).all()
+    if kind == "unaligned":
+        guard = np.concatenate([buf[:1 + isz], buf[1 + 7 * isz:]])
+        assert guard.size == 2 * isz + 1
+        assert (guard == 0xA5).all()
+    else:
+        untouched = big[0::2] if kind == "step2" else big[[0, 7]]
+        assert untouched.size > 0 and np.isnan(untouched).all()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -781,7 +786,8 @@ def test_string_is_typeerror():
 def test_string_as_jacobians_is_typeerror():
     # The documented rule: "string inputs raise TypeError".  A str is
     # iterable, but it is not a sequence of Jacobians.
-    with pytest.raises(TypeError):
+    with raises(TypeError, "jacobians must be a sequence of 2-D arrays or one "
+                           "3-D array, got str"):
         vjp("abc", np.ones(2))
 
 
@@ -922,9 +928,11 @@ def test_out_interleaved_with_inputs_is_not_overlap():
 
 def test_error_leaves_out_untouched():
     out = np.full(3, 7.0)
-    with pytest.raises(ValueError):
+    with raises(ValueError, "jacobians[1] has shape (2, 5) but jacobians[0] "
+                            "outputs 4 values"):
         vjp([np.ones((4, 3)), np.ones((2, 5))], np.ones(2), out=out)
-    with pytest.raises(ValueError):
+    with raises(ValueError, "cotangent has shape (5,) but jacobians[0] (shape "
+                            "(4, 3)) outputs 4 values"):
         vjp([np.ones((4, 3))], np.ones(5), out=out)
     assert np.array_equal(out, np.full(3, 7.0))
 

@@ -13,6 +13,8 @@ between the register-blocked and the streaming J^T x kernel, products with
 large enough to need several packed 32768-element panels, and zero-size and
 stride-0 (broadcast) J.
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -21,6 +23,19 @@ from gradchain import _kernels as K
 
 from conftest import (DTYPES, LAYOUTS, abs_chain, assert_close, make_layout,
                       random_matrix, reference_jvp, reference_vjp)
+
+
+def threads_compared():
+    """Called first by a test that compares results across thread counts.
+    Without OpenMP every count runs on one thread and the comparison is one
+    thread against itself; where GRADCHAIN_EXPECT_OPENMP=1 (.ci/run) says
+    the build must have OpenMP, that is a failure, not a vacuous pass."""
+    if (os.environ.get("GRADCHAIN_EXPECT_OPENMP", "") not in ("", "0")
+            and not gradchain.openmp_enabled()):
+        pytest.fail("GRADCHAIN_EXPECT_OPENMP=1 but this build of gradchain has "
+                    "no OpenMP: comparing thread counts would compare one "
+                    "thread with itself")
+
 
 ROWS = [1, 3, 4, 5, 9]
 COLS = [1, 15, 16, 17, 31, 32, 33, 65, 77]
@@ -140,6 +155,7 @@ def test_big_shapes(rng, kernel, layout, dtype, shape):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", ["C", "F", "strided", "negative"])
 def test_big_shapes_threaded_2(rng, restore_threads, kernel, dtype, layout):
+    threads_compared()
     # Same values under an explicit 2-thread override (OpenMP split).
     gradchain.set_num_threads(2)
     J = make_layout(random_matrix(rng, 600, 300, dtype), layout)
@@ -216,6 +232,7 @@ THREAD_CASES = [
                          ids=lambda c: f"{c[0]}x{c[1]}-{np.dtype(c[2]).name}")
 def test_threads_bitwise_identical(rng, restore_threads, kernel, layout, case):
     """gc_dense.h: 'results do not depend on [nthreads]'."""
+    threads_compared()
     m, n, dtype = case
     J = make_layout(random_matrix(rng, m, n, dtype), layout)
     # batch 1 goes through the threaded single-vector kernels too
@@ -240,6 +257,7 @@ def test_threads_bitwise_identical(rng, restore_threads, kernel, layout, case):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_threads_bitwise_identical_more_threads(rng, restore_threads, nthreads,
                                                 kernel, layout, dtype):
+    threads_compared()
     J = make_layout(random_matrix(rng, 600, 300, dtype), layout)
     x = kernel_input(rng, kernel, J)
     gradchain.set_num_threads(1)

@@ -1,5 +1,12 @@
 """Thread control and build facts: set_num_threads, get_num_threads,
-openmp_enabled, simd_target, and their interplay with threadpoolctl."""
+openmp_enabled, simd_target, and their interplay with threadpoolctl.
+
+GRADCHAIN_EXPECT_OPENMP=1 (set by .ci/run) says that this build must have
+OpenMP: setup.py drops -fopenmp silently when the compiler cannot use it,
+and the thread tests would then skip, or compare one thread with itself.
+Under that variable a build without OpenMP fails here instead.
+"""
+import os
 import threading
 
 import numpy as np
@@ -11,6 +18,35 @@ import gradchain
 @pytest.fixture(autouse=True)
 def _reset(restore_threads):
     yield
+
+
+def openmp_expected():
+    return os.environ.get("GRADCHAIN_EXPECT_OPENMP", "") not in ("", "0")
+
+
+def skip_without_openmp():
+    """Skip a test that needs OpenMP in a build without it, unless OpenMP
+    is expected (GRADCHAIN_EXPECT_OPENMP=1): then fail."""
+    if gradchain.openmp_enabled():
+        return
+    if openmp_expected():
+        pytest.fail("GRADCHAIN_EXPECT_OPENMP=1 but this build of gradchain "
+                    "has no OpenMP (setup.py dropped -fopenmp?)")
+    pytest.skip("built without OpenMP")
+
+
+def _binary_uses_openmp():
+    """Whether the compiled kernels call an OpenMP runtime, read off the
+    extension files themselves (GNU libgomp or LLVM libomp entry points)."""
+    import gradchain._chain
+    import gradchain._kernels
+    found = []
+    for mod in (gradchain._kernels, gradchain._chain):
+        with open(mod.__file__, "rb") as fh:
+            data = fh.read()
+        found.append(any(sym in data for sym in (b"GOMP_parallel",
+                                                 b"__kmpc_fork_call")))
+    return found
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, np.int64(4), np.uint8(5)])
@@ -59,8 +95,38 @@ def test_set_num_threads_value_errors(bad):
     assert gradchain.get_num_threads() == 2
 
 
-def test_openmp_enabled_is_bool():
-    assert type(gradchain.openmp_enabled()) is bool
+def test_openmp_enabled_matches_the_binary():
+    enabled = gradchain.openmp_enabled()
+    assert type(enabled) is bool
+    # both threaded extensions were built with OpenMP, or neither was
+    assert _binary_uses_openmp() == [enabled, enabled]
+    if not enabled:
+        # every override runs on the calling thread; the default is 1
+        gradchain.set_num_threads(None)
+        assert gradchain.get_num_threads() == 1
+
+
+def test_openmp_expected_by_the_environment():
+    """.ci/run sets GRADCHAIN_EXPECT_OPENMP=1: a build that lost OpenMP must
+    fail CI, not skip its thread tests."""
+    if not openmp_expected():
+        pytest.skip("GRADCHAIN_EXPECT_OPENMP is not set")
+    assert gradchain.openmp_enabled(), (
+        "GRADCHAIN_EXPECT_OPENMP=1 but gradchain.openmp_enabled() is False: "
+        "setup.py built without -fopenmp")
+    assert _binary_uses_openmp() == [True, True]
+
+
+def test_openmp_expectation_fails_loudly(monkeypatch):
+    # the helper the thread tests use: with OpenMP expected, a build without
+    # it is a failure, never a skip or a pass
+    monkeypatch.setenv("GRADCHAIN_EXPECT_OPENMP", "1")
+    monkeypatch.setattr(gradchain, "openmp_enabled", lambda: False)
+    with pytest.raises(pytest.fail.Exception, match="has no OpenMP"):
+        skip_without_openmp()
+    monkeypatch.setenv("GRADCHAIN_EXPECT_OPENMP", "0")
+    with pytest.raises(pytest.skip.Exception, match="built without OpenMP"):
+        skip_without_openmp()
 
 
 def test_simd_target():
@@ -86,8 +152,7 @@ def test_results_use_override_and_stay_correct(rng, n):
 
 def test_threadpoolctl_sees_openmp():
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    if not gradchain.openmp_enabled():
-        pytest.skip("built without OpenMP")
+    skip_without_openmp()
     info = threadpoolctl.threadpool_info()
     apis = [d["user_api"] for d in info]
     assert "openmp" in apis, info
@@ -95,8 +160,7 @@ def test_threadpoolctl_sees_openmp():
 
 def test_threadpool_limits_openmp_one():
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    if not gradchain.openmp_enabled():
-        pytest.skip("built without OpenMP")
+    skip_without_openmp()
     gradchain.set_num_threads(None)
     before = gradchain.get_num_threads()
     with threadpoolctl.threadpool_limits(1, user_api="openmp"):
@@ -111,7 +175,6 @@ def test_threadpool_limits_openmp_one():
 
 def test_threadpool_limits_openmp_two():
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    if not gradchain.openmp_enabled():
-        pytest.skip("built without OpenMP")
+    skip_without_openmp()
     with threadpoolctl.threadpool_limits(2, user_api="openmp"):
         assert gradchain.get_num_threads() == 2

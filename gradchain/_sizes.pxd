@@ -1,0 +1,21 @@
+# Overflow-checked size arithmetic (csrc/gc_checked.h): the one place where
+# a size that decides an allocation or an index bound is multiplied or added.
+cdef extern from "gc_checked.h" nogil:
+    # 1 and *r = a op b, or 0 when the result does not fit (or a, b < 0)
+    bint gc_size_mul(Py_ssize_t a, Py_ssize_t b, Py_ssize_t *r)
+    bint gc_size_add(Py_ssize_t a, Py_ssize_t b, Py_ssize_t *r)
+    bint gc_size_mul3(Py_ssize_t a, Py_ssize_t b, Py_ssize_t c, Py_ssize_t *r)
+    # malloc(max(count, 1) * size), NULL when out of memory or on overflow
+    void *gc_malloc_n(Py_ssize_t count, size_t size)
+
+
+cdef inline Py_ssize_t checked_elems(Py_ssize_t a, Py_ssize_t b,
+                                     Py_ssize_t itemsize, str what) except -1:
+    """a * b elements of itemsize bytes: a * b, or MemoryError naming what
+    (the sizes in the message) when the byte count does not fit."""
+    cdef Py_ssize_t r
+    if not gc_size_mul3(a, b, itemsize, &r):
+        raise MemoryError(
+            f"{what}: {a} x {b} elements of {itemsize} bytes exceed the "
+            f"address space")
+    return a * b
