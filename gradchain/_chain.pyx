@@ -571,7 +571,10 @@ cdef class ChainCore:
         for i in range(k):
             if isinstance(arrays[i], cnp.ndarray):
                 a = <cnp.ndarray>arrays[i]
-                if not _usable(a, typenum):
+                # a zero-size link is never read (a product through it is
+                # zeros): bound as it is, whatever the declared sizes, which
+                # NumPy may refuse to allocate in another dtype
+                if not _usable(a, typenum) and cnp.PyArray_SIZE(a) > 0:
                     arrays[i] = np.require(a, dtype, "A")
                     self._converted = True
         self._alloc(k, typenum)
@@ -629,7 +632,7 @@ cdef class ChainCore:
         cdef Py_ssize_t i, k = a.shape[0]
         cdef Link *L
         src = a
-        if not _usable(a, typenum):
+        if not _usable(a, typenum) and cnp.PyArray_SIZE(a) > 0:
             a = np.require(
                 a, _DT_DOUBLE if typenum == cnp.NPY_DOUBLE else _DT_FLOAT, "A")
         self._alloc(k, typenum)

@@ -619,7 +619,10 @@ def test_zero_width_chains_return_zeros(spec):
     for i, ps in enumerate(spec["per_sample"]):
         m, n = dims[i + 1], dims[i]
         shape = (batch, m, n) if ps else (m, n)
-        links.append(np.empty(shape, dt) if 0 in (m, n) else np.ones(shape, dt))
+        try:
+            links.append(np.empty(shape, dt) if 0 in (m, n) else np.ones(shape, dt))
+        except ValueError:          # NumPy itself refuses the declared size
+            assume(False)
     cdt = F32 if dt.itemsize <= 4 else F64
     vshape = (lambda w: (w,) if batch is None else (batch, w))
     g = np.ones(vshape(dims[-1]), dt)
@@ -700,7 +703,10 @@ def test_operators_are_immutable(kind, n, dt, data):
         delattr(op, attr)
     assert np.array_equal(op.todense(), before)
     g = np.ones(n)
-    assert_close(gc.vjp([op], g), f64(before).T @ g, np.abs(f64(before)).T @ g,
+    # the reference in float64 from the operator's own values (todense()
+    # in float32 would round c u v^T first)
+    dense = f64(op.astype(np.float64).todense())
+    assert_close(gc.vjp([op], g), dense.T @ g, np.abs(dense).T @ g,
                  compute_dtype([link_dtype(op), g.dtype]))
 
 
@@ -1518,20 +1524,21 @@ def test_loss_faults(fault, n, batch, dt, seed, via):
 
 @FUZZ_CHEAP
 @given(n=st.integers(1, 5), batch=st.integers(1, 4), seed=st.integers(0, 2 ** 32 - 1))
-def test_cross_entropy_copies_labels(n, batch, seed):
-    """Changing the caller's labels after construction changes nothing
-    (labels are copied: no race can make the kernels index out of bounds)."""
+def test_cross_entropy_reads_labels_per_call(n, batch, seed):
+    """The caller's labels are read (copied and validated) at each call: an
+    in-place change is followed, an out-of-range one is a ValueError at the
+    next call, and the caller's array is never written."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, n, batch)
     X = values(rng, (batch, n), F64)
     f = gc.compose(gc.Tanh(), loss=gc.CrossEntropy(labels))
-    before = f.value_and_grad(X)
-    L2 = gc.CrossEntropy(labels)
-    saved = labels.copy()
+    f.value_and_grad(X)
     labels[:] = (labels + 1) % n
-    labels[0] = 1 << 40
-    after = f.value_and_grad(X)
-    assert before[0] == after[0] and np.array_equal(before[1], after[1])
-    val, G = L2.value_and_grad(np.tanh(X))
+    saved = labels.copy()
+    val, G = f.value_and_grad(X, reduction="none")
     ref = [ref_loss("CrossEntropy", {"labels": saved}, np.tanh(X[b]), b) for b in range(batch)]
     assert np.allclose(val, [r[0] for r in ref], rtol=1e-12, atol=1e-12)
+    labels[0] = 1 << 40
+    with pytest.raises(ValueError, match=r"labels\[0\] = 1099511627776 is out of range"):
+        f.value_and_grad(X)
+    assert labels[0] == 1 << 40 and np.array_equal(labels[1:], saved[1:])
