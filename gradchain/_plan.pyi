@@ -27,3 +27,21 @@ class Plan:
         mode: str,
         T: NDArray[np.floating] | None = ...,
     ) -> Any: ...
+
+# elementwise and loss codes (csrc/gc_maps.h)
+GC_EW_TANH: int
+GC_EW_SIGMOID: int
+GC_EW_RELU: int
+GC_EW_LEAKY_RELU: int
+GC_EW_SOFTPLUS: int
+GC_EW_EXP: int
+GC_EW_LOG: int
+GC_EW_SIN: int
+GC_EW_COS: int
+GC_EW_SQUARE: int
+GC_EW_SCALE: int
+GC_LOSS_SQUARED_ERROR: int
+GC_LOSS_MEAN_SQUARED_ERROR: int
+GC_LOSS_CROSS_ENTROPY: int
+GC_LOSS_LOGSUMEXP: int
+GC_LOSS_DOT: int

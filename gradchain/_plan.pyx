@@ -34,8 +34,26 @@ cdef extern from "gc_maps.h" nogil:
                             const float *y, const float *g, float *out)
     void gc_softmax_apply_d(int log, int transpose, Py_ssize_t B, Py_ssize_t n,
                             const double *y, const double *g, double *out)
-    enum:
+    # the elementwise and loss codes, declared once (in the C header) and
+    # exported to Python from here for maps.py
+    cpdef enum:
+        GC_EW_TANH
+        GC_EW_SIGMOID
+        GC_EW_RELU
+        GC_EW_LEAKY_RELU
+        GC_EW_SOFTPLUS
+        GC_EW_EXP
+        GC_EW_LOG
+        GC_EW_SIN
+        GC_EW_COS
+        GC_EW_SQUARE
+        GC_EW_SCALE
+    cpdef enum:
+        GC_LOSS_SQUARED_ERROR
+        GC_LOSS_MEAN_SQUARED_ERROR
         GC_LOSS_CROSS_ENTROPY
+        GC_LOSS_LOGSUMEXP
+        GC_LOSS_DOT
     void gc_loss_s(int code, Py_ssize_t B, Py_ssize_t n, const float *x,
                    const float *aux, const long long *labels, double *value,
                    float *grad)

@@ -25,6 +25,7 @@ import numbers
 import numpy as np
 
 from gradchain._chain import as_array, compute_dtype
+from gradchain import _plan as _p
 from gradchain._plan import OpCode, Plan
 from gradchain.chain import Chain
 from gradchain.operators import Diagonal, DiagonalPlusRankOne, Operator, _scalar
@@ -41,12 +42,15 @@ _OP_ELEMENTWISE = int(OpCode.OP_ELEMENTWISE)
 _OP_SOFTMAX = int(OpCode.OP_SOFTMAX)
 _OP_LOG_SOFTMAX = int(OpCode.OP_LOG_SOFTMAX)
 
-# elementwise codes: csrc/gc_maps.h
-_EW = dict(tanh=1, sigmoid=2, relu=3, leaky_relu=4, softplus=5, exp=6, log=7,
-           sin=8, cos=9, square=10, scale=11)
-# loss codes: csrc/gc_maps.h
-_LOSS = dict(squared_error=1, mean_squared_error=2, cross_entropy=3,
-             logsumexp=4, dot=5)
+# elementwise and loss codes: declared in csrc/gc_maps.h, exported by _plan
+_EW = dict(tanh=_p.GC_EW_TANH, sigmoid=_p.GC_EW_SIGMOID, relu=_p.GC_EW_RELU,
+           leaky_relu=_p.GC_EW_LEAKY_RELU, softplus=_p.GC_EW_SOFTPLUS,
+           exp=_p.GC_EW_EXP, log=_p.GC_EW_LOG, sin=_p.GC_EW_SIN,
+           cos=_p.GC_EW_COS, square=_p.GC_EW_SQUARE, scale=_p.GC_EW_SCALE)
+_LOSS = dict(squared_error=_p.GC_LOSS_SQUARED_ERROR,
+             mean_squared_error=_p.GC_LOSS_MEAN_SQUARED_ERROR,
+             cross_entropy=_p.GC_LOSS_CROSS_ENTROPY,
+             logsumexp=_p.GC_LOSS_LOGSUMEXP, dot=_p.GC_LOSS_DOT)
 
 
 _float_dtype = compute_dtype      # the chain's dtype rule (gradchain._chain)
