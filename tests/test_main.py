@@ -1,8 +1,11 @@
 """python -m gradchain: the demo runs, checks its gradient and reports it."""
+import pathlib
+import re
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from gradchain import __main__ as demo
 
@@ -28,3 +31,17 @@ def test_demo_runs_and_passes(tmp_path):
     assert "NumPy loop" in proc.stdout
     err = float(proc.stdout.split("central differences:")[1].split()[0])
     assert err < 1e-6
+
+
+def test_readme_code_blocks_run_as_written(tmp_path):
+    # the README's ```python blocks, in order, as one script (they build on
+    # each other), run outside the source tree
+    readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+    if not readme.exists():
+        pytest.skip("README.md is not beside tests/ (an installed test run)")
+    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), re.S)
+    assert len(blocks) >= 3
+    proc = subprocess.run([sys.executable, "-c", "\n".join(blocks)],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
