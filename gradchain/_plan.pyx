@@ -334,9 +334,11 @@ cdef class Plan:
                                      f"array of shape ({B},)")
             elif loss == GC_LOSS_CROSS_ENTROPY:
                 raise ValueError("cross-entropy needs labels")
-            owned = self._ws_busy
+            # the cached workspace is ours for this call unless another
+            # call (another thread) holds it: then _workspace gives a fresh one
+            claimed = not self._ws_busy
             ws = self._workspace(B, total)
-            if not owned:
+            if claimed:
                 self._ws_busy = True
             try:
                 if self._typenum == cnp.NPY_FLOAT:
@@ -345,7 +347,7 @@ cdef class Plan:
                 return self._loss_typed(<double *>NULL, x, B, loss, aux, labels,
                                         ws, cdims, B * nmax)
             finally:
-                if not owned:
+                if claimed:
                     self._ws_busy = False
         finally:
             if cdims != buf:
@@ -425,9 +427,11 @@ cdef class Plan:
             elif mode != "forward":
                 raise ValueError(f"mode must be 'forward', 'vjp' or 'jvp', "
                                  f"got {mode!r}")
-            owned = self._ws_busy
+            # the cached workspace is ours for this call unless another
+            # call (another thread) holds it: then _workspace gives a fresh one
+            claimed = not self._ws_busy
             ws = self._workspace(B, total)
-            if not owned:
+            if claimed:
                 self._ws_busy = True
             try:
                 if self._typenum == cnp.NPY_FLOAT:
@@ -436,7 +440,7 @@ cdef class Plan:
                 return self._run_typed(<double *>NULL, X, mode, T, ws, pd,
                                        B * nmax)
             finally:
-                if not owned:
+                if claimed:
                     self._ws_busy = False
         finally:
             if pd != buf:
