@@ -167,7 +167,8 @@ class Map:
             if tuple(J.shape) != want:
                 raise ValueError(f"maps[{i}].jacobian returned an operator of "
                                  f"shape {tuple(J.shape)}, expected {want}")
-            return J
+            # in the composition's dtype, as an array result would be
+            return J if J.dtype is None or J.dtype == dtype else J.astype(dtype)
         return _checked(J, want, dtype, i, "jacobian", (x,))
 
     def _apply(self, i, x, t, m_out, transpose, dtype):

@@ -435,3 +435,19 @@ def test_exception_types_and_messages():
     with raises(TypeError, "n must be a positive int or None, got float 2.0"):
         gc.set_num_threads(2.0)
     assert gc.get_num_threads() >= 1
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_operator_jacobian_of_another_dtype_joins_the_composition(batch):
+    # a float64 operator from a user map's jacobian in a float32 composition
+    # is taken in float32, as an array result would be
+    m = gc.Map(np.sin, jacobian=lambda x: gc.Diagonal(np.cos(x).astype(np.float64)))
+    f = gc.compose(gc.Affine(np.eye(3, dtype=f32)), m, loss=gc.SquaredError(np.zeros(3, f32)))
+    x = np.full((2, 3) if batch else 3, 0.5, f32)
+    L, g = f.value_and_grad(x)
+    assert g.dtype == f32
+    ref = np.sin(x.astype(np.float64)) * np.cos(x.astype(np.float64))
+    np.testing.assert_allclose(g, ref, rtol=1e-6)
+    for v in (f.vjp(x, np.ones_like(x)), f.jvp(x, np.ones_like(x))):
+        assert v.dtype == f32
+        np.testing.assert_allclose(v, np.cos(x.astype(np.float64)), rtol=1e-6)
