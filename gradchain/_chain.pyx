@@ -33,7 +33,7 @@ cnp.import_array()
 cdef extern from "gc_dense.h":
     Py_ssize_t GC_PARALLEL_MIN_ELEMS
 
-from gradchain._sizes cimport gc_size_mul, gc_size_mul3, gc_malloc_n, checked_elems
+from gradchain._sizes cimport gc_size_mul, gc_size_mul3, gc_malloc_n
 
 cdef struct Link:
     int kind                # LINK_DENSE or a structured kind (_structured.pxd)
@@ -388,7 +388,8 @@ cdef dict _OPERATOR_VECTORS = {LINK_DIAG: 1, LINK_SCALED_IDENTITY: 0,
 
 
 cdef tuple _operator_record(object op, object kind, Py_ssize_t i):
-    """(kind, n, vectors, scale) of an operator link, validated: everything
+    """(kind, n, vectors, scale, typenum) of an operator link, validated
+    (typenum: what its vectors compute in, -1 when it has none): everything
     the kernels will read comes from here, checked against the operator's
     shape, so an operator (or a subclass) that lies about itself raises
     instead of making the kernels read past a vector."""
@@ -410,6 +411,7 @@ cdef tuple _operator_record(object op, object kind, Py_ssize_t i):
         raise ValueError(f"{name} ({type(op).__name__}) has shape {shape}; a "
                          f"structured operator is square, n x n with "
                          f"0 <= n <= {PY_SSIZE_T_MAX}")
+    cdef int t, typenum = -1
     vectors = tuple(op._gc_vectors())
     if len(vectors) != _OPERATOR_VECTORS[kind]:
         raise ValueError(f"{name} ({type(op).__name__}) gave {len(vectors)} "
@@ -420,14 +422,16 @@ cdef tuple _operator_record(object op, object kind, Py_ssize_t i):
             raise ValueError(f"{name} ({type(op).__name__}) has shape {shape} "
                              f"but its vector {j} has shape {_pyshape(a)}, "
                              f"expected ({n},)")
-        _compute_typenum(a.dtype, f"{name}'s vector {j}")
+        t = _compute_typenum(a.dtype, f"{name}'s vector {j}")
+        if t == cnp.NPY_DOUBLE or typenum == -1:
+            typenum = t
         vectors = vectors[:j] + (a,) + vectors[j + 1:]
     scale = op._gc_scale()
     if isinstance(scale, (bool, np.bool_)) or not isinstance(
             scale, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} ({type(op).__name__}) has scale {scale!r}; "
                         f"expected a real number")
-    return (kind, n, vectors, float(scale))
+    return (kind, n, vectors, float(scale), typenum)
 
 
 cdef class ChainCore:
@@ -442,11 +446,11 @@ cdef class ChainCore:
     cdef tuple _arrays             # the bound 2-D arrays and operators
     cdef object _stack             # the 3-D array the links view, or None
     cdef list _keep                # operator vectors converted for the kernels
-    cdef tuple _opvecs             # per link: the operator's validated
-                                   # record (kind, n, vectors, scale) or None
+    cdef tuple _opvecs             # per link: the operator's validated record
+                                   # (_operator_record), or None
     cdef tuple _sources            # each link as the caller gave it
     cdef bint _converted           # some link is bound to a converted copy
-    cdef dict _plan_cache          # (mode, batch) -> (split, cost, l2r, r2l)
+    cdef dict _plan_cache          # (mode, batch) -> (order, cost, l2r, r2l)
     cdef Py_ssize_t _batch         # per-sample links' batch size, or -1
     cdef Py_ssize_t _batch_from    # the first per-sample link
 
@@ -538,11 +542,9 @@ cdef class ChainCore:
                     rec = _operator_record(item, kind, i)
                     arrays[i] = item
                     opvecs[i] = rec
-                    for vec in rec[2]:
-                        t = _compute_typenum((<cnp.ndarray>vec).dtype,
-                                             f"jacobians[{i}]")
-                        if t == cnp.NPY_DOUBLE or typenum == -1:
-                            typenum = t
+                    t = rec[4]
+                    if t == cnp.NPY_DOUBLE or (typenum == -1 and t != -1):
+                        typenum = t
                     continue
             a = _as_array(item, f"jacobians[{i}]")
             if cnp.PyArray_NDIM(a) == 3:
@@ -598,7 +600,7 @@ cdef class ChainCore:
         cdef const char *ptrs[3]
         cdef Py_ssize_t strd[3]
         cdef int j, typenum = cnp.NPY_DOUBLE if dtype == _DT_DOUBLE else cnp.NPY_FLOAT
-        kind, n, vectors, scale = rec
+        kind, n, vectors, scale = rec[:4]
         L.kind = kind
         L.per_sample = False
         L.bs = 0
@@ -848,25 +850,23 @@ cdef class ChainCore:
         try:
             self._fill_factors(f, mode, B, NULL)
             if mode != "jacobian" and B <= 1:
-                cached = _choose_strategy(f, m, True)
-                if len(self._plan_cache) < 64:
-                    self._plan_cache[key] = cached
-                return cached
-            # the shape signature: what the strategy depends on
-            sigb = bytearray(3 * m * sizeof(Py_ssize_t))
-            sig = <Py_ssize_t *><char *>sigb
-            for i in range(m):
-                sig[3 * i] = f[i].kind
-                sig[3 * i + 1] = f[i].p
-                sig[3 * i + 2] = f[i].q
-            gkey = (mode, B, bytes(sigb))
-            cached = _STRATEGIES.get(gkey)
-            if cached is None:
-                cached = _choose_strategy(f, m, False)
-                if m <= _CACHE_MAX_FACTORS:
-                    if len(_STRATEGIES) >= _CACHE_MAX_ENTRIES:
-                        _STRATEGIES.clear()
-                    _STRATEGIES[gkey] = cached
+                cached = _choose_strategy(f, m, True)   # O(m), no search
+            else:
+                # the shape signature: what the strategy depends on
+                sigb = bytearray(3 * m * sizeof(Py_ssize_t))
+                sig = <Py_ssize_t *><char *>sigb
+                for i in range(m):
+                    sig[3 * i] = f[i].kind
+                    sig[3 * i + 1] = f[i].p
+                    sig[3 * i + 2] = f[i].q
+                gkey = (mode, B, bytes(sigb))
+                cached = _STRATEGIES.get(gkey)
+                if cached is None:
+                    cached = _choose_strategy(f, m, False)
+                    if m <= _CACHE_MAX_FACTORS:
+                        if len(_STRATEGIES) >= _CACHE_MAX_ENTRIES:
+                            _STRATEGIES.clear()
+                        _STRATEGIES[gkey] = cached
         finally:
             free(f)
         if len(self._plan_cache) < 64:
@@ -1033,7 +1033,8 @@ cdef class ChainCore:
         return "left", l2r, l2r, r2l       # propagation, left to right
 
     def _plan_info(self, Py_ssize_t batch, str mode):
-        """(split table, cost, l2r, r2l, factor names) for Chain.plan."""
+        """(order, cost, l2r, r2l, factor names) for Chain.plan (order as
+        in _get_plan)."""
         if mode not in ("vjp", "jvp", "jacobian"):
             raise ValueError(f"mode must be 'vjp', 'jvp' or 'jacobian', got {mode!r}")
         if batch < 0:
@@ -1079,6 +1080,7 @@ cdef class ChainCore:
         cdef const char *xlo
         cdef const char *xhi
         cdef int nt, rc
+        cdef Py_ssize_t wsize
         cdef tuple shape
         cdef cnp.npy_intp rdims[2]
         if xt != cnp.NPY_DOUBLE and xt != cnp.NPY_FLOAT:
@@ -1192,9 +1194,10 @@ cdef class ChainCore:
             else:
                 # the two work halves: 2 * B * maxw elements, checked for
                 # overflow before any allocation
-                checked_elems(2 * B, self._maxw, sizeof(double),
-                              f"the work buffers for a batch of {B} through "
-                              f"widths up to {self._maxw}")
+                if not gc_size_mul3(2 * B, self._maxw, sizeof(double), &wsize):
+                    raise MemoryError(
+                        f"the work buffers for a batch of {B} through widths "
+                        f"up to {self._maxw} exceed the address space")
                 nt = effective_threads()
                 if self._batch < 0:
                     plan = self._get_plan("vjp" if transpose else "jvp", B)

@@ -17,7 +17,7 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cython cimport floating
 
 from gradchain._kernels cimport effective_threads, block_jtv, block_jv
-from gradchain._sizes cimport checked_elems
+from gradchain._sizes cimport gc_size_add, gc_size_mul, gc_size_mul3
 
 cnp.import_array()
 
@@ -193,6 +193,26 @@ cdef int _check_block(object a, str name, int typenum, Py_ssize_t B,
     return 0
 
 
+cdef Py_ssize_t _workspace_elems(Py_ssize_t B, const Py_ssize_t *dims,
+                                 Py_ssize_t k, Py_ssize_t itemsize,
+                                 Py_ssize_t *nmax) except -1:
+    """Elements of a plan's workspace for B rows (see _bind_layers): the
+    layers x^(1) .. x^(k), then two work halves of B * nmax, nmax the widest
+    of dims[0..k] (stored in *nmax).  Every product and sum checked."""
+    cdef Py_ssize_t i, t, total = 0, w = dims[0]
+    cdef bint ok = True
+    for i in range(1, k + 1):
+        w = max(w, dims[i])
+        ok = ok and gc_size_mul(B, dims[i], &t) and gc_size_add(total, t, &total)
+    ok = (ok and gc_size_mul3(2, B, w, &t) and gc_size_add(total, t, &total)
+          and gc_size_mul(total, itemsize, &t))
+    if not ok:
+        raise MemoryError(f"the plan's workspace for a batch of {B} through "
+                          f"widths up to {w} exceeds the address space")
+    nmax[0] = w
+    return total
+
+
 cdef class Plan:
     """Compiled forward/backward of built-in maps (see module docstring).
 
@@ -315,12 +335,7 @@ cdef class Plan:
         try:
             _check_block(x, "x", self._typenum, B, n0, 1)
             self._fill_dims(n0, cdims)
-            for i in range(1, k + 1):
-                nmax = max(nmax, cdims[i])
-                total += checked_elems(B, cdims[i], cnp.PyArray_ITEMSIZE(x),
-                                       "the plan's workspace")
-            total += checked_elems(2 * B, nmax, cnp.PyArray_ITEMSIZE(x),
-                                   "the plan's workspace")
+            total = _workspace_elems(B, cdims, k, cnp.PyArray_ITEMSIZE(x), &nmax)
             if aux is not None:
                 _check_block(aux, "the loss target rows", self._typenum, B,
                              cdims[k], 1)
@@ -414,12 +429,7 @@ cdef class Plan:
         try:
             _check_block(X, "X", self._typenum, B, n0)
             self._fill_dims(n0, pd)
-            for i in range(k + 1):
-                total += checked_elems(B, pd[i], cnp.PyArray_ITEMSIZE(X),
-                                       "the plan's workspace")
-                nmax = max(nmax, pd[i])
-            total += checked_elems(2 * B, nmax, cnp.PyArray_ITEMSIZE(X),
-                                   "the plan's workspace")
+            total = _workspace_elems(B, pd, k, cnp.PyArray_ITEMSIZE(X), &nmax)
             if mode == "vjp":
                 _check_block(T, "T", self._typenum, B, pd[k])
             elif mode == "jvp":

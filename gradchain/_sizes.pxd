@@ -8,14 +8,3 @@ cdef extern from "gc_checked.h" nogil:
     # malloc(max(count, 1) * size), NULL when out of memory or on overflow
     void *gc_malloc_n(Py_ssize_t count, size_t size)
 
-
-cdef inline Py_ssize_t checked_elems(Py_ssize_t a, Py_ssize_t b,
-                                     Py_ssize_t itemsize, str what) except -1:
-    """a * b elements of itemsize bytes: a * b, or MemoryError naming what
-    (the sizes in the message) when the byte count does not fit."""
-    cdef Py_ssize_t r
-    if not gc_size_mul3(a, b, itemsize, &r):
-        raise MemoryError(
-            f"{what}: {a} x {b} elements of {itemsize} bytes exceed the "
-            f"address space")
-    return a * b
