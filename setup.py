@@ -109,9 +109,10 @@ def ext(name, sources, libraries=()):
         depends=["csrc/gc_simd.h", "csrc/gc_instantiate.h", "csrc/gc_dense.h", "csrc/gc_dense_impl.h",
                  "csrc/gc_struct.h", "csrc/gc_struct_impl.h",
                  "csrc/gc_maps.h", "csrc/gc_maps_impl.h", "csrc/gc_checked.h",
-                 "gradchain/_sizes.pxd",
-                 "gradchain/_kernels.pxd", "gradchain/_structured.pxd",
-                 "gradchain/_accumulate.pxd"],
+                 "gradchain/_sizes.pxd", "gradchain/_link.pxd",
+                 "gradchain/_kernels.pxd", "gradchain/_blas.pxd",
+                 "gradchain/_bracket.pxd", "gradchain/_accumulate.pxd",
+                 "gradchain/_propagate.pxd", "gradchain/_bind.pxd"],
         include_dirs=include_dirs,
         define_macros=macros,
         extra_compile_args=compile_args,
@@ -120,13 +121,24 @@ def ext(name, sources, libraries=()):
     )
 
 
+# The layers, bottom up (each module's one job: README, "Design"):
+libm = [] if sys.platform == "win32" else ["m"]
 extensions = [
+    # kernels: dense vector products (C), the link model and the kernels of
+    # the other link kinds (C), the one BLAS door
     ext("gradchain._kernels", ["gradchain/_kernels.pyx", "csrc/gc_dense.c"]),
-    ext("gradchain._structured", ["gradchain/_structured.pyx", "csrc/gc_struct.c"]),
+    ext("gradchain._link", ["gradchain/_link.pyx", "csrc/gc_struct.c",
+                            "csrc/gc_maps.c"], libraries=libm),
+    ext("gradchain._blas", ["gradchain/_blas.pyx"]),
+    # engine: what runs (strategy), propagation, accumulation
+    ext("gradchain._bracket", ["gradchain/_bracket.pyx"]),
+    ext("gradchain._propagate", ["gradchain/_propagate.pyx"]),
     ext("gradchain._accumulate", ["gradchain/_accumulate.pyx"]),
-    ext("gradchain._plan", ["gradchain/_plan.pyx", "csrc/gc_maps.c"],
-        libraries=[] if sys.platform == "win32" else ["m"]),
+    # binding and the two front doors: chains and map programmes
+    ext("gradchain._bind", ["gradchain/_bind.pyx"]),
     ext("gradchain._chain", ["gradchain/_chain.pyx"]),
+    ext("gradchain._program", ["gradchain/_program.pyx", "csrc/gc_maps.c"],
+        libraries=libm),
 ]
 
 directives = {

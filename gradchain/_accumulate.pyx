@@ -1,31 +1,29 @@
-"""Jacobian accumulation in the cheapest order.
+"""Jacobian accumulation: executing a bracketing of links.
 
-A product F_0 F_1 ... F_{m-1} of Jacobians (and, for many-vector products,
-the block of vectors as one more factor) is bracketed by the matrix-chain
-dynamic programme, with a cost model that knows each factor's structure:
-
-    dense (p x q) times dense (q x r)        p q r multiply-adds
-    diagonal or c I times anything            one scaling per element (q r / p q)
-    I times anything                          free
-    diagonal plus rank one times dense        ~3 q r (scaling, u (v^T R), sum)
-    diagonal times diagonal                   q, and the result stays diagonal
-
-Diagonal links are never materialised: they scale rows or columns.  Dense
-products go to BLAS (scipy.linalg.cython_blas) whatever the operands' layout
-(C- or F-order directly; other strides are packed first).  The programme
-runs without the GIL in O(m^3); for m = 500 it takes a few tens of ms.
+A product F_0 F_1 ... F_{m-1} of links (_link.pxd), in the order a
+Strategy of _bracket chose (the programme's table, or a plain order run
+iteratively for any length), is evaluated here.  Diagonal-like links are
+never materialised: they scale rows or columns; a diagonal plus rank one
+is applied as a scaling and a rank-one update; dense products go to BLAS
+through the one door (_blas.matmul), whatever the operands' layout.
+``run_samples`` evaluates one product per sample for chains with
+per-sample links.
 """
 from libc.stdlib cimport free
 from libc.string cimport memset, memcpy
-from libc.limits cimport INT_MAX
 from cython cimport floating
+from cython.parallel cimport prange, threadid
 
-from scipy.linalg.cython_blas cimport sgemm, dgemm
-
+from gradchain._link cimport (Link, LINK_DENSE, LINK_DIAG,
+                              LINK_SCALED_IDENTITY, LINK_DIAG_RANK1,
+                              LINK_IDENTITY, link_sample)
+from gradchain._bracket cimport ORDER_TABLE, ORDER_LEFT, ORDER_RIGHT
+from gradchain._blas cimport matmul
 from gradchain._kernels cimport link_jtv, link_jv
 from gradchain._sizes cimport gc_size_mul, gc_malloc_n
 
-cdef double INF = float("inf")
+cdef extern from "gc_dense.h":
+    Py_ssize_t GC_PARALLEL_MIN_ELEMS
 
 
 cdef inline void *_alloc2(Py_ssize_t a, Py_ssize_t b, size_t size) noexcept nogil:
@@ -37,180 +35,8 @@ cdef inline void *_alloc2(Py_ssize_t a, Py_ssize_t b, size_t size) noexcept nogi
     return gc_malloc_n(n, size)
 
 
-# ---------------------------------------------------------------------------
-# Cost model and the dynamic programme
-# ---------------------------------------------------------------------------
-
 cdef inline bint _diaglike(int k) noexcept nogil:
-    return k == F_DIAG or k == F_SCALED
-
-
-cdef inline double _mult_cost(int kl, int kr, double p, double q,
-                              double r) noexcept nogil:
-    """Multiply-adds for (p x q, kind kl) times (q x r, kind kr)."""
-    if kl == F_IDENT or kr == F_IDENT:
-        return 0.0
-    if _diaglike(kl) and _diaglike(kr):
-        return q
-    if _diaglike(kl):
-        return q * r + (q * q if kr == F_DPR1 else 0.0)
-    if _diaglike(kr):
-        return p * q + (q * q if kl == F_DPR1 else 0.0)
-    if kl == F_DPR1 and kr == F_DPR1:
-        return q * q + 3.0 * q * r
-    if kl == F_DPR1:
-        return 3.0 * q * r
-    if kr == F_DPR1:
-        return 3.0 * p * q
-    return p * q * r
-
-
-cdef inline int _result_kind(int kl, int kr) noexcept nogil:
-    if kl == F_IDENT:
-        return kr
-    if kr == F_IDENT:
-        return kl
-    if _diaglike(kl) and _diaglike(kr):
-        return F_DIAG
-    return F_DENSE
-
-
-cdef double _plan_dense(const Factor *f, Py_ssize_t m, int *split) noexcept nogil:
-    """The classic programme when every factor is dense (no kinds to
-    track): a tight O(m^3) loop over doubles."""
-    cdef double *cost = <double *>_alloc2(m, m, sizeof(double))
-    cdef double *dim = <double *>_alloc2(m + 1, 1, sizeof(double))
-    cdef Py_ssize_t L, i, j, s
-    cdef double best, c, pij
-    cdef int bs
-    if cost == NULL or dim == NULL:
-        free(cost)
-        free(dim)
-        return -1.0
-    for i in range(m):
-        dim[i] = <double>f[i].p
-        cost[i * m + i] = 0.0
-        split[i * m + i] = <int>i
-    dim[m] = <double>f[m - 1].q
-    for L in range(2, m + 1):
-        for i in range(0, m - L + 1):
-            j = i + L - 1
-            pij = dim[i] * dim[j + 1]
-            bs = <int>(j - 1)
-            best = cost[i * m + j - 1] + cost[j * m + j] + pij * dim[j]
-            s = j - 2
-            while s >= i:
-                c = cost[i * m + s] + cost[(s + 1) * m + j] + pij * dim[s + 1]
-                if c < best:
-                    best = c
-                    bs = <int>s
-                s -= 1
-            cost[i * m + j] = best
-            split[i * m + j] = bs
-    best = cost[m - 1]
-    free(cost)
-    free(dim)
-    return best
-
-
-cdef double plan_chain(const Factor *f, Py_ssize_t m, int *split) noexcept nogil:
-    cdef double *cost
-    cdef unsigned char *kind
-    cdef Py_ssize_t L, i, j, s
-    cdef double best, c
-    cdef int bs
-    cdef bint dense = True, square = True
-    if m <= 0:
-        return 0.0
-    for i in range(m):
-        dense = dense and f[i].kind == F_DENSE
-        square = square and f[i].p == f[0].p and f[i].q == f[0].p
-    if dense and square:
-        # every bracketing of equal square factors costs (m - 1) n^3: take
-        # plain left-to-right without searching
-        for j in range(m):
-            split[j] = <int>(j - 1) if j > 0 else 0
-        return (m - 1) * (<double>f[0].p) ** 3
-    if dense:
-        return _plan_dense(f, m, split)
-    cost = <double *>_alloc2(m, m, sizeof(double))
-    kind = <unsigned char *>_alloc2(m, m, sizeof(unsigned char))
-    if cost == NULL or kind == NULL:
-        free(cost)
-        free(kind)
-        return -1.0
-    for i in range(m):
-        cost[i * m + i] = 0.0
-        kind[i * m + i] = <unsigned char>f[i].kind
-        split[i * m + i] = <int>i
-    for L in range(2, m + 1):
-        for i in range(0, m - L + 1):
-            j = i + L - 1
-            best = INF
-            bs = <int>(j - 1)
-            # from the left-to-right split down: ties keep the earlier
-            # candidate, i.e. plain propagation ((F_i..F_j-1) F_j)
-            s = j - 1
-            while s >= i:
-                c = (cost[i * m + s] + cost[(s + 1) * m + j]
-                     + _mult_cost(kind[i * m + s], kind[(s + 1) * m + j],
-                                  <double>f[i].p, <double>f[s].q,
-                                  <double>f[j].q))
-                if c < best:
-                    best = c
-                    bs = <int>s
-                s -= 1
-            cost[i * m + j] = best
-            split[i * m + j] = bs
-            kind[i * m + j] = <unsigned char>_result_kind(
-                kind[i * m + bs], kind[(bs + 1) * m + j])
-    best = cost[m - 1]
-    free(cost)
-    free(kind)
-    return best
-
-
-cdef double order_cost(const Factor *f, Py_ssize_t m, bint left,
-                       const char *per_sample=NULL, double batch=1.0,
-                       bint block=False) noexcept nogil:
-    """Multiply-adds of the plain left-to-right or right-to-left order.
-
-    With per_sample (one flag per factor), a product of factors that holds
-    a per-sample factor is made once per sample (batch times), unless it
-    holds factor 0 and block says factor 0 is the block of batch vectors of
-    a vjp/jvp (row b meets only sample b's factors, so the p q r count,
-    with p = batch, is already the total)."""
-    cdef double total = 0.0, c
-    cdef int acc
-    cdef bint ps
-    cdef Py_ssize_t i
-    if m <= 1:
-        return 0.0
-    if left:
-        acc = f[0].kind
-        ps = per_sample != NULL and per_sample[0]
-        for i in range(1, m):
-            c = _mult_cost(acc, f[i].kind, <double>f[0].p,
-                           <double>f[i].p, <double>f[i].q)
-            ps = ps or (per_sample != NULL and per_sample[i])
-            if ps and not block:
-                c *= batch
-            total += c
-            acc = _result_kind(acc, f[i].kind)
-    else:
-        acc = f[m - 1].kind
-        ps = per_sample != NULL and per_sample[m - 1]
-        i = m - 2
-        while i >= 0:
-            c = _mult_cost(f[i].kind, acc, <double>f[i].p,
-                           <double>f[i].q, <double>f[m - 1].q)
-            ps = ps or (per_sample != NULL and per_sample[i])
-            if ps and not (i == 0 and block):
-                c *= batch
-            total += c
-            acc = _result_kind(f[i].kind, acc)
-            i -= 1
-    return total
+    return k == LINK_DIAG or k == LINK_SCALED_IDENTITY
 
 
 # ---------------------------------------------------------------------------
@@ -218,19 +44,19 @@ cdef double order_cost(const Factor *f, Py_ssize_t m, bint left,
 # ---------------------------------------------------------------------------
 
 cdef struct Val:
-    int kind            # F_DENSE, F_DIAG, F_SCALED, F_IDENT, F_DPR1
+    int kind            # LINK_DENSE, LINK_DIAG, LINK_SCALED_IDENTITY, LINK_IDENTITY, LINK_DIAG_RANK1
     bint owned          # buf holds a C-contiguous dense (p x q) or a diagonal
     bint ext            # buf is the caller's C-contiguous output (not freed)
     Py_ssize_t p, q
     void *buf
-    const Factor *leaf
+    const Link *leaf
 
 
 cdef inline floating _dget(const Val *v, Py_ssize_t i,
                            const floating *tag) noexcept nogil:
     """Diagonal element i of a diagonal-like value."""
-    if v.kind == F_SCALED:
-        return <floating>v.leaf.coef
+    if v.kind == LINK_SCALED_IDENTITY:
+        return <floating>v.leaf.scale
     if v.owned:
         return (<floating *>v.buf)[i]
     return (<const floating *>v.leaf.d)[i * v.leaf.ds]
@@ -260,24 +86,24 @@ cdef int _materialize(const Val *v, floating *out) noexcept nogil:
     cdef Py_ssize_t i, j, p = v.p, q = v.q
     cdef const floating *a
     cdef Py_ssize_t rs, cs
-    cdef const Factor *f = v.leaf
-    if v.kind == F_DENSE:
+    cdef const Link *f = v.leaf
+    if v.kind == LINK_DENSE:
         _dense_of(v, &a, &rs, &cs)
         for i in range(p):
             for j in range(q):
                 out[i * q + j] = a[i * rs + j * cs]
         return 0
     memset(out, 0, p * q * sizeof(floating))
-    if v.kind == F_IDENT:
+    if v.kind == LINK_IDENTITY:
         for i in range(p):
             out[i * q + i] = 1
-    elif v.kind == F_DIAG or v.kind == F_SCALED:
+    elif v.kind == LINK_DIAG or v.kind == LINK_SCALED_IDENTITY:
         for i in range(p):
             out[i * q + i] = _dget(v, i, out)
-    else:   # F_DPR1 leaf: diag(d) + c u v^T
+    else:   # LINK_DIAG_RANK1 leaf: diag(d) + c u v^T
         for i in range(p):
             for j in range(q):
-                out[i * q + j] = (<floating>f.coef
+                out[i * q + j] = (<floating>f.scale
                                   * (<const floating *>f.u)[i * f.us]
                                   * (<const floating *>f.v)[j * f.vs])
             out[i * q + i] += (<const floating *>f.d)[i * f.ds]
@@ -287,90 +113,17 @@ cdef int _materialize(const Val *v, floating *out) noexcept nogil:
 cdef int _to_dense(Val *v, const floating *tag) noexcept nogil:
     """Replace a structured value by an owned dense one."""
     cdef floating *buf
-    if v.kind == F_DENSE:
+    if v.kind == LINK_DENSE:
         return 0
     buf = <floating *>_alloc2(v.p, v.q, sizeof(floating))
     if buf == NULL:
         return -1
     _materialize(v, buf)
     _release(v)
-    v.kind = F_DENSE
+    v.kind = LINK_DENSE
     v.owned = True
     v.ext = False
     v.buf = buf
-    return 0
-
-
-cdef inline bint _c_order(Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t q) noexcept nogil:
-    return cs == 1 and rs >= max(q, 1)
-
-
-cdef inline bint _f_order(Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t p) noexcept nogil:
-    return rs == 1 and cs >= max(p, 1)
-
-
-cdef int _matmul(const floating *A, Py_ssize_t ars, Py_ssize_t acs,
-                 const floating *Bm, Py_ssize_t brs, Py_ssize_t bcs,
-                 Py_ssize_t p, Py_ssize_t q, Py_ssize_t r,
-                 floating *Z, int nt) noexcept nogil:
-    """Z (p x r, C-contiguous) = A (p x q) B (q x r), any layouts."""
-    cdef char ta, tb
-    cdef int ip, iq, ir, lda, ldb, ldz
-    cdef floating one = 1, zero = 0
-    cdef floating *pack = NULL
-    cdef Py_ssize_t i, j
-    cdef int rc = 0
-    if p == 0 or r == 0:
-        return 0
-    if q == 0:
-        memset(Z, 0, p * r * sizeof(floating))
-        return 0
-    # BLAS needs B in C- or F-order and sizes that fit its ints; otherwise
-    # the product runs row by row, Z[i] = B^T A[i], with rows of A as the
-    # vectors (so A's rows must be contiguous)
-    cdef bint blas = (p <= INT_MAX and q <= INT_MAX and r <= INT_MAX
-                      and (_c_order(brs, bcs, r) or _f_order(brs, bcs, q))
-                      and brs <= INT_MAX and bcs <= INT_MAX)
-    # pack A when its layout does not fit (p q copies, against the p q r of
-    # the product)
-    if (not (_c_order(ars, acs, q) or _f_order(ars, acs, p))
-            or ars > INT_MAX or acs > INT_MAX or (not blas and acs != 1)):
-        pack = <floating *>_alloc2(p, q, sizeof(floating))
-        if pack == NULL:
-            return -1
-        for i in range(p):
-            for j in range(q):
-                pack[i * q + j] = A[i * ars + j * acs]
-        A = pack
-        ars, acs = q, 1
-    if not blas:
-        for i in range(p):
-            if link_jtv(Bm, q, r, brs, bcs, A + i * ars, Z + i * r, nt):
-                rc = -1
-                break
-        free(pack)
-        return rc
-    # column-major view: Z^T (r x p) = B^T A^T
-    if _c_order(brs, bcs, r):
-        tb = c'N'
-        ldb = <int>brs
-    else:
-        tb = c'T'
-        ldb = <int>bcs
-    if _c_order(ars, acs, q):
-        ta = c'N'
-        lda = <int>ars
-    else:
-        ta = c'T'
-        lda = <int>acs
-    ip, iq, ir, ldz = <int>p, <int>q, <int>r, <int>r
-    if floating is float:
-        sgemm(&tb, &ta, &ir, &ip, &iq, &one, <float *>Bm, &ldb, <float *>A, &lda,
-              &zero, Z, &ldz)
-    else:
-        dgemm(&tb, &ta, &ir, &ip, &iq, &one, <double *>Bm, &ldb, <double *>A, &lda,
-              &zero, Z, &ldz)
-    free(pack)
     return 0
 
 
@@ -385,17 +138,17 @@ cdef int _combine(Val *L, Val *R, Val *out, floating *dest,
     cdef floating *w
     cdef const floating *a
     cdef Py_ssize_t rs, cs
-    cdef const Factor *f
+    cdef const Link *f
     cdef floating c
     out.p = p
     out.q = r
     out.leaf = NULL
     out.ext = False
-    if L.kind == F_IDENT:
+    if L.kind == LINK_IDENTITY:
         out[0] = R[0]
         out.p, out.q = p, r
         return 0
-    if R.kind == F_IDENT:
+    if R.kind == LINK_IDENTITY:
         out[0] = L[0]
         return 0
     if _diaglike(L.kind) and _diaglike(R.kind):
@@ -406,14 +159,14 @@ cdef int _combine(Val *L, Val *R, Val *out, floating *dest,
             z[i] = _dget(L, i, tag) * _dget(R, i, tag)
         _release(L)
         _release(R)
-        out.kind = F_DIAG
+        out.kind = LINK_DIAG
         out.owned = True
         out.buf = z
         return 0
-    if L.kind == F_DPR1 and R.kind != F_DENSE:
+    if L.kind == LINK_DIAG_RANK1 and R.kind != LINK_DENSE:
         if _to_dense(L, tag):
             return -1
-    if R.kind == F_DPR1 and L.kind != F_DENSE:
+    if R.kind == LINK_DIAG_RANK1 and L.kind != LINK_DENSE:
         if _to_dense(R, tag):
             return -1
     if dest != NULL:
@@ -425,7 +178,7 @@ cdef int _combine(Val *L, Val *R, Val *out, floating *dest,
         if z == NULL:
             return -1
         out.owned = True
-    out.kind = F_DENSE
+    out.kind = LINK_DENSE
     out.buf = z
     if _diaglike(L.kind):                       # row scaling of R
         _dense_of(R, &a, &rs, &cs)
@@ -438,7 +191,7 @@ cdef int _combine(Val *L, Val *R, Val *out, floating *dest,
         for i in range(p):
             for j in range(r):
                 z[i * r + j] = a[i * rs + j * cs] * _dget(R, j, tag)
-    elif L.kind == F_DPR1:                      # (diag(d) + c u v^T) R
+    elif L.kind == LINK_DIAG_RANK1:                      # (diag(d) + c u v^T) R
         f = L.leaf
         _dense_of(R, &a, &rs, &cs)
         tmp = <floating *>_alloc2(q + r, 1, sizeof(floating))
@@ -450,13 +203,13 @@ cdef int _combine(Val *L, Val *R, Val *out, floating *dest,
         if link_jtv(a, q, r, rs, cs, tmp, w, nt):      # w = R^T v
             free(tmp)
             return -1
-        c = <floating>f.coef
+        c = <floating>f.scale
         for i in range(p):
             for j in range(r):
                 z[i * r + j] = ((<const floating *>f.d)[i * f.ds] * a[i * rs + j * cs]
                                 + c * (<const floating *>f.u)[i * f.us] * w[j])
         free(tmp)
-    elif R.kind == F_DPR1:                      # L (diag(d) + c u v^T)
+    elif R.kind == LINK_DIAG_RANK1:                      # L (diag(d) + c u v^T)
         f = R.leaf
         _dense_of(L, &a, &rs, &cs)
         tmp = <floating *>_alloc2(q + p, 1, sizeof(floating))
@@ -468,7 +221,7 @@ cdef int _combine(Val *L, Val *R, Val *out, floating *dest,
         if link_jv(a, p, q, rs, cs, tmp, w, nt):       # w = L u
             free(tmp)
             return -1
-        c = <floating>f.coef
+        c = <floating>f.scale
         for i in range(p):
             for j in range(r):
                 z[i * r + j] = (a[i * rs + j * cs] * (<const floating *>f.d)[j * f.ds]
@@ -477,14 +230,14 @@ cdef int _combine(Val *L, Val *R, Val *out, floating *dest,
     else:
         _dense_of(L, &a, &rs, &cs)
         _dense_of(R, <const floating **>&tmp, &i, &j)
-        if _matmul(a, rs, cs, <const floating *>tmp, i, j, p, q, r, z, nt):
+        if matmul(a, rs, cs, <const floating *>tmp, i, j, p, q, r, z, nt):
             return -1
     _release(L)
     _release(R)
     return 0
 
 
-cdef int _eval(const Factor *f, Py_ssize_t m, const int *split, Py_ssize_t i,
+cdef int _eval(const Link *f, Py_ssize_t m, const int *split, Py_ssize_t i,
                Py_ssize_t j, Val *out, floating *dest, int nt) noexcept nogil:
     """Evaluate F_i .. F_j; a dense root product is written into dest (the
     caller's output) when dest is not NULL."""
@@ -495,8 +248,8 @@ cdef int _eval(const Factor *f, Py_ssize_t m, const int *split, Py_ssize_t i,
         out.kind = f[i].kind
         out.owned = False
         out.ext = False
-        out.p = f[i].p
-        out.q = f[i].q
+        out.p = f[i].m
+        out.q = f[i].n
         out.buf = NULL
         out.leaf = &f[i]
         return 0
@@ -513,17 +266,17 @@ cdef int _eval(const Factor *f, Py_ssize_t m, const int *split, Py_ssize_t i,
     return 0
 
 
-cdef inline void _leaf(const Factor *f, Val *out) noexcept nogil:
+cdef inline void _leaf(const Link *f, Val *out) noexcept nogil:
     out.kind = f.kind
     out.owned = False
     out.ext = False
-    out.p = f.p
-    out.q = f.q
+    out.p = f.m
+    out.q = f.n
     out.buf = NULL
     out.leaf = f
 
 
-cdef int _eval_plain(const Factor *f, Py_ssize_t m, bint left, Val *out,
+cdef int _eval_plain(const Link *f, Py_ssize_t m, bint left, Val *out,
                      floating *dest, int nt) noexcept nogil:
     """Evaluate F_0 .. F_{m-1} in a plain order, iteratively (no table, no
     recursion: chains of any length): ((F_0 F_1) F_2) ... (left) or
@@ -553,8 +306,8 @@ cdef int _eval_plain(const Factor *f, Py_ssize_t m, bint left, Val *out,
     return 0
 
 
-cdef int _run_chain(const Factor *f, Py_ssize_t m, const int *split,
-                    floating *out, int nt, int order) noexcept nogil:
+cdef int run_product(const Link *f, Py_ssize_t m, const int *split, int order,
+                     floating *out, int nt) noexcept nogil:
     cdef Val v
     if m == 0:
         return 0
@@ -565,7 +318,7 @@ cdef int _run_chain(const Factor *f, Py_ssize_t m, const int *split,
         return -1
     if v.ext:
         pass                                    # already in out
-    elif v.kind == F_DENSE and v.owned:
+    elif v.kind == LINK_DENSE and v.owned:
         memcpy(out, v.buf, v.p * v.q * sizeof(floating))
     else:
         _materialize(&v, out)
@@ -573,11 +326,42 @@ cdef int _run_chain(const Factor *f, Py_ssize_t m, const int *split,
     return 0
 
 
-cdef int run_chain_f(const Factor *f, Py_ssize_t m, const int *split,
-                     float *out, int nt, int order=ORDER_TABLE) noexcept nogil:
-    return _run_chain(f, m, split, out, nt, order)
-
-
-cdef int run_chain_d(const Factor *f, Py_ssize_t m, const int *split,
-                     double *out, int nt, int order=ORDER_TABLE) noexcept nogil:
-    return _run_chain(f, m, split, out, nt, order)
+cdef int run_samples(const Link *f, Py_ssize_t m, const int *split, int order,
+                     Py_ssize_t B, floating *out, Py_ssize_t ostride,
+                     bint sample_threads, int nt) noexcept nogil:
+    cdef Link *fs
+    cdef Link *F
+    cdef Py_ssize_t b, j, elems = 0, total
+    cdef int err = 0
+    if B == 0 or m == 0:
+        return 0
+    if not sample_threads:
+        # one sample at a time, each product threaded
+        fs = <Link *>gc_malloc_n(m, sizeof(Link))
+        if fs == NULL:
+            return -1
+        for b in range(B):
+            for j in range(m):
+                fs[j] = f[j]
+                fs[j].data = link_sample(&f[j], b, sizeof(floating))
+            if run_product(fs, m, split, order, out + b * ostride, nt):
+                err = 1
+                break
+        free(fs)
+        return -1 if err else 0
+    for j in range(m):
+        elems += f[j].m * f[j].n
+    if gc_size_mul(B, elems, &total) and total < GC_PARALLEL_MIN_ELEMS:
+        nt = 1
+    nt = <int>max(1, min(nt, B))
+    fs = <Link *>_alloc2(nt, m, sizeof(Link))
+    if fs == NULL:
+        return -1
+    for b in prange(B, num_threads=nt, schedule="dynamic", chunksize=8):
+        F = fs + threadid() * m
+        for j in range(m):
+            F[j] = f[j]
+            F[j].data = link_sample(&f[j], b, sizeof(floating))
+        err += run_product(F, m, split, order, out + b * ostride, 1) != 0
+    free(fs)
+    return -1 if err else 0

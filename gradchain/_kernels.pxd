@@ -1,9 +1,10 @@
-# Declarations shared by the compiled modules of gradchain.
+# The dense vector kernels J^T g and J v.
 #
-# The C inner loops live in csrc/ (plain C, no Python); this file exposes
-# them to Cython together with the fused float32/float64 link kernels that
-# _kernels.pyx defines and _chain.pyx calls.  Everything here runs without
-# the GIL.
+# The C inner loops live in csrc/gc_dense.c (plain C, no Python); this file
+# exposes them to Cython together with the fused float32/float64 link
+# kernels that _kernels.pyx defines and _propagate, _blas and _accumulate
+# call.  Many-vector (matrix-matrix) products are _blas.pyx's.  Everything
+# here runs without the GIL.
 from cython cimport floating
 
 cdef extern from "gc_dense.h" nogil:
@@ -44,13 +45,8 @@ cdef int link_jv(const floating *J, Py_ssize_t m, Py_ssize_t n,
                   Py_ssize_t rs, Py_ssize_t cs, const floating *v,
                   floating *out, int nthreads) noexcept nogil
 
-# Out (B, n) = G (B, m) @ J; G and Out C-contiguous.  0, or -1 when the
-# panel buffer for a strided J cannot be allocated.
-cdef int block_jtv(const floating *J, Py_ssize_t m, Py_ssize_t n,
-                   Py_ssize_t rs, Py_ssize_t cs, const floating *G,
-                   Py_ssize_t B, floating *Out, int nthreads) noexcept nogil
-
-# Out (B, m) = V (B, n) @ J^T; V and Out C-contiguous.  0 or -1 as above.
-cdef int block_jv(const floating *J, Py_ssize_t m, Py_ssize_t n,
-                  Py_ssize_t rs, Py_ssize_t cs, const floating *V,
-                  Py_ssize_t B, floating *Out, int nthreads) noexcept nogil
+# P (r1 - r0, n), C-contiguous = rows r0 .. r1 of A (strides rs, cs in
+# elements): the packing of a strided operand for BLAS (_blas.pyx).
+cdef void pack_rows(Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
+                    const floating *A, Py_ssize_t rs, Py_ssize_t cs,
+                    floating *P) noexcept nogil

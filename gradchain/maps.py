@@ -24,9 +24,9 @@ import numbers
 
 import numpy as np
 
-from gradchain._chain import as_array, compute_dtype
-from gradchain import _plan as _p
-from gradchain._plan import OpCode, Plan
+from gradchain._bind import as_array, compute_dtype
+from gradchain import _program as _p
+from gradchain._program import OpCode, Program as Plan
 from gradchain.chain import Chain
 from gradchain.operators import Diagonal, DiagonalPlusRankOne, Operator, _scalar
 

@@ -38,10 +38,10 @@ import sys
 
 import numpy as np
 
-from gradchain._chain import as_array, compute_dtype
-from gradchain._structured import LinkKind
+from gradchain._bind import as_array, compute_dtype
+from gradchain._link import LinkKind
 
-# The link kinds the compiled chain loop knows (see _structured.pxd).
+# The link kinds the compiled chain loop knows (see _link.pxd).
 LINK_DENSE = int(LinkKind.LINK_DENSE)
 LINK_DIAG = int(LinkKind.LINK_DIAG)
 LINK_SCALED_IDENTITY = int(LinkKind.LINK_SCALED_IDENTITY)

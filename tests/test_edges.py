@@ -395,8 +395,8 @@ def test_unaligned_target_is_not_read_in_place():
     np.testing.assert_array_equal(G, np.full(5, -0.5))
 
 
-def test_plan_entry_points_check_their_buffers():
-    from gradchain._plan import Plan
+def test_program_entry_points_check_their_buffers():
+    from gradchain._program import Program as Plan
     p = Plan([], np.dtype(np.float64))
     with raises(ValueError, "X must be an aligned, C-contiguous array of the plan's dtype"):
         p.run(np.ones((2, 3), f32), "forward")

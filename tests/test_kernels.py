@@ -1,4 +1,5 @@
-"""The four private dense kernels of gradchain._kernels against NumPy.
+"""The four private dense kernels against NumPy: the vector kernels of
+gradchain._kernels and the block kernels of gradchain._blas (the BLAS door).
 
     jtv(J, g, out)        out = J.T @ g
     jv(J, v, out)         out = J @ v
@@ -19,6 +20,7 @@ import pytest
 
 import gradchain
 from gradchain import _kernels as K
+from gradchain import _blas
 
 from conftest import (threads_compared, DTYPES, LAYOUTS, abs_chain, assert_close, make_layout,
                       random_matrix, reference_jvp, reference_vjp)
@@ -63,10 +65,10 @@ def run_kernel(name, J, x):
         K.jv(J, x, out)
     elif name == "jtv_block":
         out = np.full((x.shape[0], n), np.nan, dtype=dt)
-        K.jtv_block(J, x, out)
+        _blas.jtv_block(J, x, out)
     elif name == "jv_block":
         out = np.full((x.shape[0], m), np.nan, dtype=dt)
-        K.jv_block(J, x, out)
+        _blas.jv_block(J, x, out)
     else:
         raise ValueError(name)
     return out
@@ -381,4 +383,4 @@ def test_entry_point_shape_mismatch(kernel):
     else:
         args = (np.ones((2, 4)), np.empty((3, 3)))  # out must be (2, 3)
     with pytest.raises(ValueError, match="shape mismatch"):
-        getattr(K, kernel)(J, *args)
+        getattr(K if kernel in ("jtv", "jv") else _blas, kernel)(J, *args)

@@ -1,14 +1,23 @@
-"""Compiled plans: forward and backward passes of a composition of built-in
-maps (and a loss) as one nogil call over op codes and bound buffers.
+"""Compiled map programmes: forward and backward passes of a composition
+of built-in maps (and a loss) as one nogil call over op codes and bound
+buffers.
 
-A ``Plan`` holds one op per map (affine: W and b bound in place; elementwise
-code and parameter; softmax / log-softmax), runs the forward pass into a
-workspace that keeps every intermediate x^(i), and then the backward pass
-J_1^T ... J_k^T g (or the forward-mode J_k ... J_1 v) with the same dense
-kernels as ``Chain`` and the elementwise, softmax and loss loops of
-csrc/gc_maps.c.  The workspace is reused across calls of the same batch
-size and dtype; a call that finds it in use (another thread) takes a fresh
-one, so plans are safe to share between threads.
+A ``Program`` holds one op per map (affine: W and b bound in place;
+elementwise code and parameter; softmax / log-softmax) and runs the
+forward pass into a workspace that keeps every intermediate x^(i).  The
+backward pass J_1^T ... J_k^T g (or the forward-mode J_k ... J_1 v) is the
+chain's own propagation loop (``_propagate``): each op's Jacobian at the
+stored intermediates is a link (_link.pxd: an affine map's is its W, an
+elementwise map's a LINK_ELEMENTWISE layer, softmax's a LINK_SOFTMAX
+layer), so there is no second propagation loop.  The workspace is reused
+across calls of the same batch size and dtype; a call that finds it in use
+(another thread) takes a fresh one, so programmes are safe to share
+between threads.
+
+``Program.run`` and ``Program.loss_grad`` are private entry points for
+composition.py: they trust the caller for the meaning of their arguments
+but check every buffer they read (``_check_block``), so a slip raises
+instead of reading out of bounds.
 """
 cimport numpy as cnp
 import numpy as np
@@ -16,24 +25,21 @@ from libc.string cimport memcpy
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cython cimport floating
 
-from gradchain._kernels cimport effective_threads, block_jtv, block_jv
-from gradchain._sizes cimport gc_size_add, gc_size_mul, gc_size_mul3
+from gradchain._kernels cimport effective_threads
+from gradchain._blas cimport block_jv
+from gradchain._link cimport (Link, LINK_DENSE, LINK_ELEMENTWISE,
+                              LINK_SOFTMAX, LINK_LOG_SOFTMAX, link_clear)
+from gradchain._propagate cimport propagate
+from gradchain._sizes cimport gc_size_add, gc_size_mul, gc_size_mul3, gc_malloc_n
+from libc.stdlib cimport free
 
 cnp.import_array()
 
 cdef extern from "gc_maps.h" nogil:
     void gc_ew_forward_s(int code, double param, Py_ssize_t n, const float *x, float *y)
     void gc_ew_forward_d(int code, double param, Py_ssize_t n, const double *x, double *y)
-    void gc_ew_deriv_mul_s(int code, double param, Py_ssize_t n, const float *x,
-                           const float *y, const float *g, float *out)
-    void gc_ew_deriv_mul_d(int code, double param, Py_ssize_t n, const double *x,
-                           const double *y, const double *g, double *out)
     void gc_softmax_s(int log, Py_ssize_t B, Py_ssize_t n, const float *x, float *y)
     void gc_softmax_d(int log, Py_ssize_t B, Py_ssize_t n, const double *x, double *y)
-    void gc_softmax_apply_s(int log, int transpose, Py_ssize_t B, Py_ssize_t n,
-                            const float *y, const float *g, float *out)
-    void gc_softmax_apply_d(int log, int transpose, Py_ssize_t B, Py_ssize_t n,
-                            const double *y, const double *g, double *out)
     # the elementwise and loss codes, declared once (in the C header) and
     # exported to Python from here for maps.py
     cpdef enum:
@@ -61,7 +67,7 @@ cdef extern from "gc_maps.h" nogil:
                    const double *aux, const long long *labels, double *value,
                    double *grad)
 
-# op codes (maps.py sets them through Plan's constructor)
+# op codes (maps.py sets them through Program's constructor)
 cpdef enum OpCode:
     OP_AFFINE = 1
     OP_ELEMENTWISE = 2
@@ -111,49 +117,45 @@ cdef int _forward(const Op *ops, Py_ssize_t k, Py_ssize_t B,
     return 0
 
 
-cdef int _propagate(const Op *ops, Py_ssize_t k, Py_ssize_t B,
-                    const Py_ssize_t *dims, floating **xs, bint transpose,
-                    const floating *t, floating *out, floating *work,
-                    Py_ssize_t half, int nt) noexcept nogil:
+cdef int _backward(const Op *ops, Py_ssize_t k, Py_ssize_t B,
+                   const Py_ssize_t *dims, floating **xs, bint transpose,
+                   const floating *t, floating *out, floating *work,
+                   Py_ssize_t nmax, int nt) noexcept nogil:
     """transpose: out = t J_k ... J_1 (rows of t are cotangents, (B, dims[k]))
-    else: out = J_k ... J_1 t (rows are tangents, (B, dims[0])), with each
-    J_i evaluated at the stored intermediates xs."""
-    cdef Py_ssize_t step, i, n
+    else: out = J_k ... J_1 t (rows are tangents, (B, dims[0])), each J_i
+    the link of op i at the stored intermediates xs, through the chain's
+    propagation loop; work: 2 * B * nmax elements."""
+    cdef Link stackbuf[32]
+    cdef Link *links = stackbuf
+    cdef Link *L
     cdef const Op *o
-    cdef const floating *cur = t
-    cdef floating *dst
+    cdef Py_ssize_t i
+    cdef int rc
     if k == 0:
-        n = dims[0]
-        memcpy(out, t, B * n * sizeof(floating))
+        memcpy(out, t, B * dims[0] * sizeof(floating))
         return 0
-    for step in range(k):
-        i = k - 1 - step if transpose else step
+    if k > 32:
+        links = <Link *>gc_malloc_n(k, sizeof(Link))
+        if links == NULL:
+            return -1
+    for i in range(k):
         o = &ops[i]
-        dst = out if step == k - 1 else work + (step & 1) * half
+        L = &links[i]
         if o.code == OP_AFFINE:
-            if transpose:
-                if block_jtv(<const floating *>o.W, o.n_out, o.n_in, o.rs,
-                             o.cs, cur, B, dst, nt):
-                    return -1
-            elif block_jv(<const floating *>o.W, o.n_out, o.n_in, o.rs, o.cs,
-                          cur, B, dst, nt):
-                return -1
+            L[0] = link_clear(LINK_DENSE, o.n_out, o.n_in)
+            L.data, L.rs, L.cs = o.W, o.rs, o.cs
         elif o.code == OP_ELEMENTWISE:
-            if floating is float:
-                gc_ew_deriv_mul_s(o.ew, o.param, B * dims[i], xs[i], xs[i + 1],
-                                  cur, dst)
-            else:
-                gc_ew_deriv_mul_d(o.ew, o.param, B * dims[i], xs[i], xs[i + 1],
-                                  cur, dst)
+            L[0] = link_clear(LINK_ELEMENTWISE, dims[i], dims[i])
+            L.d, L.u = <const char *>xs[i], <const char *>xs[i + 1]
+            L.code, L.scale = o.ew, o.param
         else:
-            if floating is float:
-                gc_softmax_apply_s(o.code == OP_LOG_SOFTMAX, transpose, B,
-                                   dims[i], xs[i + 1], cur, dst)
-            else:
-                gc_softmax_apply_d(o.code == OP_LOG_SOFTMAX, transpose, B,
-                                   dims[i], xs[i + 1], cur, dst)
-        cur = dst
-    return 0
+            L[0] = link_clear(LINK_LOG_SOFTMAX if o.code == OP_LOG_SOFTMAX
+                              else LINK_SOFTMAX, dims[i], dims[i])
+            L.u = <const char *>xs[i + 1]
+    rc = propagate(links, k, nmax, transpose, t, B, out, work, nt)
+    if links != stackbuf:
+        free(links)
+    return rc
 
 
 cdef floating *_bind_layers(floating **xs, floating *x0, floating *base,
@@ -213,7 +215,7 @@ cdef Py_ssize_t _workspace_elems(Py_ssize_t B, const Py_ssize_t *dims,
     return total
 
 
-cdef class Plan:
+cdef class Program:
     """Compiled forward/backward of built-in maps (see module docstring).
 
     Parameters
@@ -358,9 +360,9 @@ cdef class Plan:
             try:
                 if self._typenum == cnp.NPY_FLOAT:
                     return self._loss_typed(<float *>NULL, x, B, loss, aux, labels,
-                                            ws, cdims, B * nmax)
+                                            ws, cdims, nmax)
                 return self._loss_typed(<double *>NULL, x, B, loss, aux, labels,
-                                        ws, cdims, B * nmax)
+                                        ws, cdims, nmax)
             finally:
                 if claimed:
                     self._ws_busy = False
@@ -370,7 +372,7 @@ cdef class Plan:
 
     cdef object _loss_typed(self, floating *tag, cnp.ndarray x, Py_ssize_t B,
                             int loss, aux, labels, cnp.ndarray ws,
-                            Py_ssize_t *dims, Py_ssize_t half):
+                            Py_ssize_t *dims, Py_ssize_t nmax):
         cdef Py_ssize_t k = self._k, i
         cdef floating *base = <floating *>cnp.PyArray_DATA(ws)
         cdef floating *xsbuf[65]
@@ -400,12 +402,13 @@ cdef class Plan:
                     # (after the gradient was read)
                     if floating is float:
                         gc_loss_s(loss, B, dims[k], xs[k], ap, lp,
-                                  <double *>cnp.PyArray_DATA(vals), work + half)
+                                  <double *>cnp.PyArray_DATA(vals), work + B * nmax)
                     else:
                         gc_loss_d(loss, B, dims[k], xs[k], ap, lp,
-                                  <double *>cnp.PyArray_DATA(vals), work + half)
-                    rc = _propagate(self._ops, k, B, dims, xs, True, work + half,
-                                    <floating *>cnp.PyArray_DATA(res), work, half, nt)
+                                  <double *>cnp.PyArray_DATA(vals), work + B * nmax)
+                    rc = _backward(self._ops, k, B, dims, xs, True, work + B * nmax,
+                                   <floating *>cnp.PyArray_DATA(res), work,
+                                   nmax, nt)
         finally:
             if xs != xsbuf:
                 PyMem_Free(xs)
@@ -445,10 +448,8 @@ cdef class Plan:
                 self._ws_busy = True
             try:
                 if self._typenum == cnp.NPY_FLOAT:
-                    return self._run_typed(<float *>NULL, X, mode, T, ws, pd,
-                                           B * nmax)
-                return self._run_typed(<double *>NULL, X, mode, T, ws, pd,
-                                       B * nmax)
+                    return self._run_typed(<float *>NULL, X, mode, T, ws, pd, nmax)
+                return self._run_typed(<double *>NULL, X, mode, T, ws, pd, nmax)
             finally:
                 if claimed:
                     self._ws_busy = False
@@ -457,7 +458,7 @@ cdef class Plan:
                 PyMem_Free(pd)
 
     cdef object _run_typed(self, floating *tag, cnp.ndarray X, str mode, T,
-                           cnp.ndarray ws, Py_ssize_t *dims, Py_ssize_t half):
+                           cnp.ndarray ws, Py_ssize_t *dims, Py_ssize_t nmax):
         cdef Py_ssize_t k = self._k, B = X.shape[0], i
         cdef floating *base = <floating *>cnp.PyArray_DATA(ws)
         cdef floating *xsbuf[65]
@@ -493,8 +494,9 @@ cdef class Plan:
             transpose = mode == "vjp"
             res = np.empty((B, dims[0] if transpose else dims[k]), dtype)
             with nogil:
-                rc = _propagate(self._ops, k, B, dims, xs, transpose, tp,
-                                <floating *>cnp.PyArray_DATA(res), work, half, nt)
+                rc = _backward(self._ops, k, B, dims, xs, transpose, tp,
+                               <floating *>cnp.PyArray_DATA(res), work,
+                               nmax, nt)
             if rc:
                 raise MemoryError()
             return (Y, res)

@@ -1,0 +1,15 @@
+# The one propagation loop (see _propagate.pyx).
+from cython cimport floating
+from gradchain._link cimport Link
+
+# out = x J_k ... J_1 (transpose: vjp) or x J_1^T ... J_k^T (jvp), for B
+# C-contiguous rows of x, links[i] being J_{i+1}; out C-contiguous, not
+# overlapping x.  maxw is at least every intermediate width n_1..n_{k-1}.
+# work: NULL (allocated here) or the caller's 2 * B * maxw elements, the
+# two halves the steps alternate between (each step writes the half it
+# does not read; the last link writes straight into out).  A run of
+# consecutive per-sample links is one step (sample-blocked).  k == 0 does
+# nothing (the caller copies).  0, or -1 when out of memory.
+cdef int propagate(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
+                   bint transpose, const floating *x, Py_ssize_t B,
+                   floating *out, floating *work, int nt) noexcept nogil

@@ -1,0 +1,164 @@
+"""Propagation: a block of vectors through a table of links, link by link.
+
+The one propagation loop of gradchain.  ``propagate`` runs
+
+    vjp:  x J_k ... J_1   (rows of x are cotangents)
+    jvp:  x J_1^T ... J_k^T  (rows of x are tangents)
+
+in one ``nogil`` call that ping-pongs between two work halves, with no
+Python between links: a chain's Jacobians (``_chain.ChainCore``) and the
+backward and forward-mode passes of a map programme (``_program.Program``,
+whose layers are links too) both run here.  A dense link goes to the
+vector kernel (one row) or BLAS (a block, through ``_blas``), a structured
+or layer link to ``_link.link_apply_rows``, and a run of per-sample links
+to the sample-blocked loop below.
+"""
+from libc.stdlib cimport free
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+
+from gradchain._link cimport Link, LINK_DENSE, link_sample, link_apply_rows
+from gradchain._kernels cimport link_jtv, link_jv
+from gradchain._blas cimport block_jtv, block_jv
+from gradchain._sizes cimport gc_size_mul, gc_malloc_n
+
+cdef extern from "gc_dense.h":
+    Py_ssize_t GC_PARALLEL_MIN_ELEMS
+
+
+cdef inline const Link *_link_at(const Link *links, Py_ssize_t k,
+                                 Py_ssize_t step, bint transpose) noexcept nogil:
+    """The link applied at this step: vjp walks the chain from the end."""
+    return &links[k - 1 - step if transpose else step]
+
+
+cdef int _per_sample_run(const Link *links, Py_ssize_t k, Py_ssize_t s0,
+                         Py_ssize_t s1, bint transpose, const floating *x,
+                         Py_ssize_t B, Py_ssize_t maxw, floating *dst,
+                         int nt) noexcept nogil:
+    """Steps s0 <= step < s1 of the chain, all per-sample (B, m, n) links:
+    rows of x (the input of step s0) in, rows of dst (the output of step
+    s1 - 1, compact) out; dst must not overlap x.
+
+    Sample-block major: the batch is cut into blocks and one thread takes a
+    block through every link of the run before the next block, so there is
+    no barrier between links and each link's Jacobians stream in long
+    contiguous runs of a block's samples.  A block's intermediate rows stay
+    in its thread's scratch (widths change from link to link, so rows of a
+    shared buffer would overlap other blocks' rows).  A sample's result does
+    not depend on the blocking or the thread count.  Returns 0, or -1 when
+    out of memory.
+    """
+    cdef Py_ssize_t step, b, c, b0, b1, nin, nout, nblocks, size, per, nin0
+    cdef Py_ssize_t elems = 0, total
+    cdef const Link *L
+    cdef const floating *cur
+    cdef floating *nxt
+    cdef floating *scratch = NULL
+    cdef floating *mine
+    cdef int err = 0
+    for step in range(s0, s1):
+        L = _link_at(links, k, step, transpose)
+        elems += L.m * L.n
+    L = _link_at(links, k, s0, transpose)
+    nin0 = L.m if transpose else L.n        # width of the rows of x
+    if gc_size_mul(B, elems, &total) and total < GC_PARALLEL_MIN_ELEMS:
+        nt = 1
+    nt = max(nt, 1)
+    # a few blocks per thread: long streams per link, and a thread that
+    # loses its core for a while (another library's spinning pool) takes
+    # fewer blocks instead of holding up the others
+    size = (B + 4 * nt - 1) // (4 * nt)
+    nblocks = (B + size - 1) // size
+    if nt > nblocks:
+        nt = <int>nblocks
+    # one thread's two scratch blocks (size * maxw <= B * maxw, which the
+    # caller checked; the thread count multiplies it once more)
+    per = 2 * size * maxw
+    if s1 - s0 > 1:
+        if not gc_size_mul(nt, per, &total):
+            return -1
+        scratch = <floating *>gc_malloc_n(total, sizeof(floating))
+        if scratch == NULL:
+            return -1
+    for c in prange(nblocks, num_threads=nt, schedule="dynamic", chunksize=1):
+        b0 = c * size
+        b1 = min(b0 + size, B)
+        mine = scratch + threadid() * per if scratch != NULL else NULL
+        cur = x + b0 * nin0
+        for step in range(s0, s1):
+            L = _link_at(links, k, step, transpose)
+            nin = L.m if transpose else L.n
+            nout = L.n if transpose else L.m
+            if step == s1 - 1:
+                nxt = dst + b0 * nout
+            else:
+                nxt = mine + ((step - s0) & 1) * (per // 2)
+            for b in range(b0, b1):
+                if transpose:
+                    err += link_jtv(<const floating *>link_sample(L, b, sizeof(floating)), L.m,
+                                    L.n, L.rs, L.cs, cur + (b - b0) * nin,
+                                    nxt + (b - b0) * nout, 1) != 0
+                else:
+                    err += link_jv(<const floating *>link_sample(L, b, sizeof(floating)), L.m,
+                                   L.n, L.rs, L.cs, cur + (b - b0) * nin,
+                                   nxt + (b - b0) * nout, 1) != 0
+            cur = nxt
+    free(scratch)
+    return -1 if err else 0
+
+
+cdef int propagate(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
+                   bint transpose, const floating *x, Py_ssize_t B,
+                   floating *out, floating *work, int nt) noexcept nogil:
+    """The fused chain loop (see _propagate.pxd)."""
+    cdef Py_ssize_t step, s1, half = B * maxw
+    cdef floating *own = NULL
+    cdef floating *dst
+    cdef const floating *cur = x
+    cdef const Link *L
+    cdef int rc = 0, which = 0
+    if B == 0:
+        return 0
+    if k == 0:
+        return 0    # handled by the caller (a copy)
+    if k > 1 and half > 0 and work == NULL:
+        # 2 * B * maxw elements: the caller checked the byte count
+        own = <floating *>gc_malloc_n(2 * half, sizeof(floating))
+        if own == NULL:
+            return -1
+        work = own
+    step = 0
+    while step < k:
+        L = _link_at(links, k, step, transpose)
+        s1 = step + 1
+        if L.per_sample:
+            while s1 < k and _link_at(links, k, s1, transpose).per_sample:
+                s1 += 1
+        dst = out if s1 == k else work + which * half
+        if L.per_sample:
+            rc = _per_sample_run(links, k, step, s1, transpose, cur, B, maxw,
+                                 dst, nt)
+        elif L.kind != LINK_DENSE:
+            link_apply_rows(L, transpose, cur, B, dst)
+        elif transpose:
+            if B == 1:
+                rc = link_jtv(<const floating *>L.data, L.m, L.n, L.rs, L.cs,
+                              cur, dst, nt)
+            else:
+                rc = block_jtv(<const floating *>L.data, L.m, L.n, L.rs,
+                               L.cs, cur, B, dst, nt)
+        else:
+            if B == 1:
+                rc = link_jv(<const floating *>L.data, L.m, L.n, L.rs, L.cs,
+                             cur, dst, nt)
+            else:
+                rc = block_jv(<const floating *>L.data, L.m, L.n, L.rs,
+                              L.cs, cur, B, dst, nt)
+        if rc:
+            break
+        cur = dst
+        which ^= 1
+        step = s1
+    free(own)
+    return rc
