@@ -311,17 +311,21 @@ cdef class Program:
             if d != buf:
                 PyMem_Free(d)
 
-    cdef cnp.ndarray _workspace(self, Py_ssize_t B, Py_ssize_t total):
-        # the cached workspace, or a fresh one when the cache is in use or
-        # sized for another batch
+    cdef cnp.ndarray _claim(self, Py_ssize_t B, Py_ssize_t total,
+                            bint *claimed):
+        """A workspace of total elements for this call: the cached one,
+        which this call then holds (*claimed; the caller releases it with
+        _ws_busy = False), unless another call (another thread) holds it;
+        then a fresh one.  Resized for a new batch or size."""
+        claimed[0] = not self._ws_busy
         if (self._ws_busy or self._ws is None or self._ws_B != B
                 or self._ws.shape[0] < total):
             ws = np.empty(total, dtype=np.float32 if self._typenum == cnp.NPY_FLOAT
                           else np.float64)
-            if not self._ws_busy:
-                self._ws, self._ws_B = ws, B
-            else:
+            if not claimed[0]:
                 return ws
+            self._ws, self._ws_B = ws, B
+        self._ws_busy = True
         return self._ws
 
     def loss_grad(self, cnp.ndarray x, int loss, object aux, object labels):
@@ -334,6 +338,7 @@ cdef class Program:
         cdef Py_ssize_t buf[64]
         cdef Py_ssize_t *cdims = self._dims_buffer(buf, k + 1)
         cdef Py_ssize_t nmax = n0, total = 0
+        cdef bint claimed
         try:
             _check_block(x, "x", self._typenum, B, n0, 1)
             self._fill_dims(n0, cdims)
@@ -351,18 +356,13 @@ cdef class Program:
                                      f"array of shape ({B},)")
             elif loss == GC_LOSS_CROSS_ENTROPY:
                 raise ValueError("cross-entropy needs labels")
-            # the cached workspace is ours for this call unless another
-            # call (another thread) holds it: then _workspace gives a fresh one
-            claimed = not self._ws_busy
-            ws = self._workspace(B, total)
-            if claimed:
-                self._ws_busy = True
+            ws = self._claim(B, total, &claimed)
             try:
                 if self._typenum == cnp.NPY_FLOAT:
-                    return self._loss_typed(<float *>NULL, x, B, loss, aux, labels,
-                                            ws, cdims, nmax)
-                return self._loss_typed(<double *>NULL, x, B, loss, aux, labels,
-                                        ws, cdims, nmax)
+                    return self._loss_typed(<float *>cnp.PyArray_DATA(ws), x, B,
+                                            loss, aux, labels, cdims, nmax)
+                return self._loss_typed(<double *>cnp.PyArray_DATA(ws), x, B,
+                                        loss, aux, labels, cdims, nmax)
             finally:
                 if claimed:
                     self._ws_busy = False
@@ -370,11 +370,11 @@ cdef class Program:
             if cdims != buf:
                 PyMem_Free(cdims)
 
-    cdef object _loss_typed(self, floating *tag, cnp.ndarray x, Py_ssize_t B,
-                            int loss, aux, labels, cnp.ndarray ws,
-                            Py_ssize_t *dims, Py_ssize_t nmax):
+    cdef object _loss_typed(self, floating *base, cnp.ndarray x, Py_ssize_t B,
+                            int loss, aux, labels, Py_ssize_t *dims,
+                            Py_ssize_t nmax):
+        """loss_grad in the workspace at base (see there)."""
         cdef Py_ssize_t k = self._k, i
-        cdef floating *base = <floating *>cnp.PyArray_DATA(ws)
         cdef floating *xsbuf[65]
         cdef floating **xs = xsbuf
         cdef floating *work
@@ -429,6 +429,7 @@ cdef class Program:
         cdef Py_ssize_t k = self._k
         cdef Py_ssize_t buf[64]
         cdef Py_ssize_t *pd = self._dims_buffer(buf, k + 1)
+        cdef bint claimed
         try:
             _check_block(X, "X", self._typenum, B, n0)
             self._fill_dims(n0, pd)
@@ -440,16 +441,13 @@ cdef class Program:
             elif mode != "forward":
                 raise ValueError(f"mode must be 'forward', 'vjp' or 'jvp', "
                                  f"got {mode!r}")
-            # the cached workspace is ours for this call unless another
-            # call (another thread) holds it: then _workspace gives a fresh one
-            claimed = not self._ws_busy
-            ws = self._workspace(B, total)
-            if claimed:
-                self._ws_busy = True
+            ws = self._claim(B, total, &claimed)
             try:
                 if self._typenum == cnp.NPY_FLOAT:
-                    return self._run_typed(<float *>NULL, X, mode, T, ws, pd, nmax)
-                return self._run_typed(<double *>NULL, X, mode, T, ws, pd, nmax)
+                    return self._run_typed(<float *>cnp.PyArray_DATA(ws), X, mode,
+                                           T, pd, nmax)
+                return self._run_typed(<double *>cnp.PyArray_DATA(ws), X, mode,
+                                       T, pd, nmax)
             finally:
                 if claimed:
                     self._ws_busy = False
@@ -457,10 +455,10 @@ cdef class Program:
             if pd != buf:
                 PyMem_Free(pd)
 
-    cdef object _run_typed(self, floating *tag, cnp.ndarray X, str mode, T,
-                           cnp.ndarray ws, Py_ssize_t *dims, Py_ssize_t nmax):
+    cdef object _run_typed(self, floating *base, cnp.ndarray X, str mode, T,
+                           Py_ssize_t *dims, Py_ssize_t nmax):
+        """run in the workspace at base (see there)."""
         cdef Py_ssize_t k = self._k, B = X.shape[0], i
-        cdef floating *base = <floating *>cnp.PyArray_DATA(ws)
         cdef floating *xsbuf[65]
         cdef floating **xs = xsbuf
         cdef floating *work
