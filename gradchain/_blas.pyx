@@ -163,7 +163,7 @@ cdef inline Py_ssize_t _stride(Py_ssize_t nbytes, Py_ssize_t itemsize) except? -
     return nbytes // itemsize
 
 
-def _apply(const floating[:, :] J, const floating[:, ::1] X,
+def _blocks(const floating[:, :] J, const floating[:, ::1] X,
            floating[:, ::1] out, bint transpose):
     # out = X @ J (transpose: rows of X are cotangents) or X @ J^T.
     cdef Py_ssize_t m = J.shape[0], n = J.shape[1], B = X.shape[0]
@@ -188,19 +188,19 @@ def _apply(const floating[:, :] J, const floating[:, ::1] X,
 def jtv(J, g, out):
     """out[:] = J.T @ g for one dense J of any layout (the vector kernel:
     a batch of one goes to link_jtv, not to BLAS)."""
-    _apply(J, g[None, :], out[None, :], True)
+    _blocks(J, g[None, :], out[None, :], True)
 
 
 def jv(J, v, out):
     """out[:] = J @ v for one dense J of any layout."""
-    _apply(J, v[None, :], out[None, :], False)
+    _blocks(J, v[None, :], out[None, :], False)
 
 
 def jtv_block(J, G, out):
     """out[:, :] = G @ J for one dense J of any layout."""
-    _apply(J, G, out, True)
+    _blocks(J, G, out, True)
 
 
 def jv_block(J, V, out):
     """out[:, :] = V @ J.T for one dense J of any layout."""
-    _apply(J, V, out, False)
+    _blocks(J, V, out, False)

@@ -123,10 +123,9 @@ cdef class ChainCore(LinkTable):
         return choose(self.links, self.k, mode, B, self.nsamples,
                       self._strategies)
 
-    def _plan_info(self, Py_ssize_t batch, str mode):
-        """(order, cost, l2r, r2l, factor names) for Chain.plan: order is
-        "left", "right" or the programme's table; the Strategy that the
-        products run, rendered."""
+    def _plan_strategy(self, Py_ssize_t batch, str mode):
+        """The Strategy that a product of (mode, batch) runs, for
+        Chain.plan to render (arguments checked here)."""
         if mode not in _MODE_CODES:
             raise ValueError(f"mode must be 'vjp', 'jvp' or 'jacobian', got {mode!r}")
         if batch < 0:
@@ -134,17 +133,7 @@ cdef class ChainCore(LinkTable):
         if self.k == 0:
             raise ValueError("the empty chain has nothing to plan")
         self.check_batch(batch, mode)
-        cdef Strategy s = self._strategy(_MODE_CODES[mode],
-                                         0 if mode == "jacobian" else batch)
-        k = self.k
-        if mode == "jacobian":
-            names = [f"J{i}" for i in range(k, 0, -1)]
-        elif mode == "vjp":
-            names = ["G" if batch != 1 else "g"] + [f"J{i}" for i in range(k, 0, -1)]
-        else:
-            names = ["V" if batch != 1 else "v"] + [f"J{i}^T" for i in range(1, k + 1)]
-        order = s.table if s.table is not None else s.order_name
-        return (order, s.cost, s.l2r, s.r2l, names)
+        return self._strategy(_MODE_CODES[mode], 0 if mode == "jacobian" else batch)
 
     def _strategy_of(self, str mode, Py_ssize_t batch):
         """The Strategy record for (mode, batch) (tests)."""
@@ -233,13 +222,14 @@ cdef class ChainCore(LinkTable):
 
     def vjp(self, cotangent, out=None):
         """J_1^T J_2^T ... J_k^T g for g of shape (n_k,) or (batch, n_k)."""
-        return self._apply(cotangent, out, True)
+        return self._product(cotangent, out, True)
 
     def jvp(self, tangent, out=None):
         """J_k ... J_2 J_1 v for v of shape (n_0,) or (batch, n_0)."""
-        return self._apply(tangent, out, False)
+        return self._product(tangent, out, False)
 
-    cdef object _apply(self, object x_in, object out, bint transpose):
+    cdef object _product(self, object x_in, object out, bint transpose):
+        """vjp (transpose) or jvp of x_in, into out when given."""
         cdef str name = "cotangent" if transpose else "tangent"
         cdef int typenum, nt, rc
         cdef Py_ssize_t k = self.k, B, nres, wsize
@@ -264,7 +254,7 @@ cdef class ChainCore(LinkTable):
             promoted = ChainCore([J.astype(_DT_DOUBLE) if hasattr(J, "_gc_kind")
                                   else np.asarray(J, _DT_DOUBLE)
                                   for J in self.jacobians])
-            (<ChainCore>promoted)._apply(x, dst, transpose)
+            (<ChainCore>promoted)._product(x, dst, transpose)
             self._last, self._ran = None, RAN_PROMOTED
         elif B * nres > 0 and self.has_zero:
             # the product passes through a zero-width intermediate: an

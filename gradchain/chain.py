@@ -77,6 +77,15 @@ class ChainPlan:
                 f"{self.baseline_costs['right_to_left']:g}}})")
 
 
+def _factor_names(k, mode, batch):
+    """The factors of a product as ChainPlan.expression names them."""
+    if mode == "jacobian":
+        return [f"J{i}" for i in range(k, 0, -1)]
+    if mode == "vjp":
+        return ["G" if batch != 1 else "g"] + [f"J{i}" for i in range(k, 0, -1)]
+    return ["V" if batch != 1 else "v"] + [f"J{i}^T" for i in range(1, k + 1)]
+
+
 def _expression(order, names):
     """The bracketing as text: order is "left" or "right" (the plain
     orders) or the table of the matrix-chain programme (the k of
@@ -194,10 +203,11 @@ class Chain(ChainCore):
         if batch > sys.maxsize:
             raise ValueError(f"batch must be at most sys.maxsize = {sys.maxsize}, "
                              f"got {batch}")
-        split, cost, l2r, r2l, names = self._plan_info(batch, mode)
-        return ChainPlan(mode, 0 if mode == "jacobian" else batch,
-                         _expression(split, names), cost,
-                         {"left_to_right": l2r, "right_to_left": r2l})
+        s = self._plan_strategy(batch, mode)
+        return ChainPlan(mode, s.batch, _expression(
+            s.table if s.table is not None else s.order_name,
+            _factor_names(len(self), mode, batch)), s.cost,
+            {"left_to_right": s.l2r, "right_to_left": s.r2l})
 
     def __repr__(self) -> str:
         k = len(self)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import gradchain as gc
-from gradchain.chain import _expression
+from gradchain.chain import _expression, _factor_names
 
 
 def _chains(rng):
@@ -85,12 +85,7 @@ def _check(chain, links, mode, batch, rng):
     assert plan.cost == s.cost
     assert plan.baseline_costs == {"left_to_right": s.l2r, "right_to_left": s.r2l}
     order = s.table if s.table is not None else s.order_name
-    k = len(chain)
-    names = ([f"J{i}" for i in range(k, 0, -1)] if mode == "jacobian" else
-             (["G" if batch != 1 else "g"] + [f"J{i}" for i in range(k, 0, -1)]
-              if mode == "vjp" else
-              ["V" if batch != 1 else "v"] + [f"J{i}^T" for i in range(1, k + 1)]))
-    assert plan.expression == _expression(order, names)
+    assert plan.expression == _expression(order, _factor_names(len(chain), mode, batch))
     # and the executor the record's order implies ran
     assert ran == _expected_executor(s, mode)
     return s, ran
