@@ -8,7 +8,7 @@ PY=$(python -c "import sys; print(sys.executable)")
 HERE=$(cd "$(dirname "$0")" && pwd)
 CASES=$("$PY" -c "import sys; sys.path.insert(0, '$HERE'); import callgrind_hot as c; print(' '.join(c.CASES))")
 count() {   # tree case n -> instructions
-  (cd "$1" && OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 valgrind --tool=callgrind \
+  (cd "$1" && PYTHONHASHSEED=0 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 valgrind --tool=callgrind \
      --callgrind-out-file=/tmp/cg.%p.out "$PY" "$HERE/callgrind_hot.py" "$2" "$3" 2>&1 \
      | sed -n 's/.*Collected : \([0-9]*\).*/\1/p')
 }

@@ -1,17 +1,31 @@
-# Type stubs for the compiled module gradchain._chain.
+# Type stubs for the compiled module gradchain._chain (_chain.pyx).
+# ChainCore is a LinkTable (gradchain._bind) that runs products.
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike, DTypeLike, NDArray
+from typing_extensions import Self, disjoint_base
+
+from gradchain._bind import LinkTable
+from gradchain._bracket import Strategy
+from gradchain.operators import Operator
 
 _Float = np.float32 | np.float64
+# A link: a 2-D array (n_i, n_{i-1}), a 3-D array (batch, n_i, n_{i-1}) of
+# per-sample Jacobians, or a structured operator.
+_Link = ArrayLike | Operator
+# A list of links, or one 3-D array (k, m, n) stacking k Jacobians.
+_Jacobians = Iterable[_Link] | ArrayLike
 
-class ChainCore:
-    def __init__(
-        self,
-        jacobians: Iterable[ArrayLike] | ArrayLike,  # list of (n_i, n_{i-1}) or (k, m, n)
-    ) -> None: ...
+# A cdef class: its C struct layout makes it a disjoint base (PEP 800).
+@disjoint_base
+class ChainCore(LinkTable):
+    # __cinit__(self, *args, **kwargs) takes exactly one argument, positional
+    # or as jacobians=...; no __init__ of its own.
+    def __new__(cls, jacobians: _Jacobians) -> Self: ...
+    # Pickles as type(self)(the bound jacobians).
+    def __reduce__(self) -> tuple[type[Self], tuple[NDArray[Any] | list[Any]]]: ...
     def __len__(self) -> int: ...
     @property
     def shapes(self) -> tuple[tuple[int, int], ...]: ...
@@ -22,22 +36,28 @@ class ChainCore:
     @property
     def output_dim(self) -> int | None: ...
     @property
-    def dtype(self) -> np.dtype[Any] | None: ...
+    def dtype(self) -> np.dtype[_Float] | None: ...
     @property
-    def jacobians(self) -> tuple[NDArray[_Float], ...]: ...
+    def jacobians(self) -> tuple[NDArray[Any] | Operator, ...]: ...
+    @property
+    def batch(self) -> int | None: ...
+    # Used by gradchain.chain.Chain.plan: the Strategy a product of (mode,
+    # batch) runs; mode "vjp", "jvp" or "jacobian".
+    def _plan_strategy(self, batch: int, mode: str) -> Strategy: ...
+    # Tests: the record for (mode, batch), and (record or None, what ran) of
+    # the last product ("propagate", "accumulate", "samples", "zeros",
+    # "copy" or "promoted").
+    def _strategy_of(self, mode: str, batch: int) -> Strategy: ...
+    def _last_strategy(self) -> tuple[Strategy | None, str] | None: ...
     def vjp(
         self,
         cotangent: ArrayLike,  # (n_k,) or (batch, n_k)
-        out: NDArray[_Float] | None = ...,
+        out: NDArray[_Float] | None = None,
     ) -> NDArray[_Float]: ...
     def jvp(
         self,
         tangent: ArrayLike,  # (n_0,) or (batch, n_0)
-        out: NDArray[_Float] | None = ...,
+        out: NDArray[_Float] | None = None,
     ) -> NDArray[_Float]: ...
+    # (n_k, n_0), or (batch, n_k, n_0) with per-sample links.
     def jacobian(self) -> NDArray[_Float]: ...
-    @property
-    def batch(self) -> int | None: ...
-
-def compute_dtype(dtype: Any, name: str) -> np.dtype[Any]: ...
-def as_array(x: Any, name: str) -> NDArray[Any]: ...

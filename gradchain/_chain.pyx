@@ -22,7 +22,6 @@ from libc.stdlib cimport free
 
 from gradchain._link cimport Link
 from gradchain._bind cimport LinkTable, _usable
-from gradchain._bind import as_array, compute_dtype
 from gradchain._bracket cimport (Strategy, choose, product_factors,
                                  MODE_VJP, MODE_JVP, MODE_JACOBIAN,
                                  ORDER_LEFT)

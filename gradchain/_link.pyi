@@ -1,6 +1,11 @@
-# Type stubs for the compiled module gradchain._link.
+# Type stubs for the compiled module gradchain._link (_link.pyx, _link.pxd).
+#
+# The Link record and link_apply_rows are C-level only (cimported through
+# __pyx_capi__); Python sees the kind enum.
 import enum
 
+# cpdef enum LinkKind (_link.pxd): the one kind enum of the links, also the
+# _gc_kind of the operator classes in gradchain.operators.
 class LinkKind(enum.IntEnum):
     LINK_DENSE = 0
     LINK_DIAG = 1

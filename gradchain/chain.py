@@ -33,13 +33,19 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
+from typing import Any, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from gradchain._chain import ChainCore
+from gradchain.operators import Operator
 
 __all__ = ["Chain", "ChainPlan", "vjp", "jvp", "jacobian"]
+
+# What a chain is built from (for the annotations): a sequence of links (2-D
+# arrays, 3-D per-sample arrays, operators) or one 3-D array (k, m, n).
+_Jacobians = Union[Iterable[Union[ArrayLike, Operator]], ArrayLike]
 
 
 class ChainPlan:
@@ -65,11 +71,18 @@ class ChainPlan:
 
     __slots__ = ("mode", "batch", "expression", "cost", "baseline_costs")
 
-    def __init__(self, mode, batch, expression, cost, baseline_costs):
+    mode: str
+    batch: int
+    expression: str
+    cost: float
+    baseline_costs: dict[str, float]
+
+    def __init__(self, mode: str, batch: int, expression: str, cost: float,
+                 baseline_costs: dict[str, float]) -> None:
         self.mode, self.batch, self.expression = mode, batch, expression
         self.cost, self.baseline_costs = cost, baseline_costs
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"ChainPlan(mode={self.mode!r}, batch={self.batch}, "
                 f"expression={self.expression!r}, cost={self.cost:g}, "
                 f"baseline_costs={{'left_to_right': "
@@ -77,7 +90,7 @@ class ChainPlan:
                 f"{self.baseline_costs['right_to_left']:g}}})")
 
 
-def _factor_names(k, mode, batch):
+def _factor_names(k: int, mode: str, batch: int) -> list[str]:
     """The factors of a product as ChainPlan.expression names them."""
     if mode == "jacobian":
         return [f"J{i}" for i in range(k, 0, -1)]
@@ -86,7 +99,7 @@ def _factor_names(k, mode, batch):
     return ["V" if batch != 1 else "v"] + [f"J{i}^T" for i in range(1, k + 1)]
 
 
-def _expression(order, names):
+def _expression(order: str | NDArray[np.intc], names: list[str]) -> str:
     """The bracketing as text: order is "left" or "right" (the plain
     orders) or the table of the matrix-chain programme (the k of
     (F_i..F_k)(F_k+1..F_j) at i * m + j).  Iterative: any length."""
@@ -102,7 +115,7 @@ def _expression(order, names):
                 text = f"{names[j]} {text}" if j == 0 else f"({names[j]} {text})"
         return text
     split = order
-    done = {}                       # (i, j) -> text of F_i .. F_j
+    done: dict[tuple[int, int], str] = {}   # (i, j) -> text of F_i .. F_j
     todo = [(0, m - 1)]
     while todo:
         i, j = todo[-1]
@@ -168,7 +181,7 @@ class Chain(ChainCore):
     array([4.])
     """
 
-    def plan(self, batch=1, mode="vjp"):
+    def plan(self, batch: int = 1, mode: str = "vjp") -> ChainPlan:
         """The bracketing used for ``mode`` ("vjp", "jvp" or "jacobian")
         with ``batch`` vectors, as a :class:`ChainPlan`.
 
@@ -220,8 +233,8 @@ class Chain(ChainCore):
         return f"Chain({k} link{'s' if k != 1 else ''}: {dims}, dtype={self.dtype})"
 
 
-def vjp(jacobians: Iterable[ArrayLike] | ArrayLike, cotangent: ArrayLike, *,
-        out: NDArray[np.floating] | None = None) -> NDArray[np.floating]:
+def vjp(jacobians: _Jacobians, cotangent: ArrayLike, *,
+        out: NDArray[np.floating[Any]] | None = None) -> NDArray[np.floating[Any]]:
     """Vector-Jacobian product through a chain: J_1^T J_2^T ... J_k^T g.
 
     Parameters
@@ -257,8 +270,8 @@ def vjp(jacobians: Iterable[ArrayLike] | ArrayLike, cotangent: ArrayLike, *,
     return ChainCore(jacobians).vjp(cotangent, out)
 
 
-def jvp(jacobians: Iterable[ArrayLike] | ArrayLike, tangent: ArrayLike, *,
-        out: NDArray[np.floating] | None = None) -> NDArray[np.floating]:
+def jvp(jacobians: _Jacobians, tangent: ArrayLike, *,
+        out: NDArray[np.floating[Any]] | None = None) -> NDArray[np.floating[Any]]:
     """Jacobian-vector product through a chain: J_k ... J_2 J_1 v.
 
     Parameters
@@ -284,7 +297,7 @@ def jvp(jacobians: Iterable[ArrayLike] | ArrayLike, tangent: ArrayLike, *,
     return ChainCore(jacobians).jvp(tangent, out)
 
 
-def jacobian(jacobians) -> NDArray[np.floating]:
+def jacobian(jacobians: _Jacobians) -> NDArray[np.floating[Any]]:
     """The dense Jacobian J_k ... J_1 of a chain, shape (n_k, n_0).
 
     The product is bracketed by the matrix-chain programme with a cost model

@@ -35,8 +35,10 @@ from __future__ import annotations
 
 import numbers
 import sys
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from gradchain._bind import as_array, compute_dtype
 from gradchain._link import LinkKind
@@ -49,8 +51,15 @@ LINK_DIAG_RANK1 = int(LinkKind.LINK_DIAG_RANK1)
 
 __all__ = ["Operator", "Dense", "Diagonal", "Identity", "DiagonalPlusRankOne"]
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
-def _as_float_array(x, name, ndim):
+# What operators hold and return (for the annotations): float32 or float64.
+_FloatArray = NDArray[np.float32 | np.float64]
+_FloatDtype = np.dtype[np.float32 | np.float64]
+
+
+def _as_float_array(x: ArrayLike, name: str, ndim: int) -> _FloatArray:
     a = as_array(x, name)
     try:
         dtype = compute_dtype(a.dtype, name)
@@ -64,7 +73,7 @@ def _as_float_array(x, name, ndim):
     return a
 
 
-def _scalar(c, name):
+def _scalar(c: object, name: str) -> float:
     """c as a float; TypeError for anything but a real number (bool too)."""
     if isinstance(c, (bool, np.bool_)) or not isinstance(c, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {c!r}")
@@ -86,55 +95,55 @@ class Operator:
     __slots__ = ()
     _gc_kind = -1
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: object) -> NoReturn:
         raise AttributeError(
             f"{type(self).__name__}.{name} cannot be set: operators are "
             f"immutable; build a new {type(self).__name__}(...) instead")
 
-    def __delattr__(self, name):
+    def __delattr__(self, name: str) -> NoReturn:
         self.__setattr__(name, None)
 
-    def _init(self, **attrs):
+    def _init(self, **attrs: Any) -> None:
         """Set the attributes once, at construction."""
         for name, value in attrs.items():
             object.__setattr__(self, name, value)
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, int]:
         raise NotImplementedError
 
     @property
-    def dtype(self):
+    def dtype(self) -> _FloatDtype | None:
         raise NotImplementedError
 
-    def todense(self):
+    def todense(self) -> _FloatArray:
         """The Jacobian as a dense (n_out, n_in) ndarray."""
         raise NotImplementedError
 
-    def astype(self, dtype):
+    def astype(self, dtype: DTypeLike) -> Operator:
         """The same operator with its vectors cast to ``dtype`` (float32 or
         float64)."""
         raise NotImplementedError
 
     @staticmethod
-    def _check_float(dtype):
+    def _check_float(dtype: DTypeLike) -> np.dtype[Any]:
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"operators hold float32 or float64 values, not {dtype}")
         return dtype
 
-    def _gc_vectors(self):
+    def _gc_vectors(self) -> tuple[_FloatArray, ...]:
         return ()
 
-    def _gc_scale(self):
+    def _gc_scale(self) -> float:
         return 1.0
 
-    def matvec(self, v):
+    def matvec(self, v: ArrayLike) -> NDArray[np.floating[Any]]:
         """J v (v of shape (n_in,) or (batch, n_in))."""
         from gradchain.chain import jvp
         return jvp([self], v)
 
-    def rmatvec(self, g):
+    def rmatvec(self, g: ArrayLike) -> NDArray[np.floating[Any]]:
         """J^T g (g of shape (n_out,) or (batch, n_out))."""
         from gradchain.chain import vjp
         return vjp([self], g)
@@ -147,32 +156,34 @@ class Dense(Operator):
     __slots__ = ("_matrix",)
     _gc_kind = LINK_DENSE
 
-    def __init__(self, J):
+    _matrix: _FloatArray
+
+    def __init__(self, J: ArrayLike) -> None:
         self._init(_matrix=_as_float_array(J, "J", 2))
 
     @property
-    def matrix(self):
+    def matrix(self) -> _FloatArray:
         """The dense Jacobian (the caller's array, read in place)."""
         return self._matrix
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, int]:
         return self.matrix.shape
 
     @property
-    def dtype(self):
+    def dtype(self) -> _FloatDtype:
         return self.matrix.dtype
 
-    def todense(self):
+    def todense(self) -> _FloatArray:
         return np.array(self.matrix)
 
-    def astype(self, dtype):
+    def astype(self, dtype: DTypeLike) -> Dense:
         return Dense(self.matrix.astype(self._check_float(dtype), copy=False))
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[Dense], tuple[_FloatArray]]:
         return (Dense, (self.matrix,))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Dense(shape={self.shape}, dtype={self.dtype})"
 
 
@@ -185,43 +196,45 @@ class Diagonal(Operator):
     __slots__ = ("_d",)
     _gc_kind = LINK_DIAG
 
-    def __init__(self, d):
+    _d: _FloatArray
+
+    def __init__(self, d: ArrayLike) -> None:
         self._init(_d=_as_float_array(d, "d", 1))
 
     @property
-    def diagonal(self):
+    def diagonal(self) -> _FloatArray:
         """d (the caller's vector, read in place)."""
         return self._d
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, int]:
         n = self.diagonal.shape[0]
         return (n, n)
 
     @property
-    def dtype(self):
+    def dtype(self) -> _FloatDtype:
         return self.diagonal.dtype
 
-    def todense(self):
+    def todense(self) -> _FloatArray:
         return np.diag(self.diagonal)
 
-    def astype(self, dtype):
+    def astype(self, dtype: DTypeLike) -> Diagonal:
         return Diagonal(self.diagonal.astype(self._check_float(dtype), copy=False))
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[Diagonal], tuple[_FloatArray]]:
         return (Diagonal, (self.diagonal,))
 
-    def _gc_vectors(self):
+    def _gc_vectors(self) -> tuple[_FloatArray]:
         return (self.diagonal,)
 
-    def __mul__(self, c):
+    def __mul__(self, c: float) -> Diagonal:
         if not isinstance(c, numbers.Real) or isinstance(c, (bool, np.bool_)):
             return NotImplemented
         return Diagonal(self.diagonal * self.diagonal.dtype.type(c))
 
     __rmul__ = __mul__
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Diagonal(n={self.shape[0]}, dtype={self.dtype})"
 
 
@@ -231,7 +244,10 @@ class Identity(Operator):
     __slots__ = ("_n", "_scale")
     _gc_kind = LINK_SCALED_IDENTITY
 
-    def __init__(self, n, scale=1.0):
+    _n: int
+    _scale: float
+
+    def __init__(self, n: int, scale: float = 1.0) -> None:
         if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
             raise TypeError(f"n must be a non-negative int, got {n!r}")
         if n < 0:
@@ -242,44 +258,44 @@ class Identity(Operator):
         self._init(_n=int(n), _scale=_scalar(scale, "scale"))
 
     @property
-    def n(self):
+    def n(self) -> int:
         """The size."""
         return self._n
 
     @property
-    def scale(self):
+    def scale(self) -> float:
         """c, a float."""
         return self._scale
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, int]:
         return (self.n, self.n)
 
     @property
-    def dtype(self):
+    def dtype(self) -> None:
         return None
 
-    def todense(self):
+    def todense(self) -> NDArray[np.float64]:
         return self.scale * np.eye(self.n)
 
-    def astype(self, dtype):
+    def astype(self, dtype: DTypeLike) -> Self:
         self._check_float(dtype)
         return self
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[Identity], tuple[int, float]]:
         return (Identity, (self.n, self.scale))
 
-    def _gc_scale(self):
+    def _gc_scale(self) -> float:
         return self.scale
 
-    def __mul__(self, c):
+    def __mul__(self, c: float) -> Identity:
         if not isinstance(c, numbers.Real) or isinstance(c, (bool, np.bool_)):
             return NotImplemented
         return Identity(self.n, self.scale * float(c))
 
     __rmul__ = __mul__
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         if self.scale == 1.0:
             return f"Identity({self.n})"
         return f"Identity({self.n}, scale={self.scale!r})"
@@ -297,7 +313,13 @@ class DiagonalPlusRankOne(Operator):
     __slots__ = ("_d", "_u", "_v", "_c")
     _gc_kind = LINK_DIAG_RANK1
 
-    def __init__(self, d, u, v, c=1.0):
+    _d: _FloatArray
+    _u: _FloatArray
+    _v: _FloatArray
+    _c: float
+
+    def __init__(self, d: ArrayLike, u: ArrayLike, v: ArrayLike,
+                 c: float = 1.0) -> None:
         d = _as_float_array(d, "d", 1)
         u = _as_float_array(u, "u", 1)
         v = _as_float_array(v, "v", 1)
@@ -308,50 +330,68 @@ class DiagonalPlusRankOne(Operator):
                                  f"{d.shape}; all three must have length n")
         self._init(_d=d, _u=u, _v=v, _c=_scalar(c, "c"))
 
-    diagonal = property(lambda self: self._d, doc="d (read in place)")
-    u = property(lambda self: self._u, doc="u (read in place)")
-    v = property(lambda self: self._v, doc="v (read in place)")
-    c = property(lambda self: self._c, doc="c, a float")
+    # (properties as decorators rather than property(lambda ...), so that
+    # type checkers see them read-only, as they are)
+    @property
+    def diagonal(self) -> _FloatArray:
+        """d (read in place)"""
+        return self._d
+
+    @property
+    def u(self) -> _FloatArray:
+        """u (read in place)"""
+        return self._u
+
+    @property
+    def v(self) -> _FloatArray:
+        """v (read in place)"""
+        return self._v
+
+    @property
+    def c(self) -> float:
+        """c, a float"""
+        return self._c
 
     @classmethod
-    def softmax(cls, s):
+    def softmax(cls, s: ArrayLike) -> Self:
         """Jacobian of softmax at the point where softmax(x) = s."""
         s = _as_float_array(s, "s", 1)
         return cls(s, s, s, -1.0)
 
     @classmethod
-    def log_softmax(cls, s):
+    def log_softmax(cls, s: ArrayLike) -> Self:
         """Jacobian of log-softmax at the point where softmax(x) = s."""
         s = _as_float_array(s, "s", 1)
         one = np.ones_like(s)
         return cls(one, one, s, -1.0)
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, int]:
         n = self.diagonal.shape[0]
         return (n, n)
 
     @property
-    def dtype(self):
+    def dtype(self) -> _FloatDtype:
         return np.result_type(self.diagonal, self.u, self.v)
 
-    def todense(self):
+    def todense(self) -> _FloatArray:
         return np.diag(self.diagonal) + self.c * np.outer(self.u, self.v)
 
-    def astype(self, dtype):
+    def astype(self, dtype: DTypeLike) -> DiagonalPlusRankOne:
         dtype = self._check_float(dtype)
         return DiagonalPlusRankOne(self.diagonal.astype(dtype, copy=False),
                                    self.u.astype(dtype, copy=False),
                                    self.v.astype(dtype, copy=False), self.c)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[DiagonalPlusRankOne],
+                                  tuple[_FloatArray, _FloatArray, _FloatArray, float]]:
         return (DiagonalPlusRankOne, (self.diagonal, self.u, self.v, self.c))
 
-    def _gc_vectors(self):
+    def _gc_vectors(self) -> tuple[_FloatArray, _FloatArray, _FloatArray]:
         return (self.diagonal, self.u, self.v)
 
-    def _gc_scale(self):
+    def _gc_scale(self) -> float:
         return self.c
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"DiagonalPlusRankOne(n={self.shape[0]}, dtype={self.dtype})"
