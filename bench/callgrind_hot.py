@@ -85,6 +85,8 @@ CASES = ["oneshot_k16_n8", "prebuilt_k64_n64", "oneshot_k64_n64",
          "compose_fast_n16", "compose_batch_B64_n64"]
 
 if __name__ == "__main__":
+    import gc as _gc
+    _gc.disable()       # collections at varying points add noise to the counts
     print("gradchain from", os.path.dirname(gc.__file__), file=sys.stderr)
     fn = case(sys.argv[1])
     fn()
