@@ -1386,3 +1386,55 @@ def test_tanh_within_two_ulp_of_long_double(dtype):
     assert np.signbit(gc.Tanh()(np.array([-0.0], dtype)))[0]      # tanh(-0) = -0
     special = gc.Tanh()(np.array([np.inf, -np.inf, np.nan], dtype))
     assert special[0] == 1 and special[1] == -1 and np.isnan(special[2])
+
+
+# --------------------------------------------------------------------------
+# module layout: maps, losses and compositions in their own modules, every
+# name still importable from gradchain.maps
+# --------------------------------------------------------------------------
+
+MOVED_TO = {
+    "gradchain.losses": ["Loss", "SquaredError", "MeanSquaredError", "CrossEntropy",
+                         "LogSumExp", "Dot"],
+    "gradchain.composition": ["Composition", "compose", "check_grad"],
+}
+
+
+def test_moved_names_still_importable_from_maps():
+    import importlib
+    import gradchain.maps as maps
+    for home, names in MOVED_TO.items():
+        mod = importlib.import_module(home)
+        for name in names:
+            assert getattr(maps, name) is getattr(mod, name) is getattr(gc, name)
+            assert name in maps.__all__ and name in dir(maps)
+    from gradchain.maps import Composition, compose      # the spelling users have
+    assert Composition is gc.Composition and compose is gc.compose
+    ns = {}
+    exec("from gradchain.maps import *", ns)
+    for name in maps.__all__:
+        assert ns[name] is getattr(gc, name)
+    with pytest.raises(AttributeError, match="has no attribute 'NoSuchMap'"):
+        maps.NoSuchMap
+    assert not hasattr(maps, "NoSuchMap")
+
+
+@pytest.mark.parametrize("first", [
+    "import gradchain.composition", "import gradchain.losses", "import gradchain.maps",
+    "from gradchain.maps import Composition", "from gradchain.maps import check_grad",
+    "from gradchain.composition import compose", "from gradchain.losses import Dot",
+])
+def test_any_import_order(first):
+    # a fresh interpreter whose first import is `first`: no circular-import
+    # error whichever module comes first, and one class per name
+    r = run_isolated(f"""
+        {first}
+        import gradchain, gradchain.maps, gradchain.losses, gradchain.composition
+        assert gradchain.maps.Composition is gradchain.composition.Composition
+        assert gradchain.maps.Dot is gradchain.losses.Dot is gradchain.Dot
+        assert gradchain.Composition.__module__ == "gradchain.composition"
+        assert gradchain.Dot.__module__ == "gradchain.losses"
+        assert gradchain.Tanh.__module__ == "gradchain.maps"
+        print("ok")
+    """)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
