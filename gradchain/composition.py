@@ -26,9 +26,9 @@ import numpy as np
 from gradchain._plan import Plan
 from gradchain.chain import Chain
 from gradchain.losses import Loss, _TargetLoss
-from gradchain.maps import (Affine, LogSoftmax, Map, Softmax, _Elementwise,
-                            _as_float, _checked, _float_dtype, _readonly)
-from gradchain.operators import Diagonal, DiagonalPlusRankOne, _scalar
+from gradchain.maps import (Map, _as_float, _checked, _first_sized, _float_dtype,
+                            _input, _readonly)
+from gradchain.operators import _scalar
 
 __all__ = ["Composition", "compose", "check_grad"]
 
@@ -91,14 +91,6 @@ class Composition:
 
     # -- set-up ---------------------------------------------------------
 
-    def _dtype(self, x):
-        dts = [_float_dtype(x.dtype, "x")]
-        for m in self.maps:
-            dts += [_float_dtype(p.dtype, "parameters") for p in m._params()]
-        if self.loss is not None:
-            dts += [_float_dtype(p.dtype, "loss target") for p in self.loss._params()]
-        return np.dtype(np.result_type(*dts))
-
     def _plan_list(self, dtype):
         """One Plan per built-in segment (user maps stand for themselves).
         Cached per dtype when every parameter is read in place; a parameter
@@ -119,17 +111,9 @@ class Composition:
         return plans
 
     def _input(self, x, name="x"):
-        x = _as_float(x, name)
-        if x.ndim not in (1, 2):
-            raise ValueError(f"{name} must be 1-D (n_0,) or 2-D (batch, n_0), "
-                             f"got shape {x.shape}")
-        i = self._first_sized(0)
-        if i is not None and x.shape[-1] != self.maps[i].in_dim:
-            raise ValueError(f"{name} has shape {x.shape} but maps[{i}] "
-                             f"({self.maps[i]!r}) takes {self.maps[i].in_dim} inputs")
-        dtype = self._dtype(x)
-        X = np.require(x.reshape(1, -1) if x.ndim == 1 else x, dtype, "CA")
-        return X, x.ndim == 1, dtype
+        """(X, single, dtype): x checked and laid out (gradchain.maps._input)."""
+        return _input(x, self.maps,
+                      () if self.loss is None else self.loss._params(), name)
 
     def _user_fn(self, i, X, single, dtype):
         """maps[i](X) for a user map, checked: (B, m) rows (B = X's rows)."""
@@ -145,21 +129,10 @@ class Composition:
         R = self.maps[i]._apply(i, xin, tin, m_out, transpose, dtype)
         return R.reshape(1, -1) if single else R
 
-    def _first_sized(self, idx):
-        """Index of the first map from maps[idx] on whose input size is
-        known (an Affine) before any user map, or None."""
-        for i in range(idx, len(self.maps)):
-            m = self.maps[i]
-            if not m._builtin:
-                return None
-            if m.in_dim is not None:
-                return i
-        return None
-
     def _check_width(self, idx, X):
         """X is about to enter maps[idx:]: check it against the first map
         there whose input size is known (built-in stretches only)."""
-        i = self._first_sized(idx)
+        i = _first_sized(self.maps, idx)
         if i is not None and X.shape[1] != self.maps[i].in_dim:
             src = f"maps[{idx - 1}]" if idx > 0 else "x"
             raise ValueError(
@@ -340,24 +313,10 @@ class Composition:
             raise ValueError(f"chain takes a single x (n_0,), got shape {x.shape}")
         _, xs = self.forward(x)
         dtype = xs[0].dtype
-        links = []
-        for i, m in enumerate(self.maps):
-            xi, yi = xs[i], xs[i + 1]
-            if isinstance(m, Affine):
-                links.append(m.W if m.W.dtype == dtype else m.W.astype(dtype))
-            elif isinstance(m, _Elementwise):
-                d = Composition([m]).vjp(xi, np.ones_like(xi))
-                links.append(Diagonal(d))
-            elif isinstance(m, Softmax):
-                links.append(DiagonalPlusRankOne.softmax(yi))
-            elif isinstance(m, LogSoftmax):
-                links.append(DiagonalPlusRankOne.log_softmax(np.exp(yi)))
-            elif m._jacobian is not None:
-                links.append(m._jac_at(_readonly(xi), yi.shape[0], i, dtype))
-            else:
-                raise TypeError(f"maps[{i}] is matrix-free (vjp=/jvp= only): it has "
-                                f"no Jacobian to put in a Chain")
-        return Chain(links)
+        # each map knows its own Jacobian (built in: W, a Diagonal, ...;
+        # user maps: their checked jacobian(x))
+        return Chain([m._link(i, xs[i], xs[i + 1], dtype)
+                      for i, m in enumerate(self.maps)])
 
 
 def compose(*maps, loss=None):

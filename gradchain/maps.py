@@ -23,9 +23,9 @@ import numpy as np
 
 from gradchain._chain import as_array, compute_dtype
 from gradchain import _plan as _p
-from gradchain._plan import OpCode
+from gradchain._plan import OpCode, Plan
 from gradchain.chain import Chain
-from gradchain.operators import Operator, _scalar
+from gradchain.operators import Diagonal, DiagonalPlusRankOne, Operator, _scalar
 
 # the names that moved to gradchain.losses and gradchain.composition, and
 # are still importable from here (see __getattr__ at the end)
@@ -56,6 +56,7 @@ _EW = dict(tanh=_p.GC_EW_TANH, sigmoid=_p.GC_EW_SIGMOID, relu=_p.GC_EW_RELU,
 
 
 _float_dtype = compute_dtype      # the chain's dtype rule (gradchain._chain)
+
 
 def _as_float(x, name):
     """x as an array (the one conversion rule: masked arrays refused), of a
@@ -97,6 +98,43 @@ def _checked(y, want, dtype, i, name, inputs):
 
 def _shape_text(shape):
     return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _first_sized(maps, idx):
+    """Index of the first map from maps[idx] on whose input size is known
+    (an Affine) before any user map, or None."""
+    for i in range(idx, len(maps)):
+        m = maps[i]
+        if not m._builtin:
+            return None
+        if m.in_dim is not None:
+            return i
+    return None
+
+
+def _input(x, maps, params=(), name="x"):
+    """x checked for the maps applied in order: (X, single, dtype).
+
+    x must be 1-D (n_0,) or 2-D (B, n_0), of the width the first sized map
+    takes; dtype is the dtype rule over x, the maps' parameters and
+    ``params`` (a loss's); X is x as a C-contiguous (B, n_0) block in it
+    (B = 1 for a single x, which ``single`` says).
+    """
+    x = _as_float(x, name)
+    if x.ndim not in (1, 2):
+        raise ValueError(f"{name} must be 1-D (n_0,) or 2-D (batch, n_0), "
+                         f"got shape {x.shape}")
+    i = _first_sized(maps, 0)
+    if i is not None and x.shape[-1] != maps[i].in_dim:
+        raise ValueError(f"{name} has shape {x.shape} but maps[{i}] "
+                         f"({maps[i]!r}) takes {maps[i].in_dim} inputs")
+    dts = [_float_dtype(x.dtype, name)]
+    for m in maps:
+        dts += [_float_dtype(p.dtype, "parameters") for p in m._params()]
+    dts += [_float_dtype(p.dtype, "loss target") for p in params]
+    dtype = np.dtype(np.result_type(*dts))
+    X = np.require(x.reshape(1, -1) if x.ndim == 1 else x, dtype, "CA")
+    return X, x.ndim == 1, dtype
 
 
 # ---------------------------------------------------------------------------
@@ -159,6 +197,20 @@ class Map:
     def __call__(self, x):
         return np.asarray(self.fn(x))
 
+    @property
+    def _forward_uses_jacobian(self):
+        """Whether forward mode (jvp, and so Composition.jacobian) runs on
+        ``jacobian(x)``: it is given, and no ``jvp=`` takes precedence."""
+        return self._jacobian is not None and self._jvp is None
+
+    def _link(self, i, x, y, dtype):
+        """maps[i]'s Jacobian at x (1-D, in dtype; y = f(x)) as a link of a
+        Chain: here, the user's ``jacobian(x)``, checked (see _jac_at)."""
+        if self._jacobian is None:
+            raise TypeError(f"maps[{i}] is matrix-free (vjp=/jvp= only): it has "
+                            f"no Jacobian to put in a Chain")
+        return self._jac_at(_readonly(x), y.shape[0], i, dtype)
+
     def _jac_at(self, x, m_out, i, dtype):
         """The Jacobian at a single x (read-only, 1-D), checked: an
         (m_out, len(x)) real array in dtype, or an Operator of that shape."""
@@ -202,9 +254,17 @@ class Map:
 
 
 class _Builtin(Map):
-    """A map the compiled plans know."""
+    """A map the compiled plans know.
+
+    A subclass says what the plan runs (``_spec``: its op code and
+    parameters in a dtype) and what its Jacobian is (``_link``): the one
+    place that knows it, used by :meth:`jacobian` and by
+    ``Composition.chain``.  Evaluated alone, a built-in map runs as a
+    one-op compiled plan.
+    """
 
     _builtin = True
+    _forward_uses_jacobian = True
 
     def __init__(self):
         pass
@@ -215,17 +275,54 @@ class _Builtin(Map):
     def _spec_is_view(self, spec):
         return True
 
-    def _params(self):
-        return ()
+    def _run(self, X, dtype, mode, T=None):
+        """This map alone as a compiled plan over the C-contiguous block X
+        (B, n) in dtype (see ``gradchain._plan.Plan.run``)."""
+        return Plan([self._spec(dtype)], dtype).run(X, mode, T)
+
+    def _link(self, i, x, y, dtype):
+        """The Jacobian at x (1-D, in dtype), where y = f(x): an array
+        (Affine: W) or an operator, in dtype."""
+        raise NotImplementedError
 
     def __call__(self, x):
-        from gradchain.composition import Composition
-        return Composition([self]).forward(x)[0]
+        """f(x) for x of shape (n,), or row by row for a batch (B, n).
+
+        Parameters
+        ----------
+        x : array_like, shape (n,) or (B, n)
+
+        Returns
+        -------
+        ndarray, shape (m,) or (B, m)
+            In the dtype of x and the map's parameters (the dtype rule of
+            :mod:`gradchain.chain`).
+        """
+        X, single, dtype = _input(x, (self,))
+        Y = self._run(X, dtype, "forward")[-1]
+        return Y[0] if single else Y
 
     def jacobian(self, x):
-        """The Jacobian at a single x, as an operator (or W for Affine)."""
-        from gradchain.composition import Composition
-        return Composition([self]).chain(x).jacobians[0]
+        """The Jacobian at a single x.
+
+        Parameters
+        ----------
+        x : array_like, shape (n,)
+
+        Returns
+        -------
+        ndarray or Operator, shape (m, n)
+            ``Affine``: W itself (a converted copy where the dtype rule
+            needs one); elementwise maps: a :class:`gradchain.Diagonal`;
+            ``Softmax``, ``LogSoftmax``: a
+            :class:`gradchain.DiagonalPlusRankOne`.
+        """
+        x = _as_float(x, "x")
+        if x.ndim != 1:
+            raise ValueError(f"chain takes a single x (n_0,), got shape {x.shape}")
+        X, _, dtype = _input(x, (self,))
+        y = self._run(X, dtype, "forward")[-1][0]
+        return self._link(0, X[0], y, dtype)
 
 
 class Affine(_Builtin):
@@ -267,6 +364,10 @@ class Affine(_Builtin):
         which would not follow the caller's in-place changes)."""
         return spec[1] is self.W and (self.b is None or spec[2] is self.b)
 
+    def _link(self, i, x, y, dtype):
+        """J = W, read in place (converted where dtype differs)."""
+        return self.W if self.W.dtype == dtype else self.W.astype(dtype)
+
     def __repr__(self):
         return f"Affine({self.W.shape[1]} -> {self.W.shape[0]}" + (
             ", bias)" if self.b is not None else ")")
@@ -278,6 +379,11 @@ class _Elementwise(_Builtin):
 
     def _spec(self, dtype):
         return (_OP_ELEMENTWISE, self._code, self._param)
+
+    def _link(self, i, x, y, dtype):
+        """J = diag(f'(x)), f'(x) from the compiled kernel (the VJP of ones)."""
+        ones = np.ones((1, x.shape[0]), dtype)
+        return Diagonal(self._run(x.reshape(1, -1), dtype, "vjp", ones)[1][0])
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -337,6 +443,10 @@ class Softmax(_Builtin):
     def _spec(self, dtype):
         return (_OP_SOFTMAX,)
 
+    def _link(self, i, x, y, dtype):
+        """J = diag(s) - s s^T at s = y."""
+        return DiagonalPlusRankOne.softmax(y)
+
     def __repr__(self):
         return "Softmax()"
 
@@ -346,6 +456,10 @@ class LogSoftmax(_Builtin):
 
     def _spec(self, dtype):
         return (_OP_LOG_SOFTMAX,)
+
+    def _link(self, i, x, y, dtype):
+        """J = I - 1 s^T at s = exp(y) = softmax(x)."""
+        return DiagonalPlusRankOne.log_softmax(np.exp(y))
 
     def __repr__(self):
         return "LogSoftmax()"

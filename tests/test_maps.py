@@ -1438,3 +1438,100 @@ def test_any_import_order(first):
         print("ok")
     """)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------
+# a built-in map evaluated alone: a one-op compiled plan and its own
+# Jacobian, never a Composition
+# --------------------------------------------------------------------------
+
+def _builtin_cases(rng, dtype):
+    W = (rng.standard_normal((3, 5)) / 2).astype(dtype)
+    b = vec(rng, 3, dtype)
+    cases = [(name, ELEMENTWISE[name][0]()) for name in ELEMENTWISE]
+    return cases + [("Affine", Affine(W, b)), ("Affine-nobias", Affine(W)),
+                    ("Softmax", Softmax()), ("LogSoftmax", LogSoftmax())]
+
+
+@pytest.fixture
+def no_composition(monkeypatch):
+    """Composition made unbuildable: what runs under it builds none."""
+    import gradchain.composition
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("a Composition was built")
+    monkeypatch.setattr(gradchain.composition.Composition, "__init__", refuse)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_builtin_alone_matches_a_one_map_composition(rng, dtype):
+    for name, m in _builtin_cases(rng, dtype):
+        n = m.in_dim or 5
+        f = compose(m)
+        for shape in [(n,), (4, n), (0, n), (1, n)]:
+            x = sample_ew(rng, name, shape, dtype) if name in ELEMENTWISE else \
+                vec(rng, shape, dtype)
+            y = m(x)
+            assert y.dtype == dtype and np.array_equal(y, f(x)), name
+        x = sample_ew(rng, name, (n,), dtype) if name in ELEMENTWISE else \
+            vec(rng, n, dtype)
+        J = m.jacobian(x)
+        ref = f.chain(x).jacobians[0]
+        assert type(J) is type(ref), name
+        if name.startswith("Affine"):
+            assert J is m.W                     # read in place
+        else:
+            assert isinstance(J, gc.DiagonalPlusRankOne if "Softmax" in name
+                              else gc.Diagonal)
+            assert J.dtype == dtype
+            for attr in ("diagonal", "u", "v", "c"):
+                if hasattr(ref, attr):
+                    assert np.array_equal(getattr(J, attr), getattr(ref, attr),
+                                          equal_nan=True), (name, attr)
+        dense = f64(J if isinstance(J, np.ndarray) else J.todense())
+        assert_near(f.jacobian(x), dense, dtype, np.abs(dense) + 1, factor=4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_builtin_alone_builds_no_composition(rng, dtype, no_composition):
+    for name, m in _builtin_cases(rng, dtype):
+        n = m.in_dim or 5
+        x = sample_ew(rng, name, (2, n), dtype) if name in ELEMENTWISE else \
+            vec(rng, (2, n), dtype)
+        assert m(x).shape == (2, m.out_dim or n)
+        assert m(x[0]).shape == (m.out_dim or n,)
+        assert m.jacobian(x[0]).shape == (m.out_dim or n, n)
+
+
+def test_builtin_alone_dtype_rule_and_errors(rng):
+    W32 = np.ones((2, 3), np.float32)
+    a = Affine(W32)
+    assert a(np.ones(3, np.float32)).dtype == F32
+    assert a(np.ones(3)).dtype == F64              # float32 W, float64 x
+    J = a.jacobian(np.ones(3))
+    assert J.dtype == F64 and np.array_equal(J, W32)
+    assert a.jacobian(np.ones(3, np.float32)) is W32
+    assert gc.Tanh()(np.ones(2, np.float16)).dtype == F32
+    assert gc.Tanh()(np.array([1, 2])).dtype == F64
+    assert gc.Tanh().jacobian(np.array([1, 2])).dtype == F64
+    assert gc.Softmax().jacobian(np.ones(3, np.float32)).dtype == F32
+    with pytest.raises(ValueError, match=re.escape(
+            "x has shape (4,) but maps[0] (Affine(3 -> 2)) takes 3 inputs")):
+        a(np.ones(4))
+    with pytest.raises(ValueError, match=re.escape(
+            "x has shape (4,) but maps[0] (Affine(3 -> 2)) takes 3 inputs")):
+        a.jacobian(np.ones(4))
+    with pytest.raises(ValueError, match=re.escape(
+            "x must be 1-D (n_0,) or 2-D (batch, n_0), got shape (2, 2, 2)")):
+        gc.Tanh()(np.ones((2, 2, 2)))
+    with pytest.raises(ValueError, match=re.escape(
+            "chain takes a single x (n_0,), got shape (2, 3)")):
+        gc.Tanh().jacobian(np.ones((2, 3)))
+    with pytest.raises(TypeError, match="x has complex dtype"):
+        gc.Sigmoid()(np.ones(3, complex))
+    with pytest.raises(TypeError, match="x has complex dtype"):
+        gc.Softmax().jacobian(np.ones(3, complex))
+    # zero sizes
+    assert gc.Tanh()(np.zeros(0)).shape == (0,)
+    assert gc.Tanh().jacobian(np.zeros(0)).shape == (0, 0)
+    assert Affine(np.ones((0, 3)))(np.ones((2, 3))).shape == (2, 0)
