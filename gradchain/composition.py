@@ -286,28 +286,52 @@ class Composition:
         return V[0] if single else V
 
     def jacobian(self, x):
-        """The dense Jacobian of f^(k) o ... o f^(1) at a single x: (n_k, n_0)."""
+        """The dense Jacobian of f^(k) o ... o f^(1) at a single x.
+
+        Parameters
+        ----------
+        x : array_like, shape (n_0,)
+
+        Returns
+        -------
+        ndarray, shape (n_k, n_0)
+            In the composition's dtype.
+
+        Notes
+        -----
+        When forward mode runs on every map's Jacobian (built-in maps, and
+        user maps with ``jacobian=`` and no ``jvp=``, which would take
+        precedence), this is ``chain(x).jacobian()``: the product of the
+        links, structure-aware and in the cheapest bracketing (see
+        :meth:`gradchain.Chain.plan`).  Otherwise -- a user map is
+        matrix-free, or its ``jvp=`` takes precedence -- it is built column
+        by column from the forward-mode products J e_j.
+        """
         x = _as_float(x, "x")
         if x.ndim != 1:
             raise ValueError(f"jacobian takes a single x (n_0,), got shape {x.shape}")
+        if all(m._forward_uses_jacobian for m in self.maps):
+            chain, dtype = self._chain_at(x)
+            if len(chain) == 0:             # no maps: the identity
+                return np.eye(x.shape[0], dtype=dtype)
+            J = chain.jacobian()
+            # a chain of Identity operators only has no dtype (float64)
+            return J if J.dtype == dtype else J.astype(dtype)
+        _, _, dtype = self._input(x)
         n0 = x.shape[0]
-        X, _, dtype = self._input(x)
-        # the n_0 columns J e_j as one forward-mode batch
-        Xb = np.repeat(X, n0, axis=0) if n0 else X[:0]
-        E = np.eye(n0, dtype=dtype)
-        if all(isinstance(s, list) for s in self._segments):
-            V = E
-            for plan in self._plan_list(dtype):
-                Xb, V = plan.run(np.ascontiguousarray(Xb), "jvp", T=V)
-            return np.ascontiguousarray(V.T)
         if n0 == 0:
             return np.zeros((self.forward(x)[0].shape[0], 0), dtype)
+        E = np.eye(n0, dtype=dtype)
         return np.stack([self.jvp(x, E[j]) for j in range(n0)], axis=1)
 
     def chain(self, x):
         """The :class:`gradchain.Chain` of the maps' Jacobians at a single x
         (Affine: W itself; elementwise: Diagonal; softmax: diagonal plus
         rank one; user maps: their ``jacobian(x)``)."""
+        return self._chain_at(x)[0]
+
+    def _chain_at(self, x):
+        """(chain(x), the composition's dtype at x)."""
         x = _as_float(x, "x")
         if x.ndim != 1:
             raise ValueError(f"chain takes a single x (n_0,), got shape {x.shape}")
@@ -316,7 +340,7 @@ class Composition:
         # each map knows its own Jacobian (built in: W, a Diagonal, ...;
         # user maps: their checked jacobian(x))
         return Chain([m._link(i, xs[i], xs[i + 1], dtype)
-                      for i, m in enumerate(self.maps)])
+                      for i, m in enumerate(self.maps)]), dtype
 
 
 def compose(*maps, loss=None):
