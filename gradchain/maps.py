@@ -25,7 +25,7 @@ from gradchain._chain import as_array, compute_dtype
 from gradchain import _plan as _p
 from gradchain._plan import OpCode, Plan
 from gradchain.chain import Chain
-from gradchain.operators import Diagonal, DiagonalPlusRankOne, Operator, _scalar
+from gradchain.operators import Dense, Diagonal, DiagonalPlusRankOne, Operator, _scalar
 
 # the names that moved to gradchain.losses and gradchain.composition, and
 # are still importable from here (see __getattr__ at the end)
@@ -57,6 +57,11 @@ _EW = dict(tanh=_p.GC_EW_TANH, sigmoid=_p.GC_EW_SIGMOID, relu=_p.GC_EW_RELU,
 
 _float_dtype = compute_dtype      # the chain's dtype rule (gradchain._chain)
 
+# the most elements a batch's stack of user Jacobians holds at a time (2 MiB
+# of float64, so that it is still in cache when the compiled call reads it):
+# a larger batch is applied a block of rows at a time, reusing the buffer
+_STACK_ELEMS = 1 << 18
+
 
 def _as_float(x, name):
     """x as an array (the one conversion rule: masked arrays refused), of a
@@ -79,6 +84,16 @@ def _checked(y, want, dtype, i, name, inputs):
     """A callback's result checked before compiled code reads it: exactly
     the shape ``want`` (None: any extent there), a real dtype, then
     C-contiguous in ``dtype``, and never sharing memory with ``inputs``."""
+    a = _validated(y, want, i, name)
+    out = np.require(a, dtype, "CA")
+    if out is a and any(np.may_share_memory(out, x) for x in inputs):
+        out = out.copy()
+    return out
+
+
+def _validated(y, want, i, name):
+    """maps[i].name's result y as an array, checked (see _checked) but not
+    converted."""
     where = f"maps[{i}].{name}"
     a = as_array(y, f"{where}'s result")
     if a.dtype.kind == "c":
@@ -90,10 +105,7 @@ def _checked(y, want, dtype, i, name, inputs):
         shown = tuple("any" if w is None else w for w in want)
         raise ValueError(f"{where} returned shape {a.shape}, expected "
                          f"{_shape_text(shown)}")
-    out = np.require(a, dtype, "CA")
-    if out is a and any(np.may_share_memory(out, x) for x in inputs):
-        out = out.copy()
-    return out
+    return a
 
 
 def _shape_text(shape):
@@ -152,7 +164,12 @@ class Map:
     jacobian : callable, optional
         ``jacobian(x)`` -> the Jacobian at a single x (1-D), as an array of
         shape (n_out, n_in) or a :class:`gradchain.Operator`.  Its products
-        run in the compiled kernels; for a batch it is called once per row.
+        run in the compiled kernels.  For a batch it is called once per
+        row; the rows' arrays are stacked into one (B, n_out, n_in) array
+        and applied in one compiled per-sample call (a block of rows at a
+        time beyond 2^18 elements).  Operators other than
+        :class:`gradchain.Dense` cannot be stacked: a block of rows where
+        one row returns such an operator is applied row by row.
     vjp, jvp : callable, optional
         Matrix-free links: ``vjp(x, g)`` -> J^T g and ``jvp(x, v)`` -> J v,
         called with x and g/v of matching rank (1-D, or 2-D batches).
@@ -211,18 +228,28 @@ class Map:
                             f"no Jacobian to put in a Chain")
         return self._jac_at(_readonly(x), y.shape[0], i, dtype)
 
-    def _jac_at(self, x, m_out, i, dtype):
+    def _jac_at(self, x, m_out, i, dtype, out=None):
         """The Jacobian at a single x (read-only, 1-D), checked: an
-        (m_out, len(x)) real array in dtype, or an Operator of that shape."""
+        (m_out, len(x)) real array in dtype, or an Operator of that shape.
+
+        With ``out`` (an (m_out, len(x)) block in dtype, a row of a stack),
+        an array result -- or a Dense operator's matrix -- is written there
+        and ``out`` is returned; another operator is returned as it is."""
         want = (m_out, x.shape[0])
         J = self._jacobian(x)
         if isinstance(J, Operator):
             if tuple(J.shape) != want:
                 raise ValueError(f"maps[{i}].jacobian returned an operator of "
                                  f"shape {tuple(J.shape)}, expected {want}")
+            if out is not None and isinstance(J, Dense):
+                out[...] = J.matrix
+                return out
             # in the composition's dtype, as an array result would be
             return J if J.dtype is None or J.dtype == dtype else J.astype(dtype)
-        return _checked(J, want, dtype, i, "jacobian", (x,))
+        if out is None:
+            return _checked(J, want, dtype, i, "jacobian", (x,))
+        out[...] = _validated(J, want, i, "jacobian")   # converted, copied
+        return out
 
     def _apply(self, i, x, t, m_out, transpose, dtype):
         """J^T t (transpose) or J t at x (read-only, rank 1 or 2), checked:
@@ -240,13 +267,43 @@ class Map:
         if x.ndim == 1:
             c = Chain([self._jac_at(x, m_out, i, dtype)])
             return c.vjp(t) if transpose else c.jvp(t)
-        out = np.empty(want, dtype)
-        for b in range(x.shape[0]):
-            c = Chain([self._jac_at(x[b], m_out, i, dtype)])
-            if transpose:
-                c.vjp(t[b], out=out[b])
-            else:
-                c.jvp(t[b], out=out[b])
+        return self._apply_rows(i, x, t, m_out, transpose, dtype,
+                                np.empty(want, dtype))
+
+    def _apply_rows(self, i, x, t, m_out, transpose, dtype, out):
+        """_apply of jacobian= to a batch x (B, n), into out.
+
+        jacobian(x[b]) is called per row (the callback is per row, by
+        contract) and the results are stacked into (rows, m_out, n), applied
+        in one compiled per-sample call; a block of rows at a time, so that
+        the stack (one buffer, reused) stays within _STACK_ELEMS.  A block
+        where some row gave an operator, which cannot be stacked, goes row
+        by row, each row a one-link chain."""
+        B, n = x.shape
+        rows = max(1, _STACK_ELEMS // (m_out * n)) if m_out * n else max(B, 1)
+        buf = np.empty((min(rows, B), m_out, n), dtype)
+        for b0 in range(0, B, rows):
+            b1 = min(B, b0 + rows)
+            S = buf[:b1 - b0]
+            ops = {}
+            for b in range(b0, b1):
+                row = S[b - b0]
+                J = self._jac_at(x[b], m_out, i, dtype, out=row)
+                if J is not row:
+                    ops[b] = J
+            if not ops:
+                c = Chain([S])          # row b of t through S[b]
+                if transpose:
+                    c.vjp(t[b0:b1], out=out[b0:b1])
+                else:
+                    c.jvp(t[b0:b1], out=out[b0:b1])
+                continue
+            for b in range(b0, b1):
+                c = Chain([ops.get(b, S[b - b0])])
+                if transpose:
+                    c.vjp(t[b], out=out[b])
+                else:
+                    c.jvp(t[b], out=out[b])
         return out
 
     def __repr__(self):
