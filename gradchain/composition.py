@@ -21,6 +21,8 @@ row.  Affine maps on a batch are matrix-matrix products (BLAS).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from gradchain._plan import Plan
@@ -31,6 +33,18 @@ from gradchain.maps import (Map, _as_float, _checked, _first_sized, _float_dtype
 from gradchain.operators import _scalar
 
 __all__ = ["Composition", "compose", "check_grad"]
+
+
+class _FastPath(NamedTuple):
+    """What value_and_grad needs to skip its set-up: recorded after a call
+    of an all-built-in composition, valid for later calls with an x of the
+    same dtype and shape (C-contiguous, aligned)."""
+
+    dtype: np.dtype     # the compute dtype (x's, as the record requires)
+    shape: tuple        # x's shape
+    plan: Plan          # the composition's one plan, cached for dtype
+    n_k: int            # the width of the output x^(k), the loss rows
+    single: bool        # x is a single sample (n_0,)
 
 
 class Composition:
@@ -209,15 +223,15 @@ class Composition:
             raise ValueError(f"reduction must be 'sum', 'mean' or 'none', got "
                              f"{reduction!r}")
         fast = self._fast
-        if (fast is not None and type(x) is np.ndarray and x.dtype == fast[0]
-                and x.shape == fast[1] and x.flags.c_contiguous
+        if (fast is not None and type(x) is np.ndarray and x.dtype == fast.dtype
+                and x.shape == fast.shape and x.flags.c_contiguous
                 and x.flags.aligned):
             # same dtype and shape as an earlier call of an all-built-in
             # composition: the plan and sizes are known; one compiled call
-            B = 1 if fast[4] else x.shape[0]
-            aux, labels = self.loss._rows(B, fast[3], fast[0])
-            vals, G = fast[2].loss_grad(x, self.loss._code, aux, labels)
-            if fast[4]:
+            B = 1 if fast.single else x.shape[0]
+            aux, labels = self.loss._rows(B, fast.n_k, fast.dtype)
+            vals, G = fast.plan.loss_grad(x, self.loss._code, aux, labels)
+            if fast.single:
                 return float(vals[0]), G
             return self._reduce(vals, G, reduction)
         if self.loss is None:
@@ -231,7 +245,7 @@ class Composition:
             vals, G = plans[0].loss_grad(X, self.loss._code, aux, labels)
             if (type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous
                     and x.flags.aligned and self._plans.get(dtype) is plans):
-                self._fast = (dtype, x.shape, plans[0], n_k, single)
+                self._fast = _FastPath(dtype, x.shape, plans[0], n_k, single)
         else:
             trail, Y = self._walk(X, single, dtype, "trail")
             aux, labels = self.loss._rows(B, Y.shape[1], dtype)
@@ -243,16 +257,15 @@ class Composition:
 
     @staticmethod
     def _reduce(vals, G, reduction):
+        """The per-sample values (B,) and gradient rows G reduced as
+        ``reduction`` says (value_and_grad has checked it)."""
         if reduction == "sum":
             return float(vals.sum()), G
         if reduction == "mean":
             B = vals.shape[0]
             G /= max(B, 1)
             return (float(vals.sum() / B) if B else float("nan")), G
-        if reduction == "none":
-            return vals, G
-        raise ValueError(f"reduction must be 'sum', 'mean' or 'none', got "
-                         f"{reduction!r}")
+        return vals, G                  # "none"
 
     def value(self, x, reduction="sum"):
         """L(x) (see value_and_grad)."""
@@ -374,7 +387,8 @@ def check_grad(f, x, *, eps=None):
     in x's float dtype.  Returns max |analytic - numeric| / max |numeric|
     (or the absolute error when the numeric derivative is 0).
     """
-    x = np.array(_as_float(x, "x"), dtype=np.result_type(_float_dtype(np.asarray(x).dtype, "x")))
+    a = _as_float(x, "x")
+    x = np.array(a, dtype=_float_dtype(a.dtype, "x"))     # a float copy to step in
     if x.ndim != 1:
         raise ValueError(f"check_grad takes a single x (n,), got shape {x.shape}")
     e0 = np.cbrt(np.finfo(x.dtype).eps) if eps is None else _scalar(eps, "eps")

@@ -44,9 +44,9 @@ class Loss:
         x = _as_float(x, "x")
         dtype = np.result_type(_float_dtype(x.dtype, "x"),
                                *[_float_dtype(p.dtype, "target") for p in self._params()])
-        X = np.require(np.atleast_2d(x), dtype, "CA")
         if x.ndim not in (1, 2):
             raise ValueError(f"x must be 1-D or 2-D, got shape {x.shape}")
+        X = np.require(np.atleast_2d(x), dtype, "CA")
         aux, labels = self._rows(X.shape[0], X.shape[1], dtype)
         vals, G = Plan([], dtype).loss_grad(X, self._code, aux, labels)
         if x.ndim == 1:

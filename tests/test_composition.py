@@ -167,3 +167,31 @@ def test_jacobian_rejects_a_batch():
     f = compose(gc.Tanh())
     with pytest.raises(ValueError, match=r"jacobian takes a single x \(n_0,\), got shape \(2, 3\)"):
         f.jacobian(np.ones((2, 3)))
+
+
+# --------------------------------------------------------------------------
+# value_and_grad's fast path: a named record of what it skips
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(5,), (3, 5)], ids=["single", "batch"])
+def test_fast_path_record(rng, dtype, shape):
+    from gradchain.composition import _FastPath
+    f = compose(Affine(np.ones((4, 5), dtype)), gc.Tanh(),
+                loss=SquaredError(np.zeros(4, dtype)))
+    assert f._fast is None
+    x = rng.uniform(-1, 1, shape).astype(dtype)
+    first = f.value_and_grad(x)
+    rec = f._fast
+    assert isinstance(rec, _FastPath)
+    assert rec.dtype == dtype and rec.shape == shape and rec.n_k == 4
+    assert rec.single == (len(shape) == 1)
+    assert rec.plan is f._plans[np.dtype(dtype)][0]
+    again = f.value_and_grad(x)                 # through the record
+    assert f._fast is rec
+    assert again[0] == first[0] and np.array_equal(again[1], first[1])
+    # a user map: no single plan, no record
+    g = compose(gc.Tanh(), Map(np.sin, vjp=lambda z, t: np.cos(z) * t),
+                loss=SquaredError(np.zeros(5, dtype)))
+    g.value_and_grad(x)
+    assert g._fast is None
