@@ -48,7 +48,19 @@ class _FastPath(NamedTuple):
 
 
 class Composition:
-    """f^(k) o ... o f^(1), optionally followed by a loss; see :func:`compose`."""
+    """f^(k) o ... o f^(1), optionally followed by a loss; see :func:`compose`.
+
+    Parameters
+    ----------
+    maps : iterable of Map
+        f^(1), ..., f^(k) in application order.
+    loss : Loss, optional
+
+    Attributes
+    ----------
+    maps : tuple of Map
+    loss : Loss or None
+    """
 
     def __init__(self, maps, loss=None):
         maps = list(maps)
@@ -359,10 +371,28 @@ class Composition:
 def compose(*maps, loss=None):
     """Compose maps f^(1), ..., f^(k) (in application order) and a loss.
 
-    Returns a :class:`Composition` with ``forward``, ``value_and_grad``,
-    ``grad``, ``vjp``, ``jvp``, ``jacobian`` and ``chain``.  Sizes known
-    from the maps (an Affine's W) are checked here; the rest at the first
-    call.
+    Parameters
+    ----------
+    *maps : Map
+        Built-in maps (:class:`gradchain.Affine`, :class:`gradchain.Tanh`,
+        ...) and user maps (:class:`gradchain.Map`), in application order.
+    loss : Loss, optional
+        l, applied to the output x^(k); needed by ``value_and_grad``.
+
+    Returns
+    -------
+    Composition
+        With ``forward``, ``value_and_grad``, ``grad``, ``vjp``, ``jvp``,
+        ``jacobian`` and ``chain``.  Sizes known from the maps (an Affine's
+        W) are checked here; the rest at the first call.
+
+    Raises
+    ------
+    TypeError
+        A map that is not a :class:`gradchain.Map`, a loss that is not a
+        :class:`gradchain.Loss`.
+    ValueError
+        Sizes that do not chain (the message names the maps and sizes).
 
     Examples
     --------
@@ -380,12 +410,23 @@ def check_grad(f, x, *, eps=None):
     """Maximum relative error of an analytic derivative against central
     finite differences at x.
 
-    f may be a Composition with a loss (its gradient is checked), a
-    Composition without one or a Map (its Jacobian, via jvp, is checked
-    column by column), or a callable returning (value, gradient).  The
-    step defaults to cbrt(machine epsilon) * max(1, |x_j|) per coordinate,
-    in x's float dtype.  Returns max |analytic - numeric| / max |numeric|
-    (or the absolute error when the numeric derivative is 0).
+    Parameters
+    ----------
+    f : Composition, Map or callable
+        A Composition with a loss (its gradient is checked), a Composition
+        without one or a Map (its Jacobian, ``jacobian(x)``, is checked
+        column by column), or a callable returning (value, gradient).
+    x : array_like, shape (n,)
+        The point, in its float dtype (integers: float64).
+    eps : float, optional
+        The relative step; defaults to cbrt(machine epsilon), giving the
+        step eps * max(1, |x_j|) per coordinate.
+
+    Returns
+    -------
+    float
+        max |analytic - numeric| / max |numeric| (or the absolute error
+        when the numeric derivative is 0).
     """
     a = _as_float(x, "x")
     x = np.array(a, dtype=_float_dtype(a.dtype, "x"))     # a float copy to step in

@@ -27,7 +27,14 @@ _LOSS = dict(squared_error=_p.GC_LOSS_SQUARED_ERROR,
 
 
 class Loss:
-    """A scalar loss l(x^(k)) with a compiled value and gradient."""
+    """A scalar loss l(x^(k)) with a compiled value and gradient (abstract
+    base; see the subclasses).
+
+    A loss is applied to the output x^(k) of a composition
+    (``compose(..., loss=...)``) or on its own (:meth:`value_and_grad`).
+    For a batch (B, n) it is evaluated row by row: per-sample values and
+    gradients.  Values accumulate in float64 whatever the compute dtype.
+    """
 
     _code = 0
 
@@ -40,7 +47,19 @@ class Loss:
 
     def value_and_grad(self, x):
         """(l(x), grad l(x)) for a single x, or per-row values (B,) and
-        gradients (B, n) for a batch."""
+        gradients (B, n) for a batch.
+
+        Parameters
+        ----------
+        x : array_like, shape (n,) or (B, n)
+
+        Returns
+        -------
+        value : float, or ndarray of shape (B,) (float64)
+        grad : ndarray, shape of x
+            In the dtype of x and the loss's target (the dtype rule of
+            :mod:`gradchain.chain`).
+        """
         x = _as_float(x, "x")
         dtype = np.result_type(_float_dtype(x.dtype, "x"),
                                *[_float_dtype(p.dtype, "target") for p in self._params()])
@@ -82,7 +101,14 @@ class _TargetLoss(Loss):
 
 
 class SquaredError(_TargetLoss):
-    """l(x) = 1/2 ||x - t||^2; grad = x - t.  t: (n,) or per sample (B, n)."""
+    """l(x) = 1/2 ||x - t||^2; grad = x - t.
+
+    Parameters
+    ----------
+    target : array_like, shape (n,) or (B, n)
+        t, one for every sample or one per sample; read in place at each
+        call (an in-place change is seen).
+    """
 
     _code = _LOSS["squared_error"]
 
@@ -91,7 +117,13 @@ class SquaredError(_TargetLoss):
 
 
 class MeanSquaredError(_TargetLoss):
-    """l(x) = mean((x - t)^2) over the n values; grad = 2 (x - t) / n."""
+    """l(x) = mean((x - t)^2) over the n values; grad = 2 (x - t) / n.
+
+    Parameters
+    ----------
+    target : array_like, shape (n,) or (B, n)
+        t, as for :class:`SquaredError`.
+    """
 
     _code = _LOSS["mean_squared_error"]
 
@@ -100,7 +132,13 @@ class MeanSquaredError(_TargetLoss):
 
 
 class Dot(_TargetLoss):
-    """l(x) = w . x; grad = w.  w: (n,) or per sample (B, n)."""
+    """l(x) = w . x; grad = w.
+
+    Parameters
+    ----------
+    w : array_like, shape (n,) or (B, n)
+        One for every sample or one per sample; read in place at each call.
+    """
 
     _code = _LOSS["dot"]
     _name = "w"
@@ -120,8 +158,15 @@ class LogSumExp(Loss):
 
 class CrossEntropy(Loss):
     """Cross-entropy from logits: l(x) = logsumexp(x) - x[label], stable;
-    grad = softmax(x) - onehot(label).  labels: an int for one sample, or
-    (B,) ints for a batch."""
+    grad = softmax(x) - onehot(label).
+
+    Parameters
+    ----------
+    labels : int or array_like of ints, shape (B,)
+        An int for one sample (or every sample), or one per sample.  Read
+        from the caller's array at each call, copied and checked there
+        (0 <= label < n).
+    """
 
     _code = _LOSS["cross_entropy"]
 

@@ -383,8 +383,16 @@ class _Builtin(Map):
 
 
 class Affine(_Builtin):
-    """x -> W x + b, W of shape (n_out, n_in); its Jacobian is W, read in
-    place.  A batch X (B, n_in) maps to X W^T + b."""
+    """x -> W x + b; its Jacobian is W, read in place.
+
+    A batch X (B, n_in) maps to X W^T + b (a matrix-matrix product).
+
+    Parameters
+    ----------
+    W : array_like, shape (n_out, n_in)
+    b : array_like, shape (n_out,), optional
+        Both kept by reference: an in-place change is seen by later calls.
+    """
 
     def __init__(self, W, b=None):
         W = _as_float(W, "W")
@@ -466,7 +474,13 @@ Square = _elementwise("Square", _EW["square"], "x -> x^2, elementwise; J = diag(
 
 
 class LeakyReLU(_Elementwise):
-    """x -> x for x >= 0, alpha x below; J = diag(1 or alpha)."""
+    """x -> x for x >= 0, alpha x below; J = diag(1 or alpha).
+
+    Parameters
+    ----------
+    alpha : float, default 0.01
+        The slope below 0.
+    """
 
     _code = _EW["leaky_relu"]
 
@@ -480,7 +494,13 @@ class LeakyReLU(_Elementwise):
 
 
 class Scale(_Elementwise):
-    """x -> c x; J = c I."""
+    """x -> c x; J = c I.
+
+    Parameters
+    ----------
+    c : float
+        The factor.
+    """
 
     _code = _EW["scale"]
 
