@@ -391,7 +391,8 @@ class Affine(_Builtin):
     ----------
     W : array_like, shape (n_out, n_in)
     b : array_like, shape (n_out,), optional
-        Both kept by reference: an in-place change is seen by later calls.
+        Arrays are kept by reference: an in-place change is seen by later
+        calls.
     """
 
     def __init__(self, W, b=None):
