@@ -12,20 +12,23 @@ from gradchain._kernels import (
     simd_target,
 )
 from gradchain.chain import Chain, ChainPlan, jacobian, jvp, vjp
-from gradchain.maps import (
-    Affine,
-    Composition,
-    Cos,
+from gradchain.composition import Composition, check_grad, compose
+from gradchain.losses import (
     CrossEntropy,
     Dot,
+    LogSumExp,
+    Loss,
+    MeanSquaredError,
+    SquaredError,
+)
+from gradchain.maps import (
+    Affine,
+    Cos,
     Exp,
     LeakyReLU,
     Log,
     LogSoftmax,
-    LogSumExp,
-    Loss,
     Map,
-    MeanSquaredError,
     ReLU,
     Scale,
     Sigmoid,
@@ -33,10 +36,7 @@ from gradchain.maps import (
     Softmax,
     Softplus,
     Square,
-    SquaredError,
     Tanh,
-    check_grad,
-    compose,
 )
 from gradchain.operators import (
     Dense,

@@ -1,26 +1,23 @@
-"""Maps, losses and compositions: the chain rule end to end, from x to grad L.
+"""Maps: the differentiable links x -> f(x) of a composition.
 
-With x^(0) = x, x^(i) = f^(i)(x^(i-1)) and L = l(x^(k)),
+This module's one job is the maps themselves: :class:`Map` (a map the user
+gives by its value and its Jacobian, VJP or JVP) and the built-in maps the
+compiled plans know -- :class:`Affine`, whose Jacobian is its weight matrix,
+read in place; the elementwise maps (:class:`Tanh`, :class:`Sigmoid`, ...),
+whose Jacobians are diagonal; :class:`Softmax` and :class:`LogSoftmax`,
+whose Jacobians are diagonal plus rank one -- and the checks every value
+crossing into compiled code passes (the dtype rule, a user callback's
+result).
 
-    grad_x L = J_1^T J_2^T ... J_k^T grad l(x^(k)),
+Losses live in :mod:`gradchain.losses`, compositions (``compose``,
+``check_grad``) in :mod:`gradchain.composition`; their names are still
+importable from here.
 
-where J_i is the Jacobian of f^(i) at x^(i-1).  ``compose(*maps, loss=...)``
-runs the forward pass, keeps what the backward pass needs, and evaluates the
-product without forming a Jacobian it does not have to: an affine map's
-Jacobian is its weight matrix, read in place; an elementwise map's is
-diagonal; softmax's is diagonal plus rank one.
-
-When every map is built in, forward and backward run as one compiled plan
-(op codes over bound buffers, see ``gradchain._plan``), reusing its workspace
-across calls of the same shape.  User maps (:class:`Map`) split the
-composition into compiled segments around the Python callbacks.
-
-Batches: x of shape (B, n_0) is B independent samples; the maps act on each
-row.  Affine maps on a batch are matrix-matrix products (BLAS).
+Batches: x of shape (B, n) is B independent samples; a map acts on each row.
 """
 from __future__ import annotations
 
-import numbers
+import importlib
 
 import numpy as np
 
@@ -28,11 +25,20 @@ from gradchain._bind import as_array, compute_dtype
 from gradchain import _program as _p
 from gradchain._program import OpCode, Program as Plan
 from gradchain.chain import Chain
-from gradchain.operators import Diagonal, DiagonalPlusRankOne, Operator, _scalar
+from gradchain.operators import Dense, Diagonal, DiagonalPlusRankOne, Operator, _scalar
+
+# the names that moved to gradchain.losses and gradchain.composition, and
+# are still importable from here (see __getattr__ at the end)
+_MOVED = {
+    **dict.fromkeys(["Loss", "SquaredError", "MeanSquaredError", "CrossEntropy",
+                     "LogSumExp", "Dot", "_TargetLoss", "_LOSS"], "gradchain.losses"),
+    **dict.fromkeys(["Composition", "compose", "check_grad"], "gradchain.composition"),
+}
 
 __all__ = [
     "Map", "Affine", "Tanh", "Sigmoid", "ReLU", "LeakyReLU", "Softplus", "Exp",
     "Log", "Sin", "Cos", "Square", "Scale", "Softmax", "LogSoftmax",
+    # moved, still exported from here
     "Loss", "SquaredError", "MeanSquaredError", "CrossEntropy", "LogSumExp",
     "Dot", "Composition", "compose", "check_grad",
 ]
@@ -42,18 +48,19 @@ _OP_ELEMENTWISE = int(OpCode.OP_ELEMENTWISE)
 _OP_SOFTMAX = int(OpCode.OP_SOFTMAX)
 _OP_LOG_SOFTMAX = int(OpCode.OP_LOG_SOFTMAX)
 
-# elementwise and loss codes: declared in csrc/gc_maps.h, exported by _plan
+# elementwise codes: declared in csrc/gc_maps.h, exported by _plan
 _EW = dict(tanh=_p.GC_EW_TANH, sigmoid=_p.GC_EW_SIGMOID, relu=_p.GC_EW_RELU,
            leaky_relu=_p.GC_EW_LEAKY_RELU, softplus=_p.GC_EW_SOFTPLUS,
            exp=_p.GC_EW_EXP, log=_p.GC_EW_LOG, sin=_p.GC_EW_SIN,
            cos=_p.GC_EW_COS, square=_p.GC_EW_SQUARE, scale=_p.GC_EW_SCALE)
-_LOSS = dict(squared_error=_p.GC_LOSS_SQUARED_ERROR,
-             mean_squared_error=_p.GC_LOSS_MEAN_SQUARED_ERROR,
-             cross_entropy=_p.GC_LOSS_CROSS_ENTROPY,
-             logsumexp=_p.GC_LOSS_LOGSUMEXP, dot=_p.GC_LOSS_DOT)
 
 
 _float_dtype = compute_dtype      # the chain's dtype rule (gradchain._chain)
+
+# the most elements a batch's stack of user Jacobians holds at a time (2 MiB
+# of float64, so that it is still in cache when the compiled call reads it):
+# a larger batch is applied a block of rows at a time, reusing the buffer
+_STACK_ELEMS = 1 << 18
 
 
 def _as_float(x, name):
@@ -77,6 +84,16 @@ def _checked(y, want, dtype, i, name, inputs):
     """A callback's result checked before compiled code reads it: exactly
     the shape ``want`` (None: any extent there), a real dtype, then
     C-contiguous in ``dtype``, and never sharing memory with ``inputs``."""
+    a = _validated(y, want, i, name)
+    out = np.require(a, dtype, "CA")
+    if out is a and any(np.may_share_memory(out, x) for x in inputs):
+        out = out.copy()
+    return out
+
+
+def _validated(y, want, i, name):
+    """maps[i].name's result y as an array, checked (see _checked) but not
+    converted."""
     where = f"maps[{i}].{name}"
     a = as_array(y, f"{where}'s result")
     if a.dtype.kind == "c":
@@ -88,14 +105,48 @@ def _checked(y, want, dtype, i, name, inputs):
         shown = tuple("any" if w is None else w for w in want)
         raise ValueError(f"{where} returned shape {a.shape}, expected "
                          f"{_shape_text(shown)}")
-    out = np.require(a, dtype, "CA")
-    if out is a and any(np.may_share_memory(out, x) for x in inputs):
-        out = out.copy()
-    return out
+    return a
 
 
 def _shape_text(shape):
     return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _first_sized(maps, idx):
+    """Index of the first map from maps[idx] on whose input size is known
+    (an Affine) before any user map, or None."""
+    for i in range(idx, len(maps)):
+        m = maps[i]
+        if not m._builtin:
+            return None
+        if m.in_dim is not None:
+            return i
+    return None
+
+
+def _input(x, maps, params=(), name="x"):
+    """x checked for the maps applied in order: (X, single, dtype).
+
+    x must be 1-D (n_0,) or 2-D (B, n_0), of the width the first sized map
+    takes; dtype is the dtype rule over x, the maps' parameters and
+    ``params`` (a loss's); X is x as a C-contiguous (B, n_0) block in it
+    (B = 1 for a single x, which ``single`` says).
+    """
+    x = _as_float(x, name)
+    if x.ndim not in (1, 2):
+        raise ValueError(f"{name} must be 1-D (n_0,) or 2-D (batch, n_0), "
+                         f"got shape {x.shape}")
+    i = _first_sized(maps, 0)
+    if i is not None and x.shape[-1] != maps[i].in_dim:
+        raise ValueError(f"{name} has shape {x.shape} but maps[{i}] "
+                         f"({maps[i]!r}) takes {maps[i].in_dim} inputs")
+    dts = [_float_dtype(x.dtype, name)]
+    for m in maps:
+        dts += [_float_dtype(p.dtype, "parameters") for p in m._params()]
+    dts += [_float_dtype(p.dtype, "loss target") for p in params]
+    dtype = np.dtype(np.result_type(*dts))
+    X = np.require(x.reshape(1, -1) if x.ndim == 1 else x, dtype, "CA")
+    return X, x.ndim == 1, dtype
 
 
 # ---------------------------------------------------------------------------
@@ -113,7 +164,12 @@ class Map:
     jacobian : callable, optional
         ``jacobian(x)`` -> the Jacobian at a single x (1-D), as an array of
         shape (n_out, n_in) or a :class:`gradchain.Operator`.  Its products
-        run in the compiled kernels; for a batch it is called once per row.
+        run in the compiled kernels.  For a batch it is called once per
+        row; the rows' arrays are stacked into one (B, n_out, n_in) array
+        and applied in one compiled per-sample call (a block of rows at a
+        time beyond 2^18 elements).  Operators other than
+        :class:`gradchain.Dense` cannot be stacked: a block of rows where
+        one row returns such an operator is applied row by row.
     vjp, jvp : callable, optional
         Matrix-free links: ``vjp(x, g)`` -> J^T g and ``jvp(x, v)`` -> J v,
         called with x and g/v of matching rank (1-D, or 2-D batches).
@@ -158,18 +214,42 @@ class Map:
     def __call__(self, x):
         return np.asarray(self.fn(x))
 
-    def _jac_at(self, x, m_out, i, dtype):
+    @property
+    def _forward_uses_jacobian(self):
+        """Whether forward mode (jvp, and so Composition.jacobian) runs on
+        ``jacobian(x)``: it is given, and no ``jvp=`` takes precedence."""
+        return self._jacobian is not None and self._jvp is None
+
+    def _link(self, i, x, y, dtype):
+        """maps[i]'s Jacobian at x (1-D, in dtype; y = f(x)) as a link of a
+        Chain: here, the user's ``jacobian(x)``, checked (see _jac_at)."""
+        if self._jacobian is None:
+            raise TypeError(f"maps[{i}] is matrix-free (vjp=/jvp= only): it has "
+                            f"no Jacobian to put in a Chain")
+        return self._jac_at(_readonly(x), y.shape[0], i, dtype)
+
+    def _jac_at(self, x, m_out, i, dtype, out=None):
         """The Jacobian at a single x (read-only, 1-D), checked: an
-        (m_out, len(x)) real array in dtype, or an Operator of that shape."""
+        (m_out, len(x)) real array in dtype, or an Operator of that shape.
+
+        With ``out`` (an (m_out, len(x)) block in dtype, a row of a stack),
+        an array result -- or a Dense operator's matrix -- is written there
+        and ``out`` is returned; another operator is returned as it is."""
         want = (m_out, x.shape[0])
         J = self._jacobian(x)
         if isinstance(J, Operator):
             if tuple(J.shape) != want:
                 raise ValueError(f"maps[{i}].jacobian returned an operator of "
                                  f"shape {tuple(J.shape)}, expected {want}")
+            if out is not None and isinstance(J, Dense):
+                out[...] = J.matrix
+                return out
             # in the composition's dtype, as an array result would be
             return J if J.dtype is None or J.dtype == dtype else J.astype(dtype)
-        return _checked(J, want, dtype, i, "jacobian", (x,))
+        if out is None:
+            return _checked(J, want, dtype, i, "jacobian", (x,))
+        out[...] = _validated(J, want, i, "jacobian")   # converted, copied
+        return out
 
     def _apply(self, i, x, t, m_out, transpose, dtype):
         """J^T t (transpose) or J t at x (read-only, rank 1 or 2), checked:
@@ -187,13 +267,43 @@ class Map:
         if x.ndim == 1:
             c = Chain([self._jac_at(x, m_out, i, dtype)])
             return c.vjp(t) if transpose else c.jvp(t)
-        out = np.empty(want, dtype)
-        for b in range(x.shape[0]):
-            c = Chain([self._jac_at(x[b], m_out, i, dtype)])
-            if transpose:
-                c.vjp(t[b], out=out[b])
-            else:
-                c.jvp(t[b], out=out[b])
+        return self._apply_rows(i, x, t, m_out, transpose, dtype,
+                                np.empty(want, dtype))
+
+    def _apply_rows(self, i, x, t, m_out, transpose, dtype, out):
+        """_apply of jacobian= to a batch x (B, n), into out.
+
+        jacobian(x[b]) is called per row (the callback is per row, by
+        contract) and the results are stacked into (rows, m_out, n), applied
+        in one compiled per-sample call; a block of rows at a time, so that
+        the stack (one buffer, reused) stays within _STACK_ELEMS.  A block
+        where some row gave an operator, which cannot be stacked, goes row
+        by row, each row a one-link chain."""
+        B, n = x.shape
+        rows = max(1, _STACK_ELEMS // (m_out * n)) if m_out * n else max(B, 1)
+        buf = np.empty((min(rows, B), m_out, n), dtype)
+        for b0 in range(0, B, rows):
+            b1 = min(B, b0 + rows)
+            S = buf[:b1 - b0]
+            ops = {}
+            for b in range(b0, b1):
+                row = S[b - b0]
+                J = self._jac_at(x[b], m_out, i, dtype, out=row)
+                if J is not row:
+                    ops[b] = J
+            if not ops:
+                c = Chain([S])          # row b of t through S[b]
+                if transpose:
+                    c.vjp(t[b0:b1], out=out[b0:b1])
+                else:
+                    c.jvp(t[b0:b1], out=out[b0:b1])
+                continue
+            for b in range(b0, b1):
+                c = Chain([ops.get(b, S[b - b0])])
+                if transpose:
+                    c.vjp(t[b], out=out[b])
+                else:
+                    c.jvp(t[b], out=out[b])
         return out
 
     def __repr__(self):
@@ -201,9 +311,17 @@ class Map:
 
 
 class _Builtin(Map):
-    """A map the compiled plans know."""
+    """A map the compiled plans know.
+
+    A subclass says what the plan runs (``_spec``: its op code and
+    parameters in a dtype) and what its Jacobian is (``_link``): the one
+    place that knows it, used by :meth:`jacobian` and by
+    ``Composition.chain``.  Evaluated alone, a built-in map runs as a
+    one-op compiled plan.
+    """
 
     _builtin = True
+    _forward_uses_jacobian = True
 
     def __init__(self):
         pass
@@ -214,20 +332,68 @@ class _Builtin(Map):
     def _spec_is_view(self, spec):
         return True
 
-    def _params(self):
-        return ()
+    def _run(self, X, dtype, mode, T=None):
+        """This map alone as a compiled plan over the C-contiguous block X
+        (B, n) in dtype (see ``gradchain._plan.Plan.run``)."""
+        return Plan([self._spec(dtype)], dtype).run(X, mode, T)
+
+    def _link(self, i, x, y, dtype):
+        """The Jacobian at x (1-D, in dtype), where y = f(x): an array
+        (Affine: W) or an operator, in dtype."""
+        raise NotImplementedError
 
     def __call__(self, x):
-        return Composition([self]).forward(x)[0]
+        """f(x) for x of shape (n,), or row by row for a batch (B, n).
+
+        Parameters
+        ----------
+        x : array_like, shape (n,) or (B, n)
+
+        Returns
+        -------
+        ndarray, shape (m,) or (B, m)
+            In the dtype of x and the map's parameters (the dtype rule of
+            :mod:`gradchain.chain`).
+        """
+        X, single, dtype = _input(x, (self,))
+        Y = self._run(X, dtype, "forward")[-1]
+        return Y[0] if single else Y
 
     def jacobian(self, x):
-        """The Jacobian at a single x, as an operator (or W for Affine)."""
-        return Composition([self]).chain(x).jacobians[0]
+        """The Jacobian at a single x.
+
+        Parameters
+        ----------
+        x : array_like, shape (n,)
+
+        Returns
+        -------
+        ndarray or Operator, shape (m, n)
+            ``Affine``: W itself (a converted copy where the dtype rule
+            needs one); elementwise maps: a :class:`gradchain.Diagonal`;
+            ``Softmax``, ``LogSoftmax``: a
+            :class:`gradchain.DiagonalPlusRankOne`.
+        """
+        x = _as_float(x, "x")
+        if x.ndim != 1:
+            raise ValueError(f"chain takes a single x (n_0,), got shape {x.shape}")
+        X, _, dtype = _input(x, (self,))
+        y = self._run(X, dtype, "forward")[-1][0]
+        return self._link(0, X[0], y, dtype)
 
 
 class Affine(_Builtin):
-    """x -> W x + b, W of shape (n_out, n_in); its Jacobian is W, read in
-    place.  A batch X (B, n_in) maps to X W^T + b."""
+    """x -> W x + b; its Jacobian is W, read in place.
+
+    A batch X (B, n_in) maps to X W^T + b (a matrix-matrix product).
+
+    Parameters
+    ----------
+    W : array_like, shape (n_out, n_in)
+    b : array_like, shape (n_out,), optional
+        Arrays are kept by reference: an in-place change is seen by later
+        calls.
+    """
 
     def __init__(self, W, b=None):
         W = _as_float(W, "W")
@@ -264,6 +430,10 @@ class Affine(_Builtin):
         which would not follow the caller's in-place changes)."""
         return spec[1] is self.W and (self.b is None or spec[2] is self.b)
 
+    def _link(self, i, x, y, dtype):
+        """J = W, read in place (converted where dtype differs)."""
+        return self.W if self.W.dtype == dtype else self.W.astype(dtype)
+
     def __repr__(self):
         return f"Affine({self.W.shape[1]} -> {self.W.shape[0]}" + (
             ", bias)" if self.b is not None else ")")
@@ -275,6 +445,11 @@ class _Elementwise(_Builtin):
 
     def _spec(self, dtype):
         return (_OP_ELEMENTWISE, self._code, self._param)
+
+    def _link(self, i, x, y, dtype):
+        """J = diag(f'(x)), f'(x) from the compiled kernel (the VJP of ones)."""
+        ones = np.ones((1, x.shape[0]), dtype)
+        return Diagonal(self._run(x.reshape(1, -1), dtype, "vjp", ones)[1][0])
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -300,7 +475,13 @@ Square = _elementwise("Square", _EW["square"], "x -> x^2, elementwise; J = diag(
 
 
 class LeakyReLU(_Elementwise):
-    """x -> x for x >= 0, alpha x below; J = diag(1 or alpha)."""
+    """x -> x for x >= 0, alpha x below; J = diag(1 or alpha).
+
+    Parameters
+    ----------
+    alpha : float, default 0.01
+        The slope below 0.
+    """
 
     _code = _EW["leaky_relu"]
 
@@ -314,7 +495,13 @@ class LeakyReLU(_Elementwise):
 
 
 class Scale(_Elementwise):
-    """x -> c x; J = c I."""
+    """x -> c x; J = c I.
+
+    Parameters
+    ----------
+    c : float
+        The factor.
+    """
 
     _code = _EW["scale"]
 
@@ -334,6 +521,10 @@ class Softmax(_Builtin):
     def _spec(self, dtype):
         return (_OP_SOFTMAX,)
 
+    def _link(self, i, x, y, dtype):
+        """J = diag(s) - s s^T at s = y."""
+        return DiagonalPlusRankOne.softmax(y)
+
     def __repr__(self):
         return "Softmax()"
 
@@ -344,533 +535,29 @@ class LogSoftmax(_Builtin):
     def _spec(self, dtype):
         return (_OP_LOG_SOFTMAX,)
 
+    def _link(self, i, x, y, dtype):
+        """J = I - 1 s^T at s = exp(y) = softmax(x)."""
+        return DiagonalPlusRankOne.log_softmax(np.exp(y))
+
     def __repr__(self):
         return "LogSoftmax()"
 
 
-# ---------------------------------------------------------------------------
-# Losses
-# ---------------------------------------------------------------------------
-
-class Loss:
-    """A scalar loss l(x^(k)) with a compiled value and gradient."""
-
-    _code = 0
-
-    def _rows(self, B, n, dtype):
-        """(aux rows (B, n) in dtype or None, labels (B,) int64 or None)."""
-        return None, None
-
-    def _params(self):
-        return ()
-
-    def value_and_grad(self, x):
-        """(l(x), grad l(x)) for a single x, or per-row values (B,) and
-        gradients (B, n) for a batch."""
-        x = _as_float(x, "x")
-        dtype = np.result_type(_float_dtype(x.dtype, "x"),
-                               *[_float_dtype(p.dtype, "target") for p in self._params()])
-        X = np.require(np.atleast_2d(x), dtype, "CA")
-        if x.ndim not in (1, 2):
-            raise ValueError(f"x must be 1-D or 2-D, got shape {x.shape}")
-        aux, labels = self._rows(X.shape[0], X.shape[1], dtype)
-        vals, G = Plan([], dtype).loss_grad(X, self._code, aux, labels)
-        if x.ndim == 1:
-            return float(vals[0]), G[0]
-        return vals, G
-
-
-class _TargetLoss(Loss):
-    _name = "target"
-
-    def __init__(self, target):
-        self._target = _as_float(target, self._name)
-        if self._target.ndim not in (1, 2):
-            raise ValueError(f"{self._name} must be 1-D (n,) or 2-D (batch, n), "
-                             f"got shape {self.target.shape}")
-
-    target = property(lambda self: self._target,
-                      doc="the target (read in place at each call)")
-
-    def _params(self):
-        return (self.target,)
-
-    def _rows(self, B, n, dtype):
-        t = self.target
-        if t.dtype == dtype and t.flags.c_contiguous and t.flags.aligned and (
-                t.shape == (n,) and B == 1 or t.shape == (B, n)):
-            return t, None      # read in place
-        if t.shape[-1] != n or (t.ndim == 2 and t.shape[0] != B):
-            want = f"({n},) or ({B}, {n})"
-            raise ValueError(f"{self._name} has shape {t.shape} but the output "
-                             f"x^(k) has {B} sample(s) of {n} values: expected {want}")
-        return np.require(np.broadcast_to(t, (B, n)), dtype, "CA"), None
-
-
-class SquaredError(_TargetLoss):
-    """l(x) = 1/2 ||x - t||^2; grad = x - t.  t: (n,) or per sample (B, n)."""
-
-    _code = _LOSS["squared_error"]
-
-    def __repr__(self):
-        return "SquaredError(target)"
-
-
-class MeanSquaredError(_TargetLoss):
-    """l(x) = mean((x - t)^2) over the n values; grad = 2 (x - t) / n."""
-
-    _code = _LOSS["mean_squared_error"]
-
-    def __repr__(self):
-        return "MeanSquaredError(target)"
-
-
-class Dot(_TargetLoss):
-    """l(x) = w . x; grad = w.  w: (n,) or per sample (B, n)."""
-
-    _code = _LOSS["dot"]
-    _name = "w"
-
-    def __repr__(self):
-        return "Dot(w)"
-
-
-class LogSumExp(Loss):
-    """l(x) = log sum exp(x), stable; grad = softmax(x)."""
-
-    _code = _LOSS["logsumexp"]
-
-    def __repr__(self):
-        return "LogSumExp()"
-
-
-class CrossEntropy(Loss):
-    """Cross-entropy from logits: l(x) = logsumexp(x) - x[label], stable;
-    grad = softmax(x) - onehot(label).  labels: an int for one sample, or
-    (B,) ints for a batch."""
-
-    _code = _LOSS["cross_entropy"]
-
-    def __init__(self, labels):
-        a = as_array(labels, "labels")
-        if a.dtype.kind not in "iu":
-            raise TypeError(f"labels must be integers, got dtype {a.dtype}")
-        if a.ndim > 1:
-            raise ValueError(f"labels must be an int or 1-D (batch,), got shape {a.shape}")
-        self._labels = a
-
-    labels = property(lambda self: self._labels,
-                      doc="the labels (the caller's array, read at each call)")
-
-    def _rows(self, B, n, dtype):
-        a = self.labels
-        if a.ndim == 1 and a.shape[0] != B:
-            raise ValueError(f"labels has shape {a.shape} but the batch has {B} "
-                             f"sample(s)")
-        # a copy, taken and validated here: the kernels index with it after
-        # the GIL is released, so the caller's array (which another thread
-        # may change meanwhile) is never what they read
-        src = np.broadcast_to(a, (B,))
-        lab = np.array(src, dtype=np.int64)   # uint64 past int64 wraps < 0
-        bad = np.flatnonzero((lab < 0) | (lab >= n))
-        if bad.size:
-            i = int(bad[0])
-            where = f"labels[{i}]" if a.ndim == 1 else "labels"
-            raise ValueError(f"{where} = {int(src[i])} is out of range for "
-                             f"{n} classes (0 <= label < {n})")
-        return None, lab
-
-    def __repr__(self):
-        return "CrossEntropy(labels)"
-
-
-# ---------------------------------------------------------------------------
-# Compositions
-# ---------------------------------------------------------------------------
-
-class Composition:
-    """f^(k) o ... o f^(1), optionally followed by a loss; see :func:`compose`."""
-
-    def __init__(self, maps, loss=None):
-        maps = list(maps)
-        cur = None          # known output size so far (None: any)
-        known_from = None
-        for i, m in enumerate(maps):
-            if not isinstance(m, Map):
-                raise TypeError(f"maps[{i}] must be a gradchain Map, got "
-                                f"{type(m).__name__}")
-            if m.in_dim is not None and cur is not None and m.in_dim != cur:
-                raise ValueError(
-                    f"maps[{i}] ({m!r}) takes {m.in_dim} inputs but "
-                    f"maps[{known_from}] outputs {cur} values")
-            if m.out_dim is not None:
-                cur, known_from = m.out_dim, i
-            elif not m._builtin:
-                cur = None
-        if loss is not None and not isinstance(loss, Loss):
-            raise TypeError(f"loss must be a gradchain Loss, got {type(loss).__name__}")
-        if (loss is not None and cur is not None and isinstance(loss, _TargetLoss)
-                and loss.target.shape[-1] != cur):
-            raise ValueError(
-                f"loss {loss._name} has shape {loss.target.shape} but maps[{known_from}] "
-                f"outputs {cur} values")
-        self._maps, self._loss = tuple(maps), loss
-        # consecutive built-in maps form compiled segments; _starts[j] is the
-        # index in maps of segment j's first map (the name in messages)
-        self._segments, self._starts = [], []
-        for i, m in enumerate(maps):
-            if m._builtin and self._segments and isinstance(self._segments[-1], list):
-                self._segments[-1].append(m)
-                continue
-            self._starts.append(i)
-            self._segments.append([m] if m._builtin else m)
-        self._plans = {}
-        self._fast = None
-
-    @property
-    def maps(self):
-        """The maps, a tuple (a Composition is immutable)."""
-        return self._maps
-
-    @property
-    def loss(self):
-        """The loss, or None."""
-        return self._loss
-
-    def __len__(self):
-        return len(self.maps)
-
-    def __repr__(self):
-        inner = ", ".join(repr(m) for m in self.maps)
-        return f"compose({inner}" + (f", loss={self.loss!r})" if self.loss else ")")
-
-    # -- set-up ---------------------------------------------------------
-
-    def _dtype(self, x):
-        dts = [_float_dtype(x.dtype, "x")]
-        for m in self.maps:
-            dts += [_float_dtype(p.dtype, "parameters") for p in m._params()]
-        if self.loss is not None:
-            dts += [_float_dtype(p.dtype, "loss target") for p in self.loss._params()]
-        return np.dtype(np.result_type(*dts))
-
-    def _plan_list(self, dtype):
-        """One Plan per built-in segment (user maps stand for themselves).
-        Cached per dtype when every parameter is read in place; a parameter
-        converted to another dtype is converted again at each call, so that
-        in-place changes to it are always seen."""
-        plans = self._plans.get(dtype)
-        if plans is None:
-            plans, cache = [], True
-            for seg in self._segments:
-                if isinstance(seg, list):
-                    specs = [m._spec(dtype) for m in seg]
-                    cache &= all(m._spec_is_view(sp) for m, sp in zip(seg, specs))
-                    plans.append(Plan(specs, dtype))
-                else:
-                    plans.append(seg)
-            if cache:
-                self._plans[dtype] = plans
-        return plans
-
-    def _input(self, x, name="x"):
-        x = _as_float(x, name)
-        if x.ndim not in (1, 2):
-            raise ValueError(f"{name} must be 1-D (n_0,) or 2-D (batch, n_0), "
-                             f"got shape {x.shape}")
-        i = self._first_sized(0)
-        if i is not None and x.shape[-1] != self.maps[i].in_dim:
-            raise ValueError(f"{name} has shape {x.shape} but maps[{i}] "
-                             f"({self.maps[i]!r}) takes {self.maps[i].in_dim} inputs")
-        dtype = self._dtype(x)
-        X = np.require(x.reshape(1, -1) if x.ndim == 1 else x, dtype, "CA")
-        return X, x.ndim == 1, dtype
-
-    def _user_fn(self, i, X, single, dtype):
-        """maps[i](X) for a user map, checked: (B, m) rows (B = X's rows)."""
-        xin = _readonly(X[0] if single else X)
-        want = (None,) if single else (X.shape[0], None)
-        Y = _checked(self.maps[i].fn(xin), want, dtype, i, "fn", (X,))
-        return Y.reshape(1, -1) if single else Y
-
-    def _user_link(self, i, X, T, m_out, transpose, single, dtype):
-        """J^T T (transpose) or J T for user map i at the batch X, checked."""
-        xin = _readonly(X[0] if single else X)
-        tin = _readonly(T[0] if single else T)
-        R = self.maps[i]._apply(i, xin, tin, m_out, transpose, dtype)
-        return R.reshape(1, -1) if single else R
-
-    def _first_sized(self, idx):
-        """Index of the first map from maps[idx] on whose input size is
-        known (an Affine) before any user map, or None."""
-        for i in range(idx, len(self.maps)):
-            m = self.maps[i]
-            if not m._builtin:
-                return None
-            if m.in_dim is not None:
-                return i
-        return None
-
-    def _check_width(self, idx, X):
-        """X is about to enter maps[idx:]: check it against the first map
-        there whose input size is known (built-in stretches only)."""
-        i = self._first_sized(idx)
-        if i is not None and X.shape[1] != self.maps[i].in_dim:
-            src = f"maps[{idx - 1}]" if idx > 0 else "x"
-            raise ValueError(
-                f"maps[{i}] ({self.maps[i]!r}) takes {self.maps[i].in_dim} "
-                f"inputs but {src} outputs {X.shape[1]} values")
-
-    def _walk(self, X, single, dtype, mode, T=None):
-        """The one walk over the segments, forward from x^(0) = X.
-
-        mode "forward": returns (trail, [x^(0), ..., x^(k)]);
-        mode "jvp":     returns (x^(k), J T) for tangents T (X's shape);
-        mode "trail":   returns (trail, x^(k)), the trail being, per segment,
-                        (index of its first map, segment, plan, its input)
-                        for _backward.
-        """
-        trail, xs = [], [X]
-        for idx, seg, plan in zip(self._starts, self._segments,
-                                  self._plan_list(dtype)):
-            trail.append((idx, seg, plan, X))
-            if isinstance(seg, list):
-                self._check_width(idx, X)
-                if mode == "jvp":
-                    X, T = plan.run(X, "jvp", T=T)
-                elif mode == "forward":
-                    xs += plan.run(X, "forward")[1:]
-                    X = xs[-1]
-                else:
-                    X = plan.run(X, "forward")[-1]
-            else:
-                Y = self._user_fn(idx, X, single, dtype)
-                if mode == "jvp":
-                    T = self._user_link(idx, X, T, Y.shape[1], False, single,
-                                        dtype)
-                X = Y
-                xs.append(X)
-        if mode == "jvp":
-            return X, T
-        return trail, (xs if mode == "forward" else X)
-
-    def _backward(self, trail, G, single, dtype):
-        for idx, seg, plan, Xin in reversed(trail):
-            if isinstance(seg, list):
-                G = plan.run(Xin, "vjp", T=G)[1]
-            else:
-                G = self._user_link(idx, Xin, G, G.shape[1], True, single, dtype)
-        return G
-
-    # -- public API -----------------------------------------------------
-
-    def forward(self, x):
-        """Run the maps: returns (x^(k), [x^(0), x^(1), ..., x^(k)]), each of
-        x's rank (1-D, or (B, n_i) for a batch)."""
-        X, single, dtype = self._input(x)
-        xs = self._walk(X, single, dtype, "forward")[1]
-        if np.shares_memory(xs[0], x):
-            xs[0] = xs[0].copy()            # never hand back the caller's x
-        if single:
-            xs = [a[0] for a in xs]
-        return xs[-1], xs
-
-    def __call__(self, x):
-        return self.forward(x)[0]
-
-    def value_and_grad(self, x, reduction="sum"):
-        """L(x) and grad_x L.
-
-        For a single x (n_0,): (float, (n_0,) array).  For a batch (B, n_0),
-        with per-sample losses L_b: ``reduction="sum"`` returns sum_b L_b and
-        the (B, n_0) array whose row b is grad L_b (the gradient of the sum
-        with respect to sample b); ``"mean"`` divides both by B; ``"none"``
-        returns the (B,) losses and the same rows.
-        """
-        if reduction not in ("sum", "mean", "none"):
-            raise ValueError(f"reduction must be 'sum', 'mean' or 'none', got "
-                             f"{reduction!r}")
-        fast = self._fast
-        if (fast is not None and type(x) is np.ndarray and x.dtype == fast[0]
-                and x.shape == fast[1] and x.flags.c_contiguous
-                and x.flags.aligned):
-            # same dtype and shape as an earlier call of an all-built-in
-            # composition: the plan and sizes are known; one compiled call
-            B = 1 if fast[4] else x.shape[0]
-            aux, labels = self.loss._rows(B, fast[3], fast[0])
-            vals, G = fast[2].loss_grad(x, self.loss._code, aux, labels)
-            if fast[4]:
-                return float(vals[0]), G
-            return self._reduce(vals, G, reduction)
-        if self.loss is None:
-            raise ValueError("value_and_grad needs a loss: compose(..., loss=...)")
-        X, single, dtype = self._input(x)
-        B = X.shape[0]
-        plans = self._plan_list(dtype)
-        if len(plans) == 1 and isinstance(self._segments[0], list):
-            n_k = plans[0].dims(X.shape[1])[-1]
-            aux, labels = self.loss._rows(B, n_k, dtype)
-            vals, G = plans[0].loss_grad(X, self.loss._code, aux, labels)
-            if (type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous
-                    and x.flags.aligned and self._plans.get(dtype) is plans):
-                self._fast = (dtype, x.shape, plans[0], n_k, single)
-        else:
-            trail, Y = self._walk(X, single, dtype, "trail")
-            aux, labels = self.loss._rows(B, Y.shape[1], dtype)
-            vals, Gk = Plan([], dtype).loss_grad(Y, self.loss._code, aux, labels)
-            G = self._backward(trail, Gk, single, dtype)
-        if single:
-            return float(vals[0]), G[0]
-        return self._reduce(vals, G, reduction)
-
-    @staticmethod
-    def _reduce(vals, G, reduction):
-        if reduction == "sum":
-            return float(vals.sum()), G
-        if reduction == "mean":
-            B = vals.shape[0]
-            G /= max(B, 1)
-            return (float(vals.sum() / B) if B else float("nan")), G
-        if reduction == "none":
-            return vals, G
-        raise ValueError(f"reduction must be 'sum', 'mean' or 'none', got "
-                         f"{reduction!r}")
-
-    def value(self, x, reduction="sum"):
-        """L(x) (see value_and_grad)."""
-        return self.value_and_grad(x, reduction)[0]
-
-    def grad(self, x, reduction="sum"):
-        """grad_x L (see value_and_grad)."""
-        return self.value_and_grad(x, reduction)[1]
-
-    def vjp(self, x, g):
-        """J^T g for the maps' Jacobian J at x (the loss is not involved);
-        g of shape (n_k,) or, for a batch x, (B, n_k)."""
-        X, single, dtype = self._input(x)
-        trail, Y = self._walk(X, single, dtype, "trail")
-        G = _as_float(g, "g")
-        want = (Y.shape[1],) if single else Y.shape
-        if G.shape != want:
-            raise ValueError(f"g has shape {G.shape} but the maps output {want}")
-        G = np.require(G.reshape(Y.shape), dtype, "CA")
-        out = self._backward(trail, G, single, dtype)
-        return out[0] if single else out
-
-    def jvp(self, x, v):
-        """J v for the maps' Jacobian J at x; v of x's shape."""
-        X, single, dtype = self._input(x)
-        V = _as_float(v, "v")
-        if V.shape != np.shape(x):
-            raise ValueError(f"v has shape {V.shape} but x has shape {np.shape(x)}")
-        V = np.require(V.reshape(X.shape), dtype, "CA")
-        V = self._walk(X, single, dtype, "jvp", T=V)[1]
-        return V[0] if single else V
-
-    def jacobian(self, x):
-        """The dense Jacobian of f^(k) o ... o f^(1) at a single x: (n_k, n_0)."""
-        x = _as_float(x, "x")
-        if x.ndim != 1:
-            raise ValueError(f"jacobian takes a single x (n_0,), got shape {x.shape}")
-        n0 = x.shape[0]
-        X, _, dtype = self._input(x)
-        # the n_0 columns J e_j as one forward-mode batch
-        Xb = np.repeat(X, n0, axis=0) if n0 else X[:0]
-        E = np.eye(n0, dtype=dtype)
-        if all(isinstance(s, list) for s in self._segments):
-            V = E
-            for plan in self._plan_list(dtype):
-                Xb, V = plan.run(np.ascontiguousarray(Xb), "jvp", T=V)
-            return np.ascontiguousarray(V.T)
-        if n0 == 0:
-            return np.zeros((self.forward(x)[0].shape[0], 0), dtype)
-        return np.stack([self.jvp(x, E[j]) for j in range(n0)], axis=1)
-
-    def chain(self, x):
-        """The :class:`gradchain.Chain` of the maps' Jacobians at a single x
-        (Affine: W itself; elementwise: Diagonal; softmax: diagonal plus
-        rank one; user maps: their ``jacobian(x)``)."""
-        x = _as_float(x, "x")
-        if x.ndim != 1:
-            raise ValueError(f"chain takes a single x (n_0,), got shape {x.shape}")
-        _, xs = self.forward(x)
-        dtype = xs[0].dtype
-        links = []
-        for i, m in enumerate(self.maps):
-            xi, yi = xs[i], xs[i + 1]
-            if isinstance(m, Affine):
-                links.append(m.W if m.W.dtype == dtype else m.W.astype(dtype))
-            elif isinstance(m, _Elementwise):
-                d = Composition([m]).vjp(xi, np.ones_like(xi))
-                links.append(Diagonal(d))
-            elif isinstance(m, Softmax):
-                links.append(DiagonalPlusRankOne.softmax(yi))
-            elif isinstance(m, LogSoftmax):
-                links.append(DiagonalPlusRankOne.log_softmax(np.exp(yi)))
-            elif m._jacobian is not None:
-                links.append(m._jac_at(_readonly(xi), yi.shape[0], i, dtype))
-            else:
-                raise TypeError(f"maps[{i}] is matrix-free (vjp=/jvp= only): it has "
-                                f"no Jacobian to put in a Chain")
-        return Chain(links)
-
-
-def compose(*maps, loss=None):
-    """Compose maps f^(1), ..., f^(k) (in application order) and a loss.
-
-    Returns a :class:`Composition` with ``forward``, ``value_and_grad``,
-    ``grad``, ``vjp``, ``jvp``, ``jacobian`` and ``chain``.  Sizes known
-    from the maps (an Affine's W) are checked here; the rest at the first
-    call.
-
-    Examples
-    --------
-    >>> import numpy as np, gradchain as gc
-    >>> W = np.array([[1., 2.], [3., 4.]])
-    >>> f = gc.compose(gc.Affine(W), gc.Tanh(), loss=gc.SquaredError([0., 0.]))
-    >>> L, g = f.value_and_grad(np.array([0.1, -0.2]))
-    >>> round(L, 6)
-    0.149208
+def __getattr__(name):
+    """The losses and compositions under their old address.
+
+    They moved to :mod:`gradchain.losses` and :mod:`gradchain.composition`,
+    which import this module; resolving them here on first use (PEP 562)
+    keeps every import one-way -- this module imports neither -- so no
+    import order can meet a partly initialised module.
     """
-    return Composition(maps, loss)
+    home = _MOVED.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value             # later lookups are plain attributes
+    return value
 
 
-def check_grad(f, x, *, eps=None):
-    """Maximum relative error of an analytic derivative against central
-    finite differences at x.
-
-    f may be a Composition with a loss (its gradient is checked), a
-    Composition without one or a Map (its Jacobian, via jvp, is checked
-    column by column), or a callable returning (value, gradient).  The
-    step defaults to cbrt(machine epsilon) * max(1, |x_j|) per coordinate,
-    in x's float dtype.  Returns max |analytic - numeric| / max |numeric|
-    (or the absolute error when the numeric derivative is 0).
-    """
-    x = np.array(_as_float(x, "x"), dtype=np.result_type(_float_dtype(np.asarray(x).dtype, "x")))
-    if x.ndim != 1:
-        raise ValueError(f"check_grad takes a single x (n,), got shape {x.shape}")
-    e0 = np.cbrt(np.finfo(x.dtype).eps) if eps is None else _scalar(eps, "eps")
-    steps = e0 * np.maximum(1.0, np.abs(x))
-    if isinstance(f, Map):
-        f = Composition([f])
-    if isinstance(f, Composition) and f.loss is None:
-        analytic = f.jacobian(x)
-        num = np.empty_like(analytic)
-        for j in range(x.shape[0]):
-            xp, xm = x.copy(), x.copy()
-            xp[j] += steps[j]
-            xm[j] -= steps[j]
-            num[:, j] = (f(xp) - f(xm)) / (xp[j] - xm[j])
-    else:
-        value_and_grad = f.value_and_grad if isinstance(f, Composition) else f
-        analytic = np.asarray(value_and_grad(x)[1])
-        num = np.empty(x.shape[0])
-        for j in range(x.shape[0]):
-            xp, xm = x.copy(), x.copy()
-            xp[j] += steps[j]
-            xm[j] -= steps[j]
-            num[j] = (float(value_and_grad(xp)[0]) - float(value_and_grad(xm)[0])) / (
-                xp[j] - xm[j])
-    scale = np.max(np.abs(num)) if num.size else 0.0
-    err = np.max(np.abs(analytic - num)) if num.size else 0.0
-    return float(err / scale) if scale > 0 else float(err)
+def __dir__():
+    return sorted(set(globals()) | set(_MOVED))

@@ -1386,3 +1386,282 @@ def test_tanh_within_two_ulp_of_long_double(dtype):
     assert np.signbit(gc.Tanh()(np.array([-0.0], dtype)))[0]      # tanh(-0) = -0
     special = gc.Tanh()(np.array([np.inf, -np.inf, np.nan], dtype))
     assert special[0] == 1 and special[1] == -1 and np.isnan(special[2])
+
+
+# --------------------------------------------------------------------------
+# module layout: maps, losses and compositions in their own modules, every
+# name still importable from gradchain.maps
+# --------------------------------------------------------------------------
+
+MOVED_TO = {
+    "gradchain.losses": ["Loss", "SquaredError", "MeanSquaredError", "CrossEntropy",
+                         "LogSumExp", "Dot"],
+    "gradchain.composition": ["Composition", "compose", "check_grad"],
+}
+
+
+def test_moved_names_still_importable_from_maps():
+    import importlib
+    import gradchain.maps as maps
+    for home, names in MOVED_TO.items():
+        mod = importlib.import_module(home)
+        for name in names:
+            assert getattr(maps, name) is getattr(mod, name) is getattr(gc, name)
+            assert name in maps.__all__ and name in dir(maps)
+    from gradchain.maps import Composition, compose      # the spelling users have
+    assert Composition is gc.Composition and compose is gc.compose
+    ns = {}
+    exec("from gradchain.maps import *", ns)
+    for name in maps.__all__:
+        assert ns[name] is getattr(gc, name)
+    with pytest.raises(AttributeError, match="has no attribute 'NoSuchMap'"):
+        maps.NoSuchMap
+    assert not hasattr(maps, "NoSuchMap")
+
+
+@pytest.mark.parametrize("first", [
+    "import gradchain.composition", "import gradchain.losses", "import gradchain.maps",
+    "from gradchain.maps import Composition", "from gradchain.maps import check_grad",
+    "from gradchain.composition import compose", "from gradchain.losses import Dot",
+])
+def test_any_import_order(first):
+    # a fresh interpreter whose first import is `first`: no circular-import
+    # error whichever module comes first, and one class per name
+    r = run_isolated(f"""
+        {first}
+        import gradchain, gradchain.maps, gradchain.losses, gradchain.composition
+        assert gradchain.maps.Composition is gradchain.composition.Composition
+        assert gradchain.maps.Dot is gradchain.losses.Dot is gradchain.Dot
+        assert gradchain.Composition.__module__ == "gradchain.composition"
+        assert gradchain.Dot.__module__ == "gradchain.losses"
+        assert gradchain.Tanh.__module__ == "gradchain.maps"
+        print("ok")
+    """)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------
+# a built-in map evaluated alone: a one-op compiled plan and its own
+# Jacobian, never a Composition
+# --------------------------------------------------------------------------
+
+def _builtin_cases(rng, dtype):
+    W = (rng.standard_normal((3, 5)) / 2).astype(dtype)
+    b = vec(rng, 3, dtype)
+    cases = [(name, ELEMENTWISE[name][0]()) for name in ELEMENTWISE]
+    return cases + [("Affine", Affine(W, b)), ("Affine-nobias", Affine(W)),
+                    ("Softmax", Softmax()), ("LogSoftmax", LogSoftmax())]
+
+
+@pytest.fixture
+def no_composition(monkeypatch):
+    """Composition made unbuildable: what runs under it builds none."""
+    import gradchain.composition
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("a Composition was built")
+    monkeypatch.setattr(gradchain.composition.Composition, "__init__", refuse)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_builtin_alone_matches_a_one_map_composition(rng, dtype):
+    for name, m in _builtin_cases(rng, dtype):
+        n = m.in_dim or 5
+        f = compose(m)
+        for shape in [(n,), (4, n), (0, n), (1, n)]:
+            x = sample_ew(rng, name, shape, dtype) if name in ELEMENTWISE else \
+                vec(rng, shape, dtype)
+            y = m(x)
+            assert y.dtype == dtype and np.array_equal(y, f(x)), name
+        x = sample_ew(rng, name, (n,), dtype) if name in ELEMENTWISE else \
+            vec(rng, n, dtype)
+        J = m.jacobian(x)
+        ref = f.chain(x).jacobians[0]
+        assert type(J) is type(ref), name
+        if name.startswith("Affine"):
+            assert J is m.W                     # read in place
+        else:
+            assert isinstance(J, gc.DiagonalPlusRankOne if "Softmax" in name
+                              else gc.Diagonal)
+            assert J.dtype == dtype
+            for attr in ("diagonal", "u", "v", "c"):
+                if hasattr(ref, attr):
+                    assert np.array_equal(getattr(J, attr), getattr(ref, attr),
+                                          equal_nan=True), (name, attr)
+        dense = f64(J if isinstance(J, np.ndarray) else J.todense())
+        assert_near(f.jacobian(x), dense, dtype, np.abs(dense) + 1, factor=4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_builtin_alone_builds_no_composition(rng, dtype, no_composition):
+    for name, m in _builtin_cases(rng, dtype):
+        n = m.in_dim or 5
+        x = sample_ew(rng, name, (2, n), dtype) if name in ELEMENTWISE else \
+            vec(rng, (2, n), dtype)
+        assert m(x).shape == (2, m.out_dim or n)
+        assert m(x[0]).shape == (m.out_dim or n,)
+        assert m.jacobian(x[0]).shape == (m.out_dim or n, n)
+
+
+def test_builtin_alone_dtype_rule_and_errors(rng):
+    W32 = np.ones((2, 3), np.float32)
+    a = Affine(W32)
+    assert a(np.ones(3, np.float32)).dtype == F32
+    assert a(np.ones(3)).dtype == F64              # float32 W, float64 x
+    J = a.jacobian(np.ones(3))
+    assert J.dtype == F64 and np.array_equal(J, W32)
+    assert a.jacobian(np.ones(3, np.float32)) is W32
+    assert gc.Tanh()(np.ones(2, np.float16)).dtype == F32
+    assert gc.Tanh()(np.array([1, 2])).dtype == F64
+    assert gc.Tanh().jacobian(np.array([1, 2])).dtype == F64
+    assert gc.Softmax().jacobian(np.ones(3, np.float32)).dtype == F32
+    with pytest.raises(ValueError, match=re.escape(
+            "x has shape (4,) but maps[0] (Affine(3 -> 2)) takes 3 inputs")):
+        a(np.ones(4))
+    with pytest.raises(ValueError, match=re.escape(
+            "x has shape (4,) but maps[0] (Affine(3 -> 2)) takes 3 inputs")):
+        a.jacobian(np.ones(4))
+    with pytest.raises(ValueError, match=re.escape(
+            "x must be 1-D (n_0,) or 2-D (batch, n_0), got shape (2, 2, 2)")):
+        gc.Tanh()(np.ones((2, 2, 2)))
+    with pytest.raises(ValueError, match=re.escape(
+            "chain takes a single x (n_0,), got shape (2, 3)")):
+        gc.Tanh().jacobian(np.ones((2, 3)))
+    with pytest.raises(TypeError, match="x has complex dtype"):
+        gc.Sigmoid()(np.ones(3, complex))
+    with pytest.raises(TypeError, match="x has complex dtype"):
+        gc.Softmax().jacobian(np.ones(3, complex))
+    # zero sizes
+    assert gc.Tanh()(np.zeros(0)).shape == (0,)
+    assert gc.Tanh().jacobian(np.zeros(0)).shape == (0, 0)
+    assert Affine(np.ones((0, 3)))(np.ones((2, 3))).shape == (2, 0)
+
+
+# --------------------------------------------------------------------------
+# a user Map(jacobian=) on a batch: one jacobian call per row, the rows
+# stacked and applied in one compiled per-sample call
+# --------------------------------------------------------------------------
+
+def batched_user_setup(rng, dtype, form="array", bad_row=None, calls=None):
+    """compose(Affine(W1, b1), U, Tanh(), Affine(W2)), U(z) = A sin(z) from
+    R^4 to R^3 given by jacobian= only (A diag(cos z)); ``form`` is what
+    jacobian returns ("array", "Dense", "Diagonal-on-odd-rows" needs a
+    square U, so it uses A = I), and row ``bad_row`` returns a wrong shape."""
+    square = form == "mixed"
+    m = 4 if square else 3
+    A = np.eye(4) if square else rng.standard_normal((3, 4)) / 2
+    W1 = (rng.standard_normal((4, 3)) / 2).astype(dtype)
+    b1 = vec(rng, 4, dtype, -0.5, 0.5)
+    W2 = (rng.standard_normal((2, m)) / 2).astype(dtype)
+    seen = [] if calls is None else calls
+
+    def fn(z):
+        return np.sin(z) @ A.T.astype(z.dtype)
+
+    def jac(z):
+        r = len(seen)
+        seen.append(r)
+        J = A * np.cos(f64(z))[None, :]
+        if r == bad_row:
+            return J[:, :-1]
+        if form == "Dense":
+            return gc.Dense(J)
+        if form == "mixed" and r % 2:
+            return gc.Diagonal(np.cos(f64(z)))
+        return J
+    maps = [Affine(W1, b1), Map(fn, jacobian=jac), gc.Tanh(), Affine(W2)]
+    return maps, (W1, b1, A, W2)
+
+
+def batched_user_reference(params, X):
+    """Per row, in float64: y, and J = dy/dx (list of (2, 3) arrays)."""
+    W1, b1, A, W2 = [f64(p) for p in params]
+    ys, Js = [], []
+    for x in np.atleast_2d(f64(X)):
+        z1 = W1 @ x + b1
+        z2 = A @ np.sin(z1)
+        z3 = np.tanh(z2)
+        ys.append(W2 @ z3)
+        Js.append(W2 @ np.diag(1 - z3 ** 2) @ A @ np.diag(np.cos(z1)) @ W1)
+    return np.array(ys).reshape(-1, 2), Js
+
+
+@pytest.mark.parametrize("form", ["array", "Dense", "mixed"])
+@pytest.mark.parametrize("B", [0, 1, 5])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batched_user_jacobian_against_per_row_reference(rng, dtype, B, form):
+    calls = []
+    maps, params = batched_user_setup(rng, dtype, form, calls=calls)
+    t = vec(rng, 2, dtype)
+    f = compose(*maps, loss=SquaredError(t))
+    nl = compose(*maps)
+    X = vec(rng, (B, 3), dtype)
+    G = vec(rng, (B, 2), dtype)
+    V = vec(rng, (B, 3), dtype)
+    y, Js = batched_user_reference(params, X)
+    ref_vjp = np.array([g @ J for g, J in zip(f64(G), Js)]).reshape(B, 3)
+    ref_jvp = np.array([J @ v for v, J in zip(f64(V), Js)]).reshape(B, 2)
+    ref_grad = np.array([(yb - f64(t)) @ J for yb, J in zip(y, Js)]).reshape(B, 3)
+    scale = lambda r: np.abs(r) + np.max(np.abs(r), initial=0.0) + 1
+    res = nl.vjp(X, G)
+    assert_near(res, ref_vjp, dtype, scale(ref_vjp), factor=16)
+    assert len(calls) == B                      # one jacobian call per row
+    assert_near(nl.jvp(X, V), ref_jvp, dtype, scale(ref_jvp), factor=16)
+    for reduction in ("sum", "mean", "none"):
+        L, g = f.value_and_grad(X, reduction=reduction)
+        div = max(B, 1) if reduction == "mean" else 1
+        assert_near(g, ref_grad / div, dtype, scale(ref_grad) / div, factor=16)
+    vals = f.value(X, "none")
+    ref_vals = 0.5 * np.sum((y - f64(t)) ** 2, axis=1)
+    assert_losses_near(vals, ref_vals, dtype, ref_vals + 1, factor=16)
+    # each row as a single x gives the same row (up to rounding)
+    for b in range(B):
+        assert_near(nl.vjp(X[b], G[b]), ref_vjp[b], dtype, scale(ref_vjp[b]), factor=16)
+
+
+@pytest.mark.parametrize("form", ["array", "Dense", "mixed"])
+def test_batched_user_jacobian_is_one_per_sample_call(rng, monkeypatch, form):
+    import gradchain.maps
+    built = []
+    real = gradchain.maps.Chain
+
+    def spy(links):
+        built.append(tuple(L.shape if isinstance(L, np.ndarray) else type(L).__name__
+                           for L in links))
+        return real(links)
+    monkeypatch.setattr(gradchain.maps, "Chain", spy)
+    maps, _ = batched_user_setup(rng, np.float64, form)
+    X = vec(rng, (5, 3), np.float64)
+    compose(*maps).vjp(X, np.ones((5, 2)))
+    if form == "mixed":
+        # rows 1 and 3 give Diagonal operators: that block goes row by row
+        assert built == [((4, 4),), ("Diagonal",), ((4, 4),), ("Diagonal",), ((4, 4),)]
+    else:
+        assert built == [((5, 3, 4),)]          # one stack, one compiled call
+    if form == "mixed":
+        return
+    # a stack over the element budget is applied a block of rows at a time,
+    # with the same result
+    whole = compose(*maps).vjp(X, np.ones((5, 2)))
+    built.clear()
+    monkeypatch.setattr(gradchain.maps, "_STACK_ELEMS", 2 * 3 * 4)
+    blocks = compose(*maps).vjp(X, np.ones((5, 2)))
+    assert built == [((2, 3, 4),), ((2, 3, 4),), ((1, 3, 4),)]
+    np.testing.assert_allclose(blocks, whole, rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", ["vjp", "jvp", "value_and_grad"])
+def test_batched_user_jacobian_wrong_shape_on_one_row(rng, dtype, method):
+    maps, _ = batched_user_setup(rng, dtype, bad_row=3)
+    f = compose(*maps, loss=SquaredError(np.zeros(2, dtype)))
+    X = vec(rng, (5, 3), dtype)
+    call = {"vjp": lambda: f.vjp(X, np.ones((5, 2), dtype)),
+            "jvp": lambda: f.jvp(X, np.ones((5, 3), dtype)),
+            "value_and_grad": lambda: f.value_and_grad(X)}[method]
+    with pytest.raises(ValueError, match=re.escape(
+            "maps[1].jacobian returned shape (3, 3), expected (3, 4)")):
+        call()
+    # the same map on rows 0-2 only is fine
+    maps, _ = batched_user_setup(rng, dtype, bad_row=3)
+    assert compose(*maps).vjp(X[:3], np.ones((3, 2), dtype)).shape == (3, 3)

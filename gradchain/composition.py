@@ -1,0 +1,459 @@
+"""Compositions: the chain rule end to end, from x to grad L.
+
+With x^(0) = x, x^(i) = f^(i)(x^(i-1)) and L = l(x^(k)),
+
+    grad_x L = J_1^T J_2^T ... J_k^T grad l(x^(k)),
+
+where J_i is the Jacobian of f^(i) at x^(i-1).  This module's one job is
+running maps (:mod:`gradchain.maps`) and a loss (:mod:`gradchain.losses`)
+together: ``compose(*maps, loss=...)`` runs the forward pass, keeps what the
+backward pass needs, and evaluates the product without forming a Jacobian
+it does not have to; ``check_grad`` checks a derivative against finite
+differences.
+
+When every map is built in, forward and backward run as one compiled plan
+(op codes over bound buffers, see ``gradchain._plan``), reusing its workspace
+across calls of the same shape.  User maps (:class:`gradchain.Map`) split the
+composition into compiled segments around the Python callbacks.
+
+Batches: x of shape (B, n_0) is B independent samples; the maps act on each
+row.  Affine maps on a batch are matrix-matrix products (BLAS).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from gradchain._plan import Plan
+from gradchain.chain import Chain
+from gradchain.losses import Loss, _TargetLoss
+from gradchain.maps import (Map, _as_float, _checked, _first_sized, _float_dtype,
+                            _input, _readonly)
+from gradchain.operators import _scalar
+
+__all__ = ["Composition", "compose", "check_grad"]
+
+
+class _FastPath(NamedTuple):
+    """What value_and_grad needs to skip its set-up: recorded after a call
+    of an all-built-in composition, valid for later calls with an x of the
+    same dtype and shape (C-contiguous, aligned)."""
+
+    dtype: np.dtype     # the compute dtype (x's, as the record requires)
+    shape: tuple        # x's shape
+    plan: Plan          # the composition's one plan, cached for dtype
+    n_k: int            # the width of the output x^(k), the loss rows
+    single: bool        # x is a single sample (n_0,)
+
+
+class Composition:
+    """f^(k) o ... o f^(1), optionally followed by a loss; see :func:`compose`.
+
+    Parameters
+    ----------
+    maps : iterable of Map
+        f^(1), ..., f^(k) in application order.
+    loss : Loss, optional
+
+    Attributes
+    ----------
+    maps : tuple of Map
+    loss : Loss or None
+    """
+
+    def __init__(self, maps, loss=None):
+        maps = list(maps)
+        cur = None          # known output size so far (None: any)
+        known_from = None
+        for i, m in enumerate(maps):
+            if not isinstance(m, Map):
+                raise TypeError(f"maps[{i}] must be a gradchain Map, got "
+                                f"{type(m).__name__}")
+            if m.in_dim is not None and cur is not None and m.in_dim != cur:
+                raise ValueError(
+                    f"maps[{i}] ({m!r}) takes {m.in_dim} inputs but "
+                    f"maps[{known_from}] outputs {cur} values")
+            if m.out_dim is not None:
+                cur, known_from = m.out_dim, i
+            elif not m._builtin:
+                cur = None
+        if loss is not None and not isinstance(loss, Loss):
+            raise TypeError(f"loss must be a gradchain Loss, got {type(loss).__name__}")
+        if (loss is not None and cur is not None and isinstance(loss, _TargetLoss)
+                and loss.target.shape[-1] != cur):
+            raise ValueError(
+                f"loss {loss._name} has shape {loss.target.shape} but maps[{known_from}] "
+                f"outputs {cur} values")
+        self._maps, self._loss = tuple(maps), loss
+        # consecutive built-in maps form compiled segments; _starts[j] is the
+        # index in maps of segment j's first map (the name in messages)
+        self._segments, self._starts = [], []
+        for i, m in enumerate(maps):
+            if m._builtin and self._segments and isinstance(self._segments[-1], list):
+                self._segments[-1].append(m)
+                continue
+            self._starts.append(i)
+            self._segments.append([m] if m._builtin else m)
+        self._plans = {}
+        self._fast = None
+
+    @property
+    def maps(self):
+        """The maps, a tuple (a Composition is immutable)."""
+        return self._maps
+
+    @property
+    def loss(self):
+        """The loss, or None."""
+        return self._loss
+
+    def __len__(self):
+        return len(self.maps)
+
+    def __repr__(self):
+        inner = ", ".join(repr(m) for m in self.maps)
+        return f"compose({inner}" + (f", loss={self.loss!r})" if self.loss else ")")
+
+    # -- set-up ---------------------------------------------------------
+
+    def _plan_list(self, dtype):
+        """One Plan per built-in segment (user maps stand for themselves).
+        Cached per dtype when every parameter is read in place; a parameter
+        converted to another dtype is converted again at each call, so that
+        in-place changes to it are always seen."""
+        plans = self._plans.get(dtype)
+        if plans is None:
+            plans, cache = [], True
+            for seg in self._segments:
+                if isinstance(seg, list):
+                    specs = [m._spec(dtype) for m in seg]
+                    cache &= all(m._spec_is_view(sp) for m, sp in zip(seg, specs))
+                    plans.append(Plan(specs, dtype))
+                else:
+                    plans.append(seg)
+            if cache:
+                self._plans[dtype] = plans
+        return plans
+
+    def _input(self, x, name="x"):
+        """(X, single, dtype): x checked and laid out (gradchain.maps._input)."""
+        return _input(x, self.maps,
+                      () if self.loss is None else self.loss._params(), name)
+
+    def _user_fn(self, i, X, single, dtype):
+        """maps[i](X) for a user map, checked: (B, m) rows (B = X's rows)."""
+        xin = _readonly(X[0] if single else X)
+        want = (None,) if single else (X.shape[0], None)
+        Y = _checked(self.maps[i].fn(xin), want, dtype, i, "fn", (X,))
+        return Y.reshape(1, -1) if single else Y
+
+    def _user_link(self, i, X, T, m_out, transpose, single, dtype):
+        """J^T T (transpose) or J T for user map i at the batch X, checked."""
+        xin = _readonly(X[0] if single else X)
+        tin = _readonly(T[0] if single else T)
+        R = self.maps[i]._apply(i, xin, tin, m_out, transpose, dtype)
+        return R.reshape(1, -1) if single else R
+
+    def _check_width(self, idx, X):
+        """X is about to enter maps[idx:]: check it against the first map
+        there whose input size is known (built-in stretches only)."""
+        i = _first_sized(self.maps, idx)
+        if i is not None and X.shape[1] != self.maps[i].in_dim:
+            src = f"maps[{idx - 1}]" if idx > 0 else "x"
+            raise ValueError(
+                f"maps[{i}] ({self.maps[i]!r}) takes {self.maps[i].in_dim} "
+                f"inputs but {src} outputs {X.shape[1]} values")
+
+    def _walk(self, X, single, dtype, mode, T=None):
+        """The one walk over the segments, forward from x^(0) = X.
+
+        mode "forward": returns (trail, [x^(0), ..., x^(k)]);
+        mode "jvp":     returns (x^(k), J T) for tangents T (X's shape);
+        mode "trail":   returns (trail, x^(k)), the trail being, per segment,
+                        (index of its first map, segment, plan, its input)
+                        for _backward.
+        """
+        trail, xs = [], [X]
+        for idx, seg, plan in zip(self._starts, self._segments,
+                                  self._plan_list(dtype)):
+            trail.append((idx, seg, plan, X))
+            if isinstance(seg, list):
+                self._check_width(idx, X)
+                if mode == "jvp":
+                    X, T = plan.run(X, "jvp", T=T)
+                elif mode == "forward":
+                    xs += plan.run(X, "forward")[1:]
+                    X = xs[-1]
+                else:
+                    X = plan.run(X, "forward")[-1]
+            else:
+                Y = self._user_fn(idx, X, single, dtype)
+                if mode == "jvp":
+                    T = self._user_link(idx, X, T, Y.shape[1], False, single,
+                                        dtype)
+                X = Y
+                xs.append(X)
+        if mode == "jvp":
+            return X, T
+        return trail, (xs if mode == "forward" else X)
+
+    def _backward(self, trail, G, single, dtype):
+        for idx, seg, plan, Xin in reversed(trail):
+            if isinstance(seg, list):
+                G = plan.run(Xin, "vjp", T=G)[1]
+            else:
+                G = self._user_link(idx, Xin, G, G.shape[1], True, single, dtype)
+        return G
+
+    # -- public API -----------------------------------------------------
+
+    def forward(self, x):
+        """Run the maps: returns (x^(k), [x^(0), x^(1), ..., x^(k)]), each of
+        x's rank (1-D, or (B, n_i) for a batch)."""
+        X, single, dtype = self._input(x)
+        xs = self._walk(X, single, dtype, "forward")[1]
+        if np.shares_memory(xs[0], x):
+            xs[0] = xs[0].copy()            # never hand back the caller's x
+        if single:
+            xs = [a[0] for a in xs]
+        return xs[-1], xs
+
+    def __call__(self, x):
+        return self.forward(x)[0]
+
+    def value_and_grad(self, x, reduction="sum"):
+        """L(x) and grad_x L.
+
+        For a single x (n_0,): (float, (n_0,) array).  For a batch (B, n_0),
+        with per-sample losses L_b: ``reduction="sum"`` returns sum_b L_b and
+        the (B, n_0) array whose row b is grad L_b (the gradient of the sum
+        with respect to sample b); ``"mean"`` divides both by B; ``"none"``
+        returns the (B,) losses and the same rows.
+        """
+        if reduction not in ("sum", "mean", "none"):
+            raise ValueError(f"reduction must be 'sum', 'mean' or 'none', got "
+                             f"{reduction!r}")
+        fast = self._fast
+        if (fast is not None and type(x) is np.ndarray and x.dtype == fast.dtype
+                and x.shape == fast.shape and x.flags.c_contiguous
+                and x.flags.aligned):
+            # same dtype and shape as an earlier call of an all-built-in
+            # composition: the plan and sizes are known; one compiled call
+            B = 1 if fast.single else x.shape[0]
+            aux, labels = self.loss._rows(B, fast.n_k, fast.dtype)
+            vals, G = fast.plan.loss_grad(x, self.loss._code, aux, labels)
+            if fast.single:
+                return float(vals[0]), G
+            return self._reduce(vals, G, reduction)
+        if self.loss is None:
+            raise ValueError("value_and_grad needs a loss: compose(..., loss=...)")
+        X, single, dtype = self._input(x)
+        B = X.shape[0]
+        plans = self._plan_list(dtype)
+        if len(plans) == 1 and isinstance(self._segments[0], list):
+            n_k = plans[0].dims(X.shape[1])[-1]
+            aux, labels = self.loss._rows(B, n_k, dtype)
+            vals, G = plans[0].loss_grad(X, self.loss._code, aux, labels)
+            if (type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous
+                    and x.flags.aligned and self._plans.get(dtype) is plans):
+                self._fast = _FastPath(dtype, x.shape, plans[0], n_k, single)
+        else:
+            trail, Y = self._walk(X, single, dtype, "trail")
+            aux, labels = self.loss._rows(B, Y.shape[1], dtype)
+            vals, Gk = Plan([], dtype).loss_grad(Y, self.loss._code, aux, labels)
+            G = self._backward(trail, Gk, single, dtype)
+        if single:
+            return float(vals[0]), G[0]
+        return self._reduce(vals, G, reduction)
+
+    @staticmethod
+    def _reduce(vals, G, reduction):
+        """The per-sample values (B,) and gradient rows G reduced as
+        ``reduction`` says (value_and_grad has checked it)."""
+        if reduction == "sum":
+            return float(vals.sum()), G
+        if reduction == "mean":
+            B = vals.shape[0]
+            G /= max(B, 1)
+            return (float(vals.sum() / B) if B else float("nan")), G
+        return vals, G                  # "none"
+
+    def value(self, x, reduction="sum"):
+        """L(x) (see value_and_grad)."""
+        return self.value_and_grad(x, reduction)[0]
+
+    def grad(self, x, reduction="sum"):
+        """grad_x L (see value_and_grad)."""
+        return self.value_and_grad(x, reduction)[1]
+
+    def vjp(self, x, g):
+        """J^T g for the maps' Jacobian J at x (the loss is not involved);
+        g of shape (n_k,) or, for a batch x, (B, n_k)."""
+        X, single, dtype = self._input(x)
+        trail, Y = self._walk(X, single, dtype, "trail")
+        G = _as_float(g, "g")
+        want = (Y.shape[1],) if single else Y.shape
+        if G.shape != want:
+            raise ValueError(f"g has shape {G.shape} but the maps output {want}")
+        G = np.require(G.reshape(Y.shape), dtype, "CA")
+        out = self._backward(trail, G, single, dtype)
+        return out[0] if single else out
+
+    def jvp(self, x, v):
+        """J v for the maps' Jacobian J at x; v of x's shape."""
+        X, single, dtype = self._input(x)
+        V = _as_float(v, "v")
+        if V.shape != np.shape(x):
+            raise ValueError(f"v has shape {V.shape} but x has shape {np.shape(x)}")
+        V = np.require(V.reshape(X.shape), dtype, "CA")
+        V = self._walk(X, single, dtype, "jvp", T=V)[1]
+        return V[0] if single else V
+
+    def jacobian(self, x):
+        """The dense Jacobian of f^(k) o ... o f^(1) at a single x.
+
+        Parameters
+        ----------
+        x : array_like, shape (n_0,)
+
+        Returns
+        -------
+        ndarray, shape (n_k, n_0)
+            In the composition's dtype.
+
+        Notes
+        -----
+        When forward mode runs on every map's Jacobian (built-in maps, and
+        user maps with ``jacobian=`` and no ``jvp=``, which would take
+        precedence), this is ``chain(x).jacobian()``: the product of the
+        links, structure-aware and in the cheapest bracketing (see
+        :meth:`gradchain.Chain.plan`).  Otherwise -- a user map is
+        matrix-free, or its ``jvp=`` takes precedence -- it is built column
+        by column from the forward-mode products J e_j.
+        """
+        x = _as_float(x, "x")
+        if x.ndim != 1:
+            raise ValueError(f"jacobian takes a single x (n_0,), got shape {x.shape}")
+        if all(m._forward_uses_jacobian for m in self.maps):
+            chain, dtype = self._chain_at(x)
+            if len(chain) == 0:             # no maps: the identity
+                return np.eye(x.shape[0], dtype=dtype)
+            J = chain.jacobian()
+            # a chain of Identity operators only has no dtype (float64)
+            return J if J.dtype == dtype else J.astype(dtype)
+        _, _, dtype = self._input(x)
+        n0 = x.shape[0]
+        if n0 == 0:
+            return np.zeros((self.forward(x)[0].shape[0], 0), dtype)
+        E = np.eye(n0, dtype=dtype)
+        return np.stack([self.jvp(x, E[j]) for j in range(n0)], axis=1)
+
+    def chain(self, x):
+        """The :class:`gradchain.Chain` of the maps' Jacobians at a single x
+        (Affine: W itself; elementwise: Diagonal; softmax: diagonal plus
+        rank one; user maps: their ``jacobian(x)``)."""
+        return self._chain_at(x)[0]
+
+    def _chain_at(self, x):
+        """(chain(x), the composition's dtype at x)."""
+        x = _as_float(x, "x")
+        if x.ndim != 1:
+            raise ValueError(f"chain takes a single x (n_0,), got shape {x.shape}")
+        _, xs = self.forward(x)
+        dtype = xs[0].dtype
+        # each map knows its own Jacobian (built in: W, a Diagonal, ...;
+        # user maps: their checked jacobian(x))
+        return Chain([m._link(i, xs[i], xs[i + 1], dtype)
+                      for i, m in enumerate(self.maps)]), dtype
+
+
+def compose(*maps, loss=None):
+    """Compose maps f^(1), ..., f^(k) (in application order) and a loss.
+
+    Parameters
+    ----------
+    *maps : Map
+        Built-in maps (:class:`gradchain.Affine`, :class:`gradchain.Tanh`,
+        ...) and user maps (:class:`gradchain.Map`), in application order.
+    loss : Loss, optional
+        l, applied to the output x^(k); needed by ``value_and_grad``.
+
+    Returns
+    -------
+    Composition
+        With ``forward``, ``value_and_grad``, ``grad``, ``vjp``, ``jvp``,
+        ``jacobian`` and ``chain``.  Sizes known from the maps (an Affine's
+        W) are checked here; the rest at the first call.
+
+    Raises
+    ------
+    TypeError
+        A map that is not a :class:`gradchain.Map`, a loss that is not a
+        :class:`gradchain.Loss`.
+    ValueError
+        Sizes that do not chain (the message names the maps and sizes).
+
+    Examples
+    --------
+    >>> import numpy as np, gradchain as gc
+    >>> W = np.array([[1., 2.], [3., 4.]])
+    >>> f = gc.compose(gc.Affine(W), gc.Tanh(), loss=gc.SquaredError([0., 0.]))
+    >>> L, g = f.value_and_grad(np.array([0.1, -0.2]))
+    >>> round(L, 6)
+    0.149208
+    """
+    return Composition(maps, loss)
+
+
+def check_grad(f, x, *, eps=None):
+    """Maximum relative error of an analytic derivative against central
+    finite differences at x.
+
+    Parameters
+    ----------
+    f : Composition, Map or callable
+        A Composition with a loss (its gradient is checked), a Composition
+        without one or a Map (its Jacobian, ``jacobian(x)``, is checked
+        column by column), or a callable returning (value, gradient).
+    x : array_like, shape (n,)
+        The point, in its float dtype (integers: float64).
+    eps : float, optional
+        The relative step; defaults to cbrt(machine epsilon), giving the
+        step eps * max(1, |x_j|) per coordinate.
+
+    Returns
+    -------
+    float
+        max |analytic - numeric| / max |numeric| (or the absolute error
+        when the numeric derivative is 0).
+    """
+    a = _as_float(x, "x")
+    x = np.array(a, dtype=_float_dtype(a.dtype, "x"))     # a float copy to step in
+    if x.ndim != 1:
+        raise ValueError(f"check_grad takes a single x (n,), got shape {x.shape}")
+    e0 = np.cbrt(np.finfo(x.dtype).eps) if eps is None else _scalar(eps, "eps")
+    steps = e0 * np.maximum(1.0, np.abs(x))
+    if isinstance(f, Map):
+        f = Composition([f])
+    if isinstance(f, Composition) and f.loss is None:
+        analytic = f.jacobian(x)
+        num = np.empty_like(analytic)
+        for j in range(x.shape[0]):
+            xp, xm = x.copy(), x.copy()
+            xp[j] += steps[j]
+            xm[j] -= steps[j]
+            num[:, j] = (f(xp) - f(xm)) / (xp[j] - xm[j])
+    else:
+        value_and_grad = f.value_and_grad if isinstance(f, Composition) else f
+        analytic = np.asarray(value_and_grad(x)[1])
+        num = np.empty(x.shape[0])
+        for j in range(x.shape[0]):
+            xp, xm = x.copy(), x.copy()
+            xp[j] += steps[j]
+            xm[j] -= steps[j]
+            num[j] = (float(value_and_grad(xp)[0]) - float(value_and_grad(xm)[0])) / (
+                xp[j] - xm[j])
+    scale = np.max(np.abs(num)) if num.size else 0.0
+    err = np.max(np.abs(analytic - num)) if num.size else 0.0
+    return float(err / scale) if scale > 0 else float(err)
