@@ -11,8 +11,8 @@ backward pass needs, and evaluates the product without forming a Jacobian
 it does not have to; ``check_grad`` checks a derivative against finite
 differences.
 
-When every map is built in, forward and backward run as one compiled plan
-(op codes over bound buffers, see ``gradchain._plan``), reusing its workspace
+When every map is built in, forward and backward run as one compiled programme
+(op codes over bound buffers, see ``gradchain._program``), reusing its workspace
 across calls of the same shape.  User maps (:class:`gradchain.Map`) split the
 composition into compiled segments around the Python callbacks.
 
@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gradchain._plan import Plan
+from gradchain._program import Program
 from gradchain.chain import Chain
 from gradchain.losses import Loss, _TargetLoss
 from gradchain.maps import (Map, _as_float, _checked, _first_sized, _float_dtype,
@@ -42,7 +42,7 @@ class _FastPath(NamedTuple):
 
     dtype: np.dtype     # the compute dtype (x's, as the record requires)
     shape: tuple        # x's shape
-    plan: Plan          # the composition's one plan, cached for dtype
+    program: Program    # the composition's one programme, cached for dtype
     n_k: int            # the width of the output x^(k), the loss rows
     single: bool        # x is a single sample (n_0,)
 
@@ -95,7 +95,7 @@ class Composition:
                 continue
             self._starts.append(i)
             self._segments.append([m] if m._builtin else m)
-        self._plans = {}
+        self._programs = {}
         self._fast = None
 
     @property
@@ -117,24 +117,24 @@ class Composition:
 
     # -- set-up ---------------------------------------------------------
 
-    def _plan_list(self, dtype):
-        """One Plan per built-in segment (user maps stand for themselves).
+    def _program_list(self, dtype):
+        """One Program per built-in segment (user maps stand for themselves).
         Cached per dtype when every parameter is read in place; a parameter
         converted to another dtype is converted again at each call, so that
         in-place changes to it are always seen."""
-        plans = self._plans.get(dtype)
-        if plans is None:
-            plans, cache = [], True
+        progs = self._programs.get(dtype)
+        if progs is None:
+            progs, cache = [], True
             for seg in self._segments:
                 if isinstance(seg, list):
                     specs = [m._spec(dtype) for m in seg]
                     cache &= all(m._spec_is_view(sp) for m, sp in zip(seg, specs))
-                    plans.append(Plan(specs, dtype))
+                    progs.append(Program(specs, dtype))
                 else:
-                    plans.append(seg)
+                    progs.append(seg)
             if cache:
-                self._plans[dtype] = plans
-        return plans
+                self._programs[dtype] = progs
+        return progs
 
     def _input(self, x, name="x"):
         """(X, single, dtype): x checked and laid out (gradchain.maps._input)."""
@@ -171,22 +171,22 @@ class Composition:
         mode "forward": returns (trail, [x^(0), ..., x^(k)]);
         mode "jvp":     returns (x^(k), J T) for tangents T (X's shape);
         mode "trail":   returns (trail, x^(k)), the trail being, per segment,
-                        (index of its first map, segment, plan, its input)
+                        (index of its first map, segment, program, its input)
                         for _backward.
         """
         trail, xs = [], [X]
-        for idx, seg, plan in zip(self._starts, self._segments,
-                                  self._plan_list(dtype)):
-            trail.append((idx, seg, plan, X))
+        for idx, seg, prog in zip(self._starts, self._segments,
+                                  self._program_list(dtype)):
+            trail.append((idx, seg, prog, X))
             if isinstance(seg, list):
                 self._check_width(idx, X)
                 if mode == "jvp":
-                    X, T = plan.run(X, "jvp", T=T)
+                    X, T = prog.run(X, "jvp", T=T)
                 elif mode == "forward":
-                    xs += plan.run(X, "forward")[1:]
+                    xs += prog.run(X, "forward")[1:]
                     X = xs[-1]
                 else:
-                    X = plan.run(X, "forward")[-1]
+                    X = prog.run(X, "forward")[-1]
             else:
                 Y = self._user_fn(idx, X, single, dtype)
                 if mode == "jvp":
@@ -199,9 +199,9 @@ class Composition:
         return trail, (xs if mode == "forward" else X)
 
     def _backward(self, trail, G, single, dtype):
-        for idx, seg, plan, Xin in reversed(trail):
+        for idx, seg, prog, Xin in reversed(trail):
             if isinstance(seg, list):
-                G = plan.run(Xin, "vjp", T=G)[1]
+                G = prog.run(Xin, "vjp", T=G)[1]
             else:
                 G = self._user_link(idx, Xin, G, G.shape[1], True, single, dtype)
         return G
@@ -239,10 +239,10 @@ class Composition:
                 and x.shape == fast.shape and x.flags.c_contiguous
                 and x.flags.aligned):
             # same dtype and shape as an earlier call of an all-built-in
-            # composition: the plan and sizes are known; one compiled call
+            # composition: the programme and sizes are known; one compiled call
             B = 1 if fast.single else x.shape[0]
             aux, labels = self.loss._rows(B, fast.n_k, fast.dtype)
-            vals, G = fast.plan.loss_grad(x, self.loss._code, aux, labels)
+            vals, G = fast.program.loss_grad(x, self.loss._code, aux, labels)
             if fast.single:
                 return float(vals[0]), G
             return self._reduce(vals, G, reduction)
@@ -250,18 +250,18 @@ class Composition:
             raise ValueError("value_and_grad needs a loss: compose(..., loss=...)")
         X, single, dtype = self._input(x)
         B = X.shape[0]
-        plans = self._plan_list(dtype)
-        if len(plans) == 1 and isinstance(self._segments[0], list):
-            n_k = plans[0].dims(X.shape[1])[-1]
+        progs = self._program_list(dtype)
+        if len(progs) == 1 and isinstance(self._segments[0], list):
+            n_k = progs[0].dims(X.shape[1])[-1]
             aux, labels = self.loss._rows(B, n_k, dtype)
-            vals, G = plans[0].loss_grad(X, self.loss._code, aux, labels)
+            vals, G = progs[0].loss_grad(X, self.loss._code, aux, labels)
             if (type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous
-                    and x.flags.aligned and self._plans.get(dtype) is plans):
-                self._fast = _FastPath(dtype, x.shape, plans[0], n_k, single)
+                    and x.flags.aligned and self._programs.get(dtype) is progs):
+                self._fast = _FastPath(dtype, x.shape, progs[0], n_k, single)
         else:
             trail, Y = self._walk(X, single, dtype, "trail")
             aux, labels = self.loss._rows(B, Y.shape[1], dtype)
-            vals, Gk = Plan([], dtype).loss_grad(Y, self.loss._code, aux, labels)
+            vals, Gk = Program([], dtype).loss_grad(Y, self.loss._code, aux, labels)
             G = self._backward(trail, Gk, single, dtype)
         if single:
             return float(vals[0]), G[0]

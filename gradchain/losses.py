@@ -3,7 +3,7 @@
 This module's one job is the losses -- :class:`SquaredError`,
 :class:`MeanSquaredError`, :class:`Dot`, :class:`LogSumExp` and
 :class:`CrossEntropy` (from logits) -- each a compiled value and gradient
-(``gradchain._plan``), evaluated per row of a batch, stable at large
+(``gradchain._program``), evaluated per row of a batch, stable at large
 inputs.  A loss validates what it reads at each call: its target or labels
 against the output it is applied to.
 """
@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradchain._chain import as_array
-from gradchain import _plan as _p
-from gradchain._plan import Plan
+from gradchain._bind import as_array
+from gradchain import _program as _p
+from gradchain._program import Program
 from gradchain.maps import _as_float, _float_dtype
 
 __all__ = ["Loss", "SquaredError", "MeanSquaredError", "CrossEntropy",
            "LogSumExp", "Dot"]
 
-# loss codes: declared in csrc/gc_maps.h, exported by _plan
+# loss codes: declared in csrc/gc_maps.h, exported by _program
 _LOSS = dict(squared_error=_p.GC_LOSS_SQUARED_ERROR,
              mean_squared_error=_p.GC_LOSS_MEAN_SQUARED_ERROR,
              cross_entropy=_p.GC_LOSS_CROSS_ENTROPY,
@@ -67,7 +67,7 @@ class Loss:
             raise ValueError(f"x must be 1-D or 2-D, got shape {x.shape}")
         X = np.require(np.atleast_2d(x), dtype, "CA")
         aux, labels = self._rows(X.shape[0], X.shape[1], dtype)
-        vals, G = Plan([], dtype).loss_grad(X, self._code, aux, labels)
+        vals, G = Program([], dtype).loss_grad(X, self._code, aux, labels)
         if x.ndim == 1:
             return float(vals[0]), G[0]
         return vals, G

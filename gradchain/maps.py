@@ -2,7 +2,7 @@
 
 This module's one job is the maps themselves: :class:`Map` (a map the user
 gives by its value and its Jacobian, VJP or JVP) and the built-in maps the
-compiled plans know -- :class:`Affine`, whose Jacobian is its weight matrix,
+compiled progs know -- :class:`Affine`, whose Jacobian is its weight matrix,
 read in place; the elementwise maps (:class:`Tanh`, :class:`Sigmoid`, ...),
 whose Jacobians are diagonal; :class:`Softmax` and :class:`LogSoftmax`,
 whose Jacobians are diagonal plus rank one -- and the checks every value
@@ -18,12 +18,13 @@ Batches: x of shape (B, n) is B independent samples; a map acts on each row.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from gradchain._bind import as_array, compute_dtype
 from gradchain import _program as _p
-from gradchain._program import OpCode, Program as Plan
+from gradchain._program import OpCode, Program
 from gradchain.chain import Chain
 from gradchain.operators import Dense, Diagonal, DiagonalPlusRankOne, Operator, _scalar
 
@@ -34,6 +35,11 @@ _MOVED = {
                      "LogSumExp", "Dot", "_TargetLoss", "_LOSS"], "gradchain.losses"),
     **dict.fromkeys(["Composition", "compose", "check_grad"], "gradchain.composition"),
 }
+
+if TYPE_CHECKING:     # what __getattr__ resolves, for type checkers and stubtest
+    from gradchain.composition import Composition, check_grad, compose
+    from gradchain.losses import (CrossEntropy, Dot, LogSumExp, Loss,
+                                  MeanSquaredError, SquaredError)
 
 __all__ = [
     "Map", "Affine", "Tanh", "Sigmoid", "ReLU", "LeakyReLU", "Softplus", "Exp",
@@ -48,7 +54,7 @@ _OP_ELEMENTWISE = int(OpCode.OP_ELEMENTWISE)
 _OP_SOFTMAX = int(OpCode.OP_SOFTMAX)
 _OP_LOG_SOFTMAX = int(OpCode.OP_LOG_SOFTMAX)
 
-# elementwise codes: declared in csrc/gc_maps.h, exported by _plan
+# elementwise codes: declared in csrc/gc_maps.h, exported by _program
 _EW = dict(tanh=_p.GC_EW_TANH, sigmoid=_p.GC_EW_SIGMOID, relu=_p.GC_EW_RELU,
            leaky_relu=_p.GC_EW_LEAKY_RELU, softplus=_p.GC_EW_SOFTPLUS,
            exp=_p.GC_EW_EXP, log=_p.GC_EW_LOG, sin=_p.GC_EW_SIN,
@@ -311,13 +317,13 @@ class Map:
 
 
 class _Builtin(Map):
-    """A map the compiled plans know.
+    """A map the compiled progs know.
 
-    A subclass says what the plan runs (``_spec``: its op code and
+    A subclass says what the programme runs (``_spec``: its op code and
     parameters in a dtype) and what its Jacobian is (``_link``): the one
     place that knows it, used by :meth:`jacobian` and by
     ``Composition.chain``.  Evaluated alone, a built-in map runs as a
-    one-op compiled plan.
+    one-op compiled programme.
     """
 
     _builtin = True
@@ -333,9 +339,9 @@ class _Builtin(Map):
         return True
 
     def _run(self, X, dtype, mode, T=None):
-        """This map alone as a compiled plan over the C-contiguous block X
-        (B, n) in dtype (see ``gradchain._plan.Plan.run``)."""
-        return Plan([self._spec(dtype)], dtype).run(X, mode, T)
+        """This map alone as a compiled programme over the C-contiguous block X
+        (B, n) in dtype (see ``gradchain._program.Program.run``)."""
+        return Program([self._spec(dtype)], dtype).run(X, mode, T)
 
     def _link(self, i, x, y, dtype):
         """The Jacobian at x (1-D, in dtype), where y = f(x): an array
@@ -426,7 +432,7 @@ class Affine(_Builtin):
         return (_OP_AFFINE, W, b)
 
     def _spec_is_view(self, spec):
-        """Whether the plan reads W and b in place (else: converted copies,
+        """Whether the programme reads W and b in place (else: converted copies,
         which would not follow the caller's in-place changes)."""
         return spec[1] is self.W and (self.b is None or spec[2] is self.b)
 

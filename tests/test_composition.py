@@ -186,7 +186,7 @@ def test_fast_path_record(rng, dtype, shape):
     assert isinstance(rec, _FastPath)
     assert rec.dtype == dtype and rec.shape == shape and rec.n_k == 4
     assert rec.single == (len(shape) == 1)
-    assert rec.plan is f._plans[np.dtype(dtype)][0]
+    assert rec.program is f._programs[np.dtype(dtype)][0]
     again = f.value_and_grad(x)                 # through the record
     assert f._fast is rec
     assert again[0] == first[0] and np.array_equal(again[1], first[1])
