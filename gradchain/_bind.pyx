@@ -147,51 +147,69 @@ cdef dict _OPERATOR_VECTORS = {LINK_DIAG: 1, LINK_SCALED_IDENTITY: 0,
                                LINK_DIAG_RANK1: 3}
 
 
+cdef inline bint _is_int(object d):
+    """d is an int (Python or NumPy), not a bool."""
+    if type(d) is int:
+        return True
+    return (isinstance(d, (int, np.integer))
+            and not isinstance(d, (bool, np.bool_)))
+
+
 cdef tuple _operator_record(object op, object kind, Py_ssize_t i):
     """(kind, n, vectors, scale, typenum) of an operator link, validated
     (typenum: what its vectors compute in, -1 when it has none): everything
     the kernels will read comes from here, checked against the operator's
     shape, so an operator (or a subclass) that lies about itself raises
     instead of making the kernels read past a vector."""
-    cdef str name = f"jacobians[{i}]"
+    # (messages are formatted only when raised: binding an operator is on
+    # the path of every one-shot call)
     cdef cnp.ndarray a
+    cdef int t, typenum = -1
     if kind not in _OPERATOR_VECTORS:
+        name = f"jacobians[{i}]"
         raise TypeError(
             f"{name} is a {type(op).__name__}, an Operator the compiled chain "
             f"does not know; pass its dense form (Dense(op.todense())) or use "
             f"one of Dense, Diagonal, Identity, DiagonalPlusRankOne")
     shape = op.shape
-    if (not isinstance(shape, tuple) or len(shape) != 2
-            or not all(isinstance(d, (int, np.integer))
-                       and not isinstance(d, (bool, np.bool_)) for d in shape)):
+    if not (isinstance(shape, tuple) and len(shape) == 2
+            and _is_int(shape[0]) and _is_int(shape[1])):
+        name = f"jacobians[{i}]"
         raise TypeError(f"{name} ({type(op).__name__}) has shape {shape!r}; "
                         f"an operator's shape is a tuple of two ints")
     n = int(shape[0])
     if shape[1] != n or not 0 <= n <= PY_SSIZE_T_MAX:
+        name = f"jacobians[{i}]"
         raise ValueError(f"{name} ({type(op).__name__}) has shape {shape}; a "
                          f"structured operator is square, n x n with "
                          f"0 <= n <= {PY_SSIZE_T_MAX}")
-    cdef int t, typenum = -1
     vectors = tuple(op._gc_vectors())
+    cdef list arrays = []
     if len(vectors) != _OPERATOR_VECTORS[kind]:
+        name = f"jacobians[{i}]"
         raise ValueError(f"{name} ({type(op).__name__}) gave {len(vectors)} "
                          f"vectors; its kind binds {_OPERATOR_VECTORS[kind]}")
     for j, vec in enumerate(vectors):
-        a = _as_array(vec, f"{name}'s vector {j}")
+        a = vec if type(vec) is np.ndarray else _as_array(
+            vec, f"jacobians[{i}]'s vector {j}")
         if cnp.PyArray_NDIM(a) != 1 or cnp.PyArray_DIM(a, 0) != n:
+            name = f"jacobians[{i}]"
             raise ValueError(f"{name} ({type(op).__name__}) has shape {shape} "
                              f"but its vector {j} has shape {_pyshape(a)}, "
                              f"expected ({n},)")
-        t = _compute_typenum(a.dtype, f"{name}'s vector {j}")
+        t = cnp.PyArray_TYPE(a)
+        if t != cnp.NPY_DOUBLE and t != cnp.NPY_FLOAT:
+            t = _compute_typenum(a.dtype, f"jacobians[{i}]'s vector {j}")
         if t == cnp.NPY_DOUBLE or typenum == -1:
             typenum = t
-        vectors = vectors[:j] + (a,) + vectors[j + 1:]
+        arrays.append(a)
     scale = op._gc_scale()
-    if isinstance(scale, (bool, np.bool_)) or not isinstance(
-            scale, (int, float, np.integer, np.floating)):
+    if type(scale) is not float and (isinstance(scale, (bool, np.bool_)) or not isinstance(
+            scale, (int, float, np.integer, np.floating))):
+        name = f"jacobians[{i}]"
         raise TypeError(f"{name} ({type(op).__name__}) has scale {scale!r}; "
                         f"expected a real number")
-    return (kind, n, vectors, float(scale), typenum)
+    return (kind, n, tuple(arrays), float(scale), typenum)
 
 
 cdef class LinkTable:
@@ -337,7 +355,7 @@ cdef class LinkTable:
         cdef const char *hi
         cdef const char *ptrs[3]
         cdef Py_ssize_t strd[3]
-        cdef int j, typenum = cnp.NPY_DOUBLE if dtype == _DT_DOUBLE else cnp.NPY_FLOAT
+        cdef int j, typenum = cnp.NPY_DOUBLE if dtype is _DT_DOUBLE else cnp.NPY_FLOAT
         kind, n, vectors, scale = rec[:4]
         if kind == LINK_SCALED_IDENTITY and scale == 1.0:
             kind = LINK_IDENTITY        # products with it are free
