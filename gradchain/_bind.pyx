@@ -302,7 +302,10 @@ cdef class LinkTable:
                     if t == cnp.NPY_DOUBLE or (typenum == -1 and t != -1):
                         typenum = t
                     continue
-            a = _as_array(item, f"jacobians[{i}]")
+            # (the name is formatted only for a conversion: binding is on the
+            # path of every one-shot call)
+            a = item if type(item) is np.ndarray else _as_array(
+                item, f"jacobians[{i}]")
             if cnp.PyArray_NDIM(a) == 3:
                 # per-sample: one Jacobian per row of the batch
                 if batch == -1:

@@ -235,17 +235,19 @@ class Composition:
             raise ValueError(f"reduction must be 'sum', 'mean' or 'none', got "
                              f"{reduction!r}")
         fast = self._fast
-        if (fast is not None and type(x) is np.ndarray and x.dtype == fast.dtype
-                and x.shape == fast.shape and x.flags.c_contiguous
-                and x.flags.aligned):
-            # same dtype and shape as an earlier call of an all-built-in
-            # composition: the programme and sizes are known; one compiled call
-            B = 1 if fast.single else x.shape[0]
-            aux, labels = self.loss._rows(B, fast.n_k, fast.dtype)
-            vals, G = fast.program.loss_grad(x, self.loss._code, aux, labels)
-            if fast.single:
-                return float(vals[0]), G
-            return self._reduce(vals, G, reduction)
+        if fast is not None and type(x) is np.ndarray:
+            dtype, shape, program, n_k, single = fast       # the record's fields
+            if (x.dtype == dtype and x.shape == shape and x.flags.c_contiguous
+                    and x.flags.aligned):
+                # same dtype and shape as an earlier call of an all-built-in
+                # composition: the programme and sizes are known; one
+                # compiled call
+                loss = self.loss
+                aux, labels = loss._rows(1 if single else x.shape[0], n_k, dtype)
+                vals, G = program.loss_grad(x, loss._code, aux, labels)
+                if single:
+                    return float(vals[0]), G
+                return self._reduce(vals, G, reduction)
         if self.loss is None:
             raise ValueError("value_and_grad needs a loss: compose(..., loss=...)")
         X, single, dtype = self._input(x)
