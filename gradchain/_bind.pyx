@@ -147,6 +147,18 @@ cdef dict _OPERATOR_VECTORS = {LINK_DIAG: 1, LINK_SCALED_IDENTITY: 0,
                                LINK_DIAG_RANK1: 3}
 
 
+cdef int _joined(int typenum, cnp.ndarray a, Py_ssize_t i,
+                 Py_ssize_t j) except -2:
+    """The chain's typenum (-1: none yet) once jacobians[i] (j >= 0: its
+    vector j) joins it: float64 wins (the dtype rule); the name is
+    formatted only for an error."""
+    cdef int t = cnp.PyArray_TYPE(a)
+    if t != cnp.NPY_DOUBLE and t != cnp.NPY_FLOAT:
+        t = _compute_typenum(a.dtype, f"jacobians[{i}]" if j < 0
+                             else f"jacobians[{i}]'s vector {j}")
+    return t if t == cnp.NPY_DOUBLE or typenum == -1 else typenum
+
+
 cdef inline bint _is_int(object d):
     """d is an int (Python or NumPy), not a bool."""
     if type(d) is int:
@@ -197,11 +209,7 @@ cdef tuple _operator_record(object op, object kind, Py_ssize_t i):
             raise ValueError(f"{name} ({type(op).__name__}) has shape {shape} "
                              f"but its vector {j} has shape {_pyshape(a)}, "
                              f"expected ({n},)")
-        t = cnp.PyArray_TYPE(a)
-        if t != cnp.NPY_DOUBLE and t != cnp.NPY_FLOAT:
-            t = _compute_typenum(a.dtype, f"jacobians[{i}]'s vector {j}")
-        if t == cnp.NPY_DOUBLE or typenum == -1:
-            typenum = t
+        typenum = _joined(typenum, a, i, j)
         arrays.append(a)
     scale = op._gc_scale()
     if type(scale) is not float and (isinstance(scale, (bool, np.bool_)) or not isinstance(
@@ -320,11 +328,7 @@ cdef class LinkTable:
                     f"jacobians[{i}] must be a 2-D array of shape "
                     f"(n_{i + 1}, n_{i}), or 3-D (batch, n_{i + 1}, n_{i}) "
                     f"for per-sample Jacobians, got shape {_pyshape(a)}")
-            t = cnp.PyArray_TYPE(a)
-            if t != cnp.NPY_DOUBLE and t != cnp.NPY_FLOAT:
-                t = _compute_typenum(a.dtype, f"jacobians[{i}]")
-            if t == cnp.NPY_DOUBLE or typenum == -1:
-                typenum = t
+            typenum = _joined(typenum, a, i, -1)
             arrays[i] = a
         # Pass 2: conversions where unavoidable, then the link table.
         dtype = _DT_DOUBLE if typenum == cnp.NPY_DOUBLE else _DT_FLOAT

@@ -21,7 +21,8 @@ from cython cimport floating
 
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
-from gradchain._kernels cimport link_jtv, link_jv, effective_threads, pack_rows
+from gradchain._kernels cimport (link_jtv, link_jv, effective_threads,
+                                 pack_rows, elem_stride)
 from gradchain._sizes cimport gc_size_mul, gc_malloc_n
 
 # Panel size (elements) for a strided operand: 32 Ki elements is 256 KiB
@@ -157,12 +158,6 @@ cdef int block_jv(const floating *J, Py_ssize_t m, Py_ssize_t n,
 # Typed-memoryview entry points (tests and benchmarks)
 # --------------------------------------------------------------------------
 
-cdef inline Py_ssize_t _stride(Py_ssize_t nbytes, Py_ssize_t itemsize) except? -1:
-    if nbytes % itemsize:
-        raise ValueError("strides must be multiples of the item size")
-    return nbytes // itemsize
-
-
 def _blocks(const floating[:, :] J, const floating[:, ::1] X,
            floating[:, ::1] out, bint transpose):
     # out = X @ J (transpose: rows of X are cotangents) or X @ J^T.
@@ -173,8 +168,8 @@ def _blocks(const floating[:, :] J, const floating[:, ::1] X,
     if B == 0 or m == 0 or n == 0:
         out[:, :] = 0
         return
-    cdef Py_ssize_t rs = _stride(J.strides[0], sizeof(floating))
-    cdef Py_ssize_t cs = _stride(J.strides[1], sizeof(floating))
+    cdef Py_ssize_t rs = elem_stride(J.strides[0], sizeof(floating))
+    cdef Py_ssize_t cs = elem_stride(J.strides[1], sizeof(floating))
     cdef int nt = effective_threads(), rc
     with nogil:
         if transpose:

@@ -19,6 +19,7 @@ checks (this keeps a 16-link one-shot call in the low microseconds).
 cimport numpy as cnp
 import numpy as np
 from libc.stdlib cimport free
+from cython cimport floating
 
 from gradchain._link cimport Link
 from gradchain._bind cimport LinkTable, _usable
@@ -45,6 +46,18 @@ cdef enum:
     RAN_COPY = 4
     RAN_PROMOTED = 5
 _RAN = ("propagate", "accumulate", "samples", "zeros", "copy", "promoted")
+
+
+cdef inline int _execute(const Link *f, Py_ssize_t m, const int *split,
+                         int order, bint per_sample, bint sample_threads,
+                         Py_ssize_t nb, floating *out, Py_ssize_t ostride,
+                         int nt) noexcept nogil:
+    """A bracketing of f into out: once, or per sample (nb samples, out's
+    rows ostride elements apart)."""
+    if per_sample:
+        return run_samples(f, m, split, order, nb, out, ostride,
+                           sample_threads, nt)
+    return run_product(f, m, split, order, out, nt)
 
 
 cdef class ChainCore(LinkTable):
@@ -189,6 +202,9 @@ cdef class ChainCore(LinkTable):
         cdef int rc, nt = effective_threads()
         cdef void *out = cnp.PyArray_DATA(dst)
         cdef Py_ssize_t ostride = 0, nb = self.nsamples
+        cdef const int *split = s.split
+        cdef int order = s.order
+        cdef bint per_sample = s.per_sample, sample_threads = s.sample_threads
         if f == NULL:
             raise MemoryError()
         try:
@@ -196,24 +212,13 @@ cdef class ChainCore(LinkTable):
                             NULL if x is None else cnp.PyArray_DATA(x), f)
             if s.per_sample:
                 ostride = cnp.PyArray_STRIDE(dst, 0) // cnp.PyArray_ITEMSIZE(dst)
-            if typenum == cnp.NPY_DOUBLE:
-                with nogil:
-                    if s.per_sample:
-                        rc = run_samples(f, m, s.split, s.order, nb,
-                                         <double *>out, ostride,
-                                         s.sample_threads, nt)
-                    else:
-                        rc = run_product(f, m, s.split, s.order,
-                                         <double *>out, nt)
-            else:
-                with nogil:
-                    if s.per_sample:
-                        rc = run_samples(f, m, s.split, s.order, nb,
-                                         <float *>out, ostride,
-                                         s.sample_threads, nt)
-                    else:
-                        rc = run_product(f, m, s.split, s.order,
-                                         <float *>out, nt)
+            with nogil:
+                if typenum == cnp.NPY_DOUBLE:
+                    rc = _execute(f, m, split, order, per_sample, sample_threads,
+                                  nb, <double *>out, ostride, nt)
+                else:
+                    rc = _execute(f, m, split, order, per_sample, sample_threads,
+                                  nb, <float *>out, ostride, nt)
         finally:
             free(f)
         if rc:

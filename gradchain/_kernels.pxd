@@ -50,3 +50,7 @@ cdef int link_jv(const floating *J, Py_ssize_t m, Py_ssize_t n,
 cdef void pack_rows(Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
                     const floating *A, Py_ssize_t rs, Py_ssize_t cs,
                     floating *P) noexcept nogil
+
+# A memoryview's stride in bytes as elements of itemsize bytes; ValueError
+# when it is not a multiple (the typed-memoryview entry points).
+cdef Py_ssize_t elem_stride(Py_ssize_t nbytes, Py_ssize_t itemsize) except? -1

@@ -119,7 +119,7 @@ def openmp_enabled():
 # Typed-memoryview entry points (tests and benchmarks)
 # --------------------------------------------------------------------------
 
-cdef inline Py_ssize_t _stride(Py_ssize_t nbytes, Py_ssize_t itemsize) except? -1:
+cdef Py_ssize_t elem_stride(Py_ssize_t nbytes, Py_ssize_t itemsize) except? -1:
     if nbytes % itemsize:
         raise ValueError("strides must be multiples of the item size")
     return nbytes // itemsize
@@ -136,8 +136,8 @@ def _vector(const floating[:, :] J, const floating[::1] x, floating[::1] out,
     if x.shape[0] == 0:
         out[:] = 0
         return
-    cdef Py_ssize_t rs = _stride(J.strides[0], sizeof(floating))
-    cdef Py_ssize_t cs = _stride(J.strides[1], sizeof(floating))
+    cdef Py_ssize_t rs = elem_stride(J.strides[0], sizeof(floating))
+    cdef Py_ssize_t cs = elem_stride(J.strides[1], sizeof(floating))
     cdef int nt = effective_threads(), rc
     with nogil:
         if transpose:
