@@ -294,15 +294,14 @@ cdef class ChainCore(LinkTable):
     cdef _propagate(self, cnp.ndarray x, Py_ssize_t B, cnp.ndarray dst,
                     int typenum, bint transpose):
         cdef int rc, nt = effective_threads()
-        if typenum == cnp.NPY_DOUBLE:
-            with nogil:
+        cdef const void *xp = cnp.PyArray_DATA(x)
+        cdef void *dp = cnp.PyArray_DATA(dst)
+        with nogil:
+            if typenum == cnp.NPY_DOUBLE:
                 rc = propagate(self.links, self.k, self.maxw, transpose,
-                               <const double *>cnp.PyArray_DATA(x), B,
-                               <double *>cnp.PyArray_DATA(dst), NULL, nt)
-        else:
-            with nogil:
+                               <const double *>xp, B, <double *>dp, NULL, nt)
+            else:
                 rc = propagate(self.links, self.k, self.maxw, transpose,
-                               <const float *>cnp.PyArray_DATA(x), B,
-                               <float *>cnp.PyArray_DATA(dst), NULL, nt)
+                               <const float *>xp, B, <float *>dp, NULL, nt)
         if rc:
             raise MemoryError("could not allocate the chain's work buffers")

@@ -53,6 +53,7 @@ cdef int _per_sample_run(const Link *links, Py_ssize_t k, Py_ssize_t s0,
     cdef Py_ssize_t elems = 0, total
     cdef const Link *L
     cdef const floating *cur
+    cdef const floating *J
     cdef floating *nxt
     cdef floating *scratch = NULL
     cdef floating *mine
@@ -95,13 +96,14 @@ cdef int _per_sample_run(const Link *links, Py_ssize_t k, Py_ssize_t s0,
             else:
                 nxt = mine + ((step - s0) & 1) * (per // 2)
             for b in range(b0, b1):
+                J = <const floating *>link_sample(L, b, sizeof(floating))
                 if transpose:
-                    err += link_jtv(<const floating *>link_sample(L, b, sizeof(floating)), L.m,
-                                    L.n, L.rs, L.cs, cur + (b - b0) * nin,
+                    err += link_jtv(J, L.m, L.n, L.rs, L.cs,
+                                    cur + (b - b0) * nin,
                                     nxt + (b - b0) * nout, 1) != 0
                 else:
-                    err += link_jv(<const floating *>link_sample(L, b, sizeof(floating)), L.m,
-                                   L.n, L.rs, L.cs, cur + (b - b0) * nin,
+                    err += link_jv(J, L.m, L.n, L.rs, L.cs,
+                                   cur + (b - b0) * nin,
                                    nxt + (b - b0) * nout, 1) != 0
             cur = nxt
     free(scratch)
