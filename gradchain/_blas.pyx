@@ -12,7 +12,7 @@ is packed once; sizes that do not fit a BLAS int run row by row on the
 vector kernels of ``_kernels``.
 
 The ``def`` functions at the bottom are typed-memoryview entry points for
-the tests and benchmarks.
+the tests and benchmarks (the vector forms are ``_kernels.jtv``/``jv``).
 """
 from libc.stdlib cimport free
 from libc.string cimport memset
@@ -178,17 +178,6 @@ def _blocks(const floating[:, :] J, const floating[:, ::1] X,
             rc = block_jv(&J[0, 0], m, n, rs, cs, &X[0, 0], B, &out[0, 0], nt)
     if rc:
         raise MemoryError()
-
-
-def jtv(J, g, out):
-    """out[:] = J.T @ g for one dense J of any layout (the vector kernel:
-    a batch of one goes to link_jtv, not to BLAS)."""
-    _blocks(J, g[None, :], out[None, :], True)
-
-
-def jv(J, v, out):
-    """out[:] = J @ v for one dense J of any layout."""
-    _blocks(J, v[None, :], out[None, :], False)
 
 
 def jtv_block(J, G, out):

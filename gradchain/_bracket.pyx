@@ -31,7 +31,8 @@ cnp.import_array()
 
 cdef double INF = float("inf")
 
-_MODES = ("vjp", "jvp", "jacobian")
+_MODES = ("vjp", "jvp", "jacobian")          # by MODE_* code
+_ORDER_NAMES = ("table", "left", "right")      # by ORDER_* code
 
 
 cdef inline void *_alloc2(Py_ssize_t a, Py_ssize_t b, size_t size) noexcept nogil:
@@ -276,18 +277,15 @@ cdef class Strategy:
     """What runs for one (mode, batch) of a chain; see _bracket.pxd."""
 
     def __repr__(self):
-        order = {ORDER_TABLE: "table", ORDER_LEFT: "left",
-                 ORDER_RIGHT: "right"}[self.order]
         return (f"Strategy(mode={self.mode!r}, batch={self.batch}, "
-                f"order={order!r}, cost={self.cost:g}, l2r={self.l2r:g}, "
+                f"order={self.order_name!r}, cost={self.cost:g}, l2r={self.l2r:g}, "
                 f"r2l={self.r2l:g}, per_sample={bool(self.per_sample)}, "
                 f"sample_threads={bool(self.sample_threads)})")
 
     @property
     def order_name(self):
-        """"left", "right" or "table"."""
-        return {ORDER_TABLE: "table", ORDER_LEFT: "left",
-                ORDER_RIGHT: "right"}[self.order]
+        """"table", "left" or "right"."""
+        return _ORDER_NAMES[self.order]
 
 
 cdef Strategy _new(int mode, Py_ssize_t B, int order, object table,

@@ -143,20 +143,12 @@ cdef int propagate(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
                                  dst, nt)
         elif L.kind != LINK_DENSE:
             link_apply_rows(L, transpose, cur, B, dst)
-        elif transpose:
-            if B == 1:
-                rc = link_jtv(<const floating *>L.data, L.m, L.n, L.rs, L.cs,
-                              cur, dst, nt)
-            else:
-                rc = block_jtv(<const floating *>L.data, L.m, L.n, L.rs,
-                               L.cs, cur, B, dst, nt)
+        elif transpose:         # (one row: block_jtv runs the vector kernel)
+            rc = block_jtv(<const floating *>L.data, L.m, L.n, L.rs, L.cs,
+                           cur, B, dst, nt)
         else:
-            if B == 1:
-                rc = link_jv(<const floating *>L.data, L.m, L.n, L.rs, L.cs,
-                             cur, dst, nt)
-            else:
-                rc = block_jv(<const floating *>L.data, L.m, L.n, L.rs,
-                              L.cs, cur, B, dst, nt)
+            rc = block_jv(<const floating *>L.data, L.m, L.n, L.rs, L.cs,
+                          cur, B, dst, nt)
         if rc:
             break
         cur = dst
