@@ -14,7 +14,7 @@ from libc.string cimport memset, memcpy
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 
-from gradchain._link cimport (Link, LINK_DENSE, LINK_DIAG,
+from gradchain._link cimport (Link, LINK_DENSE, LINK_DIAG, link_diaglike,
                               LINK_SCALED_IDENTITY, LINK_DIAG_RANK1,
                               LINK_IDENTITY, link_sample)
 from gradchain._bracket cimport ORDER_TABLE, ORDER_LEFT, ORDER_RIGHT
@@ -33,10 +33,6 @@ cdef inline void *_alloc2(Py_ssize_t a, Py_ssize_t b, size_t size) noexcept nogi
     if not gc_size_mul(a, b, &n):
         return NULL
     return gc_malloc_n(n, size)
-
-
-cdef inline bint _diaglike(int k) noexcept nogil:
-    return k == LINK_DIAG or k == LINK_SCALED_IDENTITY
 
 
 # ---------------------------------------------------------------------------
@@ -151,7 +147,7 @@ cdef int _combine(Val *L, Val *R, Val *out, floating *dest,
     if R.kind == LINK_IDENTITY:
         out[0] = L[0]
         return 0
-    if _diaglike(L.kind) and _diaglike(R.kind):
+    if link_diaglike(L.kind) and link_diaglike(R.kind):
         z = <floating *>_alloc2(q, 1, sizeof(floating))
         if z == NULL:
             return -1
@@ -180,13 +176,13 @@ cdef int _combine(Val *L, Val *R, Val *out, floating *dest,
         out.owned = True
     out.kind = LINK_DENSE
     out.buf = z
-    if _diaglike(L.kind):                       # row scaling of R
+    if link_diaglike(L.kind):                       # row scaling of R
         _dense_of(R, &a, &rs, &cs)
         for i in range(p):
             c = _dget(L, i, tag)
             for j in range(r):
                 z[i * r + j] = c * a[i * rs + j * cs]
-    elif _diaglike(R.kind):                     # column scaling of L
+    elif link_diaglike(R.kind):                     # column scaling of L
         _dense_of(L, &a, &rs, &cs)
         for i in range(p):
             for j in range(r):

@@ -21,10 +21,9 @@ cimport numpy as cnp
 import numpy as np
 from libc.stdlib cimport free
 
-from gradchain._link cimport (Link, LINK_DENSE, LINK_DIAG,
+from gradchain._link cimport (Link, LINK_DENSE, LINK_DIAG, link_diaglike,
                               LINK_SCALED_IDENTITY, LINK_DIAG_RANK1,
-                              LINK_IDENTITY, LINK_ELEMENTWISE, LINK_SOFTMAX,
-                              LINK_LOG_SOFTMAX, link_block, link_transposed)
+                              LINK_IDENTITY, link_block, link_transposed)
 from gradchain._sizes cimport gc_size_mul, gc_malloc_n
 
 cnp.import_array()
@@ -46,15 +45,9 @@ cdef inline void *_alloc2(Py_ssize_t a, Py_ssize_t b, size_t size) noexcept nogi
 # The cost model: one entry per kind
 # ---------------------------------------------------------------------------
 
-cdef inline bint _diaglike(int k) noexcept nogil:
-    # diagonal in its effect on a neighbour: scales rows or columns
-    return (k == LINK_DIAG or k == LINK_SCALED_IDENTITY
-            or k == LINK_ELEMENTWISE)
-
-
 cdef inline bint _rank1like(int k) noexcept nogil:
     # diagonal plus rank one: ~3 multiply-adds per element of its neighbour
-    return k == LINK_DIAG_RANK1 or k == LINK_SOFTMAX or k == LINK_LOG_SOFTMAX
+    return k == LINK_DIAG_RANK1
 
 
 cdef inline double _mult_cost(int kl, int kr, double p, double q,
@@ -62,11 +55,11 @@ cdef inline double _mult_cost(int kl, int kr, double p, double q,
     """Multiply-adds for (p x q, kind kl) times (q x r, kind kr)."""
     if kl == LINK_IDENTITY or kr == LINK_IDENTITY:
         return 0.0
-    if _diaglike(kl) and _diaglike(kr):
+    if link_diaglike(kl) and link_diaglike(kr):
         return q
-    if _diaglike(kl):
+    if link_diaglike(kl):
         return q * r + (q * q if _rank1like(kr) else 0.0)
-    if _diaglike(kr):
+    if link_diaglike(kr):
         return p * q + (q * q if _rank1like(kl) else 0.0)
     if _rank1like(kl) and _rank1like(kr):
         return q * q + 3.0 * q * r
@@ -82,7 +75,7 @@ cdef inline int _result_kind(int kl, int kr) noexcept nogil:
         return kr
     if kr == LINK_IDENTITY:
         return kl
-    if _diaglike(kl) and _diaglike(kr):
+    if link_diaglike(kl) and link_diaglike(kr):
         return LINK_DIAG
     return LINK_DENSE
 
@@ -404,6 +397,12 @@ cdef Strategy choose(const Link *links, Py_ssize_t k, int mode, Py_ssize_t B,
         product_factors(links, k, mode, B, NULL, f)
         for i in range(m):
             per_sample = per_sample or f[i].per_sample
+            if f[i].kind > LINK_IDENTITY:
+                # a map programme's layer kinds are batched, matrix-free
+                # forms; their Jacobians enter products as the structured
+                # links of _program._jacobian_links
+                raise TypeError(f"link {i} is a map programme layer (kind "
+                                f"{f[i].kind}): it has no product rule")
         if per_sample and mode != MODE_JACOBIAN:
             s = _per_sample(f, m, mode, B, None)
         elif per_sample:

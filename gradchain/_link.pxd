@@ -55,6 +55,12 @@ cdef inline Link link_clear(int kind, Py_ssize_t m, Py_ssize_t n) noexcept nogil
     return L
 
 
+# Diagonal in its effect on a neighbour in a product (scales its rows or
+# columns): the cost model (_bracket) and the executor (_accumulate) ask here.
+cdef inline bint link_diaglike(int kind) noexcept nogil:
+    return kind == LINK_DIAG or kind == LINK_SCALED_IDENTITY
+
+
 # A C-contiguous block of p rows of q values as a dense link (the block of
 # vectors G of a vjp, V of a jvp, is just another factor of the product).
 cdef inline Link link_block(const void *data, Py_ssize_t p,

@@ -6,6 +6,8 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 from typing_extensions import Self, disjoint_base
 
+from gradchain.operators import Diagonal, DiagonalPlusRankOne
+
 _Float = np.float32 | np.float64
 
 # One spec per map, already in the plan's dtype:
@@ -41,6 +43,19 @@ class Program:
         aux: NDArray[_Float] | None,  # (B, n_k) target rows, or None
         labels: NDArray[np.int64] | None,  # (B,), C-contiguous, or None
     ) -> tuple[NDArray[np.float64], NDArray[_Float]]: ...  # (values (B,), grad like x)
+    # x (n_0,), C-contiguous in the plan's dtype.
+    @overload
+    def jacobian(
+        self, x: NDArray[_Float], links: Literal[False] = False
+    ) -> NDArray[_Float]: ...  # J_k ... J_1, (n_k, n_0)
+    @overload
+    def jacobian(
+        self, x: NDArray[_Float], links: Literal[True]
+    ) -> list[NDArray[_Float] | Diagonal | DiagonalPlusRankOne]: ...
+    @overload
+    def jacobian(
+        self, x: NDArray[_Float], links: bool
+    ) -> NDArray[_Float] | list[NDArray[_Float] | Diagonal | DiagonalPlusRankOne]: ...
     # X (B, n_0), C-contiguous in the plan's dtype.
     @overload
     def run(

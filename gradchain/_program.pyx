@@ -27,9 +27,13 @@ from cython cimport floating
 
 from gradchain._kernels cimport effective_threads
 from gradchain._blas cimport block_jv
-from gradchain._link cimport (Link, LINK_DENSE, LINK_ELEMENTWISE,
-                              LINK_SOFTMAX, LINK_LOG_SOFTMAX, link_clear)
+from gradchain._link cimport (Link, LINK_DENSE, LINK_DIAG, LINK_DIAG_RANK1,
+                              LINK_ELEMENTWISE, LINK_SOFTMAX, LINK_LOG_SOFTMAX,
+                              link_clear)
 from gradchain._propagate cimport propagate
+from gradchain._bracket cimport Strategy, choose, product_factors, MODE_JACOBIAN
+from gradchain._accumulate cimport run_product
+from libc.math cimport exp
 from gradchain._sizes cimport gc_size_add, gc_size_mul, gc_size_mul3, gc_malloc_n
 from libc.stdlib cimport free
 
@@ -38,6 +42,10 @@ cnp.import_array()
 cdef extern from "gc_maps.h" nogil:
     void gc_ew_forward_s(int code, double param, Py_ssize_t n, const float *x, float *y)
     void gc_ew_forward_d(int code, double param, Py_ssize_t n, const double *x, double *y)
+    void gc_ew_deriv_mul_s(int code, double param, Py_ssize_t n, const float *x,
+                           const float *y, const float *g, float *out)
+    void gc_ew_deriv_mul_d(int code, double param, Py_ssize_t n, const double *x,
+                           const double *y, const double *g, double *out)
     void gc_softmax_s(int log, Py_ssize_t B, Py_ssize_t n, const float *x, float *y)
     void gc_softmax_d(int log, Py_ssize_t B, Py_ssize_t n, const double *x, double *y)
     # the elementwise and loss codes, declared once (in the C header) and
@@ -158,6 +166,70 @@ cdef int _backward(const Op *ops, Py_ssize_t k, Py_ssize_t B,
     return rc
 
 
+cdef Py_ssize_t _jacobian_scratch(const Op *ops, Py_ssize_t k,
+                                 const Py_ssize_t *dims,
+                                 Py_ssize_t nmax) noexcept nogil:
+    """Elements _jacobian_links needs: nmax ones, then one vector per
+    elementwise and log-softmax op."""
+    cdef Py_ssize_t i, t = nmax
+    for i in range(k):
+        if ops[i].code == OP_ELEMENTWISE or ops[i].code == OP_LOG_SOFTMAX:
+            t += dims[i]
+    return t
+
+
+cdef void _jacobian_links(const Op *ops, Py_ssize_t k, const Py_ssize_t *dims,
+                          floating **xs, floating *scratch, Py_ssize_t nmax,
+                          Link *links) noexcept nogil:
+    """links[i] = op i's Jacobian J_i at the stored intermediates of a
+    single x (B = 1) as a link products take (_bracket, _accumulate): the
+    one statement of each op's Jacobian as a matrix,
+
+        affine       J = W                   (dense, read in place)
+        elementwise  J = diag(f'(x))         f'(x) = the kernel's f'(x) * 1
+        softmax      J = diag(s) - s s^T     s = y
+        log-softmax  J = I - 1 s^T           s = exp(y)
+
+    (the propagation's batched forms of the same Jacobians are the layer
+    kinds of _backward).  scratch: _jacobian_scratch elements; the links
+    point into it and into xs."""
+    cdef Py_ssize_t i, j, n
+    cdef const Op *o
+    cdef Link *L
+    cdef floating *ones = scratch
+    cdef floating *vec = scratch + nmax
+    for j in range(nmax):
+        ones[j] = 1
+    for i in range(k):
+        o = &ops[i]
+        L = &links[i]
+        n = dims[i]
+        if o.code == OP_AFFINE:
+            L[0] = link_clear(LINK_DENSE, o.n_out, o.n_in)
+            L.data, L.rs, L.cs = o.W, o.rs, o.cs
+            continue
+        if o.code == OP_ELEMENTWISE:
+            if floating is float:
+                gc_ew_deriv_mul_s(o.ew, o.param, n, xs[i], xs[i + 1], ones, vec)
+            else:
+                gc_ew_deriv_mul_d(o.ew, o.param, n, xs[i], xs[i + 1], ones, vec)
+            L[0] = link_clear(LINK_DIAG, n, n)
+            L.d, L.ds = <const char *>vec, 1
+            vec += n
+            continue
+        L[0] = link_clear(LINK_DIAG_RANK1, n, n)
+        L.ds = L.us = L.vs = 1
+        L.scale = -1.0
+        if o.code == OP_SOFTMAX:
+            L.d = L.u = L.v = <const char *>xs[i + 1]
+        else:
+            for j in range(n):
+                vec[j] = <floating>exp(xs[i + 1][j])
+            L.d = L.u = <const char *>ones
+            L.v = <const char *>vec
+            vec += n
+
+
 cdef floating *_bind_layers(floating **xs, floating *x0, floating *base,
                             const Py_ssize_t *dims, Py_ssize_t B,
                             Py_ssize_t k) noexcept nogil:
@@ -234,6 +306,8 @@ cdef class Program:
     cdef object _ws
     cdef Py_ssize_t _ws_B
     cdef bint _ws_busy
+    cdef list _arrays          # per op: W for an affine op, else None
+    cdef dict _strategies      # n_0 -> the jacobian's strategy cache
 
     def __cinit__(self, list specs, dtype):
         cdef Py_ssize_t i
@@ -242,6 +316,8 @@ cdef class Program:
         self._k = len(specs)
         self._typenum = cnp.NPY_FLOAT if np.dtype(dtype) == np.float32 else cnp.NPY_DOUBLE
         self._keep = []
+        self._arrays = [None] * self._k
+        self._strategies = {}
         self._ws = None
         self._ws_B = -1
         self._ws_busy = False
@@ -259,6 +335,7 @@ cdef class Program:
             if o.code == OP_AFFINE:
                 W = spec[1]
                 self._keep.append(W)
+                self._arrays[i] = W
                 o.W = <const char *>cnp.PyArray_DATA(W)
                 o.n_out = W.shape[0]
                 o.n_in = W.shape[1]
@@ -415,6 +492,121 @@ cdef class Program:
         if rc:
             raise MemoryError()
         return vals, res
+
+    def jacobian(self, cnp.ndarray x, bint links=False):
+        """The ops' Jacobian at a single x (n_0,), C-contiguous in the plan's
+        dtype (checked by the caller, and here).
+
+        links False: the dense J_k ... J_1, (n_k, n_0), accumulated from the
+        ops' Jacobians (_jacobian_links) in the cheapest bracketing
+        (_bracket.choose, cached per n_0) in one compiled call.
+        links True: those Jacobians as a Chain binds them -- an affine op's
+        W itself, Diagonal, DiagonalPlusRankOne (their vectors copied).
+        """
+        cdef Py_ssize_t k = self._k, nmax = 0, total = 0, extra
+        cdef Py_ssize_t buf[64]
+        cdef Py_ssize_t *d = self._dims_buffer(buf, k + 1)
+        cdef bint claimed
+        try:
+            if x.ndim != 1:
+                raise ValueError(f"x must be 1-D (n_0,), got shape {(<object>x).shape}")
+            _check_block(x, "x", self._typenum, 1, x.shape[0], 1)
+            self._fill_dims(x.shape[0], d)
+            total = _workspace_elems(1, d, k, cnp.PyArray_ITEMSIZE(x), &nmax)
+            extra = _jacobian_scratch(self._ops, k, d, nmax)
+            if not gc_size_add(total, extra, &extra):
+                raise MemoryError()
+            ws = self._claim(1, extra, &claimed)
+            try:
+                if self._typenum == cnp.NPY_FLOAT:
+                    return self._jacobian_typed(<float *>cnp.PyArray_DATA(ws), x,
+                                                d, nmax, total, links)
+                return self._jacobian_typed(<double *>cnp.PyArray_DATA(ws), x,
+                                            d, nmax, total, links)
+            finally:
+                if claimed:
+                    self._ws_busy = False
+        finally:
+            if d != buf:
+                PyMem_Free(d)
+
+    cdef object _jacobian_typed(self, floating *base, cnp.ndarray x,
+                                Py_ssize_t *dims, Py_ssize_t nmax,
+                                Py_ssize_t total, bint want_links):
+        """jacobian in the workspace at base: the layers, then (from
+        base + total) _jacobian_links' scratch."""
+        cdef Py_ssize_t k = self._k, i
+        cdef floating *xsbuf[65]
+        cdef floating **xs = xsbuf
+        cdef Link *links = NULL
+        cdef Link *f = NULL
+        cdef int nt = effective_threads(), rc = 0
+        cdef Strategy s
+        cdef cnp.npy_intp odims[2]
+        cdef cnp.ndarray out
+        cdef bint zero = False
+        if k == 0:
+            return [] if want_links else np.eye(dims[0], dtype=x.dtype)
+        links = <Link *>gc_malloc_n(2 * k, sizeof(Link))
+        if k + 1 > 65:
+            xs = <floating **>PyMem_Malloc((k + 1) * sizeof(floating *))
+        if links == NULL or xs == NULL:
+            free(links)
+            raise MemoryError()
+        f = links + k
+        try:
+            _bind_layers(xs, <floating *>cnp.PyArray_DATA(x), base, dims, 1, k)
+            with nogil:
+                rc = _forward(self._ops, k, 1, dims, xs, nt)
+                if rc == 0:
+                    _jacobian_links(self._ops, k, dims, xs, base + total, nmax,
+                                    links)
+            if rc:
+                raise MemoryError()
+            if want_links:
+                return [self._link_object(&links[i], i) for i in range(k)]
+            odims[0], odims[1] = dims[k], dims[0]
+            out = cnp.PyArray_EMPTY(2, odims, self._typenum, 0)
+            for i in range(k + 1):
+                zero = zero or dims[i] == 0
+            if zero:
+                out[...] = 0    # through a zero-width intermediate: zeros
+                return out
+            cache = self._strategies.get(dims[0])
+            if cache is None:
+                cache = self._strategies[dims[0]] = {}
+            s = choose(links, k, MODE_JACOBIAN, 0, -1, cache)
+            product_factors(links, k, MODE_JACOBIAN, 0, NULL, f)
+            with nogil:
+                rc = run_product(f, k, s.split, s.order,
+                                 <floating *>cnp.PyArray_DATA(out), nt)
+            if rc:
+                raise MemoryError("could not allocate the intermediate products")
+            return out
+        finally:
+            free(links)
+            if xs != xsbuf:
+                PyMem_Free(xs)
+
+    cdef object _link_object(self, const Link *L, Py_ssize_t i):
+        """Link i of _jacobian_links as a Chain binds it (vectors copied out
+        of the workspace)."""
+        from gradchain.operators import Diagonal, DiagonalPlusRankOne
+        if L.kind == LINK_DENSE:
+            return self._arrays[i]
+        d = self._vector(L.d, L.n)
+        if L.kind == LINK_DIAG:
+            return Diagonal(d)
+        u = d if L.u == L.d else self._vector(L.u, L.n)
+        v = d if L.v == L.d else self._vector(L.v, L.n)
+        return DiagonalPlusRankOne(d, u, v, L.scale)
+
+    cdef object _vector(self, const char *p, Py_ssize_t n):
+        """A copy of n contiguous elements of the plan's dtype at p."""
+        cdef cnp.npy_intp dim = n
+        cdef cnp.ndarray a = cnp.PyArray_EMPTY(1, &dim, self._typenum, 0)
+        memcpy(cnp.PyArray_DATA(a), p, n * cnp.PyArray_ITEMSIZE(a))
+        return a
 
     def run(self, cnp.ndarray X, str mode, object T=None):
         """One compiled pass over a C-contiguous batch X (B, n_0) in the

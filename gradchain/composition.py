@@ -337,6 +337,12 @@ class Composition:
         x = _as_float(x, "x")
         if x.ndim != 1:
             raise ValueError(f"jacobian takes a single x (n_0,), got shape {x.shape}")
+        if len(self.maps) and all(isinstance(seg, list) for seg in self._segments):
+            # built-in maps only: forward pass, the ops' Jacobians and their
+            # product in one compiled call
+            X, _, dtype = self._input(x)
+            self._check_width(0, X)
+            return self._program_list(dtype)[0].jacobian(X[0])
         if all(m._forward_uses_jacobian for m in self.maps):
             chain, dtype = self._chain_at(x)
             if len(chain) == 0:             # no maps: the identity
@@ -362,12 +368,21 @@ class Composition:
         x = _as_float(x, "x")
         if x.ndim != 1:
             raise ValueError(f"chain takes a single x (n_0,), got shape {x.shape}")
-        _, xs = self.forward(x)
-        dtype = xs[0].dtype
-        # each map knows its own Jacobian (built in: W, a Diagonal, ...;
-        # user maps: their checked jacobian(x))
-        return Chain([m._link(i, xs[i], xs[i + 1], dtype)
-                      for i, m in enumerate(self.maps)]), dtype
+        X, single, dtype = self._input(x)
+        links = []
+        # each segment knows its Jacobians: a programme its ops' (W, a
+        # Diagonal, ...), a user map its checked jacobian(x)
+        for idx, seg, prog in zip(self._starts, self._segments,
+                                  self._program_list(dtype)):
+            if isinstance(seg, list):
+                self._check_width(idx, X)
+                links += prog.jacobian(X[0], links=True)
+                X = prog.run(X, "forward")[-1]
+            else:
+                Y = self._user_fn(idx, X, single, dtype)
+                links.append(seg._link(idx, X[0], Y[0], dtype))
+                X = Y
+        return Chain(links), dtype
 
 
 def compose(*maps, loss=None):

@@ -26,7 +26,7 @@ from gradchain._bind import as_array, compute_dtype
 from gradchain import _program as _p
 from gradchain._program import OpCode, Program
 from gradchain.chain import Chain
-from gradchain.operators import Dense, Diagonal, DiagonalPlusRankOne, Operator, _scalar
+from gradchain.operators import Dense, Operator, _scalar
 
 # the names that moved to gradchain.losses and gradchain.composition, and
 # are still importable from here (see __getattr__ at the end)
@@ -320,10 +320,10 @@ class _Builtin(Map):
     """A map the compiled progs know.
 
     A subclass says what the programme runs (``_spec``: its op code and
-    parameters in a dtype) and what its Jacobian is (``_link``): the one
-    place that knows it, used by :meth:`jacobian` and by
-    ``Composition.chain``.  Evaluated alone, a built-in map runs as a
-    one-op compiled programme.
+    parameters in a dtype); the programme knows each op's Jacobian (in one
+    place, ``gradchain._program._jacobian_links``), which :meth:`jacobian`
+    and ``Composition.chain`` read.  Evaluated alone, a built-in map runs
+    as a one-op compiled programme.
     """
 
     _builtin = True
@@ -344,9 +344,11 @@ class _Builtin(Map):
         return Program([self._spec(dtype)], dtype).run(X, mode, T)
 
     def _link(self, i, x, y, dtype):
-        """The Jacobian at x (1-D, in dtype), where y = f(x): an array
-        (Affine: W) or an operator, in dtype."""
-        raise NotImplementedError
+        """The Jacobian at x (1-D, C-contiguous, in dtype; y = f(x) unused):
+        an array (Affine: W) or an operator, in dtype, from the compiled
+        programme's one statement of each op's Jacobian
+        (``gradchain._program``)."""
+        return Program([self._spec(dtype)], dtype).jacobian(x, links=True)[0]
 
     def __call__(self, x):
         """f(x) for x of shape (n,), or row by row for a batch (B, n).
@@ -384,8 +386,7 @@ class _Builtin(Map):
         if x.ndim != 1:
             raise ValueError(f"chain takes a single x (n_0,), got shape {x.shape}")
         X, _, dtype = _input(x, (self,))
-        y = self._run(X, dtype, "forward")[-1][0]
-        return self._link(0, X[0], y, dtype)
+        return self._link(0, X[0], None, dtype)
 
 
 class Affine(_Builtin):
@@ -436,10 +437,6 @@ class Affine(_Builtin):
         which would not follow the caller's in-place changes)."""
         return spec[1] is self.W and (self.b is None or spec[2] is self.b)
 
-    def _link(self, i, x, y, dtype):
-        """J = W, read in place (converted where dtype differs)."""
-        return self.W if self.W.dtype == dtype else self.W.astype(dtype)
-
     def __repr__(self):
         return f"Affine({self.W.shape[1]} -> {self.W.shape[0]}" + (
             ", bias)" if self.b is not None else ")")
@@ -451,11 +448,6 @@ class _Elementwise(_Builtin):
 
     def _spec(self, dtype):
         return (_OP_ELEMENTWISE, self._code, self._param)
-
-    def _link(self, i, x, y, dtype):
-        """J = diag(f'(x)), f'(x) from the compiled kernel (the VJP of ones)."""
-        ones = np.ones((1, x.shape[0]), dtype)
-        return Diagonal(self._run(x.reshape(1, -1), dtype, "vjp", ones)[1][0])
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -527,10 +519,6 @@ class Softmax(_Builtin):
     def _spec(self, dtype):
         return (_OP_SOFTMAX,)
 
-    def _link(self, i, x, y, dtype):
-        """J = diag(s) - s s^T at s = y."""
-        return DiagonalPlusRankOne.softmax(y)
-
     def __repr__(self):
         return "Softmax()"
 
@@ -540,10 +528,6 @@ class LogSoftmax(_Builtin):
 
     def _spec(self, dtype):
         return (_OP_LOG_SOFTMAX,)
-
-    def _link(self, i, x, y, dtype):
-        """J = I - 1 s^T at s = exp(y) = softmax(x)."""
-        return DiagonalPlusRankOne.log_softmax(np.exp(y))
 
     def __repr__(self):
         return "LogSoftmax()"

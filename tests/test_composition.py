@@ -163,6 +163,63 @@ def test_jacobian_edges(dtype):
     assert J.dtype == dtype and np.array_equal(J, 4 * np.eye(3))
 
 
+def _softmax(z):
+    s = np.exp(z - z.max())
+    return s / s.sum()
+
+
+# each built-in map's Jacobian at x, in closed form (float64)
+BUILTIN_JACOBIANS = {
+    "Tanh": (gc.Tanh, lambda x: np.diag(1 - np.tanh(x) ** 2)),
+    "Sigmoid": (gc.Sigmoid, lambda x: np.diag(np.exp(-x) / (1 + np.exp(-x)) ** 2)),
+    "ReLU": (gc.ReLU, lambda x: np.diag((x > 0).astype(float))),
+    "LeakyReLU": (lambda: gc.LeakyReLU(0.25),
+                  lambda x: np.diag(np.where(x < 0, 0.25, 1.0))),
+    "Softplus": (gc.Softplus, lambda x: np.diag(1 / (1 + np.exp(-x)))),
+    "Exp": (gc.Exp, lambda x: np.diag(np.exp(x))),
+    "Log": (gc.Log, lambda x: np.diag(1 / x)),
+    "Sin": (gc.Sin, lambda x: np.diag(np.cos(x))),
+    "Cos": (gc.Cos, lambda x: np.diag(-np.sin(x))),
+    "Square": (gc.Square, lambda x: np.diag(2 * x)),
+    "Scale": (lambda: gc.Scale(-1.5), lambda x: -1.5 * np.eye(x.shape[0])),
+    "Softmax": (gc.Softmax, lambda x: np.diag(_softmax(x)) - np.outer(_softmax(x), _softmax(x))),
+    "LogSoftmax": (gc.LogSoftmax,
+                   lambda x: np.eye(x.shape[0]) - np.outer(np.ones(x.shape[0]), _softmax(x))),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", sorted(BUILTIN_JACOBIANS))
+def test_builtin_jacobians_closed_form(rng, name, dtype):
+    # every op's Jacobian, alone and between two affine maps: the compiled
+    # jacobian (forward pass, the ops' Jacobians as links, their product in
+    # one call) against the closed form; Map.jacobian and Composition.chain
+    # read the same links (the same bits)
+    make, ref = BUILTIN_JACOBIANS[name]
+    n = 7
+    # positive x (Log), with exact zeros and negatives elsewhere (ReLU's
+    # derivative is exactly 0 at 0 and 1 above: exact ones must survive)
+    x = rng.uniform(0.2, 2.0, n) if name == "Log" else np.r_[0.0, -0.5, 1.0, rng.uniform(-2, 2, n - 3)]
+    x = x.astype(dtype)
+    xr = f64(x)
+    J = ref(xr)
+    res = compose(make()).jacobian(x)
+    assert_close(res, J, dtype, J)
+    op = make().jacobian(x)
+    assert np.array_equal(np.asarray(op.todense()), res)
+    assert np.array_equal(compose(make()).chain(x).jacobian(), res)
+    W1 = rng.standard_normal((n, 5)).astype(dtype)
+    W2 = rng.standard_normal((3, n)).astype(dtype)
+    x5 = (rng.uniform(0.5, 1.0, 5) if name == "Log" else rng.uniform(-1, 1, 5)).astype(dtype)
+    if name == "Log":
+        W1 = np.abs(W1)
+    f = compose(Affine(W1), make(), Affine(W2))
+    J = f64(W2) @ ref(f64(W1) @ f64(x5)) @ f64(W1)
+    res = f.jacobian(x5)
+    assert_close(res, J, dtype, np.abs(f64(W2)) @ np.abs(ref(f64(W1) @ f64(x5))) @ np.abs(f64(W1)))
+    assert np.array_equal(res, f.chain(x5).jacobian())
+
+
 def test_jacobian_rejects_a_batch():
     f = compose(gc.Tanh())
     with pytest.raises(ValueError, match=r"jacobian takes a single x \(n_0,\), got shape \(2, 3\)"):
