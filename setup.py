@@ -108,6 +108,7 @@ def ext(name, sources, libraries=()):
         sources=sources,
         depends=["csrc/gc_simd.h", "csrc/gc_instantiate.h", "csrc/gc_dense.h", "csrc/gc_dense_impl.h",
                  "csrc/gc_struct.h", "csrc/gc_struct_impl.h",
+                 "csrc/gc_sparse.h", "csrc/gc_sparse_impl.h",
                  "csrc/gc_maps.h", "csrc/gc_maps_impl.h", "csrc/gc_checked.h",
                  "gradchain/_sizes.pxd", "gradchain/_link.pxd",
                  "gradchain/_kernels.pxd", "gradchain/_blas.pxd",
@@ -127,7 +128,7 @@ extensions = [
     # kernels: dense vector products (C), the link model and the kernels of
     # the other link kinds (C), the one BLAS door
     ext("gradchain._kernels", ["gradchain/_kernels.pyx", "csrc/gc_dense.c"]),
-    ext("gradchain._link", ["gradchain/_link.pyx", "csrc/gc_struct.c",
+    ext("gradchain._link", ["gradchain/_link.pyx", "csrc/gc_struct.c", "csrc/gc_sparse.c",
                             "csrc/gc_maps.c"], libraries=libm),
     ext("gradchain._blas", ["gradchain/_blas.pyx"]),
     # engine: what runs (strategy), propagation, accumulation

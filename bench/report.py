@@ -141,6 +141,23 @@ SECTIONS = [
                "5–59 (binding and planning, whatever the planner runs for it)",
                holder="test_plan_k500"),
     ]),
+    ("issue 10: sparse and matrix-free links (float64; GB/s of matrix data in the time column)", [
+        Target("CSR 1e6 x 1e6, 10/row: J^T g", "scipy", 1.6,
+               "one CSR link 10⁶×10⁶, 10 per row, int32: Chain.vjp vs scipy `J.T @ g`"),
+        Target("CSR 1e6 x 1e6, 10/row: J v", "scipy", 1.6,
+               "the same link: Chain.jvp vs scipy `J @ v`"),
+        Target("k=50 tridiagonal CSR links, n=1e5: Chain.vjp", "scipy", 4.0,
+               "k = 50 tridiagonal CSR links, n = 10⁵: Chain.vjp vs the scipy loop "
+               "`g = J.T @ g`"),
+        Target("k=50 tridiagonal CSR links, n=1e5: Chain.vjp", "jax", 3.0,
+               "the same vs jax.jit over BCOO links"),
+        Target("256 cotangents through k=50 tridiagonal CSR links, n=1e5", "scipy", 2.0,
+               "256 cotangents through the same chain vs the scipy loop "
+               "`G = (J.T @ G.T).T`"),
+        Target("32 dense 16x16 links, one LinearOperator in the middle", "without", None,
+               "32 dense 16×16 links with one LinearOperator in the middle: the same "
+               "chain without it, time over time (target: ≤ 3 µs more)"),
+    ]),
     ("issue 8: bounded planning", [
         Target("vjp one-shot batch 8 through k=2000 links of 4x4", "numpy", 0.5,
                "one-shot gradchain.vjp, batch of 8 through k = 2000 links of 4×4, vs NumPy "

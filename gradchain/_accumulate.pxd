@@ -5,7 +5,7 @@ from gradchain._link cimport Link
 
 # out (p_0 x n_{m-1}, C-contiguous) = F_0 ... F_{m-1} in the bracketing of
 # split (order ORDER_TABLE) or in a plain order (split unused, may be NULL).
-# 0, or -1 when out of memory.
+# 0, -1 when out of memory, or another code of _link.link_apply_rows.
 cdef int run_product(const Link *f, Py_ssize_t m, const int *split, int order,
                      floating *out, int nt) noexcept nogil
 

@@ -16,7 +16,8 @@ from cython.parallel cimport prange, threadid
 
 from gradchain._link cimport (Link, LINK_DENSE, LINK_DIAG, link_diaglike,
                               LINK_SCALED_IDENTITY, LINK_DIAG_RANK1,
-                              LINK_IDENTITY, link_sample)
+                              LINK_IDENTITY, link_sample, link_by_rows,
+                              link_apply_rows, link_materialize)
 from gradchain._bracket cimport ORDER_TABLE, ORDER_LEFT, ORDER_RIGHT
 from gradchain._blas cimport matmul
 from gradchain._kernels cimport link_jtv, link_jv
@@ -77,8 +78,9 @@ cdef void _release(Val *v) noexcept nogil:
         v.owned = False
 
 
-cdef int _materialize(const Val *v, floating *out) noexcept nogil:
-    """out (p x q, C-contiguous) = the value as a dense matrix."""
+cdef int _materialize(const Val *v, floating *out, int nt) noexcept nogil:
+    """out (p x q, C-contiguous) = the value as a dense matrix (0, or the
+    code of a failed by-rows link: -1 out of memory, -2 a callback)."""
     cdef Py_ssize_t i, j, p = v.p, q = v.q
     cdef const floating *a
     cdef Py_ssize_t rs, cs
@@ -89,6 +91,8 @@ cdef int _materialize(const Val *v, floating *out) noexcept nogil:
             for j in range(q):
                 out[i * q + j] = a[i * rs + j * cs]
         return 0
+    if link_by_rows(v.kind):
+        return link_materialize(v.leaf, out, nt)
     memset(out, 0, p * q * sizeof(floating))
     if v.kind == LINK_IDENTITY:
         for i in range(p):
@@ -106,21 +110,96 @@ cdef int _materialize(const Val *v, floating *out) noexcept nogil:
     return 0
 
 
-cdef int _to_dense(Val *v, const floating *tag) noexcept nogil:
+cdef int _to_dense(Val *v, const floating *tag, int nt=1) noexcept nogil:
     """Replace a structured value by an owned dense one."""
     cdef floating *buf
+    cdef int rc
     if v.kind == LINK_DENSE:
         return 0
     buf = <floating *>_alloc2(v.p, v.q, sizeof(floating))
     if buf == NULL:
         return -1
-    _materialize(v, buf)
+    rc = _materialize(v, <floating *>buf, nt)
+    if rc:
+        free(buf)
+        return rc
     _release(v)
     v.kind = LINK_DENSE
     v.owned = True
     v.ext = False
     v.buf = buf
     return 0
+
+
+cdef int _combine_rows(Val *L, Val *R, Val *out, floating *dest,
+                       int nt) noexcept nogil:
+    """out = L R (dense, into dest when not NULL) where L or R is a sparse
+    or matrix-free link, applied by rows (link_apply_rows).  R by rows: row
+    i of L R is (R^T L[i, :]^T)^T, so L's rows (dense, C-contiguous) go
+    through R^T.  L by rows: the columns of R go through L (R transposed
+    into rows, the result transposed back).  When both are, the smaller is
+    made dense.  Consumes L and R; 0 or a link's failure code."""
+    cdef const floating *tag = dest
+    cdef Py_ssize_t p = L.p, q = L.q, r = R.q, i, j, rs, cs
+    cdef const floating *a
+    cdef floating *t = NULL
+    cdef floating *u = NULL
+    cdef floating *z
+    cdef int rc = 0
+    cdef bint rows_of_r = link_by_rows(R.kind) and (
+        not link_by_rows(L.kind) or p * q <= q * r)
+    out.p, out.q, out.leaf, out.kind = p, r, NULL, LINK_DENSE
+    if dest != NULL:
+        z = dest
+        out.ext, out.owned = True, False
+    else:
+        z = <floating *>_alloc2(p, r, sizeof(floating))
+        if z == NULL:
+            return -1
+        out.ext, out.owned = False, True
+    out.buf = z
+    if rows_of_r:
+        rc = _to_dense(L, tag, nt)
+        if rc == 0:
+            _dense_of(L, &a, &rs, &cs)
+            if cs != 1 or rs != q:
+                # a strided dense leaf: its rows, contiguous
+                t = <floating *>_alloc2(p, q, sizeof(floating))
+                if t == NULL:
+                    rc = -1
+                else:
+                    for i in range(p):
+                        for j in range(q):
+                            t[i * q + j] = a[i * rs + j * cs]
+                    a = t
+            if rc == 0:
+                rc = link_apply_rows(R.leaf, True, a, p, z, nt)
+    else:
+        rc = _to_dense(R, tag, nt)
+        if rc == 0:
+            _dense_of(R, &a, &rs, &cs)
+            t = <floating *>_alloc2(r, q, sizeof(floating))
+            u = <floating *>_alloc2(r, p, sizeof(floating))
+            if t == NULL or u == NULL:
+                rc = -1
+            else:
+                for i in range(q):
+                    for j in range(r):
+                        t[j * q + i] = a[i * rs + j * cs]
+                rc = link_apply_rows(L.leaf, False, <const floating *>t, r, u, nt)
+                if rc == 0:
+                    for i in range(p):
+                        for j in range(r):
+                            z[i * r + j] = u[j * p + i]
+    free(t)
+    free(u)
+    _release(L)
+    _release(R)
+    if rc and out.owned:
+        free(z)
+        out.owned = False
+        out.buf = NULL
+    return rc
 
 
 cdef int _combine(Val *L, Val *R, Val *out, floating *dest,
@@ -159,6 +238,8 @@ cdef int _combine(Val *L, Val *R, Val *out, floating *dest,
         out.owned = True
         out.buf = z
         return 0
+    if link_by_rows(L.kind) or link_by_rows(R.kind):
+        return _combine_rows(L, R, out, dest, nt)
     if L.kind == LINK_DIAG_RANK1 and R.kind != LINK_DENSE:
         if _to_dense(L, tag):
             return -1
@@ -240,6 +321,7 @@ cdef int _eval(const Link *f, Py_ssize_t m, const int *split, Py_ssize_t i,
     cdef Val L, R
     cdef Py_ssize_t s
     cdef floating *none = NULL
+    cdef int rc
     if i == j:
         out.kind = f[i].kind
         out.owned = False
@@ -250,16 +332,18 @@ cdef int _eval(const Link *f, Py_ssize_t m, const int *split, Py_ssize_t i,
         out.leaf = &f[i]
         return 0
     s = split[i * m + j]
-    if _eval(f, m, split, i, s, &L, none, nt):
-        return -1
-    if _eval(f, m, split, s + 1, j, &R, none, nt):
+    rc = _eval(f, m, split, i, s, &L, none, nt)
+    if rc:
+        return rc
+    rc = _eval(f, m, split, s + 1, j, &R, none, nt)
+    if rc:
         _release(&L)
-        return -1
-    if _combine(&L, &R, out, dest, nt):
+        return rc
+    rc = _combine(&L, &R, out, dest, nt)
+    if rc:
         _release(&L)
         _release(&R)
-        return -1
-    return 0
+    return rc
 
 
 cdef inline void _leaf(const Link *f, Val *out) noexcept nogil:
@@ -280,22 +364,25 @@ cdef int _eval_plain(const Link *f, Py_ssize_t m, bint left, Val *out,
     cdef Val acc, nxt, leaf
     cdef Py_ssize_t i
     cdef floating *none = NULL
+    cdef int rc
     if left:
         _leaf(&f[0], &acc)
         for i in range(1, m):
             _leaf(&f[i], &leaf)
-            if _combine(&acc, &leaf, &nxt, dest if i == m - 1 else none, nt):
+            rc = _combine(&acc, &leaf, &nxt, dest if i == m - 1 else none, nt)
+            if rc:
                 _release(&acc)
-                return -1
+                return rc
             acc = nxt
     else:
         _leaf(&f[m - 1], &acc)
         i = m - 2
         while i >= 0:
             _leaf(&f[i], &leaf)
-            if _combine(&leaf, &acc, &nxt, dest if i == 0 else none, nt):
+            rc = _combine(&leaf, &acc, &nxt, dest if i == 0 else none, nt)
+            if rc:
                 _release(&acc)
-                return -1
+                return rc
             acc = nxt
             i -= 1
     out[0] = acc
@@ -305,21 +392,23 @@ cdef int _eval_plain(const Link *f, Py_ssize_t m, bint left, Val *out,
 cdef int run_product(const Link *f, Py_ssize_t m, const int *split, int order,
                      floating *out, int nt) noexcept nogil:
     cdef Val v
+    cdef int rc = 0
     if m == 0:
         return 0
     if order == ORDER_TABLE:
-        if _eval(f, m, split, 0, m - 1, &v, out, nt):
-            return -1
-    elif _eval_plain(f, m, order == ORDER_LEFT, &v, out, nt):
-        return -1
+        rc = _eval(f, m, split, 0, m - 1, &v, out, nt)
+    else:
+        rc = _eval_plain(f, m, order == ORDER_LEFT, &v, out, nt)
+    if rc:
+        return rc
     if v.ext:
         pass                                    # already in out
     elif v.kind == LINK_DENSE and v.owned:
         memcpy(out, v.buf, v.p * v.q * sizeof(floating))
     else:
-        _materialize(&v, out)
+        rc = _materialize(&v, out, nt)
     _release(&v)
-    return 0
+    return rc
 
 
 cdef int run_samples(const Link *f, Py_ssize_t m, const int *split, int order,
@@ -340,11 +429,11 @@ cdef int run_samples(const Link *f, Py_ssize_t m, const int *split, int order,
             for j in range(m):
                 fs[j] = f[j]
                 fs[j].data = link_sample(&f[j], b, sizeof(floating))
-            if run_product(fs, m, split, order, out + b * ostride, nt):
-                err = 1
+            err = run_product(fs, m, split, order, out + b * ostride, nt)
+            if err:
                 break
         free(fs)
-        return -1 if err else 0
+        return err
     for j in range(m):
         elems += f[j].m * f[j].n
     if gc_size_mul(B, elems, &total) and total < GC_PARALLEL_MIN_ELEMS:

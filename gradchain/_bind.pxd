@@ -29,6 +29,7 @@ cdef class LinkTable:
 
     cdef _bind(self, jacobians)
     cdef _set_operator(self, Py_ssize_t i, tuple rec, dtype)
+    cdef tuple _set_sparse(self, Py_ssize_t i, tuple rec, dtype)
     cdef _bind_stack(self, cnp.ndarray a)
     cdef _alloc(self, Py_ssize_t k, int typenum)
     cdef _set_link(self, Py_ssize_t i, cnp.ndarray a)

@@ -15,7 +15,8 @@ from cpython.pyport cimport PY_SSIZE_T_MAX
 
 from gradchain._link cimport (Link, LINK_DENSE, LINK_DIAG,
                               LINK_SCALED_IDENTITY, LINK_DIAG_RANK1,
-                              LINK_IDENTITY, link_clear)
+                              LINK_IDENTITY, LINK_CSR, LINK_CSC, LINK_OPERATOR,
+                              OperatorCall, link_clear, link_sparse_check)
 from gradchain._sizes cimport gc_malloc_n
 
 cnp.import_array()
@@ -220,6 +221,98 @@ cdef tuple _operator_record(object op, object kind, Py_ssize_t i):
     return (kind, n, tuple(arrays), float(scale), typenum)
 
 
+cdef bint _is_sparse(object item):
+    """item is a scipy.sparse matrix or array (scipy imported only for an
+    object that looks like one)."""
+    if not (isinstance(getattr(item, "format", None), str)
+            and hasattr(item, "tocsr")):
+        return False
+    import scipy.sparse
+    return scipy.sparse.issparse(item)
+
+
+cdef cnp.ndarray _index_array(object a, object dtype):
+    """An index or pointer array as the kernels read it: 1-D, C-contiguous,
+    aligned, native, of dtype (int32 or int64); copied only when it is not."""
+    a = np.asarray(a)
+    if a.dtype == dtype and a.ndim == 1 and a.flags.c_contiguous and a.flags.aligned:
+        return <cnp.ndarray>a
+    return np.ascontiguousarray(a, dtype=dtype).reshape(-1)
+
+
+cdef tuple _sparse_record(object item, Py_ssize_t i):
+    """(kind, (m, n), (data, indices, indptr), source, typenum) of a
+    scipy.sparse link, validated: CSR and CSC are read in place (their data,
+    indices and indptr, any order, duplicates and explicit zeros included)
+    when the arrays are contiguous int32/int64 indices; any other format is
+    converted to CSR once, here.  The structure is checked in O(nnz): a
+    corrupt one raises instead of making the kernels read out of bounds."""
+    cdef cnp.ndarray data, indices, indptr
+    cdef Py_ssize_t m, n, nl, nb, where = -1
+    cdef int rc
+    name = f"jacobians[{i}]"
+    shape = item.shape
+    if len(shape) != 2:
+        raise ValueError(f"{name} is a {len(shape)}-D sparse array of shape "
+                         f"{shape}; a link is 2-D (n_{i + 1}, n_{i})")
+    typenum = _compute_typenum(np.dtype(item.dtype), name)
+    src = item
+    if item.format not in ("csr", "csc"):
+        item = item.tocsr()     # converted once, at bind time
+    m, n = shape
+    csr = item.format == "csr"
+    nl, nb = (m, n) if csr else (n, m)
+    indices, indptr = item.indices, item.indptr
+    idt = np.dtype(np.int32)
+    if not (isinstance(indices, cnp.ndarray) and isinstance(indptr, cnp.ndarray)
+            and indices.dtype == idt and indptr.dtype == idt):
+        idt = np.dtype(np.int64)
+    indices = _index_array(indices, idt)
+    indptr = _index_array(indptr, idt)
+    data = np.asarray(item.data)
+    if data.ndim != 1:
+        raise ValueError(f"{name} ({type(src).__name__}) has data of shape "
+                         f"{_pyshape(data)}; expected 1-D")
+    if cnp.PyArray_DIM(indptr, 0) != nl + 1:
+        raise ValueError(
+            f"{name} ({type(src).__name__}, format {item.format}) has shape "
+            f"{shape} but an indptr of {cnp.PyArray_DIM(indptr, 0)} entries; "
+            f"expected {nl + 1}")
+    nidx = min(cnp.PyArray_DIM(indices, 0), cnp.PyArray_DIM(data, 0))
+    rc = link_sparse_check(nl, cnp.PyArray_DATA(indptr), cnp.PyArray_DATA(indices),
+                           <int>cnp.PyArray_ITEMSIZE(indices), nidx, nb, &where)
+    if rc:
+        what = ("rows" if csr else "columns", "column" if csr else "row")
+        raise ValueError(f"{name} ({type(src).__name__}, format {item.format}) "
+                         f"has a corrupt structure: " + (
+            f"indptr[0] is {indptr[0]}, not 0" if rc == 1 else
+            f"indptr decreases at {what[0]} {where} -> {where + 1}" if rc == 2 else
+            f"indptr[-1] = {indptr[nl]} exceeds the {nidx} stored entries" if rc == 3 else
+            f"indices[{where}] = {indices[where]} is not a {what[1]} index in "
+            f"[0, {nb})"))
+    kind = LINK_CSR if csr else LINK_CSC
+    return (kind, (m, n), (data, indices, indptr), item, typenum)
+
+
+cdef tuple _matfree_record(object op, Py_ssize_t i):
+    """(LINK_OPERATOR, (m, n), (), OperatorCall, typenum) of a matrix-free
+    link: an object with shape, matvec and rmatvec (a
+    scipy.sparse.linalg.LinearOperator, say); its dtype, if it declares
+    one, joins the chain's by the dtype rule."""
+    name = f"jacobians[{i}]"
+    shape = op.shape
+    if not (isinstance(shape, tuple) and len(shape) == 2
+            and _is_int(shape[0]) and _is_int(shape[1])
+            and 0 <= shape[0] <= PY_SSIZE_T_MAX and 0 <= shape[1] <= PY_SSIZE_T_MAX):
+        raise TypeError(f"{name} ({type(op).__name__}) has shape {shape!r}; a "
+                        f"matrix-free link's shape is a tuple of two "
+                        f"non-negative ints")
+    dt = getattr(op, "dtype", None)
+    typenum = -1 if dt is None else _compute_typenum(np.dtype(dt), name)
+    m, n = int(shape[0]), int(shape[1])
+    return (LINK_OPERATOR, (m, n), (), OperatorCall(op, i, m, n), typenum)
+
+
 cdef class LinkTable:
     """The links of a chain, bound (see the module docstring and _bind.pxd)."""
 
@@ -246,6 +339,7 @@ cdef class LinkTable:
     cdef _bind(self, jacobians):
         cdef list items
         cdef cnp.ndarray a
+        cdef Link *L
         cdef Py_ssize_t i, k
         cdef int t, typenum = -1
         if isinstance(jacobians, (str, bytes, dict, set, frozenset)):
@@ -294,6 +388,21 @@ cdef class LinkTable:
         for i in range(k):
             item = items[i]
             if not isinstance(item, cnp.ndarray):
+                rec = None
+                if _is_sparse(item):
+                    rec = _sparse_record(item, i)
+                elif (not hasattr(type(item), "_gc_kind") and hasattr(item, "matvec")
+                        and hasattr(item, "rmatvec") and hasattr(item, "shape")):
+                    rec = _matfree_record(item, i)
+                if rec is not None:
+                    arrays[i] = rec[3] if rec[0] != LINK_OPERATOR else item
+                    if arrays[i] is not item:
+                        self.converted = True       # another sparse format
+                    opvecs[i] = rec
+                    t = rec[4]
+                    if t == cnp.NPY_DOUBLE or (typenum == -1 and t != -1):
+                        typenum = t
+                    continue
                 kind = getattr(type(item), "_gc_kind", None)
                 if kind == LINK_DENSE:
                     matrix = getattr(item, "matrix", None)
@@ -346,6 +455,12 @@ cdef class LinkTable:
         for i in range(k):
             if isinstance(arrays[i], cnp.ndarray):
                 self._set_link(i, <cnp.ndarray>arrays[i])
+            elif opvecs[i][0] == LINK_CSR or opvecs[i][0] == LINK_CSC:
+                opvecs[i] = self._set_sparse(i, opvecs[i], dtype)
+            elif opvecs[i][0] == LINK_OPERATOR:
+                L = &self.links[i]
+                L[0] = link_clear(LINK_OPERATOR, opvecs[i][1][0], opvecs[i][1][1])
+                L.obj = <void *>opvecs[i][3]
             else:
                 self._set_operator(i, opvecs[i], dtype)
         self.arrays = tuple(arrays)
@@ -353,6 +468,33 @@ cdef class LinkTable:
         self.nsamples = batch
         self.samples_from = batch_from
         self._check_dims()
+
+    cdef tuple _set_sparse(self, Py_ssize_t i, tuple rec, dtype):
+        """Link i from a sparse record (_sparse_record): the data in the
+        chain's dtype (a converted copy of the values only, where needed),
+        indices and pointers in place.  Returns the record as bound."""
+        cdef Link *L = &self.links[i]
+        cdef cnp.ndarray data, indices, indptr
+        cdef const char *lo
+        cdef const char *hi
+        cdef int typenum = cnp.NPY_DOUBLE if dtype is _DT_DOUBLE else cnp.NPY_FLOAT
+        kind, (m, n), (data, indices, indptr), item, t = rec
+        if not (_usable(data, typenum) and cnp.PyArray_IS_C_CONTIGUOUS(data)):
+            data = np.ascontiguousarray(data, dtype=dtype)
+            self.converted = True
+        L[0] = link_clear(kind, m, n)
+        L.data = <const char *>cnp.PyArray_DATA(data)
+        L.ptr = <const char *>cnp.PyArray_DATA(indptr)
+        L.idx = <const char *>cnp.PyArray_DATA(indices)
+        L.isize = <int>cnp.PyArray_ITEMSIZE(indices)
+        L.nnz = indptr[cnp.PyArray_DIM(indptr, 0) - 1]
+        for a in (data, indices, indptr):
+            _extent(<cnp.ndarray>a, &lo, &hi)
+            if L.lo == NULL or lo < L.lo:
+                L.lo = lo
+            if L.hi == NULL or hi > L.hi:
+                L.hi = hi
+        return (kind, (m, n), (data, indices, indptr), item, t)
 
     cdef _set_operator(self, Py_ssize_t i, tuple rec, dtype):
         """Link i from an operator's validated record (_operator_record)."""

@@ -23,7 +23,9 @@ from libc.stdlib cimport free
 
 from gradchain._link cimport (Link, LINK_DENSE, LINK_DIAG, link_diaglike,
                               LINK_SCALED_IDENTITY, LINK_DIAG_RANK1,
-                              LINK_IDENTITY, link_block, link_transposed)
+                              LINK_IDENTITY, LINK_CSR, LINK_CSC,
+                              LINK_OPERATOR, link_block, link_transposed,
+                              link_is_layer, link_by_rows)
 from gradchain._sizes cimport gc_size_mul, gc_malloc_n
 
 cnp.import_array()
@@ -50,11 +52,28 @@ cdef inline bint _rank1like(int k) noexcept nogil:
     return k == LINK_DIAG_RANK1
 
 
+cdef inline double _work(const Link *f) noexcept nogil:
+    """Multiply-adds of a sparse or matrix-free leaf per vector: its nnz
+    (a matrix-free link, whose cost gradchain cannot see, counts as dense)."""
+    if f.kind == LINK_CSR or f.kind == LINK_CSC:
+        return <double>f.nnz
+    return <double>f.m * <double>f.n
+
+
 cdef inline double _mult_cost(int kl, int kr, double p, double q,
-                              double r) noexcept nogil:
-    """Multiply-adds for (p x q, kind kl) times (q x r, kind kr)."""
+                              double r, double wl, double wr) noexcept nogil:
+    """Multiply-adds for (p x q, kind kl) times (q x r, kind kr); wl, wr:
+    the operands' per-vector work when they are sparse or matrix-free
+    leaves (_work; a product is never one)."""
     if kl == LINK_IDENTITY or kr == LINK_IDENTITY:
         return 0.0
+    if link_by_rows(kl) and link_by_rows(kr):
+        # the smaller made dense, the other applied to it
+        return min(p * q + p * wr, q * r + wl * r)
+    if link_by_rows(kl):
+        return wl * r
+    if link_by_rows(kr):
+        return p * wr
     if link_diaglike(kl) and link_diaglike(kr):
         return q
     if link_diaglike(kl):
@@ -167,7 +186,8 @@ cdef double _plan_chain(const Link *f, Py_ssize_t m, int *split) noexcept nogil:
                 c = (cost[i * m + s] + cost[(s + 1) * m + j]
                      + _mult_cost(kind[i * m + s], kind[(s + 1) * m + j],
                                   <double>f[i].m, <double>f[s].n,
-                                  <double>f[j].n))
+                                  <double>f[j].n, _work(&f[i]),
+                                  _work(&f[j])))
                 if c < best:
                     best = c
                     bs = <int>s
@@ -201,7 +221,8 @@ cdef double _order_cost(const Link *f, Py_ssize_t m, bint left, double batch,
         ps = f[0].per_sample
         for i in range(1, m):
             c = _mult_cost(acc, f[i].kind, <double>f[0].m,
-                           <double>f[i].m, <double>f[i].n)
+                           <double>f[i].m, <double>f[i].n, _work(&f[0]),
+                           _work(&f[i]))
             ps = ps or f[i].per_sample
             if ps and not block:
                 c *= batch
@@ -213,7 +234,8 @@ cdef double _order_cost(const Link *f, Py_ssize_t m, bint left, double batch,
         i = m - 2
         while i >= 0:
             c = _mult_cost(f[i].kind, acc, <double>f[i].m,
-                           <double>f[i].n, <double>f[m - 1].n)
+                           <double>f[i].n, <double>f[m - 1].n, _work(&f[i]),
+                           _work(&f[m - 1]))
             ps = ps or f[i].per_sample
             if ps and not (i == 0 and block):
                 c *= batch
@@ -342,9 +364,13 @@ cdef Strategy _per_sample(const Link *f, Py_ssize_t m, int mode,
     if mode == MODE_JACOBIAN:
         s = _new(mode, 0, base.order, base.table, base.cost * dB,
                  base.l2r * dB, base.r2l * dB)
+        calls = False
         for i in range(m):
             w = max(w, f[i].m, f[i].n)
-        s.sample_threads = w <= _SAMPLE_THREADS_MAX_WIDTH
+            calls = calls or f[i].kind == LINK_OPERATOR
+        # a matrix-free link calls back on the calling thread only (its
+        # exception travels through that thread's state: _link.link_raise)
+        s.sample_threads = w <= _SAMPLE_THREADS_MAX_WIDTH and not calls
     else:
         l2r = _order_cost(f, m, True, dB, True)
         s = _new(mode, B, ORDER_LEFT, None, l2r, l2r,
@@ -397,7 +423,7 @@ cdef Strategy choose(const Link *links, Py_ssize_t k, int mode, Py_ssize_t B,
         product_factors(links, k, mode, B, NULL, f)
         for i in range(m):
             per_sample = per_sample or f[i].per_sample
-            if f[i].kind > LINK_IDENTITY:
+            if link_is_layer(f[i].kind):
                 # a map programme's layer kinds are batched, matrix-free
                 # forms; their Jacobians enter products as the structured
                 # links of _program._jacobian_links

@@ -21,7 +21,7 @@ import numpy as np
 from libc.stdlib cimport free
 from cython cimport floating
 
-from gradchain._link cimport Link
+from gradchain._link cimport Link, link_raise
 from gradchain._bind cimport LinkTable, _usable
 from gradchain._bracket cimport (Strategy, choose, product_factors,
                                  MODE_VJP, MODE_JVP, MODE_JACOBIAN,
@@ -222,7 +222,7 @@ cdef class ChainCore(LinkTable):
         finally:
             free(f)
         if rc:
-            raise MemoryError("could not allocate the intermediate products")
+            link_raise(rc, "could not allocate the intermediate products")
 
     def vjp(self, cotangent, out=None):
         """J_1^T J_2^T ... J_k^T g for g of shape (n_k,) or (batch, n_k)."""
@@ -304,4 +304,4 @@ cdef class ChainCore(LinkTable):
                 rc = propagate(self.links, self.k, self.maxw, transpose,
                                <const float *>xp, B, <float *>dp, NULL, nt)
         if rc:
-            raise MemoryError("could not allocate the chain's work buffers")
+            link_raise(rc, "could not allocate the chain's work buffers")

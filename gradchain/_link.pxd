@@ -8,6 +8,7 @@
 # below or, for dense layouts, in _kernels/_blas), one value here, its cost
 # entry in _bracket.pyx, its bind rule in _bind.pyx.  See the README's
 # Design section.
+cimport numpy as cnp
 from cython cimport floating
 
 # Kinds (also the _gc_kind of the operator classes in operators.py).
@@ -23,6 +24,15 @@ cpdef enum LinkKind:
                               # B x n), code and scale (its parameter)
     LINK_SOFTMAX = 6          # diag(s) - s s^T per row, s rows at u
     LINK_LOG_SOFTMAX = 7      # I - 1 s^T per row, log s rows at u
+    LINK_CSR = 8              # sparse, m compressed rows: values at data,
+                              # row pointers at ptr (m + 1), column indices
+                              # at idx, isize bytes each, nnz entries
+    LINK_CSC = 9              # sparse, n compressed columns: the same
+                              # fields, n + 1 column pointers, row indices
+    LINK_OPERATOR = 10        # matrix-free: obj is an OperatorCall
+                              # (_link.pyx) that calls the user's
+                              # matvec/rmatvec (with the GIL); code 1:
+                              # transposed
 
 cdef struct Link:
     int kind
@@ -39,6 +49,12 @@ cdef struct Link:
     int code                  # elementwise layer: the gc_maps.h code
     const char *lo            # [lo, hi): the bytes the link's arrays may
     const char *hi            # touch (for out= overlap checks)
+    const char *ptr           # sparse: compressed pointers
+    const char *idx           # sparse: indices
+    int isize                 # sparse: bytes of an index, 4 or 8
+    Py_ssize_t nnz            # sparse: entries, ptr's last value as bound
+                              # (<= those stored): the kernels' bound
+    void *obj                 # matrix-free: a borrowed OperatorCall
 
 
 # A clear link: every field zero or NULL, of the given kind and shape.
@@ -52,7 +68,24 @@ cdef inline Link link_clear(int kind, Py_ssize_t m, Py_ssize_t n) noexcept nogil
     L.per_sample = False
     L.scale = 1.0
     L.code = 0
+    L.ptr = L.idx = NULL
+    L.isize = 0
+    L.nnz = 0
+    L.obj = NULL
     return L
+
+
+# A map programme's layer: a batched, matrix-free form for propagation only
+# (products take the structured links of _program._jacobian_links).
+cdef inline bint link_is_layer(int kind) noexcept nogil:
+    return (kind == LINK_ELEMENTWISE or kind == LINK_SOFTMAX
+            or kind == LINK_LOG_SOFTMAX)
+
+
+# Applied to a block only row by row through link_apply_rows (a sparse or
+# matrix-free link): a product with a dense neighbour runs through it.
+cdef inline bint link_by_rows(int kind) noexcept nogil:
+    return kind == LINK_CSR or kind == LINK_CSC or kind == LINK_OPERATOR
 
 
 # Diagonal in its effect on a neighbour in a product (scales its rows or
@@ -73,7 +106,9 @@ cdef inline Link link_block(const void *data, Py_ssize_t p,
 
 
 # J^T as a link (the factors of a jvp are J_1^T .. J_k^T): strides swap,
-# and (diag(d) + c u v^T)^T = diag(d) + c v u^T.
+# (diag(d) + c u v^T)^T = diag(d) + c v u^T, a CSR matrix's arrays are its
+# transpose's CSC arrays and the other way round, and a matrix-free link
+# flips its code (1: transposed, its rmatvec is the matvec).
 cdef inline Link link_transposed(const Link *J) noexcept nogil:
     cdef Link L = J[0]
     L.m = J.n
@@ -82,6 +117,12 @@ cdef inline Link link_transposed(const Link *J) noexcept nogil:
     L.cs = J.rs
     if J.kind == LINK_DIAG_RANK1:
         L.u, L.us, L.v, L.vs = J.v, J.vs, J.u, J.us
+    elif J.kind == LINK_CSR:
+        L.kind = LINK_CSC
+    elif J.kind == LINK_CSC:
+        L.kind = LINK_CSR
+    elif J.kind == LINK_OPERATOR:
+        L.code = 1 - J.code
     return L
 
 
@@ -95,8 +136,39 @@ cdef inline const char *link_sample(const Link *L, Py_ssize_t b,
     return L.data + b * L.bs * <Py_ssize_t>itemsize
 
 
-# out = J^T x (transpose) or J x for B rows of x (contiguous, n_in wide) of
-# a link that is not dense: structured links row by row in O(n), the map
-# programme's layers over the whole block.  out contiguous, not aliased.
-cdef void link_apply_rows(const Link *L, bint transpose, const floating *x,
-                          Py_ssize_t B, floating *out) noexcept nogil
+# out = J^T x (transpose) or J x for B rows of x (contiguous; m wide for
+# J^T, n for J) of a link that is not dense: structured links row by row in
+# O(n), the map programme's layers over the whole block, sparse links by
+# csrc/gc_sparse.c on nt threads, matrix-free links through the user's
+# callbacks (with the GIL).  out contiguous, not aliased.  0; -1 out of
+# memory; -2 a callback failed (its exception is pending: link_raise); -3
+# a sparse structure is out of bounds (changed since it was bound).
+cdef int link_apply_rows(const Link *L, bint transpose, const floating *x,
+                         Py_ssize_t B, floating *out, int nt) noexcept nogil
+
+# out (m x n, C-contiguous) = a sparse or matrix-free link as a dense
+# matrix (a matrix-free one through its callbacks: the rows of J^T I).
+# 0, or a code of link_apply_rows.
+cdef int link_materialize(const Link *L, floating *out, int nt) noexcept nogil
+
+# The O(nnz) structure check of a sparse link's pointers (nl + 1 of them)
+# and indices (isize bytes each, nidx stored, each < nbound): 0, or the
+# first failure's code and *where (csrc/gc_sparse.h, gc_sp_check_*).
+cdef int link_sparse_check(Py_ssize_t nl, const void *ptr, const void *idx,
+                           int isize, Py_ssize_t nidx, Py_ssize_t nbound,
+                           Py_ssize_t *where) noexcept nogil
+
+# After an executor returned rc != 0: raise what failed -- the pending
+# exception of a matrix-free link's callback (rc -2), ValueError for a
+# sparse structure gone out of bounds (-3), else MemoryError(msg).
+cdef int link_raise(int rc, str msg) except -1
+
+
+# A matrix-free link's callbacks (see _link.pyx); _bind builds them.
+cdef class OperatorCall:
+    cdef readonly object op
+    cdef readonly Py_ssize_t index, m, n
+    cdef object _mv, _rmv, _mm, _rmm
+    cdef int apply(self, bint rmat, const char *x, Py_ssize_t B, char *out,
+                   int typenum) except -1
+    cdef _store(self, cnp.ndarray dst, object res, tuple want, str name)

@@ -4,11 +4,26 @@ not dense matrices.
 A diagonal link costs n multiplies a vector, a scaled identity n, a
 diagonal plus rank one about 3n; none is ever formed as an n x n matrix
 (csrc/gc_struct.c).  The map programme's elementwise and softmax layers
-apply their Jacobians at the stored intermediates (csrc/gc_maps.c).  This
-module selects the float/double instance and exports the kind enum to
-Python (operators.py).
+apply their Jacobians at the stored intermediates (csrc/gc_maps.c).  A
+sparse link (CSR or CSC) costs its nnz a vector (csrc/gc_sparse.c).  A
+matrix-free link calls back into Python, taking the GIL for the call only
+(``OperatorCall``).  This module selects the float/double instance and
+exports the kind enum to Python (operators.py).
 """
+import threading
+
+cimport numpy as cnp
+import numpy as np
+from libc.string cimport memcpy, memset
+from libc.stdlib cimport free
+
+from libc.stdint cimport int32_t, int64_t
+
+from gradchain._sizes cimport gc_malloc_n, gc_size_mul
+from gradchain._kernels cimport effective_threads
 from cython cimport floating
+
+cnp.import_array()
 
 cdef extern from "gc_struct.h" nogil:
     void gc_diag_s(Py_ssize_t n, const float *d, Py_ssize_t ds, const float *x,
@@ -23,6 +38,18 @@ cdef extern from "gc_struct.h" nogil:
     void gc_diag_rank1_d(Py_ssize_t n, const double *d, Py_ssize_t ds, double c,
                          const double *a, Py_ssize_t as_, const double *b,
                          Py_ssize_t bs, const double *x, double *out)
+
+cdef extern from "gc_sparse.h" nogil:
+    int gc_sp_apply(int dbl, int isize, int gather, Py_ssize_t nptr,
+                    const void *ptr, const void *idx, const void *val,
+                    Py_ssize_t nstored, Py_ssize_t B, const void *x,
+                    Py_ssize_t nother, void *out, int nthreads)
+    int gc_sp_dense(int dbl, int isize, Py_ssize_t nptr, const void *ptr,
+                    const void *idx, const void *val, Py_ssize_t nstored,
+                    Py_ssize_t nidx, void *out, Py_ssize_t rs, Py_ssize_t cs)
+    int gc_sp_check(int isize, Py_ssize_t nptr, const void *ptr,
+                    const void *idx, Py_ssize_t nidx, Py_ssize_t nbound,
+                    Py_ssize_t *where)
 
 cdef extern from "gc_maps.h" nogil:
     void gc_ew_deriv_mul_s(int code, double param, Py_ssize_t n, const float *x,
@@ -63,10 +90,159 @@ cdef inline void _struct_row(const Link *L, bint transpose, const floating *x,
             gc_diag_rank1_d(L.n, d, L.ds, L.scale, u, L.us, v, L.vs, x, out)
 
 
-cdef void link_apply_rows(const Link *L, bint transpose, const floating *x,
-                          Py_ssize_t B, floating *out) noexcept nogil:
+cdef int _sparse_rows(const Link *L, bint transpose, const floating *x,
+                      Py_ssize_t B, floating *out, int nt) noexcept nogil:
+    """The sparse kinds: lines = rows of a CSR, columns of a CSC; J x of a
+    CSR and J^T x of a CSC gather along lines, the other two scatter.  -3
+    when the structure is out of bounds now (changed since it was bound)."""
+    cdef bint csr = L.kind == LINK_CSR
+    cdef bint gather = csr != transpose
+    cdef Py_ssize_t nl = L.m if csr else L.n      # lines
+    cdef Py_ssize_t ni = L.n if csr else L.m      # the indices' bound
+    if gc_sp_apply(floating is double, L.isize, gather, nl, L.ptr, L.idx,
+                   L.data, L.nnz, B, x, ni, out, nt):
+        return -3
+    return 0
+
+
+# the exception of a matrix-free link's callback, per thread, from the
+# nogil loop that met it to the caller that raises it (link_raise)
+cdef object _pending = threading.local()
+
+
+cdef class OperatorCall:
+    """A matrix-free link: the user's ``matvec``/``rmatvec`` (and, for
+    blocks, ``matmat``/``rmatmat`` where present), called on copies of the
+    chain's rows and checked before their result is copied back.
+
+    Parameters
+    ----------
+    op : object with shape, matvec and rmatvec
+    index : int
+        Its position in the chain (for messages).
+    m, n : int
+        Its shape.
+    """
+
+    def __init__(self, op, Py_ssize_t index, Py_ssize_t m, Py_ssize_t n):
+        self.op = op
+        self.index = index
+        self.m = m
+        self.n = n
+        self._mv = op.matvec
+        self._rmv = op.rmatvec
+        self._mm = getattr(op, "matmat", None)
+        self._rmm = getattr(op, "rmatmat", None)
+
+    def __repr__(self):
+        return f"OperatorCall({type(self.op).__name__}, {self.m} x {self.n})"
+
+    cdef int apply(self, bint rmat, const char *x, Py_ssize_t B, char *out,
+                   int typenum) except -1:
+        """out (B rows) = rows of x through op^T (rmat) or op."""
+        cdef Py_ssize_t nin = self.m if rmat else self.n
+        cdef Py_ssize_t nout = self.n if rmat else self.m
+        cdef cnp.npy_intp dims[2]
+        cdef cnp.ndarray X, O
+        cdef str name = "rmatvec" if rmat else "matvec"
+        dims[0], dims[1] = B, nin
+        X = cnp.PyArray_EMPTY(2, dims, typenum, 0)
+        memcpy(cnp.PyArray_DATA(X), x, B * nin * cnp.PyArray_ITEMSIZE(X))
+        dims[1] = nout
+        O = cnp.PyArray_SimpleNewFromData(2, dims, typenum, out)
+        mm = self._rmm if rmat else self._mm
+        if B > 1 and mm is not None:
+            name = "rmatmat" if rmat else "matmat"
+            self._store(O.T, mm(X.T), (nout, B), name)
+        else:
+            fn = self._rmv if rmat else self._mv
+            for b in range(B):
+                self._store(O[b], fn(X[b]), (nout,), name)
+        return 0
+
+    cdef _store(self, cnp.ndarray dst, object res, tuple want, str name):
+        """dst[...] = res, once res is a real array of shape want (or the
+        (n, 1) column matvec may give for (n,))."""
+        r = np.asarray(res)
+        if r.dtype.kind not in "fiub":
+            raise ValueError(
+                f"jacobians[{self.index}] ({type(self.op).__name__}).{name} "
+                f"returned dtype {r.dtype}; a link's products must be real")
+        if r.shape != want and not (len(want) == 1 and r.shape == (want[0], 1)):
+            raise ValueError(
+                f"jacobians[{self.index}] ({type(self.op).__name__}).{name} "
+                f"returned shape {r.shape}, expected {want}")
+        dst[...] = r.reshape(want)
+
+
+cdef int _call_operator(const Link *L, bint transpose, const void *x,
+                        Py_ssize_t B, void *out, int typenum) noexcept with gil:
+    try:
+        (<OperatorCall>L.obj).apply(transpose != (L.code == 1),
+                                    <const char *>x, B, <char *>out, typenum)
+        return 0
+    except BaseException as exc:
+        _pending.exc = exc
+        return -2
+
+
+cdef int link_raise(int rc, str msg) except -1:
+    exc = getattr(_pending, "exc", None)
+    if rc == -2 and exc is not None:
+        _pending.exc = None
+        raise exc
+    if rc == -3:
+        raise ValueError(
+            "a sparse link's indptr or indices are out of bounds now: they "
+            "were changed after the chain validated them (the kernels skipped "
+            "what was out of range; the result is not computed)")
+    raise MemoryError(msg)
+
+
+cdef int link_sparse_check(Py_ssize_t nl, const void *ptr, const void *idx,
+                           int isize, Py_ssize_t nidx, Py_ssize_t nbound,
+                           Py_ssize_t *where) noexcept nogil:
+    return gc_sp_check(isize, nl, ptr, idx, nidx, nbound, where)
+
+
+cdef int link_materialize(const Link *L, floating *out, int nt) noexcept nogil:
+    cdef bint csr = L.kind == LINK_CSR
+    cdef Py_ssize_t nl = L.m if csr else L.n
+    cdef Py_ssize_t rs = L.n if csr else 1, cs = 1 if csr else L.n
+    cdef Py_ssize_t i, cnt
+    cdef floating *eye
+    cdef int rc
+    memset(out, 0, L.m * L.n * sizeof(floating))
+    if L.kind == LINK_OPERATOR:
+        # row i of J is (J^T e_i)^T
+        if not gc_size_mul(L.m, L.m, &cnt):
+            return -1
+        eye = <floating *>gc_malloc_n(cnt, sizeof(floating))
+        if eye == NULL:
+            return -1
+        memset(eye, 0, L.m * L.m * sizeof(floating))
+        for i in range(L.m):
+            eye[i * L.m + i] = 1
+        rc = link_apply_rows(L, True, eye, L.m, out, nt)
+        free(eye)
+        return rc
+    if gc_sp_dense(floating is double, L.isize, nl, L.ptr, L.idx, L.data,
+                   L.nnz, L.n if csr else L.m, out, rs, cs):
+        return -3
+    return 0
+
+
+cdef int link_apply_rows(const Link *L, bint transpose, const floating *x,
+                         Py_ssize_t B, floating *out, int nt) noexcept nogil:
     cdef Py_ssize_t b
-    if L.kind == LINK_ELEMENTWISE:
+    if L.kind == LINK_CSR or L.kind == LINK_CSC:
+        return _sparse_rows(L, transpose, x, B, out, nt)
+    elif L.kind == LINK_OPERATOR:
+        if B == 0:
+            return 0
+        return _call_operator(L, transpose, x, B, out,
+                              cnp.NPY_FLOAT if floating is float else cnp.NPY_DOUBLE)
+    elif L.kind == LINK_ELEMENTWISE:
         if floating is float:
             gc_ew_deriv_mul_s(L.code, L.scale, B * L.n, <const float *>L.d,
                               <const float *>L.u, x, out)
@@ -83,3 +259,50 @@ cdef void link_apply_rows(const Link *L, bint transpose, const floating *x,
     else:
         for b in range(B):
             _struct_row(L, transpose, x + b * L.n, out + b * L.n)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# The sparse kernels' typed-memoryview entry point (tests and other Cython
+# code; a chain binds the pointers once instead)
+# ---------------------------------------------------------------------------
+
+ctypedef fused sp_index:
+    int32_t
+    int64_t
+
+
+def sparse_rows(const floating[::1] data, const sp_index[::1] indices,
+                const sp_index[::1] indptr, Py_ssize_t nbound,
+                const floating[:, ::1] x, floating[:, ::1] out, bint gather):
+    """One compressed structure (``len(indptr) - 1`` lines, indices below
+    ``nbound``) applied to the B rows of x.
+
+    gather: out[b, r] = sum_p data[p] x[b, indices[p]] over line r's entries
+    (x rows nbound wide, out rows one per line): J x of a CSR, J^T x of a CSC.
+    Otherwise scatter: out[b, indices[p]] = sum over lines r of data[p]
+    x[b, r] (x rows one per line, out rows nbound wide): J^T x of a CSR, J x
+    of a CSC.  The structure is checked first (ValueError); no other checks
+    beyond shapes (use gradchain.vjp/jvp).
+    """
+    cdef Py_ssize_t nl = indptr.shape[0] - 1, where = -1, B = x.shape[0]
+    cdef int rc
+    if nl < 0:
+        raise ValueError("indptr is empty")
+    if (out.shape[0] != B or x.shape[1] != (nbound if gather else nl)
+            or out.shape[1] != (nl if gather else nbound)):
+        raise ValueError("shape mismatch")
+    rc = gc_sp_check(sizeof(sp_index), nl, &indptr[0], &indices[0] if indices.shape[0] else NULL,
+                     min(indices.shape[0], data.shape[0]), nbound, &where)
+    if rc:
+        raise ValueError(f"corrupt structure (gc_sp_check code {rc} at {where})")
+    if B == 0 or out.shape[1] == 0:
+        return
+    with nogil:
+        rc = gc_sp_apply(floating is double, sizeof(sp_index), gather, nl,
+                         &indptr[0], &indices[0] if indices.shape[0] else NULL,
+                         &data[0] if data.shape[0] else NULL, indptr[nl], B,
+                         &x[0, 0] if x.shape[1] else NULL, nbound,
+                         &out[0, 0], effective_threads())
+    if rc:
+        raise ValueError("structure out of bounds")

@@ -9,7 +9,8 @@ from gradchain._link cimport Link
 # two halves the steps alternate between (each step writes the half it
 # does not read; the last link writes straight into out).  A run of
 # consecutive per-sample links is one step (sample-blocked).  k == 0 does
-# nothing (the caller copies).  0, or -1 when out of memory.
+# nothing (the caller copies).  0, -1 when out of memory, or another code of
+# _link.link_apply_rows (see link_raise).
 cdef int propagate(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
                    bint transpose, const floating *x, Py_ssize_t B,
                    floating *out, floating *work, int nt) noexcept nogil

@@ -142,7 +142,7 @@ cdef int propagate(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
             rc = _per_sample_run(links, k, step, s1, transpose, cur, B, maxw,
                                  dst, nt)
         elif L.kind != LINK_DENSE:
-            link_apply_rows(L, transpose, cur, B, dst)
+            rc = link_apply_rows(L, transpose, cur, B, dst, nt)
         elif transpose:         # (one row: block_jtv runs the vector kernel)
             rc = block_jtv(<const floating *>L.data, L.m, L.n, L.rs, L.cs,
                            cur, B, dst, nt)

@@ -222,6 +222,73 @@ class Chain(ChainCore):
             _factor_names(len(self), mode, batch)), s.cost,
             {"left_to_right": s.l2r, "right_to_left": s.r2l})
 
+    # -- the chain as a linear operator J = J_k ... J_1 -------------------
+
+    def _operator_shape(self) -> tuple[int, int]:
+        """(n_k, n_0), or ValueError when the chain is no one matrix."""
+        if len(self) == 0:
+            raise ValueError("the empty chain is the identity of any size: it "
+                             "has no shape as an operator")
+        if self.batch is not None:
+            raise ValueError(f"a chain with per-sample links is {self.batch} "
+                             f"operators, one per sample, not one")
+        m, n = self.output_dim, self.input_dim
+        assert m is not None and n is not None     # k > 0
+        return (m, n)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(n_k, n_0): the shape of J = J_k ... J_1 (the LinearOperator
+        protocol; ValueError for the empty or a per-sample chain)."""
+        return self._operator_shape()
+
+    def matvec(self, v: ArrayLike) -> NDArray[np.floating[Any]]:
+        """J v, i.e. :meth:`jvp` (the LinearOperator protocol)."""
+        return self.jvp(v)
+
+    def rmatvec(self, g: ArrayLike) -> NDArray[np.floating[Any]]:
+        """J^T g, i.e. :meth:`vjp` (the LinearOperator protocol)."""
+        return self.vjp(g)
+
+    def matmat(self, V: ArrayLike) -> NDArray[np.floating[Any]]:
+        """J V for V of shape (n_0, B): the columns as one block of tangents."""
+        return self.jvp(np.asarray(V).T).T
+
+    def rmatmat(self, G: ArrayLike) -> NDArray[np.floating[Any]]:
+        """J^T G for G of shape (n_k, B): the columns as one block of
+        cotangents."""
+        return self.vjp(np.asarray(G).T).T
+
+    def as_linear_operator(self) -> Any:
+        """J = J_k ... J_1 as a :class:`scipy.sparse.linalg.LinearOperator`.
+
+        ``matvec`` is :meth:`jvp`, ``rmatvec`` :meth:`vjp`, and
+        ``matmat``/``rmatmat`` run a block of columns as one batched call,
+        so a chain plugs into ``lsqr``, ``lsmr``, ``svds``, ``eigsh``,
+        ``gmres`` without forming J.  (``aslinearoperator(chain)`` works
+        too, through the same methods.)
+
+        Returns
+        -------
+        scipy.sparse.linalg.LinearOperator, shape (n_k, n_0)
+            In the chain's dtype (float64 for a chain of identities only).
+
+        Raises
+        ------
+        ValueError
+            For the empty chain (no shape) and for a chain with per-sample
+            links (one operator per sample).
+
+        Examples
+        --------
+        >>> import numpy as np, gradchain
+        >>> from scipy.sparse.linalg import svds
+        >>> c = gradchain.Chain([np.diag([1., 2., 3.]), np.diag([1., 1., 2.])])
+        >>> svds(c.as_linear_operator(), k=1, return_singular_vectors=False)
+        array([6.])
+        """
+        return _chain_operator(self, self._operator_shape())
+
     def __repr__(self) -> str:
         k = len(self)
         if k == 0:
@@ -231,6 +298,34 @@ class Chain(ChainCore):
             d = d[:4] + ["..."] + d[-2:]
         dims = " -> ".join(d)
         return f"Chain({k} link{'s' if k != 1 else ''}: {dims}, dtype={self.dtype})"
+
+
+_CHAIN_OPERATOR: Any = None
+
+
+def _chain_operator(chain: Chain, shape: tuple[int, int]) -> Any:
+    """A LinearOperator running chain's products (see as_linear_operator);
+    its class is made once, on first use (scipy.sparse.linalg imported
+    then)."""
+    global _CHAIN_OPERATOR
+    if _CHAIN_OPERATOR is None:
+        from scipy.sparse.linalg import LinearOperator  # type: ignore[import-untyped]
+
+        def init(self: Any, chain: Chain, shape: tuple[int, int]) -> None:
+            self.chain = chain
+            LinearOperator.__init__(self, chain.dtype or np.dtype(np.float64), shape)
+
+        _CHAIN_OPERATOR = type("ChainOperator", (LinearOperator,), {
+            "__init__": init,
+            "_matvec": lambda self, v: self.chain.jvp(np.ravel(v)),
+            "_rmatvec": lambda self, g: self.chain.vjp(np.ravel(g)),
+            "_matmat": lambda self, V: self.chain.matmat(V),
+            "_rmatmat": lambda self, G: self.chain.rmatmat(G),
+            "__repr__": lambda self: (f"<{self.shape[0]}x{self.shape[1]} "
+                                      f"LinearOperator of {self.chain!r}>"),
+            "__doc__": "J = J_k ... J_1 of a gradchain.Chain as a LinearOperator.",
+        })
+    return _CHAIN_OPERATOR(chain, shape)
 
 
 def vjp(jacobians: _Jacobians, cotangent: ArrayLike, *,

@@ -1,0 +1,195 @@
+"""Sparse and matrix-free links (issue 10), against scipy.sparse.
+
+Run:  pytest bench/test_bench_sparse.py --benchmark-only (or bench/report.py).
+Every gradchain test times it against its peers with `measure` (rested
+alternating blocks and interleaved rounds, see conftest.py) and records the
+bytes of matrix data each call reads (``bytes``), for the GB/s column.
+"""
+import numpy as np
+import pytest
+
+import gradchain
+from conftest import measure, optional_peer
+
+sp = pytest.importorskip("scipy.sparse")
+spla = pytest.importorskip("scipy.sparse.linalg")
+
+
+def _sparse_bytes(S):
+    return S.data.nbytes + S.indices.nbytes + S.indptr.nbytes
+
+
+def _random_csr(n, per_row, seed=0):
+    """n x n, per_row nonzeros a row at random columns, int32 indices."""
+    rng = np.random.default_rng(seed)
+    indptr = np.arange(0, n * per_row + 1, per_row, dtype=np.int32)
+    indices = rng.integers(0, n, n * per_row, dtype=np.int32)
+    data = rng.standard_normal(n * per_row)
+    return sp.csr_array((data, indices, indptr), shape=(n, n))
+
+
+def _diffusion_steps(n, k, seed=0):
+    """k Jacobians of an implicit 1-D diffusion step's explicit form: the
+    tridiagonal (1 - 2r) I + r (shift + shift^T), r varying per step, CSR."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(k):
+        r = rng.uniform(0.1, 0.3)
+        out.append(sp.diags_array([np.full(n - 1, r), np.full(n, 1 - 2 * r),
+                                   np.full(n - 1, r)], offsets=[-1, 0, 1],
+                                  format="csr"))
+    return out
+
+
+def _check(res, ref, scale, tol=1e-12):
+    assert np.all(np.abs(res - ref) <= tol * (scale + 1e-300))
+
+
+# ---------------------------------------------------------------------------
+# One big CSR link
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def big_csr():
+    return _random_csr(1_000_000, 10)
+
+
+@pytest.mark.parametrize("impl", ["gradchain", "scipy"])
+def test_csr_jtv(benchmark, impl, big_csr):
+    benchmark.group = "CSR 1e6 x 1e6, 10/row: J^T g"
+    J = big_csr
+    benchmark.extra_info["bytes"] = _sparse_bytes(J)
+    g = np.random.default_rng(1).standard_normal(J.shape[0])
+    if impl == "gradchain":
+        chain = gradchain.Chain([J])
+        out = np.empty(J.shape[1])
+        measure(benchmark, "gradchain", {"gradchain": lambda: chain.vjp(g, out),
+                                         "scipy": lambda: J.T @ g})
+        res = benchmark(chain.vjp, g, out)
+    else:
+        res = benchmark(lambda: J.T @ g)
+    _check(res, J.T @ g, abs(J).T @ np.abs(g))
+
+
+@pytest.mark.parametrize("impl", ["gradchain", "scipy"])
+def test_csr_jv(benchmark, impl, big_csr):
+    benchmark.group = "CSR 1e6 x 1e6, 10/row: J v"
+    J = big_csr
+    benchmark.extra_info["bytes"] = _sparse_bytes(J)
+    v = np.random.default_rng(2).standard_normal(J.shape[1])
+    if impl == "gradchain":
+        chain = gradchain.Chain([J])
+        out = np.empty(J.shape[0])
+        measure(benchmark, "gradchain", {"gradchain": lambda: chain.jvp(v, out),
+                                         "scipy": lambda: J @ v})
+        res = benchmark(chain.jvp, v, out)
+    else:
+        res = benchmark(lambda: J @ v)
+    _check(res, J @ v, abs(J) @ np.abs(v))
+
+
+# ---------------------------------------------------------------------------
+# A chain of 50 tridiagonal links (an implicit diffusion step over time)
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def diffusion():
+    return _diffusion_steps(100_000, 50)
+
+
+def scipy_vjp_loop(Js, g):
+    for J in reversed(Js):
+        g = J.T @ g
+    return g
+
+
+def scipy_block_loop(Js, G):
+    for J in reversed(Js):
+        G = (J.T @ G.T).T
+    return G
+
+
+def _jax_bcoo_vjp(jax, Js, g):
+    """jax.jit of a Python-unrolled chain of BCOO transposed products
+    (BCOO links of different values cannot be stacked into one scan)."""
+    from jax.experimental import sparse as jsp
+    mats = [jsp.BCOO.from_scipy_sparse(J.T.tocsr()) for J in Js]
+
+    @jax.jit
+    def f(mats, g):
+        for M in reversed(mats):
+            g = M @ g
+        return g
+
+    gj = jax.numpy.asarray(g)
+    f(mats, gj).block_until_ready()
+    return lambda: f(mats, gj).block_until_ready()
+
+
+@pytest.mark.parametrize("impl", ["gradchain", "scipy", "jax"])
+def test_tridiagonal_chain_vjp(benchmark, impl, diffusion, request):
+    benchmark.group = "k=50 tridiagonal CSR links, n=1e5: Chain.vjp"
+    Js = diffusion
+    benchmark.extra_info["bytes"] = sum(_sparse_bytes(J) for J in Js)
+    g = np.random.default_rng(3).standard_normal(Js[-1].shape[0])
+    if impl == "gradchain":
+        chain = gradchain.Chain(Js)
+        out = np.empty(Js[0].shape[1])
+        contenders = {"gradchain": lambda: chain.vjp(g, out),
+                      "scipy": lambda: scipy_vjp_loop(Js, g)}
+        jax = optional_peer(request, "jax_x64")
+        if jax is not None:
+            contenders["jax"] = _jax_bcoo_vjp(jax, Js, g)
+        measure(benchmark, "gradchain", contenders)
+        res = benchmark(chain.vjp, g, out)
+    elif impl == "scipy":
+        res = benchmark(scipy_vjp_loop, Js, g)
+    else:
+        jax = request.getfixturevalue("jax_x64")
+        fn = _jax_bcoo_vjp(jax, Js, g)
+        benchmark(fn)
+        return
+    ref = scipy_vjp_loop(Js, g)
+    _check(res, ref, scipy_vjp_loop([abs(J) for J in Js], np.abs(g)))
+
+
+@pytest.mark.parametrize("impl", ["gradchain", "scipy"])
+def test_tridiagonal_chain_block(benchmark, impl, diffusion):
+    benchmark.group = "256 cotangents through k=50 tridiagonal CSR links, n=1e5"
+    Js = diffusion
+    benchmark.extra_info["bytes"] = sum(_sparse_bytes(J) for J in Js)
+    G = np.random.default_rng(4).standard_normal((256, Js[-1].shape[0]))
+    if impl == "gradchain":
+        chain = gradchain.Chain(Js)
+        out = np.empty((256, Js[0].shape[1]))
+        measure(benchmark, "gradchain", {"gradchain": lambda: chain.vjp(G, out),
+                                         "scipy": lambda: scipy_block_loop(Js, G)})
+        res = benchmark(chain.vjp, G, out)
+    else:
+        res = benchmark(scipy_block_loop, Js, G)
+    ref = scipy_block_loop(Js, G)
+    _check(res, ref, scipy_block_loop([abs(J) for J in Js], np.abs(G)))
+
+
+# ---------------------------------------------------------------------------
+# A matrix-free link in a dense chain: the cost of one callback
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("impl", ["gradchain", "without"])
+def test_linear_operator_overhead(benchmark, impl):
+    benchmark.group = "32 dense 16x16 links, one LinearOperator in the middle"
+    rng = np.random.default_rng(5)
+    Js = [rng.standard_normal((16, 16)) / 4 for _ in range(32)]
+    M = Js[16]
+    with_op = Js[:16] + [spla.aslinearoperator(M)] + Js[17:]
+    g = rng.standard_normal(16)
+    c_op, c_plain = gradchain.Chain(with_op), gradchain.Chain(Js)
+    out = np.empty(16)
+    if impl == "gradchain":
+        measure(benchmark, "gradchain", {"gradchain": lambda: c_op.vjp(g, out),
+                                         "without": lambda: c_plain.vjp(g, out)})
+        res = benchmark(c_op.vjp, g, out)
+    else:
+        res = benchmark(c_plain.vjp, g, out)
+    ref = c_plain.vjp(g)
+    _check(res, ref, np.abs(ref).max() * np.ones(16), 1e-12)

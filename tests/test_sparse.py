@@ -1,0 +1,510 @@
+"""Sparse (scipy.sparse) and matrix-free (LinearOperator) links.
+
+References are dense NumPy float64 products of ``.toarray()`` (or of the
+operator's dense matrix); the error bound is conftest's rounding-error
+scale, so a missed or doubled entry fails while reassociation never does.
+"""
+import numpy as np
+import pytest
+
+import gradchain as gc
+from conftest import DTYPES, TOL, threads_compared
+
+sp = pytest.importorskip("scipy.sparse")
+spla = pytest.importorskip("scipy.sparse.linalg")
+
+FORMATS = ["csr", "csc", "coo", "bsr", "dia", "lil", "dok"]
+
+
+def f64(a):
+    return np.asarray(a, dtype=np.float64)
+
+
+def dense_of(J):
+    if sp.issparse(J):
+        return f64(J.toarray())
+    if isinstance(J, spla.LinearOperator):
+        return f64(J @ np.eye(J.shape[1]))
+    if isinstance(J, gc.Operator):
+        return f64(J.todense())
+    return f64(J)
+
+
+def check(res, ref, scale, dtype):
+    """res in dtype, within TOL of ref on the scale of |...| products."""
+    dtype = np.dtype(dtype)
+    assert isinstance(res, np.ndarray) and res.dtype == dtype, (type(res), res.dtype)
+    assert res.shape == ref.shape, (res.shape, ref.shape)
+    bound = TOL[dtype] * (np.abs(scale) + 1e-300) * 50
+    err = np.abs(f64(res) - ref)
+    assert np.all(err <= bound), float(np.max(err - bound))
+
+
+def sparse(rng, m, n, density, fmt, dtype=np.float64, kind="array"):
+    A = sp.random(m, n, density=density, format="csr", dtype=np.float64,
+                  random_state=rng, data_rvs=lambda k: rng.standard_normal(k))
+    A = A.astype(dtype)
+    A = A.asformat(fmt)
+    if kind == "array":
+        A = sp.csr_array(A).asformat(fmt) if fmt != "dok" else sp.dok_array(A)
+    return A
+
+
+def chain_refs(Js):
+    """Dense product J_k ... J_1 and the product of |J_i| (error scale)."""
+    D = [dense_of(J) for J in Js]
+    P, A = D[0], np.abs(D[0])
+    for J in D[1:]:
+        P, A = J @ P, np.abs(J) @ A
+    return P, A
+
+
+# --------------------------------------------------------------------------
+# every format, index dtype and data dtype against the dense product
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["array", "matrix"])
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_formats_match_dense(rng, fmt, dtype, kind):
+    S1 = sparse(rng, 30, 20, 0.2, fmt, dtype, kind)
+    S2 = sparse(rng, 25, 30, 0.15, fmt, dtype, kind)
+    D = rng.standard_normal((10, 25)).astype(dtype)
+    Js = [S1, S2, D]
+    P, A = chain_refs(Js)
+    g = rng.standard_normal(10).astype(dtype)
+    v = rng.standard_normal(20).astype(dtype)
+    G = rng.standard_normal((7, 10)).astype(dtype)
+    V = rng.standard_normal((5, 20)).astype(dtype)
+    c = gc.Chain(Js)
+    assert c.dtype == dtype and c.shapes == ((30, 20), (25, 30), (10, 25))
+    check(c.vjp(g), P.T @ f64(g), A.T @ np.abs(f64(g)), dtype)
+    check(c.jvp(v), P @ f64(v), A @ np.abs(f64(v)), dtype)
+    check(c.vjp(G), f64(G) @ P, np.abs(f64(G)) @ A, dtype)
+    check(c.jvp(V), f64(V) @ P.T, np.abs(f64(V)) @ A.T, dtype)
+    check(c.jacobian(), P, A, dtype)
+    check(gc.vjp(Js, g), P.T @ f64(g), A.T @ np.abs(f64(g)), dtype)
+    check(gc.jvp(Js, v), P @ f64(v), A @ np.abs(f64(v)), dtype)
+    check(gc.jacobian(Js), P, A, dtype)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+@pytest.mark.parametrize("idx", [np.int32, np.int64])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_csr_csc_read_in_place(rng, fmt, idx, dtype):
+    S = sparse(rng, 40, 30, 0.1, fmt, dtype)
+    S.indices = S.indices.astype(idx)
+    S.indptr = S.indptr.astype(idx)
+    c = gc.Chain([S])
+    assert c.jacobians[0] is S                  # the caller's object, bound
+    g = rng.standard_normal(40).astype(dtype)
+    before = c.vjp(g)
+    # the data is read in place: a change is seen by the next call
+    S.data *= 2
+    after = c.vjp(g)
+    check(after, dense_of(S).T @ f64(g), np.abs(dense_of(S)).T @ np.abs(f64(g)), dtype)
+    assert np.array_equal(after, 2 * before)
+
+
+def test_mixed_index_dtypes_and_other_dtypes(rng):
+    # int32 indices with int64 indptr, int16 data: converted, still right
+    S = sparse(rng, 12, 9, 0.3, "csr")
+    S.indptr = S.indptr.astype(np.int64)
+    g = rng.standard_normal(12)
+    check(gc.vjp([S], g), dense_of(S).T @ g, np.abs(dense_of(S)).T @ np.abs(g), np.float64)
+    Si = sp.csr_array((np.arange(1, 6, dtype=np.int16), [0, 1, 2, 0, 1], [0, 2, 3, 5]),
+                      shape=(3, 3))
+    res = gc.vjp([Si], np.ones(3, np.float32))
+    assert res.dtype == np.float64                  # int data: float64
+    assert np.array_equal(res, Si.toarray().T @ np.ones(3))
+    # float32 sparse in a float64 chain: promoted (data converted)
+    S32 = sparse(rng, 9, 9, 0.3, "csc", np.float32)
+    D = rng.standard_normal((4, 9))
+    P, A = chain_refs([S32, D])
+    check(gc.jacobian([S32, D]), P, A, np.float64)
+
+
+# --------------------------------------------------------------------------
+# structure edge cases
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+def test_unsorted_duplicates_zeros_empty(rng, fmt):
+    # line 0: unsorted, with a duplicate (summed, as scipy does) and an
+    # explicit zero; line 1 empty; line 2 one entry
+    data = np.array([1.5, -2.0, 0.0, 4.0, 0.25])
+    indices = np.array([3, 1, 2, 1, 0])
+    indptr = np.array([0, 4, 4, 5])
+    cls = sp.csr_array if fmt == "csr" else sp.csc_array
+    shape = (3, 4) if fmt == "csr" else (4, 3)
+    S = cls((data, indices, indptr), shape=shape)
+    assert not S.has_canonical_format
+    ref = f64(S.toarray())
+    g = rng.standard_normal(shape[0])
+    v = rng.standard_normal(shape[1])
+    assert np.allclose(gc.vjp([S], g), ref.T @ g, rtol=1e-15, atol=1e-15)
+    assert np.allclose(gc.jvp([S], v), ref @ v, rtol=1e-15, atol=1e-15)
+    assert np.array_equal(gc.jacobian([S]), ref)
+    assert not S.has_canonical_format           # not canonicalised by gradchain
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo"])
+def test_empty_and_zero_size(rng, fmt):
+    Z = sp.csr_array((5, 4)).asformat(fmt)      # nnz = 0
+    assert np.array_equal(gc.vjp([Z], np.ones(5)), np.zeros(4))
+    assert np.array_equal(gc.jvp([Z], np.ones(4)), np.zeros(5))
+    assert np.array_equal(gc.jacobian([Z]), np.zeros((5, 4)))
+    for shape in [(0, 4), (4, 0), (0, 0)]:
+        E = sp.csr_array(shape).asformat(fmt)
+        assert gc.vjp([E], np.ones(shape[0])).shape == (shape[1],)
+        assert np.array_equal(gc.jvp([E], np.ones(shape[1])), np.zeros(shape[0]))
+        assert gc.jacobian([E]).shape == shape
+    # through a zero-width sparse intermediate: zeros
+    Js = [sp.csr_array((0, 3)), sp.csr_array((2, 0))]
+    assert np.array_equal(gc.vjp(Js, np.ones(2)), np.zeros(3))
+
+
+def _corrupt(rng, fmt, what):
+    S = sparse(rng, 6, 5, 0.5, fmt)
+    S.sum_duplicates()
+    if what == "indptr0":
+        S.indptr = S.indptr + 1
+    elif what == "decreasing":
+        S.indptr[2], S.indptr[3] = S.indptr[3], S.indptr[2] - 1
+        if S.indptr[2] <= S.indptr[3]:
+            S.indptr[3] = S.indptr[2] - 1
+    elif what == "beyond":
+        S.indptr[-1] = S.indices.shape[0] + 3
+    elif what == "index_high":
+        S.indices[1] = S.shape[1 if fmt == "csr" else 0] + 2
+    elif what == "index_negative":
+        S.indices[0] = -1
+    elif what == "short_indptr":
+        S.indptr = S.indptr[:-1].copy()
+    return S
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+@pytest.mark.parametrize("what,match", [
+    ("indptr0", r"indptr\[0\] is 1, not 0"),
+    ("decreasing", r"indptr decreases at (rows|columns) 2 -> 3"),
+    ("beyond", r"indptr\[-1\] = \d+ exceeds the \d+ stored entries"),
+    ("index_high", r"indices\[1\] = \d+ is not a (column|row) index in \[0, \d+\)"),
+    ("index_negative", r"indices\[0\] = -1 is not a (column|row) index"),
+    ("short_indptr", r"an indptr of \d+ entries; expected \d+"),
+])
+def test_corrupt_structure_raises(rng, fmt, what, match):
+    S = _corrupt(rng, fmt, what)
+    D = np.ones((2, S.shape[0]))
+    with pytest.raises(ValueError, match=r"jacobians\[1\] .*corrupt structure: " + match
+                       if what != "short_indptr" else r"jacobians\[1\] .*" + match):
+        gc.Chain([np.ones((S.shape[1], 3)), S, D])
+
+
+def test_complex_and_bad_rank_rejected():
+    C = sp.csr_array(np.array([[1 + 1j, 0], [0, 1]]))
+    with pytest.raises(TypeError, match=r"jacobians\[0\] has complex dtype"):
+        gc.vjp([C], np.ones(2))
+    if hasattr(sp, "coo_array"):
+        try:
+            one_d = sp.coo_array(np.array([1.0, 0.0, 2.0]))
+        except (ValueError, TypeError):
+            one_d = None
+        if one_d is not None and len(one_d.shape) == 1:
+            with pytest.raises(ValueError, match=r"jacobians\[0\] is a 1-D sparse array"):
+                gc.vjp([one_d], np.ones(3))
+
+
+def test_nan_inf_propagate_like_numpy(rng):
+    S = sparse(rng, 8, 8, 0.4, "csr")
+    S.data[0] = np.nan
+    S.data[1] = np.inf
+    D = dense_of(S)
+    g = rng.standard_normal(8)
+    with np.errstate(invalid="ignore"):
+        ref_t, ref = D.T @ g, D @ g
+    res_t, res = gc.vjp([S], g), gc.jvp([S], g)
+    assert np.array_equal(np.isnan(res_t), np.isnan(ref_t))
+    assert np.array_equal(np.isinf(res_t), np.isinf(ref_t))
+    assert np.array_equal(np.isnan(res), np.isnan(ref))
+
+
+def test_shape_mismatch_names_links(rng):
+    S = sparse(rng, 5, 4, 0.5, "csr")
+    with pytest.raises(ValueError, match=r"jacobians\[1\] has shape \(3, 6\) but "
+                                         r"jacobians\[0\] outputs 5 values"):
+        gc.Chain([S, np.ones((3, 6))])
+
+
+# --------------------------------------------------------------------------
+# mixing with dense, structured and per-sample links
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mixed_with_structured_and_per_sample(rng, dtype):
+    n, B = 12, 6
+    S = sparse(rng, n, n, 0.25, "csr", dtype)
+    T = sparse(rng, n, n, 0.25, "csc", dtype)
+    d = rng.standard_normal(n).astype(dtype)
+    P3 = rng.standard_normal((B, n, n)).astype(dtype)
+    Js = [S, gc.Diagonal(d), T, P3, gc.Identity(n, scale=2.0)]
+    G = rng.standard_normal((B, n)).astype(dtype)
+    Ds = [dense_of(S), np.diag(f64(d)), dense_of(T)]
+    for b in range(B):
+        Pb = 2 * f64(P3[b]) @ Ds[2] @ Ds[1] @ Ds[0]
+        Ab = 2 * np.abs(f64(P3[b])) @ np.abs(Ds[2]) @ np.abs(Ds[1]) @ np.abs(Ds[0])
+        c = gc.Chain(Js)
+        check(c.vjp(G)[b], f64(G[b]) @ Pb, np.abs(f64(G[b])) @ Ab, dtype)
+        check(c.jacobian()[b], Pb, Ab, dtype)
+
+
+def test_plan_counts_nnz(rng):
+    S = sparse(rng, 50, 40, 0.1, "csr")
+    c = gc.Chain([S])
+    assert c.plan().cost == S.nnz
+    assert c.plan(batch=8).cost == 8 * S.nnz
+    D = rng.standard_normal((3, 50))
+    c = gc.Chain([S, D])
+    # jacobian: D (3 x 50) times S by rows: 3 * nnz
+    assert c.plan(mode="jacobian").cost == 3 * S.nnz
+    assert np.allclose(c.jacobian(), D @ S.toarray(), rtol=1e-13, atol=1e-13)
+
+
+# --------------------------------------------------------------------------
+# threads: bitwise the same for every count
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_thread_count_independence(rng, fmt, dtype, restore_threads):
+    threads_compared()
+    n = 20000
+    S = sparse(rng, n, n, 5.0 / n, fmt, dtype)
+    T = sparse(rng, n, n, 3.0 / n, "csr" if fmt == "csc" else "csc", dtype)
+    c = gc.Chain([S, T])
+    g = rng.standard_normal(n).astype(dtype)
+    G = rng.standard_normal((8, n)).astype(dtype)
+    results = []
+    for t in (1, 2, 3, 4):
+        gc.set_num_threads(t)
+        results.append((c.vjp(g), c.jvp(g), c.vjp(G), c.jvp(G)))
+    for r in results[1:]:
+        for a, b in zip(results[0], r):
+            assert np.array_equal(a, b)
+    ref = S.T.astype(np.float64) @ (T.T.astype(np.float64) @ f64(g))
+    scale = abs(S).T.astype(np.float64) @ (abs(T).T.astype(np.float64) @ np.abs(f64(g)))
+    check(results[0][0], ref, scale, dtype)
+
+
+# --------------------------------------------------------------------------
+# nothing the caller passed is modified
+# --------------------------------------------------------------------------
+
+def test_inputs_not_modified(rng):
+    Js = [sparse(rng, 9, 7, 0.3, f) for f in ("csr", "csc")]
+    Js[1] = sparse(rng, 6, 9, 0.3, "csc")
+    Js.append(sparse(rng, 5, 6, 0.3, "coo"))
+    snap = [(J.data.copy(), getattr(J, "indices", getattr(J, "row", None)).copy())
+            for J in Js]
+    g = rng.standard_normal(5)
+    gc.vjp(Js, g)
+    gc.jvp(Js, rng.standard_normal(7))
+    gc.jacobian(Js)
+    gc.Chain(Js).vjp(rng.standard_normal((3, 5)))
+    for J, (d, i) in zip(Js, snap):
+        assert np.array_equal(J.data, d)
+        assert np.array_equal(getattr(J, "indices", getattr(J, "row", None)), i)
+    assert Js[2].format == "coo"
+
+
+# --------------------------------------------------------------------------
+# matrix-free links
+# --------------------------------------------------------------------------
+
+class Counting:
+    """A matrix-free link from a dense M, counting its calls; optional
+    matmat."""
+
+    def __init__(self, M, block=True, dtype=True):
+        self.M = M
+        self.shape = M.shape
+        if dtype:
+            self.dtype = M.dtype
+        self.calls = []
+        if block:
+            self.matmat = lambda X: (self.calls.append("matmat"), self.M @ X)[1]
+            self.rmatmat = lambda Y: (self.calls.append("rmatmat"), self.M.T @ Y)[1]
+
+    def matvec(self, x):
+        self.calls.append("matvec")
+        return self.M @ x
+
+    def rmatvec(self, y):
+        self.calls.append("rmatvec")
+        return self.M.T @ y
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block", [True, False])
+def test_matrix_free_links(rng, dtype, block):
+    A = rng.standard_normal((8, 6)).astype(dtype)
+    M = rng.standard_normal((7, 8)).astype(dtype)
+    D = rng.standard_normal((5, 7)).astype(dtype)
+    op = Counting(M, block=block)
+    Js = [A, op, D]
+    P, Abs = chain_refs([A, M, D])
+    g = rng.standard_normal(5).astype(dtype)
+    c = gc.Chain(Js)
+    check(c.vjp(g), P.T @ f64(g), Abs.T @ np.abs(f64(g)), dtype)
+    assert op.calls == ["rmatvec"]
+    v = rng.standard_normal(6).astype(dtype)
+    check(c.jvp(v), P @ f64(v), Abs @ np.abs(f64(v)), dtype)
+    G = rng.standard_normal((4, 5)).astype(dtype)
+    op.calls.clear()
+    check(c.vjp(G), f64(G) @ P, np.abs(f64(G)) @ Abs, dtype)
+    assert op.calls == (["rmatmat"] if block else ["rmatvec"] * 4)
+    check(c.jacobian(), P, Abs, dtype)
+    # scipy's LinearOperator, and aslinearoperator of a sparse matrix
+    L = spla.aslinearoperator(M)
+    check(gc.Chain([A, L, D]).vjp(G), f64(G) @ P, np.abs(f64(G)) @ Abs, dtype)
+
+
+def test_matrix_free_without_dtype_takes_the_chain_dtype(rng):
+    M = rng.standard_normal((4, 4))
+    op = Counting(M, dtype=False)
+    c = gc.Chain([np.eye(4, dtype=np.float32), op])
+    assert c.dtype == np.float32
+    res = c.vjp(np.ones(4, np.float32))
+    assert res.dtype == np.float32
+    assert np.allclose(res, M.T @ np.ones(4), rtol=1e-5)
+
+
+def test_matrix_free_callback_errors(rng):
+    M = rng.standard_normal((4, 3))
+
+    class Bad(Counting):
+        def __init__(self, M, result):
+            super().__init__(M, block=False)
+            self.result = result
+
+        def rmatvec(self, y):
+            return self.result(y)
+
+    D = np.ones((2, 4))
+    for res, exc, match in [
+            (lambda y: np.ones(5), ValueError,
+             r"jacobians\[1\] \(Bad\)\.rmatvec returned shape \(5,\), expected \(3,\)"),
+            (lambda y: np.ones(3, complex), ValueError,
+             r"jacobians\[1\] \(Bad\)\.rmatvec returned dtype complex128"),
+            (lambda y: 1 / 0, ZeroDivisionError, "division by zero")]:
+        c = gc.Chain([np.ones((3, 2)), Bad(M, res), D])
+        with pytest.raises(exc, match=match):
+            c.vjp(np.ones(2))
+        with pytest.raises(exc, match=match):
+            c.vjp(np.ones((3, 2)))
+        # the chain stays usable
+        with pytest.raises(exc):
+            c.jacobian()
+    with pytest.raises(TypeError, match=r"jacobians\[0\] \(Counting\) has shape"):
+        op = Counting(M)
+        op.shape = (4, -1)
+        gc.Chain([op])
+
+
+def test_matrix_free_per_sample_jacobian(rng):
+    # a matrix-free link in a per-sample chain: its callbacks run on the
+    # calling thread
+    B, n = 5, 4
+    M = rng.standard_normal((n, n))
+    P3 = rng.standard_normal((B, n, n))
+    c = gc.Chain([P3, Counting(M)])
+    J = c.jacobian()
+    for b in range(B):
+        assert np.allclose(J[b], M @ P3[b], rtol=1e-13, atol=1e-13)
+
+
+# --------------------------------------------------------------------------
+# a Chain as a LinearOperator
+# --------------------------------------------------------------------------
+
+def test_as_linear_operator_svds_lsqr(rng):
+    n = 60
+    Js = [sparse(rng, n, n, 0.1, "csr") + sp.eye_array(n, format="csr"),
+          rng.standard_normal((40, n)) / 8, gc.Diagonal(rng.uniform(1, 2, 40))]
+    c = gc.Chain(Js)
+    P, _ = chain_refs(Js)
+    L = c.as_linear_operator()
+    assert L.shape == (40, n) and L.dtype == np.float64
+    x = rng.standard_normal(n)
+    assert np.allclose(L @ x, P @ x, rtol=1e-12, atol=1e-12)
+    y = rng.standard_normal(40)
+    assert np.allclose(L.T @ y, P.T @ y, rtol=1e-12, atol=1e-12)
+    X = rng.standard_normal((n, 3))
+    assert np.allclose(L @ X, P @ X, rtol=1e-12, atol=1e-12)
+    assert np.allclose(L.H @ X[:40], P.T @ X[:40], rtol=1e-12, atol=1e-12)
+    s = spla.svds(L, k=3, return_singular_vectors=False, random_state=0)
+    ref = np.linalg.svd(P, compute_uv=False)[:3]
+    assert np.allclose(np.sort(s)[::-1], ref, rtol=1e-8)
+    b = rng.standard_normal(40)
+    sol = spla.lsqr(L, b, atol=1e-14, btol=1e-14, iter_lim=2000)[0]
+    ref = np.linalg.lstsq(P, b, rcond=None)[0]
+    assert np.allclose(sol, ref, rtol=1e-6, atol=1e-8)
+    # the usual protocol
+    L2 = spla.aslinearoperator(c)
+    assert np.allclose(L2.rmatvec(b), P.T @ b, rtol=1e-12, atol=1e-12)
+    # a chain is a matrix-free link of another chain
+    outer = gc.Chain([np.eye(n), c])
+    assert np.allclose(outer.vjp(b), P.T @ b, rtol=1e-12, atol=1e-12)
+
+
+def test_as_linear_operator_refuses_what_is_no_matrix(rng):
+    with pytest.raises(ValueError, match="empty chain"):
+        gc.Chain([]).as_linear_operator()
+    with pytest.raises(ValueError, match="per-sample"):
+        gc.Chain([rng.standard_normal((3, 2, 2))]).as_linear_operator()
+
+
+# --------------------------------------------------------------------------
+# the kernels' typed-memoryview entry point, and structures that change
+# after they were bound
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("idx", [np.int32, np.int64])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sparse_rows_entry_point(rng, idx, dtype):
+    from gradchain._link import sparse_rows
+    S = sparse(rng, 13, 9, 0.3, "csr", dtype)
+    data, indices, indptr = S.data, S.indices.astype(idx), S.indptr.astype(idx)
+    D = dense_of(S)
+    X = rng.standard_normal((4, 9)).astype(dtype)
+    out = np.empty((4, 13), dtype)
+    sparse_rows(data, indices, indptr, 9, X, out, True)        # J x of the CSR
+    check(out, f64(X) @ D.T, np.abs(f64(X)) @ np.abs(D).T, dtype)
+    Y = rng.standard_normal((4, 13)).astype(dtype)
+    out = np.empty((4, 9), dtype)
+    sparse_rows(data, indices, indptr, 9, Y, out, False)       # J^T y
+    check(out, f64(Y) @ D, np.abs(f64(Y)) @ np.abs(D), dtype)
+    bad = indices.copy()
+    bad[0] = 9
+    with pytest.raises(ValueError, match="corrupt structure"):
+        sparse_rows(data, bad, indptr, 9, X, np.empty((4, 13), dtype), True)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+def test_structure_changed_after_binding_raises(rng, fmt):
+    # the chain reads indices and indptr in place; made corrupt after the
+    # check, they are bounded by the kernels: a ValueError, never a read
+    # out of bounds
+    S = sparse(rng, 50, 40, 0.2, fmt)
+    c = gc.Chain([S, np.ones((3, 50))])
+    g = np.ones(3)
+    c.vjp(g)
+    S.indices[3] = 10 ** 6
+    for call in (lambda: c.vjp(g), lambda: c.jvp(np.ones(40)), c.jacobian,
+                 lambda: c.vjp(np.ones((5, 3)))):
+        with pytest.raises(ValueError, match="out of bounds now"):
+            call()
+    S.indices[3] = 0
+    S.indptr[5] = 10 ** 6
+    with pytest.raises(ValueError, match="out of bounds now"):
+        c.vjp(g)
