@@ -61,19 +61,20 @@ cdef inline double _work(const Link *f) noexcept nogil:
 
 
 cdef inline double _mult_cost(int kl, int kr, double p, double q,
-                              double r, double wl, double wr) noexcept nogil:
-    """Multiply-adds for (p x q, kind kl) times (q x r, kind kr); wl, wr:
-    the operands' per-vector work when they are sparse or matrix-free
-    leaves (_work; a product is never one)."""
+                              double r, const Link *fl,
+                              const Link *fr) noexcept nogil:
+    """Multiply-adds for (p x q, kind kl) times (q x r, kind kr); fl, fr:
+    the operands' leaves, read (_work) only when a kind is sparse or
+    matrix-free (only a leaf is: a product never is)."""
     if kl == LINK_IDENTITY or kr == LINK_IDENTITY:
         return 0.0
     if link_by_rows(kl) and link_by_rows(kr):
         # the smaller made dense, the other applied to it
-        return min(p * q + p * wr, q * r + wl * r)
+        return min(p * q + p * _work(fr), q * r + _work(fl) * r)
     if link_by_rows(kl):
-        return wl * r
+        return _work(fl) * r
     if link_by_rows(kr):
-        return p * wr
+        return p * _work(fr)
     if link_diaglike(kl) and link_diaglike(kr):
         return q
     if link_diaglike(kl):
@@ -186,8 +187,7 @@ cdef double _plan_chain(const Link *f, Py_ssize_t m, int *split) noexcept nogil:
                 c = (cost[i * m + s] + cost[(s + 1) * m + j]
                      + _mult_cost(kind[i * m + s], kind[(s + 1) * m + j],
                                   <double>f[i].m, <double>f[s].n,
-                                  <double>f[j].n, _work(&f[i]),
-                                  _work(&f[j])))
+                                  <double>f[j].n, &f[i], &f[j]))
                 if c < best:
                     best = c
                     bs = <int>s
@@ -221,8 +221,7 @@ cdef double _order_cost(const Link *f, Py_ssize_t m, bint left, double batch,
         ps = f[0].per_sample
         for i in range(1, m):
             c = _mult_cost(acc, f[i].kind, <double>f[0].m,
-                           <double>f[i].m, <double>f[i].n, _work(&f[0]),
-                           _work(&f[i]))
+                           <double>f[i].m, <double>f[i].n, &f[0], &f[i])
             ps = ps or f[i].per_sample
             if ps and not block:
                 c *= batch
@@ -234,8 +233,8 @@ cdef double _order_cost(const Link *f, Py_ssize_t m, bint left, double batch,
         i = m - 2
         while i >= 0:
             c = _mult_cost(f[i].kind, acc, <double>f[i].m,
-                           <double>f[i].n, <double>f[m - 1].n, _work(&f[i]),
-                           _work(&f[m - 1]))
+                           <double>f[i].n, <double>f[m - 1].n, &f[i],
+                           &f[m - 1])
             ps = ps or f[i].per_sample
             if ps and not (i == 0 and block):
                 c *= batch
