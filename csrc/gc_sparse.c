@@ -68,7 +68,21 @@ GC_SP_CHECK(gc_sp_check_i, int32_t)
 GC_SP_CHECK(gc_sp_check_l, int64_t)
 
 /* The dispatchers: data type (dbl), index size (4 or 8) and loop chosen at
- * run time, so that the binding calls one function. */
+ * run time, so that the binding calls one function.  GC_SP_DISPATCH runs
+ * the GC_SP_CALL(suffix, data type, index type) its function defines. */
+#define GC_SP_DISPATCH()                                                      \
+    do {                                                                      \
+        if (dbl && isize == 4) {                                              \
+            GC_SP_CALL(di, double, int32_t);                                  \
+        }                                                                     \
+        if (dbl) {                                                            \
+            GC_SP_CALL(dl, double, int64_t);                                  \
+        }                                                                     \
+        if (isize == 4) {                                                     \
+            GC_SP_CALL(si, float, int32_t);                                   \
+        }                                                                     \
+        GC_SP_CALL(sl, float, int64_t);                                       \
+    } while (0)
 int
 gc_sp_apply(int dbl, int isize, int gather, ptrdiff_t nptr, const void *ptr,
             const void *idx, const void *val, ptrdiff_t nstored, ptrdiff_t B,
@@ -83,16 +97,7 @@ gc_sp_apply(int dbl, int isize, int gather, ptrdiff_t nptr, const void *ptr,
                                       (const T *)val, nstored, B,           \
                                       (const T *)x, nother, (T *)out,       \
                                       nthreads)
-    if (dbl) {
-        if (isize == 4) {
-            GC_SP_CALL(di, double, int32_t);
-        }
-        GC_SP_CALL(dl, double, int64_t);
-    }
-    if (isize == 4) {
-        GC_SP_CALL(si, float, int32_t);
-    }
-    GC_SP_CALL(sl, float, int64_t);
+    GC_SP_DISPATCH();
 #undef GC_SP_CALL
 }
 
@@ -104,16 +109,7 @@ gc_sp_dense(int dbl, int isize, ptrdiff_t nptr, const void *ptr,
 #define GC_SP_CALL(S, T, I)                                                  \
     return gc_sp_todense_##S(nptr, (const I *)ptr, (const I *)idx,          \
                              (const T *)val, nstored, nidx, (T *)out, rs, cs)
-    if (dbl) {
-        if (isize == 4) {
-            GC_SP_CALL(di, double, int32_t);
-        }
-        GC_SP_CALL(dl, double, int64_t);
-    }
-    if (isize == 4) {
-        GC_SP_CALL(si, float, int32_t);
-    }
-    GC_SP_CALL(sl, float, int64_t);
+    GC_SP_DISPATCH();
 #undef GC_SP_CALL
 }
 
@@ -127,27 +123,4 @@ gc_sp_check(int isize, ptrdiff_t nptr, const void *ptr, const void *idx,
     }
     return gc_sp_check_l(nptr, (const int64_t *)ptr, (const int64_t *)idx,
                          nidx, nbound, where);
-}
-
-void
-gc_sp_transposed(int dbl, int isize, ptrdiff_t nptr, const void *ptr,
-                 const void *idx, const void *val, ptrdiff_t nout, void *tptr,
-                 void *tidx, void *tval)
-{
-#define GC_SP_CALL(S, T, I)                                                  \
-    gc_sp_transpose_##S(nptr, (const I *)ptr, (const I *)idx,               \
-                        (const T *)val, nout, (I *)tptr, (I *)tidx,          \
-                        (T *)tval);                                          \
-    return
-    if (dbl) {
-        if (isize == 4) {
-            GC_SP_CALL(di, double, int32_t);
-        }
-        GC_SP_CALL(dl, double, int64_t);
-    }
-    if (isize == 4) {
-        GC_SP_CALL(si, float, int32_t);
-    }
-    GC_SP_CALL(sl, float, int64_t);
-#undef GC_SP_CALL
 }

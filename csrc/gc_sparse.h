@@ -17,8 +17,9 @@
  * for scatter; out rows nptr wide for gather, nout wide for scatter; all
  * contiguous, out never aliases an input).  Sums run in the order of the
  * structure: line by line, entry by entry, duplicates summed as they come,
- * so a gather over gc_sp_transpose's copy of a structure gives exactly the
- * bits of the scatter over the structure.  Threads (nthreads > 1, products
+ * so a gather over a stably transposed copy of a structure gives exactly
+ * the bits of the scatter over the structure (measured as an option for
+ * threaded J^T g of a CSR; not used yet).  Threads (nthreads > 1, products
  * of at least GC_SPARSE_PARALLEL_MIN entries x rows) split lines (gather)
  * or rows of the block (both), never one sum: results do not depend on the
  * thread count.  A scatter of one row runs on one thread.
@@ -51,9 +52,6 @@ extern "C" {
     int gc_sp_scatter_##S(ptrdiff_t nptr, const I *ptr, const I *idx,        \
                           const T *val, ptrdiff_t nstored, ptrdiff_t B,      \
                           const T *x, ptrdiff_t nout, T *out, int nthreads); \
-    void gc_sp_transpose_##S(ptrdiff_t nptr, const I *ptr, const I *idx,     \
-                             const T *val, ptrdiff_t nout, I *tptr,          \
-                             I *tidx, T *tval);                              \
     int gc_sp_todense_##S(ptrdiff_t nptr, const I *ptr, const I *idx,        \
                           const T *val, ptrdiff_t nstored, ptrdiff_t nidx,   \
                           T *out, ptrdiff_t rs, ptrdiff_t cs);
@@ -77,8 +75,7 @@ int gc_sp_check_l(ptrdiff_t nptr, const int64_t *ptr, const int64_t *idx,
 /* One entry point each for the binding, dispatching on the data type (dbl:
  * double, else float) and the index size (4 or 8 bytes):
  *   gc_sp_apply: gather (nother = nx) or scatter (nother = nout) as above;
- *   gc_sp_dense: gc_sp_todense;  gc_sp_check: gc_sp_check_i / _l;
- *   gc_sp_transposed: gc_sp_transpose. */
+ *   gc_sp_dense: gc_sp_todense;  gc_sp_check: gc_sp_check_i / _l. */
 int gc_sp_apply(int dbl, int isize, int gather, ptrdiff_t nptr,
                 const void *ptr, const void *idx, const void *val,
                 ptrdiff_t nstored, ptrdiff_t B, const void *x,
@@ -88,10 +85,6 @@ int gc_sp_dense(int dbl, int isize, ptrdiff_t nptr, const void *ptr,
                 ptrdiff_t nidx, void *out, ptrdiff_t rs, ptrdiff_t cs);
 int gc_sp_check(int isize, ptrdiff_t nptr, const void *ptr, const void *idx,
                 ptrdiff_t nidx, ptrdiff_t nbound, ptrdiff_t *where);
-/* gc_sp_transpose: the structure (checked) compressed the other way. */
-void gc_sp_transposed(int dbl, int isize, ptrdiff_t nptr, const void *ptr,
-                      const void *idx, const void *val, ptrdiff_t nout,
-                      void *tptr, void *tidx, void *tval);
 
 #ifdef __cplusplus
 }

@@ -14,6 +14,17 @@
 #endif
 #endif
 
+/* line r's entries [*p0, *p1), or 1 when that range is not inside the
+ * nstored entries (a structure changed since it was checked) */
+static inline int
+GC_SP(gc_sp_range)(const GC_I *ptr, ptrdiff_t r, ptrdiff_t nstored,
+                   ptrdiff_t *p0, ptrdiff_t *p1)
+{
+    *p0 = (ptrdiff_t)ptr[r];
+    *p1 = (ptrdiff_t)ptr[r + 1];
+    return *p0 < 0 || *p1 > nstored || *p0 > *p1;
+}
+
 /* line r of the structure against one row x (nx wide); *bad is set when
  * the line's range or an index is out of bounds (entries skipped) */
 static inline GC_T
@@ -22,8 +33,8 @@ GC_SP(gc_sp_line)(const GC_I *ptr, const GC_I *idx, const GC_T *val,
                   ptrdiff_t nx, int *bad)
 {
     GC_T acc = 0;
-    ptrdiff_t p, p0 = (ptrdiff_t)ptr[r], p1 = (ptrdiff_t)ptr[r + 1];
-    if (p0 < 0 || p1 > nstored || p0 > p1) {
+    ptrdiff_t p, p0, p1;
+    if (GC_SP(gc_sp_range)(ptr, r, nstored, &p0, &p1)) {
         *bad = 1;
         return 0;
     }
@@ -86,8 +97,8 @@ GC_SP(gc_sp_scatter_row)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
     }
     for (r = 0; r < nptr; r++) {
         const GC_T xr = x[r];
-        const ptrdiff_t p0 = (ptrdiff_t)ptr[r], p1 = (ptrdiff_t)ptr[r + 1];
-        if (p0 < 0 || p1 > nstored || p0 > p1) {
+        ptrdiff_t p0, p1;
+        if (GC_SP(gc_sp_range)(ptr, r, nstored, &p0, &p1)) {
             bad = 1;
             continue;
         }
@@ -121,37 +132,6 @@ GC_SP(gc_sp_scatter)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
     return bad;
 }
 
-/* The same matrix compressed the other way (nout lines; tptr nout + 1,
- * tidx and tval nnz entries), entries of each new line in the order of the
- * old lines: a stable counting sort, O(nptr + nout + nnz). */
-void
-GC_SP(gc_sp_transpose)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
-                       const GC_T *val, ptrdiff_t nout, GC_I *tptr,
-                       GC_I *tidx, GC_T *tval)
-{
-    ptrdiff_t r, p, j;
-    for (j = 0; j <= nout; j++) {
-        tptr[j] = 0;
-    }
-    for (p = 0; p < (ptrdiff_t)ptr[nptr]; p++) {
-        tptr[idx[p] + 1]++;                 /* line j's count at j + 1 */
-    }
-    for (j = 0; j < nout; j++) {
-        tptr[j + 1] += tptr[j];             /* tptr[j]: line j's start */
-    }
-    for (r = 0; r < nptr; r++) {            /* tptr[j]: line j's cursor */
-        for (p = (ptrdiff_t)ptr[r]; p < (ptrdiff_t)ptr[r + 1]; p++) {
-            const GC_I q = tptr[idx[p]]++;
-            tidx[q] = (GC_I)r;
-            tval[q] = val[p];
-        }
-    }
-    for (j = nout; j > 0; j--) {            /* cursors ended at the next */
-        tptr[j] = tptr[j - 1];              /* line's start: shift back  */
-    }
-    tptr[0] = 0;
-}
-
 /* out[r * rs + idx[p] * cs] += val[p] (out zeroed by the caller): the
  * dense matrix of the structure, lines along rs, indices below nidx; 1
  * when something is out of bounds (skipped) */
@@ -163,8 +143,8 @@ GC_SP(gc_sp_todense)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
     ptrdiff_t r, p;
     int bad = 0;
     for (r = 0; r < nptr; r++) {
-        const ptrdiff_t p0 = (ptrdiff_t)ptr[r], p1 = (ptrdiff_t)ptr[r + 1];
-        if (p0 < 0 || p1 > nstored || p0 > p1) {
+        ptrdiff_t p0, p1;
+        if (GC_SP(gc_sp_range)(ptr, r, nstored, &p0, &p1)) {
             bad = 1;
             continue;
         }
