@@ -147,7 +147,7 @@ cdef int _combine_rows(Val *L, Val *R, Val *out, floating *dest,
     cdef floating *z
     cdef int rc = 0
     cdef bint rows_of_r = link_by_rows(R.kind) and (
-        not link_by_rows(L.kind) or p * q <= q * r)
+        not link_by_rows(L.kind) or <double>p * q <= <double>q * r)
     out.p, out.q, out.leaf, out.kind = p, r, NULL, LINK_DENSE
     if dest != NULL:
         z = dest
