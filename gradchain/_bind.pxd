@@ -9,6 +9,8 @@ cdef int _compute_typenum(object dtype, str name) except -1
 cdef cnp.ndarray _as_array(object x, str name)
 # a can be read in place by the kernels as typenum.
 cdef bint _usable(cnp.ndarray a, int typenum)
+# item is a scipy.sparse matrix or array.
+cdef bint _is_sparse(object item)
 
 cdef class LinkTable:
     cdef Link *links

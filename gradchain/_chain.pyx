@@ -22,7 +22,7 @@ from libc.stdlib cimport free
 from cython cimport floating
 
 from gradchain._link cimport Link, link_raise
-from gradchain._bind cimport LinkTable, _usable
+from gradchain._bind cimport LinkTable, _usable, _is_sparse
 from gradchain._bracket cimport (Strategy, choose, product_factors,
                                  MODE_VJP, MODE_JVP, MODE_JACOBIAN,
                                  ORDER_LEFT)
@@ -58,6 +58,17 @@ cdef inline int _execute(const Link *f, Py_ssize_t m, const int *split,
         return run_samples(f, m, split, order, nb, out, ostride,
                            sample_threads, nt)
     return run_product(f, m, split, order, out, nt)
+
+
+cdef object _promoted(object J):
+    """A bound link in float64, for a float32 chain given a float64 vector:
+    arrays, operators and sparse matrices converted; a matrix-free link
+    stays itself (its results are converted to the chain's dtype)."""
+    if isinstance(J, cnp.ndarray):
+        return np.asarray(J, _DT_DOUBLE)
+    if hasattr(J, "_gc_kind") or _is_sparse(J):
+        return J.astype(_DT_DOUBLE)
+    return J
 
 
 cdef class ChainCore(LinkTable):
@@ -255,9 +266,7 @@ cdef class ChainCore(LinkTable):
             # float32 chain, float64 vector: promote like NumPy.  This
             # converts every link for this call; build the Chain in float64
             # to avoid it.
-            promoted = ChainCore([J.astype(_DT_DOUBLE) if hasattr(J, "_gc_kind")
-                                  else np.asarray(J, _DT_DOUBLE)
-                                  for J in self.jacobians])
+            promoted = ChainCore([_promoted(J) for J in self.jacobians])
             (<ChainCore>promoted)._product(x, dst, transpose)
             self._last, self._ran = None, RAN_PROMOTED
         elif B * nres > 0 and self.has_zero:

@@ -508,3 +508,21 @@ def test_structure_changed_after_binding_raises(rng, fmt):
     S.indptr[5] = 10 ** 6
     with pytest.raises(ValueError, match="out of bounds now"):
         c.vjp(g)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo"])
+def test_float32_chain_promoted_by_a_float64_vector(rng, fmt):
+    # a float32 chain given a float64 vector computes in float64, as NumPy
+    # would: sparse and matrix-free links included
+    S = sparse(rng, 9, 7, 0.3, fmt, np.float32)
+    M = rng.standard_normal((5, 9)).astype(np.float32)
+    Js = [S, Counting(M), gc.Diagonal(np.ones(5, np.float32))]
+    c = gc.Chain(Js)
+    assert c.dtype == np.float32
+    g = rng.standard_normal(5)
+    res = c.vjp(g)
+    assert res.dtype == np.float64
+    ref = dense_of(S).T @ (f64(M).T @ g)
+    assert np.allclose(res, ref, rtol=1e-6, atol=1e-6)
+    res = c.jvp(rng.standard_normal(7))
+    assert res.dtype == np.float64
