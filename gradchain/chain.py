@@ -136,15 +136,21 @@ def _expression(order: str | NDArray[np.intc], names: list[str]) -> str:
 
 
 class Chain(ChainCore):
-    """A validated chain of dense Jacobians [J_1, ..., J_k], ready to apply.
+    """A validated chain of Jacobians [J_1, ..., J_k], ready to apply.
 
     Parameters
     ----------
-    jacobians : sequence of array_like, or array_like of shape (k, m, n)
+    jacobians : sequence of links, or array_like of shape (k, m, n)
         The Jacobians in application order: ``jacobians[i-1]`` is J_i, of
         shape (n_i, n_{i-1}), so that ``jacobians[i].shape[1] ==
-        jacobians[i-1].shape[0]``.  A single 3-D array stacks k Jacobians of
-        one shape (square, unless k = 1).  An empty sequence is the identity.
+        jacobians[i-1].shape[0]``.  A link is a 2-D array, a 3-D array of
+        per-sample Jacobians (batch, n_i, n_{i-1}), a gradchain operator
+        (:class:`Diagonal`, ...), a ``scipy.sparse`` matrix or array (CSR
+        and CSC read in place, other formats converted once), or a
+        matrix-free operator with ``shape``, ``matvec`` and ``rmatvec``
+        (a ``scipy.sparse.linalg.LinearOperator``, another ``Chain``).  A
+        single 3-D array stacks k Jacobians of one shape (square, unless
+        k = 1).  An empty sequence is the identity.
 
     Notes
     -----
