@@ -148,6 +148,14 @@ cdef dict _OPERATOR_VECTORS = {LINK_DIAG: 1, LINK_SCALED_IDENTITY: 0,
                                LINK_DIAG_RANK1: 3}
 
 
+cdef inline int _join(int typenum, int t) noexcept:
+    """The chain's typenum (-1: none yet) once a link computing in t (-1:
+    no dtype of its own) joins it: float64 wins (the dtype rule)."""
+    if t == cnp.NPY_DOUBLE or (typenum == -1 and t != -1):
+        return t
+    return typenum
+
+
 cdef int _joined(int typenum, cnp.ndarray a, Py_ssize_t i,
                  Py_ssize_t j) except -2:
     """The chain's typenum (-1: none yet) once jacobians[i] (j >= 0: its
@@ -157,7 +165,7 @@ cdef int _joined(int typenum, cnp.ndarray a, Py_ssize_t i,
     if t != cnp.NPY_DOUBLE and t != cnp.NPY_FLOAT:
         t = _compute_typenum(a.dtype, f"jacobians[{i}]" if j < 0
                              else f"jacobians[{i}]'s vector {j}")
-    return t if t == cnp.NPY_DOUBLE or typenum == -1 else typenum
+    return _join(typenum, t)
 
 
 cdef inline bint _is_int(object d):
@@ -255,7 +263,6 @@ cdef tuple _sparse_record(object item, Py_ssize_t i):
     if len(shape) != 2:
         raise ValueError(f"{name} is a {len(shape)}-D sparse array of shape "
                          f"{shape}; a link is 2-D (n_{i + 1}, n_{i})")
-    typenum = _compute_typenum(np.dtype(item.dtype), name)
     src = item
     if item.format not in ("csr", "csc"):
         item = item.tocsr()     # converted once, at bind time
@@ -273,6 +280,8 @@ cdef tuple _sparse_record(object item, Py_ssize_t i):
     if data.ndim != 1:
         raise ValueError(f"{name} ({type(src).__name__}) has data of shape "
                          f"{_pyshape(data)}; expected 1-D")
+    # the dtype of what the kernels will read, not what the object says
+    typenum = _compute_typenum(data.dtype, name)
     if cnp.PyArray_DIM(indptr, 0) != nl + 1:
         raise ValueError(
             f"{name} ({type(src).__name__}, format {item.format}) has shape "
@@ -399,9 +408,7 @@ cdef class LinkTable:
                     if arrays[i] is not item:
                         self.converted = True       # another sparse format
                     opvecs[i] = rec
-                    t = rec[4]
-                    if t == cnp.NPY_DOUBLE or (typenum == -1 and t != -1):
-                        typenum = t
+                    typenum = _join(typenum, rec[4])
                     continue
                 kind = getattr(type(item), "_gc_kind", None)
                 if kind == LINK_DENSE:
@@ -415,9 +422,7 @@ cdef class LinkTable:
                     rec = _operator_record(item, kind, i)
                     arrays[i] = item
                     opvecs[i] = rec
-                    t = rec[4]
-                    if t == cnp.NPY_DOUBLE or (typenum == -1 and t != -1):
-                        typenum = t
+                    typenum = _join(typenum, rec[4])
                     continue
             # (the name is formatted only for a conversion: binding is on the
             # path of every one-shot call)

@@ -90,15 +90,23 @@ cdef inline void _struct_row(const Link *L, bint transpose, const floating *x,
             gc_diag_rank1_d(L.n, d, L.ds, L.scale, u, L.us, v, L.vs, x, out)
 
 
+cdef inline bint _lines(const Link *L, Py_ssize_t *nl,
+                       Py_ssize_t *ni) noexcept nogil:
+    """A sparse link's compressed lines (*nl: rows of a CSR, columns of a
+    CSC) and its indices' bound (*ni); True for a CSR."""
+    cdef bint csr = L.kind == LINK_CSR
+    nl[0] = L.m if csr else L.n
+    ni[0] = L.n if csr else L.m
+    return csr
+
+
 cdef int _sparse_rows(const Link *L, bint transpose, const floating *x,
                       Py_ssize_t B, floating *out, int nt) noexcept nogil:
-    """The sparse kinds: lines = rows of a CSR, columns of a CSC; J x of a
-    CSR and J^T x of a CSC gather along lines, the other two scatter.  -3
-    when the structure is out of bounds now (changed since it was bound)."""
-    cdef bint csr = L.kind == LINK_CSR
-    cdef bint gather = csr != transpose
-    cdef Py_ssize_t nl = L.m if csr else L.n      # lines
-    cdef Py_ssize_t ni = L.n if csr else L.m      # the indices' bound
+    """The sparse kinds: J x of a CSR and J^T x of a CSC gather along
+    lines, the other two scatter.  -3 when the structure is out of bounds
+    now (changed since it was bound)."""
+    cdef Py_ssize_t nl, ni
+    cdef bint gather = _lines(L, &nl, &ni) != transpose
     if gc_sp_apply(floating is double, L.isize, gather, nl, L.ptr, L.idx,
                    L.data, L.nnz, B, x, ni, out, nt):
         return -3
@@ -206,13 +214,12 @@ cdef int link_sparse_check(Py_ssize_t nl, const void *ptr, const void *idx,
 
 
 cdef int link_materialize(const Link *L, floating *out, int nt) noexcept nogil:
-    cdef bint csr = L.kind == LINK_CSR
-    cdef Py_ssize_t nl = L.m if csr else L.n
+    cdef Py_ssize_t nl, ni, i, cnt
+    cdef bint csr = _lines(L, &nl, &ni)
     cdef Py_ssize_t rs = L.n if csr else 1, cs = 1 if csr else L.n
-    cdef Py_ssize_t i, cnt
     cdef floating *eye
     cdef int rc
-    memset(out, 0, L.m * L.n * sizeof(floating))
+    memset(out, 0, L.m * L.n * sizeof(floating))    # the caller's m x n block
     if L.kind == LINK_OPERATOR:
         # row i of J is (J^T e_i)^T
         if not gc_size_mul(L.m, L.m, &cnt):
@@ -220,14 +227,14 @@ cdef int link_materialize(const Link *L, floating *out, int nt) noexcept nogil:
         eye = <floating *>gc_malloc_n(cnt, sizeof(floating))
         if eye == NULL:
             return -1
-        memset(eye, 0, L.m * L.m * sizeof(floating))
+        memset(eye, 0, cnt * sizeof(floating))
         for i in range(L.m):
             eye[i * L.m + i] = 1
         rc = link_apply_rows(L, True, eye, L.m, out, nt)
         free(eye)
         return rc
     if gc_sp_dense(floating is double, L.isize, nl, L.ptr, L.idx, L.data,
-                   L.nnz, L.n if csr else L.m, out, rs, cs):
+                   L.nnz, ni, out, rs, cs):
         return -3
     return 0
 
@@ -292,8 +299,9 @@ def sparse_rows(const floating[::1] data, const sp_index[::1] indices,
     if (out.shape[0] != B or x.shape[1] != (nbound if gather else nl)
             or out.shape[1] != (nl if gather else nbound)):
         raise ValueError("shape mismatch")
-    rc = gc_sp_check(sizeof(sp_index), nl, &indptr[0], &indices[0] if indices.shape[0] else NULL,
-                     min(indices.shape[0], data.shape[0]), nbound, &where)
+    rc = link_sparse_check(nl, &indptr[0], &indices[0] if indices.shape[0] else NULL,
+                           sizeof(sp_index), min(indices.shape[0], data.shape[0]),
+                           nbound, &where)
     if rc:
         raise ValueError(f"corrupt structure (gc_sp_check code {rc} at {where})")
     if B == 0 or out.shape[1] == 0:

@@ -526,3 +526,16 @@ def test_float32_chain_promoted_by_a_float64_vector(rng, fmt):
     assert np.allclose(res, ref, rtol=1e-6, atol=1e-6)
     res = c.jvp(rng.standard_normal(7))
     assert res.dtype == np.float64
+
+
+def test_sparse_dtype_is_read_from_the_bound_data():
+    # a subclass whose dtype lies about its data: the data the kernels
+    # would read decides (complex: TypeError, never a silent cast)
+    class Lying(sp.csr_array):
+        @property
+        def dtype(self):
+            return np.dtype(np.float64)
+
+    C = Lying(sp.csr_array(np.array([[1 + 1j, 0], [0, 1]])))
+    with pytest.raises(TypeError, match=r"jacobians\[0\] has complex dtype"):
+        gc.vjp([C], np.ones(2))
