@@ -6,6 +6,13 @@
 #define GC_SP_CAT_(a, b) a##_##b
 #define GC_SP_CAT(a, b) GC_SP_CAT_(a, b)
 #define GC_SP(base) GC_SP_CAT(base, GC_S)
+#ifndef GC_SP_INLINE
+#if defined(__GNUC__)
+#define GC_SP_INLINE inline __attribute__((always_inline))
+#else
+#define GC_SP_INLINE inline
+#endif
+#endif
 #ifndef GC_UNLIKELY
 #if defined(__GNUC__)
 #define GC_UNLIKELY(c) __builtin_expect(!!(c), 0)
@@ -54,81 +61,247 @@ GC_SP(gc_sp_gather)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
                     const GC_T *val, ptrdiff_t nstored, ptrdiff_t B,
                     const GC_T *x, ptrdiff_t nx, GC_T *out, int nthreads)
 {
-    ptrdiff_t r, b;
+    /* tasks: (block of GC_SP_LINES lines) x (tile of GC_SP_TILE rows of
+     * the block); a tile's sums run side by side over one walk of the
+     * lines, each in the order of its line's entries */
+    const ptrdiff_t nblk = (nptr + GC_SP_LINES - 1) / GC_SP_LINES;
+    const ptrdiff_t ntile = (B + GC_SP_TILE - 1) / GC_SP_TILE;
     const ptrdiff_t work = (nstored + nptr) * B;
-    const int par = nthreads > 1 && work >= GC_SPARSE_PARALLEL_MIN;
+    const int par = nthreads > 1 && work >= GC_SPARSE_PARALLEL_MIN
+                    && nblk * ntile > 1;
+    ptrdiff_t q;
     int bad = 0;
     (void)par;
-    if (B < 2 * nthreads) {
-        /* lines over threads, one row of the block at a time */
-        for (b = 0; b < B; b++) {
-            const GC_T *xb = x + b * nx;
-            GC_T *ob = out + b * nptr;
-            #pragma omp parallel for if (par) num_threads(nthreads) schedule(dynamic, 2048) reduction(|:bad)
-            for (r = 0; r < nptr; r++) {
-                ob[r] = GC_SP(gc_sp_line)(ptr, idx, val, nstored, r, xb, nx, &bad);
-            }
-        }
-        return bad;
-    }
     #pragma omp parallel for if (par) num_threads(nthreads) schedule(dynamic, 1) reduction(|:bad)
-    for (b = 0; b < B; b++) {
-        const GC_T *xb = x + b * nx;
-        GC_T *ob = out + b * nptr;
-        ptrdiff_t q;
-        for (q = 0; q < nptr; q++) {
-            ob[q] = GC_SP(gc_sp_line)(ptr, idx, val, nstored, q, xb, nx, &bad);
+    for (q = 0; q < nblk * ntile; q++) {
+        const ptrdiff_t r0 = (q / ntile) * GC_SP_LINES;
+        const ptrdiff_t r1 = r0 + GC_SP_LINES < nptr ? r0 + GC_SP_LINES : nptr;
+        const ptrdiff_t t0 = (q % ntile) * GC_SP_TILE;
+        const ptrdiff_t bt = B - t0 < GC_SP_TILE ? B - t0 : GC_SP_TILE;
+        const GC_T *xt = x + t0 * nx;
+        GC_T *ot = out + t0 * nptr;
+        ptrdiff_t r, p, t;
+        if (bt == 1) {
+            for (r = r0; r < r1; r++) {
+                ot[r] = GC_SP(gc_sp_line)(ptr, idx, val, nstored, r, xt, nx, &bad);
+            }
+            continue;
+        }
+        for (r = r0; r < r1; r++) {
+            GC_T acc[GC_SP_TILE];
+            ptrdiff_t p0, p1;
+            for (t = 0; t < bt; t++) {
+                acc[t] = 0;
+            }
+            if (GC_SP(gc_sp_range)(ptr, r, nstored, &p0, &p1)) {
+                bad = 1;
+                p1 = p0;
+            }
+            for (p = p0; p < p1; p++) {
+                const GC_I j = idx[p];
+                const GC_T v = val[p];
+                if (GC_UNLIKELY((size_t)j >= (size_t)nx)) {
+                    bad = 1;
+                    continue;
+                }
+                for (t = 0; t < bt; t++) {
+                    acc[t] += v * xt[t * nx + j];
+                }
+            }
+            for (t = 0; t < bt; t++) {
+                ot[t * nptr + r] = acc[t];
+            }
         }
     }
     return bad;
 }
 
-/* out (nout) = sum over lines r of x[r] * line r; 1 when a line's range
- * or an index is out of bounds (entries skipped) */
-static inline int
-GC_SP(gc_sp_scatter_row)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
-                         const GC_T *val, ptrdiff_t nstored, const GC_T *x,
-                         ptrdiff_t nout, GC_T *out)
+/* The scatter of lines [l0, l1) for the bt rows t of a tile (x rows xs
+ * apart): an entry's index j must lie in [lo, hi) (else skipped, 1);
+ * j in [ea, eb) adds into out[t * nout + j], any other into the
+ * workspace w (rows nw apart): [lo, ea) at w[j - lo], [eb, hi) at
+ * w[ea - lo + j - eb].  Inlined with bt = GC_SP_TILE for full tiles. */
+static GC_SP_INLINE int
+GC_SP(gc_sp_scatter_lines)(ptrdiff_t l0, ptrdiff_t l1, const GC_I *ptr,
+                           const GC_I *idx, const GC_T *val,
+                           ptrdiff_t nstored, const GC_T *x, ptrdiff_t xs,
+                           const ptrdiff_t bt, ptrdiff_t lo, ptrdiff_t hi,
+                           ptrdiff_t ea, ptrdiff_t eb, GC_T *out,
+                           ptrdiff_t nout, GC_T *w, ptrdiff_t nw)
 {
-    ptrdiff_t r, p;
+    const size_t span = (size_t)(hi - lo), excl = (size_t)(eb - ea);
+    /* one target when the span is all exclusive (out) or has no exclusive
+     * interval (the workspace); else two, chosen per entry */
+    const int one = excl == span || excl == 0;
+    GC_T *const base = excl == span ? out : w - lo;
+    const ptrdiff_t bs = excl == span ? nout : nw;
+    GC_T *const wr = w + (ea - lo) - eb;    /* right part: wr[j] */
+    ptrdiff_t r, p, t;
     int bad = 0;
-    for (r = 0; r < nout; r++) {
-        out[r] = 0;
-    }
-    for (r = 0; r < nptr; r++) {
-        const GC_T xr = x[r];
+    for (r = l0; r < l1; r++) {
+        GC_T xr[GC_SP_TILE];
         ptrdiff_t p0, p1;
         if (GC_SP(gc_sp_range)(ptr, r, nstored, &p0, &p1)) {
             bad = 1;
             continue;
         }
-        for (p = p0; p < p1; p++) {
-            const GC_I j = idx[p];
-            if (GC_UNLIKELY((size_t)j >= (size_t)nout)) {
-                bad = 1;
-                continue;
+        for (t = 0; t < bt; t++) {
+            xr[t] = x[t * xs + r];
+        }
+        if (one) {
+            for (p = p0; p < p1; p++) {
+                const ptrdiff_t j = (ptrdiff_t)idx[p];
+                const GC_T v = val[p];
+                GC_T *const o = base + j;
+                if (GC_UNLIKELY((size_t)(j - lo) >= span)) {
+                    bad = 1;
+                    continue;
+                }
+                for (t = 0; t < bt; t++) {
+                    o[t * bs] += v * xr[t];
+                }
             }
-            out[j] += val[p] * xr;
+            continue;
+        }
+        for (p = p0; p < p1; p++) {
+            const ptrdiff_t j = (ptrdiff_t)idx[p];
+            const GC_T v = val[p];
+            GC_T *o = out + j;
+            ptrdiff_t os = nout;
+            if ((size_t)(j - ea) >= excl) {     /* [ea, eb) is inside the span */
+                if (GC_UNLIKELY((size_t)(j - lo) >= span)) {
+                    bad = 1;
+                    continue;
+                }
+                o = (j < ea ? w - lo : wr) + j;
+                os = nw;
+            }
+            for (t = 0; t < bt; t++) {
+                o[t * os] += v * xr[t];
+            }
         }
     }
     return bad;
 }
 
+/* gc_sp_scatter_lines inlined for a full tile, one row, or bt rows */
+#define GC_SP_SCATTER_LINES(l0, l1, x, bt, lo, hi, ea, eb, out, w, nw)        \
+    ((bt) == GC_SP_TILE                                                       \
+     ? GC_SP(gc_sp_scatter_lines)(l0, l1, ptr, idx, val, nstored, x, nptr,    \
+                                  GC_SP_TILE, lo, hi, ea, eb, out, nout, w,   \
+                                  nw)                                         \
+     : (bt) == 1                                                              \
+     ? GC_SP(gc_sp_scatter_lines)(l0, l1, ptr, idx, val, nstored, x, nptr, 1, \
+                                  lo, hi, ea, eb, out, nout, w, nw)           \
+     : GC_SP(gc_sp_scatter_lines)(l0, l1, ptr, idx, val, nstored, x, nptr,    \
+                                  bt, lo, hi, ea, eb, out, nout, w, nw))
+
 int
 GC_SP(gc_sp_scatter)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
                      const GC_T *val, ptrdiff_t nstored, ptrdiff_t B,
-                     const GC_T *x, ptrdiff_t nout, GC_T *out, int nthreads)
+                     const GC_T *x, ptrdiff_t nout, GC_T *out, int nthreads,
+                     const int64_t *part)
 {
-    ptrdiff_t b;
-    const int par = nthreads > 1 && B > 1
-                    && (nstored + nptr) * B >= GC_SPARSE_PARALLEL_MIN;
+    const ptrdiff_t P = part != NULL && part[0] > 1 ? (ptrdiff_t)part[0] : 1;
+    const ptrdiff_t ntile = (B + GC_SP_TILE - 1) / GC_SP_TILE;
+    const ptrdiff_t btmax = B < GC_SP_TILE ? B : GC_SP_TILE;
+    const ptrdiff_t nblk = (nout + GC_SP_COLS - 1) / GC_SP_COLS;
+    const int par = nthreads > 1 && (nstored + nptr) * B >= GC_SPARSE_PARALLEL_MIN;
+    ptrdiff_t off[GC_SP_CHUNKS_MAX + 1], c, t0;
+    GC_T *ws;
     int bad = 0;
     (void)par;
-    #pragma omp parallel for if (par) num_threads(nthreads) schedule(dynamic, 1) reduction(|:bad)
-    for (b = 0; b < B; b++) {
-        bad |= GC_SP(gc_sp_scatter_row)(nptr, ptr, idx, val, nstored,
-                                        x + b * nptr, nout, out + b * nout);
+    if (P == 1) {
+        /* one chunk: the tiles over threads, each summed in line order */
+        #pragma omp parallel for if (par && ntile > 1) num_threads(nthreads) schedule(dynamic, 1) reduction(|:bad)
+        for (t0 = 0; t0 < ntile; t0++) {
+            const ptrdiff_t b0 = t0 * GC_SP_TILE;
+            const ptrdiff_t bt = B - b0 < GC_SP_TILE ? B - b0 : GC_SP_TILE;
+            GC_T *ot = out + b0 * nout;
+            memset(ot, 0, (size_t)(bt * nout) * sizeof(GC_T));
+            bad |= GC_SP_SCATTER_LINES(0, nptr, x + b0 * nptr, bt, 0, nout, 0,
+                                       nout, ot, ot, 0);
+        }
+        return bad;
     }
+    /* P chunks of lines (the structure's partition, gc_sp_check).  Chunk c
+     * adds into out over its exclusive interval [ea_c, eb_c) (no other
+     * chunk's span meets it) and into its workspace over the rest of its
+     * span; then every column outside the exclusive intervals (the gaps)
+     * is 0 + workspace c, c = 0 .. P-1, in order: per column, exactly the
+     * sum of the chunks' partial sums in chunk order. */
+    off[0] = 0;
+    for (c = 0; c < P; c++) {
+        const int64_t *q = part;
+        off[c + 1] = off[c]
+            + (ptrdiff_t)((q[GC_SP_P_EA + c] - q[GC_SP_P_LO + c])
+                          + (q[GC_SP_P_HI + c] - q[GC_SP_P_EB + c])) * btmax;
+    }
+    ws = (GC_T *)malloc((size_t)(off[P] > 0 ? off[P] : 1) * sizeof(GC_T));
+    if (ws == NULL) {
+        return 2;
+    }
+    #pragma omp parallel if (par) num_threads(nthreads) reduction(|:bad)
+    {
+        ptrdiff_t b0, q;
+        for (b0 = 0; b0 < B; b0 += GC_SP_TILE) {
+            const ptrdiff_t bt = B - b0 < GC_SP_TILE ? B - b0 : GC_SP_TILE;
+            GC_T *ot = out + b0 * nout;
+            #pragma omp for schedule(dynamic, 1)
+            for (q = 0; q < P; q++) {
+                const ptrdiff_t lo = (ptrdiff_t)part[GC_SP_P_LO + q];
+                const ptrdiff_t hi = (ptrdiff_t)part[GC_SP_P_HI + q];
+                const ptrdiff_t ea = (ptrdiff_t)part[GC_SP_P_EA + q];
+                const ptrdiff_t eb = (ptrdiff_t)part[GC_SP_P_EB + q];
+                const ptrdiff_t nw = (ea - lo) + (hi - eb);
+                const ptrdiff_t l0 = (ptrdiff_t)part[GC_SP_P_BND + q];
+                const ptrdiff_t l1 = (ptrdiff_t)part[GC_SP_P_BND + q + 1];
+                GC_T *w = ws + off[q];
+                ptrdiff_t t;
+                for (t = 0; t < bt; t++) {
+                    memset(ot + t * nout + ea, 0, (size_t)(eb - ea) * sizeof(GC_T));
+                }
+                memset(w, 0, (size_t)(bt * nw) * sizeof(GC_T));
+                bad |= GC_SP_SCATTER_LINES(l0, l1, x + b0 * nptr, bt, lo, hi, ea,
+                                           eb, ot, w, nw);
+            }
+            #pragma omp for schedule(static)
+            for (q = 0; q < nblk; q++) {
+                const ptrdiff_t j0 = q * GC_SP_COLS;
+                const ptrdiff_t j1 = nout - j0 < GC_SP_COLS ? nout : j0 + GC_SP_COLS;
+                const ptrdiff_t ng = (ptrdiff_t)part[GC_SP_P_NGAP];
+                ptrdiff_t k, t, j, h;
+                for (k = 0; k < ng; k++) {
+                    const ptrdiff_t g0 = (ptrdiff_t)part[GC_SP_P_GLO + k];
+                    const ptrdiff_t g1 = (ptrdiff_t)part[GC_SP_P_GHI + k];
+                    const ptrdiff_t a = g0 > j0 ? g0 : j0, e = g1 < j1 ? g1 : j1;
+                    for (t = 0; t < bt && a < e; t++) {
+                        memset(ot + t * nout + a, 0, (size_t)(e - a) * sizeof(GC_T));
+                    }
+                }
+                for (k = 0; k < P; k++) {
+                    const ptrdiff_t lo = (ptrdiff_t)part[GC_SP_P_LO + k];
+                    const ptrdiff_t hi = (ptrdiff_t)part[GC_SP_P_HI + k];
+                    const ptrdiff_t ea = (ptrdiff_t)part[GC_SP_P_EA + k];
+                    const ptrdiff_t eb = (ptrdiff_t)part[GC_SP_P_EB + k];
+                    const ptrdiff_t nw = (ea - lo) + (hi - eb);
+                    /* the left part [lo, ea) at w[j - lo], the right part
+                     * [eb, hi) at w[ea - lo + j - eb] */
+                    for (h = 0; h < 2; h++) {
+                        const ptrdiff_t s0 = h ? eb : lo, s1 = h ? hi : ea;
+                        const ptrdiff_t a = s0 > j0 ? s0 : j0, e = s1 < j1 ? s1 : j1;
+                        const GC_T *w = ws + off[k] + (h ? (ea - lo) - eb : -lo);
+                        for (t = 0; t < bt; t++) {
+                            for (j = a; j < e; j++) {
+                                ot[t * nout + j] += w[t * nw + j];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    free(ws);
     return bad;
 }
 
@@ -160,6 +333,7 @@ GC_SP(gc_sp_todense)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
     return bad;
 }
 
+#undef GC_SP_SCATTER_LINES
 #undef GC_SP_CAT_
 #undef GC_SP_CAT
 #undef GC_SP

@@ -16,7 +16,9 @@ from cpython.pyport cimport PY_SSIZE_T_MAX
 from gradchain._link cimport (Link, LINK_DENSE, LINK_DIAG,
                               LINK_SCALED_IDENTITY, LINK_DIAG_RANK1,
                               LINK_IDENTITY, LINK_CSR, LINK_CSC, LINK_OPERATOR,
-                              OperatorCall, link_clear, link_sparse_check)
+                              OperatorCall, link_clear, link_sparse_check,
+                              LINK_PART_LEN)
+from libc.stdint cimport int64_t
 from gradchain._sizes cimport gc_malloc_n
 
 cnp.import_array()
@@ -249,13 +251,15 @@ cdef cnp.ndarray _index_array(object a, object dtype):
 
 
 cdef tuple _sparse_record(object item, Py_ssize_t i):
-    """(kind, (m, n), (data, indices, indptr), source, typenum) of a
+    """(kind, (m, n), (data, indices, indptr), source, typenum, part) of a
     scipy.sparse link, validated: CSR and CSC are read in place (their data,
     indices and indptr, any order, duplicates and explicit zeros included)
     when the arrays are contiguous int32/int64 indices; any other format is
     converted to CSR once, here.  The structure is checked in O(nnz): a
-    corrupt one raises instead of making the kernels read out of bounds."""
+    corrupt one raises instead of making the kernels read out of bounds.
+    part is the scatter's partition of its lines (the same walk)."""
     cdef cnp.ndarray data, indices, indptr
+    cdef cnp.ndarray part = np.empty(LINK_PART_LEN, np.int64)
     cdef Py_ssize_t m, n, nl, nb, where = -1
     cdef int rc
     name = f"jacobians[{i}]"
@@ -289,7 +293,8 @@ cdef tuple _sparse_record(object item, Py_ssize_t i):
             f"expected {nl + 1}")
     nidx = min(cnp.PyArray_DIM(indices, 0), cnp.PyArray_DIM(data, 0))
     rc = link_sparse_check(nl, cnp.PyArray_DATA(indptr), cnp.PyArray_DATA(indices),
-                           <int>cnp.PyArray_ITEMSIZE(indices), nidx, nb, &where)
+                           <int>cnp.PyArray_ITEMSIZE(indices), nidx, nb, &where,
+                           <int64_t *>cnp.PyArray_DATA(part))
     if rc:
         what = ("rows" if csr else "columns", "column" if csr else "row")
         raise ValueError(f"{name} ({type(src).__name__}, format {item.format}) "
@@ -300,7 +305,7 @@ cdef tuple _sparse_record(object item, Py_ssize_t i):
             f"indices[{where}] = {indices[where]} is not a {what[1]} index in "
             f"[0, {nb})"))
     kind = LINK_CSR if csr else LINK_CSC
-    return (kind, (m, n), (data, indices, indptr), item, typenum)
+    return (kind, (m, n), (data, indices, indptr), item, typenum, part)
 
 
 cdef tuple _matfree_record(object op, Py_ssize_t i):
@@ -483,7 +488,7 @@ cdef class LinkTable:
         cdef const char *lo
         cdef const char *hi
         cdef int typenum = cnp.NPY_DOUBLE if dtype is _DT_DOUBLE else cnp.NPY_FLOAT
-        kind, (m, n), (data, indices, indptr), item, t = rec
+        kind, (m, n), (data, indices, indptr), item, t, part = rec
         if not (_usable(data, typenum) and cnp.PyArray_IS_C_CONTIGUOUS(data)):
             data = np.ascontiguousarray(data, dtype=dtype)
             self.converted = True
@@ -493,13 +498,14 @@ cdef class LinkTable:
         L.idx = <const char *>cnp.PyArray_DATA(indices)
         L.isize = <int>cnp.PyArray_ITEMSIZE(indices)
         L.nnz = indptr[cnp.PyArray_DIM(indptr, 0) - 1]
+        L.part = <const int64_t *>cnp.PyArray_DATA(part)
         for a in (data, indices, indptr):
             _extent(<cnp.ndarray>a, &lo, &hi)
             if L.lo == NULL or lo < L.lo:
                 L.lo = lo
             if L.hi == NULL or hi > L.hi:
                 L.hi = hi
-        return (kind, (m, n), (data, indices, indptr), item, t)
+        return (kind, (m, n), (data, indices, indptr), item, t, part)
 
     cdef _set_operator(self, Py_ssize_t i, tuple rec, dtype):
         """Link i from an operator's validated record (_operator_record)."""

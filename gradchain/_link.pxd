@@ -10,6 +10,7 @@
 # Design section.
 cimport numpy as cnp
 from cython cimport floating
+from libc.stdint cimport int64_t
 
 # Kinds (also the _gc_kind of the operator classes in operators.py).
 cpdef enum LinkKind:
@@ -55,6 +56,8 @@ cdef struct Link:
     Py_ssize_t nnz            # sparse: entries, ptr's last value as bound
                               # (<= those stored): the kernels' bound
     void *obj                 # matrix-free: a borrowed OperatorCall
+    const int64_t *part       # sparse: the scatter's partition of the
+                              # lines (gc_sp_check), or NULL (one chunk)
 
 
 # A clear link: every field zero or NULL, of the given kind and shape.
@@ -72,6 +75,7 @@ cdef inline Link link_clear(int kind, Py_ssize_t m, Py_ssize_t n) noexcept nogil
     L.isize = 0
     L.nnz = 0
     L.obj = NULL
+    L.part = NULL
     return L
 
 
@@ -153,10 +157,15 @@ cdef int link_materialize(const Link *L, floating *out, int nt) noexcept nogil
 
 # The O(nnz) structure check of a sparse link's pointers (nl + 1 of them)
 # and indices (isize bytes each, nidx stored, each < nbound): 0, or the
-# first failure's code and *where (csrc/gc_sparse.h, gc_sp_check_*).
+# first failure's code and *where (csrc/gc_sparse.h, gc_sp_check_*).  With
+# part (LINK_PART_LEN entries, or NULL) the same walk writes the scatter's
+# partition of the lines, for Link.part.
 cdef int link_sparse_check(Py_ssize_t nl, const void *ptr, const void *idx,
                            int isize, Py_ssize_t nidx, Py_ssize_t nbound,
-                           Py_ssize_t *where) noexcept nogil
+                           Py_ssize_t *where, int64_t *part) noexcept nogil
+
+cdef extern from "gc_sparse.h":
+    enum: LINK_PART_LEN "GC_SP_PART_LEN"
 
 # After an executor returned rc != 0: raise what failed -- the pending
 # exception of a matrix-free link's callback (rc -2), ValueError for a

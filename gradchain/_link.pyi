@@ -53,3 +53,11 @@ def sparse_rows(
     out: NDArray[np.float32] | NDArray[np.float64],
     gather: bool,
 ) -> None: ...
+
+# The scatter's partition of a compressed structure (chunks, bounds, spans,
+# exclusive intervals, gaps), as a bound link's is computed.
+def sparse_partition(
+    indices: NDArray[np.int32] | NDArray[np.int64],
+    indptr: NDArray[np.int32] | NDArray[np.int64],
+    nbound: int,
+) -> dict[str, Any]: ...

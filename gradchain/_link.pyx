@@ -43,13 +43,14 @@ cdef extern from "gc_sparse.h" nogil:
     int gc_sp_apply(int dbl, int isize, int gather, Py_ssize_t nptr,
                     const void *ptr, const void *idx, const void *val,
                     Py_ssize_t nstored, Py_ssize_t B, const void *x,
-                    Py_ssize_t nother, void *out, int nthreads)
+                    Py_ssize_t nother, void *out, int nthreads,
+                    const int64_t *part)
     int gc_sp_dense(int dbl, int isize, Py_ssize_t nptr, const void *ptr,
                     const void *idx, const void *val, Py_ssize_t nstored,
                     Py_ssize_t nidx, void *out, Py_ssize_t rs, Py_ssize_t cs)
     int gc_sp_check(int isize, Py_ssize_t nptr, const void *ptr,
                     const void *idx, Py_ssize_t nidx, Py_ssize_t nbound,
-                    Py_ssize_t *where)
+                    Py_ssize_t *where, int64_t *part)
 
 cdef extern from "gc_maps.h" nogil:
     void gc_ew_deriv_mul_s(int code, double param, Py_ssize_t n, const float *x,
@@ -103,14 +104,14 @@ cdef inline bint _lines(const Link *L, Py_ssize_t *nl,
 cdef int _sparse_rows(const Link *L, bint transpose, const floating *x,
                       Py_ssize_t B, floating *out, int nt) noexcept nogil:
     """The sparse kinds: J x of a CSR and J^T x of a CSC gather along
-    lines, the other two scatter.  -3 when the structure is out of bounds
-    now (changed since it was bound)."""
+    lines, the other two scatter (over the link's partition).  -3 when
+    the structure is out of bounds now (changed since it was bound), -1
+    when a scatter's workspace cannot be had."""
     cdef Py_ssize_t nl, ni
     cdef bint gather = _lines(L, &nl, &ni) != transpose
-    if gc_sp_apply(floating is double, L.isize, gather, nl, L.ptr, L.idx,
-                   L.data, L.nnz, B, x, ni, out, nt):
-        return -3
-    return 0
+    cdef int rc = gc_sp_apply(floating is double, L.isize, gather, nl, L.ptr,
+                              L.idx, L.data, L.nnz, B, x, ni, out, nt, L.part)
+    return 0 if rc == 0 else -1 if rc == 2 else -3
 
 
 # the exception of a matrix-free link's callback, per thread, from the
@@ -209,8 +210,8 @@ cdef int link_raise(int rc, str msg) except -1:
 
 cdef int link_sparse_check(Py_ssize_t nl, const void *ptr, const void *idx,
                            int isize, Py_ssize_t nidx, Py_ssize_t nbound,
-                           Py_ssize_t *where) noexcept nogil:
-    return gc_sp_check(isize, nl, ptr, idx, nidx, nbound, where)
+                           Py_ssize_t *where, int64_t *part) noexcept nogil:
+    return gc_sp_check(isize, nl, ptr, idx, nidx, nbound, where, part)
 
 
 cdef int link_materialize(const Link *L, floating *out, int nt) noexcept nogil:
@@ -293,6 +294,7 @@ def sparse_rows(const floating[::1] data, const sp_index[::1] indices,
     beyond shapes (use gradchain.vjp/jvp).
     """
     cdef Py_ssize_t nl = indptr.shape[0] - 1, where = -1, B = x.shape[0]
+    cdef int64_t part[LINK_PART_LEN]
     cdef int rc
     if nl < 0:
         raise ValueError("indptr is empty")
@@ -301,7 +303,7 @@ def sparse_rows(const floating[::1] data, const sp_index[::1] indices,
         raise ValueError("shape mismatch")
     rc = link_sparse_check(nl, &indptr[0], &indices[0] if indices.shape[0] else NULL,
                            sizeof(sp_index), min(indices.shape[0], data.shape[0]),
-                           nbound, &where)
+                           nbound, &where, part)
     if rc:
         raise ValueError(f"corrupt structure (gc_sp_check code {rc} at {where})")
     if B == 0 or out.shape[1] == 0:
@@ -311,6 +313,56 @@ def sparse_rows(const floating[::1] data, const sp_index[::1] indices,
                          &indptr[0], &indices[0] if indices.shape[0] else NULL,
                          &data[0] if data.shape[0] else NULL, indptr[nl], B,
                          &x[0, 0] if x.shape[1] else NULL, nbound,
-                         &out[0, 0], effective_threads())
+                         &out[0, 0], effective_threads(), part)
+    if rc == 2:
+        raise MemoryError("no memory for the scatter's workspace")
     if rc:
         raise ValueError("structure out of bounds")
+
+
+def sparse_partition(const sp_index[::1] indices, const sp_index[::1] indptr,
+                     Py_ssize_t nbound):
+    """The scatter's partition of a compressed structure (checked first:
+    ValueError), as csrc/gc_sparse.c computes it for a bound link: a dict
+    of ``chunks`` (P), ``bounds`` (P + 1 line bounds), ``spans`` (P x 2:
+    each chunk's index span [lo, hi)), ``exclusive`` (P x 2: the part of
+    its span no other span meets, [ea, eb), empty as ea == eb) and ``gaps``
+    (the intervals of [0, nbound) outside every exclusive interval).  For
+    tests and for reading a scatter's summation order: chunk by chunk, each
+    chunk in line order, then the chunks' partial sums in chunk order."""
+    cdef Py_ssize_t nl = indptr.shape[0] - 1, where = -1, P, c
+    cdef int64_t part[LINK_PART_LEN]
+    cdef int rc
+    if nl < 0:
+        raise ValueError("indptr is empty")
+    rc = link_sparse_check(nl, &indptr[0], &indices[0] if indices.shape[0] else NULL,
+                           sizeof(sp_index), indices.shape[0], nbound, &where, part)
+    if rc:
+        raise ValueError(f"corrupt structure (gc_sp_check code {rc} at {where})")
+    P = part[0]
+    lay = _part_layout()
+    return {
+        "chunks": int(P),
+        "bounds": [int(part[lay[0] + c]) for c in range(P + 1)],
+        "spans": [(int(part[lay[1] + c]), int(part[lay[2] + c])) for c in range(P)],
+        "exclusive": [(int(part[lay[3] + c]), int(part[lay[4] + c])) for c in range(P)],
+        "gaps": [(int(part[lay[6] + c]), int(part[lay[7] + c]))
+                 for c in range(part[lay[5]])],
+    }
+
+
+cdef extern from "gc_sparse.h":
+    enum:
+        GC_SP_P_BND
+        GC_SP_P_LO
+        GC_SP_P_HI
+        GC_SP_P_EA
+        GC_SP_P_EB
+        GC_SP_P_NGAP
+        GC_SP_P_GLO
+        GC_SP_P_GHI
+
+
+cdef tuple _part_layout():
+    return (GC_SP_P_BND, GC_SP_P_LO, GC_SP_P_HI, GC_SP_P_EA, GC_SP_P_EB,
+            GC_SP_P_NGAP, GC_SP_P_GLO, GC_SP_P_GHI)

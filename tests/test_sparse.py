@@ -539,3 +539,174 @@ def test_sparse_dtype_is_read_from_the_bound_data():
     C = Lying(sp.csr_array(np.array([[1 + 1j, 0], [0, 1]])))
     with pytest.raises(TypeError, match=r"jacobians\[0\] has complex dtype"):
         gc.vjp([C], np.ones(2))
+
+
+# --------------------------------------------------------------------------
+# the scatter's partition (J^T g of a CSR, J v of a CSC): chunks of lines
+# summed apart, then in chunk order; bitwise against np.add.at in that order
+# --------------------------------------------------------------------------
+
+NPART = 1 << 17
+
+
+def _rows_to_csr(rows, n, dtype, rng, shuffle=True):
+    """A CSR from per-row (columns, values), entries in the given order
+    (shuffled within rows when asked: unsorted indices, duplicates kept)."""
+    indptr = np.zeros(len(rows) + 1, np.int64)
+    cols, vals = [], []
+    for i, (c, v) in enumerate(rows):
+        if shuffle and len(c) > 1:
+            o = rng.permutation(len(c))
+            c, v = c[o], v[o]
+        cols.append(c)
+        vals.append(v)
+        indptr[i + 1] = indptr[i] + len(c)
+    return sp.csr_array((np.concatenate(vals).astype(dtype),
+                         np.concatenate(cols).astype(np.int32),
+                         indptr.astype(np.int32)), shape=(len(rows), n))
+
+
+def _partition_cases(rng, dtype):
+    n = NPART
+    out = {}
+    out["tridiagonal"] = sp.diags_array(
+        [rng.standard_normal(n - 1), rng.standard_normal(n), rng.standard_normal(n - 1)],
+        offsets=[-1, 0, 1], format="csr", dtype=dtype)
+    # pentadiagonal rows, shuffled, with duplicates, empty rows and (one
+    # case) a few long-range entries: each widens its chunk's span over its
+    # neighbours' exclusive intervals, so fewer chunks, maybe one, pass the
+    # workspace cap
+    rows = []
+    far = set(rng.choice(n, 12, replace=False).tolist())
+    for i in range(n):
+        if i % 7 == 3:
+            rows.append((np.zeros(0, np.int64), np.zeros(0)))
+            continue
+        c = np.arange(max(i - 2, 0), min(i + 3, n))
+        if i % 5 == 0:
+            c = np.append(c, i)                       # a duplicate
+        if i in far:
+            c = np.append(c, rng.integers(0, n))      # long range
+        rows.append((c, rng.standard_normal(len(c))))
+    out["long-range entries"] = _rows_to_csr(rows, n, dtype, rng)
+    out["pentadiagonal, shuffled"] = _rows_to_csr(
+        [(c[np.abs(c - i) <= 2], v[np.abs(c - i) <= 2]) for i, (c, v) in enumerate(rows)],
+        n, dtype, rng)
+    # blocks of 8 on the diagonal
+    rows = [(np.arange(i - i % 8, i - i % 8 + 8), rng.standard_normal(8)) for i in range(n)]
+    out["block diagonal"] = _rows_to_csr(rows, n, dtype, rng, shuffle=False)
+    # one long-range entry, row 10 to column 3n/16 + 5: at 16 chunks it
+    # covers chunks 1-2 (no exclusive interval left) and too much is
+    # shared; at 8, chunk 0's exclusive interval is cut on the right and
+    # chunk 1's on the left, a gap of ~n/16 columns between
+    T = out["tridiagonal"].tolil()
+    T[10, 3 * n // 16 + 5] = 1.5
+    out["one long-range entry"] = sp.csr_array(T.tocsr())
+    # a banded structure whose rows are permuted: every chunk's span is wide
+    perm = rng.permutation(n)
+    out["permuted rows"] = out["tridiagonal"][perm]
+    return out
+
+
+def _chunked_scatter_ref(S, part, X):
+    """The scatter's sums in the partition's order: each chunk's entries
+    added in storage order (np.add.at is sequential), then out = 0 + ws_0 +
+    ws_1 + ... (a column no chunk touches adds exact zeros)."""
+    dtype = S.data.dtype
+    nb = S.shape[1]
+    B = X.shape[0]
+    out = np.zeros((B, nb), dtype)
+    ptr = S.indptr
+    for c in range(part["chunks"]):
+        l0, l1 = part["bounds"][c], part["bounds"][c + 1]
+        p0, p1 = ptr[l0], ptr[l1]
+        lines = np.repeat(np.arange(l0, l1), np.diff(ptr[l0:l1 + 1]))
+        for b in range(B):
+            ws = np.zeros(nb, dtype)
+            np.add.at(ws, S.indices[p0:p1], S.data[p0:p1] * X[b, lines])
+            out[b] = out[b] + ws
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scatter_partition(rng, dtype, restore_threads):
+    """Every case's partition is a valid one (chunks cover the lines, every
+    entry inside its chunk's span, exclusive intervals met by no other
+    span, gaps and exclusive intervals tile [0, n), workspace within the
+    cap); J^T g of the CSR and J v of its CSC twin equal the chunked
+    reference bit for bit, for 1-4 threads and block sizes around a tile."""
+    from gradchain._link import sparse_partition
+    threads_compared()
+    n = NPART
+    for name, S in _partition_cases(rng, dtype).items():
+        part = sparse_partition(S.indices, S.indptr, n)
+        P, bounds = part["chunks"], part["bounds"]
+        assert bounds[0] == 0 and bounds[-1] == S.shape[0], name
+        assert all(a <= b for a, b in zip(bounds, bounds[1:])), name
+        shared = 0
+        for c in range(P):
+            lo, hi = part["spans"][c]
+            ea, eb = part["exclusive"][c]
+            seg = S.indices[S.indptr[bounds[c]]:S.indptr[bounds[c + 1]]]
+            if len(seg):
+                assert lo == seg.min() and hi == seg.max() + 1, (name, c)
+            assert lo <= ea <= eb <= hi, (name, c)
+            for d in range(P):
+                dlo, dhi = part["spans"][d]
+                if d != c and dlo < dhi and ea < eb:
+                    assert dhi <= ea or dlo >= eb, (name, c, d)
+            shared += (ea - lo) + (hi - eb)
+        if P > 1:
+            assert shared <= n // 4, name
+        tiles = sorted([e for e in part["exclusive"] if e[0] < e[1]] + part["gaps"])
+        assert tiles[0][0] == 0 and tiles[-1][1] == n, name
+        assert all(a[1] == b[0] for a, b in zip(tiles, tiles[1:])), name
+        if name in ("tridiagonal", "block diagonal", "pentadiagonal, shuffled"):
+            assert P == 16, (name, P)
+        elif name == "one long-range entry":
+            assert P == 8, (name, P)
+            assert part["exclusive"][0][1] < 3 * n // 16 + 6 <= part["exclusive"][1][0]
+            assert any(b - a > n // 32 for a, b in part["gaps"]), part["gaps"]
+        elif name == "permuted rows":
+            assert P == 1, (name, P)      # every span is all of [0, n)
+        G = rng.standard_normal((11, S.shape[0])).astype(dtype)
+        ref = _chunked_scatter_ref(S, part, G)
+        St = sp.csc_array((S.data, S.indices, S.indptr), shape=S.shape[::-1])
+        for t in (1, 2, 3, 4):
+            gc.set_num_threads(t)
+            for B in (1, 8, 11):
+                assert np.array_equal(gc.Chain([S]).vjp(G[:B] if B > 1 else G[0]),
+                                      ref[:B] if B > 1 else ref[0]), (name, t, B)
+            assert np.array_equal(gc.Chain([St]).jvp(G[3]), ref[3]), (name, t)
+        # and against the dense-free float64 product
+        check(gc.Chain([S]).vjp(G[5]), S.T.astype(np.float64) @ f64(G[5]),
+              abs(S).T.astype(np.float64) @ np.abs(f64(G[5])), dtype)
+
+
+def test_scatter_partition_structure_changed(rng):
+    """An index edited in place after binding, still below n but outside
+    its chunk's span, is reported (ValueError), not written out of place;
+    the gather (J v) is not partitioned and follows the edit."""
+    n = NPART
+    S = sp.diags_array([np.ones(n - 1), np.ones(n), np.ones(n - 1)],
+                       offsets=[-1, 0, 1], format="csr")
+    c = gc.Chain([S])
+    g = rng.standard_normal(n)
+    before = c.vjp(g)
+    S.indices[1] = n - 1                 # row 0's second entry, chunk 0
+    with pytest.raises(ValueError, match="changed after"):
+        c.vjp(g)
+    v = rng.standard_normal(n)
+    assert np.array_equal(c.jvp(v), S @ v)
+    S.indices[1] = 1
+    assert np.array_equal(c.vjp(g), before)
+
+
+def test_sparse_partition_refuses_corrupt_structure():
+    from gradchain._link import sparse_partition
+    with pytest.raises(ValueError, match="corrupt"):
+        sparse_partition(np.array([0, 5], np.int32), np.array([0, 2], np.int32), 3)
+    with pytest.raises(ValueError, match="corrupt"):
+        sparse_partition(np.array([0, 1], np.int32), np.array([0, 2, 1], np.int32), 3)
+    d = sparse_partition(np.zeros(0, np.int64), np.zeros(4, np.int64), 5)
+    assert d["chunks"] == 1 and d["gaps"] == [] and d["exclusive"] == [(0, 5)]
