@@ -152,7 +152,7 @@ gc_sp_partition(ptrdiff_t P, ptrdiff_t g, const ptrdiff_t *fb,
              ptrdiff_t nbound, ptrdiff_t *where, int64_t *part)              \
     {                                                                         \
         const ptrdiff_t F = GC_SP_CHUNKS_MAX;                                 \
-        ptrdiff_t r, p, c, nnz, P;                                            \
+        ptrdiff_t r, p, c, nnz, P, band = 0;                                  \
         ptrdiff_t fb[GC_SP_CHUNKS_MAX + 1], flo[GC_SP_CHUNKS_MAX],            \
             fhi[GC_SP_CHUNKS_MAX];                                            \
         if (ptr[0] != 0) {                                                    \
@@ -187,15 +187,18 @@ gc_sp_partition(ptrdiff_t P, ptrdiff_t g, const ptrdiff_t *fb,
         }                                                                     \
         for (c = 0; c < F; c++) {                                             \
             ptrdiff_t lo = nbound, hi = 0;                                    \
-            const ptrdiff_t p1 = (ptrdiff_t)ptr[fb[c + 1]];                   \
-            for (p = (ptrdiff_t)ptr[fb[c]]; p < p1; p++) {                    \
-                const ptrdiff_t j = (ptrdiff_t)idx[p];                        \
-                if (j < 0 || j >= nbound) {                                   \
-                    *where = p;                                               \
-                    return 4;                                                 \
+            for (r = fb[c]; r < fb[c + 1]; r++) {                             \
+                const ptrdiff_t p1 = (ptrdiff_t)ptr[r + 1];                   \
+                for (p = (ptrdiff_t)ptr[r]; p < p1; p++) {                    \
+                    const ptrdiff_t j = (ptrdiff_t)idx[p];                    \
+                    if (j < 0 || j >= nbound) {                               \
+                        *where = p;                                           \
+                        return 4;                                             \
+                    }                                                         \
+                    lo = j < lo ? j : lo;                                     \
+                    hi = j >= hi ? j + 1 : hi;                                \
+                    band = j - r > band ? j - r : r - j > band ? r - j : band; \
                 }                                                             \
-                lo = j < lo ? j : lo;                                         \
-                hi = j >= hi ? j + 1 : hi;                                    \
             }                                                                 \
             flo[c] = lo < hi ? lo : 0;                                        \
             fhi[c] = lo < hi ? hi : 0;                                        \
@@ -203,6 +206,7 @@ gc_sp_partition(ptrdiff_t P, ptrdiff_t g, const ptrdiff_t *fb,
         if (part == NULL) {                                                   \
             return 0;                                                         \
         }                                                                     \
+        part[GC_SP_P_BAND] = band;                                            \
         for (P = F; P > 1; P /= 2) {                                          \
             if (nnz / P >= GC_SP_CHUNK_MIN                                    \
                 && gc_sp_partition(P, F / P, fb, flo, fhi, nbound,            \

@@ -58,7 +58,9 @@ extern "C" {
  * at _EA + c, _EB + c its exclusive interval [ea, eb) (inside the span, no
  * other span meets it; ea = eb = lo when none); at _NGAP the number of
  * gaps, at _GLO + g, _GHI + g gap g: the intervals of [0, nbound) outside
- * every exclusive interval, ascending. */
+ * every exclusive interval, ascending; at _BAND the structure's bandwidth,
+ * the largest |line - index| of an entry (0 when there is none: the cost
+ * model's bound on the entries of a product). */
 #define GC_SP_P_BND 1
 #define GC_SP_P_LO (2 + GC_SP_CHUNKS_MAX)
 #define GC_SP_P_HI (2 + 2 * GC_SP_CHUNKS_MAX)
@@ -67,7 +69,8 @@ extern "C" {
 #define GC_SP_P_NGAP (2 + 5 * GC_SP_CHUNKS_MAX)
 #define GC_SP_P_GLO (3 + 5 * GC_SP_CHUNKS_MAX)
 #define GC_SP_P_GHI (4 + 6 * GC_SP_CHUNKS_MAX)
-#define GC_SP_PART_LEN (5 + 7 * GC_SP_CHUNKS_MAX)
+#define GC_SP_P_BAND (5 + 7 * GC_SP_CHUNKS_MAX)  /* max |line - index| */
+#define GC_SP_PART_LEN (6 + 7 * GC_SP_CHUNKS_MAX)
 
 #define GC_SP_DECL(T, S, I)                                                   \
     int gc_sp_gather_##S(ptrdiff_t nptr, const I *ptr, const I *idx,         \

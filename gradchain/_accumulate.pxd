@@ -17,3 +17,10 @@ cdef int run_product(const Link *f, Py_ssize_t m, const int *split, int order,
 cdef int run_samples(const Link *f, Py_ssize_t m, const int *split, int order,
                      Py_ssize_t B, floating *out, Py_ssize_t ostride,
                      bint sample_threads, int nt) noexcept nogil
+
+# The sparse product F_0 ... F_{m-1} (every factor sparse or diagonal-like:
+# _bracket.MODE_SPARSE) as a scipy.sparse.csr_array of dtype typenum, in
+# the bracketing of split (ORDER_TABLE) or a plain order: SciPy's SpGEMM
+# for each product of two sparse operands, scalings for diagonal-like ones.
+cdef object run_sparse_product(const Link *f, Py_ssize_t m, const int *split,
+                               int order, int typenum)

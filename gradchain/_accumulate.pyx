@@ -19,6 +19,9 @@ from gradchain._link cimport (Link, LINK_DENSE, LINK_DIAG, link_diaglike,
                               LINK_IDENTITY, link_sample, link_by_rows,
                               link_apply_rows, link_materialize)
 from gradchain._bracket cimport ORDER_TABLE, ORDER_LEFT, ORDER_RIGHT
+from gradchain._link cimport link_sparse_matrix
+cimport numpy as cnp
+import numpy as np
 from gradchain._blas cimport matmul
 from gradchain._kernels cimport link_jtv, link_jv
 from gradchain._sizes cimport gc_size_mul, gc_malloc_n
@@ -450,3 +453,71 @@ cdef int run_samples(const Link *f, Py_ssize_t m, const int *split, int order,
         err += run_product(F, m, split, order, out + b * ostride, 1) != 0
     free(fs)
     return -1 if err else 0
+
+
+# ---------------------------------------------------------------------------
+# Sparse products (the sparse jacobian)
+# ---------------------------------------------------------------------------
+
+cdef object _sp_operand(const Link *L, int typenum):
+    """A factor of a sparse product: None (I), a float (c I) or a
+    scipy.sparse matrix over the link's arrays (read-only)."""
+    if L.kind == LINK_IDENTITY:
+        return None
+    if L.kind == LINK_SCALED_IDENTITY:
+        return float(L.scale)
+    return link_sparse_matrix(L, typenum)
+
+
+cdef object _sp_mul(object a, object b):
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if isinstance(a, float) and isinstance(b, float):
+        return a * b
+    if isinstance(a, float) or isinstance(b, float):
+        return a * b                   # a scaling of the sparse operand
+    return a @ b
+
+
+cdef object run_sparse_product(const Link *f, Py_ssize_t m, const int *split,
+                               int order, int typenum):
+    import scipy.sparse as sp
+    cdef Py_ssize_t i, j, s
+    dtype = np.float64 if typenum == cnp.NPY_DOUBLE else np.float32
+    ops = [_sp_operand(&f[i], typenum) for i in range(m)]
+    if order == ORDER_LEFT:
+        acc = ops[0]
+        for i in range(1, m):
+            acc = _sp_mul(acc, ops[i])
+    elif order == ORDER_RIGHT:
+        acc = ops[m - 1]
+        for i in range(m - 2, -1, -1):
+            acc = _sp_mul(ops[i], acc)
+    else:
+        # the table's tree, evaluated without recursion: (i, j, expanded)
+        done = {}
+        stack = [(0, m - 1, False)]
+        while stack:
+            i, j, expanded = stack.pop()
+            if i == j:
+                done[(i, j)] = ops[i]
+                continue
+            s = split[i * m + j]
+            if expanded:
+                done[(i, j)] = _sp_mul(done.pop((i, s)), done.pop((s + 1, j)))
+            else:
+                stack.append((i, j, True))
+                stack.append((s + 1, j, False))
+                stack.append((i, s, False))
+        acc = done[(0, m - 1)]
+    if acc is None or isinstance(acc, float):
+        acc = sp.diags_array(np.full(f[0].m, 1.0 if acc is None else acc, dtype),
+                             format="csr")
+    # a fresh, canonical csr_array of the chain's dtype (a single link
+    # comes back as a copy: the result never shares the caller's arrays)
+    shares = any(acc is o for o in ops)
+    acc = sp.csr_array(acc, dtype=dtype, copy=shares)
+    acc.sum_duplicates()
+    return acc

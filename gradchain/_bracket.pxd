@@ -8,6 +8,9 @@ cdef enum:
     MODE_VJP = 0          # G J_k ... J_1 (a block G of cotangents as rows)
     MODE_JVP = 1          # V J_1^T ... J_k^T (a block of tangents as rows)
     MODE_JACOBIAN = 2     # J_k ... J_1
+    MODE_SPARSE = 3       # J_k ... J_1 as a sparse matrix: every link sparse
+                          # or diagonal-like (sparse_jacobian_ok), products
+                          # by SpGEMM, costed by estimated nonzeros
 
 # Orders a product runs in
 cdef enum:
@@ -17,6 +20,7 @@ cdef enum:
 
 cdef class Strategy:
     cdef readonly str mode          # "vjp", "jvp" or "jacobian"
+    cdef readonly str format        # "dense", or "csr" (MODE_SPARSE)
     cdef readonly Py_ssize_t batch  # vectors in the block (0: jacobian)
     cdef readonly int order         # ORDER_*
     cdef readonly object table      # ORDER_TABLE: the split table (intc,
@@ -43,3 +47,7 @@ cdef Py_ssize_t product_factors(const Link *links, Py_ssize_t k, int mode,
 # chains by shape.
 cdef Strategy choose(const Link *links, Py_ssize_t k, int mode, Py_ssize_t B,
                      Py_ssize_t nsamples, dict chain_cache)
+
+# The links can make a sparse jacobian (MODE_SPARSE): at least one sparse
+# link, every other diagonal, c I or I, none per-sample.
+cdef bint sparse_jacobian_ok(const Link *links, Py_ssize_t k) noexcept nogil

@@ -14,6 +14,8 @@ class Strategy:
     @property
     def mode(self) -> str: ...  # "vjp", "jvp" or "jacobian"
     @property
+    def format(self) -> str: ...  # "dense", or "csr": a sparse jacobian
+    @property
     def batch(self) -> int: ...  # vectors in the block (0: jacobian)
     @property
     def order(self) -> int: ...  # ORDER_TABLE 0, ORDER_LEFT 1, ORDER_RIGHT 2

@@ -25,14 +25,14 @@ from gradchain._link cimport (Link, LINK_DENSE, LINK_DIAG, link_diaglike,
                               LINK_SCALED_IDENTITY, LINK_DIAG_RANK1,
                               LINK_IDENTITY, LINK_CSR, LINK_CSC,
                               LINK_OPERATOR, link_block, link_transposed,
-                              link_is_layer, link_by_rows)
+                              link_is_layer, link_by_rows, link_bandwidth)
 from gradchain._sizes cimport gc_size_mul, gc_malloc_n
 
 cnp.import_array()
 
 cdef double INF = float("inf")
 
-_MODES = ("vjp", "jvp", "jacobian")          # by MODE_* code
+_MODES = ("vjp", "jvp", "jacobian", "jacobian")   # by MODE_* code
 _ORDER_NAMES = ("table", "left", "right")      # by ORDER_* code
 
 
@@ -252,7 +252,7 @@ cdef Py_ssize_t product_factors(const Link *links, Py_ssize_t k, int mode,
                                 Py_ssize_t B, const void *block,
                                 Link *out) noexcept nogil:
     cdef Py_ssize_t j, off = 0
-    if mode != MODE_JACOBIAN:
+    if mode == MODE_VJP or mode == MODE_JVP:
         out[0] = link_block(block, B, links[k - 1].m if mode == MODE_VJP
                             else links[0].n)
         off = 1
@@ -306,6 +306,7 @@ cdef Strategy _new(int mode, Py_ssize_t B, int order, object table,
                    double cost, double l2r, double r2l):
     cdef Strategy s = Strategy.__new__(Strategy)
     s.mode = _MODES[mode]
+    s.format = "csr" if mode == MODE_SPARSE else "dense"
     s.batch = B
     s.order = order
     s.table = table
@@ -349,6 +350,159 @@ cdef Strategy _decide(const Link *f, Py_ssize_t m, int mode, Py_ssize_t B,
     return _new(mode, B, ORDER_LEFT, None, l2r, l2r, r2l)
 
 
+# ---------------------------------------------------------------------------
+# Sparse products (MODE_SPARSE): every factor sparse or diagonal-like, every
+# product sparse, each costed by an estimate of the nonzeros it makes
+# ---------------------------------------------------------------------------
+
+cdef bint sparse_jacobian_ok(const Link *links, Py_ssize_t k) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef bint any_sparse = False
+    for i in range(k):
+        if links[i].per_sample:
+            return False
+        if links[i].kind == LINK_CSR or links[i].kind == LINK_CSC:
+            any_sparse = True
+        elif not (link_diaglike(links[i].kind) or links[i].kind == LINK_IDENTITY):
+            return False
+    return any_sparse
+
+
+cdef struct SpEst:
+    int kind          # LINK_CSR for any sparse product, else the leaf's
+    double nz         # estimated nonzeros
+    double bw         # a bound on its bandwidth (largest |row - column|)
+
+
+cdef inline SpEst _sp_leaf(const Link *f) noexcept nogil:
+    cdef SpEst e
+    e.kind = f.kind
+    if f.kind == LINK_CSR or f.kind == LINK_CSC:
+        e.kind = LINK_CSR
+        e.nz = <double>f.nnz
+        e.bw = <double>link_bandwidth(f)
+    else:
+        e.nz = <double>f.n
+        e.bw = 0.0
+    return e
+
+
+cdef inline double _sp_mult(SpEst a, SpEst b, double p, double q, double r,
+                            SpEst *res) noexcept nogil:
+    """Multiply-adds of (p x q, a) times (q x r, b), and the estimate of
+    the product (res).  Sparse times sparse: every entry of a meets the
+    entries of one row of b, nz_b / q of them on average (exact for
+    banded factors); the product has at most that many nonzeros, at most
+    p r, and at most p (2 (bw_a + bw_b) + 1) (its bandwidth is at most
+    the sum).  A diagonal-like factor scales the other's entries."""
+    cdef double flops
+    if a.kind == LINK_IDENTITY:
+        res[0] = b
+        return 0.0
+    if b.kind == LINK_IDENTITY:
+        res[0] = a
+        return 0.0
+    if link_diaglike(a.kind) and link_diaglike(b.kind):
+        res.kind, res.nz, res.bw = LINK_DIAG, q, 0.0
+        return q
+    if link_diaglike(a.kind):
+        res[0] = b
+        return b.nz
+    if link_diaglike(b.kind):
+        res[0] = a
+        return a.nz
+    flops = a.nz * b.nz / q if q > 0 else 0.0
+    res.kind = LINK_CSR
+    res.bw = min(a.bw + b.bw, max(p, r))
+    res.nz = min(flops, p * r, p * (2.0 * res.bw + 1.0))
+    return flops
+
+
+cdef double _sp_order(const Link *f, Py_ssize_t m, bint left) noexcept nogil:
+    """The estimated multiply-adds of a plain order of sparse products."""
+    cdef SpEst acc, nxt
+    cdef double total = 0.0
+    cdef Py_ssize_t i
+    if left:
+        acc = _sp_leaf(&f[0])
+        for i in range(1, m):
+            total += _sp_mult(acc, _sp_leaf(&f[i]), <double>f[0].m,
+                              <double>f[i].m, <double>f[i].n, &nxt)
+            acc = nxt
+    else:
+        acc = _sp_leaf(&f[m - 1])
+        i = m - 2
+        while i >= 0:
+            total += _sp_mult(_sp_leaf(&f[i]), acc, <double>f[i].m,
+                              <double>f[i].n, <double>f[m - 1].n, &nxt)
+            acc = nxt
+            i -= 1
+    return total
+
+
+cdef double _plan_sparse(const Link *f, Py_ssize_t m, int *split) noexcept nogil:
+    """The matrix-chain programme over sparse products (_sp_mult), as
+    _plan_chain over dense ones; -1.0 when out of memory."""
+    cdef SpEst *est = <SpEst *>_alloc2(m, m, sizeof(SpEst))
+    cdef double *cost = <double *>_alloc2(m, m, sizeof(double))
+    cdef SpEst e, best_e
+    cdef Py_ssize_t L, i, j, s
+    cdef double best, c
+    cdef int bs
+    if est == NULL or cost == NULL:
+        free(est)
+        free(cost)
+        return -1.0
+    for i in range(m):
+        est[i * m + i] = _sp_leaf(&f[i])
+        cost[i * m + i] = 0.0
+        split[i * m + i] = <int>i
+    for L in range(2, m + 1):
+        for i in range(0, m - L + 1):
+            j = i + L - 1
+            best = INF
+            bs = <int>(j - 1)
+            s = j - 1
+            while s >= i:
+                c = (cost[i * m + s] + cost[(s + 1) * m + j]
+                     + _sp_mult(est[i * m + s], est[(s + 1) * m + j],
+                                <double>f[i].m, <double>f[s].n,
+                                <double>f[j].n, &e))
+                if c < best:
+                    best, bs, best_e = c, <int>s, e
+                s -= 1
+            cost[i * m + j] = best
+            split[i * m + j] = bs
+            est[i * m + j] = best_e
+    best = cost[m - 1]
+    free(est)
+    free(cost)
+    return best
+
+
+cdef Strategy _decide_sparse(const Link *f, Py_ssize_t m):
+    """MODE_SPARSE: the programme over estimated sparse costs (bounded as
+    _decide's), else the cheaper plain order."""
+    cdef double cost, l2r, r2l, dm = <double>m
+    cdef int *sp
+    with nogil:
+        l2r = _sp_order(f, m, True)
+        r2l = _sp_order(f, m, False)
+    if m > 2 and (dm * dm * dm / 6.0 <= _DP_FREE_STEPS
+                  or dm * dm * dm / 6.0 * _DP_STEP_MADDS <= min(l2r, r2l)):
+        split = np.empty(m * m, dtype=np.intc)
+        sp = <int *>cnp.PyArray_DATA(split)
+        with nogil:
+            cost = _plan_sparse(f, m, sp)
+        if cost < 0:
+            raise MemoryError("could not allocate the bracketing tables")
+        if cost < min(l2r, r2l):
+            return _new(MODE_SPARSE, 0, ORDER_TABLE, split, cost, l2r, r2l)
+    if r2l < l2r:
+        return _new(MODE_SPARSE, 0, ORDER_RIGHT, None, r2l, l2r, r2l)
+    return _new(MODE_SPARSE, 0, ORDER_LEFT, None, l2r, l2r, r2l)
+
+
 cdef Strategy _per_sample(const Link *f, Py_ssize_t m, int mode,
                           Py_ssize_t B, Strategy base):
     """Chains with per-sample links.  jacobian: base, the bracketing of one
@@ -386,16 +540,21 @@ cdef Strategy _shared(const Link *f, Py_ssize_t m, int mode, Py_ssize_t B):
     if mode != MODE_JACOBIAN and B <= 1:
         return _decide(f, m, mode, B, True)     # O(m), no search
     # the shape signature: what the strategy depends on
-    sigb = bytearray(3 * m * sizeof(Py_ssize_t))
+    # (a sparse link's cost is its nnz, and in a sparse product its
+    # bandwidth bounds the product's nonzeros)
+    sigb = bytearray(5 * m * sizeof(Py_ssize_t))
     sig = <Py_ssize_t *><char *>sigb
     for i in range(m):
-        sig[3 * i] = f[i].kind
-        sig[3 * i + 1] = f[i].m
-        sig[3 * i + 2] = f[i].n
+        sig[5 * i] = f[i].kind
+        sig[5 * i + 1] = f[i].m
+        sig[5 * i + 2] = f[i].n
+        if f[i].kind == LINK_CSR or f[i].kind == LINK_CSC:
+            sig[5 * i + 3] = f[i].nnz
+            sig[5 * i + 4] = link_bandwidth(&f[i])
     gkey = (mode, B, bytes(sigb))
     s = _STRATEGIES.get(gkey)
     if s is None:
-        s = _decide(f, m, mode, B, False)
+        s = _decide_sparse(f, m) if mode == MODE_SPARSE else _decide(f, m, mode, B, False)
         if m <= _CACHE_MAX_FACTORS:
             if len(_STRATEGIES) >= _CACHE_MAX_ENTRIES:
                 _STRATEGIES.clear()
@@ -413,7 +572,7 @@ cdef Strategy choose(const Link *links, Py_ssize_t k, int mode, Py_ssize_t B,
     cdef Strategy s = chain_cache.get(key)
     if s is not None:
         return s
-    cdef Py_ssize_t m = k + (0 if mode == MODE_JACOBIAN else 1), i
+    cdef Py_ssize_t m = k + (0 if mode == MODE_JACOBIAN or mode == MODE_SPARSE else 1), i
     cdef Link *f = <Link *>gc_malloc_n(m, sizeof(Link))
     cdef bint per_sample = False
     if f == NULL:

@@ -25,9 +25,9 @@ from gradchain._link cimport Link, link_raise
 from gradchain._bind cimport LinkTable, _usable, _is_sparse
 from gradchain._bracket cimport (Strategy, choose, product_factors,
                                  MODE_VJP, MODE_JVP, MODE_JACOBIAN,
-                                 ORDER_LEFT)
+                                 MODE_SPARSE, ORDER_LEFT, sparse_jacobian_ok)
 from gradchain._propagate cimport propagate
-from gradchain._accumulate cimport run_product, run_samples
+from gradchain._accumulate cimport run_product, run_samples, run_sparse_product
 from gradchain._kernels cimport effective_threads
 from gradchain._sizes cimport gc_size_mul3, gc_malloc_n
 
@@ -146,7 +146,7 @@ cdef class ChainCore(LinkTable):
         return choose(self.links, self.k, mode, B, self.nsamples,
                       self._strategies)
 
-    def _plan_strategy(self, Py_ssize_t batch, str mode):
+    def _plan_strategy(self, Py_ssize_t batch, str mode, format=None):
         """The Strategy that a product of (mode, batch) runs, for
         Chain.plan to render (arguments checked here)."""
         if mode not in _MODE_CODES:
@@ -156,7 +156,23 @@ cdef class ChainCore(LinkTable):
         if self.k == 0:
             raise ValueError("the empty chain has nothing to plan")
         self.check_batch(batch, mode)
-        return self._strategy(_MODE_CODES[mode], 0 if mode == "jacobian" else batch)
+        if mode == "jacobian":
+            return self._strategy(MODE_SPARSE if self._sparse_result(format)
+                                  else MODE_JACOBIAN, 0)
+        if format is not None:
+            raise ValueError(f"format applies to mode='jacobian' only, got "
+                             f"format={format!r} with mode={mode!r}")
+        return self._strategy(_MODE_CODES[mode], batch)
+
+    cdef bint _sparse_result(self, object format) except -1:
+        """jacobian's rule: a csr_array when every link is sparse or
+        diagonal-like (at least one sparse) unless format="dense"; format
+        "csr" asks for one whatever the links (checked here)."""
+        if format is not None and format not in ("dense", "csr"):
+            raise ValueError(f"format must be None, 'dense' or 'csr', got {format!r}")
+        if format == "dense":
+            return False
+        return sparse_jacobian_ok(self.links, self.k)
 
     def _strategy_of(self, str mode, Py_ssize_t batch):
         """The Strategy record for (mode, batch) (tests)."""
@@ -172,10 +188,14 @@ cdef class ChainCore(LinkTable):
 
     # ------------------------------------------------------------ products
 
-    def jacobian(self):
-        """The dense Jacobian J_k ... J_1 of shape (n_k, n_0) (or, with
+    def jacobian(self, format=None):
+        """The Jacobian J_k ... J_1 of shape (n_k, n_0) (or, with
         per-sample links, (batch, n_k, n_0)), accumulated in the cheapest
-        bracketing (see ``plan(mode="jacobian")``)."""
+        bracketing (see ``plan(mode="jacobian")``): a
+        ``scipy.sparse.csr_array`` when every link is sparse or
+        diagonal-like (and one at least sparse), else a dense array;
+        ``format="dense"`` forces a dense array, ``format="csr"`` a
+        csr_array (of the dense product, for a chain with dense links)."""
         cdef cnp.npy_intp dims[3]
         cdef Strategy s
         cdef int rc, nt
@@ -184,7 +204,16 @@ cdef class ChainCore(LinkTable):
         if self.k == 0:
             raise ValueError("the empty chain is the identity of any size; it "
                              "has no dense Jacobian")
+        sparse = self._sparse_result(format)
+        if format == "csr" and not sparse:
+            if self.nsamples >= 0:
+                raise ValueError("format='csr' makes one matrix; a chain with "
+                                 "per-sample links has one per sample")
+            import scipy.sparse
+            return scipy.sparse.csr_array(self.jacobian("dense"))
         typenum = self.typenum if self.typenum != -1 else cnp.NPY_DOUBLE
+        if sparse:
+            return self._sparse_jacobian(typenum)
         dims[0] = self.nsamples
         dims[1] = self.links[self.k - 1].m
         dims[2] = self.links[0].n
@@ -202,6 +231,29 @@ cdef class ChainCore(LinkTable):
         self._accumulate(s, None, 0, out, typenum)
         self._last, self._ran = s, RAN_SAMPLES if s.per_sample else RAN_ACCUMULATE
         return out
+
+    cdef object _sparse_jacobian(self, int typenum):
+        """The csr_array product of a chain of sparse and diagonal-like
+        links, in the order MODE_SPARSE's strategy chose."""
+        cdef Link *f
+        cdef Strategy s
+        if self.has_zero:
+            import scipy.sparse
+            self._last, self._ran = None, RAN_ZEROS
+            return scipy.sparse.csr_array(
+                (self.links[self.k - 1].m, self.links[0].n),
+                dtype=_DT_DOUBLE if typenum == cnp.NPY_DOUBLE else _DT_FLOAT)
+        s = self._strategy(MODE_SPARSE, 0)
+        f = <Link *>gc_malloc_n(self.k, sizeof(Link))
+        if f == NULL:
+            raise MemoryError()
+        try:
+            product_factors(self.links, self.k, MODE_SPARSE, 0, NULL, f)
+            res = run_sparse_product(f, self.k, s.split, s.order, typenum)
+        finally:
+            free(f)
+        self._last, self._ran = s, RAN_ACCUMULATE
+        return res
 
     cdef _accumulate(self, Strategy s, cnp.ndarray x, Py_ssize_t B,
                      cnp.ndarray dst, int typenum):

@@ -166,6 +166,20 @@ cdef int link_sparse_check(Py_ssize_t nl, const void *ptr, const void *idx,
 
 cdef extern from "gc_sparse.h":
     enum: LINK_PART_LEN "GC_SP_PART_LEN"
+    enum: LINK_PART_BAND "GC_SP_P_BAND"
+
+
+# A sparse link's bandwidth (the largest |line - index| of an entry, from
+# its check), or the larger dimension when it has no partition record.
+cdef inline Py_ssize_t link_bandwidth(const Link *L) noexcept nogil:
+    if L.part != NULL:
+        return <Py_ssize_t>L.part[LINK_PART_BAND]
+    return L.m if L.m > L.n else L.n
+
+# A sparse or diagonal-like link as a scipy.sparse matrix over the link's
+# own arrays (read-only views; scipy imported here), for the sparse
+# jacobian (_accumulate.run_sparse_product); typenum: the chain's dtype.
+cdef object link_sparse_matrix(const Link *L, int typenum)
 
 # After an executor returned rc != 0: raise what failed -- the pending
 # exception of a matrix-free link's callback (rc -2), ValueError for a

@@ -348,6 +348,7 @@ def sparse_partition(const sp_index[::1] indices, const sp_index[::1] indptr,
         "exclusive": [(int(part[lay[3] + c]), int(part[lay[4] + c])) for c in range(P)],
         "gaps": [(int(part[lay[6] + c]), int(part[lay[7] + c]))
                  for c in range(part[lay[5]])],
+        "band": int(part[LINK_PART_BAND]),
     }
 
 
@@ -366,3 +367,37 @@ cdef extern from "gc_sparse.h":
 cdef tuple _part_layout():
     return (GC_SP_P_BND, GC_SP_P_LO, GC_SP_P_HI, GC_SP_P_EA, GC_SP_P_EB,
             GC_SP_P_NGAP, GC_SP_P_GLO, GC_SP_P_GHI)
+
+
+cdef cnp.ndarray _view(const char *p, Py_ssize_t n, Py_ssize_t stride,
+                       int typenum, int itemsize):
+    """A read-only 1-D view of n elements at p (stride in elements)."""
+    cdef cnp.npy_intp dims[1]
+    cdef cnp.npy_intp strides[1]
+    dims[0] = n
+    strides[0] = stride * itemsize if n > 1 else itemsize
+    a = cnp.PyArray_New(np.ndarray, 1, dims, typenum, strides,
+                        <void *>p if n > 0 else NULL, itemsize, 0, None)
+    a.flags.writeable = False
+    return a
+
+
+cdef object link_sparse_matrix(const Link *L, int typenum):
+    import scipy.sparse as sp
+    cdef int isz = 8 if typenum == cnp.NPY_DOUBLE else 4
+    cdef int itype = cnp.NPY_INT32 if L.isize == 4 else cnp.NPY_INT64
+    cdef Py_ssize_t nl
+    if L.kind == LINK_CSR or L.kind == LINK_CSC:
+        nl = L.m if L.kind == LINK_CSR else L.n
+        arrays = (_view(L.data, L.nnz, 1, typenum, isz),
+                  _view(L.idx, L.nnz, 1, itype, L.isize),
+                  _view(L.ptr, nl + 1, 1, itype, L.isize))
+        if L.kind == LINK_CSR:
+            return sp.csr_array(arrays, shape=(L.m, L.n))
+        return sp.csc_array(arrays, shape=(L.m, L.n))
+    if L.kind == LINK_DIAG:
+        return sp.diags_array(_view(L.d, L.n, L.ds, typenum, isz), format="csr")
+    if L.kind == LINK_SCALED_IDENTITY or L.kind == LINK_IDENTITY:
+        return sp.diags_array(np.full(L.n, L.scale, dtype=np.float64 if isz == 8
+                                      else np.float32), format="csr")
+    raise TypeError(f"a link of kind {L.kind} has no sparse form")

@@ -67,27 +67,35 @@ class ChainPlan:
         ``{"left_to_right": ..., "right_to_left": ...}``: the counts of the
         two plain orders (for "vjp"/"jvp", left to right is plain
         propagation of the block through the chain).
+    format : str
+        ``"dense"``, or ``"csr"`` for a sparse jacobian (every link sparse or
+        diagonal-like): products by SpGEMM, ``cost`` and the baselines then
+        count estimated multiply-adds (see :meth:`Chain.jacobian`).
     """
 
-    __slots__ = ("mode", "batch", "expression", "cost", "baseline_costs")
+    __slots__ = ("mode", "batch", "expression", "cost", "baseline_costs",
+                 "format")
 
     mode: str
     batch: int
     expression: str
     cost: float
     baseline_costs: dict[str, float]
+    format: str
 
     def __init__(self, mode: str, batch: int, expression: str, cost: float,
-                 baseline_costs: dict[str, float]) -> None:
+                 baseline_costs: dict[str, float], format: str = "dense") -> None:
         self.mode, self.batch, self.expression = mode, batch, expression
         self.cost, self.baseline_costs = cost, baseline_costs
+        self.format = format
 
     def __repr__(self) -> str:
         return (f"ChainPlan(mode={self.mode!r}, batch={self.batch}, "
                 f"expression={self.expression!r}, cost={self.cost:g}, "
                 f"baseline_costs={{'left_to_right': "
                 f"{self.baseline_costs['left_to_right']:g}, 'right_to_left': "
-                f"{self.baseline_costs['right_to_left']:g}}})")
+                f"{self.baseline_costs['right_to_left']:g}}}"
+                + (f", format={self.format!r})" if self.format != "dense" else ")"))
 
 
 def _factor_names(k: int, mode: str, batch: int) -> list[str]:
@@ -187,7 +195,8 @@ class Chain(ChainCore):
     array([4.])
     """
 
-    def plan(self, batch: int = 1, mode: str = "vjp") -> ChainPlan:
+    def plan(self, batch: int = 1, mode: str = "vjp",
+             format: str | None = None) -> ChainPlan:
         """The bracketing used for ``mode`` ("vjp", "jvp" or "jacobian")
         with ``batch`` vectors, as a :class:`ChainPlan`.
 
@@ -213,6 +222,10 @@ class Chain(ChainCore):
         the right-to-left baseline counts a product holding a per-sample
         link once per sample.  For ``"jacobian"`` the bracketing runs once
         per sample, and every count is ``batch`` times the per-sample one.
+
+        ``format`` (mode "jacobian" only) is :meth:`jacobian`'s: the plan of
+        the sparse product (``ChainPlan.format == "csr"``) where the links
+        make one, unless ``format="dense"``.
         """
         if isinstance(batch, (bool, np.bool_)) or not isinstance(batch, (int, np.integer)):
             raise TypeError(f"batch must be an int, got {batch!r}")
@@ -222,11 +235,11 @@ class Chain(ChainCore):
         if batch > sys.maxsize:
             raise ValueError(f"batch must be at most sys.maxsize = {sys.maxsize}, "
                              f"got {batch}")
-        s = self._plan_strategy(batch, mode)
+        s = self._plan_strategy(batch, mode, format)
         return ChainPlan(mode, s.batch, _expression(
             s.table if s.table is not None else s.order_name,
             _factor_names(len(self), mode, batch)), s.cost,
-            {"left_to_right": s.l2r, "right_to_left": s.r2l})
+            {"left_to_right": s.l2r, "right_to_left": s.r2l}, s.format)
 
     # -- the chain as a linear operator J = J_k ... J_1 -------------------
 
@@ -399,13 +412,18 @@ def jvp(jacobians: _Jacobians, tangent: ArrayLike, *,
     return ChainCore(jacobians).jvp(tangent, out)
 
 
-def jacobian(jacobians: _Jacobians) -> NDArray[np.floating[Any]]:
-    """The dense Jacobian J_k ... J_1 of a chain, shape (n_k, n_0).
+def jacobian(jacobians: _Jacobians, format: str | None = None) -> Any:
+    """The Jacobian J_k ... J_1 of a chain, shape (n_k, n_0).
 
     The product is bracketed by the matrix-chain programme with a cost model
     that knows each link's structure (see :meth:`Chain.plan`); diagonal
     links scale rows or columns and are never materialised, dense products
-    go to BLAS.
+    go to BLAS.  A chain whose links are all scipy.sparse or diagonal-like
+    (at least one sparse) gives a ``scipy.sparse.csr_array``, multiplied by
+    SpGEMM in the order the programme chose from estimated nonzeros; any
+    dense, matrix-free or per-sample link gives a dense array.
+    ``format="dense"`` forces a dense array, ``format="csr"`` a csr_array
+    (see :meth:`Chain.jacobian`).
 
     Examples
     --------
@@ -413,4 +431,4 @@ def jacobian(jacobians: _Jacobians) -> NDArray[np.floating[Any]]:
     >>> gradchain.jacobian([np.array([[1., 2.]]).T, np.array([[3., 4.]])])
     array([[11.]])
     """
-    return ChainCore(jacobians).jacobian()
+    return ChainCore(jacobians).jacobian(format)

@@ -144,7 +144,10 @@ def test_unsorted_duplicates_zeros_empty(rng, fmt):
     v = rng.standard_normal(shape[1])
     assert np.allclose(gc.vjp([S], g), ref.T @ g, rtol=1e-15, atol=1e-15)
     assert np.allclose(gc.jvp([S], v), ref @ v, rtol=1e-15, atol=1e-15)
-    assert np.array_equal(gc.jacobian([S]), ref)
+    A = gc.jacobian([S])                         # csr_array, canonical
+    assert sp.issparse(A) and A.format == "csr" and A.has_canonical_format
+    assert np.array_equal(A.toarray(), ref)
+    assert np.array_equal(gc.jacobian([S], format="dense"), ref)
     assert not S.has_canonical_format           # not canonicalised by gradchain
 
 
@@ -153,12 +156,15 @@ def test_empty_and_zero_size(rng, fmt):
     Z = sp.csr_array((5, 4)).asformat(fmt)      # nnz = 0
     assert np.array_equal(gc.vjp([Z], np.ones(5)), np.zeros(4))
     assert np.array_equal(gc.jvp([Z], np.ones(4)), np.zeros(5))
-    assert np.array_equal(gc.jacobian([Z]), np.zeros((5, 4)))
+    assert np.array_equal(gc.jacobian([Z], format="dense"), np.zeros((5, 4)))
+    A = gc.jacobian([Z])
+    assert sp.issparse(A) and A.shape == (5, 4) and A.nnz == 0
     for shape in [(0, 4), (4, 0), (0, 0)]:
         E = sp.csr_array(shape).asformat(fmt)
         assert gc.vjp([E], np.ones(shape[0])).shape == (shape[1],)
         assert np.array_equal(gc.jvp([E], np.ones(shape[1])), np.zeros(shape[0]))
         assert gc.jacobian([E]).shape == shape
+        assert gc.jacobian([E], format="dense").shape == shape
     # through a zero-width sparse intermediate: zeros
     Js = [sp.csr_array((0, 3)), sp.csr_array((2, 0))]
     assert np.array_equal(gc.vjp(Js, np.ones(2)), np.zeros(3))
