@@ -154,6 +154,9 @@ SECTIONS = [
         Target("256 cotangents through k=50 tridiagonal CSR links, n=1e5", "scipy", 2.0,
                "256 cotangents through the same chain vs the scipy loop "
                "`G = (J.T @ G.T).T`"),
+        Target("k=50 tridiagonal CSR links, n=1e5: jacobian()", "scipy", 1.0,
+               "jacobian() of the same chain (a csr_array of bandwidth 50) vs the "
+               "scipy loop `A = J @ A`, the same nnz"),
         Target("32 dense 16x16 links, one LinearOperator in the middle", "without", None,
                "32 dense 16×16 links with one LinearOperator in the middle: the same "
                "chain without it, time over time (target: ≤ 3 µs more)"),

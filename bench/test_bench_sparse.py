@@ -160,6 +160,34 @@ def test_tridiagonal_chain_block(benchmark, impl, diffusion):
     _check(res, ref, scipy_block_loop([abs(J) for J in Js], np.abs(G)))
 
 
+def scipy_jacobian_loop(Js):
+    A = Js[0]
+    for J in Js[1:]:
+        A = J @ A
+    return A
+
+
+@pytest.mark.parametrize("impl", ["gradchain", "scipy"])
+def test_tridiagonal_chain_jacobian(benchmark, impl, diffusion):
+    """jacobian() of the 50 tridiagonal links (a banded csr_array of
+    bandwidth 50) against the scipy loop A = J @ A; the same nnz."""
+    benchmark.group = "k=50 tridiagonal CSR links, n=1e5: jacobian()"
+    Js = diffusion
+    benchmark.extra_info["bytes"] = sum(_sparse_bytes(J) for J in Js)
+    if impl == "gradchain":
+        chain = gradchain.Chain(Js)
+        measure(benchmark, "gradchain", {"gradchain": chain.jacobian,
+                                         "scipy": lambda: scipy_jacobian_loop(Js)})
+        res = benchmark.pedantic(chain.jacobian, rounds=3, iterations=1)
+    else:
+        res = benchmark.pedantic(scipy_jacobian_loop, args=(Js,), rounds=3,
+                                 iterations=1)
+    ref = scipy_jacobian_loop(Js)
+    assert res.nnz == ref.nnz
+    d = (res - ref)
+    assert abs(d).max() <= 1e-12 * abs(ref).max()
+
+
 # ---------------------------------------------------------------------------
 # A matrix-free link in a dense chain: the cost of one callback
 # ---------------------------------------------------------------------------

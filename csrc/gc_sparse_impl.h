@@ -224,18 +224,17 @@ GC_SP(gc_sp_scatter)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
         }
         return bad;
     }
-    /* P chunks of lines (the structure's partition, gc_sp_check).  Chunk c
-     * adds into out over its exclusive interval [ea_c, eb_c) (no other
-     * chunk's span meets it) and into its workspace over the rest of its
-     * span; then every column outside the exclusive intervals (the gaps)
-     * is 0 + workspace c, c = 0 .. P-1, in order: per column, exactly the
-     * sum of the chunks' partial sums in chunk order. */
+    /* P chunks of lines (the structure's partition, gc_sp_check): chunk c
+     * adds its lines' entries into its own workspace over its index span
+     * [lo_c, hi_c) (the one-target loop of P = 1); then each column is
+     * 0 + workspace c, over the chunks c whose span holds it, in chunk
+     * order.  (A column inside chunk c's exclusive interval gets chunk c's
+     * sum alone.)  The workspaces hold the spans' sum, at most 5/4 of the
+     * output (the partition's cap). */
     off[0] = 0;
     for (c = 0; c < P; c++) {
-        const int64_t *q = part;
         off[c + 1] = off[c]
-            + (ptrdiff_t)((q[GC_SP_P_EA + c] - q[GC_SP_P_LO + c])
-                          + (q[GC_SP_P_HI + c] - q[GC_SP_P_EB + c])) * btmax;
+            + (ptrdiff_t)(part[GC_SP_P_HI + c] - part[GC_SP_P_LO + c]) * btmax;
     }
     ws = (GC_T *)malloc((size_t)(off[P] > 0 ? off[P] : 1) * sizeof(GC_T));
     if (ws == NULL) {
@@ -251,50 +250,29 @@ GC_SP(gc_sp_scatter)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
             for (q = 0; q < P; q++) {
                 const ptrdiff_t lo = (ptrdiff_t)part[GC_SP_P_LO + q];
                 const ptrdiff_t hi = (ptrdiff_t)part[GC_SP_P_HI + q];
-                const ptrdiff_t ea = (ptrdiff_t)part[GC_SP_P_EA + q];
-                const ptrdiff_t eb = (ptrdiff_t)part[GC_SP_P_EB + q];
-                const ptrdiff_t nw = (ea - lo) + (hi - eb);
-                const ptrdiff_t l0 = (ptrdiff_t)part[GC_SP_P_BND + q];
-                const ptrdiff_t l1 = (ptrdiff_t)part[GC_SP_P_BND + q + 1];
                 GC_T *w = ws + off[q];
-                ptrdiff_t t;
-                for (t = 0; t < bt; t++) {
-                    memset(ot + t * nout + ea, 0, (size_t)(eb - ea) * sizeof(GC_T));
-                }
-                memset(w, 0, (size_t)(bt * nw) * sizeof(GC_T));
-                bad |= GC_SP_SCATTER_LINES(l0, l1, x + b0 * nptr, bt, lo, hi, ea,
-                                           eb, ot, w, nw);
+                memset(w, 0, (size_t)(bt * (hi - lo)) * sizeof(GC_T));
+                bad |= GC_SP_SCATTER_LINES((ptrdiff_t)part[GC_SP_P_BND + q],
+                                           (ptrdiff_t)part[GC_SP_P_BND + q + 1],
+                                           x + b0 * nptr, bt, lo, hi, lo, lo,
+                                           ot, w, hi - lo);
             }
             #pragma omp for schedule(static)
             for (q = 0; q < nblk; q++) {
                 const ptrdiff_t j0 = q * GC_SP_COLS;
                 const ptrdiff_t j1 = nout - j0 < GC_SP_COLS ? nout : j0 + GC_SP_COLS;
-                const ptrdiff_t ng = (ptrdiff_t)part[GC_SP_P_NGAP];
-                ptrdiff_t k, t, j, h;
-                for (k = 0; k < ng; k++) {
-                    const ptrdiff_t g0 = (ptrdiff_t)part[GC_SP_P_GLO + k];
-                    const ptrdiff_t g1 = (ptrdiff_t)part[GC_SP_P_GHI + k];
-                    const ptrdiff_t a = g0 > j0 ? g0 : j0, e = g1 < j1 ? g1 : j1;
-                    for (t = 0; t < bt && a < e; t++) {
-                        memset(ot + t * nout + a, 0, (size_t)(e - a) * sizeof(GC_T));
-                    }
+                ptrdiff_t k, t, j;
+                for (t = 0; t < bt; t++) {
+                    memset(ot + t * nout + j0, 0, (size_t)(j1 - j0) * sizeof(GC_T));
                 }
                 for (k = 0; k < P; k++) {
                     const ptrdiff_t lo = (ptrdiff_t)part[GC_SP_P_LO + k];
                     const ptrdiff_t hi = (ptrdiff_t)part[GC_SP_P_HI + k];
-                    const ptrdiff_t ea = (ptrdiff_t)part[GC_SP_P_EA + k];
-                    const ptrdiff_t eb = (ptrdiff_t)part[GC_SP_P_EB + k];
-                    const ptrdiff_t nw = (ea - lo) + (hi - eb);
-                    /* the left part [lo, ea) at w[j - lo], the right part
-                     * [eb, hi) at w[ea - lo + j - eb] */
-                    for (h = 0; h < 2; h++) {
-                        const ptrdiff_t s0 = h ? eb : lo, s1 = h ? hi : ea;
-                        const ptrdiff_t a = s0 > j0 ? s0 : j0, e = s1 < j1 ? s1 : j1;
-                        const GC_T *w = ws + off[k] + (h ? (ea - lo) - eb : -lo);
-                        for (t = 0; t < bt; t++) {
-                            for (j = a; j < e; j++) {
-                                ot[t * nout + j] += w[t * nw + j];
-                            }
+                    const ptrdiff_t a = lo > j0 ? lo : j0, e = hi < j1 ? hi : j1;
+                    const GC_T *w = ws + off[k] - lo;
+                    for (t = 0; t < bt; t++) {
+                        for (j = a; j < e; j++) {
+                            ot[t * nout + j] += w[t * (hi - lo) + j];
                         }
                     }
                 }

@@ -537,7 +537,7 @@ cdef Strategy _shared(const Link *f, Py_ssize_t m, int mode, Py_ssize_t B):
     cdef Py_ssize_t i
     cdef Py_ssize_t *sig
     cdef Strategy s
-    if mode != MODE_JACOBIAN and B <= 1:
+    if (mode == MODE_VJP or mode == MODE_JVP) and B <= 1:
         return _decide(f, m, mode, B, True)     # O(m), no search
     # the shape signature: what the strategy depends on
     # (a sparse link's cost is its nnz, and in a sparse product its
