@@ -100,6 +100,56 @@ cdef inline int _result_kind(int kl, int kr) noexcept nogil:
     return LINK_DENSE
 
 
+cdef struct SpEst:
+    int kind          # LINK_CSR for any sparse product, else the leaf's
+    double nz         # estimated nonzeros
+    double bw         # a bound on its bandwidth (largest |row - column|)
+
+
+cdef inline SpEst _sp_leaf(const Link *f) noexcept nogil:
+    cdef SpEst e
+    e.kind = f.kind
+    if f.kind == LINK_CSR or f.kind == LINK_CSC:
+        e.kind = LINK_CSR
+        e.nz = <double>f.nnz
+        e.bw = <double>link_bandwidth(f)
+    else:
+        e.nz = <double>f.n
+        e.bw = 0.0
+    return e
+
+
+cdef inline double _sp_mult(SpEst a, SpEst b, double p, double q, double r,
+                            SpEst *res) noexcept nogil:
+    """Multiply-adds of (p x q, a) times (q x r, b), and the estimate of
+    the product (res).  Sparse times sparse: every entry of a meets the
+    entries of one row of b, nz_b / q of them on average (exact for
+    banded factors); the product has at most that many nonzeros, at most
+    p r, and at most p (2 (bw_a + bw_b) + 1) (its bandwidth is at most
+    the sum).  A diagonal-like factor scales the other's entries."""
+    cdef double flops
+    if a.kind == LINK_IDENTITY:
+        res[0] = b
+        return 0.0
+    if b.kind == LINK_IDENTITY:
+        res[0] = a
+        return 0.0
+    if link_diaglike(a.kind) and link_diaglike(b.kind):
+        res.kind, res.nz, res.bw = LINK_DIAG, q, 0.0
+        return q
+    if link_diaglike(a.kind):
+        res[0] = b
+        return b.nz
+    if link_diaglike(b.kind):
+        res[0] = a
+        return a.nz
+    flops = a.nz * b.nz / q if q > 0 else 0.0
+    res.kind = LINK_CSR
+    res.bw = min(a.bw + b.bw, max(p, r))
+    res.nz = min(flops, p * r, p * (2.0 * res.bw + 1.0))
+    return flops
+
+
 # ---------------------------------------------------------------------------
 # The dynamic programme
 # ---------------------------------------------------------------------------
@@ -142,16 +192,20 @@ cdef double _plan_dense(const Link *f, Py_ssize_t m, int *split) noexcept nogil:
     return best
 
 
-cdef double _plan_chain(const Link *f, Py_ssize_t m, int *split) noexcept nogil:
+cdef double _plan_chain(const Link *f, Py_ssize_t m, int *split,
+                        bint sparse) noexcept nogil:
     """Optimal bracketing of f[0] ... f[m-1]: fills split[i*m + j] (the s of
     (F_i..F_s)(F_s+1..F_j)) and returns the multiply-add count, or -1.0
-    when out of memory."""
+    when out of memory.  sparse (MODE_SPARSE): every product is sparse,
+    costed by _sp_mult's estimates; else by _mult_cost, products dense
+    unless both operands are diagonal-like."""
     cdef double *cost
-    cdef unsigned char *kind
+    cdef SpEst *est
+    cdef SpEst e, best_e
     cdef Py_ssize_t L, i, j, s
     cdef double best, c
     cdef int bs
-    cdef bint dense = True, square = True
+    cdef bint dense = not sparse, square = True
     if m <= 0:
         return 0.0
     for i in range(m):
@@ -166,14 +220,17 @@ cdef double _plan_chain(const Link *f, Py_ssize_t m, int *split) noexcept nogil:
     if dense:
         return _plan_dense(f, m, split)
     cost = <double *>_alloc2(m, m, sizeof(double))
-    kind = <unsigned char *>_alloc2(m, m, sizeof(unsigned char))
-    if cost == NULL or kind == NULL:
+    est = <SpEst *>_alloc2(m, m, sizeof(SpEst))
+    if cost == NULL or est == NULL:
         free(cost)
-        free(kind)
+        free(est)
         return -1.0
     for i in range(m):
         cost[i * m + i] = 0.0
-        kind[i * m + i] = <unsigned char>f[i].kind
+        if sparse:
+            est[i * m + i] = _sp_leaf(&f[i])
+        else:
+            est[i * m + i].kind = f[i].kind
         split[i * m + i] = <int>i
     for L in range(2, m + 1):
         for i in range(0, m - L + 1):
@@ -184,21 +241,26 @@ cdef double _plan_chain(const Link *f, Py_ssize_t m, int *split) noexcept nogil:
             # candidate, i.e. plain propagation ((F_i..F_j-1) F_j)
             s = j - 1
             while s >= i:
-                c = (cost[i * m + s] + cost[(s + 1) * m + j]
-                     + _mult_cost(kind[i * m + s], kind[(s + 1) * m + j],
-                                  <double>f[i].m, <double>f[s].n,
-                                  <double>f[j].n, &f[i], &f[j]))
+                if sparse:
+                    c = _sp_mult(est[i * m + s], est[(s + 1) * m + j],
+                                 <double>f[i].m, <double>f[s].n,
+                                 <double>f[j].n, &e)
+                else:
+                    c = _mult_cost(est[i * m + s].kind, est[(s + 1) * m + j].kind,
+                                   <double>f[i].m, <double>f[s].n,
+                                   <double>f[j].n, &f[i], &f[j])
+                    e.kind = _result_kind(est[i * m + s].kind,
+                                          est[(s + 1) * m + j].kind)
+                c += cost[i * m + s] + cost[(s + 1) * m + j]
                 if c < best:
-                    best = c
-                    bs = <int>s
+                    best, bs, best_e = c, <int>s, e
                 s -= 1
             cost[i * m + j] = best
             split[i * m + j] = bs
-            kind[i * m + j] = <unsigned char>_result_kind(
-                kind[i * m + bs], kind[(bs + 1) * m + j])
+            est[i * m + j] = best_e
     best = cost[m - 1]
     free(cost)
-    free(kind)
+    free(est)
     return best
 
 
@@ -329,9 +391,14 @@ cdef Strategy _decide(const Link *f, Py_ssize_t m, int mode, Py_ssize_t B,
     not pay for finding out)."""
     cdef double cost, l2r, r2l, steps, dm = <double>m
     cdef int *sp
+    cdef bint sparse = mode == MODE_SPARSE      # sparse products throughout
     with nogil:
-        l2r = _order_cost(f, m, True, 1.0, False)
-        r2l = _order_cost(f, m, False, 1.0, False)
+        if sparse:
+            l2r = _sp_order(f, m, True)
+            r2l = _sp_order(f, m, False)
+        else:
+            l2r = _order_cost(f, m, True, 1.0, False)
+            r2l = _order_cost(f, m, False, 1.0, False)
     if m <= 2 or single:
         return _new(mode, B, ORDER_LEFT, None, l2r, l2r, r2l)
     steps = dm * dm * dm / 6.0
@@ -339,7 +406,7 @@ cdef Strategy _decide(const Link *f, Py_ssize_t m, int mode, Py_ssize_t B,
         split = np.empty(m * m, dtype=np.intc)
         sp = <int *>cnp.PyArray_DATA(split)
         with nogil:
-            cost = _plan_chain(f, m, sp)
+            cost = _plan_chain(f, m, sp, sparse)
         if cost < 0:
             raise MemoryError("could not allocate the bracketing tables")
         if cost < l2r:
@@ -368,56 +435,6 @@ cdef bint sparse_jacobian_ok(const Link *links, Py_ssize_t k) noexcept nogil:
     return any_sparse
 
 
-cdef struct SpEst:
-    int kind          # LINK_CSR for any sparse product, else the leaf's
-    double nz         # estimated nonzeros
-    double bw         # a bound on its bandwidth (largest |row - column|)
-
-
-cdef inline SpEst _sp_leaf(const Link *f) noexcept nogil:
-    cdef SpEst e
-    e.kind = f.kind
-    if f.kind == LINK_CSR or f.kind == LINK_CSC:
-        e.kind = LINK_CSR
-        e.nz = <double>f.nnz
-        e.bw = <double>link_bandwidth(f)
-    else:
-        e.nz = <double>f.n
-        e.bw = 0.0
-    return e
-
-
-cdef inline double _sp_mult(SpEst a, SpEst b, double p, double q, double r,
-                            SpEst *res) noexcept nogil:
-    """Multiply-adds of (p x q, a) times (q x r, b), and the estimate of
-    the product (res).  Sparse times sparse: every entry of a meets the
-    entries of one row of b, nz_b / q of them on average (exact for
-    banded factors); the product has at most that many nonzeros, at most
-    p r, and at most p (2 (bw_a + bw_b) + 1) (its bandwidth is at most
-    the sum).  A diagonal-like factor scales the other's entries."""
-    cdef double flops
-    if a.kind == LINK_IDENTITY:
-        res[0] = b
-        return 0.0
-    if b.kind == LINK_IDENTITY:
-        res[0] = a
-        return 0.0
-    if link_diaglike(a.kind) and link_diaglike(b.kind):
-        res.kind, res.nz, res.bw = LINK_DIAG, q, 0.0
-        return q
-    if link_diaglike(a.kind):
-        res[0] = b
-        return b.nz
-    if link_diaglike(b.kind):
-        res[0] = a
-        return a.nz
-    flops = a.nz * b.nz / q if q > 0 else 0.0
-    res.kind = LINK_CSR
-    res.bw = min(a.bw + b.bw, max(p, r))
-    res.nz = min(flops, p * r, p * (2.0 * res.bw + 1.0))
-    return flops
-
-
 cdef double _sp_order(const Link *f, Py_ssize_t m, bint left) noexcept nogil:
     """The estimated multiply-adds of a plain order of sparse products."""
     cdef SpEst acc, nxt
@@ -438,69 +455,6 @@ cdef double _sp_order(const Link *f, Py_ssize_t m, bint left) noexcept nogil:
             acc = nxt
             i -= 1
     return total
-
-
-cdef double _plan_sparse(const Link *f, Py_ssize_t m, int *split) noexcept nogil:
-    """The matrix-chain programme over sparse products (_sp_mult), as
-    _plan_chain over dense ones; -1.0 when out of memory."""
-    cdef SpEst *est = <SpEst *>_alloc2(m, m, sizeof(SpEst))
-    cdef double *cost = <double *>_alloc2(m, m, sizeof(double))
-    cdef SpEst e, best_e
-    cdef Py_ssize_t L, i, j, s
-    cdef double best, c
-    cdef int bs
-    if est == NULL or cost == NULL:
-        free(est)
-        free(cost)
-        return -1.0
-    for i in range(m):
-        est[i * m + i] = _sp_leaf(&f[i])
-        cost[i * m + i] = 0.0
-        split[i * m + i] = <int>i
-    for L in range(2, m + 1):
-        for i in range(0, m - L + 1):
-            j = i + L - 1
-            best = INF
-            bs = <int>(j - 1)
-            s = j - 1
-            while s >= i:
-                c = (cost[i * m + s] + cost[(s + 1) * m + j]
-                     + _sp_mult(est[i * m + s], est[(s + 1) * m + j],
-                                <double>f[i].m, <double>f[s].n,
-                                <double>f[j].n, &e))
-                if c < best:
-                    best, bs, best_e = c, <int>s, e
-                s -= 1
-            cost[i * m + j] = best
-            split[i * m + j] = bs
-            est[i * m + j] = best_e
-    best = cost[m - 1]
-    free(est)
-    free(cost)
-    return best
-
-
-cdef Strategy _decide_sparse(const Link *f, Py_ssize_t m):
-    """MODE_SPARSE: the programme over estimated sparse costs (bounded as
-    _decide's), else the cheaper plain order."""
-    cdef double cost, l2r, r2l, dm = <double>m
-    cdef int *sp
-    with nogil:
-        l2r = _sp_order(f, m, True)
-        r2l = _sp_order(f, m, False)
-    if m > 2 and (dm * dm * dm / 6.0 <= _DP_FREE_STEPS
-                  or dm * dm * dm / 6.0 * _DP_STEP_MADDS <= min(l2r, r2l)):
-        split = np.empty(m * m, dtype=np.intc)
-        sp = <int *>cnp.PyArray_DATA(split)
-        with nogil:
-            cost = _plan_sparse(f, m, sp)
-        if cost < 0:
-            raise MemoryError("could not allocate the bracketing tables")
-        if cost < min(l2r, r2l):
-            return _new(MODE_SPARSE, 0, ORDER_TABLE, split, cost, l2r, r2l)
-    if r2l < l2r:
-        return _new(MODE_SPARSE, 0, ORDER_RIGHT, None, r2l, l2r, r2l)
-    return _new(MODE_SPARSE, 0, ORDER_LEFT, None, l2r, l2r, r2l)
 
 
 cdef Strategy _per_sample(const Link *f, Py_ssize_t m, int mode,
@@ -554,7 +508,7 @@ cdef Strategy _shared(const Link *f, Py_ssize_t m, int mode, Py_ssize_t B):
     gkey = (mode, B, bytes(sigb))
     s = _STRATEGIES.get(gkey)
     if s is None:
-        s = _decide_sparse(f, m) if mode == MODE_SPARSE else _decide(f, m, mode, B, False)
+        s = _decide(f, m, mode, B, False)
         if m <= _CACHE_MAX_FACTORS:
             if len(_STRATEGIES) >= _CACHE_MAX_ENTRIES:
                 _STRATEGIES.clear()
