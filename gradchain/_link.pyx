@@ -386,9 +386,14 @@ cdef object link_sparse_matrix(const Link *L, int typenum):
     import scipy.sparse as sp
     cdef int isz = 8 if typenum == cnp.NPY_DOUBLE else 4
     cdef int itype = cnp.NPY_INT32 if L.isize == 4 else cnp.NPY_INT64
-    cdef Py_ssize_t nl
+    cdef Py_ssize_t nl, where = -1
     if L.kind == LINK_CSR or L.kind == LINK_CSC:
         nl = L.m if L.kind == LINK_CSR else L.n
+        # SciPy's products trust a structure: check it again (O(nnz), next
+        # to the product's cost) in case it was edited in place since binding
+        if link_sparse_check(nl, L.ptr, L.idx, L.isize, L.nnz,
+                             L.n if L.kind == LINK_CSR else L.m, &where, NULL):
+            link_raise(-3, "")
         arrays = (_view(L.data, L.nnz, 1, typenum, isz),
                   _view(L.idx, L.nnz, 1, itype, L.isize),
                   _view(L.ptr, nl + 1, 1, itype, L.isize))

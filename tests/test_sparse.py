@@ -704,6 +704,9 @@ def test_scatter_partition_structure_changed(rng):
         c.vjp(g)
     v = rng.standard_normal(n)
     assert np.array_equal(c.jvp(v), S @ v)
+    S.indices[1] = n + 5                 # out of range: jacobian()'s SpGEMM
+    with pytest.raises(ValueError, match="changed after"):
+        c.jacobian()
     S.indices[1] = 1
     assert np.array_equal(c.vjp(g), before)
 
