@@ -32,28 +32,44 @@ GC_SP(gc_sp_range)(const GC_I *ptr, ptrdiff_t r, ptrdiff_t nstored,
     return *p0 < 0 || *p1 > nstored || *p0 > *p1;
 }
 
-/* line r of the structure against one row x (nx wide); *bad is set when
- * the line's range or an index is out of bounds (entries skipped) */
-static inline GC_T
-GC_SP(gc_sp_line)(const GC_I *ptr, const GC_I *idx, const GC_T *val,
-                  ptrdiff_t nstored, ptrdiff_t r, const GC_T *x,
-                  ptrdiff_t nx, int *bad)
+/* The gather of lines [r0, r1) for the bt rows t of a tile: out[t * no +
+ * r] = sum over line r's entries, in order, of val[p] x[t * nx + idx[p]];
+ * 1 when a line's range or an index is out of bounds (entries skipped).
+ * Inlined with bt = GC_SP_TILE for full tiles and bt = 1 for single rows. */
+static GC_SP_INLINE int
+GC_SP(gc_sp_gather_lines)(ptrdiff_t r0, ptrdiff_t r1, const GC_I *ptr,
+                          const GC_I *idx, const GC_T *val, ptrdiff_t nstored,
+                          const GC_T *x, ptrdiff_t nx, const ptrdiff_t bt,
+                          GC_T *out, ptrdiff_t no)
 {
-    GC_T acc = 0;
-    ptrdiff_t p, p0, p1;
-    if (GC_SP(gc_sp_range)(ptr, r, nstored, &p0, &p1)) {
-        *bad = 1;
-        return 0;
-    }
-    for (p = p0; p < p1; p++) {
-        const GC_I j = idx[p];
-        if (GC_UNLIKELY((size_t)j >= (size_t)nx)) {
-            *bad = 1;
-            continue;
+    ptrdiff_t r, p, t;
+    int bad = 0;
+    for (r = r0; r < r1; r++) {
+        GC_T acc[GC_SP_TILE];
+        ptrdiff_t p0, p1;
+        for (t = 0; t < bt; t++) {
+            acc[t] = 0;
         }
-        acc += val[p] * x[j];
+        if (GC_SP(gc_sp_range)(ptr, r, nstored, &p0, &p1)) {
+            bad = 1;
+            p1 = p0;
+        }
+        for (p = p0; p < p1; p++) {
+            const GC_I j = idx[p];
+            const GC_T v = val[p];
+            if (GC_UNLIKELY((size_t)j >= (size_t)nx)) {
+                bad = 1;
+                continue;
+            }
+            for (t = 0; t < bt; t++) {
+                acc[t] += v * x[t * nx + j];
+            }
+        }
+        for (t = 0; t < bt; t++) {
+            out[t * no + r] = acc[t];
+        }
     }
-    return acc;
+    return bad;
 }
 
 int
@@ -80,62 +96,32 @@ GC_SP(gc_sp_gather)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
         const ptrdiff_t bt = B - t0 < GC_SP_TILE ? B - t0 : GC_SP_TILE;
         const GC_T *xt = x + t0 * nx;
         GC_T *ot = out + t0 * nptr;
-        ptrdiff_t r, p, t;
-        if (bt == 1) {
-            for (r = r0; r < r1; r++) {
-                ot[r] = GC_SP(gc_sp_line)(ptr, idx, val, nstored, r, xt, nx, &bad);
-            }
-            continue;
-        }
-        for (r = r0; r < r1; r++) {
-            GC_T acc[GC_SP_TILE];
-            ptrdiff_t p0, p1;
-            for (t = 0; t < bt; t++) {
-                acc[t] = 0;
-            }
-            if (GC_SP(gc_sp_range)(ptr, r, nstored, &p0, &p1)) {
-                bad = 1;
-                p1 = p0;
-            }
-            for (p = p0; p < p1; p++) {
-                const GC_I j = idx[p];
-                const GC_T v = val[p];
-                if (GC_UNLIKELY((size_t)j >= (size_t)nx)) {
-                    bad = 1;
-                    continue;
-                }
-                for (t = 0; t < bt; t++) {
-                    acc[t] += v * xt[t * nx + j];
-                }
-            }
-            for (t = 0; t < bt; t++) {
-                ot[t * nptr + r] = acc[t];
-            }
-        }
+        bad |= bt == GC_SP_TILE
+            ? GC_SP(gc_sp_gather_lines)(r0, r1, ptr, idx, val, nstored, xt, nx,
+                                        GC_SP_TILE, ot, nptr)
+            : bt == 1
+            ? GC_SP(gc_sp_gather_lines)(r0, r1, ptr, idx, val, nstored, xt, nx,
+                                        1, ot, nptr)
+            : GC_SP(gc_sp_gather_lines)(r0, r1, ptr, idx, val, nstored, xt, nx,
+                                        bt, ot, nptr);
     }
     return bad;
 }
 
 /* The scatter of lines [l0, l1) for the bt rows t of a tile (x rows xs
- * apart): an entry's index j must lie in [lo, hi) (else skipped, 1);
- * j in [ea, eb) adds into out[t * nout + j], any other into the
- * workspace w (rows nw apart): [lo, ea) at w[j - lo], [eb, hi) at
- * w[ea - lo + j - eb].  Inlined with bt = GC_SP_TILE for full tiles. */
+ * apart) into dst (rows ds apart, dst[0] standing for index lo): entry p
+ * adds val[p] x[t * xs + r] into dst[t * ds + idx[p] - lo]; an index
+ * outside [lo, hi) is skipped (1).  Inlined with bt = GC_SP_TILE for full
+ * tiles and bt = 1 for single rows. */
 static GC_SP_INLINE int
 GC_SP(gc_sp_scatter_lines)(ptrdiff_t l0, ptrdiff_t l1, const GC_I *ptr,
                            const GC_I *idx, const GC_T *val,
                            ptrdiff_t nstored, const GC_T *x, ptrdiff_t xs,
                            const ptrdiff_t bt, ptrdiff_t lo, ptrdiff_t hi,
-                           ptrdiff_t ea, ptrdiff_t eb, GC_T *out,
-                           ptrdiff_t nout, GC_T *w, ptrdiff_t nw)
+                           GC_T *dst, ptrdiff_t ds)
 {
-    const size_t span = (size_t)(hi - lo), excl = (size_t)(eb - ea);
-    /* one target when the span is all exclusive (out) or has no exclusive
-     * interval (the workspace); else two, chosen per entry */
-    const int one = excl == span || excl == 0;
-    GC_T *const base = excl == span ? out : w - lo;
-    const ptrdiff_t bs = excl == span ? nout : nw;
-    GC_T *const wr = w + (ea - lo) - eb;    /* right part: wr[j] */
+    const size_t span = (size_t)(hi - lo);
+    GC_T *const base = dst - lo;
     ptrdiff_t r, p, t;
     int bad = 0;
     for (r = l0; r < l1; r++) {
@@ -148,36 +134,16 @@ GC_SP(gc_sp_scatter_lines)(ptrdiff_t l0, ptrdiff_t l1, const GC_I *ptr,
         for (t = 0; t < bt; t++) {
             xr[t] = x[t * xs + r];
         }
-        if (one) {
-            for (p = p0; p < p1; p++) {
-                const ptrdiff_t j = (ptrdiff_t)idx[p];
-                const GC_T v = val[p];
-                GC_T *const o = base + j;
-                if (GC_UNLIKELY((size_t)(j - lo) >= span)) {
-                    bad = 1;
-                    continue;
-                }
-                for (t = 0; t < bt; t++) {
-                    o[t * bs] += v * xr[t];
-                }
-            }
-            continue;
-        }
         for (p = p0; p < p1; p++) {
             const ptrdiff_t j = (ptrdiff_t)idx[p];
             const GC_T v = val[p];
-            GC_T *o = out + j;
-            ptrdiff_t os = nout;
-            if ((size_t)(j - ea) >= excl) {     /* [ea, eb) is inside the span */
-                if (GC_UNLIKELY((size_t)(j - lo) >= span)) {
-                    bad = 1;
-                    continue;
-                }
-                o = (j < ea ? w - lo : wr) + j;
-                os = nw;
+            GC_T *const o = base + j;
+            if (GC_UNLIKELY((size_t)(j - lo) >= span)) {
+                bad = 1;
+                continue;
             }
             for (t = 0; t < bt; t++) {
-                o[t * os] += v * xr[t];
+                o[t * ds] += v * xr[t];
             }
         }
     }
@@ -185,16 +151,15 @@ GC_SP(gc_sp_scatter_lines)(ptrdiff_t l0, ptrdiff_t l1, const GC_I *ptr,
 }
 
 /* gc_sp_scatter_lines inlined for a full tile, one row, or bt rows */
-#define GC_SP_SCATTER_LINES(l0, l1, x, bt, lo, hi, ea, eb, out, w, nw)        \
+#define GC_SP_SCATTER_LINES(l0, l1, x, bt, lo, hi, dst, ds)                   \
     ((bt) == GC_SP_TILE                                                       \
      ? GC_SP(gc_sp_scatter_lines)(l0, l1, ptr, idx, val, nstored, x, nptr,    \
-                                  GC_SP_TILE, lo, hi, ea, eb, out, nout, w,   \
-                                  nw)                                         \
+                                  GC_SP_TILE, lo, hi, dst, ds)                \
      : (bt) == 1                                                              \
      ? GC_SP(gc_sp_scatter_lines)(l0, l1, ptr, idx, val, nstored, x, nptr, 1, \
-                                  lo, hi, ea, eb, out, nout, w, nw)           \
+                                  lo, hi, dst, ds)                            \
      : GC_SP(gc_sp_scatter_lines)(l0, l1, ptr, idx, val, nstored, x, nptr,    \
-                                  bt, lo, hi, ea, eb, out, nout, w, nw))
+                                  bt, lo, hi, dst, ds))
 
 int
 GC_SP(gc_sp_scatter)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
@@ -219,8 +184,8 @@ GC_SP(gc_sp_scatter)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
             const ptrdiff_t bt = B - b0 < GC_SP_TILE ? B - b0 : GC_SP_TILE;
             GC_T *ot = out + b0 * nout;
             memset(ot, 0, (size_t)(bt * nout) * sizeof(GC_T));
-            bad |= GC_SP_SCATTER_LINES(0, nptr, x + b0 * nptr, bt, 0, nout, 0,
-                                       nout, ot, ot, 0);
+            bad |= GC_SP_SCATTER_LINES(0, nptr, x + b0 * nptr, bt, 0, nout, ot,
+                                       nout);
         }
         return bad;
     }
@@ -254,8 +219,8 @@ GC_SP(gc_sp_scatter)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
                 memset(w, 0, (size_t)(bt * (hi - lo)) * sizeof(GC_T));
                 bad |= GC_SP_SCATTER_LINES((ptrdiff_t)part[GC_SP_P_BND + q],
                                            (ptrdiff_t)part[GC_SP_P_BND + q + 1],
-                                           x + b0 * nptr, bt, lo, hi, lo, lo,
-                                           ot, w, hi - lo);
+                                           x + b0 * nptr, bt, lo, hi, w,
+                                           hi - lo);
             }
             #pragma omp for schedule(static)
             for (q = 0; q < nblk; q++) {

@@ -459,25 +459,14 @@ cdef int run_samples(const Link *f, Py_ssize_t m, const int *split, int order,
 # Sparse products (the sparse jacobian)
 # ---------------------------------------------------------------------------
 
-cdef object _sp_operand(const Link *L, int typenum):
-    """A factor of a sparse product: None (I), a float (c I) or a
-    scipy.sparse matrix over the link's arrays (read-only)."""
-    if L.kind == LINK_IDENTITY:
-        return None
-    if L.kind == LINK_SCALED_IDENTITY:
-        return float(L.scale)
-    return link_sparse_matrix(L, typenum)
-
-
 cdef object _sp_mul(object a, object b):
+    """The product of two factors of link_sparse_matrix's forms."""
     if a is None:
         return b
     if b is None:
         return a
-    if isinstance(a, float) and isinstance(b, float):
-        return a * b
     if isinstance(a, float) or isinstance(b, float):
-        return a * b                   # a scaling of the sparse operand
+        return a * b                   # c I: a scaling (or c c')
     return a @ b
 
 
@@ -486,7 +475,7 @@ cdef object run_sparse_product(const Link *f, Py_ssize_t m, const int *split,
     import scipy.sparse as sp
     cdef Py_ssize_t i, j, s
     dtype = np.float64 if typenum == cnp.NPY_DOUBLE else np.float32
-    ops = [_sp_operand(&f[i], typenum) for i in range(m)]
+    ops = [link_sparse_matrix(&f[i], typenum) for i in range(m)]
     if order == ORDER_LEFT:
         acc = ops[0]
         for i in range(1, m):

@@ -176,9 +176,11 @@ cdef inline Py_ssize_t link_bandwidth(const Link *L) noexcept nogil:
         return <Py_ssize_t>L.part[LINK_PART_BAND]
     return L.m if L.m > L.n else L.n
 
-# A sparse or diagonal-like link as a scipy.sparse matrix over the link's
-# own arrays (read-only views; scipy imported here), for the sparse
-# jacobian (_accumulate.run_sparse_product); typenum: the chain's dtype.
+# A sparse or diagonal-like link as a factor of a sparse product
+# (_accumulate.run_sparse_product): a scipy.sparse matrix over the link's
+# own arrays (read-only views, the structure checked again; scipy imported
+# here) for a sparse or diagonal link, a float for c I, None for I;
+# typenum: the chain's dtype.
 cdef object link_sparse_matrix(const Link *L, int typenum)
 
 # After an executor returned rc != 0: raise what failed -- the pending

@@ -402,7 +402,8 @@ cdef object link_sparse_matrix(const Link *L, int typenum):
         return sp.csc_array(arrays, shape=(L.m, L.n))
     if L.kind == LINK_DIAG:
         return sp.diags_array(_view(L.d, L.n, L.ds, typenum, isz), format="csr")
-    if L.kind == LINK_SCALED_IDENTITY or L.kind == LINK_IDENTITY:
-        return sp.diags_array(np.full(L.n, L.scale, dtype=np.float64 if isz == 8
-                                      else np.float32), format="csr")
+    if L.kind == LINK_IDENTITY:
+        return None
+    if L.kind == LINK_SCALED_IDENTITY:
+        return float(L.scale)
     raise TypeError(f"a link of kind {L.kind} has no sparse form")
