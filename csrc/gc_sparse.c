@@ -243,17 +243,20 @@ int
 gc_sp_apply(int dbl, int isize, int gather, ptrdiff_t nptr, const void *ptr,
             const void *idx, const void *val, ptrdiff_t nstored, ptrdiff_t B,
             const void *x, ptrdiff_t nother, void *out, int nthreads,
-            const int64_t *part)
+            const int64_t *part, int tiled)
 {
 #define GC_SP_CALL(S, T, I)                                                  \
     return gather ? gc_sp_gather_##S(nptr, (const I *)ptr, (const I *)idx,  \
                                      (const T *)val, nstored, B,            \
                                      (const T *)x, nother, (T *)out,        \
-                                     nthreads)                              \
+                                     nthreads, tiled)                       \
                   : gc_sp_scatter_##S(nptr, (const I *)ptr, (const I *)idx, \
                                       (const T *)val, nstored, B,           \
                                       (const T *)x, nother, (T *)out,       \
-                                      nthreads, part)
+                                      nthreads, part, tiled)
+    if (tiled && B % GC_SP_TILE != 0) {
+        return 3;
+    }
     GC_SP_DISPATCH();
 #undef GC_SP_CALL
 }
@@ -281,3 +284,55 @@ gc_sp_check(int isize, ptrdiff_t nptr, const void *ptr, const void *idx,
     return gc_sp_check_l(nptr, (const int64_t *)ptr, (const int64_t *)idx,
                          nidx, nbound, where, part);
 }
+
+/* Rows and tiles (gc_sparse.h): to_tiles, the nrows rows (w wide) of src
+ * into the tiles of dst, the rows past nrows of the last tile zero; else
+ * the first nrows rows of src's tiles into the rows of dst. */
+#define GC_SP_TILES(T)                                                        \
+    do {                                                                      \
+        const ptrdiff_t ntile = (nrows + GC_SP_TILE - 1) / GC_SP_TILE;        \
+        const T *s_ = (const T *)src;                                         \
+        T *d_ = (T *)dst;                                                     \
+        ptrdiff_t c;                                                          \
+        _Pragma("omp parallel for if (par) num_threads(nthreads) schedule(static)") \
+        for (c = 0; c < ntile; c++) {                                         \
+            const ptrdiff_t b0 = c * GC_SP_TILE;                              \
+            const ptrdiff_t bt = nrows - b0 < GC_SP_TILE ? nrows - b0        \
+                                                         : GC_SP_TILE;        \
+            ptrdiff_t j, t;                                                   \
+            if (to_tiles) {                                                   \
+                T *o = d_ + b0 * w;                                           \
+                for (j = 0; j < w; j++) {                                     \
+                    for (t = 0; t < bt; t++) {                                \
+                        o[j * GC_SP_TILE + t] = s_[(b0 + t) * w + j];         \
+                    }                                                         \
+                    for (; t < GC_SP_TILE; t++) {                             \
+                        o[j * GC_SP_TILE + t] = 0;                            \
+                    }                                                         \
+                }                                                             \
+            }                                                                 \
+            else {                                                            \
+                const T *i_ = s_ + b0 * w;                                    \
+                for (t = 0; t < bt; t++) {                                    \
+                    for (j = 0; j < w; j++) {                                 \
+                        d_[(b0 + t) * w + j] = i_[j * GC_SP_TILE + t];        \
+                    }                                                         \
+                }                                                             \
+            }                                                                 \
+        }                                                                     \
+    } while (0)
+
+void
+gc_sp_tiles(int dbl, int to_tiles, ptrdiff_t nrows, ptrdiff_t w,
+            const void *src, void *dst, int nthreads)
+{
+    const int par = nthreads > 1 && nrows * w >= GC_SPARSE_PARALLEL_MIN;
+    (void)par;
+    if (dbl) {
+        GC_SP_TILES(double);
+    }
+    else {
+        GC_SP_TILES(float);
+    }
+}
+#undef GC_SP_TILES

@@ -23,7 +23,12 @@
  * (small structures) is plain line order.  The partition depends on the
  * structure alone, so the chunks are what threads split, not one sum.
  * Blocks run in tiles of GC_SP_TILE rows that share one walk of the
- * structure (the tile's sums side by side: the same order per row).  Threads
+ * structure (the tile's sums side by side: the same order per row).  A
+ * block is B contiguous rows, or (tiled: B a multiple of GC_SP_TILE) B /
+ * GC_SP_TILE tiles, tile c's value of row c GC_SP_TILE + t at index j at
+ * [c GC_SP_TILE w + j GC_SP_TILE + t] (w: the rows' width): the tile's
+ * values of one index side by side, so its sums are vector operations.
+ * The two layouts give the same bits.  Threads
  * (nthreads > 1, products of at least GC_SPARSE_PARALLEL_MIN entries x rows)
  * split lines and tiles (gather) or chunks and tiles (scatter), never one
  * sum's order: results do not depend on the thread count.
@@ -49,6 +54,9 @@ extern "C" {
 
 #define GC_SPARSE_PARALLEL_MIN ((ptrdiff_t)1 << 15)
 #define GC_SP_TILE 8            /* rows of a block per walk of the structure */
+#define GC_SP_TILES_MIN 4       /* a block of this many tiles or more
+                                   scatters in line order, split by tiles
+                                   (the caller passes no partition) */
 #define GC_SP_LINES 256         /* lines per gather task */
 #define GC_SP_COLS 4096         /* outputs per zeroing / reduction task */
 #define GC_SP_CHUNKS_MAX 16     /* a scatter's partition: at most 16 chunks */
@@ -78,11 +86,12 @@ extern "C" {
 #define GC_SP_DECL(T, S, I)                                                   \
     int gc_sp_gather_##S(ptrdiff_t nptr, const I *ptr, const I *idx,         \
                          const T *val, ptrdiff_t nstored, ptrdiff_t B,       \
-                         const T *x, ptrdiff_t nx, T *out, int nthreads);    \
+                         const T *x, ptrdiff_t nx, T *out, int nthreads,     \
+                         int tiled);                                         \
     int gc_sp_scatter_##S(ptrdiff_t nptr, const I *ptr, const I *idx,        \
                           const T *val, ptrdiff_t nstored, ptrdiff_t B,      \
                           const T *x, ptrdiff_t nout, T *out, int nthreads,  \
-                          const int64_t *part);                              \
+                          const int64_t *part, int tiled);                   \
     int gc_sp_todense_##S(ptrdiff_t nptr, const I *ptr, const I *idx,        \
                           const T *val, ptrdiff_t nstored, ptrdiff_t nidx,   \
                           T *out, ptrdiff_t rs, ptrdiff_t cs);
@@ -112,14 +121,21 @@ int gc_sp_check_l(ptrdiff_t nptr, const int64_t *ptr, const int64_t *idx,
 /* One entry point each for the binding, dispatching on the data type (dbl:
  * double, else float) and the index size (4 or 8 bytes):
  *   gc_sp_apply: gather (nother = nx) or scatter (nother = nout, over the
- *                partition part: NULL is one chunk) as above; 0, 1 out of
- *                bounds, 2 out of memory (a scatter's workspace);
+ *                partition part: NULL is one chunk) as above, x and out in
+ *                rows or (tiled) in tiles; 0, 1 out of bounds, 2 out of
+ *                memory (a scatter's workspace), 3 tiled with B not a
+ *                multiple of GC_SP_TILE;
  *   gc_sp_dense: gc_sp_todense;  gc_sp_check: gc_sp_check_i / _l. */
 int gc_sp_apply(int dbl, int isize, int gather, ptrdiff_t nptr,
                 const void *ptr, const void *idx, const void *val,
                 ptrdiff_t nstored, ptrdiff_t B, const void *x,
                 ptrdiff_t nother, void *out, int nthreads,
-                const int64_t *part);
+                const int64_t *part, int tiled);
+/* Rows and tiles: to_tiles, the nrows rows (w wide) of src into the tiles
+ * of dst (ceil(nrows / GC_SP_TILE) of them, the rows past nrows zero);
+ * else the first nrows rows of src's tiles into the rows of dst. */
+void gc_sp_tiles(int dbl, int to_tiles, ptrdiff_t nrows, ptrdiff_t w,
+                 const void *src, void *dst, int nthreads);
 int gc_sp_dense(int dbl, int isize, ptrdiff_t nptr, const void *ptr,
                 const void *idx, const void *val, ptrdiff_t nstored,
                 ptrdiff_t nidx, void *out, ptrdiff_t rs, ptrdiff_t cs);

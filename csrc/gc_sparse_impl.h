@@ -32,15 +32,19 @@ GC_SP(gc_sp_range)(const GC_I *ptr, ptrdiff_t r, ptrdiff_t nstored,
     return *p0 < 0 || *p1 > nstored || *p0 > *p1;
 }
 
-/* The gather of lines [r0, r1) for the bt rows t of a tile: out[t * no +
- * r] = sum over line r's entries, in order, of val[p] x[t * nx + idx[p]];
- * 1 when a line's range or an index is out of bounds (entries skipped).
- * Inlined with bt = GC_SP_TILE for full tiles and bt = 1 for single rows. */
+/* The gather of lines [r0, r1) for the bt rows t of a tile: out[t * os +
+ * r * oe] = sum over line r's entries, in order, of val[p] x[t * xs +
+ * idx[p] * xe]; 1 when a line's range or an index is out of bounds
+ * (entries skipped).  Inlined with constant strides: rows (xs = nx, xe =
+ * 1, os = no, oe = 1) for bt = GC_SP_TILE, 1 or any, and a tile's
+ * interleaved layout (xs = os = 1, xe = oe = GC_SP_TILE: the tile's values
+ * of one index side by side, so the tile's sums are one vector). */
 static GC_SP_INLINE int
 GC_SP(gc_sp_gather_lines)(ptrdiff_t r0, ptrdiff_t r1, const GC_I *ptr,
                           const GC_I *idx, const GC_T *val, ptrdiff_t nstored,
-                          const GC_T *x, ptrdiff_t nx, const ptrdiff_t bt,
-                          GC_T *out, ptrdiff_t no)
+                          const GC_T *x, ptrdiff_t nx, const ptrdiff_t xs,
+                          const ptrdiff_t xe, const ptrdiff_t bt, GC_T *out,
+                          const ptrdiff_t os, const ptrdiff_t oe)
 {
     ptrdiff_t r, p, t;
     int bad = 0;
@@ -57,16 +61,17 @@ GC_SP(gc_sp_gather_lines)(ptrdiff_t r0, ptrdiff_t r1, const GC_I *ptr,
         for (p = p0; p < p1; p++) {
             const GC_I j = idx[p];
             const GC_T v = val[p];
+            const GC_T *xj = x + (ptrdiff_t)j * xe;
             if (GC_UNLIKELY((size_t)j >= (size_t)nx)) {
                 bad = 1;
                 continue;
             }
             for (t = 0; t < bt; t++) {
-                acc[t] += v * x[t * nx + j];
+                acc[t] += v * xj[t * xs];
             }
         }
         for (t = 0; t < bt; t++) {
-            out[t * no + r] = acc[t];
+            out[t * os + r * oe] = acc[t];
         }
     }
     return bad;
@@ -75,7 +80,8 @@ GC_SP(gc_sp_gather_lines)(ptrdiff_t r0, ptrdiff_t r1, const GC_I *ptr,
 int
 GC_SP(gc_sp_gather)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
                     const GC_T *val, ptrdiff_t nstored, ptrdiff_t B,
-                    const GC_T *x, ptrdiff_t nx, GC_T *out, int nthreads)
+                    const GC_T *x, ptrdiff_t nx, GC_T *out, int nthreads,
+                    int tiled)
 {
     /* tasks: (block of GC_SP_LINES lines) x (tile of GC_SP_TILE rows of
      * the block); a tile's sums run side by side over one walk of the
@@ -96,32 +102,37 @@ GC_SP(gc_sp_gather)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
         const ptrdiff_t bt = B - t0 < GC_SP_TILE ? B - t0 : GC_SP_TILE;
         const GC_T *xt = x + t0 * nx;
         GC_T *ot = out + t0 * nptr;
-        bad |= bt == GC_SP_TILE
+        bad |= tiled
             ? GC_SP(gc_sp_gather_lines)(r0, r1, ptr, idx, val, nstored, xt, nx,
-                                        GC_SP_TILE, ot, nptr)
+                                        1, GC_SP_TILE, GC_SP_TILE, ot, 1,
+                                        GC_SP_TILE)
+            : bt == GC_SP_TILE
+            ? GC_SP(gc_sp_gather_lines)(r0, r1, ptr, idx, val, nstored, xt, nx,
+                                        nx, 1, GC_SP_TILE, ot, nptr, 1)
             : bt == 1
             ? GC_SP(gc_sp_gather_lines)(r0, r1, ptr, idx, val, nstored, xt, nx,
-                                        1, ot, nptr)
+                                        nx, 1, 1, ot, nptr, 1)
             : GC_SP(gc_sp_gather_lines)(r0, r1, ptr, idx, val, nstored, xt, nx,
-                                        bt, ot, nptr);
+                                        nx, 1, bt, ot, nptr, 1);
     }
     return bad;
 }
 
-/* The scatter of lines [l0, l1) for the bt rows t of a tile (x rows xs
- * apart) into dst (rows ds apart, dst[0] standing for index lo): entry p
- * adds val[p] x[t * xs + r] into dst[t * ds + idx[p] - lo]; an index
- * outside [lo, hi) is skipped (1).  Inlined with bt = GC_SP_TILE for full
- * tiles and bt = 1 for single rows. */
+/* The scatter of lines [l0, l1) for the bt rows t of a tile (row t's
+ * value of line r at x[t * xs + r * xe]) into dst (index j of row t at
+ * dst[t * ds + (j - lo) * de]): entry p adds val[p] x(t, r) into dst(t,
+ * idx[p]); an index outside [lo, hi) is skipped (1).  Inlined with
+ * constant strides, as the gather. */
 static GC_SP_INLINE int
 GC_SP(gc_sp_scatter_lines)(ptrdiff_t l0, ptrdiff_t l1, const GC_I *ptr,
                            const GC_I *idx, const GC_T *val,
-                           ptrdiff_t nstored, const GC_T *x, ptrdiff_t xs,
-                           const ptrdiff_t bt, ptrdiff_t lo, ptrdiff_t hi,
-                           GC_T *dst, ptrdiff_t ds)
+                           ptrdiff_t nstored, const GC_T *x, const ptrdiff_t xs,
+                           const ptrdiff_t xe, const ptrdiff_t bt, ptrdiff_t lo,
+                           ptrdiff_t hi, GC_T *dst, const ptrdiff_t ds,
+                           const ptrdiff_t de)
 {
     const size_t span = (size_t)(hi - lo);
-    GC_T *const base = dst - lo;
+    GC_T *const base = dst - lo * de;
     ptrdiff_t r, p, t;
     int bad = 0;
     for (r = l0; r < l1; r++) {
@@ -132,12 +143,12 @@ GC_SP(gc_sp_scatter_lines)(ptrdiff_t l0, ptrdiff_t l1, const GC_I *ptr,
             continue;
         }
         for (t = 0; t < bt; t++) {
-            xr[t] = x[t * xs + r];
+            xr[t] = x[t * xs + r * xe];
         }
         for (p = p0; p < p1; p++) {
             const ptrdiff_t j = (ptrdiff_t)idx[p];
             const GC_T v = val[p];
-            GC_T *const o = base + j;
+            GC_T *const o = base + j * de;
             if (GC_UNLIKELY((size_t)(j - lo) >= span)) {
                 bad = 1;
                 continue;
@@ -150,28 +161,37 @@ GC_SP(gc_sp_scatter_lines)(ptrdiff_t l0, ptrdiff_t l1, const GC_I *ptr,
     return bad;
 }
 
-/* gc_sp_scatter_lines inlined for a full tile, one row, or bt rows */
+/* gc_sp_scatter_lines inlined for a tile in the interleaved layout (dst
+ * index-major: ds = 1, de = GC_SP_TILE), a full tile of rows, one row or
+ * bt rows (dst rows ds apart) */
 #define GC_SP_SCATTER_LINES(l0, l1, x, bt, lo, hi, dst, ds)                   \
-    ((bt) == GC_SP_TILE                                                       \
-     ? GC_SP(gc_sp_scatter_lines)(l0, l1, ptr, idx, val, nstored, x, nptr,    \
-                                  GC_SP_TILE, lo, hi, dst, ds)                \
+    (tiled                                                                    \
+     ? GC_SP(gc_sp_scatter_lines)(l0, l1, ptr, idx, val, nstored, x, 1,       \
+                                  GC_SP_TILE, GC_SP_TILE, lo, hi, dst, 1,     \
+                                  GC_SP_TILE)                                 \
+     : (bt) == GC_SP_TILE                                                     \
+     ? GC_SP(gc_sp_scatter_lines)(l0, l1, ptr, idx, val, nstored, x, nptr, 1, \
+                                  GC_SP_TILE, lo, hi, dst, ds, 1)             \
      : (bt) == 1                                                              \
      ? GC_SP(gc_sp_scatter_lines)(l0, l1, ptr, idx, val, nstored, x, nptr, 1, \
-                                  lo, hi, dst, ds)                            \
-     : GC_SP(gc_sp_scatter_lines)(l0, l1, ptr, idx, val, nstored, x, nptr,    \
-                                  bt, lo, hi, dst, ds))
+                                  1, lo, hi, dst, ds, 1)                      \
+     : GC_SP(gc_sp_scatter_lines)(l0, l1, ptr, idx, val, nstored, x, nptr, 1, \
+                                  bt, lo, hi, dst, ds, 1))
 
 int
 GC_SP(gc_sp_scatter)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
                      const GC_T *val, ptrdiff_t nstored, ptrdiff_t B,
                      const GC_T *x, ptrdiff_t nout, GC_T *out, int nthreads,
-                     const int64_t *part)
+                     const int64_t *part, int tiled)
 {
     const ptrdiff_t P = part != NULL && part[0] > 1 ? (ptrdiff_t)part[0] : 1;
     const ptrdiff_t ntile = (B + GC_SP_TILE - 1) / GC_SP_TILE;
     const ptrdiff_t btmax = B < GC_SP_TILE ? B : GC_SP_TILE;
     const ptrdiff_t nblk = (nout + GC_SP_COLS - 1) / GC_SP_COLS;
     const int par = nthreads > 1 && (nstored + nptr) * B >= GC_SPARSE_PARALLEL_MIN;
+    /* a row's value of index j at row * rstep + j * estep, in out and in a
+     * workspace of width w: rows, or a tile's interleaved layout */
+    const ptrdiff_t estep = tiled ? GC_SP_TILE : 1;
     ptrdiff_t off[GC_SP_CHUNKS_MAX + 1], c, t0;
     GC_T *ws;
     int bad = 0;
@@ -227,14 +247,28 @@ GC_SP(gc_sp_scatter)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
                 const ptrdiff_t j0 = q * GC_SP_COLS;
                 const ptrdiff_t j1 = nout - j0 < GC_SP_COLS ? nout : j0 + GC_SP_COLS;
                 ptrdiff_t k, t, j;
-                for (t = 0; t < bt; t++) {
-                    memset(ot + t * nout + j0, 0, (size_t)(j1 - j0) * sizeof(GC_T));
+                if (tiled) {
+                    /* index-major: the tile's values of [j0, j1) in a row */
+                    memset(ot + j0 * estep, 0,
+                           (size_t)((j1 - j0) * estep) * sizeof(GC_T));
+                }
+                else {
+                    for (t = 0; t < bt; t++) {
+                        memset(ot + t * nout + j0, 0,
+                               (size_t)(j1 - j0) * sizeof(GC_T));
+                    }
                 }
                 for (k = 0; k < P; k++) {
                     const ptrdiff_t lo = (ptrdiff_t)part[GC_SP_P_LO + k];
                     const ptrdiff_t hi = (ptrdiff_t)part[GC_SP_P_HI + k];
                     const ptrdiff_t a = lo > j0 ? lo : j0, e = hi < j1 ? hi : j1;
-                    const GC_T *w = ws + off[k] - lo;
+                    const GC_T *w = ws + off[k] - lo * estep;
+                    if (tiled) {
+                        for (j = a * estep; j < e * estep; j++) {
+                            ot[j] += w[j];
+                        }
+                        continue;
+                    }
                     for (t = 0; t < bt; t++) {
                         for (j = a; j < e; j++) {
                             ot[t * nout + j] += w[t * (hi - lo) + j];

@@ -150,6 +150,14 @@ cdef inline const char *link_sample(const Link *L, Py_ssize_t b,
 cdef int link_apply_rows(const Link *L, bint transpose, const floating *x,
                          Py_ssize_t B, floating *out, int nt) noexcept nogil
 
+# A sparse link's part of link_apply_rows, for B rows in rows or (tiled: B
+# a multiple of LINK_TILE) in tiles (csrc/gc_sparse.h: the layout of
+# _propagate's runs of sparse links, link_tiles), part of a block of
+# `block` rows (B for a whole block): the rule of a scatter's order.
+cdef int link_apply_sparse(const Link *L, bint transpose, const floating *x,
+                           Py_ssize_t B, floating *out, int nt, bint tiled,
+                           Py_ssize_t block) noexcept nogil
+
 # out (m x n, C-contiguous) = a sparse or matrix-free link as a dense
 # matrix (a matrix-free one through its callbacks: the rows of J^T I).
 # 0, or a code of link_apply_rows.
@@ -167,6 +175,14 @@ cdef int link_sparse_check(Py_ssize_t nl, const void *ptr, const void *idx,
 cdef extern from "gc_sparse.h":
     enum: LINK_PART_LEN "GC_SP_PART_LEN"
     enum: LINK_PART_BAND "GC_SP_P_BAND"
+    enum: LINK_TILE "GC_SP_TILE"
+    enum: LINK_TILES_MIN "GC_SP_TILES_MIN"
+
+# nrows rows (w wide) of src into the tiles of dst (to_tiles; the rows
+# past nrows of the last tile zero) or the first nrows rows of src's tiles
+# back into rows (csrc/gc_sparse.h, gc_sp_tiles)
+cdef void link_tiles(bint to_tiles, Py_ssize_t nrows, Py_ssize_t w,
+                     const floating *src, floating *dst, int nt) noexcept nogil
 
 
 # A sparse link's bandwidth (the largest |line - index| of an entry, from

@@ -44,10 +44,12 @@ cdef extern from "gc_sparse.h" nogil:
                     const void *ptr, const void *idx, const void *val,
                     Py_ssize_t nstored, Py_ssize_t B, const void *x,
                     Py_ssize_t nother, void *out, int nthreads,
-                    const int64_t *part)
+                    const int64_t *part, int tiled)
     int gc_sp_dense(int dbl, int isize, Py_ssize_t nptr, const void *ptr,
                     const void *idx, const void *val, Py_ssize_t nstored,
                     Py_ssize_t nidx, void *out, Py_ssize_t rs, Py_ssize_t cs)
+    void gc_sp_tiles(int dbl, int to_tiles, Py_ssize_t nrows, Py_ssize_t w,
+                     const void *src, void *dst, int nthreads)
     int gc_sp_check(int isize, Py_ssize_t nptr, const void *ptr,
                     const void *idx, Py_ssize_t nidx, Py_ssize_t nbound,
                     Py_ssize_t *where, int64_t *part)
@@ -101,16 +103,24 @@ cdef inline bint _lines(const Link *L, Py_ssize_t *nl,
     return csr
 
 
-cdef int _sparse_rows(const Link *L, bint transpose, const floating *x,
-                      Py_ssize_t B, floating *out, int nt) noexcept nogil:
+cdef int link_apply_sparse(const Link *L, bint transpose, const floating *x,
+                           Py_ssize_t B, floating *out, int nt, bint tiled,
+                           Py_ssize_t block) noexcept nogil:
     """The sparse kinds: J x of a CSR and J^T x of a CSC gather along
-    lines, the other two scatter (over the link's partition).  -3 when
-    the structure is out of bounds now (changed since it was bound), -1
-    when a scatter's workspace cannot be had."""
+    lines, the other two scatter: over the link's partition for a block of
+    fewer than LINK_TILES_MIN tiles (its rows' work split by chunks of
+    lines), else in line order with the block's tiles split (block: the
+    rows of the whole block these B rows belong to, so that a row's sums
+    do not depend on how the block was cut).  -3 when the structure is
+    out of bounds now (changed since it was bound), -1 when a scatter's
+    workspace cannot be had."""
     cdef Py_ssize_t nl, ni
     cdef bint gather = _lines(L, &nl, &ni) != transpose
+    cdef const int64_t *part = (L.part if block < LINK_TILES_MIN * LINK_TILE
+                                else NULL)
     cdef int rc = gc_sp_apply(floating is double, L.isize, gather, nl, L.ptr,
-                              L.idx, L.data, L.nnz, B, x, ni, out, nt, L.part)
+                              L.idx, L.data, L.nnz, B, x, ni, out, nt, part,
+                              tiled)
     return 0 if rc == 0 else -1 if rc == 2 else -3
 
 
@@ -240,11 +250,16 @@ cdef int link_materialize(const Link *L, floating *out, int nt) noexcept nogil:
     return 0
 
 
+cdef void link_tiles(bint to_tiles, Py_ssize_t nrows, Py_ssize_t w,
+                     const floating *src, floating *dst, int nt) noexcept nogil:
+    gc_sp_tiles(floating is double, to_tiles, nrows, w, src, dst, nt)
+
+
 cdef int link_apply_rows(const Link *L, bint transpose, const floating *x,
                          Py_ssize_t B, floating *out, int nt) noexcept nogil:
     cdef Py_ssize_t b
     if L.kind == LINK_CSR or L.kind == LINK_CSC:
-        return _sparse_rows(L, transpose, x, B, out, nt)
+        return link_apply_sparse(L, transpose, x, B, out, nt, False, B)
     elif L.kind == LINK_OPERATOR:
         if B == 0:
             return 0
@@ -282,7 +297,8 @@ ctypedef fused sp_index:
 
 def sparse_rows(const floating[::1] data, const sp_index[::1] indices,
                 const sp_index[::1] indptr, Py_ssize_t nbound,
-                const floating[:, ::1] x, floating[:, ::1] out, bint gather):
+                const floating[:, ::1] x, floating[:, ::1] out, bint gather,
+                bint tiled=False):
     """One compressed structure (``len(indptr) - 1`` lines, indices below
     ``nbound``) applied to the B rows of x.
 
@@ -290,8 +306,10 @@ def sparse_rows(const floating[::1] data, const sp_index[::1] indices,
     (x rows nbound wide, out rows one per line): J x of a CSR, J^T x of a CSC.
     Otherwise scatter: out[b, indices[p]] = sum over lines r of data[p]
     x[b, r] (x rows one per line, out rows nbound wide): J^T x of a CSR, J x
-    of a CSC.  The structure is checked first (ValueError); no other checks
-    beyond shapes (use gradchain.vjp/jvp).
+    of a CSC.  tiled: x and out hold their rows in tiles (gc_sparse.h: B a
+    multiple of 8, the tile's values of an index side by side), the layout
+    of a chain's run of sparse links.  The structure is checked first
+    (ValueError); no other checks beyond shapes (use gradchain.vjp/jvp).
     """
     cdef Py_ssize_t nl = indptr.shape[0] - 1, where = -1, B = x.shape[0]
     cdef int64_t part[LINK_PART_LEN]
@@ -313,7 +331,10 @@ def sparse_rows(const floating[::1] data, const sp_index[::1] indices,
                          &indptr[0], &indices[0] if indices.shape[0] else NULL,
                          &data[0] if data.shape[0] else NULL, indptr[nl], B,
                          &x[0, 0] if x.shape[1] else NULL, nbound,
-                         &out[0, 0], effective_threads(), part)
+                         &out[0, 0], effective_threads(),
+                         part if B < LINK_TILES_MIN * LINK_TILE else NULL, tiled)
+    if rc == 3:
+        raise ValueError(f"tiled needs rows in multiples of 8, got {B}")
     if rc == 2:
         raise MemoryError("no memory for the scatter's workspace")
     if rc:

@@ -689,6 +689,66 @@ def test_scatter_partition(rng, dtype, restore_threads):
               abs(S).T.astype(np.float64) @ np.abs(f64(G[5])), dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sparse_run_tiles(rng, dtype, restore_threads):
+    """A block of 8 rows or more runs a chain's consecutive sparse links on
+    tiles (csrc/gc_sparse.h): the same bits as the row layout link by link
+    (_link.sparse_rows), for 1-4 threads; from GC_SP_TILES_MIN tiles (32
+    rows) on, a scatter splits tiles and sums each row in line order (the
+    sequential reference), below that it keeps the partition's order."""
+    from gradchain._link import sparse_rows
+    threads_compared()
+    n = NPART
+    cases = _partition_cases(rng, dtype)
+    S, S2 = cases["tridiagonal"], cases["pentadiagonal, shuffled"]
+    St = sp.csc_array((S2.data, S2.indices, S2.indptr), shape=S2.shape[::-1])
+    one = {"chunks": 1, "bounds": [0, n]}
+    for B in (8, 11, 40):
+        G = rng.standard_normal((B, n)).astype(dtype)
+        # vjp of [St, S, S2]: S2^T (scatter), S^T (scatter), St^T (gather)
+        ref = G
+        for M, gather in ((S2, False), (S, False), (St, True)):
+            nxt = np.empty((B, n), dtype)
+            sparse_rows(M.data, M.indices, M.indptr, n, np.ascontiguousarray(ref),
+                        nxt, gather)
+            ref = nxt
+        for t in (1, 2, 3, 4):
+            gc.set_num_threads(t)
+            assert np.array_equal(gc.Chain([St, S, S2]).vjp(G), ref), (B, t)
+        if B == 40:
+            for name, M in cases.items():
+                seq = _chunked_scatter_ref(M, one, G)
+                assert np.array_equal(gc.Chain([M]).vjp(G), seq), name
+        x, a = f64(G[B - 1]), np.abs(f64(G[B - 1]))
+        for M in (S2, S, St):
+            x, a = M.T.astype(np.float64) @ x, abs(M).T.astype(np.float64) @ a
+        check(gc.Chain([St, S, S2]).vjp(G[B - 1]), x, a, dtype)
+    # runs between other kinds: dense, sparse, sparse, diagonal, sparse
+    m = 300
+    A = sp.random_array((m, m), density=0.02, random_state=3, format="csr").astype(dtype)
+    D = rng.standard_normal((m, m)).astype(dtype) / m
+    d = rng.standard_normal(m).astype(dtype)
+    links = [D, A, A.tocsc(), gc.Diagonal(d), A]
+    full = [D, A.toarray(), A.toarray(), np.diag(d), A.toarray()]
+    for B in (5, 8, 20, 64):
+        G = rng.standard_normal((B, m)).astype(dtype)
+        V = rng.standard_normal((B, m)).astype(dtype)
+        refg, refv = f64(G), f64(V)
+        for M in reversed(full):
+            refg = refg @ f64(M)
+        for M in full:
+            refv = refv @ f64(M).T
+        np.testing.assert_allclose(gc.Chain(links).vjp(G), refg,
+                                   rtol=1e-4 if dtype == np.float32 else 1e-12,
+                                   atol=1e-5 if dtype == np.float32 else 1e-13)
+        np.testing.assert_allclose(gc.Chain(links).jvp(V), refv,
+                                   rtol=1e-4 if dtype == np.float32 else 1e-12,
+                                   atol=1e-5 if dtype == np.float32 else 1e-13)
+    X = np.zeros((12, n), dtype)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        sparse_rows(S.data, S.indices, S.indptr, n, X, X.copy(), True, True)
+
+
 def test_scatter_partition_structure_changed(rng):
     """An index edited in place after binding, still below n but outside
     its chunk's span, is reported (ValueError), not written out of place;
