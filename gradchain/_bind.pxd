@@ -28,6 +28,8 @@ cdef class LinkTable:
     cdef bint converted           # some link is bound to a converted copy
     cdef Py_ssize_t nsamples      # per-sample links' batch size, or -1
     cdef Py_ssize_t samples_from  # the first per-sample link
+    cdef Py_ssize_t copy_bytes    # bytes of the sparse links' transpose
+                                  # copies; -1: none asked for
 
     cdef _bind(self, jacobians)
     cdef _set_operator(self, Py_ssize_t i, tuple rec, dtype)

@@ -18,8 +18,8 @@ _Jacobians = Iterable[ArrayLike | Operator] | ArrayLike
 @disjoint_base
 class LinkTable:
     # __cinit__(self, *args, **kwargs) takes exactly one argument, positional
-    # or as jacobians=...
-    def __new__(cls, jacobians: _Jacobians) -> Self: ...
+    # or as jacobians=..., and the keyword transpose_copies
+    def __new__(cls, jacobians: _Jacobians, *, transpose_copies: bool = ...) -> Self: ...
 
 # The dtype rule: float32 (float16 widened) or float64 (float64, integers,
 # bool); TypeError naming `name` for complex, long double and non-numeric.

@@ -250,6 +250,22 @@ cdef cnp.ndarray _index_array(object a, object dtype):
     return np.ascontiguousarray(a, dtype=dtype).reshape(-1)
 
 
+cdef tuple _transpose_copy(cnp.ndarray data, cnp.ndarray indices,
+                           cnp.ndarray indptr, Py_ssize_t nnz, Py_ssize_t nb):
+    """(data, indices, indptr) of a checked compressed structure (nnz
+    entries, indices below nb) in the other format: nb lines, each holding
+    its entries in the order of the original's lines (a stable sort), so a
+    gather over it sums as a one-chunk scatter over the original."""
+    nl = cnp.PyArray_DIM(indptr, 0) - 1
+    idx = indices[:nnz]
+    it = np.int32 if max(nnz, nl, nb) < 2 ** 31 - 1 else np.int64
+    order = np.argsort(idx, kind="stable")
+    tptr = np.zeros(nb + 1, it)
+    np.cumsum(np.bincount(idx, minlength=nb), out=tptr[1:])
+    lines = np.repeat(np.arange(nl, dtype=it), np.diff(indptr))
+    return (np.ascontiguousarray(data[:nnz][order]), lines[order], tptr)
+
+
 cdef tuple _sparse_record(object item, Py_ssize_t i):
     """(kind, (m, n), (data, indices, indptr), source, typenum, part) of a
     scipy.sparse link, validated: CSR and CSC are read in place (their data,
@@ -341,10 +357,19 @@ cdef class LinkTable:
         self.converted = False
         self.nsamples = -1
         self.samples_from = -1
+        self.copy_bytes = -1
+        kwargs = dict(kwargs)
+        copies = kwargs.pop("transpose_copies", False)
         if len(args) + len(kwargs) != 1 or (kwargs and "jacobians" not in kwargs):
             raise TypeError(
                 f"{type(self).__name__}() takes exactly one argument, "
-                f"jacobians (a sequence of 2-D arrays or one 3-D array)")
+                f"jacobians (a sequence of 2-D arrays or one 3-D array), "
+                f"and the keyword transpose_copies")
+        if not isinstance(copies, (bool, np.bool_)):
+            raise TypeError(f"transpose_copies must be True or False, got "
+                            f"{type(copies).__name__}")
+        if copies:
+            self.copy_bytes = 0
         self._bind(args[0] if args else kwargs["jacobians"])
 
     def __dealloc__(self):
@@ -505,7 +530,17 @@ cdef class LinkTable:
                 L.lo = lo
             if L.hi == NULL or hi > L.hi:
                 L.hi = hi
-        return (kind, (m, n), (data, indices, indptr), item, t, part)
+        copy = None
+        if self.copy_bytes >= 0:
+            copy = _transpose_copy(data, indices, indptr, L.nnz,
+                                   n if kind == LINK_CSR else m)
+            L.tdata = <const char *>cnp.PyArray_DATA(copy[0])
+            L.tidx = <const char *>cnp.PyArray_DATA(copy[1])
+            L.tptr = <const char *>cnp.PyArray_DATA(copy[2])
+            L.tisize = <int>cnp.PyArray_ITEMSIZE(copy[1])
+            L.tnnz = L.nnz
+            self.copy_bytes += sum(a.nbytes for a in copy)
+        return (kind, (m, n), (data, indices, indptr), item, t, part, copy)
 
     cdef _set_operator(self, Py_ssize_t i, tuple rec, dtype):
         """Link i from an operator's validated record (_operator_record)."""

@@ -1,7 +1,7 @@
 # Type stubs for the compiled module gradchain._chain (_chain.pyx).
 # ChainCore is a LinkTable (gradchain._bind) that runs products.
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
@@ -11,6 +11,8 @@ from gradchain._bind import LinkTable
 from gradchain._bracket import Strategy
 from gradchain.operators import Operator
 
+_C = TypeVar("_C")
+
 _Float = np.float32 | np.float64
 # A link: a 2-D array (n_i, n_{i-1}), a 3-D array (batch, n_i, n_{i-1}) of
 # per-sample Jacobians, or a structured operator.
@@ -19,13 +21,17 @@ _Link = ArrayLike | Operator
 _Jacobians = Iterable[_Link] | ArrayLike
 
 # A cdef class: its C struct layout makes it a disjoint base (PEP 800).
+def _rebuild(cls: type[_C], jacobians: Any, copies: bool) -> _C: ...
+
 @disjoint_base
 class ChainCore(LinkTable):
     # __cinit__(self, *args, **kwargs) takes exactly one argument, positional
     # or as jacobians=...; no __init__ of its own.
-    def __new__(cls, jacobians: _Jacobians) -> Self: ...
-    # Pickles as type(self)(the bound jacobians).
-    def __reduce__(self) -> tuple[type[Self], tuple[NDArray[Any] | list[Any]]]: ...
+    def __new__(cls, jacobians: _Jacobians, *, transpose_copies: bool = ...) -> Self: ...
+    # Pickles as _rebuild(type(self), the bound jacobians, transpose_copies).
+    def __reduce__(self) -> tuple[Callable[..., Self], tuple[type[Self], NDArray[Any] | list[Any], bool]]: ...
+    @property
+    def transpose_copy_bytes(self) -> int | None: ...
     def __len__(self) -> int: ...
     @property
     def shapes(self) -> tuple[tuple[int, int], ...]: ...

@@ -71,6 +71,11 @@ cdef object _promoted(object J):
     return J
 
 
+def _rebuild(cls, jacobians, copies):
+    """Unpickling: the chain again, with its transpose copies if it had them."""
+    return cls(jacobians, transpose_copies=copies)
+
+
 cdef class ChainCore(LinkTable):
     """Compiled core of :class:`gradchain.Chain` (see there)."""
 
@@ -85,8 +90,14 @@ cdef class ChainCore(LinkTable):
         self._ran = -1
 
     def __reduce__(self):
-        return (type(self), (self.stack if self.stack is not None
-                             else list(self.arrays),))
+        return (_rebuild, (type(self), self.stack if self.stack is not None
+                           else list(self.arrays), self.copy_bytes >= 0))
+
+    @property
+    def transpose_copy_bytes(self):
+        """Bytes held by the sparse links' transpose copies (``Chain(...,
+        transpose_copies=True)``), or None when none were asked for."""
+        return None if self.copy_bytes < 0 else self.copy_bytes
 
     # ---------------------------------------------------------------- info
 

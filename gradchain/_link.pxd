@@ -58,6 +58,11 @@ cdef struct Link:
     void *obj                 # matrix-free: a borrowed OperatorCall
     const int64_t *part       # sparse: the scatter's partition of the
                               # lines (gc_sp_check), or NULL (one chunk)
+    const char *tptr          # sparse, with a transpose copy (Chain(...,
+    const char *tidx          # transpose_copies=True)): the same matrix in
+    const char *tdata         # the other compressed format (a CSR's CSC),
+    int tisize                # so that what would scatter gathers; NULL
+    Py_ssize_t tnnz           # otherwise.  Its entries: tnnz
 
 
 # A clear link: every field zero or NULL, of the given kind and shape.
@@ -76,6 +81,9 @@ cdef inline Link link_clear(int kind, Py_ssize_t m, Py_ssize_t n) noexcept nogil
     L.nnz = 0
     L.obj = NULL
     L.part = NULL
+    L.tptr = L.tidx = L.tdata = NULL
+    L.tisize = 0
+    L.tnnz = 0
     return L
 
 
@@ -111,7 +119,8 @@ cdef inline Link link_block(const void *data, Py_ssize_t p,
 
 # J^T as a link (the factors of a jvp are J_1^T .. J_k^T): strides swap,
 # (diag(d) + c u v^T)^T = diag(d) + c v u^T, a CSR matrix's arrays are its
-# transpose's CSC arrays and the other way round, and a matrix-free link
+# transpose's CSC arrays and the other way round (so are a transpose
+# copy's: it stays the other format of the same arrays), and a matrix-free link
 # flips its code (1: transposed, its rmatvec is the matvec).
 cdef inline Link link_transposed(const Link *J) noexcept nogil:
     cdef Link L = J[0]

@@ -159,6 +159,18 @@ class Chain(ChainCore):
         (a ``scipy.sparse.linalg.LinearOperator``, another ``Chain``).  A
         single 3-D array stacks k Jacobians of one shape (square, unless
         k = 1).  An empty sequence is the identity.
+    transpose_copies : bool, optional
+        Keep each sparse link also in the other compressed format (a CSR
+        link's CSC, built once here: as much memory again as its data and
+        indices, reported by ``transpose_copy_bytes`` and the repr), so that
+        the products that would scatter (J^T g of a CSR, J v of a CSC)
+        gather over the copy instead: threaded over lines whatever the
+        structure, each sum in the original's line order (the bits of a
+        one-thread scatter).  Measured on the wide random structures whose
+        scatter cannot be split (README, "Sparse and matrix-free
+        Jacobians"); a banded scatter is as fast without.  The copy is a
+        snapshot: an in-place change to the link's data after binding is
+        not seen by the products that read the copy.  Default False.
 
     Notes
     -----
@@ -317,7 +329,10 @@ class Chain(ChainCore):
         if len(d) > 8:
             d = d[:4] + ["..."] + d[-2:]
         dims = " -> ".join(d)
-        return f"Chain({k} link{'s' if k != 1 else ''}: {dims}, dtype={self.dtype})"
+        copies = self.transpose_copy_bytes
+        extra = "" if copies is None else f", transpose copies {copies / 2**20:.1f} MiB"
+        return (f"Chain({k} link{'s' if k != 1 else ''}: {dims}, "
+                f"dtype={self.dtype}{extra})")
 
 
 _CHAIN_OPERATOR: Any = None

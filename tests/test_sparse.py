@@ -433,6 +433,57 @@ def test_matrix_free_per_sample_jacobian(rng):
 # a Chain as a LinearOperator
 # --------------------------------------------------------------------------
 
+def test_linear_operator_hooks_and_overrides(rng):
+    """A scipy LinearOperator is called through the hooks its public methods
+    wrap (_matvec, _rmatvec, _matmat, _rmatmat) unless its class overrides
+    the public method, which is then what runs; results are checked either
+    way (a (n, 1) column is taken, a wrong shape or complex dtype raises)."""
+    from scipy.sparse.linalg import LinearOperator
+    M = rng.standard_normal((6, 4))
+    calls = []
+
+    class Hooks(LinearOperator):
+        def __init__(self):
+            super().__init__(np.float64, M.shape)
+
+        def _matvec(self, x):
+            calls.append("_matvec")
+            return (M @ x.ravel()).reshape(-1, 1)      # a column: allowed
+
+        def _rmatvec(self, x):
+            calls.append("_rmatvec")
+            return M.T @ x
+
+    class Override(Hooks):
+        def rmatvec(self, x):
+            calls.append("rmatvec")
+            return 2 * (M.T @ x)
+
+    g, v = rng.standard_normal(6), rng.standard_normal(4)
+    np.testing.assert_allclose(gc.vjp([Hooks()], g), M.T @ g, rtol=1e-13)
+    np.testing.assert_allclose(gc.jvp([Hooks()], v), M @ v, rtol=1e-13)
+    assert calls == ["_rmatvec", "_matvec"]
+    calls.clear()
+    np.testing.assert_allclose(gc.vjp([Override()], g), 2 * (M.T @ g), rtol=1e-13)
+    assert calls == ["rmatvec"]
+    G = rng.standard_normal((3, 6))
+    np.testing.assert_allclose(gc.vjp([Hooks()], G), G @ M, rtol=1e-13)
+
+    class Bad(Hooks):
+        def _rmatvec(self, x):
+            return np.zeros(5)
+
+    with pytest.raises(ValueError, match=r"jacobians\[0\].*rmatvec.*shape \(5,\)"):
+        gc.vjp([Bad()], g)
+
+    class Complex(Hooks):
+        def _rmatvec(self, x):
+            return (M.T @ x) * 1j
+
+    with pytest.raises(ValueError, match="real"):
+        gc.vjp([Complex()], g)
+
+
 def test_as_linear_operator_svds_lsqr(rng):
     n = 60
     Js = [sparse(rng, n, n, 0.1, "csr") + sp.eye_array(n, format="csr"),
@@ -747,6 +798,66 @@ def test_sparse_run_tiles(rng, dtype, restore_threads):
     X = np.zeros((12, n), dtype)
     with pytest.raises(ValueError, match="multiples of 8"):
         sparse_rows(S.data, S.indices, S.indptr, n, X, X.copy(), True, True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("itype", [np.int32, np.int64])
+def test_transpose_copies(rng, dtype, itype, restore_threads):
+    """Chain(..., transpose_copies=True): the products that would scatter
+    gather over a copy in the other format, with the bits of the one-chunk
+    scatter (each sum in line order: the sequential reference), for 1-4
+    threads, rows and blocks; the copy's bytes are reported (repr too),
+    survive pickling, and the copy is a snapshot of the data."""
+    import pickle
+    threads_compared()
+    n = NPART
+    cases = _partition_cases(rng, dtype)
+    one = {"chunks": 1, "bounds": [0, n]}
+    for name, S in cases.items():
+        S = sp.csr_array((S.data, S.indices.astype(itype), S.indptr.astype(itype)),
+                         shape=S.shape)
+        St = sp.csc_array((S.data, S.indices, S.indptr), shape=S.shape[::-1])
+        c = gc.Chain([S], transpose_copies=True)
+        ct = gc.Chain([St], transpose_copies=True)
+        G = rng.standard_normal((11, n)).astype(dtype)
+        seq = _chunked_scatter_ref(S, one, G)
+        for t in (1, 2, 4):
+            gc.set_num_threads(t)
+            assert np.array_equal(c.vjp(G[0]), seq[0]), (name, t)
+            assert np.array_equal(c.vjp(G), seq), (name, t)
+            assert np.array_equal(ct.jvp(G[:3]), seq[:3]), (name, t)
+        # the gathers are unchanged
+        assert np.array_equal(c.jvp(G[1]), gc.Chain([S]).jvp(G[1])), name
+        nnz = S.indptr[-1]
+        want = nnz * (np.dtype(dtype).itemsize + 4) + (n + 1) * 4
+        assert c.transpose_copy_bytes == want, name
+    assert "transpose copies" in repr(c) and "MiB" in repr(c)
+    assert gc.Chain([S]).transpose_copy_bytes is None
+    assert "transpose copies" not in repr(gc.Chain([S]))
+    c2 = pickle.loads(pickle.dumps(c))
+    assert c2.transpose_copy_bytes == c.transpose_copy_bytes
+    assert np.array_equal(c2.vjp(G[2]), c.vjp(G[2]))
+    # mixed with dense links and a tiled run, against float64 products
+    D = rng.standard_normal((7, n)).astype(dtype) / np.sqrt(n)
+    mixed = gc.Chain([S, St, D], transpose_copies=True)
+    H = rng.standard_normal((9, 7)).astype(dtype)
+    ref = ((f64(H) @ f64(D)) @ St.astype(np.float64)) @ S.astype(np.float64)
+    np.testing.assert_allclose(mixed.vjp(H), ref, rtol=1e-3 if dtype == np.float32
+                               else 1e-11, atol=1e-3 if dtype == np.float32 else 1e-11)
+    # a snapshot: an in-place change of the data is seen where the original
+    # is read (J v of a CSR), not through the copy (J^T g)
+    A = sp.random_array((50, 40), density=0.2, random_state=1, format="csr",
+                        dtype=dtype)
+    ca = gc.Chain([A], transpose_copies=True)
+    g, v = rng.standard_normal(50).astype(dtype), rng.standard_normal(40).astype(dtype)
+    before = ca.vjp(g)
+    A.data *= 2
+    assert np.array_equal(ca.vjp(g), before)
+    np.testing.assert_allclose(ca.jvp(v), A @ v, rtol=1e-5)
+    with pytest.raises(TypeError, match="transpose_copies"):
+        gc.Chain([A], transpose_copies="yes")
+    with pytest.raises(TypeError, match="keyword transpose_copies"):
+        gc.Chain([A], copies=True)
 
 
 def test_scatter_partition_structure_changed(rng):
