@@ -144,6 +144,9 @@ SECTIONS = [
     ("issue 10: sparse and matrix-free links (float64; GB/s of matrix data in the time column)", [
         Target("CSR 1e6 x 1e6, 10/row: J^T g", "scipy", 1.6,
                "one CSR link 10⁶×10⁶, 10 per row, int32: Chain.vjp vs scipy `J.T @ g`"),
+        Target("CSR 1e6 x 1e6, 10/row: J^T g", "scipy", 1.6,
+               "the same J^T g with `Chain(..., transpose_copies=True)` (a gather "
+               "over a CSC copy: memory again)", holder="transpose copies"),
         Target("CSR 1e6 x 1e6, 10/row: J v", "scipy", 1.6,
                "the same link: Chain.jvp vs scipy `J @ v`"),
         Target("k=50 tridiagonal CSR links, n=1e5: Chain.vjp", "scipy", 4.0,
@@ -154,12 +157,17 @@ SECTIONS = [
         Target("256 cotangents through k=50 tridiagonal CSR links, n=1e5", "scipy", 2.0,
                "256 cotangents through the same chain vs the scipy loop "
                "`G = (J.T @ G.T).T`"),
+        Target("256 cotangents through k=50 tridiagonal CSR links, n=1e5", "scipy", 2.0,
+               "the same with `transpose_copies=True`", holder="transpose copies"),
         Target("k=50 tridiagonal CSR links, n=1e5: jacobian()", "scipy", 1.0,
                "jacobian() of the same chain (a csr_array of bandwidth 50) vs the "
                "scipy loop `A = J @ A`, the same nnz"),
         Target("32 dense 16x16 links, one LinearOperator in the middle", "without", None,
                "32 dense 16×16 links with one LinearOperator in the middle: the same "
                "chain without it, time over time (target: ≤ 3 µs more)"),
+        Target("32 dense 16x16 links, one LinearOperator in the middle", "without", None,
+               "the same with a plain object (shape, matvec, rmatvec) as the link",
+               holder="plain object"),
     ]),
     ("issue 8: bounded planning", [
         Target("vjp one-shot batch 8 through k=2000 links of 4x4", "numpy", 0.5,
