@@ -10,8 +10,8 @@ from gradchain._link cimport Link
 # does not read; the last link writes straight into out).  A run of
 # consecutive per-sample links is one step (sample-blocked), and so is a
 # run of consecutive sparse links for B >= 8 (on tiles, with its own two
-# buffers of the run's groups of tiles: at most 2 * max(B, 32) rounded up
-# to 8, times the run's widest link, more elements).  k == 0 does
+# buffers for a group of tiles: at most 2 * (B rounded up to 8) times the
+# run's widest link, more elements).  k == 0 does
 # nothing (the caller copies).  0, -1 when out of memory, or another code of
 # _link.link_apply_rows (see link_raise).
 cdef int propagate(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
