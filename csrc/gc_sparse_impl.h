@@ -61,11 +61,12 @@ GC_SP(gc_sp_gather_lines)(ptrdiff_t r0, ptrdiff_t r1, const GC_I *ptr,
         for (p = p0; p < p1; p++) {
             const GC_I j = idx[p];
             const GC_T v = val[p];
-            const GC_T *xj = x + (ptrdiff_t)j * xe;
+            const GC_T *xj;
             if (GC_UNLIKELY((size_t)j >= (size_t)nx)) {
                 bad = 1;
                 continue;
             }
+            xj = x + (ptrdiff_t)j * xe;
             for (t = 0; t < bt; t++) {
                 acc[t] += v * xj[t * xs];
             }
@@ -148,11 +149,12 @@ GC_SP(gc_sp_scatter_lines)(ptrdiff_t l0, ptrdiff_t l1, const GC_I *ptr,
         for (p = p0; p < p1; p++) {
             const ptrdiff_t j = (ptrdiff_t)idx[p];
             const GC_T v = val[p];
-            GC_T *const o = base + j * de;
+            GC_T *o;
             if (GC_UNLIKELY((size_t)(j - lo) >= span)) {
                 bad = 1;
                 continue;
             }
+            o = base + j * de;
             for (t = 0; t < bt; t++) {
                 o[t * ds] += v * xr[t];
             }

@@ -329,7 +329,8 @@ cdef class ChainCore(LinkTable):
             # float32 chain, float64 vector: promote like NumPy.  This
             # converts every link for this call; build the Chain in float64
             # to avoid it.
-            promoted = ChainCore([_promoted(J) for J in self.jacobians])
+            promoted = ChainCore([_promoted(J) for J in self.jacobians],
+                                 transpose_copies=self.copy_bytes >= 0)
             (<ChainCore>promoted)._product(x, dst, transpose)
             self._last, self._ran = None, RAN_PROMOTED
         elif B * nres > 0 and self.has_zero:

@@ -10,7 +10,6 @@ matrix-free link calls back into Python, taking the GIL for the call only
 (``OperatorCall``).  This module selects the float/double instance and
 exports the kind enum to Python (operators.py).
 """
-import sys
 import threading
 
 cimport numpy as cnp
@@ -138,14 +137,6 @@ cdef int link_apply_sparse(const Link *L, bint transpose, const floating *x,
 cdef object _pending = threading.local()
 
 
-cdef object _scipy_linear_operator(object op):
-    """scipy.sparse.linalg.LinearOperator when op is one (scipy imported
-    already: it made op), else None."""
-    mod = sys.modules.get("scipy.sparse.linalg")
-    lo = getattr(mod, "LinearOperator", None) if mod is not None else None
-    return lo if lo is not None and isinstance(op, lo) else None
-
-
 cdef class OperatorCall:
     """A matrix-free link: the user's ``matvec``/``rmatvec`` (and, for
     blocks, ``matmat``/``rmatmat`` where present), called on copies of the
@@ -169,20 +160,7 @@ cdef class OperatorCall:
         self._rmv = op.rmatvec
         self._mm = getattr(op, "matmat", None)
         self._rmm = getattr(op, "rmatmat", None)
-        # a scipy LinearOperator whose public methods are scipy's: call the
-        # hooks they wrap (_matvec ...), skipping their input checks and
-        # reshapes (measured ~1 us a call; this class checks the result)
-        lo = _scipy_linear_operator(op)
-        if lo is not None:
-            cls = type(op)
-            if cls.matvec is lo.matvec:
-                self._mv = op._matvec
-            if cls.rmatvec is lo.rmatvec:
-                self._rmv = op._rmatvec
-            if cls.matmat is lo.matmat:
-                self._mm = op._matmat
-            if cls.rmatmat is lo.rmatmat:
-                self._rmm = op._rmatmat
+
 
     def __repr__(self):
         return f"OperatorCall({type(self.op).__name__}, {self.m} x {self.n})"
@@ -206,7 +184,8 @@ cdef class OperatorCall:
             if (type(r) is np.ndarray and cnp.PyArray_TYPE(<cnp.ndarray>r) == typenum
                     and cnp.PyArray_NDIM(<cnp.ndarray>r) == 1
                     and cnp.PyArray_DIM(<cnp.ndarray>r, 0) == nout
-                    and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>r)):
+                    and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>r)
+                    and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>r)):
                 memcpy(out, cnp.PyArray_DATA(<cnp.ndarray>r),
                        nout * cnp.PyArray_ITEMSIZE(X))
                 return 0

@@ -166,7 +166,8 @@ class Chain(ChainCore):
         the products that would scatter (J^T g of a CSR, J v of a CSC)
         gather over the copy instead: threaded over lines whatever the
         structure, each sum in the original's line order (the bits of a
-        one-thread scatter).  Measured on the wide random structures whose
+        one-chunk scatter, which differ in the last bits from a
+        partitioned one: README).  Measured on the wide random structures whose
         scatter cannot be split (README, "Sparse and matrix-free
         Jacobians"); a banded scatter is as fast without.  The copy is a
         snapshot: an in-place change to the link's data after binding is
