@@ -52,6 +52,7 @@ def sparse_rows(
     x: NDArray[np.float32] | NDArray[np.float64],
     out: NDArray[np.float32] | NDArray[np.float64],
     gather: bool,
+    tiled: bool = ...,
 ) -> None: ...
 
 # The scatter's partition of a compressed structure (chunks, bounds, spans,
