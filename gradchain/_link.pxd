@@ -167,6 +167,7 @@ cdef int link_apply_sparse(const Link *L, bint transpose, const floating *x,
                            Py_ssize_t B, floating *out, int nt, bint tiled,
                            Py_ssize_t block) noexcept nogil
 
+
 # out (m x n, C-contiguous) = a sparse or matrix-free link as a dense
 # matrix (a matrix-free one through its callbacks: the rows of J^T I).
 # 0, or a code of link_apply_rows.
@@ -186,6 +187,17 @@ cdef extern from "gc_sparse.h":
     enum: LINK_PART_BAND "GC_SP_P_BAND"
     enum: LINK_TILE "GC_SP_TILE"
     enum: LINK_TILES_MIN "GC_SP_TILES_MIN"
+
+# A sparse link's product scatters (J^T x of a CSR, J x of a CSC, without a
+# transpose copy to gather over): the one place that says which.
+cdef inline bint link_scatters(const Link *L, bint transpose) noexcept nogil:
+    return (L.kind == LINK_CSR) == transpose and L.tptr == NULL
+
+# The partition a scatter of a block of `block` rows sums over: the
+# structure's for fewer than LINK_TILES_MIN tiles, else none (line order).
+cdef inline const int64_t *link_block_part(const int64_t *part,
+                                           Py_ssize_t block) noexcept nogil:
+    return part if block < LINK_TILES_MIN * LINK_TILE else NULL
 
 # nrows rows (w wide) of src into the tiles of dst (to_tiles; the rows
 # past nrows of the last tile zero) or the first nrows rows of src's tiles

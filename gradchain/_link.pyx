@@ -117,10 +117,8 @@ cdef int link_apply_sparse(const Link *L, bint transpose, const floating *x,
     workspace cannot be had."""
     cdef Py_ssize_t nl, ni
     cdef bint gather = _lines(L, &nl, &ni) != transpose
-    cdef const int64_t *part = (L.part if block < LINK_TILES_MIN * LINK_TILE
-                                else NULL)
     cdef int rc
-    if not gather and L.tptr != NULL:
+    if not gather and not link_scatters(L, transpose):
         # the transpose copy's lines are the indices: a gather, each sum in
         # the order of the original's lines (a one-chunk scatter's bits)
         rc = gc_sp_apply(floating is double, L.tisize, True, ni, L.tptr,
@@ -128,7 +126,8 @@ cdef int link_apply_sparse(const Link *L, bint transpose, const floating *x,
                          tiled)
     else:
         rc = gc_sp_apply(floating is double, L.isize, gather, nl, L.ptr,
-                         L.idx, L.data, L.nnz, B, x, ni, out, nt, part, tiled)
+                         L.idx, L.data, L.nnz, B, x, ni, out, nt,
+                         link_block_part(L.part, block), tiled)
     return 0 if rc == 0 else -1 if rc == 2 else -3
 
 
@@ -160,7 +159,6 @@ cdef class OperatorCall:
         self._rmv = op.rmatvec
         self._mm = getattr(op, "matmat", None)
         self._rmm = getattr(op, "rmatmat", None)
-
 
     def __repr__(self):
         return f"OperatorCall({type(self.op).__name__}, {self.m} x {self.n})"
@@ -361,7 +359,7 @@ def sparse_rows(const floating[::1] data, const sp_index[::1] indices,
                          &data[0] if data.shape[0] else NULL, indptr[nl], B,
                          &x[0, 0] if x.shape[1] else NULL, nbound,
                          &out[0, 0], effective_threads(),
-                         part if B < LINK_TILES_MIN * LINK_TILE else NULL, tiled)
+                         link_block_part(part, B), tiled)
     if rc == 3:
         raise ValueError(f"tiled needs rows in multiples of 8, got {B}")
     if rc == 2:

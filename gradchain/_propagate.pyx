@@ -21,7 +21,7 @@ from cython.parallel cimport prange, threadid
 from gradchain._link cimport (Link, LINK_DENSE, LINK_CSR, LINK_CSC, LINK_TILE,
                               LINK_TILES_MIN,
                               link_sample, link_apply_rows, link_apply_sparse,
-                              link_tiles)
+                              link_scatters, link_tiles)
 from gradchain._kernels cimport link_jtv, link_jv
 from gradchain._blas cimport block_jtv, block_jv
 from gradchain._sizes cimport gc_size_mul, gc_malloc_n
@@ -147,7 +147,7 @@ cdef int _sparse_run(const Link *links, Py_ssize_t k, Py_ssize_t s0,
     for step in range(s0, s1):
         L = _link_at(links, k, step, transpose)
         maxw = max(maxw, L.m, L.n)
-        if (L.kind == LINK_CSR) == transpose:
+        if link_scatters(L, transpose):
             least = LINK_TILES_MIN      # a scatter: split by tiles
     # groups of tiles, each through the whole run (its rows stay in cache
     # from link to link while the links stream)
