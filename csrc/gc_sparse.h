@@ -67,9 +67,9 @@ extern "C" {
  * other span meets it; ea = eb = lo when none); at _NGAP the number of
  * gaps, at _GLO + g, _GHI + g gap g: the intervals of [0, nbound) outside
  * every exclusive interval, ascending (the columns that more than one chunk
- * reaches: the cap's measure, and what sparse_partition reports; the
- * kernel sums every chunk in a workspace over its span, which gives the
- * same bits); at _BAND the structure's bandwidth,
+ * reaches: the cap's measure, what sparse_partition reports, and where
+ * the scatter merges its chunks' workspaces); at _BAND the structure's
+ * bandwidth,
  * the largest |line - index| of an entry (0 when there is none: the cost
  * model's bound on the entries of a product). */
 #define GC_SP_P_BND 1

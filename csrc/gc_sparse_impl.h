@@ -120,20 +120,24 @@ GC_SP(gc_sp_gather)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
 }
 
 /* The scatter of lines [l0, l1) for the bt rows t of a tile (row t's
- * value of line r at x[t * xs + r * xe]) into dst (index j of row t at
- * dst[t * ds + (j - lo) * de]): entry p adds val[p] x(t, r) into dst(t,
- * idx[p]); an index outside [lo, hi) is skipped (1).  Inlined with
- * constant strides, as the gather. */
+ * value of line r at x[t * xs + r * xe]): entry p adds val[p] x(t, r)
+ * into row t's index j = idx[p], in entry order.  Two targets: an index
+ * in [ea, eb) goes straight to out (at out[t * os + j * de]); one in the
+ * rest of the span [lo, hi) to the workspace w (left part [lo, ea) first,
+ * then [eb, hi): at w[t * ws + (pos) * de]); one outside [lo, hi) is
+ * skipped (1).  Inlined with constant strides, as the gather. */
 static GC_SP_INLINE int
 GC_SP(gc_sp_scatter_lines)(ptrdiff_t l0, ptrdiff_t l1, const GC_I *ptr,
                            const GC_I *idx, const GC_T *val,
                            ptrdiff_t nstored, const GC_T *x, const ptrdiff_t xs,
-                           const ptrdiff_t xe, const ptrdiff_t bt, ptrdiff_t lo,
-                           ptrdiff_t hi, GC_T *dst, const ptrdiff_t ds,
-                           const ptrdiff_t de)
+                           const ptrdiff_t xe, const ptrdiff_t bt,
+                           const ptrdiff_t de, ptrdiff_t ea, ptrdiff_t eb,
+                           GC_T *out, const ptrdiff_t os, ptrdiff_t lo,
+                           ptrdiff_t hi, GC_T *w, const ptrdiff_t ws)
 {
-    const size_t span = (size_t)(hi - lo);
-    GC_T *const base = dst - lo * de;
+    const size_t espan = (size_t)(eb - ea);
+    GC_T *const wl = w - lo * de;                   /* [lo, ea) */
+    GC_T *const wr = w + (ea - lo - eb) * de;       /* [eb, hi) */
     ptrdiff_t r, p, t;
     int bad = 0;
     for (r = l0; r < l1; r++) {
@@ -150,35 +154,69 @@ GC_SP(gc_sp_scatter_lines)(ptrdiff_t l0, ptrdiff_t l1, const GC_I *ptr,
             const ptrdiff_t j = (ptrdiff_t)idx[p];
             const GC_T v = val[p];
             GC_T *o;
-            if (GC_UNLIKELY((size_t)(j - lo) >= span)) {
-                bad = 1;
-                continue;
+            ptrdiff_t s;
+            if (GC_UNLIKELY((size_t)(j - ea) >= espan)) {
+                if (j >= lo && j < ea) {
+                    o = wl + j * de;
+                }
+                else if (j >= eb && j < hi) {
+                    o = wr + j * de;
+                }
+                else {
+                    bad = 1;
+                    continue;
+                }
+                s = ws;
             }
-            o = base + j * de;
+            else {
+                o = out + j * de;
+                s = os;
+            }
             for (t = 0; t < bt; t++) {
-                o[t * ds] += v * xr[t];
+                o[t * s] += v * xr[t];
             }
         }
     }
     return bad;
 }
 
-/* gc_sp_scatter_lines inlined for a tile in the interleaved layout (dst
- * index-major: ds = 1, de = GC_SP_TILE), a full tile of rows, one row or
- * bt rows (dst rows ds apart) */
-#define GC_SP_SCATTER_LINES(l0, l1, x, bt, lo, hi, dst, ds)                   \
+/* gc_sp_scatter_lines inlined for a tile in the interleaved layout (index
+ * j of row t at j GC_SP_TILE + t: de = GC_SP_TILE, row strides 1), a full
+ * tile of rows, one row or bt rows (rows os apart in out, ws in w) */
+#define GC_SP_SCATTER_LINES(l0, l1, x, bt, ea, eb, out, os, lo, hi, w, ws)   \
     (tiled                                                                    \
      ? GC_SP(gc_sp_scatter_lines)(l0, l1, ptr, idx, val, nstored, x, 1,       \
-                                  GC_SP_TILE, GC_SP_TILE, lo, hi, dst, 1,     \
-                                  GC_SP_TILE)                                 \
+                                  GC_SP_TILE, GC_SP_TILE, GC_SP_TILE, ea, eb, \
+                                  out, 1, lo, hi, w, 1)                       \
      : (bt) == GC_SP_TILE                                                     \
      ? GC_SP(gc_sp_scatter_lines)(l0, l1, ptr, idx, val, nstored, x, nptr, 1, \
-                                  GC_SP_TILE, lo, hi, dst, ds, 1)             \
+                                  GC_SP_TILE, 1, ea, eb, out, os, lo, hi, w,  \
+                                  ws)                                         \
      : (bt) == 1                                                              \
      ? GC_SP(gc_sp_scatter_lines)(l0, l1, ptr, idx, val, nstored, x, nptr, 1, \
-                                  1, lo, hi, dst, ds, 1)                      \
+                                  1, 1, ea, eb, out, os, lo, hi, w, ws)       \
      : GC_SP(gc_sp_scatter_lines)(l0, l1, ptr, idx, val, nstored, x, nptr, 1, \
-                                  bt, lo, hi, dst, ds, 1))
+                                  bt, 1, ea, eb, out, os, lo, hi, w, ws))
+
+/* rows [0, bt) of a block (row t's index j at t * rs + j * de) zeroed over
+ * the indices [a, e) */
+static GC_SP_INLINE void
+GC_SP(gc_sp_zero)(GC_T *o, ptrdiff_t bt, ptrdiff_t rs, ptrdiff_t de,
+                  ptrdiff_t a, ptrdiff_t e)
+{
+    ptrdiff_t t;
+    if (e <= a) {
+        return;
+    }
+    if (de > 1) {
+        /* index-major: the tile's values of [a, e) side by side */
+        memset(o + a * de, 0, (size_t)((e - a) * de) * sizeof(GC_T));
+        return;
+    }
+    for (t = 0; t < bt; t++) {
+        memset(o + t * rs + a, 0, (size_t)(e - a) * sizeof(GC_T));
+    }
+}
 
 int
 GC_SP(gc_sp_scatter)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
@@ -190,10 +228,12 @@ GC_SP(gc_sp_scatter)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
     const ptrdiff_t ntile = (B + GC_SP_TILE - 1) / GC_SP_TILE;
     const ptrdiff_t btmax = B < GC_SP_TILE ? B : GC_SP_TILE;
     const ptrdiff_t nblk = (nout + GC_SP_COLS - 1) / GC_SP_COLS;
+    const ptrdiff_t ng = P > 1 ? (ptrdiff_t)part[GC_SP_P_NGAP] : 0;
     const int par = nthreads > 1 && (nstored + nptr) * B >= GC_SPARSE_PARALLEL_MIN;
-    /* a row's value of index j at row * rstep + j * estep, in out and in a
-     * workspace of width w: rows, or a tile's interleaved layout */
-    const ptrdiff_t estep = tiled ? GC_SP_TILE : 1;
+    /* a row's value of index j at row * rstep + j * de, in out (rstep
+     * nout) and in a workspace of width w (rstep w): rows, or a tile's
+     * interleaved layout (rstep 1, de GC_SP_TILE) */
+    const ptrdiff_t de = tiled ? GC_SP_TILE : 1;
     ptrdiff_t off[GC_SP_CHUNKS_MAX + 1], c, t0;
     GC_T *ws;
     int bad = 0;
@@ -207,21 +247,27 @@ GC_SP(gc_sp_scatter)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
             GC_T *ot = out + b0 * nout;
             memset(ot, 0, (size_t)(bt * nout) * sizeof(GC_T));
             bad |= GC_SP_SCATTER_LINES(0, nptr, x + b0 * nptr, bt, 0, nout, ot,
-                                       nout);
+                                       nout, 0, nout, ot, nout);
         }
         return bad;
     }
     /* P chunks of lines (the structure's partition, gc_sp_check): chunk c
-     * adds its lines' entries into its own workspace over its index span
-     * [lo_c, hi_c) (the one-target loop of P = 1); then each column is
-     * 0 + workspace c, over the chunks c whose span holds it, in chunk
-     * order.  (A column inside chunk c's exclusive interval gets chunk c's
-     * sum alone.)  The workspaces hold the spans' sum, at most 5/4 of the
-     * output (the partition's cap). */
+     * adds its lines' entries, in line order, straight into out over its
+     * exclusive interval [ea_c, eb_c) (which no other chunk's span meets,
+     * zeroed first by the chunk), and into its own workspace over the rest
+     * of its index span [lo_c, hi_c).  Then each column of the gaps (the
+     * indices outside every exclusive interval) is 0 + workspace c over
+     * the chunks c whose span holds it, in chunk order.  So each column is
+     * 0 + the sum of each chunk's terms in line order, the chunks in order
+     * (0 + s is s: a sum from +0 never gives -0).  The workspaces hold the
+     * spans' shared parts, at most 1/4 of the output (the partition's
+     * cap). */
     off[0] = 0;
     for (c = 0; c < P; c++) {
         off[c + 1] = off[c]
-            + (ptrdiff_t)(part[GC_SP_P_HI + c] - part[GC_SP_P_LO + c]) * btmax;
+            + (ptrdiff_t)((part[GC_SP_P_EA + c] - part[GC_SP_P_LO + c])
+                          + (part[GC_SP_P_HI + c] - part[GC_SP_P_EB + c]))
+              * btmax;
     }
     ws = (GC_T *)malloc((size_t)(off[P] > 0 ? off[P] : 1) * sizeof(GC_T));
     if (ws == NULL) {
@@ -237,43 +283,62 @@ GC_SP(gc_sp_scatter)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
             for (q = 0; q < P; q++) {
                 const ptrdiff_t lo = (ptrdiff_t)part[GC_SP_P_LO + q];
                 const ptrdiff_t hi = (ptrdiff_t)part[GC_SP_P_HI + q];
+                const ptrdiff_t ea = (ptrdiff_t)part[GC_SP_P_EA + q];
+                const ptrdiff_t eb = (ptrdiff_t)part[GC_SP_P_EB + q];
+                const ptrdiff_t wn = (ea - lo) + (hi - eb);
                 GC_T *w = ws + off[q];
-                memset(w, 0, (size_t)(bt * (hi - lo)) * sizeof(GC_T));
+                memset(w, 0, (size_t)(bt * wn) * sizeof(GC_T));
+                GC_SP(gc_sp_zero)(ot, bt, nout, de, ea, eb);
                 bad |= GC_SP_SCATTER_LINES((ptrdiff_t)part[GC_SP_P_BND + q],
                                            (ptrdiff_t)part[GC_SP_P_BND + q + 1],
-                                           x + b0 * nptr, bt, lo, hi, w,
-                                           hi - lo);
+                                           x + b0 * nptr, bt, ea, eb, ot, nout,
+                                           lo, hi, w, wn);
             }
             #pragma omp for schedule(static)
             for (q = 0; q < nblk; q++) {
                 const ptrdiff_t j0 = q * GC_SP_COLS;
                 const ptrdiff_t j1 = nout - j0 < GC_SP_COLS ? nout : j0 + GC_SP_COLS;
-                ptrdiff_t k, t, j;
-                if (tiled) {
-                    /* index-major: the tile's values of [j0, j1) in a row */
-                    memset(ot + j0 * estep, 0,
-                           (size_t)((j1 - j0) * estep) * sizeof(GC_T));
-                }
-                else {
-                    for (t = 0; t < bt; t++) {
-                        memset(ot + t * nout + j0, 0,
-                               (size_t)(j1 - j0) * sizeof(GC_T));
-                    }
-                }
-                for (k = 0; k < P; k++) {
-                    const ptrdiff_t lo = (ptrdiff_t)part[GC_SP_P_LO + k];
-                    const ptrdiff_t hi = (ptrdiff_t)part[GC_SP_P_HI + k];
-                    const ptrdiff_t a = lo > j0 ? lo : j0, e = hi < j1 ? hi : j1;
-                    const GC_T *w = ws + off[k] - lo * estep;
-                    if (tiled) {
-                        for (j = a * estep; j < e * estep; j++) {
-                            ot[j] += w[j];
-                        }
+                ptrdiff_t g, k, t, j;
+                for (g = 0; g < ng; g++) {
+                    const ptrdiff_t glo = (ptrdiff_t)part[GC_SP_P_GLO + g];
+                    const ptrdiff_t ghi = (ptrdiff_t)part[GC_SP_P_GHI + g];
+                    const ptrdiff_t a = glo > j0 ? glo : j0;
+                    const ptrdiff_t e = ghi < j1 ? ghi : j1;
+                    if (a >= e) {
                         continue;
                     }
-                    for (t = 0; t < bt; t++) {
-                        for (j = a; j < e; j++) {
-                            ot[t * nout + j] += w[t * (hi - lo) + j];
+                    GC_SP(gc_sp_zero)(ot, bt, nout, de, a, e);
+                    for (k = 0; k < P; k++) {
+                        /* chunk k's shared parts [lo, ea) and [eb, hi) at
+                         * workspace positions from 0 and from ea - lo */
+                        const ptrdiff_t lo = (ptrdiff_t)part[GC_SP_P_LO + k];
+                        const ptrdiff_t hi = (ptrdiff_t)part[GC_SP_P_HI + k];
+                        const ptrdiff_t ea = (ptrdiff_t)part[GC_SP_P_EA + k];
+                        const ptrdiff_t eb = (ptrdiff_t)part[GC_SP_P_EB + k];
+                        const ptrdiff_t wn = (ea - lo) + (hi - eb);
+                        ptrdiff_t side;
+                        for (side = 0; side < 2; side++) {
+                            const ptrdiff_t s0 = side ? eb : lo;
+                            const ptrdiff_t s1 = side ? hi : ea;
+                            const ptrdiff_t sa = s0 > a ? s0 : a;
+                            const ptrdiff_t se = s1 < e ? s1 : e;
+                            /* index j at workspace position j - shift */
+                            const ptrdiff_t shift = side ? eb - (ea - lo) : lo;
+                            const GC_T *w = ws + off[k];
+                            if (sa >= se) {
+                                continue;
+                            }
+                            if (tiled) {
+                                for (j = sa * de; j < se * de; j++) {
+                                    ot[j] += w[j - shift * de];
+                                }
+                                continue;
+                            }
+                            for (t = 0; t < bt; t++) {
+                                for (j = sa; j < se; j++) {
+                                    ot[t * nout + j] += w[t * wn + j - shift];
+                                }
+                            }
                         }
                     }
                 }
