@@ -70,7 +70,12 @@ use_openmp = (not NO_OPENMP and sys.platform != "win32"
 
 # -ffp-contract=fast lets GCC fuse a*b+c into FMA (it is off under -std=c99);
 # it is not -ffast-math: no reassociation, NaN/Inf semantics kept.
-compile_args = ["-std=c99", "-ffp-contract=fast"]
+# -fno-trapping-math: gradchain never reads the FP exception flags nor traps
+# on them, so the compiler may evaluate both sides of a select (the values
+# are unchanged): without it GCC would not if-convert, and so not vectorise,
+# the branch-free tanh of csrc/gc_maps_impl.h below AVX-512 (measured: 17
+# ns -> 11 ns per element, gc.Tanh() of a 256 x 64 float64 block).
+compile_args = ["-std=c99", "-ffp-contract=fast", "-fno-trapping-math"]
 link_args = []
 if use_openmp:
     compile_args.append("-fopenmp")

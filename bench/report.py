@@ -81,6 +81,7 @@ class Target(NamedTuple):
 ALGO = " — *algorithm-choice comparison*"
 FAIR = " — *fair peer*"
 _MLP = "compose(Affine, Tanh)x4 + SquaredError, value_and_grad, "
+_MLPP = "compose(Affine, Tanh)x4 + CrossEntropy, value_and_grad wrt=(x, params), "
 SECTIONS = [
     ("issue 2: the core chain products", [
         Target("chain.vjp k=64 n=16 (prebuilt)", "numpy", 15.0,
@@ -140,6 +141,29 @@ SECTIONS = [
                "time of Chain(Js).plan(mode='jacobian'), k = 500 links of random sizes "
                "5–59 (binding and planning, whatever the planner runs for it)",
                holder="test_plan_k500"),
+    ]),
+    ("issue 11: adjoints and parameter gradients (float64)", [
+        Target(_MLPP + "batch B=256, n=64", "numpy", 1.2,
+               "compose(Affine, Tanh)×4 + CrossEntropy, B = 256, n = 64, "
+               "value_and_grad wrt=(x, params) vs NumPy by hand"),
+        Target(_MLPP + "batch B=256, n=64", "torch", 1.2,
+               "the same vs PyTorch autograd"),
+        Target(_MLPP + "batch B=256, n=64", "jax", 1.2,
+               "the same vs jax.jit(jax.value_and_grad(argnums=(0, 1)))"),
+        Target(_MLPP + "one sample, n=16", "numpy", 5.0,
+               "one sample, n = 16, vs NumPy by hand"),
+        Target(_MLPP + "one sample, n=16", "torch", 30.0,
+               "one sample, n = 16, vs PyTorch autograd"),
+        Target("per-example parameter gradients, compose(Affine, Tanh)x4 + "
+               "CrossEntropy, B=256, n=64", "numpy", 1.2,
+               "per-example parameter gradients (reduction='none'), B = 256, n = 64, "
+               "vs NumPy (one einsum per layer)"),
+        Target("per-example parameter gradients, compose(Affine, Tanh)x4 + "
+               "CrossEntropy, B=256, n=64", "torch vmap", 1.5,
+               "the same vs torch.func.vmap(torch.func.grad)"),
+        Target("Chain.vjp(g, intermediates=True), k=64 n=16", "plain vjp", 1 / 1.3,
+               "Chain.vjp(g, intermediates=True) vs Chain.vjp(g), k = 64, n = 16 "
+               "(target: at most 1.3× the time, i.e. a ratio of at least 0.77)"),
     ]),
     ("issue 10: sparse and matrix-free links (float64; GB/s of matrix data in the time column)", [
         Target("CSR 1e6 x 1e6, 10/row: J^T g", "scipy", 1.6,

@@ -24,18 +24,28 @@ static inline float gc_round_int_s(float v)
     return (v + shift) - shift;
 }
 
-/* 2^k for an integral k in the normal exponent range, by building the bits */
+/* 2^k for an integral k in the normal exponent range, by building the bits.
+ * k is read off the shifter sum's low mantissa bits (bits(k + 1.5 2^52) -
+ * bits(1.5 2^52) = k, exactly, for |k| < 2^51) rather than by a
+ * float-to-integer conversion, which x86-64 has no vector form of below
+ * AVX-512: integer adds and a shift, so the loops over tanh vectorise. */
 static inline double gc_pow2_d(double k)
 {
-    const int64_t e = ((int64_t)k + 1023) << 52;
+    const double s = k + 6755399441055744.0;           /* 1.5 * 2^52 */
+    int64_t b, e;
     double r;
+    memcpy(&b, &s, sizeof b);
+    e = (b - INT64_C(0x4338000000000000) + 1023) << 52;
     memcpy(&r, &e, sizeof r);
     return r;
 }
 static inline float gc_pow2_s(float k)
 {
-    const int32_t e = ((int32_t)k + 127) << 23;
+    const float s = k + 12582912.0f;                   /* 1.5 * 2^23 */
+    int32_t b, e;
     float r;
+    memcpy(&b, &s, sizeof b);
+    e = (b - 0x4B400000 + 127) << 23;
     memcpy(&r, &e, sizeof r);
     return r;
 }

@@ -11,6 +11,7 @@ from gradchain._kernels import (
     set_num_threads,
     simd_target,
 )
+from gradchain._chain import Trajectory
 from gradchain.chain import Chain, ChainPlan, jacobian, jvp, vjp
 from gradchain.composition import Composition, check_grad, compose
 from gradchain.losses import (
@@ -54,6 +55,7 @@ __all__ = [
     "jvp",
     "jacobian",
     "ChainPlan",
+    "Trajectory",
     "Operator",
     "Dense",
     "Diagonal",

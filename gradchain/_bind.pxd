@@ -11,6 +11,11 @@ cdef cnp.ndarray _as_array(object x, str name)
 cdef bint _usable(cnp.ndarray a, int typenum)
 # item is a scipy.sparse matrix or array.
 cdef bint _is_sparse(object item)
+# Smallest byte range [lo, hi) holding every element of a.
+cdef void _extent(cnp.ndarray a, const char **lo, const char **hi) noexcept
+# a and b share memory (exact; undecidable within NumPy's work bound counts
+# as shared).
+cdef bint _shares_memory(object a, object b)
 
 cdef class LinkTable:
     cdef Link *links
@@ -40,7 +45,8 @@ cdef class LinkTable:
     cdef _check_dims(self)
     cdef tuple link_arrays(self, Py_ssize_t i)
     cdef cnp.ndarray check_out(self, object out, cnp.ndarray x, str name,
-                               int nd, cnp.npy_intp *rdims, int typenum)
+                               int nd, cnp.npy_intp *rdims, int typenum,
+                               str oname=*)
     cdef cnp.ndarray vector(self, object x_in, str name, bint transpose,
                             int *typenum, Py_ssize_t *B, Py_ssize_t *nres)
     cdef check_batch(self, Py_ssize_t batch, str mode)

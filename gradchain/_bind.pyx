@@ -659,11 +659,12 @@ cdef class LinkTable:
                      if isinstance(a, cnp.ndarray))
 
     cdef cnp.ndarray check_out(self, object out, cnp.ndarray x, str name,
-                               int nd, cnp.npy_intp *rdims, int typenum):
+                               int nd, cnp.npy_intp *rdims, int typenum,
+                               str oname="out"):
         """out, checked as the destination of a product of x through this
         chain (shape rdims[:nd], dtype typenum): the array to write into,
         out itself or, when out is not C-contiguous and aligned, a fresh
-        one that the caller copies into out."""
+        one that the caller copies into out.  oname: its name in messages."""
         cdef cnp.ndarray res
         cdef const char *olo
         cdef const char *ohi
@@ -672,37 +673,37 @@ cdef class LinkTable:
         cdef Py_ssize_t i
         if not isinstance(out, cnp.ndarray):
             raise TypeError(
-                f"out must be a numpy.ndarray, got {type(out).__name__}")
-        _reject_masked(out, "out")
+                f"{oname} must be a numpy.ndarray, got {type(out).__name__}")
+        _reject_masked(out, oname)
         res = <cnp.ndarray>out
         if cnp.PyArray_TYPE(res) != typenum or not cnp.PyArray_ISNOTSWAPPED(res):
             raise TypeError(
-                f"out has dtype {res.dtype} but the result has dtype "
+                f"{oname} has dtype {res.dtype} but the result has dtype "
                 f"{_DT_DOUBLE if typenum == cnp.NPY_DOUBLE else _DT_FLOAT}")
         # the array's own dimensions, not a (subclass's) .shape attribute
         if (cnp.PyArray_NDIM(res) != nd or cnp.PyArray_DIM(res, 0) != rdims[0]
                 or (nd == 2 and cnp.PyArray_DIM(res, 1) != rdims[1])):
             shape = tuple(rdims[i] for i in range(nd))
             raise ValueError(
-                f"out has shape {_c_shape(res)} but the result has shape "
+                f"{oname} has shape {_c_shape(res)} but the result has shape "
                 f"{shape}")
         if not cnp.PyArray_ISWRITEABLE(res):
-            raise ValueError("out is read-only")
+            raise ValueError(f"{oname} is read-only")
         for i in range(nd):
             if (cnp.PyArray_STRIDE(res, i) == 0 and cnp.PyArray_DIM(res, i) > 1
                     and cnp.PyArray_SIZE(res) > 0):
                 raise ValueError(
-                    "out has a zero stride: its elements overlap each other")
+                    f"{oname} has a zero stride: its elements overlap each other")
         _extent(res, &olo, &ohi)
         _extent(x, &xlo, &xhi)
         if _boxes_overlap(olo, ohi, xlo, xhi) and _shares_memory(res, x):
-            raise ValueError(f"out shares memory with {name}")
+            raise ValueError(f"{oname} shares memory with {name}")
         for i in range(self.k):
             if (_boxes_overlap(olo, ohi, self.links[i].lo, self.links[i].hi)
                     or self.converted):
                 if any(_shares_memory(res, a) for a in self.link_arrays(i)):
                     raise ValueError(
-                        f"out shares memory with jacobians[{i}]")
+                        f"{oname} shares memory with jacobians[{i}]")
         if cnp.PyArray_IS_C_CONTIGUOUS(res) and cnp.PyArray_ISALIGNED(res):
             return res
         return cnp.PyArray_EMPTY(nd, rdims, typenum, 0)

@@ -1,7 +1,7 @@
 # Type stubs for the compiled module gradchain._chain (_chain.pyx).
 # ChainCore is a LinkTable (gradchain._bind) that runs products.
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Literal, TypeVar, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike, NDArray
@@ -22,6 +22,21 @@ _Jacobians = Iterable[_Link] | ArrayLike
 
 # A cdef class: its C struct layout makes it a disjoint base (PEP 800).
 def _rebuild(cls: type[_C], jacobians: Any, copies: bool) -> _C: ...
+
+# The k + 1 cotangents (vjp) or tangents (jvp) of one product; a Sequence
+# (registered with collections.abc.Sequence) of arrays.
+@disjoint_base
+class Trajectory:
+    @property
+    def buffer(self) -> NDArray[_Float] | None: ...
+    @property
+    def kind(self) -> str: ...
+    def __len__(self) -> int: ...
+    @overload
+    def __getitem__(self, index: int, /) -> NDArray[_Float]: ...
+    @overload
+    def __getitem__(self, index: slice, /) -> tuple[NDArray[_Float], ...]: ...
+    def __iter__(self) -> Iterator[NDArray[_Float]]: ...
 
 @disjoint_base
 class ChainCore(LinkTable):
@@ -56,16 +71,54 @@ class ChainCore(LinkTable):
     # "copy" or "promoted").
     def _strategy_of(self, mode: str, batch: int) -> Strategy: ...
     def _last_strategy(self) -> tuple[Strategy | None, str] | None: ...
+    @overload
     def vjp(
         self,
         cotangent: ArrayLike,  # (n_k,) or (batch, n_k)
         out: NDArray[_Float] | None = None,
+        *,
+        intermediates: Literal[False] = ...,
     ) -> NDArray[_Float]: ...
+    @overload
+    def vjp(
+        self,
+        cotangent: ArrayLike,
+        out: Sequence[NDArray[_Float]] | None = None,
+        *,
+        intermediates: Literal[True],
+    ) -> Trajectory: ...
+    @overload
+    def vjp(
+        self,
+        cotangent: ArrayLike,
+        out: NDArray[_Float] | Sequence[NDArray[_Float]] | None = None,
+        *,
+        intermediates: bool,
+    ) -> NDArray[_Float] | Trajectory: ...
+    @overload
     def jvp(
         self,
         tangent: ArrayLike,  # (n_0,) or (batch, n_0)
         out: NDArray[_Float] | None = None,
+        *,
+        intermediates: Literal[False] = ...,
     ) -> NDArray[_Float]: ...
+    @overload
+    def jvp(
+        self,
+        tangent: ArrayLike,
+        out: Sequence[NDArray[_Float]] | None = None,
+        *,
+        intermediates: Literal[True],
+    ) -> Trajectory: ...
+    @overload
+    def jvp(
+        self,
+        tangent: ArrayLike,
+        out: NDArray[_Float] | Sequence[NDArray[_Float]] | None = None,
+        *,
+        intermediates: bool,
+    ) -> NDArray[_Float] | Trajectory: ...
     # (n_k, n_0), or (batch, n_k, n_0) with per-sample links.
     # a dense array, or a scipy.sparse.csr_array (see Chain.jacobian)
     def jacobian(self, format: str | None = None) -> Any: ...

@@ -22,14 +22,16 @@ from libc.stdlib cimport free
 from cython cimport floating
 
 from gradchain._link cimport Link, link_raise
-from gradchain._bind cimport LinkTable, _usable, _is_sparse
+from gradchain._bind cimport (LinkTable, _usable, _is_sparse, _extent,
+                              _shares_memory)
+from libc.string cimport memcpy
 from gradchain._bracket cimport (Strategy, choose, product_factors,
                                  MODE_VJP, MODE_JVP, MODE_JACOBIAN,
                                  MODE_SPARSE, ORDER_LEFT, sparse_jacobian_ok)
 from gradchain._propagate cimport propagate
 from gradchain._accumulate cimport run_product, run_samples, run_sparse_product
 from gradchain._kernels cimport effective_threads
-from gradchain._sizes cimport gc_size_mul3, gc_malloc_n
+from gradchain._sizes cimport gc_size_mul, gc_size_mul3, gc_size_add, gc_malloc_n
 
 cnp.import_array()
 
@@ -74,6 +76,98 @@ cdef object _promoted(object J):
 def _rebuild(cls, jacobians, copies):
     """Unpickling: the chain again, with its transpose copies if it had them."""
     return cls(jacobians, transpose_copies=copies)
+
+
+cdef class Trajectory:
+    """The k + 1 cotangents or tangents of one product along a chain.
+
+    What ``Chain.vjp(g, intermediates=True)`` and ``Chain.jvp(v,
+    intermediates=True)`` return: a sequence indexed by position along the
+    chain, ``traj[i]`` being the value at x^(i), i = 0, ..., k:
+
+        vjp (cotangents):  traj[k] = g,  traj[i] = J_{i+1}^T traj[i+1],
+                           so traj[0] = J_1^T ... J_k^T g, the gradient;
+        jvp (tangents):    traj[0] = v,  traj[i] = J_i traj[i-1],
+                           so traj[k] = J_k ... J_1 v.
+
+    Each item has shape (n_i,), or (batch, n_i) for a block, in the chain's
+    dtype.  Without ``out=`` every item is a view into one allocation of
+    batch * (n_0 + ... + n_k) elements (:attr:`buffer`), made when it is
+    indexed; with ``out=`` the items are the caller's arrays.  Supports
+    ``len``, indexing (negative too), slicing (a tuple) and iteration.
+    """
+
+    cdef LinkTable _chain       # the widths n_0 .. n_k
+    cdef object _buf            # the one allocation (None: _arrays)
+    cdef tuple _arrays          # the caller's out arrays, or None
+    cdef Py_ssize_t _B, _n      # rows; the one width of a 0-link chain
+    cdef int _nd
+    cdef bint _cotangents
+
+    @property
+    def buffer(self):
+        """The one flat allocation the items are views into (None when the
+        trajectory was written to ``out=`` arrays)."""
+        return self._buf
+
+    @property
+    def kind(self):
+        """"cotangents" (from vjp) or "tangents" (from jvp)."""
+        return "cotangents" if self._cotangents else "tangents"
+
+    cdef Py_ssize_t _width(self, Py_ssize_t i) noexcept:
+        if self._chain.k == 0:
+            return self._n
+        return self._chain.links[0].n if i == 0 else self._chain.links[i - 1].m
+
+    def __len__(self):
+        return self._chain.k + 1
+
+    cdef object _item(self, Py_ssize_t i):
+        cdef Py_ssize_t j, off = 0, n = self._width(i)
+        if self._arrays is not None:
+            return self._arrays[i]
+        for j in range(i):
+            off += self._width(j)
+        off *= self._B
+        a = self._buf[off:off + self._B * n]
+        return a if self._nd == 1 else a.reshape(self._B, n)
+
+    def __getitem__(self, index):
+        cdef Py_ssize_t i, m = self._chain.k + 1
+        if isinstance(index, slice):
+            return tuple(self._item(i) for i in range(*index.indices(m)))
+        try:
+            i = index.__index__()
+        except AttributeError:
+            raise TypeError(f"Trajectory indices must be integers or slices, "
+                            f"not {type(index).__name__}") from None
+        if i < 0:
+            i += m
+        if i < 0 or i >= m:
+            raise IndexError(f"index {index} out of range for a trajectory of "
+                             f"{m} {self.kind}")
+        return self._item(i)
+
+    def __iter__(self):
+        cdef Py_ssize_t i
+        for i in range(self._chain.k + 1):
+            yield self._item(i)
+
+    def __repr__(self):
+        cdef Py_ssize_t i, m = self._chain.k + 1
+        w = [str(self._width(i)) for i in range(min(m, 8))]
+        if m > 8:
+            w.append("...")
+        rows = "" if self._nd == 1 else f", batch {self._B}"
+        return (f"Trajectory({m} {self.kind} of widths {', '.join(w)}{rows})")
+
+
+try:
+    from collections.abc import Sequence as _Sequence
+    _Sequence.register(Trajectory)
+except ImportError:         # pragma: no cover
+    pass
 
 
 cdef class ChainCore(LinkTable):
@@ -298,13 +392,171 @@ cdef class ChainCore(LinkTable):
         if rc:
             link_raise(rc, "could not allocate the intermediate products")
 
-    def vjp(self, cotangent, out=None):
-        """J_1^T J_2^T ... J_k^T g for g of shape (n_k,) or (batch, n_k)."""
-        return self._product(cotangent, out, True)
+    def vjp(self, cotangent, out=None, *, intermediates=False):
+        """J_1^T J_2^T ... J_k^T g for g of shape (n_k,) or (batch, n_k);
+        with intermediates=True every cotangent along the way (a
+        Trajectory)."""
+        if intermediates is False:
+            return self._product(cotangent, out, True)
+        return self._trajectory(cotangent, out, True, intermediates)
 
-    def jvp(self, tangent, out=None):
-        """J_k ... J_2 J_1 v for v of shape (n_0,) or (batch, n_0)."""
-        return self._product(tangent, out, False)
+    def jvp(self, tangent, out=None, *, intermediates=False):
+        """J_k ... J_2 J_1 v for v of shape (n_0,) or (batch, n_0); with
+        intermediates=True every tangent along the way (a Trajectory)."""
+        if intermediates is False:
+            return self._product(tangent, out, False)
+        return self._trajectory(tangent, out, False, intermediates)
+
+    cdef object _trajectory(self, object x_in, object out, bint transpose,
+                            object flag):
+        """The k + 1 values of a vjp (transpose) or jvp of x_in, into one
+        allocation or the caller's out sequence (a Trajectory).  Propagates
+        link by link, whatever the strategy of the plain product (every
+        intermediate is wanted): the plan of ``Chain.plan(...,
+        intermediates=True)``."""
+        cdef str name = "cotangent" if transpose else "tangent"
+        cdef int typenum, rc = 0, nt
+        cdef Py_ssize_t k = self.k, B, nres, i, s, total = 0, t, run
+        cdef cnp.ndarray x
+        cdef Trajectory traj
+        cdef char *base
+        cdef void **steps = NULL
+        cdef void *stackbuf[64]
+        cdef Py_ssize_t isz
+        if flag is not True:
+            raise TypeError(f"intermediates must be True or False, got {flag!r}")
+        x = self.vector(x_in, name, transpose, &typenum, &B, &nres)
+        cdef int nd = cnp.PyArray_NDIM(x)
+        if typenum != self.typenum and self.typenum != -1:
+            # float32 chain, float64 vector: promoted for this call (as _product)
+            promoted = ChainCore([_promoted(J) for J in self.jacobians],
+                                 transpose_copies=self.copy_bytes >= 0)
+            self._last, self._ran = None, RAN_PROMOTED
+            return (<ChainCore>promoted)._trajectory(x, out, transpose, flag)
+        traj = Trajectory.__new__(Trajectory)
+        traj._chain, traj._B, traj._nd, traj._cotangents = self, B, nd, transpose
+        traj._n = cnp.PyArray_DIM(x, nd - 1)
+        isz = 8 if typenum == cnp.NPY_DOUBLE else 4
+        for i in range(k + 1):
+            if (not gc_size_mul(B, traj._width(i), &t)
+                    or not gc_size_add(total, t, &total)
+                    or not gc_size_mul(total, isz, &t)):
+                raise MemoryError(
+                    f"the {k + 1} {traj.kind} of a batch of {B} exceed the "
+                    f"address space")
+        arrays = None
+        if out is None:
+            traj._buf = (np.zeros if self.has_zero else np.empty)(
+                total, _DT_DOUBLE if typenum == cnp.NPY_DOUBLE else _DT_FLOAT)
+        else:
+            arrays = self._check_trajectory_out(out, x, name, nd, B, typenum,
+                                                traj)
+            traj._arrays = tuple(out)
+        if not (cnp.PyArray_IS_C_CONTIGUOUS(x) and _usable(x, typenum)):
+            x = np.require(x, _DT_DOUBLE if typenum == cnp.NPY_DOUBLE
+                           else _DT_FLOAT, "CA")
+        if k + 1 <= 64:
+            steps = &stackbuf[0]
+        else:
+            steps = <void **>gc_malloc_n(k + 1, sizeof(void *))
+        if steps == NULL:
+            raise MemoryError()
+        try:
+            # steps[i]: where the value at x^(i) goes
+            if arrays is None:
+                base = <char *>cnp.PyArray_DATA(traj._buf)
+                t = 0
+                for i in range(k + 1):
+                    steps[i] = base + t * isz
+                    t += B * traj._width(i)
+            else:
+                for i in range(k + 1):
+                    steps[i] = cnp.PyArray_DATA(<cnp.ndarray>arrays[i])
+            # the given end: g at x^(k) (vjp) or v at x^(0) (jvp)
+            memcpy(steps[k if transpose else 0], cnp.PyArray_DATA(x),
+                   B * traj._width(k if transpose else 0) * isz)
+            # the steps that run: up to the first zero width (an empty sum
+            # from there on: zeros, already there)
+            run = 0
+            while run < k:
+                i = k - run if transpose else run
+                if (B == 0 or traj._width(i) == 0
+                        or traj._width(i - 1 if transpose else i + 1) == 0):
+                    break
+                run += 1
+            if run > 0:
+                # propagate's step s writes the value at x^(k-1-s) (vjp,
+                # steps reversed into its own order) or x^(s+1) (jvp)
+                if transpose:
+                    for s in range((k + 1) // 2):
+                        steps[s], steps[k - s] = steps[k - s], steps[s]
+                nt = effective_threads()
+                with nogil:
+                    if typenum == cnp.NPY_DOUBLE:
+                        rc = propagate(self.links + (k - run if transpose else 0),
+                                       run, self.maxw, transpose,
+                                       <const double *>cnp.PyArray_DATA(x), B,
+                                       NULL, NULL, nt, <double **>(steps + 1))
+                    else:
+                        rc = propagate(self.links + (k - run if transpose else 0),
+                                       run, self.maxw, transpose,
+                                       <const float *>cnp.PyArray_DATA(x), B,
+                                       NULL, NULL, nt, <float **>(steps + 1))
+        finally:
+            if steps != &stackbuf[0]:
+                free(steps)
+        if rc:
+            link_raise(rc, "could not allocate the chain's work buffers")
+        self._last, self._ran = None, RAN_PROPAGATE
+        if arrays is not None:
+            for i in range(k + 1):
+                if arrays[i] is not out[i]:
+                    out[i][...] = arrays[i]
+        return traj
+
+    cdef list _check_trajectory_out(self, object out, cnp.ndarray x, str name,
+                                    int nd, Py_ssize_t B, int typenum,
+                                    Trajectory traj):
+        """out= of an intermediates product: a sequence of k + 1 arrays,
+        item i of shape (n_i,) or (B, n_i), each checked as a product's out
+        (check_out), none sharing memory with another.  Returns the arrays
+        to write (a fresh C-contiguous one where an item is not), zeroed
+        when the chain has a zero width."""
+        cdef Py_ssize_t i, m = self.k + 1
+        cdef cnp.npy_intp rdims[2]
+        cdef const char *lo
+        cdef const char *hi
+        if isinstance(out, cnp.ndarray) or not hasattr(out, "__len__"):
+            raise TypeError(f"out must be a sequence of {m} arrays (one per "
+                            f"{traj.kind[:-1]}) with intermediates=True, got "
+                            f"{type(out).__name__}")
+        if len(out) != m:
+            raise ValueError(f"out must hold {m} arrays (n_0 ... n_k) with "
+                             f"intermediates=True, got {len(out)}")
+        arrays, boxes = [], []
+        for i in range(m):
+            rdims[0] = traj._width(i) if nd == 1 else B
+            rdims[1] = traj._width(i)
+            a = self.check_out(out[i], x, name, nd, rdims, typenum, f"out[{i}]")
+            arrays.append(a)
+            _extent(<cnp.ndarray>out[i], &lo, &hi)
+            if lo < hi:
+                boxes.append((<size_t>lo, <size_t>hi, i))
+        # a sweep over the byte ranges by start: each against the earlier
+        # ones still open (an exact test where ranges meet)
+        boxes.sort()
+        active = []
+        for blo, bhi, j in boxes:
+            active = [b for b in active if b[1] > blo]
+            for b in active:
+                if _shares_memory(out[b[2]], out[j]):
+                    raise ValueError(f"out[{min(b[2], j)}] and out[{max(b[2], j)}] "
+                                     f"share memory")
+            active.append((blo, bhi, j))
+        if self.has_zero:
+            for a in arrays:
+                a[...] = 0
+        return arrays
 
     cdef object _product(self, object x_in, object out, bint transpose):
         """vjp (transpose) or jvp of x_in, into out when given."""

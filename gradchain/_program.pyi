@@ -1,6 +1,6 @@
 # Type stubs for the compiled module gradchain._program (_program.pyx).
 import enum
-from typing import Final, Literal, NoReturn, overload
+from typing import Any, Final, Literal, NoReturn, overload
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
@@ -42,7 +42,9 @@ class Program:
         loss: int,  # a GC_LOSS_* code
         aux: NDArray[_Float] | None,  # (B, n_k) target rows, or None
         labels: NDArray[np.int64] | None,  # (B,), C-contiguous, or None
-    ) -> tuple[NDArray[np.float64], NDArray[_Float]]: ...  # (values (B,), grad like x)
+        pmode: int = 0,  # 0; 1 parameter gradients summed; 2 per example
+        want_x: bool = True,
+    ) -> Any: ...  # (values (B,), grad like x) [+ parameter gradients per op]
     # x (n_0,), C-contiguous in the plan's dtype.
     @overload
     def jacobian(
@@ -57,18 +59,12 @@ class Program:
         self, x: NDArray[_Float], links: bool
     ) -> NDArray[_Float] | list[NDArray[_Float] | Diagonal | DiagonalPlusRankOne]: ...
     # X (B, n_0), C-contiguous in the plan's dtype.
-    @overload
+    # mode "forward": [x^(0), ..., x^(k)] (copies); "vjp"/"jvp": (x^(k),
+    # products), with pmode 1/2 (vjp) plus the parameter gradients per op.
     def run(
-        self, X: NDArray[_Float], mode: Literal["forward"], T: None = None
-    ) -> list[NDArray[_Float]]: ...  # [x^(0), ..., x^(k)], copies
-    @overload
-    def run(
-        self, X: NDArray[_Float], mode: Literal["vjp", "jvp"], T: NDArray[_Float]
-    ) -> tuple[NDArray[_Float], NDArray[_Float]]: ...  # (x^(k), products)
-    @overload
-    def run(
-        self, X: NDArray[_Float], mode: str, T: NDArray[_Float] | None = None
-    ) -> list[NDArray[_Float]] | tuple[NDArray[_Float], NDArray[_Float]]: ...
+        self, X: NDArray[_Float], mode: str, T: NDArray[_Float] | None = None,
+        pmode: int = 0, want_x: bool = True,
+    ) -> Any: ...
 
 # The elementwise and loss codes, declared once in csrc/gc_maps.h and
 # exported by an anonymous cpdef enum (plain ints at module level).

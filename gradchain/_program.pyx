@@ -26,7 +26,7 @@ from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cython cimport floating
 
 from gradchain._kernels cimport effective_threads
-from gradchain._blas cimport block_jv
+from gradchain._blas cimport block_jv, matmul
 from gradchain._link cimport (Link, LINK_DENSE, LINK_DIAG, LINK_DIAG_RANK1,
                               LINK_ELEMENTWISE, LINK_SOFTMAX, LINK_LOG_SOFTMAX,
                               link_clear)
@@ -85,7 +85,10 @@ cpdef enum OpCode:
 cdef struct Op:
     int code
     int ew                  # elementwise: gc_maps.h code
-    double param            # elementwise parameter
+    const double *param     # elementwise parameter: a float64 0-d array's
+                            # datum, read in place (set_params writes it),
+                            # or pval
+    double pval             # a parameter given as a number
     const char *W           # affine: W[0, 0], strides in elements
     const char *b           # affine: bias (contiguous) or NULL
     Py_ssize_t n_out, n_in, rs, cs
@@ -114,9 +117,9 @@ cdef int _forward(const Op *ops, Py_ssize_t k, Py_ssize_t B,
                 _add_bias(xs[i + 1], <const floating *>o.b, B, o.n_out)
         elif o.code == OP_ELEMENTWISE:
             if floating is float:
-                gc_ew_forward_s(o.ew, o.param, B * dims[i], xs[i], xs[i + 1])
+                gc_ew_forward_s(o.ew, o.param[0], B * dims[i], xs[i], xs[i + 1])
             else:
-                gc_ew_forward_d(o.ew, o.param, B * dims[i], xs[i], xs[i + 1])
+                gc_ew_forward_d(o.ew, o.param[0], B * dims[i], xs[i], xs[i + 1])
         else:
             if floating is float:
                 gc_softmax_s(o.code == OP_LOG_SOFTMAX, B, dims[i], xs[i], xs[i + 1])
@@ -128,23 +131,37 @@ cdef int _forward(const Op *ops, Py_ssize_t k, Py_ssize_t B,
 cdef int _backward(const Op *ops, Py_ssize_t k, Py_ssize_t B,
                    const Py_ssize_t *dims, floating **xs, bint transpose,
                    const floating *t, floating *out, floating *work,
-                   Py_ssize_t nmax, int nt) noexcept nogil:
+                   Py_ssize_t nmax, int nt, floating **lam=NULL,
+                   Py_ssize_t nsteps=-1) noexcept nogil:
     """transpose: out = t J_k ... J_1 (rows of t are cotangents, (B, dims[k]))
     else: out = J_k ... J_1 t (rows are tangents, (B, dims[0])), each J_i
     the link of op i at the stored intermediates xs, through the chain's
-    propagation loop; work: 2 * B * nmax elements."""
+    propagation loop; work: 2 * B * nmax elements.
+
+    lam (transpose only): the cotangents are kept, lam[i] receiving the
+    rows at x^(i) (B x dims[i]) for i = k - nsteps .. k - 1 (the first
+    nsteps links from the end: the ones a parameter gradient needs; out
+    and work unused), lam[k] being t itself."""
     cdef Link stackbuf[32]
     cdef Link *links = stackbuf
     cdef Link *L
     cdef const Op *o
     cdef Py_ssize_t i
     cdef int rc
+    cdef floating *orderbuf[32]
+    cdef floating **order = orderbuf
+    if nsteps < 0:
+        nsteps = k
     if k == 0:
-        memcpy(out, t, B * dims[0] * sizeof(floating))
+        if lam == NULL:
+            memcpy(out, t, B * dims[0] * sizeof(floating))
         return 0
     if k > 32:
         links = <Link *>gc_malloc_n(k, sizeof(Link))
-        if links == NULL:
+        order = <floating **>gc_malloc_n(k, sizeof(floating *))
+        if links == NULL or order == NULL:
+            free(links)
+            free(order)
             return -1
     for i in range(k):
         o = &ops[i]
@@ -155,15 +172,122 @@ cdef int _backward(const Op *ops, Py_ssize_t k, Py_ssize_t B,
         elif o.code == OP_ELEMENTWISE:
             L[0] = link_clear(LINK_ELEMENTWISE, dims[i], dims[i])
             L.d, L.u = <const char *>xs[i], <const char *>xs[i + 1]
-            L.code, L.scale = o.ew, o.param
+            L.code, L.scale = o.ew, o.param[0]
         else:
             L[0] = link_clear(LINK_LOG_SOFTMAX if o.code == OP_LOG_SOFTMAX
                               else LINK_SOFTMAX, dims[i], dims[i])
             L.u = <const char *>xs[i + 1]
-    rc = propagate(links, k, nmax, transpose, t, B, out, work, nt)
+    if lam == NULL:
+        rc = propagate(links, k, nmax, transpose, t, B, out, work, nt)
+    else:
+        # propagate's step s writes the value at x^(k-1-s): lam reversed
+        for i in range(nsteps):
+            order[i] = lam[k - 1 - i]
+        rc = propagate(links + (k - nsteps), nsteps, nmax, True, t, B, NULL,
+                       NULL, nt, order) if nsteps > 0 else 0
     if links != stackbuf:
         free(links)
+        free(order)
     return rc
+
+
+cdef double _ew_param_sum(int ew, Py_ssize_t n, const floating *x,
+                          const floating *lam) noexcept nogil:
+    """sum_j lam_j d f(x_j) / d theta for an elementwise map's parameter
+    theta (in double, in index order): Scale (f = c x) x_j; LeakyReLU (f =
+    alpha x below 0) x_j where x_j < 0, else 0."""
+    cdef Py_ssize_t j
+    cdef double acc = 0.0
+    if ew == GC_EW_SCALE:
+        for j in range(n):
+            acc += <double>lam[j] * <double>x[j]
+    elif ew == GC_EW_LEAKY_RELU:
+        for j in range(n):
+            if x[j] < 0:
+                acc += <double>lam[j] * <double>x[j]
+    return acc
+
+
+cdef bint _op_has_params(const Op *o) noexcept nogil:
+    """The op has parameters of its own (affine W, b; Scale's c;
+    LeakyReLU's alpha)."""
+    return o.code == OP_AFFINE or (o.code == OP_ELEMENTWISE and (
+        o.ew == GC_EW_SCALE or o.ew == GC_EW_LEAKY_RELU))
+
+
+cdef int _param_grads(const Op *ops, Py_ssize_t k, Py_ssize_t B,
+                      const Py_ssize_t *dims, floating **xs, floating **lam,
+                      bint per_example, void **gout, int nt) noexcept nogil:
+    """The parameter gradients of every op with parameters, from its input
+    rows X = xs[i] (B x dims[i]) and the cotangent rows at its output
+    Lam = lam[i + 1] (B x dims[i + 1]):
+
+        affine       dW = Lam^T X  (one ?gemm),   db = sum_b Lam[b]
+        Scale        dc = sum_bj Lam[b, j] X[b, j]
+        LeakyReLU    dalpha = sum over X[b, j] < 0 of Lam[b, j] X[b, j]
+
+    summed over the batch, or (per_example) one per row: dW[b] = Lam[b]
+    X[b]^T, db[b] = Lam[b], dc[b], dalpha[b].  gout[2 i], gout[2 i + 1]:
+    op i's outputs (NULL where it has none; db NULL without a bias).
+    The sums over rows and indices run in order (double accumulators for
+    the scalars).  0, or -1 when out of memory."""
+    cdef Py_ssize_t i, b, j, l, m, n
+    cdef const Op *o
+    cdef const floating *X
+    cdef const floating *G
+    cdef floating *dW
+    cdef floating *db
+    cdef floating *d
+    cdef floating gj
+    for i in range(k):
+        o = &ops[i]
+        if not _op_has_params(o) or gout[2 * i] == NULL:
+            continue
+        X, G = xs[i], lam[i + 1]
+        n, m = dims[i], dims[i + 1]
+        if o.code == OP_AFFINE:
+            dW = <floating *>gout[2 * i]
+            db = <floating *>gout[2 * i + 1]
+            if per_example:
+                # one thread: the B m n outputs are fresh memory, and on the
+                # measured VM two threads first-touching it ran slower (18
+                # -> 29-46 ms for B = 256 through four 64 x 64 layers)
+                for b in range(B):
+                    _outer(G + b * m, X + b * n, m, n, dW + b * m * n)
+                if db != NULL:
+                    memcpy(db, G, B * m * sizeof(floating))
+                continue
+            # dW (m x n) = G^T (m x B: G read as F-order) X (B x n); one
+            # row: the outer product (a BLAS call costs more than it)
+            if B == 1:
+                _outer(G, X, m, n, dW)
+            elif matmul(G, 1, m, X, n, 1, m, B, n, dW, nt):
+                return -1
+            if db != NULL:
+                for j in range(m):
+                    db[j] = 0
+                for b in range(B):
+                    for j in range(m):
+                        db[j] += G[b * m + j]
+            continue
+        d = <floating *>gout[2 * i]
+        if per_example:
+            for b in range(B):
+                d[b] = <floating>_ew_param_sum(o.ew, n, X + b * n, G + b * n)
+        else:
+            d[0] = <floating>_ew_param_sum(o.ew, B * n, X, G)
+    return 0
+
+
+cdef void _outer(const floating *g, const floating *x, Py_ssize_t m,
+                 Py_ssize_t n, floating *out) noexcept nogil:
+    """out (m x n) = g x^T."""
+    cdef Py_ssize_t j, l
+    cdef floating gj
+    for j in range(m):
+        gj = g[j]
+        for l in range(n):
+            out[j * n + l] = gj * x[l]
 
 
 cdef Py_ssize_t _jacobian_scratch(const Op *ops, Py_ssize_t k,
@@ -210,9 +334,9 @@ cdef void _jacobian_links(const Op *ops, Py_ssize_t k, const Py_ssize_t *dims,
             continue
         if o.code == OP_ELEMENTWISE:
             if floating is float:
-                gc_ew_deriv_mul_s(o.ew, o.param, n, xs[i], xs[i + 1], ones, vec)
+                gc_ew_deriv_mul_s(o.ew, o.param[0], n, xs[i], xs[i + 1], ones, vec)
             else:
-                gc_ew_deriv_mul_d(o.ew, o.param, n, xs[i], xs[i + 1], ones, vec)
+                gc_ew_deriv_mul_d(o.ew, o.param[0], n, xs[i], xs[i + 1], ones, vec)
             L[0] = link_clear(LINK_DIAG, n, n)
             L.d, L.ds = <const char *>vec, 1
             vec += n
@@ -287,6 +411,98 @@ cdef Py_ssize_t _workspace_elems(Py_ssize_t B, const Py_ssize_t *dims,
     return total
 
 
+cdef class _Grads:
+    """One parameter-gradient pass of a Program: the arrays it fills
+    (``grads``: per op a tuple -- affine (dW, db) or (dW,), Scale (dc,),
+    LeakyReLU (dalpha,), else () -- summed over the batch or, per example,
+    with a leading batch axis) and the kept cotangents it runs through
+    (_backward with lam, then _param_grads)."""
+
+    cdef readonly list grads
+    cdef list _keep             # the cotangents' buffer
+    cdef void **gout            # 2 k output pointers (NULL: none)
+    cdef char **lam             # k + 1 cotangent pointers (NULL: not kept)
+    cdef Py_ssize_t nsteps
+    cdef bint per_example, want_x
+
+    def __dealloc__(self):
+        PyMem_Free(self.gout)
+        PyMem_Free(self.lam)
+
+    cdef int prepare(self, Program prog, Py_ssize_t B, const Py_ssize_t *dims,
+                     bint per_example, bint want_x, char *t, cnp.ndarray res,
+                     Py_ssize_t isz) except -1:
+        """The outputs and the cotangent buffers for B rows: t holds the
+        cotangent rows at x^(k), res receives those at x^(0) (want_x)."""
+        cdef Py_ssize_t k = prog._k, i, first = k, total = 0, off = 0
+        cdef const Op *o
+        cdef cnp.ndarray a
+        cdef cnp.npy_intp sh[3]
+        self.per_example, self.want_x = per_example, want_x
+        self.gout = <void **>PyMem_Malloc(max(2 * k, 1) * sizeof(void *))
+        self.lam = <char **>PyMem_Malloc((k + 1) * sizeof(char *))
+        if self.gout == NULL or self.lam == NULL:
+            raise MemoryError()
+        self.grads = []
+        tn = prog._typenum
+        lead = 1 if per_example else 0      # the leading batch axis
+        sh[0] = B
+        for i in range(k):
+            o = &prog._ops[i]
+            self.gout[2 * i] = self.gout[2 * i + 1] = NULL
+            self.lam[i] = NULL
+            if not _op_has_params(o):
+                self.grads.append(())
+                continue
+            first = min(first, i)
+            if o.code == OP_AFFINE:
+                sh[lead], sh[lead + 1] = o.n_out, o.n_in
+                a = cnp.PyArray_EMPTY(2 + lead, sh, tn, 0)
+                self.gout[2 * i] = cnp.PyArray_DATA(a)
+                if o.b != NULL:
+                    db = cnp.PyArray_EMPTY(1 + lead, sh, tn, 0)
+                    self.gout[2 * i + 1] = cnp.PyArray_DATA(<cnp.ndarray>db)
+                    self.grads.append((a, db))
+                else:
+                    self.grads.append((a,))
+            else:
+                a = cnp.PyArray_EMPTY(lead, sh, tn, 0)
+                self.gout[2 * i] = cnp.PyArray_DATA(a)
+                self.grads.append((a,))
+        # the cotangents kept: at x^(first + 1) .. x^(k - 1), and x^(0)
+        # (into res) when the input's gradient is wanted
+        self.nsteps = k if want_x else k - 1 - first if first < k else 0
+        for i in range(k - self.nsteps, k):
+            if i > 0:
+                total += B * dims[i]
+        sh[0] = max(total, 1)
+        buf = cnp.PyArray_EMPTY(1, sh, tn, 0)
+        self._keep = [buf]
+        for i in range(k - self.nsteps, k):
+            if i > 0:
+                self.lam[i] = <char *>cnp.PyArray_DATA(<cnp.ndarray>buf) + off * isz
+                off += B * dims[i]
+        if want_x:
+            self.lam[0] = <char *>cnp.PyArray_DATA(res)
+        self.lam[k] = t
+        return 0
+
+    cdef int run(self, const Op *ops, Py_ssize_t k, Py_ssize_t B,
+                 const Py_ssize_t *dims, floating **xs, Py_ssize_t nmax,
+                 int nt) noexcept nogil:
+        cdef int rc
+        if k == 0:
+            if self.want_x:
+                memcpy(self.lam[0], self.lam[k], B * dims[0] * sizeof(floating))
+            return 0
+        rc = _backward(ops, k, B, dims, xs, True, <floating *>self.lam[k],
+                       NULL, NULL, nmax, nt, <floating **>self.lam, self.nsteps)
+        if rc == 0:
+            rc = _param_grads(ops, k, B, dims, xs, <floating **>self.lam,
+                              self.per_example, self.gout, nt)
+        return rc
+
+
 cdef class Program:
     """Compiled forward/backward of built-in maps (see module docstring).
 
@@ -294,7 +510,8 @@ cdef class Program:
     ----------
     specs : list of tuples
         One per map: (OP_AFFINE, W, b) with W (n_out, n_in) and b (n_out,)
-        or None, already in ``dtype``; (OP_ELEMENTWISE, code, param);
+        or None, already in ``dtype``; (OP_ELEMENTWISE, code, param), param
+        a number or a 0-d float64 array read in place at every call;
         (OP_SOFTMAX,) or (OP_LOG_SOFTMAX,).
     dtype : float32 or float64
     """
@@ -312,7 +529,7 @@ cdef class Program:
     def __cinit__(self, list specs, dtype):
         cdef Py_ssize_t i
         cdef Op *o
-        cdef cnp.ndarray W, b
+        cdef cnp.ndarray W, b, P
         self._k = len(specs)
         self._typenum = cnp.NPY_FLOAT if np.dtype(dtype) == np.float32 else cnp.NPY_DOUBLE
         self._keep = []
@@ -329,7 +546,8 @@ cdef class Program:
             spec = specs[i]
             o.code = spec[0]
             o.ew = 0
-            o.param = 0.0
+            o.pval = 0.0
+            o.param = &o.pval
             o.W = o.b = NULL
             o.n_out = o.n_in = o.rs = o.cs = 0
             if o.code == OP_AFFINE:
@@ -347,7 +565,17 @@ cdef class Program:
                     o.b = <const char *>cnp.PyArray_DATA(b)
             elif o.code == OP_ELEMENTWISE:
                 o.ew = spec[1]
-                o.param = spec[2]
+                if isinstance(spec[2], cnp.ndarray):
+                    P = spec[2]
+                    if (P.dtype != np.float64 or P.ndim != 0
+                            or not cnp.PyArray_ISALIGNED(P)
+                            or not cnp.PyArray_ISNOTSWAPPED(P)):
+                        raise TypeError("an elementwise parameter array must "
+                                        "be a native, aligned 0-d float64 array")
+                    self._keep.append(P)
+                    o.param = <const double *>cnp.PyArray_DATA(P)
+                else:
+                    o.pval = spec[2]
 
     def __dealloc__(self):
         PyMem_Free(self._ops)
@@ -405,11 +633,14 @@ cdef class Program:
         self._ws_busy = True
         return self._ws
 
-    def loss_grad(self, cnp.ndarray x, int loss, object aux, object labels):
+    def loss_grad(self, cnp.ndarray x, int loss, object aux, object labels,
+                  int pmode=0, bint want_x=True):
         """Loss values and gradients in one compiled pass: x (n_0,) or
         (B, n_0), C-contiguous in the plan's dtype (checked by the caller);
         aux rows (B, n_k) or None, labels (B,) int64 or None.  Returns
-        (values (B,), gradient shaped like x)."""
+        (values (B,), gradient shaped like x); with pmode 1 (summed over
+        the batch) or 2 (per example) (values, gradient or None when not
+        want_x, the ops' parameter gradients: _grad_arrays)."""
         cdef Py_ssize_t B = 1 if x.ndim == 1 else x.shape[0]
         cdef Py_ssize_t n0 = x.shape[x.ndim - 1], k = self._k, i
         cdef Py_ssize_t buf[64]
@@ -437,9 +668,11 @@ cdef class Program:
             try:
                 if self._typenum == cnp.NPY_FLOAT:
                     return self._loss_typed(<float *>cnp.PyArray_DATA(ws), x, B,
-                                            loss, aux, labels, cdims, nmax)
+                                            loss, aux, labels, cdims, nmax,
+                                            pmode, want_x)
                 return self._loss_typed(<double *>cnp.PyArray_DATA(ws), x, B,
-                                        loss, aux, labels, cdims, nmax)
+                                        loss, aux, labels, cdims, nmax, pmode,
+                                        want_x)
             finally:
                 if claimed:
                     self._ws_busy = False
@@ -449,7 +682,7 @@ cdef class Program:
 
     cdef object _loss_typed(self, floating *base, cnp.ndarray x, Py_ssize_t B,
                             int loss, aux, labels, Py_ssize_t *dims,
-                            Py_ssize_t nmax):
+                            Py_ssize_t nmax, int pmode, bint want_x):
         """loss_grad in the workspace at base (see there)."""
         cdef Py_ssize_t k = self._k, i
         cdef floating *xsbuf[65]
@@ -458,6 +691,9 @@ cdef class Program:
         cdef int nt = effective_threads(), rc = 0
         cdef cnp.ndarray vals = cnp.PyArray_EMPTY(1, [B], cnp.NPY_DOUBLE, 0)
         cdef cnp.ndarray res = cnp.PyArray_EMPTY(x.ndim, x.shape, self._typenum, 0)
+        cdef _Grads gr
+        if pmode:
+            gr = _Grads.__new__(_Grads)
         cdef const floating *ap = NULL
         cdef const long long *lp = NULL
         if aux is not None:
@@ -471,6 +707,9 @@ cdef class Program:
         try:
             work = _bind_layers(xs, <floating *>cnp.PyArray_DATA(x), base,
                                 dims, B, k)
+            if pmode:
+                gr.prepare(self, B, dims, pmode == 2, want_x,
+                           <char *>(work + B * nmax), res, sizeof(floating))
             with nogil:
                 rc = _forward(self._ops, k, B, dims, xs, nt)
                 if rc == 0:
@@ -483,14 +722,20 @@ cdef class Program:
                     else:
                         gc_loss_d(loss, B, dims[k], xs[k], ap, lp,
                                   <double *>cnp.PyArray_DATA(vals), work + B * nmax)
-                    rc = _backward(self._ops, k, B, dims, xs, True, work + B * nmax,
-                                   <floating *>cnp.PyArray_DATA(res), work,
-                                   nmax, nt)
+                    if pmode:
+                        rc = gr.run(self._ops, k, B, dims, xs, nmax, nt)
+                    else:
+                        rc = _backward(self._ops, k, B, dims, xs, True,
+                                       work + B * nmax,
+                                       <floating *>cnp.PyArray_DATA(res), work,
+                                       nmax, nt)
         finally:
             if xs != xsbuf:
                 PyMem_Free(xs)
         if rc:
             raise MemoryError()
+        if pmode:
+            return vals, (res if want_x else None), gr.grads
         return vals, res
 
     def jacobian(self, cnp.ndarray x, bint links=False):
@@ -608,12 +853,15 @@ cdef class Program:
         memcpy(cnp.PyArray_DATA(a), p, n * cnp.PyArray_ITEMSIZE(a))
         return a
 
-    def run(self, cnp.ndarray X, str mode, object T=None):
+    def run(self, cnp.ndarray X, str mode, object T=None, int pmode=0,
+            bint want_x=True):
         """One compiled pass over a C-contiguous batch X (B, n_0) in the
         plan's dtype (checked by the caller).
 
         mode "forward": returns the list [x^(0), ..., x^(k)] (copies).
-        mode "vjp": T (B, n_k) cotangents -> (x^(k), T J_k ... J_1).
+        mode "vjp": T (B, n_k) cotangents -> (x^(k), T J_k ... J_1); with
+        pmode 1 or 2 (x^(k), T J_k ... J_1 or None when not want_x, the
+        parameter gradients, as loss_grad).
         mode "jvp": T (B, n_0) tangents -> (x^(k), J_k ... J_1 T rows).
         (Losses: loss_grad.)
         """
@@ -637,9 +885,9 @@ cdef class Program:
             try:
                 if self._typenum == cnp.NPY_FLOAT:
                     return self._run_typed(<float *>cnp.PyArray_DATA(ws), X, mode,
-                                           T, pd, nmax)
+                                           T, pd, nmax, pmode, want_x)
                 return self._run_typed(<double *>cnp.PyArray_DATA(ws), X, mode,
-                                       T, pd, nmax)
+                                       T, pd, nmax, pmode, want_x)
             finally:
                 if claimed:
                     self._ws_busy = False
@@ -648,7 +896,8 @@ cdef class Program:
                 PyMem_Free(pd)
 
     cdef object _run_typed(self, floating *base, cnp.ndarray X, str mode, T,
-                           Py_ssize_t *dims, Py_ssize_t nmax):
+                           Py_ssize_t *dims, Py_ssize_t nmax, int pmode,
+                           bint want_x):
         """run in the workspace at base (see there)."""
         cdef Py_ssize_t k = self._k, B = X.shape[0], i
         cdef floating *xsbuf[65]
@@ -658,6 +907,7 @@ cdef class Program:
         cdef cnp.ndarray res, Ta
         cdef const floating *tp
         cdef bint transpose
+        cdef _Grads gr
         dtype = X.dtype
         if k + 1 > 65:
             xs = <floating **>PyMem_Malloc((k + 1) * sizeof(floating *))
@@ -683,6 +933,15 @@ cdef class Program:
             tp = <const floating *>cnp.PyArray_DATA(Ta)
             transpose = mode == "vjp"
             res = np.empty((B, dims[0] if transpose else dims[k]), dtype)
+            if pmode and transpose:
+                gr = _Grads.__new__(_Grads)
+                gr.prepare(self, B, dims, pmode == 2, want_x, <char *>tp, res,
+                           sizeof(floating))
+                with nogil:
+                    rc = gr.run(self._ops, k, B, dims, xs, nmax, nt)
+                if rc:
+                    raise MemoryError()
+                return (Y, res if want_x else None, gr.grads)
             with nogil:
                 rc = _backward(self._ops, k, B, dims, xs, transpose, tp,
                                <floating *>cnp.PyArray_DATA(res), work,

@@ -12,8 +12,13 @@ from gradchain._link cimport Link
 # run of consecutive sparse links for B >= 8 (on tiles, with its own two
 # buffers for a group of tiles: at most 2 * (B rounded up to 8) times the
 # run's widest link, more elements).  k == 0 does
-# nothing (the caller copies).  0, -1 when out of memory, or another code of
+# nothing (the caller copies).  steps (the intermediates: NULL, or k
+# pointers): step s writes its B rows, C-contiguous, to steps[s] instead
+# (runs too: every link's result), work is not used and out is ignored
+# (the result is steps[k - 1]); the buffers must not overlap x, the links
+# or each other.  0, -1 when out of memory, or another code of
 # _link.link_apply_rows (see link_raise).
 cdef int propagate(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
                    bint transpose, const floating *x, Py_ssize_t B,
-                   floating *out, floating *work, int nt) noexcept nogil
+                   floating *out, floating *work, int nt,
+                   floating **steps=*) noexcept nogil

@@ -39,10 +39,11 @@ cdef inline const Link *_link_at(const Link *links, Py_ssize_t k,
 cdef int _per_sample_run(const Link *links, Py_ssize_t k, Py_ssize_t s0,
                          Py_ssize_t s1, bint transpose, const floating *x,
                          Py_ssize_t B, Py_ssize_t maxw, floating *dst,
-                         int nt) noexcept nogil:
+                         int nt, floating **steps) noexcept nogil:
     """Steps s0 <= step < s1 of the chain, all per-sample (B, m, n) links:
     rows of x (the input of step s0) in, rows of dst (the output of step
-    s1 - 1, compact) out; dst must not overlap x.
+    s1 - 1, compact) out; dst must not overlap x.  With steps (propagate's
+    intermediates), every step's rows go to steps[step] instead of scratch.
 
     Sample-block major: the batch is cut into blocks and one thread takes a
     block through every link of the run before the next block, so there is
@@ -80,7 +81,7 @@ cdef int _per_sample_run(const Link *links, Py_ssize_t k, Py_ssize_t s0,
     # one thread's two scratch blocks (size * maxw <= B * maxw, which the
     # caller checked; the thread count multiplies it once more)
     per = 2 * size * maxw
-    if s1 - s0 > 1:
+    if s1 - s0 > 1 and steps == NULL:
         if not gc_size_mul(nt, per, &total):
             return -1
         scratch = <floating *>gc_malloc_n(total, sizeof(floating))
@@ -97,6 +98,8 @@ cdef int _per_sample_run(const Link *links, Py_ssize_t k, Py_ssize_t s0,
             nout = L.n if transpose else L.m
             if step == s1 - 1:
                 nxt = dst + b0 * nout
+            elif steps != NULL:
+                nxt = steps[step] + b0 * nout
             else:
                 nxt = mine + ((step - s0) & 1) * (per // 2)
             for b in range(b0, b1):
@@ -129,14 +132,16 @@ cdef inline bint _sparse(const Link *L) noexcept nogil:
 
 cdef int _sparse_run(const Link *links, Py_ssize_t k, Py_ssize_t s0,
                      Py_ssize_t s1, bint transpose, const floating *x,
-                     Py_ssize_t B, floating *dst, int nt) noexcept nogil:
+                     Py_ssize_t B, floating *dst, int nt,
+                     floating **steps) noexcept nogil:
     """Steps s0 <= step < s1 of the chain, all sparse links, for B >=
     LINK_TILE rows of x: the rows go into tiles once (csrc/gc_sparse.h: a
     tile's values of one index side by side, so a tile's sums are vector
     operations), every link of the run runs on the tiles, and the last
-    result comes back into the rows of dst.  The same bits as the links
-    applied to rows one by one (each row's sums keep their order).
-    Returns 0 or a code of link_apply_rows."""
+    result comes back into the rows of dst (with steps, propagate's
+    intermediates, every step's result also into the rows of steps[step]).
+    The same bits as the links applied to rows one by one (each row's sums
+    keep their order).  Returns 0 or a code of link_apply_rows."""
     cdef Py_ssize_t step, w, maxw = 0, half, g0, gb, per, nin0, nout1
     cdef const Link *L
     cdef floating *buf
@@ -174,6 +179,9 @@ cdef int _sparse_run(const Link *links, Py_ssize_t k, Py_ssize_t s0,
             rc = link_apply_sparse(L, transpose, cur, gb, nxt, nt, True, B)
             if rc:
                 break
+            if steps != NULL and step < s1 - 1:
+                link_tiles(False, min(per, B - g0), L.n if transpose else L.m,
+                           nxt, steps[step] + g0 * (L.n if transpose else L.m), nt)
             cur = nxt
         if rc:
             break
@@ -185,7 +193,8 @@ cdef int _sparse_run(const Link *links, Py_ssize_t k, Py_ssize_t s0,
 
 cdef int propagate(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
                    bint transpose, const floating *x, Py_ssize_t B,
-                   floating *out, floating *work, int nt) noexcept nogil:
+                   floating *out, floating *work, int nt,
+                   floating **steps=NULL) noexcept nogil:
     """The fused chain loop (see _propagate.pxd)."""
     cdef Py_ssize_t step, s1, half = B * maxw
     cdef floating *own = NULL
@@ -197,7 +206,7 @@ cdef int propagate(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
         return 0
     if k == 0:
         return 0    # handled by the caller (a copy)
-    if k > 1 and half > 0 and work == NULL:
+    if k > 1 and half > 0 and work == NULL and steps == NULL:
         # 2 * B * maxw elements: the caller checked the byte count
         own = <floating *>gc_malloc_n(2 * half, sizeof(floating))
         if own == NULL:
@@ -213,12 +222,16 @@ cdef int propagate(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
         elif _sparse(L) and B >= LINK_TILE:
             while s1 < k and _sparse(_link_at(links, k, s1, transpose)):
                 s1 += 1
-        dst = out if s1 == k else work + which * half
+        if steps != NULL:
+            dst = steps[s1 - 1]
+        else:
+            dst = out if s1 == k else work + which * half
         if L.per_sample:
             rc = _per_sample_run(links, k, step, s1, transpose, cur, B, maxw,
-                                 dst, nt)
+                                 dst, nt, steps)
         elif _sparse(L) and B >= LINK_TILE:
-            rc = _sparse_run(links, k, step, s1, transpose, cur, B, dst, nt)
+            rc = _sparse_run(links, k, step, s1, transpose, cur, B, dst, nt,
+                             steps)
         elif L.kind != LINK_DENSE:
             rc = link_apply_rows(L, transpose, cur, B, dst, nt)
         elif transpose:         # (one row: block_jtv runs the vector kernel)

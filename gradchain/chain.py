@@ -209,7 +209,8 @@ class Chain(ChainCore):
     """
 
     def plan(self, batch: int = 1, mode: str = "vjp",
-             format: str | None = None) -> ChainPlan:
+             format: str | None = None, *,
+             intermediates: bool = False) -> ChainPlan:
         """The bracketing used for ``mode`` ("vjp", "jvp" or "jacobian")
         with ``batch`` vectors, as a :class:`ChainPlan`.
 
@@ -239,7 +240,17 @@ class Chain(ChainCore):
         ``format`` (mode "jacobian" only) is :meth:`jacobian`'s: the plan of
         the sparse product (``ChainPlan.format == "csr"``) where the links
         make one, unless ``format="dense"``.
+
+        ``intermediates=True`` (vjp/jvp) is the plan of
+        ``vjp(..., intermediates=True)``: every intermediate is kept, so the
+        block propagates link by link (left to right) whatever the
+        programme would choose for the result alone.
         """
+        if intermediates is not True and intermediates is not False:
+            raise TypeError(f"intermediates must be True or False, got "
+                            f"{intermediates!r}")
+        if intermediates and mode == "jacobian":
+            raise ValueError("intermediates applies to mode='vjp' or 'jvp'")
         if isinstance(batch, (bool, np.bool_)) or not isinstance(batch, (int, np.integer)):
             raise TypeError(f"batch must be an int, got {batch!r}")
         batch = int(batch)
@@ -249,6 +260,10 @@ class Chain(ChainCore):
             raise ValueError(f"batch must be at most sys.maxsize = {sys.maxsize}, "
                              f"got {batch}")
         s = self._plan_strategy(batch, mode, format)
+        if intermediates:
+            return ChainPlan(mode, s.batch, _expression(
+                "left", _factor_names(len(self), mode, batch)), s.l2r,
+                {"left_to_right": s.l2r, "right_to_left": s.r2l}, s.format)
         return ChainPlan(mode, s.batch, _expression(
             s.table if s.table is not None else s.order_name,
             _factor_names(len(self), mode, batch)), s.cost,
@@ -365,7 +380,7 @@ def _chain_operator(chain: Chain, shape: tuple[int, int]) -> Any:
 
 
 def vjp(jacobians: _Jacobians, cotangent: ArrayLike, *,
-        out: NDArray[np.floating[Any]] | None = None) -> NDArray[np.floating[Any]]:
+        out: Any = None, intermediates: bool = False) -> Any:
     """Vector-Jacobian product through a chain: J_1^T J_2^T ... J_k^T g.
 
     Parameters
@@ -375,14 +390,28 @@ def vjp(jacobians: _Jacobians, cotangent: ArrayLike, *,
         see :class:`Chain`.  Empty: the identity.
     cotangent : array_like, shape (n_k,) or (batch, n_k)
         g = dL/dx^(k), or a batch of them, one per row.
-    out : ndarray, optional
+    out : ndarray, or sequence of k + 1 ndarrays, optional
         Where to write the result: shape (n_0,) or (batch, n_0), the
-        result's dtype, writeable, sharing no memory with the inputs.
+        result's dtype, writeable, sharing no memory with the inputs.  With
+        ``intermediates=True``, one array per cotangent, item i of shape
+        (n_i,) or (batch, n_i), sharing no memory with each other either.
+    intermediates : bool, optional
+        Return every cotangent along the chain, lambda_i = J_{i+1}^T ...
+        J_k^T g for i = k, ..., 0 (the adjoints a parameter gradient needs:
+        dL/dtheta_i = (df_i/dtheta_i)^T lambda_i), as a
+        :class:`gradchain.Trajectory` indexed by i: ``traj[0]`` is the
+        gradient, ``traj[k]`` a copy of g.  One pass, link by link (the
+        plain order: ``Chain.plan(..., intermediates=True)``), no extra
+        pass over the Jacobians; the values are the same bits as the plain
+        product's where that propagates too.  Memory: batch * (n_0 + ... +
+        n_k) elements, one allocation (none beyond the result when False,
+        the default).
 
     Returns
     -------
-    ndarray, shape (n_0,) or (batch, n_0)
-        grad_x L = J_1^T ... J_k^T g (for a batch, row b is G[b] J_k ... J_1).
+    ndarray, shape (n_0,) or (batch, n_0), or Trajectory
+        grad_x L = J_1^T ... J_k^T g (for a batch, row b is G[b] J_k ... J_1);
+        with ``intermediates=True`` the k + 1 cotangents.
 
     Raises
     ------
@@ -398,11 +427,11 @@ def vjp(jacobians: _Jacobians, cotangent: ArrayLike, *,
     >>> gradchain.vjp([np.eye(2), 2 * np.eye(2)], [1., 3.])
     array([2., 6.])
     """
-    return ChainCore(jacobians).vjp(cotangent, out)
+    return ChainCore(jacobians).vjp(cotangent, out, intermediates=intermediates)
 
 
 def jvp(jacobians: _Jacobians, tangent: ArrayLike, *,
-        out: NDArray[np.floating[Any]] | None = None) -> NDArray[np.floating[Any]]:
+        out: Any = None, intermediates: bool = False) -> Any:
     """Jacobian-vector product through a chain: J_k ... J_2 J_1 v.
 
     Parameters
@@ -411,13 +440,17 @@ def jvp(jacobians: _Jacobians, tangent: ArrayLike, *,
         [J_1, ..., J_k] in application order; see :class:`Chain`.
     tangent : array_like, shape (n_0,) or (batch, n_0)
         v, or a batch of them, one per row.
-    out : ndarray, optional
+    out : ndarray, or sequence of k + 1 ndarrays, optional
         Shape (n_k,) or (batch, n_k); see :func:`vjp`.
+    intermediates : bool, optional
+        Return every tangent t_0 = v, t_i = J_i t_{i-1}, ..., t_k as a
+        :class:`gradchain.Trajectory` indexed by i (see :func:`vjp`).
 
     Returns
     -------
-    ndarray, shape (n_k,) or (batch, n_k)
-        J_k ... J_1 v (for a batch, row b is J_k ... J_1 V[b]).
+    ndarray, shape (n_k,) or (batch, n_k), or Trajectory
+        J_k ... J_1 v (for a batch, row b is J_k ... J_1 V[b]); with
+        ``intermediates=True`` the k + 1 tangents.
 
     Examples
     --------
@@ -425,7 +458,7 @@ def jvp(jacobians: _Jacobians, tangent: ArrayLike, *,
     >>> gradchain.jvp([np.array([[1., 2.]]), np.array([[3.]])], [1., 1.])
     array([9.])
     """
-    return ChainCore(jacobians).jvp(tangent, out)
+    return ChainCore(jacobians).jvp(tangent, out, intermediates=intermediates)
 
 
 def jacobian(jacobians: _Jacobians, format: str | None = None) -> Any:

@@ -222,18 +222,60 @@ class Composition:
     def __call__(self, x):
         return self.forward(x)[0]
 
-    def value_and_grad(self, x, reduction="sum"):
-        """L(x) and grad_x L.
+    def value_and_grad(self, x, reduction="sum", wrt="x"):
+        """L(x) and its gradient with respect to x, the parameters, or both.
 
-        For a single x (n_0,): (float, (n_0,) array).  For a batch (B, n_0),
-        with per-sample losses L_b: ``reduction="sum"`` returns sum_b L_b and
-        the (B, n_0) array whose row b is grad L_b (the gradient of the sum
-        with respect to sample b); ``"mean"`` divides both by B; ``"none"``
-        returns the (B,) losses and the same rows.
+        Parameters
+        ----------
+        x : array_like, shape (n_0,) or (B, n_0)
+            One sample, or a batch of B samples (one per row).
+        reduction : {"sum", "mean", "none"}, optional
+            For a batch with per-sample losses L_b: ``"sum"`` returns
+            sum_b L_b, ``"mean"`` (1/B) sum_b L_b and the gradients divided
+            by B, ``"none"`` the (B,) losses.
+        wrt : {"x", "params"} or tuple of them, optional
+            What the gradient is taken with respect to: ``"x"`` (default),
+            ``"params"``, or ``("x", "params")`` (both, returned in the
+            order given).
+
+        Returns
+        -------
+        value : float or ndarray (B,)
+        grad : ndarray, tuple, or tuple of both
+            ``"x"``: shaped like x; for a batch row b is grad_x L_b (the
+            gradient of the reduced loss with respect to sample b).
+            ``"params"``: one tuple per map, of arrays shaped like its
+            parameters (:meth:`param_arrays`): ``Affine`` (dL/dW, dL/db)
+            or (dL/dW,), ``Scale`` (dL/dc,), ``LeakyReLU`` (dL/dalpha,),
+            a user :class:`gradchain.Map` its ``param_vjp``'s, parameter-
+            free maps ().  Summed over the batch (divided by B for
+            ``"mean"``); with ``reduction="none"`` per example, each with a
+            leading batch axis (B, *shape), what ``torch.func.vmap(grad)``
+            gives.  In the composition's dtype (a user map's: its
+            parameters' dtype).  :meth:`ravel` flattens them.
+
+        Notes
+        -----
+        The parameter gradients come from the cotangents at every map's
+        output, lambda_i = J_{i+1}^T ... J_k^T grad l, kept by the one
+        backward pass: for an affine map x -> W x + b with inputs X (B,
+        n_in) and output cotangents Lambda (B, n_out), dL/dW = Lambda^T X
+        (one BLAS product over the batch) and dL/db = sum_b Lambda[b]; per
+        example dW[b] = Lambda[b] X[b]^T.  Losses are data, not
+        parameters: ``SquaredError(t)``'s t, ``Dot(w)``'s w and the other
+        losses' targets get no gradient (for ``Dot(w)``, dL/dw = x^(k),
+        the composition's output).
         """
         if reduction not in ("sum", "mean", "none"):
             raise ValueError(f"reduction must be 'sum', 'mean' or 'none', got "
                              f"{reduction!r}")
+        # pmode: the parameter gradients the programme computes (0 none, 1
+        # summed, 2 per example); want: the names asked for
+        if wrt == "x":
+            want, pmode = ("x",), 0
+        else:
+            want = _parse_wrt(wrt)
+            pmode = 2 if reduction == "none" else 1
         fast = self._fast
         if fast is not None and type(x) is np.ndarray:
             dtype, shape, program, n_k, single = fast       # the record's fields
@@ -244,22 +286,40 @@ class Composition:
                 # compiled call
                 loss = self.loss
                 aux, labels = loss._rows(1 if single else x.shape[0], n_k, dtype)
-                vals, G = program.loss_grad(x, loss._code, aux, labels)
+                if not pmode:
+                    vals, G = program.loss_grad(x, loss._code, aux, labels)
+                    if single:
+                        return float(vals[0]), G
+                    return self._reduce(vals, G, reduction)
                 if single:
-                    return float(vals[0]), G
-                return self._reduce(vals, G, reduction)
+                    pmode = 1
+                vals, G, pg = program.loss_grad(x, loss._code, aux, labels, pmode,
+                                                "x" in want)
+                return self._assemble(vals, G, pg, single, reduction, want, wrt)
         if self.loss is None:
             raise ValueError("value_and_grad needs a loss: compose(..., loss=...)")
         X, single, dtype = self._input(x)
+        if single and pmode:
+            pmode = 1
         B = X.shape[0]
         progs = self._program_list(dtype)
         if len(progs) == 1 and isinstance(self._segments[0], list):
             n_k = progs[0].dims(X.shape[1])[-1]
             aux, labels = self.loss._rows(B, n_k, dtype)
-            vals, G = progs[0].loss_grad(X, self.loss._code, aux, labels)
+            if pmode:
+                vals, G, pg = progs[0].loss_grad(X, self.loss._code, aux, labels,
+                                                 pmode, "x" in want)
+            else:
+                vals, G = progs[0].loss_grad(X, self.loss._code, aux, labels)
             if (type(x) is np.ndarray and x.dtype == dtype and x.flags.c_contiguous
                     and x.flags.aligned and self._programs.get(dtype) is progs):
                 self._fast = _FastPath(dtype, x.shape, progs[0], n_k, single)
+            if pmode:
+                return self._assemble(vals, G if G is None or not single else G[0],
+                                      pg, single, reduction, want, wrt)
+        elif pmode:
+            vals, G, pg = self._backward_params(X, single, dtype, pmode, "x" in want)
+            return self._assemble(vals, G, pg, single, reduction, want, wrt)
         else:
             trail, Y = self._walk(X, single, dtype, "trail")
             aux, labels = self.loss._rows(B, Y.shape[1], dtype)
@@ -268,6 +328,143 @@ class Composition:
         if single:
             return float(vals[0]), G[0]
         return self._reduce(vals, G, reduction)
+
+    def _assemble(self, vals, G, pg, single, reduction, want, wrt):
+        """value_and_grad's result from the per-sample values, the x
+        gradient (x's shape; None when not wanted) and the per-map
+        parameter gradients."""
+        if single:
+            value = float(vals[0])
+        else:
+            B = vals.shape[0]
+            if reduction == "mean" and B:
+                for t in pg:
+                    for a in t:
+                        a /= B
+            value, G = self._reduce(vals, G if G is not None else np.empty((0, 0)),
+                                    reduction)
+            if "x" not in want:
+                G = None
+        got = {"x": G, "params": tuple(pg)}
+        if isinstance(wrt, str):
+            return value, got[wrt]
+        return value, tuple(got[w] for w in want)
+
+    def _backward_params(self, X, single, dtype, pmode, want_x):
+        """(values, x gradient or None, per-map parameter gradients) through
+        the segments: programmes and user maps in turn."""
+        B = X.shape[0]
+        pgrads = [()] * len(self.maps)
+        trail, Y = self._walk(X, single, dtype, "trail")
+        aux, labels = self.loss._rows(B, Y.shape[1], dtype)
+        vals, G = Program([], dtype).loss_grad(Y, self.loss._code, aux, labels)
+        for n, (idx, seg, prog, Xin) in enumerate(reversed(trail)):
+            # the first segment's input gradient only when x's is wanted
+            need = want_x or n < len(trail) - 1
+            if isinstance(seg, list):
+                _, Gin, pg = prog.run(Xin, "vjp", T=G, pmode=pmode, want_x=need)
+                pgrads[idx:idx + len(seg)] = pg
+            else:
+                pgrads[idx] = self._user_params_grad(idx, Xin, G, single, pmode == 2)
+                Gin = (self._user_link(idx, Xin, G, G.shape[1], True, single, dtype)
+                       if need else None)
+            G = Gin
+        if single and G is not None:
+            G = G[0]
+        return vals, G, pgrads
+
+    def _user_params_grad(self, i, X, G, single, per_example):
+        """User map i's parameter gradient at the rows X for cotangent rows
+        G: its param_vjp over the batch, or once per row (per_example:
+        stacked with a leading batch axis)."""
+        m = self.maps[i]
+        if not m._param_arrays():
+            return ()
+        if single:
+            return m._user_param_vjp(i, _readonly(X[0]), _readonly(G[0]), True)
+        if not per_example:
+            return m._user_param_vjp(i, _readonly(X), _readonly(G), False)
+        rows = [m._user_param_vjp(i, _readonly(X[b]), _readonly(G[b]), True)
+                for b in range(X.shape[0])]
+        return tuple(np.stack([r[j] for r in rows]) if rows else
+                     np.empty((0,) + p.shape, p.dtype)
+                     for j, p in enumerate(m._param_arrays()))
+
+    # -- parameters -------------------------------------------------------
+
+    def param_arrays(self):
+        """The maps' parameters, one tuple per map, in the order of
+        ``value_and_grad(..., wrt="params")``'s gradients: the arrays the
+        maps read in place (an ``Affine``'s W and b, ``Scale``'s and
+        ``LeakyReLU``'s 0-d arrays, a user map's ``params``)."""
+        return tuple(tuple(m._param_arrays()) for m in self.maps)
+
+    def params(self):
+        """All parameters as one flat vector (a copy), in map order, each
+        array raveled in C order: what an optimiser steps; see
+        :meth:`set_params` and :meth:`ravel`."""
+        arrays = [p for t in self.param_arrays() for p in t]
+        if not arrays:
+            return np.zeros(0)
+        return np.concatenate([np.ravel(p) for p in arrays]).astype(
+            np.result_type(*arrays, np.float32), copy=False)
+
+    def set_params(self, flat):
+        """Write a flat vector (of :meth:`params`' length and order) into
+        the maps' parameter arrays, in place: the caller's own arrays where
+        the maps read them in place (an ``Affine`` built from a float
+        array), so every composition sharing those maps sees the new values.
+        Nothing else writes parameters."""
+        arrays = [p for t in self.param_arrays() for p in t]
+        total = sum(p.size for p in arrays)
+        v = _as_float(flat, "flat")
+        if v.shape != (total,):
+            raise ValueError(f"flat has shape {v.shape} but the parameters hold "
+                             f"{total} values: it must have shape ({total},)")
+        for j, p in enumerate(arrays):
+            if not p.flags.writeable:
+                raise ValueError(f"parameter {j} (shape {p.shape}) is read-only")
+        o = 0
+        for p in arrays:
+            p[...] = v[o:o + p.size].reshape(p.shape)
+            o += p.size
+
+    def ravel(self, grads):
+        """A parameter-gradient structure (``value_and_grad(...,
+        wrt="params")``) as one vector in :meth:`params`' order: (P,), or
+        (B, P) for per-example gradients (``reduction="none"``)."""
+        arrays = self.param_arrays()
+        if not isinstance(grads, tuple) or len(grads) != len(arrays):
+            raise ValueError(f"grads must be a tuple of {len(arrays)} tuples (one "
+                             f"per map), as value_and_grad(..., wrt='params') "
+                             f"returns")
+        parts, lead = [], None
+        for i, (g, ps) in enumerate(zip(grads, arrays)):
+            if not isinstance(g, tuple) or len(g) != len(ps):
+                raise ValueError(f"grads[{i}] must be a tuple of {len(ps)} arrays "
+                                 f"(maps[{i}]'s parameters)")
+            for j, (a, p) in enumerate(zip(g, ps)):
+                a = np.asarray(a)
+                extra = a.shape[:a.ndim - p.ndim] if a.ndim >= p.ndim else None
+                if extra is None or a.shape[len(extra):] != p.shape or len(extra) > 1 \
+                        or (lead is not None and extra != lead):
+                    raise ValueError(f"grads[{i}][{j}] has shape {a.shape}, expected "
+                                     f"{p.shape} (or (B, *{p.shape}) per example)")
+                lead = extra
+                parts.append(a.reshape(extra + (-1,)))
+        if not parts:
+            return np.zeros(0)
+        return np.concatenate(parts, axis=-1)
+
+    def _with_param_copies(self):
+        """(a composition of the same maps over copies of their parameters,
+        the copies in param order): for gradient checks."""
+        maps, copies = [], []
+        for m in self.maps:
+            cs = [np.array(p, copy=True) for p in m._param_arrays()]
+            copies += cs
+            maps.append(m._with_params(cs) if cs else m)
+        return Composition(maps, self.loss), copies
 
     @staticmethod
     def _reduce(vals, G, reduction):
@@ -385,6 +582,24 @@ class Composition:
         return Chain(links), dtype
 
 
+_WRT = {"x": ("x",), "params": ("params",), ("x", "params"): ("x", "params"),
+        ("params", "x"): ("params", "x")}
+
+
+def _parse_wrt(wrt):
+    """value_and_grad's wrt as a tuple of names, each once."""
+    if type(wrt) in (str, tuple):
+        got = _WRT.get(wrt)
+        if got is not None:
+            return got
+    names = (wrt,) if isinstance(wrt, str) else wrt
+    if (isinstance(names, (tuple, list)) and names
+            and all(isinstance(w, str) and w in ("x", "params") for w in names)
+            and len(set(names)) == len(names)):
+        return tuple(names)
+    raise ValueError(f"wrt must be 'x', 'params' or ('x', 'params'), got {wrt!r}")
+
+
 def compose(*maps, loss=None):
     """Compose maps f^(1), ..., f^(k) (in application order) and a loss.
 
@@ -423,7 +638,7 @@ def compose(*maps, loss=None):
     return Composition(maps, loss)
 
 
-def check_grad(f, x, *, eps=None):
+def check_grad(f, x, *, eps=None, wrt="x"):
     """Maximum relative error of an analytic derivative against central
     finite differences at x.
 
@@ -438,6 +653,12 @@ def check_grad(f, x, *, eps=None):
     eps : float, optional
         The relative step; defaults to cbrt(machine epsilon), giving the
         step eps * max(1, |x_j|) per coordinate.
+    wrt : {"x", "params"} or ("x", "params"), optional
+        For a Composition with a loss: check the gradient with respect to
+        x, to every parameter of every map (one central difference per
+        parameter entry, the step relative to the entry; the composition
+        is evaluated over copies of the parameters, the maps' own are not
+        touched), or both (the larger error).
 
     Returns
     -------
@@ -445,6 +666,15 @@ def check_grad(f, x, *, eps=None):
         max |analytic - numeric| / max |numeric| (or the absolute error
         when the numeric derivative is 0).
     """
+    want = _parse_wrt(wrt)
+    if "params" in want:
+        if not (isinstance(f, Composition) and f.loss is not None):
+            raise TypeError("check_grad(..., wrt='params') takes a Composition "
+                            "with a loss")
+        err = _check_param_grad(f, x, eps)
+        if "x" in want:
+            err = max(err, check_grad(f, x, eps=eps))
+        return err
     a = _as_float(x, "x")
     x = np.array(a, dtype=_float_dtype(a.dtype, "x"))     # a float copy to step in
     if x.ndim != 1:
@@ -471,6 +701,38 @@ def check_grad(f, x, *, eps=None):
             xm[j] -= steps[j]
             num[j] = (float(value_and_grad(xp)[0]) - float(value_and_grad(xm)[0])) / (
                 xp[j] - xm[j])
+    scale = np.max(np.abs(num)) if num.size else 0.0
+    err = np.max(np.abs(analytic - num)) if num.size else 0.0
+    return float(err / scale) if scale > 0 else float(err)
+
+
+def _check_param_grad(f, x, eps):
+    """check_grad's parameter half: value_and_grad(x, wrt="params") against
+    central differences over copies of the parameters."""
+    x = _as_float(x, "x")
+    if x.ndim != 1:
+        raise ValueError(f"check_grad takes a single x (n,), got shape {x.shape}")
+    _, grads = f.value_and_grad(x, wrt="params")
+    analytic = f.ravel(grads)
+    g, copies = f._with_param_copies()
+    num = np.empty(analytic.shape[0])
+    o = 0
+    for c in copies:
+        e0 = np.cbrt(np.finfo(np.result_type(c.dtype, np.float32)).eps) \
+            if eps is None else _scalar(eps, "eps")
+        flat = c.reshape(-1)            # a view: the copy steps in place
+        for j in range(flat.shape[0]):
+            orig = flat[j]
+            h = e0 * max(1.0, abs(float(orig)))
+            flat[j] = orig + h
+            hp = flat[j]
+            lp = g.value(x)
+            flat[j] = orig - h
+            hm = flat[j]
+            lm = g.value(x)
+            flat[j] = orig
+            num[o + j] = (lp - lm) / float(hp - hm)
+        o += flat.shape[0]
     scale = np.max(np.abs(num)) if num.size else 0.0
     err = np.max(np.abs(analytic - num)) if num.size else 0.0
     return float(err / scale) if scale > 0 else float(err)

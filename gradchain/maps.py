@@ -181,6 +181,23 @@ class Map:
         called with x and g/v of matching rank (1-D, or 2-D batches).
         ``vjp`` takes precedence over ``jacobian`` for reverse mode and
         ``jvp`` for forward mode.
+    params : sequence of array_like, optional
+        The map's parameters theta_1, ..., theta_p, for parameter gradients
+        (``Composition.value_and_grad(..., wrt="params")``).  Kept by
+        reference (arrays) and passed to every callback after its own
+        arguments: ``fn(x, *params)``, ``jacobian(x, *params)``, ``vjp(x, g,
+        *params)``, ``jvp(x, v, *params)``, so that a gradient check can
+        evaluate the map at other parameter values without touching these.
+        gradchain never writes into them (``Composition.set_params`` does,
+        when asked).
+    param_vjp : callable, optional
+        ``param_vjp(x, g, *params)`` -> a tuple of p arrays, item j of
+        ``params[j]``'s shape: the gradient with respect to theta_j of
+        g . f(x), i.e. (d f / d theta_j)^T g, summed over the rows of a
+        batch (x (B, n_in), g (B, n_out)).  For per-example gradients
+        (``reduction="none"``) it is called once per row.  Required with
+        ``params``; a map without ``params`` has no parameters (its
+        parameter gradient is ``()``).
 
     A map needs ``jacobian`` or ``vjp`` for gradients, and ``jacobian`` or
     ``jvp`` for forward mode.
@@ -200,22 +217,76 @@ class Map:
 
     _builtin = False
 
-    def __init__(self, fn, jacobian=None, *, vjp=None, jvp=None):
+    def __init__(self, fn, jacobian=None, *, vjp=None, jvp=None, params=None,
+                 param_vjp=None):
         for name, f in (("fn", fn), ("jacobian", jacobian), ("vjp", vjp),
-                        ("jvp", jvp)):
+                        ("jvp", jvp), ("param_vjp", param_vjp)):
             if f is not None and not callable(f):
                 raise TypeError(f"{name} must be callable, got {type(f).__name__}")
         if fn is None:
             raise TypeError("fn must be callable, got None")
         if jacobian is None and vjp is None and jvp is None:
             raise TypeError("a Map needs jacobian=, vjp= or jvp=")
-        self.fn, self._jacobian, self._vjp, self._jvp = fn, jacobian, vjp, jvp
+        if params is not None and param_vjp is None:
+            raise TypeError("a Map with params= needs param_vjp= (the gradient "
+                            "with respect to them)")
+        if param_vjp is not None and params is None:
+            raise TypeError("param_vjp= needs params= (the parameters it "
+                            "differentiates)")
+        ps = ()
+        if params is not None:
+            if isinstance(params, np.ndarray) or not hasattr(params, "__len__"):
+                raise TypeError(f"params must be a sequence of arrays, got "
+                                f"{type(params).__name__}")
+            ps = tuple(_as_float(p, f"params[{j}]") for j, p in enumerate(params))
+        self._fn, self._jacobian, self._vjp, self._jvp = fn, jacobian, vjp, jvp
+        self._uparams, self._param_vjp = ps, param_vjp
 
     in_dim = None
     out_dim = None
 
+    @property
+    def fn(self):
+        """f(x) (the callback given as ``fn``, with the map's parameters
+        bound: ``fn(x)`` calls the given ``fn(x, *params)``)."""
+        if not self._uparams:
+            return self._fn
+        return lambda x: self._fn(x, *self._uparams)
+
     def _params(self):
+        """The arrays the dtype rule reads (built-in maps' parameters)."""
         return ()
+
+    def _param_arrays(self):
+        """The map's parameters, in order (arrays, read in place)."""
+        return self._uparams
+
+    def _with_params(self, new):
+        """The same map over other parameter arrays (check_grad's copies)."""
+        m = Map.__new__(type(self))
+        m.__dict__.update(self.__dict__)
+        m._uparams = tuple(new)
+        return m
+
+    def _user_param_vjp(self, i, x, g, single):
+        """maps[i]'s parameter gradient at x for cotangent rows g (both
+        read-only; single: 1-D), checked: a tuple of arrays of the
+        parameters' shapes (and dtypes, real)."""
+        if not self._uparams:
+            return ()
+        res = self._param_vjp(x, g, *self._uparams)
+        where = f"maps[{i}].param_vjp"
+        if isinstance(res, np.ndarray) or not isinstance(res, (tuple, list)):
+            raise TypeError(f"{where} must return a tuple of {len(self._uparams)} "
+                            f"arrays, got {type(res).__name__}")
+        if len(res) != len(self._uparams):
+            raise ValueError(f"{where} returned {len(res)} gradients for "
+                             f"{len(self._uparams)} parameters")
+        out = []
+        for j, (r, p) in enumerate(zip(res, self._uparams)):
+            a = _validated(r, p.shape, i, f"param_vjp (params[{j}])")
+            out.append(np.array(a, dtype=_float_dtype(p.dtype, f"params[{j}]")))
+        return tuple(out)
 
     def __call__(self, x):
         return np.asarray(self.fn(x))
@@ -242,7 +313,7 @@ class Map:
         an array result -- or a Dense operator's matrix -- is written there
         and ``out`` is returned; another operator is returned as it is."""
         want = (m_out, x.shape[0])
-        J = self._jacobian(x)
+        J = self._jacobian(x, *self._uparams)
         if isinstance(J, Operator):
             if tuple(J.shape) != want:
                 raise ValueError(f"maps[{i}].jacobian returned an operator of "
@@ -265,7 +336,7 @@ class Map:
         want = lead + ((x.shape[-1],) if transpose else (m_out,))
         f = self._vjp if transpose else self._jvp
         if f is not None:
-            return _checked(f(x, t), want, dtype, i, name, (x, t))
+            return _checked(f(x, t, *self._uparams), want, dtype, i, name, (x, t))
         if self._jacobian is None:
             raise TypeError(
                 f"maps[{i}] has no {name}= or jacobian= for "
@@ -313,7 +384,7 @@ class Map:
         return out
 
     def __repr__(self):
-        return f"Map({getattr(self.fn, '__name__', 'fn')})"
+        return f"Map({getattr(self._fn, '__name__', 'fn')})"
 
 
 class _Builtin(Map):
@@ -328,9 +399,16 @@ class _Builtin(Map):
 
     _builtin = True
     _forward_uses_jacobian = True
+    _uparams = ()
 
     def __init__(self):
         pass
+
+    def _param_arrays(self):
+        return ()
+
+    def _with_params(self, new):
+        return self
 
     def _spec(self, dtype):
         raise NotImplementedError
@@ -427,6 +505,12 @@ class Affine(_Builtin):
     def _params(self):
         return (self.W,) if self.b is None else (self.W, self.b)
 
+    def _param_arrays(self):
+        return self._params()
+
+    def _with_params(self, new):
+        return Affine(*new)
+
     def _spec(self, dtype):
         W = np.require(self.W, dtype, "A")
         b = None if self.b is None else np.require(self.b, dtype, "CA")
@@ -444,10 +528,19 @@ class Affine(_Builtin):
 
 class _Elementwise(_Builtin):
     _code = 0
-    _param = 0.0
+    _param = 0.0        # a parameter-free map's; a parameter is a 0-d array
 
     def _spec(self, dtype):
         return (_OP_ELEMENTWISE, self._code, self._param)
+
+    def _param_arrays(self):
+        return (self._param,) if isinstance(self._param, np.ndarray) else ()
+
+    def _with_params(self, new):
+        m = object.__new__(type(self))
+        if new:
+            m._param = new[0]
+        return m
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -484,9 +577,10 @@ class LeakyReLU(_Elementwise):
     _code = _EW["leaky_relu"]
 
     def __init__(self, alpha=0.01):
-        self._param = _scalar(alpha, "alpha")
+        # a 0-d float64 array the programmes read in place (set_params)
+        self._param = np.array(_scalar(alpha, "alpha"), dtype=np.float64)
 
-    alpha = property(lambda self: self._param, doc="the slope below 0")
+    alpha = property(lambda self: float(self._param), doc="the slope below 0")
 
     def __repr__(self):
         return f"LeakyReLU({self.alpha!r})"
@@ -504,9 +598,10 @@ class Scale(_Elementwise):
     _code = _EW["scale"]
 
     def __init__(self, c):
-        self._param = _scalar(c, "c")
+        # a 0-d float64 array the programmes read in place (set_params)
+        self._param = np.array(_scalar(c, "c"), dtype=np.float64)
 
-    c = property(lambda self: self._param, doc="the factor")
+    c = property(lambda self: float(self._param), doc="the factor")
 
     def __repr__(self):
         return f"Scale({self.c!r})"
