@@ -24,7 +24,7 @@ from cython cimport floating
 from gradchain._link cimport Link, link_raise
 from gradchain._bind cimport (LinkTable, _usable, _is_sparse, _extent,
                               _shares_memory)
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from gradchain._bracket cimport (Strategy, choose, product_factors,
                                  MODE_VJP, MODE_JVP, MODE_JACOBIAN,
                                  MODE_SPARSE, ORDER_LEFT, sparse_jacobian_ok)
@@ -419,10 +419,11 @@ cdef class ChainCore(LinkTable):
         cdef Py_ssize_t k = self.k, B, nres, i, s, total = 0, t, run
         cdef cnp.ndarray x
         cdef Trajectory traj
-        cdef char *base
         cdef void **steps = NULL
         cdef void *stackbuf[64]
         cdef Py_ssize_t isz
+        cdef cnp.npy_intp dim
+        cdef char *p
         if flag is not True:
             raise TypeError(f"intermediates must be True or False, got {flag!r}")
         x = self.vector(x_in, name, transpose, &typenum, &B, &nres)
@@ -437,17 +438,28 @@ cdef class ChainCore(LinkTable):
         traj._chain, traj._B, traj._nd, traj._cotangents = self, B, nd, transpose
         traj._n = cnp.PyArray_DIM(x, nd - 1)
         isz = 8 if typenum == cnp.NPY_DOUBLE else 4
+        # the sizes: every width is at most maxw (or the vector's, k = 0),
+        # so (k + 1) maxw B items bound them; the exact sum when that fits
+        if not gc_size_mul3(k + 1, max(self.maxw, traj._n), B, &t) \
+                or not gc_size_mul(t, isz, &t):
+            for i in range(k + 1):
+                if (not gc_size_mul(B, traj._width(i), &t)
+                        or not gc_size_add(total, t, &total)
+                        or not gc_size_mul(total, isz, &t)):
+                    raise MemoryError(
+                        f"the {k + 1} {traj.kind} of a batch of {B} exceed the "
+                        f"address space")
+        total = 0
         for i in range(k + 1):
-            if (not gc_size_mul(B, traj._width(i), &t)
-                    or not gc_size_add(total, t, &total)
-                    or not gc_size_mul(total, isz, &t)):
-                raise MemoryError(
-                    f"the {k + 1} {traj.kind} of a batch of {B} exceed the "
-                    f"address space")
+            total += traj._n if k == 0 else (self.links[0].n if i == 0
+                                             else self.links[i - 1].m)
+        total *= B
         arrays = None
         if out is None:
-            traj._buf = (np.zeros if self.has_zero else np.empty)(
-                total, _DT_DOUBLE if typenum == cnp.NPY_DOUBLE else _DT_FLOAT)
+            dim = total
+            traj._buf = cnp.PyArray_EMPTY(1, &dim, typenum, 0)
+            if self.has_zero:
+                memset(cnp.PyArray_DATA(traj._buf), 0, total * isz)
         else:
             arrays = self._check_trajectory_out(out, x, name, nd, B, typenum,
                                                 traj)
@@ -462,34 +474,30 @@ cdef class ChainCore(LinkTable):
         if steps == NULL:
             raise MemoryError()
         try:
-            # steps[i]: where the value at x^(i) goes
-            if arrays is None:
-                base = <char *>cnp.PyArray_DATA(traj._buf)
-                t = 0
-                for i in range(k + 1):
-                    steps[i] = base + t * isz
-                    t += B * traj._width(i)
-            else:
-                for i in range(k + 1):
-                    steps[i] = cnp.PyArray_DATA(<cnp.ndarray>arrays[i])
-            # the given end: g at x^(k) (vjp) or v at x^(0) (jvp)
-            memcpy(steps[k if transpose else 0], cnp.PyArray_DATA(x),
-                   B * traj._width(k if transpose else 0) * isz)
+            # steps[j]: where propagation's value j goes -- j = 0 the given
+            # end (g at x^(k) for a vjp, v at x^(0) for a jvp), j = s + 1
+            # step s's result (the value at x^(k-1-s), or x^(s+1))
+            t = 0
+            for i in range(k + 1):
+                p = (<char *>cnp.PyArray_DATA(traj._buf) + t * isz
+                     if arrays is None
+                     else <char *>cnp.PyArray_DATA(<cnp.ndarray>arrays[i]))
+                steps[k - i if transpose else i] = p
+                t += B * (traj._n if k == 0 else (self.links[0].n if i == 0
+                                                  else self.links[i - 1].m))
+            memcpy(steps[0], cnp.PyArray_DATA(x), B * traj._n * isz)
             # the steps that run: up to the first zero width (an empty sum
             # from there on: zeros, already there)
-            run = 0
-            while run < k:
-                i = k - run if transpose else run
-                if (B == 0 or traj._width(i) == 0
-                        or traj._width(i - 1 if transpose else i + 1) == 0):
-                    break
-                run += 1
+            run = k if B > 0 else 0
+            if self.has_zero and B > 0:
+                run = 0
+                while run < k:
+                    i = k - run if transpose else run
+                    if (traj._width(i) == 0
+                            or traj._width(i - 1 if transpose else i + 1) == 0):
+                        break
+                    run += 1
             if run > 0:
-                # propagate's step s writes the value at x^(k-1-s) (vjp,
-                # steps reversed into its own order) or x^(s+1) (jvp)
-                if transpose:
-                    for s in range((k + 1) // 2):
-                        steps[s], steps[k - s] = steps[k - s], steps[s]
                 nt = effective_threads()
                 with nogil:
                     if typenum == cnp.NPY_DOUBLE:
