@@ -182,15 +182,24 @@ class CrossEntropy(Loss):
                       doc="the labels (the caller's array, read at each call)")
 
     def _rows(self, B, n, dtype):
-        a = self.labels
+        a = self._labels
         if a.ndim == 1 and a.shape[0] != B:
             raise ValueError(f"labels has shape {a.shape} but the batch has {B} "
                              f"sample(s)")
         # a copy, taken and validated here: the kernels index with it after
         # the GIL is released, so the caller's array (which another thread
         # may change meanwhile) is never what they read
+        if a.ndim == 0:
+            v = int(a)
+            if 0 <= v < n:
+                return None, (np.array((v,), dtype=np.int64) if B == 1
+                              else np.full(B, v, dtype=np.int64))
+        else:
+            lab = np.array(a, dtype=np.int64)  # uint64 past int64 wraps < 0
+            if B == 0 or (lab.min() >= 0 and lab.max() < n):
+                return None, lab
         src = np.broadcast_to(a, (B,))
-        lab = np.array(src, dtype=np.int64)   # uint64 past int64 wraps < 0
+        lab = np.array(src, dtype=np.int64)
         bad = np.flatnonzero((lab < 0) | (lab >= n))
         if bad.size:
             i = int(bad[0])
