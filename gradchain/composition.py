@@ -421,9 +421,15 @@ class Composition:
         if v.shape != (total,):
             raise ValueError(f"flat has shape {v.shape} but the parameters hold "
                              f"{total} values: it must have shape ({total},)")
-        for j, p in enumerate(arrays):
+        where = [(i, j) for i, t in enumerate(self.param_arrays()) for j in range(len(t))]
+        for (i, j), p in zip(where, arrays):
             if not p.flags.writeable:
-                raise ValueError(f"parameter {j} (shape {p.shape}) is read-only")
+                raise ValueError(f"maps[{i}]'s parameter {j} (shape {p.shape}) is "
+                                 f"read-only")
+            if p.dtype.kind != "f":
+                raise TypeError(f"maps[{i}]'s parameter {j} has dtype {p.dtype}: "
+                                f"set_params writes in place and would truncate; "
+                                f"build the map from a float array")
         o = 0
         for p in arrays:
             p[...] = v[o:o + p.size].reshape(p.shape)
@@ -451,7 +457,7 @@ class Composition:
                     raise ValueError(f"grads[{i}][{j}] has shape {a.shape}, expected "
                                      f"{p.shape} (or (B, *{p.shape}) per example)")
                 lead = extra
-                parts.append(a.reshape(extra + (-1,)))
+                parts.append(a.reshape(extra + (p.size,)))
         if not parts:
             return np.zeros(0)
         return np.concatenate(parts, axis=-1)
@@ -461,7 +467,9 @@ class Composition:
         the copies in param order): for gradient checks."""
         maps, copies = [], []
         for m in self.maps:
-            cs = [np.array(p, copy=True) for p in m._param_arrays()]
+            # float copies (an integer parameter would truncate its steps)
+            cs = [np.array(p, dtype=np.result_type(p.dtype, np.float32), copy=True)
+                  for p in m._param_arrays()]
             copies += cs
             maps.append(m._with_params(cs) if cs else m)
         return Composition(maps, self.loss), copies
@@ -715,11 +723,13 @@ def _check_param_grad(f, x, eps):
     _, grads = f.value_and_grad(x, wrt="params")
     analytic = f.ravel(grads)
     g, copies = f._with_param_copies()
+    # the step follows the dtype the composition computes in (a float64
+    # Scale parameter of a float32 composition is evaluated in float32)
+    dtype = f._input(x)[2]
+    e0 = np.cbrt(np.finfo(dtype).eps) if eps is None else _scalar(eps, "eps")
     num = np.empty(analytic.shape[0])
     o = 0
     for c in copies:
-        e0 = np.cbrt(np.finfo(np.result_type(c.dtype, np.float32)).eps) \
-            if eps is None else _scalar(eps, "eps")
         flat = c.reshape(-1)            # a view: the copy steps in place
         for j in range(flat.shape[0]):
             orig = flat[j]

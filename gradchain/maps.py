@@ -183,8 +183,9 @@ class Map:
         ``jvp`` for forward mode.
     params : sequence of array_like, optional
         The map's parameters theta_1, ..., theta_p, for parameter gradients
-        (``Composition.value_and_grad(..., wrt="params")``).  Kept by
-        reference (arrays) and passed to every callback after its own
+        (``Composition.value_and_grad(..., wrt="params")``).  Float arrays
+        are kept by reference (others are converted once to float64) and
+        passed to every callback after its own
         arguments: ``fn(x, *params)``, ``jacobian(x, *params)``, ``vjp(x, g,
         *params)``, ``jvp(x, v, *params)``, so that a gradient check can
         evaluate the map at other parameter values without touching these.
@@ -239,6 +240,10 @@ class Map:
                 raise TypeError(f"params must be a sequence of arrays, got "
                                 f"{type(params).__name__}")
             ps = tuple(_as_float(p, f"params[{j}]") for j, p in enumerate(params))
+            # float arrays by reference; others (integers, bool) converted
+            # once to float64, so that gradients and set_params have room
+            ps = tuple(p if p.dtype.kind == "f" else p.astype(np.float64)
+                       for p in ps)
         self._fn, self._jacobian, self._vjp, self._jvp = fn, jacobian, vjp, jvp
         self._uparams, self._param_vjp = ps, param_vjp
 

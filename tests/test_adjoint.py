@@ -465,3 +465,34 @@ def test_discrete_adjoint_of_linear_time_stepping(rng):
     assert abs(dtheta - closed) <= 1e-12 * abs(closed)
     assert abs(dtheta - fd) <= 1e-7 * abs(fd)
     np.testing.assert_allclose(lam[0], np.linalg.matrix_power(A, T).T @ c, rtol=1e-12)
+
+
+def test_param_edge_cases(rng):
+    """Integer parameters (a user map's converted to float64 once; an
+    Affine's integer W refused by set_params instead of truncated),
+    check_grad's step in a float32 composition, and ravel of per-example
+    gradients of an empty batch."""
+    s = np.array([2, 3, 4])
+    m = gc.Map(lambda x, s: s * x, lambda x, s: np.diag(s), params=(s,),
+               param_vjp=lambda x, g, s: (g * x,))
+    c = gc.compose(m, loss=gc.SquaredError(np.zeros(3)))
+    x = np.array([1., 2., 3.])
+    np.testing.assert_allclose(c.value_and_grad(x, wrt="params")[1][0][0], [2., 12., 36.])
+    assert gc.check_grad(c, x, wrt="params") < 1e-8
+    c.set_params([2.5, 3.5, 4.5])
+    np.testing.assert_array_equal(c.params(), [2.5, 3.5, 4.5])
+    assert np.array_equal(s, [2, 3, 4])            # the caller's int array untouched
+    W = np.arange(6).reshape(2, 3)
+    ca = gc.compose(gc.Affine(W), loss=gc.SquaredError(np.zeros(2)))
+    with pytest.raises(TypeError, match=r"maps\[0\]'s parameter 0 has dtype int64"):
+        ca.set_params(np.full(6, .5))
+    assert np.array_equal(W, np.arange(6).reshape(2, 3))
+    W32 = rng.standard_normal((5, 4)).astype(np.float32)
+    t = rng.standard_normal(5).astype(np.float32)
+    x32 = rng.standard_normal(4).astype(np.float32)
+    c32 = gc.compose(gc.Affine(W32), gc.LeakyReLU(0.3), gc.Scale(1.5),
+                     loss=gc.SquaredError(t))
+    assert gc.check_grad(c32, x32, wrt="params") < 1e-3
+    c0 = gc.compose(gc.Affine(np.ones((3, 4))), gc.Tanh(), loss=gc.SquaredError(np.ones(3)))
+    _, g = c0.value_and_grad(np.zeros((0, 4)), "none", wrt="params")
+    assert c0.ravel(g).shape == (0, 12)
