@@ -394,15 +394,18 @@ cdef class ChainCore(LinkTable):
 
     def vjp(self, cotangent, out=None, *, intermediates=False):
         """J_1^T J_2^T ... J_k^T g for g of shape (n_k,) or (batch, n_k);
-        with intermediates=True every cotangent along the way (a
-        Trajectory)."""
+        with intermediates=True every cotangent along the way, lambda_k = g,
+        ..., lambda_0, as a Trajectory indexed by i (batch * (n_0 + ... +
+        n_k) elements in one allocation, or the k + 1 arrays of an out=
+        sequence); see gradchain.vjp."""
         if intermediates is False:
             return self._product(cotangent, out, True)
         return self._trajectory(cotangent, out, True, intermediates)
 
     def jvp(self, tangent, out=None, *, intermediates=False):
         """J_k ... J_2 J_1 v for v of shape (n_0,) or (batch, n_0); with
-        intermediates=True every tangent along the way (a Trajectory)."""
+        intermediates=True every tangent along the way, t_0 = v, ..., t_k,
+        as a Trajectory (memory as vjp's); see gradchain.jvp."""
         if intermediates is False:
             return self._product(tangent, out, False)
         return self._trajectory(tangent, out, False, intermediates)
