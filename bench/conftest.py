@@ -193,3 +193,20 @@ def optional_peer(request, fixture):
         return request.getfixturevalue(fixture)
     except pytest.skip.Exception:
         return None
+
+
+def peer_calls(request, numpy_call, torch_factory, jax_factory, x):
+    """name -> zero-argument call for NumPy and each installed optional peer
+    at the input x: ``torch_factory()`` returns a function of x (it skips
+    when PyTorch is absent), ``jax_factory(jax)`` one of a JAX array."""
+    calls = {"numpy": numpy_call}
+    try:
+        f_torch = torch_factory()
+        calls["torch"] = lambda: f_torch(x)
+    except pytest.skip.Exception:
+        pass
+    jax = optional_peer(request, "jax_x64")
+    if jax is not None:
+        f_jax, xj = jax_factory(jax), jax.numpy.asarray(x)
+        calls["jax"] = lambda: f_jax(xj)
+    return calls

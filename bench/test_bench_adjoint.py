@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import gradchain as gc
-from conftest import measure, optional_peer
+from conftest import measure, peer_calls
 
 
 def problem(n, B=None, seed=0):
@@ -123,19 +123,11 @@ def jax_fn(jax, Ws, bs, labels):
     return f
 
 
-def _calls(Ws, bs, x, labels, request, torch_ok=True):
-    calls = {"numpy": lambda: numpy_by_hand(Ws, bs, x, labels)}
-    if torch_ok:
-        try:
-            f_torch = torch_fn(Ws, bs, labels)
-            calls["torch"] = lambda: f_torch(x)
-        except pytest.skip.Exception:
-            pass
-    jax = optional_peer(request, "jax_x64")
-    if jax is not None:
-        f_jax, xj = jax_fn(jax, Ws, bs, labels), jax.numpy.asarray(x)
-        calls["jax"] = lambda: f_jax(xj)
-    return calls
+def _calls(Ws, bs, x, labels, request):
+    """name -> zero-argument call, for every peer that is installed."""
+    return peer_calls(request, lambda: numpy_by_hand(Ws, bs, x, labels),
+                      lambda: torch_fn(Ws, bs, labels),
+                      lambda jax: jax_fn(jax, Ws, bs, labels), x)
 
 
 def _check(res, Ws, bs, x, labels):

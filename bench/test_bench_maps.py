@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import gradchain as gc
-from conftest import measure, optional_peer
+from conftest import measure, peer_calls
 
 SIZES = [16, 64, 256]
 
@@ -88,17 +88,9 @@ def jax_fn(jax, Ws, bs, t):
 
 def _peer_calls(Ws, bs, x, t, request):
     """name -> zero-argument call, for every peer that is installed."""
-    calls = {"numpy": lambda: numpy_by_hand(Ws, bs, x, t)}
-    try:
-        f_torch = torch_fn(Ws, bs, t)
-        calls["torch"] = lambda: f_torch(x)
-    except pytest.skip.Exception:
-        pass
-    jax = optional_peer(request, "jax_x64")
-    if jax is not None:
-        f_jax, xj = jax_fn(jax, Ws, bs, t), jax.numpy.asarray(x)
-        calls["jax"] = lambda: f_jax(xj)
-    return calls
+    return peer_calls(request, lambda: numpy_by_hand(Ws, bs, x, t),
+                      lambda: torch_fn(Ws, bs, t),
+                      lambda jax: jax_fn(jax, Ws, bs, t), x)
 
 
 def _bench(benchmark, impl, Ws, bs, x, t, request):

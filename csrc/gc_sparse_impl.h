@@ -218,6 +218,23 @@ GC_SP(gc_sp_zero)(GC_T *o, ptrdiff_t bt, ptrdiff_t rs, ptrdiff_t de,
     }
 }
 
+#ifndef GC_SP_CHUNK_DEFINED
+#define GC_SP_CHUNK_DEFINED
+/* Chunk c of a partition: its span [*lo, *hi) and exclusive interval [*ea,
+ * *eb); returns its workspace width, the shared parts [lo, ea) then [eb,
+ * hi) side by side. */
+static GC_SP_INLINE ptrdiff_t
+gc_sp_chunk(const int64_t *part, ptrdiff_t c, ptrdiff_t *lo, ptrdiff_t *hi,
+            ptrdiff_t *ea, ptrdiff_t *eb)
+{
+    *lo = (ptrdiff_t)part[GC_SP_P_LO + c];
+    *hi = (ptrdiff_t)part[GC_SP_P_HI + c];
+    *ea = (ptrdiff_t)part[GC_SP_P_EA + c];
+    *eb = (ptrdiff_t)part[GC_SP_P_EB + c];
+    return (*ea - *lo) + (*hi - *eb);
+}
+#endif
+
 int
 GC_SP(gc_sp_scatter)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
                      const GC_T *val, ptrdiff_t nstored, ptrdiff_t B,
@@ -264,10 +281,8 @@ GC_SP(gc_sp_scatter)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
      * cap). */
     off[0] = 0;
     for (c = 0; c < P; c++) {
-        off[c + 1] = off[c]
-            + (ptrdiff_t)((part[GC_SP_P_EA + c] - part[GC_SP_P_LO + c])
-                          + (part[GC_SP_P_HI + c] - part[GC_SP_P_EB + c]))
-              * btmax;
+        ptrdiff_t lo, hi, ea, eb;
+        off[c + 1] = off[c] + gc_sp_chunk(part, c, &lo, &hi, &ea, &eb) * btmax;
     }
     ws = (GC_T *)malloc((size_t)(off[P] > 0 ? off[P] : 1) * sizeof(GC_T));
     if (ws == NULL) {
@@ -281,11 +296,8 @@ GC_SP(gc_sp_scatter)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
             GC_T *ot = out + b0 * nout;
             #pragma omp for schedule(dynamic, 1)
             for (q = 0; q < P; q++) {
-                const ptrdiff_t lo = (ptrdiff_t)part[GC_SP_P_LO + q];
-                const ptrdiff_t hi = (ptrdiff_t)part[GC_SP_P_HI + q];
-                const ptrdiff_t ea = (ptrdiff_t)part[GC_SP_P_EA + q];
-                const ptrdiff_t eb = (ptrdiff_t)part[GC_SP_P_EB + q];
-                const ptrdiff_t wn = (ea - lo) + (hi - eb);
+                ptrdiff_t lo, hi, ea, eb;
+                const ptrdiff_t wn = gc_sp_chunk(part, q, &lo, &hi, &ea, &eb);
                 GC_T *w = ws + off[q];
                 memset(w, 0, (size_t)(bt * wn) * sizeof(GC_T));
                 GC_SP(gc_sp_zero)(ot, bt, nout, de, ea, eb);
@@ -311,12 +323,9 @@ GC_SP(gc_sp_scatter)(ptrdiff_t nptr, const GC_I *ptr, const GC_I *idx,
                     for (k = 0; k < P; k++) {
                         /* chunk k's shared parts [lo, ea) and [eb, hi) at
                          * workspace positions from 0 and from ea - lo */
-                        const ptrdiff_t lo = (ptrdiff_t)part[GC_SP_P_LO + k];
-                        const ptrdiff_t hi = (ptrdiff_t)part[GC_SP_P_HI + k];
-                        const ptrdiff_t ea = (ptrdiff_t)part[GC_SP_P_EA + k];
-                        const ptrdiff_t eb = (ptrdiff_t)part[GC_SP_P_EB + k];
-                        const ptrdiff_t wn = (ea - lo) + (hi - eb);
-                        ptrdiff_t side;
+                        ptrdiff_t lo, hi, ea, eb, side;
+                        const ptrdiff_t wn = gc_sp_chunk(part, k, &lo, &hi,
+                                                         &ea, &eb);
                         for (side = 0; side < 2; side++) {
                             const ptrdiff_t s0 = side ? eb : lo;
                             const ptrdiff_t s1 = side ? hi : ea;
