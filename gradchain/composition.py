@@ -271,7 +271,7 @@ class Composition:
                              f"{reduction!r}")
         # pmode: the parameter gradients the programme computes (0 none, 1
         # summed, 2 per example); want: the names asked for
-        if wrt == "x":
+        if type(wrt) is str and wrt == "x":
             want, pmode = ("x",), 0
         else:
             want = _parse_wrt(wrt)
@@ -596,7 +596,7 @@ _WRT = {"x": ("x",), "params": ("params",), ("x", "params"): ("x", "params"),
 
 def _parse_wrt(wrt):
     """value_and_grad's wrt as a tuple of names, each once."""
-    if type(wrt) in (str, tuple):
+    if type(wrt) is str or (type(wrt) is tuple and all(type(w) is str for w in wrt)):
         got = _WRT.get(wrt)
         if got is not None:
             return got

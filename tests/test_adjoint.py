@@ -378,7 +378,8 @@ def test_user_map_param_errors():
         with pytest.raises(err, match=msg):
             f.value_and_grad(x, wrt="params")
     f = gc.compose(gc.Tanh(), loss=gc.SquaredError(np.zeros(3)))
-    for bad in ["w", ("x", "x"), (), ["params", 1], None]:
+    for bad in ["w", ("x", "x"), (), ["params", 1], None, ("x", ["params"]),
+                np.array(["x"])]:
         with pytest.raises(ValueError, match="wrt must be"):
             f.value_and_grad(x, wrt=bad)
     with pytest.raises(TypeError, match="with a loss"):
