@@ -78,6 +78,15 @@ def _rebuild(cls, jacobians, copies):
     return cls(jacobians, transpose_copies=copies)
 
 
+cdef inline Py_ssize_t _pos_width(LinkTable chain, Py_ssize_t n,
+                                  Py_ssize_t i) noexcept:
+    """n_i, the width at position i of chain (n: the one width of a chain
+    of no links)."""
+    if chain.k == 0:
+        return n
+    return chain.links[0].n if i == 0 else chain.links[i - 1].m
+
+
 cdef class Trajectory:
     """The k + 1 cotangents or tangents of one product along a chain.
 
@@ -116,9 +125,7 @@ cdef class Trajectory:
         return "cotangents" if self._cotangents else "tangents"
 
     cdef Py_ssize_t _width(self, Py_ssize_t i) noexcept:
-        if self._chain.k == 0:
-            return self._n
-        return self._chain.links[0].n if i == 0 else self._chain.links[i - 1].m
+        return _pos_width(self._chain, self._n, i)
 
     def __len__(self):
         return self._chain.k + 1
@@ -454,8 +461,7 @@ cdef class ChainCore(LinkTable):
                         f"address space")
         total = 0
         for i in range(k + 1):
-            total += traj._n if k == 0 else (self.links[0].n if i == 0
-                                             else self.links[i - 1].m)
+            total += _pos_width(self, traj._n, i)
         total *= B
         arrays = None
         if out is None:
@@ -486,8 +492,7 @@ cdef class ChainCore(LinkTable):
                      if arrays is None
                      else <char *>cnp.PyArray_DATA(<cnp.ndarray>arrays[i]))
                 steps[k - i if transpose else i] = p
-                t += B * (traj._n if k == 0 else (self.links[0].n if i == 0
-                                                  else self.links[i - 1].m))
+                t += B * _pos_width(self, traj._n, i)
             memcpy(steps[0], cnp.PyArray_DATA(x), B * traj._n * isz)
             # the steps that run: up to the first zero width (an empty sum
             # from there on: zeros, already there)
