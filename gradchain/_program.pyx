@@ -231,14 +231,13 @@ cdef int _param_grads(const Op *ops, Py_ssize_t k, Py_ssize_t B,
     op i's outputs (NULL where it has none; db NULL without a bias).
     The sums over rows and indices run in order (double accumulators for
     the scalars).  0, or -1 when out of memory."""
-    cdef Py_ssize_t i, b, j, l, m, n
+    cdef Py_ssize_t i, b, j, m, n
     cdef const Op *o
     cdef const floating *X
     cdef const floating *G
     cdef floating *dW
     cdef floating *db
     cdef floating *d
-    cdef floating gj
     for i in range(k):
         o = &ops[i]
         if not _op_has_params(o) or gout[2 * i] == NULL:
