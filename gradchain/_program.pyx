@@ -417,8 +417,8 @@ cdef class _Grads:
     with a leading batch axis) and the kept cotangents it runs through
     (_backward with lam, then _param_grads)."""
 
-    cdef readonly list grads
-    cdef list _keep             # the cotangents' buffer
+    cdef readonly tuple grads
+    cdef char *_keep            # the kept cotangents' buffer (gc_malloc_n)
     cdef void **gout            # 2 k output pointers (NULL: none)
     cdef char **lam             # k + 1 cotangent pointers (NULL: not kept)
     cdef Py_ssize_t nsteps
@@ -427,6 +427,7 @@ cdef class _Grads:
     def __dealloc__(self):
         PyMem_Free(self.gout)
         PyMem_Free(self.lam)
+        free(self._keep)
 
     cdef int prepare(self, Program prog, Py_ssize_t B, const Py_ssize_t *dims,
                      bint per_example, bint want_x, char *t, cnp.ndarray res,
@@ -442,7 +443,7 @@ cdef class _Grads:
         self.lam = <char **>PyMem_Malloc((k + 1) * sizeof(char *))
         if self.gout == NULL or self.lam == NULL:
             raise MemoryError()
-        self.grads = []
+        grads = []
         tn = prog._typenum
         lead = 1 if per_example else 0      # the leading batch axis
         sh[0] = B
@@ -451,7 +452,7 @@ cdef class _Grads:
             self.gout[2 * i] = self.gout[2 * i + 1] = NULL
             self.lam[i] = NULL
             if not _op_has_params(o):
-                self.grads.append(())
+                grads.append(())
                 continue
             first = min(first, i)
             if o.code == OP_AFFINE:
@@ -461,25 +462,26 @@ cdef class _Grads:
                 if o.b != NULL:
                     db = cnp.PyArray_EMPTY(1 + lead, sh, tn, 0)
                     self.gout[2 * i + 1] = cnp.PyArray_DATA(<cnp.ndarray>db)
-                    self.grads.append((a, db))
+                    grads.append((a, db))
                 else:
-                    self.grads.append((a,))
+                    grads.append((a,))
             else:
                 a = cnp.PyArray_EMPTY(lead, sh, tn, 0)
                 self.gout[2 * i] = cnp.PyArray_DATA(a)
-                self.grads.append((a,))
+                grads.append((a,))
         # the cotangents kept: at x^(first + 1) .. x^(k - 1), and x^(0)
         # (into res) when the input's gradient is wanted
         self.nsteps = k if want_x else k - 1 - first if first < k else 0
         for i in range(k - self.nsteps, k):
             if i > 0:
                 total += B * dims[i]
-        sh[0] = max(total, 1)
-        buf = cnp.PyArray_EMPTY(1, sh, tn, 0)
-        self._keep = [buf]
+        self.grads = tuple(grads)
+        self._keep = <char *>gc_malloc_n(max(total, 1), isz)
+        if self._keep == NULL:
+            raise MemoryError()
         for i in range(k - self.nsteps, k):
             if i > 0:
-                self.lam[i] = <char *>cnp.PyArray_DATA(<cnp.ndarray>buf) + off * isz
+                self.lam[i] = self._keep + off * isz
                 off += B * dims[i]
         if want_x:
             self.lam[0] = <char *>cnp.PyArray_DATA(res)

@@ -345,10 +345,9 @@ class Composition:
                                     reduction)
             if "x" not in want:
                 G = None
-        got = {"x": G, "params": tuple(pg)}
-        if isinstance(wrt, str):
-            return value, got[wrt]
-        return value, tuple(got[w] for w in want)
+        if len(want) == 1:
+            return value, (G if want[0] == "x" else pg)
+        return value, ((G, pg) if want[0] == "x" else (pg, G))
 
     def _backward_params(self, X, single, dtype, pmode, want_x):
         """(values, x gradient or None, per-map parameter gradients) through
@@ -371,7 +370,7 @@ class Composition:
             G = Gin
         if single and G is not None:
             G = G[0]
-        return vals, G, pgrads
+        return vals, G, tuple(pgrads)
 
     def _user_params_grad(self, i, X, G, single, per_example):
         """User map i's parameter gradient at the rows X for cotangent rows
@@ -596,10 +595,12 @@ _WRT = {"x": ("x",), "params": ("params",), ("x", "params"): ("x", "params"),
 
 def _parse_wrt(wrt):
     """value_and_grad's wrt as a tuple of names, each once."""
-    if type(wrt) is str or (type(wrt) is tuple and all(type(w) is str for w in wrt)):
-        got = _WRT.get(wrt)
-        if got is not None:
-            return got
+    try:
+        got = _WRT.get(wrt)     # what it returns is the canonical tuple
+    except TypeError:           # unhashable: a list, say
+        got = None
+    if got is not None:
+        return got
     names = (wrt,) if isinstance(wrt, str) else wrt
     if (isinstance(names, (tuple, list)) and names
             and all(isinstance(w, str) and w in ("x", "params") for w in names)

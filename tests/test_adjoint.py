@@ -410,12 +410,12 @@ def test_params_set_params_ravel(rng):
         f.ravel(((np.ones(3), g[0][1]),) + g[1:])
 
 
-def test_sgd_trains_mlp(rng):
-    """The README's example: a 2-hidden-layer tanh MLP with softmax
-    cross-entropy trained by plain SGD on a synthetic three-class problem
-    with gradchain's values and parameter gradients alone: the loss falls
-    (epoch means decrease overall, and the final loss is well under the
-    first), and the final gradients match central differences to 1e-8."""
+def _train_mlp(rng):
+    """A 2-hidden-layer tanh MLP with softmax cross-entropy trained by plain
+    SGD (30 epochs of mini-batches of 32) on a synthetic three-class
+    problem with gradchain's values and parameter gradients alone.
+    Returns (the composition over the full set, X, labels, Ws, bs, the
+    epoch losses)."""
     n, B, C = 4, 96, 3
     centers = rng.standard_normal((C, n)) * 2
     labels = rng.integers(0, C, B)
@@ -429,6 +429,14 @@ def test_sgd_trains_mlp(rng):
             L, g = fb.value_and_grad(X[s:s + 32], reduction="mean", wrt="params")
             f.set_params(f.params() - 0.3 * f.ravel(g))
         losses.append(f.value(X, reduction="mean"))
+    return f, X, labels, Ws, bs, losses
+
+
+def test_sgd_trains_mlp(rng):
+    """The README's example: the loss falls (epoch means decrease overall,
+    and the final loss is well under the first), and the final gradients
+    match a NumPy backward pass and central differences to 1e-8."""
+    f, X, labels, Ws, bs, losses = _train_mlp(rng)
     assert losses[-1] < 0.5 * losses[0]
     assert np.mean(np.diff(losses) < 0) > 0.7
     _, g = f.value_and_grad(X, reduction="mean", wrt="params")
@@ -437,6 +445,32 @@ def test_sgd_trains_mlp(rng):
         np.testing.assert_allclose(g[i][0], per[i // 2][0].mean(0), rtol=1e-10, atol=1e-13)
     one = gc.compose(*f.maps, loss=gc.CrossEntropy(labels[0]))
     assert gc.check_grad(one, X[0], wrt="params") < 1e-8
+
+
+def test_sgd_final_grads_match_torch(rng):
+    """The trained MLP's final value, input and parameter gradients
+    against PyTorch autograd in float64 (skipped where torch is not
+    installed; the test above checks the same against NumPy and central
+    differences)."""
+    torch = pytest.importorskip("torch")
+    f, X, labels, Ws, bs, _ = _train_mlp(rng)
+    L, (gx, pg) = f.value_and_grad(X, reduction="mean", wrt=("x", "params"))
+    Wt = [torch.tensor(W, dtype=torch.float64, requires_grad=True) for W in Ws]
+    bt = [torch.tensor(b, dtype=torch.float64, requires_grad=True) for b in bs]
+    xt = torch.tensor(X, dtype=torch.float64, requires_grad=True)
+    h = xt
+    for i, (W, b) in enumerate(zip(Wt, bt)):
+        h = h @ W.T + b
+        if i < len(Wt) - 1:
+            h = torch.tanh(h)
+    Lt = torch.nn.functional.cross_entropy(h, torch.from_numpy(labels), reduction="mean")
+    Lt.backward()
+    assert abs(L - Lt.item()) <= 1e-12 * abs(Lt.item())
+    np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=1e-8, atol=1e-14)
+    for i, (W, b) in enumerate(zip(Wt, bt)):
+        dW, db = pg[2 * i]
+        np.testing.assert_allclose(dW, W.grad.numpy(), rtol=1e-8, atol=1e-14)
+        np.testing.assert_allclose(db, b.grad.numpy(), rtol=1e-8, atol=1e-14)
 
 
 def test_discrete_adjoint_of_linear_time_stepping(rng):
