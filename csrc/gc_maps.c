@@ -98,6 +98,7 @@ static inline float gc_tanh_pq_s(float z)
 }
 
 #define GC_T float
+#define GC_IS_DOUBLE 0
 #define GC_SFX s
 #define GC_EXP expf
 #define GC_LOG logf
@@ -114,6 +115,7 @@ static inline float gc_tanh_pq_s(float z)
 #define GC_LN2_LO 1.428606765330187045e-06f
 #include "gc_maps_impl.h"
 #undef GC_T
+#undef GC_IS_DOUBLE
 #undef GC_SFX
 #undef GC_EXP
 #undef GC_LOG
@@ -130,6 +132,7 @@ static inline float gc_tanh_pq_s(float z)
 #undef GC_LN2_LO
 
 #define GC_T double
+#define GC_IS_DOUBLE 1
 #define GC_SFX d
 #define GC_EXP exp
 #define GC_LOG log

@@ -139,55 +139,119 @@ GC_NAME(gc_ew_deriv_mul)(int code, double param, ptrdiff_t n, const GC_T *x,
     }
 }
 
-/* max over a row, NaN-propagating (a NaN anywhere makes the row NaN). */
-static GC_T
-GC_NAME(row_max)(ptrdiff_t n, const GC_T *x)
+/* Sum of n values by a fixed pairwise tree: blocks of up to 128 summed in
+ * eight interleaved lanes (combined pairwise), longer runs split in halves
+ * at a multiple of 8.  The error grows as O(log n) rather than O(n), and the
+ * order depends on n alone (not on threads or the instruction set). */
+static double
+GC_NAME(sum_pw)(ptrdiff_t n, const GC_T *a)
 {
+    if (n < 8) {
+        double s = 0;
+        ptrdiff_t i;
+        for (i = 0; i < n; i++) s += (double)a[i];
+        return s;
+    }
+    if (n <= 128) {
+        double r[8];
+        ptrdiff_t i, j;
+        for (j = 0; j < 8; j++) r[j] = (double)a[j];
+        for (i = 8; i + 8 <= n; i += 8)
+            for (j = 0; j < 8; j++) r[j] += (double)a[i + j];
+        double s = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; i++) s += (double)a[i];
+        return s;
+    }
+    {
+        const ptrdiff_t h = (n / 2) - (n / 2) % 8;
+        return GC_NAME(sum_pw)(h, a) + GC_NAME(sum_pw)(n - h, a + h);
+    }
+}
+
+/* One row's shifted exponentials, the core of softmax, log-softmax,
+ * logsumexp and cross-entropy.  With m = max(x) finite (first at index
+ * *am), writes e[i] = exp(x[i] - m), the difference taken exactly (its
+ * rounding error, from TwoSum, corrects the exponential to first order;
+ * float rows go through double), and returns 1 and *rest = the sum of the
+ * e[i] other than e[*am] = 1 (pairwise), so that S = 1 + rest and
+ * log S = log1p(rest) keep their low bits when one logit dominates.  A row
+ * whose max is +-inf or NaN returns 0 and leaves e alone (the callers give
+ * scipy's values). */
+static int
+GC_NAME(row_shifted_exp)(ptrdiff_t n, const GC_T *x, GC_T *e, GC_T *m_out,
+                         ptrdiff_t *am, double *rest)
+{
+    ptrdiff_t i, k = 0;
     GC_T m = x[0];
-    ptrdiff_t i;
     for (i = 1; i < n; i++) {
         if (x[i] > m || x[i] != x[i]) {
             m = x[i];
+            k = i;
             if (m != m) {
-                return m;
+                break;
             }
         }
     }
-    return m;
-}
-
-/* logsumexp of one row, stable; -inf for an all -inf row, +inf if any +inf. */
-static GC_T
-GC_NAME(row_lse)(ptrdiff_t n, const GC_T *x)
-{
-    GC_T m, s = 0;
-    ptrdiff_t i;
-    if (n == 0) {
-        return -(GC_T)INFINITY;
-    }
-    m = GC_NAME(row_max)(n, x);
-    if (m == (GC_T)INFINITY || m == -(GC_T)INFINITY || m != m) {
-        return m;
+    *m_out = m;
+    *am = k;
+    if (!(m > -(GC_T)INFINITY && m < (GC_T)INFINITY)) {
+        return 0;
     }
     for (i = 0; i < n; i++) {
-        s += GC_EXP(x[i] - m);
+#if GC_IS_DOUBLE
+        const double d = x[i] - m;
+        const double bb = d - x[i];
+        double err = (x[i] - (d - bb)) + (-m - bb);     /* x - m = d + err */
+        const double ed = exp(d);
+        err = err == err ? err : 0.0;                   /* x[i] = -inf */
+        e[i] = ed + ed * err;
+#else
+        e[i] = (float)exp((double)x[i] - (double)m);   /* exact in double */
+#endif
     }
-    return m + GC_LOG(s);
+    e[k] = 0;
+    *rest = GC_NAME(sum_pw)(n, e);
+    e[k] = 1;
+    return 1;
 }
 
 void
-GC_NAME(gc_softmax)(int log, ptrdiff_t B, ptrdiff_t n, const GC_T *x, GC_T *y)
+GC_NAME(gc_softmax)(int take_log, ptrdiff_t B, ptrdiff_t n, const GC_T *x, GC_T *y)
 {
-    ptrdiff_t b, i;
+    ptrdiff_t b, i, k;
     for (b = 0; b < B; b++) {
         const GC_T *xr = x + b * n;
         GC_T *yr = y + b * n;
-        const GC_T lse = GC_NAME(row_lse)(n, xr);
-        if (log) {
-            for (i = 0; i < n; i++) yr[i] = xr[i] - lse;
+        GC_T m;
+        double rest;
+        if (n == 0) {
+            continue;
+        }
+        if (!GC_NAME(row_shifted_exp)(n, xr, yr, &m, &k, &rest)) {
+            /* scipy's values: softmax through x - m (NaN rows for an
+             * infinite max), log-softmax with m taken as 0 */
+            if (take_log) {
+                double s = 0;
+                for (i = 0; i < n; i++) s += (double)GC_EXP(xr[i]);
+                s = log(s);
+                for (i = 0; i < n; i++) yr[i] = xr[i] - (GC_T)s;
+            }
+            else {
+                double S;
+                for (i = 0; i < n; i++) yr[i] = GC_EXP(xr[i] - m);
+                S = GC_NAME(sum_pw)(n, yr);
+                for (i = 0; i < n; i++) yr[i] = (GC_T)((double)yr[i] / S);
+            }
+            continue;
+        }
+        if (take_log) {
+            /* y = (x - m) - log S: two terms <= 0, no cancellation */
+            const double ls = log1p(rest);
+            for (i = 0; i < n; i++) yr[i] = (GC_T)((double)(xr[i] - m) - ls);
         }
         else {
-            for (i = 0; i < n; i++) yr[i] = GC_EXP(xr[i] - lse);
+            const double S = 1 + rest;
+            for (i = 0; i < n; i++) yr[i] = (GC_T)((double)yr[i] / S);
         }
     }
 }
@@ -246,25 +310,50 @@ GC_NAME(gc_loss)(int code, ptrdiff_t B, ptrdiff_t n, const GC_T *x,
             break;
         case GC_LOSS_CROSS_ENTROPY:
         case GC_LOSS_LOGSUMEXP: {
-            const GC_T lse = GC_NAME(row_lse)(n, xr);
-            for (i = 0; i < n; i++) {
-                gr[i] = GC_EXP(xr[i] - lse);
+            /* the caller validated the labels; read each once, and a label
+             * changed since (it is the caller's memory) gives a NaN row,
+             * never an index out of bounds */
+            const long long c = code == GC_LOSS_CROSS_ENTROPY ? labels[b] : -1;
+            GC_T m;
+            ptrdiff_t k;
+            double S, rest;
+            if (code == GC_LOSS_CROSS_ENTROPY && (c < 0 || c >= (long long)n)) {
+                for (i = 0; i < n; i++)
+                    gr[i] = (GC_T)NAN;
+                v = (GC_T)NAN;
+                break;
             }
-            v = lse;
-            if (code == GC_LOSS_CROSS_ENTROPY) {
-                /* the caller validated the labels; read each once, and a
-                 * label changed since (it is the caller's memory) gives a
-                 * NaN row, never an index out of bounds */
-                const long long c = labels[b];
-                if (c < 0 || c >= (long long)n) {
-                    for (i = 0; i < n; i++)
-                        gr[i] = (GC_T)NAN;
-                    v = (GC_T)NAN;
-                }
-                else {
+            if (n == 0) {
+                v = -(GC_T)INFINITY;
+                break;
+            }
+            if (!GC_NAME(row_shifted_exp)(n, xr, gr, &m, &k, &rest)) {
+                /* an infinite or NaN max: logsumexp is m (scipy's), the
+                 * gradient softmax through x - m (NaN rows) */
+                for (i = 0; i < n; i++) gr[i] = GC_EXP(xr[i] - m);
+                S = GC_NAME(sum_pw)(n, gr);
+                for (i = 0; i < n; i++) gr[i] = (GC_T)((double)gr[i] / S);
+                v = m;
+                if (c >= 0) {
                     gr[c] -= 1;
-                    v = lse - xr[c];
+                    v = m - xr[c];
                 }
+                break;
+            }
+            S = 1 + rest;
+            if (c >= 0) {
+                /* softmax_c - 1 = -(S - e_c) / S, with S - e_c the sum of
+                 * the other terms (rest itself when c is the max; else
+                 * S - e_c >= S / 2, exact to an ulp); the value
+                 * log S - (x_c - m), two terms >= 0 */
+                const double others = (ptrdiff_t)c == k ? rest : S - (double)gr[c];
+                for (i = 0; i < n; i++) gr[i] = (GC_T)((double)gr[i] / S);
+                gr[c] = (GC_T)(-others / S);
+                v = (GC_T)(log1p(rest) - (double)(xr[c] - m));
+            }
+            else {
+                for (i = 0; i < n; i++) gr[i] = (GC_T)((double)gr[i] / S);
+                v = (GC_T)((double)m + log1p(rest));
             }
             break;
         }

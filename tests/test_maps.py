@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 import gradchain as gc
 from gradchain import (Affine, CrossEntropy, Dot, LogSoftmax, LogSumExp, Map,
-                       MeanSquaredError, Softmax, SquaredError, check_grad,
+                       MeanSquaredError, Scale, Softmax, SquaredError, check_grad,
                        compose)
 
 from conftest import DTYPES, make_layout
@@ -1386,6 +1386,99 @@ def test_tanh_within_two_ulp_of_long_double(dtype):
     assert np.signbit(gc.Tanh()(np.array([-0.0], dtype)))[0]      # tanh(-0) = -0
     special = gc.Tanh()(np.array([np.inf, -np.inf, np.nan], dtype))
     assert special[0] == 1 and special[1] == -1 and np.isnan(special[2])
+
+
+# --------------------------------------------------------------------------
+# the softmax family with shifted logits (issue 12, item 2): within 4 ulp of
+# a long-double reference for common offsets up to 1e6, NumPy/SciPy side by
+# side; infinite logits give SciPy's values
+# --------------------------------------------------------------------------
+
+def _ld_softmax_parts(x):
+    """Long-double reference rows of the shifted forms: softmax, log-softmax,
+    logsumexp, and per label c log S - (x_c - m) (the cross-entropy)."""
+    xl = x.astype(np.longdouble)
+    m = xl.max(axis=1, keepdims=True)
+    e = np.exp(xl - m)
+    S = e.sum(axis=1, keepdims=True)
+    return xl, m, e / S, (xl - m) - np.log(S), (m + np.log(S))[:, 0], np.log(S)[:, 0]
+
+
+def _ulps(got, ref, dtype):
+    sp = np.maximum(np.spacing(np.abs(ref).astype(dtype)).astype(np.longdouble),
+                    np.finfo(dtype).smallest_subnormal)
+    return float(np.max(np.abs(np.asarray(got).astype(np.longdouble) - ref) / sp))
+
+
+@pytest.mark.skipif(np.finfo(np.longdouble).nmant < 60,
+                    reason="needs an extended long double for the reference")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("offset", [0.0, 1e3, 1e5, 1e6])
+@pytest.mark.parametrize("n", [7, 1000])
+def test_softmax_family_shifted_logits_ulp(rng, dtype, offset, n):
+    B = 24
+    x = (rng.standard_normal((B, n)) * 3 + offset).astype(dtype)
+    labels = rng.integers(0, n, B)
+    labels[:4] = np.argmax(x[:4], axis=1)       # the dominant class: 1 - s_c small
+    rows = np.arange(B)
+    xl, m, sm, ls, lse, logS = _ld_softmax_parts(x)
+    ce = logS - (xl[rows, labels] - m[:, 0])
+    gce = sm.copy()
+    gce[rows, labels] -= 1
+    assert _ulps(compose(Softmax())(x), sm, dtype) <= 4
+    assert _ulps(compose(LogSoftmax())(x), ls, dtype) <= 4
+    v, g = CrossEntropy(labels).value_and_grad(x)
+    assert _ulps(v.astype(dtype), ce, dtype) <= 4
+    assert _ulps(g, gce, dtype) <= 4
+    v, g = LogSumExp().value_and_grad(x)
+    assert _ulps(v.astype(dtype), lse, dtype) <= 4
+    assert _ulps(g, sm, dtype) <= 4
+    # through a composition's compiled pass as well (the loss after a map)
+    f = compose(Scale(1.0), loss=CrossEntropy(labels))
+    v2, g2 = f.value_and_grad(x, reduction="none")
+    assert _ulps(v2.astype(dtype), ce, dtype) <= 4 and _ulps(g2, gce, dtype) <= 4
+    # the log-softmax vjp from its (accurate) output: within a few ulp of
+    # g - softmax * sum(g) in long double, scaled by the terms' size
+    G = rng.standard_normal((B, n)).astype(dtype)
+    vj = compose(LogSoftmax()).vjp(x, G)
+    ref = G.astype(np.longdouble) - sm * G.astype(np.longdouble).sum(axis=1, keepdims=True)
+    scale = np.abs(G).astype(np.longdouble) + sm * np.abs(G).sum(axis=1, keepdims=True)
+    assert float(np.max(np.abs(vj - ref) / scale)) <= 8 * np.finfo(dtype).eps * (
+        1 + np.abs(ls).max())
+
+
+def _same_as(got, want, dtype):
+    """NaN where want is, the same infinities, the finite values within
+    4 ulp."""
+    got, want = np.asarray(got), np.asarray(want)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    fin = np.isfinite(want)
+    np.testing.assert_array_equal(got[~fin & ~np.isnan(want)], want[~fin & ~np.isnan(want)])
+    np.testing.assert_allclose(got[fin], want[fin], rtol=4 * np.finfo(dtype).eps, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_family_infinite_logits_as_scipy(dtype):
+    """+-inf and NaN logits give what scipy.special gives."""
+    special = pytest.importorskip("scipy.special")
+    rows = np.array([[np.inf, 1.0, 2.0], [np.inf, np.inf, 1.0], [-np.inf, 1.0, 2.0],
+                     [-np.inf, -np.inf, -np.inf], [np.nan, 1.0, 2.0],
+                     [np.inf, -np.inf, 0.0]], dtype)
+    with np.errstate(all="ignore"):
+        sm = special.softmax(rows, axis=1)
+        ls = special.log_softmax(rows, axis=1)
+        lse = special.logsumexp(rows, axis=1)
+        ce = lse - rows[:, 1]
+        gs = sm.copy()
+        gs[:, 1] -= 1
+    _same_as(compose(Softmax())(rows), sm, dtype)
+    _same_as(compose(LogSoftmax())(rows), ls, dtype)
+    v, g = LogSumExp().value_and_grad(rows)
+    _same_as(v, lse, dtype)
+    _same_as(g, sm, dtype)
+    v, g = CrossEntropy(np.ones(len(rows), np.int64)).value_and_grad(rows)
+    _same_as(v, ce, dtype)
+    _same_as(g, gs, dtype)
 
 
 # --------------------------------------------------------------------------
