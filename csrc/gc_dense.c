@@ -5,6 +5,7 @@
 #include "gc_dense.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #ifdef _OPENMP
 #include <omp.h>

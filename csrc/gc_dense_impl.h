@@ -275,24 +275,108 @@ GC_NAME(dot_contig)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n,
     }
 }
 
-/* Any column stride. */
-static void
-GC_NAME(dot_strided)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n,
+/* Long rows and strided rows.  The columns are cut into blocks of
+ * GC_DOT_BLOCK (a multiple of GC_W); a block's lane sums are computed as in
+ * dot_contig (from zero, the same operations in the same order), and the
+ * blocks' lane vectors are added in a fixed binary tree -- a cascade:
+ * block b is merged with the pending sums of the blocks before it as b's
+ * binary carries dictate, older + newer -- so a row of n terms sums with
+ * an error that grows as log2(n / GC_DOT_BLOCK) + GC_DOT_BLOCK / GC_W
+ * rather than n / GC_W, in an order that depends on n alone.  A strided
+ * row goes through the same operations (its loads strided), so it gives
+ * the contiguous row's bits; a row of at most GC_DOT_BLOCK columns gives
+ * dot_contig's. */
+#define GC_DOT_BLOCK ((ptrdiff_t)GC_W * 64)
+#define GC_DOT_LEVELS 32           /* up to 2^32 blocks in a row */
+
+static GC_INLINE void
+GC_NAME(dot_block4)(ptrdiff_t nb, ptrdiff_t cs, const GC_T *restrict a0,
+                    const GC_T *restrict a1, const GC_T *restrict a2,
+                    const GC_T *restrict a3, const GC_T *restrict x,
+                    GC_T *restrict P)
+{
+    ptrdiff_t c, l;
+    GC_T s0[GC_W] = {0}, s1[GC_W] = {0}, s2[GC_W] = {0}, s3[GC_W] = {0};
+    for (c = 0; c < nb; c += GC_W) {
+        for (l = 0; l < GC_W; l++) {
+            const GC_T xv = x[c + l];
+            s0[l] += a0[(c + l) * cs] * xv;
+            s1[l] += a1[(c + l) * cs] * xv;
+            s2[l] += a2[(c + l) * cs] * xv;
+            s3[l] += a3[(c + l) * cs] * xv;
+        }
+    }
+    for (l = 0; l < GC_W; l++) {
+        P[l] = s0[l];
+        P[GC_W + l] = s1[l];
+        P[2 * GC_W + l] = s2[l];
+        P[3 * GC_W + l] = s3[l];
+    }
+}
+
+GC_CLONES static void
+GC_NAME(dot_blocked)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n,
                      const GC_T *A, ptrdiff_t rs, ptrdiff_t cs,
                      const GC_T *restrict x, GC_T *restrict y)
 {
-    ptrdiff_t r, c;
-    for (r = r0; r < r1; r++) {
-        const GC_T *a = A + r * rs;
-        GC_T s0 = 0, s1 = 0;
-        for (c = 0; c + 2 <= n; c += 2) {
-            s0 += a[c * cs] * x[c];
-            s1 += a[(c + 1) * cs] * x[c + 1];
+    ptrdiff_t r, c, e, i;
+    const ptrdiff_t nb = n - n % GC_W;
+    GC_T stk[GC_DOT_LEVELS][4 * GC_W];
+    GC_T P[4 * GC_W];
+    for (r = r0; r < r1; r += 4) {
+        const ptrdiff_t nr = r1 - r < 4 ? r1 - r : 4;
+        const GC_T *rows[4];
+        GC_T t[4] = {0, 0, 0, 0};
+        unsigned long long cnt = 0;
+        int lvl, have = 0;
+        for (i = 0; i < 4; i++) {
+            rows[i] = A + (r + (i < nr ? i : nr - 1)) * rs;
         }
-        if (c < n) {
-            s0 += a[c * cs] * x[c];
+        for (c = 0; c < nb; c += GC_DOT_BLOCK) {
+            const ptrdiff_t w = nb - c < GC_DOT_BLOCK ? nb - c : GC_DOT_BLOCK;
+            if (cs == 1) {      /* the unit-stride instance: vector loads */
+                GC_NAME(dot_block4)(w, 1, rows[0] + c, rows[1] + c,
+                                    rows[2] + c, rows[3] + c, x + c, P);
+            }
+            else {
+                GC_NAME(dot_block4)(w, cs, rows[0] + c * cs, rows[1] + c * cs,
+                                    rows[2] + c * cs, rows[3] + c * cs, x + c, P);
+            }
+            /* the cascade: merge with the pending sums block cnt's carries
+             * name (older + newer), then park the result at its level */
+            for (lvl = 0; (cnt >> lvl) & 1; lvl++) {
+                for (e = 0; e < 4 * GC_W; e++) {
+                    P[e] = stk[lvl][e] + P[e];
+                }
+            }
+            memcpy(stk[lvl], P, sizeof P);
+            cnt++;
         }
-        y[r] = s0 + s1;
+        /* the pending sums, lowest level (newest) first */
+        for (lvl = 0; lvl < GC_DOT_LEVELS; lvl++) {
+            if ((cnt >> lvl) & 1) {
+                if (!have) {
+                    memcpy(P, stk[lvl], sizeof P);
+                    have = 1;
+                }
+                else {
+                    for (e = 0; e < 4 * GC_W; e++) {
+                        P[e] = stk[lvl][e] + P[e];
+                    }
+                }
+            }
+        }
+        if (!have) {
+            memset(P, 0, sizeof P);
+        }
+        for (c = nb; c < n; c++) {
+            for (i = 0; i < 4; i++) {
+                t[i] += rows[i][c * cs] * x[c];
+            }
+        }
+        for (i = 0; i < nr; i++) {
+            y[r + i] = GC_NAME(fold)(P + i * GC_W) + t[i];
+        }
     }
 }
 
@@ -301,11 +385,11 @@ GC_NAME(dot_rows_range)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n,
                         const GC_T *A, ptrdiff_t rs, ptrdiff_t cs,
                         const GC_T *x, GC_T *y)
 {
-    if (cs == 1) {
+    if (cs == 1 && n <= GC_DOT_BLOCK) {
         GC_NAME(dot_contig)(r0, r1, n, A, rs, x, y);
     }
     else {
-        GC_NAME(dot_strided)(r0, r1, n, A, rs, cs, x, y);
+        GC_NAME(dot_blocked)(r0, r1, n, A, rs, cs, x, y);
     }
 }
 

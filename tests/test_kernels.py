@@ -384,3 +384,50 @@ def test_entry_point_shape_mismatch(kernel):
         args = (np.ones((2, 4)), np.empty((3, 3)))  # out must be (2, 3)
     with pytest.raises(ValueError, match="shape mismatch"):
         getattr(K if kernel in ("jtv", "jv") else _blas, kernel)(J, *args)
+
+
+# --------------------------------------------------------------------------
+# long sums (issue 12, item 1): a row of millions of terms sums in a fixed
+# cascade of blocks, contiguous or strided, no worse than np.dot
+# --------------------------------------------------------------------------
+
+@pytest.mark.skipif(np.finfo(np.longdouble).nmant < 60,
+                    reason="needs an extended long double for the reference")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_long_row_sums_against_long_double(rng, dtype):
+    m = 3 * 10**6
+    eps = np.finfo(dtype).eps
+    buf = rng.random((1, 2 * m)).astype(dtype)
+    strided = buf[:, ::2]
+    contig = np.ascontiguousarray(strided)
+    v = rng.random(m).astype(dtype)
+    ref = np.sum(contig[0].astype(np.longdouble) * v.astype(np.longdouble))
+    y = gradchain.jvp([contig], v)
+    ys = gradchain.jvp([strided], v)
+    # the same operations in the same order: the same bits either way
+    assert y.tobytes() == ys.tobytes()
+    err = float(abs(np.longdouble(y[0]) - ref) / ref)
+    err_np = float(abs(np.longdouble(np.dot(contig[0], v)) - ref) / ref)
+    assert err <= max(err_np, 4 * eps)
+    # before the cascade: float32 summed 94K terms a lane (~100 eps here),
+    # the strided row two running sums (~1000 eps)
+    assert err <= 4 * eps
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_long_rows_bitwise_independent_of_threads(rng, dtype, restore_threads):
+    """Rows longer than a block (the cascade) and rows of a block or less
+    (the plain lanes) give the same bits for 1 and 2 threads, and a
+    strided view the bits of its contiguous copy."""
+    for n in (5000, 2048, 1000):
+        J = rng.standard_normal((37, 2 * n)).astype(dtype)[:, ::2]
+        v = rng.standard_normal(n).astype(dtype)
+        outs = []
+        for t in (1, 2):
+            gradchain.set_num_threads(t)
+            outs.append(gradchain.jvp([J], v).tobytes())
+            outs.append(gradchain.jvp([np.ascontiguousarray(J)], v).tobytes())
+        assert len(set(outs)) == 1, n
+        ref = J.astype(np.float64) @ v.astype(np.float64)
+        np.testing.assert_allclose(np.frombuffer(outs[0], dtype), ref,
+                                   rtol=0, atol=50 * np.finfo(dtype).eps * np.abs(J).sum(1).max())
