@@ -165,6 +165,18 @@ SECTIONS = [
                "Chain.vjp(g, intermediates=True) vs Chain.vjp(g), k = 64, n = 16 "
                "(target: at most 1.3× the time, i.e. a ratio of at least 0.77)"),
     ]),
+    ("issue 12: kernels (subnormals; the accuracy items are tests, "
+     "bench/results/issue12-accuracy.md)", [
+        Target("k=512 n=64 float64 chain, cotangent in the subnormal range (1e-310)",
+               "normal range", 0.77,
+               "subnormal chain with errstate(subnormals=\"flush\") vs the same chain "
+               "in the normal range (target: at most 1.3× the time, a ratio of at least 0.77)"),
+        Target("k=512 n=64 float64 chain, cotangent in the subnormal range (1e-310)",
+               "IEEE subnormal", None,
+               "the same chain in IEEE mode on subnormals / flushed (the slowdown flushing removes)"),
+        Target("k=512 n=64 float64 chain, cotangent in the subnormal range (1e-310)",
+               "numpy subnormal", None, "NumPy loop on subnormals / gradchain flushed"),
+    ]),
     ("issue 10: sparse and matrix-free links (float64; GB/s of matrix data in the time column)", [
         Target("CSR 1e6 x 1e6, 10/row: J^T g", "scipy", 1.6,
                "one CSR link 10⁶×10⁶, 10 per row, int32: Chain.vjp vs scipy `J.T @ g`"),

@@ -76,6 +76,31 @@ int gc_have_openmp(void);
  * omp_set_num_threads, hence threadpoolctl); 1 without OpenMP. */
 int gc_max_threads(void);
 
+/* --- the floating-point environment of a call --------------------------
+ *
+ * Flush-to-zero and denormals-are-zero (x86-64: MXCSR FTZ | DAZ; aarch64:
+ * FPCR FZ) for gradchain's own work, chosen per calling thread:
+ * gc_fp_set_flush(1) makes this thread's later calls run flushed.  A call
+ * brackets its compiled work with gc_fp_enter / gc_fp_exit: with flushing
+ * on, enter saves and sets the bits in the calling thread and, through one
+ * parallel region of nthreads, in each OpenMP worker that will run it (the
+ * worker keeps its own old bits); exit puts back every thread's old bits
+ * (the two bits only; the rest of the control word is left as found).
+ * With flushing off both cost one thread-local read. */
+typedef struct {
+    int on;                 /* flushing this call */
+    int nthreads;           /* the workers set by enter */
+    unsigned long long caller;  /* the caller's control word on entry */
+} gc_fpstate;
+
+int gc_fp_flush_supported(void);
+void gc_fp_set_flush(int on);
+int gc_fp_get_flush(void);
+void gc_fp_enter(gc_fpstate *st, int nthreads);
+void gc_fp_exit(const gc_fpstate *st);
+/* the tests' look at every worker's bits (gc_dense.c) */
+int gc_fp_probe(int nthreads, int *during, int *after);
+
 #ifdef __cplusplus
 }
 #endif

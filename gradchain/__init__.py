@@ -14,6 +14,7 @@ from gradchain._kernels import (
 from gradchain._chain import Trajectory
 from gradchain.chain import Chain, ChainPlan, jacobian, jvp, vjp
 from gradchain.composition import Composition, check_grad, compose
+from gradchain.fpenv import errstate, get_subnormals
 from gradchain.losses import (
     CrossEntropy,
     Dot,
@@ -69,5 +70,7 @@ __all__ = [
     "get_num_threads",
     "simd_target",
     "openmp_enabled",
+    "errstate",
+    "get_subnormals",
     "__version__",
 ]

@@ -22,7 +22,8 @@ from cython cimport floating
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 from gradchain._kernels cimport (link_jtv, link_jv, effective_threads,
-                                 pack_rows, elem_stride)
+                                 pack_rows, elem_stride, fp_enter, fp_exit,
+                                 gc_fpstate)
 from gradchain._sizes cimport gc_size_mul, gc_malloc_n
 
 # Panel size (elements) for a strided operand: 32 Ki elements is 256 KiB
@@ -171,11 +172,14 @@ def _blocks(const floating[:, :] J, const floating[:, ::1] X,
     cdef Py_ssize_t rs = elem_stride(J.strides[0], sizeof(floating))
     cdef Py_ssize_t cs = elem_stride(J.strides[1], sizeof(floating))
     cdef int nt = effective_threads(), rc
+    cdef gc_fpstate fps
     with nogil:
+        fp_enter(&fps, nt)
         if transpose:
             rc = block_jtv(&J[0, 0], m, n, rs, cs, &X[0, 0], B, &out[0, 0], nt)
         else:
             rc = block_jv(&J[0, 0], m, n, rs, cs, &X[0, 0], B, &out[0, 0], nt)
+        fp_exit(&fps)
     if rc:
         raise MemoryError()
 

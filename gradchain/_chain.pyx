@@ -30,7 +30,7 @@ from gradchain._bracket cimport (Strategy, choose, product_factors,
                                  MODE_SPARSE, ORDER_LEFT, sparse_jacobian_ok)
 from gradchain._propagate cimport propagate
 from gradchain._accumulate cimport run_product, run_samples, run_sparse_product
-from gradchain._kernels cimport effective_threads
+from gradchain._kernels cimport effective_threads, fp_enter, fp_exit, gc_fpstate
 from gradchain._sizes cimport gc_size_mul, gc_size_mul3, gc_size_add, gc_malloc_n
 
 cnp.import_array()
@@ -380,6 +380,7 @@ cdef class ChainCore(LinkTable):
         cdef const int *split = s.split
         cdef int order = s.order
         cdef bint per_sample = s.per_sample, sample_threads = s.sample_threads
+        cdef gc_fpstate fps
         if f == NULL:
             raise MemoryError()
         try:
@@ -388,12 +389,14 @@ cdef class ChainCore(LinkTable):
             if s.per_sample:
                 ostride = cnp.PyArray_STRIDE(dst, 0) // cnp.PyArray_ITEMSIZE(dst)
             with nogil:
+                fp_enter(&fps, nt)
                 if typenum == cnp.NPY_DOUBLE:
                     rc = _execute(f, m, split, order, per_sample, sample_threads,
                                   nb, <double *>out, ostride, nt)
                 else:
                     rc = _execute(f, m, split, order, per_sample, sample_threads,
                                   nb, <float *>out, ostride, nt)
+                fp_exit(&fps)
         finally:
             free(f)
         if rc:
@@ -438,6 +441,7 @@ cdef class ChainCore(LinkTable):
             raise TypeError(f"intermediates must be True or False, got {flag!r}")
         x = self.vector(x_in, name, transpose, &typenum, &B, &nres)
         cdef int nd = cnp.PyArray_NDIM(x)
+        cdef gc_fpstate fps
         if typenum != self.typenum and self.typenum != -1:
             # float32 chain, float64 vector: promoted for this call (as _product)
             promoted = ChainCore([_promoted(J) for J in self.jacobians],
@@ -508,6 +512,7 @@ cdef class ChainCore(LinkTable):
             if run > 0:
                 nt = effective_threads()
                 with nogil:
+                    fp_enter(&fps, nt)
                     if typenum == cnp.NPY_DOUBLE:
                         rc = propagate(self.links + (k - run if transpose else 0),
                                        run, self.maxw, transpose,
@@ -518,6 +523,7 @@ cdef class ChainCore(LinkTable):
                                        run, self.maxw, transpose,
                                        <const float *>cnp.PyArray_DATA(x), B,
                                        NULL, NULL, nt, <float **>(steps + 1))
+                    fp_exit(&fps)
         finally:
             if steps != &stackbuf[0]:
                 free(steps)
@@ -637,12 +643,15 @@ cdef class ChainCore(LinkTable):
         cdef int rc, nt = effective_threads()
         cdef const void *xp = cnp.PyArray_DATA(x)
         cdef void *dp = cnp.PyArray_DATA(dst)
+        cdef gc_fpstate fps
         with nogil:
+            fp_enter(&fps, nt)
             if typenum == cnp.NPY_DOUBLE:
                 rc = propagate(self.links, self.k, self.maxw, transpose,
                                <const double *>xp, B, <double *>dp, NULL, nt)
             else:
                 rc = propagate(self.links, self.k, self.maxw, transpose,
                                <const float *>xp, B, <float *>dp, NULL, nt)
+            fp_exit(&fps)
         if rc:
             link_raise(rc, "could not allocate the chain's work buffers")

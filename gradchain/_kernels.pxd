@@ -28,10 +28,29 @@ cdef extern from "gc_dense.h" nogil:
     const char *gc_simd_target()
     int gc_have_openmp()
     int gc_max_threads()
+    ctypedef struct gc_fpstate:
+        int on
+        int nthreads
+        unsigned long long caller
+    int gc_fp_flush_supported()
+    void gc_fp_set_flush(int on)
+    int gc_fp_get_flush()
+    void gc_fp_enter(gc_fpstate *st, int nthreads)
+    void gc_fp_exit(const gc_fpstate *st)
+    int gc_fp_probe(int nthreads, int *during, int *after)
 
 
 # Number of threads the next kernel call may use (see set_num_threads).
 cdef int effective_threads() noexcept nogil
+
+# The floating-point environment of one call (csrc/gc_dense.h): every block
+# of compiled work that runs kernels is bracketed by fp_enter(&st, nt) ...
+# fp_exit(&st), with nt the threads it may use; they flush subnormals in
+# the caller and those workers when the calling thread asked for it
+# (gradchain.errstate), and cost a thread-local read otherwise.  Defined
+# here, the one module whose C holds the per-thread choice.
+cdef void fp_enter(gc_fpstate *st, int nthreads) noexcept nogil
+cdef void fp_exit(const gc_fpstate *st) noexcept nogil
 
 # out (n,) = J^T g for one dense J (m, n) given by its first element and its
 # strides in elements.  g and out are contiguous and do not overlap J.

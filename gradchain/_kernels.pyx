@@ -24,6 +24,14 @@ cdef int effective_threads() noexcept nogil:
     return gc_max_threads()
 
 
+cdef void fp_enter(gc_fpstate *st, int nthreads) noexcept nogil:
+    gc_fp_enter(st, nthreads)
+
+
+cdef void fp_exit(const gc_fpstate *st) noexcept nogil:
+    gc_fp_exit(st)
+
+
 cdef inline Py_ssize_t _abs(Py_ssize_t a) noexcept nogil:
     return -a if a < 0 else a
 
@@ -115,6 +123,35 @@ def openmp_enabled():
     return bool(gc_have_openmp())
 
 
+def _flush_supported():
+    """Whether this CPU and build can flush subnormals (gradchain.errstate)."""
+    return bool(gc_fp_flush_supported())
+
+
+def _set_flush(bint on):
+    """This thread's choice: flush subnormals in gradchain's calls."""
+    gc_fp_set_flush(on)
+
+
+def _get_flush():
+    return bool(gc_fp_get_flush())
+
+
+def _fp_probe(int nthreads):
+    """For the tests: run one bracketed call over nthreads (under this
+    thread's choice) and report, per thread of a parallel region, whether
+    the flush bits were set during it and whether any is left after it:
+    (region size, [during], [after]); -1 for a thread missing."""
+    if not 1 <= nthreads <= 256:
+        raise ValueError(f"nthreads must be in 1..256, got {nthreads}")
+    cdef int during[256]
+    cdef int after[256]
+    cdef int got
+    with nogil:
+        got = gc_fp_probe(nthreads, during, after)
+    return got, [during[t] for t in range(nthreads)], [after[t] for t in range(nthreads)]
+
+
 # --------------------------------------------------------------------------
 # Typed-memoryview entry points (tests and benchmarks)
 # --------------------------------------------------------------------------
@@ -139,11 +176,14 @@ def _vector(const floating[:, :] J, const floating[::1] x, floating[::1] out,
     cdef Py_ssize_t rs = elem_stride(J.strides[0], sizeof(floating))
     cdef Py_ssize_t cs = elem_stride(J.strides[1], sizeof(floating))
     cdef int nt = effective_threads(), rc
+    cdef gc_fpstate fps
     with nogil:
+        fp_enter(&fps, nt)
         if transpose:
             rc = link_jtv(&J[0, 0], m, n, rs, cs, &x[0], &out[0], nt)
         else:
             rc = link_jv(&J[0, 0], m, n, rs, cs, &x[0], &out[0], nt)
+        fp_exit(&fps)
     if rc:
         raise MemoryError()
 

@@ -25,7 +25,7 @@ from libc.string cimport memcpy
 from cpython.mem cimport PyMem_Malloc, PyMem_Free
 from cython cimport floating
 
-from gradchain._kernels cimport effective_threads
+from gradchain._kernels cimport effective_threads, fp_enter, fp_exit, gc_fpstate
 from gradchain._blas cimport block_jv, matmul
 from gradchain._link cimport (Link, LINK_DENSE, LINK_DIAG, LINK_DIAG_RANK1,
                               LINK_ELEMENTWISE, LINK_SOFTMAX, LINK_LOG_SOFTMAX,
@@ -697,6 +697,7 @@ cdef class Program:
             gr = _Grads.__new__(_Grads)
         cdef const floating *ap = NULL
         cdef const long long *lp = NULL
+        cdef gc_fpstate fps
         if aux is not None:
             ap = <const floating *>cnp.PyArray_DATA(<cnp.ndarray>aux)
         if labels is not None:
@@ -712,6 +713,7 @@ cdef class Program:
                 gr.prepare(self, B, dims, pmode == 2, want_x,
                            <char *>(work + B * nmax), res, sizeof(floating))
             with nogil:
+                fp_enter(&fps, nt)
                 rc = _forward(self._ops, k, B, dims, xs, nt)
                 if rc == 0:
                     # the loss gradient goes to work half 1; the first link
@@ -730,6 +732,7 @@ cdef class Program:
                                        work + B * nmax,
                                        <floating *>cnp.PyArray_DATA(res), work,
                                        nmax, nt)
+                fp_exit(&fps)
         finally:
             if xs != xsbuf:
                 PyMem_Free(xs)
@@ -791,6 +794,7 @@ cdef class Program:
         cdef cnp.npy_intp odims[2]
         cdef cnp.ndarray out
         cdef bint zero = False
+        cdef gc_fpstate fps
         if k == 0:
             return [] if want_links else np.eye(dims[0], dtype=x.dtype)
         links = <Link *>gc_malloc_n(2 * k, sizeof(Link))
@@ -803,10 +807,12 @@ cdef class Program:
         try:
             _bind_layers(xs, <floating *>cnp.PyArray_DATA(x), base, dims, 1, k)
             with nogil:
+                fp_enter(&fps, nt)
                 rc = _forward(self._ops, k, 1, dims, xs, nt)
                 if rc == 0:
                     _jacobian_links(self._ops, k, dims, xs, base + total, nmax,
                                     links)
+                fp_exit(&fps)
             if rc:
                 raise MemoryError()
             if want_links:
@@ -824,8 +830,10 @@ cdef class Program:
             s = choose(links, k, MODE_JACOBIAN, 0, -1, cache)
             product_factors(links, k, MODE_JACOBIAN, 0, NULL, f)
             with nogil:
+                fp_enter(&fps, nt)
                 rc = run_product(f, k, s.split, s.order,
                                  <floating *>cnp.PyArray_DATA(out), nt)
+                fp_exit(&fps)
             if rc:
                 raise MemoryError("could not allocate the intermediate products")
             return out
@@ -909,6 +917,7 @@ cdef class Program:
         cdef const floating *tp
         cdef bint transpose
         cdef _Grads gr
+        cdef gc_fpstate fps
         dtype = X.dtype
         if k + 1 > 65:
             xs = <floating **>PyMem_Malloc((k + 1) * sizeof(floating *))
@@ -918,7 +927,9 @@ cdef class Program:
             work = _bind_layers(xs, <floating *>cnp.PyArray_DATA(X), base,
                                 dims, B, k)
             with nogil:
+                fp_enter(&fps, nt)
                 rc = _forward(self._ops, k, B, dims, xs, nt)
+                fp_exit(&fps)
             if rc:
                 raise MemoryError()
             if mode == "forward":
@@ -939,14 +950,18 @@ cdef class Program:
                 gr.prepare(self, B, dims, pmode == 2, want_x, <char *>tp, res,
                            sizeof(floating))
                 with nogil:
+                    fp_enter(&fps, nt)
                     rc = gr.run(self._ops, k, B, dims, xs, nmax, nt)
+                    fp_exit(&fps)
                 if rc:
                     raise MemoryError()
                 return (Y, res if want_x else None, gr.grads)
             with nogil:
+                fp_enter(&fps, nt)
                 rc = _backward(self._ops, k, B, dims, xs, transpose, tp,
                                <floating *>cnp.PyArray_DATA(res), work,
                                nmax, nt)
+                fp_exit(&fps)
             if rc:
                 raise MemoryError()
             return (Y, res)
