@@ -20,7 +20,7 @@ from libc.stdlib cimport free
 from libc.stdint cimport int32_t, int64_t
 
 from gradchain._sizes cimport gc_malloc_n, gc_size_mul
-from gradchain._kernels cimport effective_threads
+from gradchain._kernels cimport effective_threads, fp_enter, fp_exit, gc_fpstate
 from cython cimport floating
 
 cnp.import_array()
@@ -353,13 +353,16 @@ def sparse_rows(const floating[::1] data, const sp_index[::1] indices,
         raise ValueError(f"corrupt structure (gc_sp_check code {rc} at {where})")
     if B == 0 or out.shape[1] == 0:
         return
+    cdef int nt = effective_threads()
+    cdef gc_fpstate fps
     with nogil:
+        fp_enter(&fps, nt)
         rc = gc_sp_apply(floating is double, sizeof(sp_index), gather, nl,
                          &indptr[0], &indices[0] if indices.shape[0] else NULL,
                          &data[0] if data.shape[0] else NULL, indptr[nl], B,
                          &x[0, 0] if x.shape[1] else NULL, nbound,
-                         &out[0, 0], effective_threads(),
-                         link_block_part(part, B), tiled)
+                         &out[0, 0], nt, link_block_part(part, B), tiled)
+        fp_exit(&fps)
     if rc == 3:
         raise ValueError(f"tiled needs rows in multiples of 8, got {B}")
     if rc == 2:
