@@ -167,6 +167,11 @@ SECTIONS = [
     ]),
     ("issue 12: kernels (subnormals; the accuracy items are tests, "
      "bench/results/issue12-accuracy.md)", [
+        Target("chain.jvp k=64 n=16 (prebuilt)", "numpy", 15.0,
+               "prebuilt Chain.jvp k=64 n=16 vs NumPy loop"),
+        Target("chain.jvp k=64 n=16 (prebuilt)", "Chain.vjp", 0.8,
+               "prebuilt Chain.jvp k=64 n=16 vs Chain.vjp on the same chain "
+               "(target: at least 0.8, i.e. jvp time at most 1.25× vjp's)"),
         Target("k=512 n=64 float64 chain, cotangent in the subnormal range (1e-310)",
                "normal range", 0.77,
                "subnormal chain with errstate(subnormals=\"flush\") vs the same chain "
