@@ -254,58 +254,12 @@ GC_NAME(fold)(const GC_T *s)
 #endif
 }
 
-/* Unit column stride: four rows at a time share each load of x; each row
- * sums in GC_W lanes, folded at the end.  A last group of fewer than four
- * rows repeats its final row in the missing slots, so that every row goes
- * through the same instructions wherever it sits (results do not depend on
- * how rows are split between threads). */
-GC_CLONES static void
-GC_NAME(dot_contig)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n,
-                    const GC_T *A, ptrdiff_t rs,
-                    const GC_T *restrict x, GC_T *restrict y)
-{
-    ptrdiff_t r, c, l;
-    const ptrdiff_t nb = n - n % GC_W;
-    for (r = r0; r < r1; r += 4) {
-        const ptrdiff_t nr = r1 - r < 4 ? r1 - r : 4;
-        const GC_T *restrict a0 = A + r * rs;
-        const GC_T *restrict a1 = a0 + (nr > 1 ? rs : 0);
-        const GC_T *restrict a2 = a0 + (nr > 2 ? 2 * rs : (nr - 1) * rs);
-        const GC_T *restrict a3 = a0 + (nr - 1) * rs;
-        GC_T s0[GC_W] = {0}, s1[GC_W] = {0}, s2[GC_W] = {0}, s3[GC_W] = {0};
-        GC_T t0 = 0, t1 = 0, t2 = 0, t3 = 0;
-        for (c = 0; c < nb; c += GC_W) {
-            for (l = 0; l < GC_W; l++) {
-                const GC_T xv = x[c + l];
-                s0[l] += a0[c + l] * xv;
-                s1[l] += a1[c + l] * xv;
-                s2[l] += a2[c + l] * xv;
-                s3[l] += a3[c + l] * xv;
-            }
-        }
-        for (c = nb; c < n; c++) {
-            t0 += a0[c] * x[c];
-            t1 += a1[c] * x[c];
-            t2 += a2[c] * x[c];
-            t3 += a3[c] * x[c];
-        }
-        y[r] = GC_NAME(fold)(s0) + t0;
-        if (nr > 1) {
-            y[r + 1] = GC_NAME(fold)(s1) + t1;
-        }
-        if (nr > 2) {
-            y[r + 2] = GC_NAME(fold)(s2) + t2;
-        }
-        if (nr > 3) {
-            y[r + 3] = GC_NAME(fold)(s3) + t3;
-        }
-    }
-}
-
-/* Short rows (n < 4 GC_W): one row at a time, so that its GC_W lanes and
- * the fold stay in registers (four rows' lanes do not fit and spill, and
- * even two measured slower: 780 -> 2250 instructions a 16 x 16 link).  The
- * same operations per row as dot_contig, so the same bits. */
+/* Unit column stride, short rows (n < GC_SHORT_MAX): one row at a time, so
+ * that its GC_W lanes and the fold stay in registers (four rows' lanes do
+ * not fit and spill, and even two measured slower: 780 -> 2250
+ * instructions a 16 x 16 link).  Each row sums in GC_W lanes, folded at the
+ * end: the same operations per row as dot_blocked's one-block rows, so the
+ * same bits. */
 GC_CLONES static void
 GC_NAME(dot_short)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n,
                    const GC_T *A, ptrdiff_t rs,
@@ -329,17 +283,19 @@ GC_NAME(dot_short)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n,
     }
 }
 
-/* Long rows and strided rows.  The columns are cut into blocks of
- * GC_DOT_BLOCK (a multiple of GC_W); a block's lane sums are computed as in
- * dot_contig (from zero, the same operations in the same order), and the
- * blocks' lane vectors are added in a fixed binary tree -- a cascade:
- * block b is merged with the pending sums of the blocks before it as b's
- * binary carries dictate, older + newer -- so a row of n terms sums with
- * an error that grows as log2(n / GC_DOT_BLOCK) + GC_DOT_BLOCK / GC_W
- * rather than n / GC_W, in an order that depends on n alone.  A strided
- * row goes through the same operations (its loads strided), so it gives
- * the contiguous row's bits; a row of at most GC_DOT_BLOCK columns gives
- * dot_contig's. */
+/* Every other row: four rows at a time share each load of x; each row sums
+ * in GC_W lanes, folded at the end.  A last group of fewer than four rows
+ * repeats its final row in the missing slots, so that every row goes
+ * through the same instructions wherever it sits (results do not depend on
+ * how rows are split between threads).  Rows longer than GC_DOT_BLOCK (a
+ * multiple of GC_W) are cut into blocks; a block's lane sums start from
+ * zero, and the blocks' lane vectors are added in a fixed binary tree -- a
+ * cascade: block b is merged with the pending sums of the blocks before it
+ * as b's binary carries dictate, older + newer -- so a row of n terms sums
+ * with an error that grows as log2(n / GC_DOT_BLOCK) + GC_DOT_BLOCK / GC_W
+ * rather than n / GC_W, in an order that depends on n alone.  A strided row
+ * goes through the same operations (its loads strided), so it gives the
+ * contiguous row's bits. */
 #define GC_DOT_BLOCK ((ptrdiff_t)GC_W * 64)
 #ifndef GC_SHORT_MAX
 #define GC_SHORT_MAX ((ptrdiff_t)GC_W * 16)
@@ -384,47 +340,56 @@ GC_NAME(dot_blocked)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n,
         const ptrdiff_t nr = r1 - r < 4 ? r1 - r : 4;
         const GC_T *rows[4];
         GC_T t[4] = {0, 0, 0, 0};
-        unsigned long long cnt = 0;
-        int lvl, have = 0;
         for (i = 0; i < 4; i++) {
             rows[i] = A + (r + (i < nr ? i : nr - 1)) * rs;
         }
-        for (c = 0; c < nb; c += GC_DOT_BLOCK) {
-            const ptrdiff_t w = nb - c < GC_DOT_BLOCK ? nb - c : GC_DOT_BLOCK;
+        if (nb <= GC_DOT_BLOCK) {
+            /* one block (or none): its lane sums are the rows' */
             if (cs == 1) {      /* the unit-stride instance: vector loads */
-                GC_NAME(dot_block4)(w, 1, rows[0] + c, rows[1] + c,
-                                    rows[2] + c, rows[3] + c, x + c, P);
+                GC_NAME(dot_block4)(nb, 1, rows[0], rows[1], rows[2], rows[3], x, P);
             }
             else {
-                GC_NAME(dot_block4)(w, cs, rows[0] + c * cs, rows[1] + c * cs,
-                                    rows[2] + c * cs, rows[3] + c * cs, x + c, P);
+                GC_NAME(dot_block4)(nb, cs, rows[0], rows[1], rows[2], rows[3], x, P);
             }
-            /* the cascade: merge with the pending sums block cnt's carries
-             * name (older + newer), then park the result at its level */
-            for (lvl = 0; (cnt >> lvl) & 1; lvl++) {
-                for (e = 0; e < 4 * GC_W; e++) {
-                    P[e] = stk[lvl][e] + P[e];
-                }
-            }
-            memcpy(stk[lvl], P, sizeof P);
-            cnt++;
         }
-        /* the pending sums, lowest level (newest) first */
-        for (lvl = 0; lvl < GC_DOT_LEVELS; lvl++) {
-            if ((cnt >> lvl) & 1) {
-                if (!have) {
-                    memcpy(P, stk[lvl], sizeof P);
-                    have = 1;
+        else {
+            unsigned long long cnt = 0;
+            int lvl, have = 0;
+            for (c = 0; c < nb; c += GC_DOT_BLOCK) {
+                const ptrdiff_t w = nb - c < GC_DOT_BLOCK ? nb - c : GC_DOT_BLOCK;
+                if (cs == 1) {
+                    GC_NAME(dot_block4)(w, 1, rows[0] + c, rows[1] + c,
+                                        rows[2] + c, rows[3] + c, x + c, P);
                 }
                 else {
+                    GC_NAME(dot_block4)(w, cs, rows[0] + c * cs, rows[1] + c * cs,
+                                        rows[2] + c * cs, rows[3] + c * cs, x + c, P);
+                }
+                /* the cascade: merge with the pending sums block cnt's
+                 * carries name (older + newer), then park the result at
+                 * its level */
+                for (lvl = 0; (cnt >> lvl) & 1; lvl++) {
                     for (e = 0; e < 4 * GC_W; e++) {
                         P[e] = stk[lvl][e] + P[e];
                     }
                 }
+                memcpy(stk[lvl], P, sizeof P);
+                cnt++;
             }
-        }
-        if (!have) {
-            memset(P, 0, sizeof P);
+            /* the pending sums, lowest level (newest) first */
+            for (lvl = 0; lvl < GC_DOT_LEVELS; lvl++) {
+                if ((cnt >> lvl) & 1) {
+                    if (!have) {
+                        memcpy(P, stk[lvl], sizeof P);
+                        have = 1;
+                    }
+                    else {
+                        for (e = 0; e < 4 * GC_W; e++) {
+                            P[e] = stk[lvl][e] + P[e];
+                        }
+                    }
+                }
+            }
         }
         for (c = nb; c < n; c++) {
             for (i = 0; i < 4; i++) {
@@ -444,9 +409,6 @@ GC_NAME(dot_rows_range)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n,
 {
     if (cs == 1 && n < GC_SHORT_MAX) {
         GC_NAME(dot_short)(r0, r1, n, A, rs, x, y);
-    }
-    else if (cs == 1 && n <= GC_DOT_BLOCK) {
-        GC_NAME(dot_contig)(r0, r1, n, A, rs, x, y);
     }
     else {
         GC_NAME(dot_blocked)(r0, r1, n, A, rs, cs, x, y);
