@@ -222,10 +222,9 @@ GC_NAME(fold)(const GC_T *s)
 {
 #if defined(__GNUC__)
     GC_NAME(v4) g[GC_W / 4];
-    ptrdiff_t l;
     memcpy(g, s, sizeof g);
 #if GC_W >= 32
-    for (l = 0; l < 4; l++) {
+    for (ptrdiff_t l = 0; l < 4; l++) {
         g[l] += g[l + 4];
     }
 #endif

@@ -215,6 +215,24 @@ GC_NAME(row_shifted_exp)(ptrdiff_t n, const GC_T *x, GC_T *e, GC_T *m_out,
     return 1;
 }
 
+/* e[i] /= S for a row (the softmax's normalisation, in double). */
+static void
+GC_NAME(row_divide)(ptrdiff_t n, GC_T *e, double S)
+{
+    ptrdiff_t i;
+    for (i = 0; i < n; i++) e[i] = (GC_T)((double)e[i] / S);
+}
+
+/* softmax of a row whose max m is +-inf or NaN, as scipy computes it:
+ * exp(x - m) / sum (NaN rows: inf - inf, or a NaN, reaches every entry). */
+static void
+GC_NAME(row_softmax_nonfinite)(ptrdiff_t n, const GC_T *x, GC_T m, GC_T *y)
+{
+    ptrdiff_t i;
+    for (i = 0; i < n; i++) y[i] = GC_EXP(x[i] - m);
+    GC_NAME(row_divide)(n, y, GC_NAME(sum_pw)(n, y));
+}
+
 void
 GC_NAME(gc_softmax)(int take_log, ptrdiff_t B, ptrdiff_t n, const GC_T *x, GC_T *y)
 {
@@ -237,10 +255,7 @@ GC_NAME(gc_softmax)(int take_log, ptrdiff_t B, ptrdiff_t n, const GC_T *x, GC_T 
                 for (i = 0; i < n; i++) yr[i] = xr[i] - (GC_T)s;
             }
             else {
-                double S;
-                for (i = 0; i < n; i++) yr[i] = GC_EXP(xr[i] - m);
-                S = GC_NAME(sum_pw)(n, yr);
-                for (i = 0; i < n; i++) yr[i] = (GC_T)((double)yr[i] / S);
+                GC_NAME(row_softmax_nonfinite)(n, xr, m, yr);
             }
             continue;
         }
@@ -250,8 +265,7 @@ GC_NAME(gc_softmax)(int take_log, ptrdiff_t B, ptrdiff_t n, const GC_T *x, GC_T 
             for (i = 0; i < n; i++) yr[i] = (GC_T)((double)(xr[i] - m) - ls);
         }
         else {
-            const double S = 1 + rest;
-            for (i = 0; i < n; i++) yr[i] = (GC_T)((double)yr[i] / S);
+            GC_NAME(row_divide)(n, yr, 1 + rest);
         }
     }
 }
@@ -330,9 +344,7 @@ GC_NAME(gc_loss)(int code, ptrdiff_t B, ptrdiff_t n, const GC_T *x,
             if (!GC_NAME(row_shifted_exp)(n, xr, gr, &m, &k, &rest)) {
                 /* an infinite or NaN max: logsumexp is m (scipy's), the
                  * gradient softmax through x - m (NaN rows) */
-                for (i = 0; i < n; i++) gr[i] = GC_EXP(xr[i] - m);
-                S = GC_NAME(sum_pw)(n, gr);
-                for (i = 0; i < n; i++) gr[i] = (GC_T)((double)gr[i] / S);
+                GC_NAME(row_softmax_nonfinite)(n, xr, m, gr);
                 v = m;
                 if (c >= 0) {
                     gr[c] -= 1;
@@ -347,12 +359,12 @@ GC_NAME(gc_loss)(int code, ptrdiff_t B, ptrdiff_t n, const GC_T *x,
                  * S - e_c >= S / 2, exact to an ulp); the value
                  * log S - (x_c - m), two terms >= 0 */
                 const double others = (ptrdiff_t)c == k ? rest : S - (double)gr[c];
-                for (i = 0; i < n; i++) gr[i] = (GC_T)((double)gr[i] / S);
+                GC_NAME(row_divide)(n, gr, S);
                 gr[c] = (GC_T)(-others / S);
                 v = (GC_T)(log1p(rest) - (double)(xr[c] - m));
             }
             else {
-                for (i = 0; i < n; i++) gr[i] = (GC_T)((double)gr[i] / S);
+                GC_NAME(row_divide)(n, gr, S);
                 v = (GC_T)((double)m + log1p(rest));
             }
             break;
