@@ -472,9 +472,12 @@ cdef class _Grads:
         # the cotangents kept: at x^(first + 1) .. x^(k - 1), and x^(0)
         # (into res) when the input's gradient is wanted
         self.nsteps = k if want_x else k - 1 - first if first < k else 0
+        cdef Py_ssize_t rows
         for i in range(k - self.nsteps, k):
-            if i > 0:
-                total += B * dims[i]
+            if i > 0 and not (gc_size_mul(B, dims[i], &rows)
+                              and gc_size_add(total, rows, &total)):
+                raise MemoryError(f"the kept cotangents of a batch of {B} "
+                                  f"exceed the address space")
         self.grads = tuple(grads)
         self._keep = <char *>gc_malloc_n(max(total, 1), isz)
         if self._keep == NULL:
