@@ -23,7 +23,7 @@ from gradchain._link cimport link_sparse_matrix
 cimport numpy as cnp
 import numpy as np
 from gradchain._blas cimport matmul
-from gradchain._kernels cimport link_jtv, link_jv
+from gradchain._kernels cimport link_jtv, link_jv, pack_rows
 from gradchain._sizes cimport gc_size_mul, gc_malloc_n
 
 cdef extern from "gc_dense.h":
@@ -90,9 +90,7 @@ cdef int _materialize(const Val *v, floating *out, int nt) noexcept nogil:
     cdef const Link *f = v.leaf
     if v.kind == LINK_DENSE:
         _dense_of(v, &a, &rs, &cs)
-        for i in range(p):
-            for j in range(q):
-                out[i * q + j] = a[i * rs + j * cs]
+        pack_rows(0, p, q, a, rs, cs, out)
         return 0
     if link_by_rows(v.kind):
         return link_materialize(v.leaf, out, nt)
@@ -171,9 +169,7 @@ cdef int _combine_rows(Val *L, Val *R, Val *out, floating *dest,
                 if t == NULL:
                     rc = -1
                 else:
-                    for i in range(p):
-                        for j in range(q):
-                            t[i * q + j] = a[i * rs + j * cs]
+                    pack_rows(0, p, q, a, rs, cs, t)
                     a = t
             if rc == 0:
                 rc = link_apply_rows(R.leaf, True, a, p, z, nt)
@@ -186,9 +182,7 @@ cdef int _combine_rows(Val *L, Val *R, Val *out, floating *dest,
             if t == NULL or u == NULL:
                 rc = -1
             else:
-                for i in range(q):
-                    for j in range(r):
-                        t[j * q + i] = a[i * rs + j * cs]
+                pack_rows(0, r, q, a, cs, rs, t)      # R^T, by rows
                 rc = link_apply_rows(L.leaf, False, <const floating *>t, r, u, nt)
                 if rc == 0:
                     for i in range(p):
