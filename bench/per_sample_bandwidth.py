@@ -18,13 +18,12 @@ NumPy / gradchain against the floor's GB/s.
     python bench/per_sample_bandwidth.py [--minutes 5] [--every 10]
 """
 import argparse
-import threading
 import time
 
 import numpy as np
 
 import gradchain
-from test_bench_accumulate import numpy_per_sample, per_sample_problem
+from test_bench_accumulate import numpy_per_sample, per_sample_problem, read_floor
 
 
 def main():
@@ -36,18 +35,11 @@ def main():
     Js, G = per_sample_problem()
     chain = gradchain.Chain(Js)
     nt = gradchain.get_num_threads()
-    shares = [Js[i::nt] for i in range(nt)]
     nbytes = sum(J.nbytes for J in Js)
 
     loop = lambda: numpy_per_sample(Js, G)          # noqa: E731
 
-    def floor():
-        ts = [threading.Thread(target=lambda s=s: [np.sum(J) for J in s])
-              for s in shares]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+    floor = read_floor(Js, nt)
 
     assert np.allclose(chain.vjp(G), loop(), rtol=1e-10, atol=1e-12)
     fns = {"gradchain": lambda: chain.vjp(G), "numpy": loop, "floor": floor}

@@ -172,6 +172,22 @@ SECTIONS = [
         Target("chain.jvp k=64 n=16 (prebuilt)", "Chain.vjp", 0.8,
                "prebuilt Chain.jvp k=64 n=16 vs Chain.vjp on the same chain "
                "(target: at least 0.8, i.e. jvp time at most 1.25× vjp's)"),
+        Target("jacobian k=3 512x512, first link J[:, ::2]", "C order", 0.5,
+               "jacobian, k = 3 links of 512², the first a view `J[:, ::2]`, vs the same "
+               "chain in C order (target: within 2× the time, a ratio of at least 0.5)"),
+        Target("per-sample vjp B=1024 through [(B,32,512), 512x8, 8x512, (B,512,32)]",
+               "numpy", 1.5,
+               "per-sample vjp B = 1024 through [(B, 32, 512), 512×8, 8×512, (B, 512, 32)] "
+               "vs plain propagation in NumPy (target ≥ 1.5×; multiplying the two shared "
+               "links first would cost 512² per row against 2·512·8, so the plan propagates)"),
+        Target("per-sample vjp B=1024 through [(B,32,512), 512x8, 8x512, (B,512,32)]",
+               "numpy premultiplied", None,
+               "the same vs NumPy with the two shared links multiplied first"),
+        Target("per-sample vjp B=4096 k=8 n=32", "read floor", 0.9,
+               "per-sample vjp B = 4096, k = 8, n = 32 vs the two-thread read floor of "
+               "the same bytes (np.sum on each thread's share), same run (target ≥ 0.9)"),
+        Target("per-sample vjp B=4096 k=8 n=32", "numpy", None,
+               "the same vs the NumPy loop, reported next to it"),
         Target("k=512 n=64 float64 chain, cotangent in the subnormal range (1e-310)",
                "normal range", 0.77,
                "subnormal chain with errstate(subnormals=\"flush\") vs the same chain "

@@ -20,8 +20,14 @@
   batched-matmul loop M = J @ M;
 - one-shot vjp with a batch of 8 cotangents through k = 2000 links of 4x4
   (issue 8: planning bounded by the product's cost) vs the NumPy loop
-  G = G @ J.
+  G = G @ J;
+- jacobian of k = 3 dense 512x512 links whose first link is a strided view
+  J[:, ::2] of a 512 x 1024 array, against the same chain in C order (issue
+  12, item 7: the strided operand is packed, a panel at a time, never
+  copied whole).
 """
+import threading
+
 import numpy as np
 import pytest
 
@@ -124,6 +130,22 @@ def numpy_per_sample(Js, G):
     return g
 
 
+def read_floor(Js, nt):
+    """The machine's read floor for the per-sample links: np.sum over the
+    same arrays on nt threads, each summing its share (NumPy's sum streams
+    the bytes at the memory's rate and does one add per element)."""
+    shares = [Js[i::nt] for i in range(nt)]
+
+    def floor():
+        ts = [threading.Thread(target=lambda s=s: [np.sum(J) for J in s])
+              for s in shares]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    return floor
+
+
 def _jax_per_sample(jax, Js, G):
     """jax.jit of a lax.scan with einsum over the stacked per-sample links."""
     from jax import lax
@@ -148,10 +170,14 @@ def test_per_sample(benchmark, impl, request):
     ref = numpy_per_sample(Js, G)
     if impl == "gradchain":
         chain = gradchain.Chain(Js)
-        peers = {"numpy": lambda: numpy_per_sample(Js, G)}
+        peers = {"numpy": lambda: numpy_per_sample(Js, G),
+                 # issue 12, item 10: the two-thread read floor of the same
+                 # bytes, measured in the same blocks and rounds
+                 "read floor": read_floor(Js, gradchain.get_num_threads())}
         jax = optional_peer(request, "jax_x64")
         if jax is not None:
             peers["jax"] = _jax_per_sample(jax, Js, G)
+        benchmark.extra_info["bytes"] = sum(J.nbytes for J in Js)
         measure(benchmark, "gradchain", {"gradchain": lambda: chain.vjp(G), **peers})
         out = benchmark(chain.vjp, G)
     elif impl == "numpy":
@@ -266,3 +292,63 @@ def test_oneshot_long_chain(benchmark, impl):
     else:
         out = benchmark(fn)
     np.testing.assert_allclose(out, loop(), rtol=1e-8, atol=1e-300)
+
+
+@pytest.mark.benchmark(group="jacobian k=3 512x512, first link J[:, ::2]")
+@pytest.mark.parametrize("impl", ["gradchain", "C order"])
+def test_jacobian_strided_first_link(benchmark, impl):
+    rng = np.random.default_rng(12)
+    n = 512
+    wide = rng.standard_normal((n, 2 * n))
+    strided = [wide[:, ::2]] + [rng.standard_normal((n, n)) / np.sqrt(n) for _ in range(2)]
+    contiguous = [np.ascontiguousarray(J) for J in strided]
+    calls = {"gradchain": lambda: gradchain.jacobian(strided),
+             "C order": lambda: gradchain.jacobian(contiguous)}
+    if impl == "gradchain":
+        measure(benchmark, "gradchain", calls)
+    out = benchmark(calls[impl])
+    ref = contiguous[2] @ contiguous[1] @ contiguous[0]
+    np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-10)
+
+
+MIXED_GROUP = ("per-sample vjp B=1024 through [(B,32,512), 512x8, 8x512, (B,512,32)]")
+
+
+def mixed_problem(B=1024):
+    """Issue 12, item 9: per-sample links around a stretch of two thin shared
+    links (the chain's Jacobian is J4 J3 J2 J1, J4 (B, 32, 512) ... J1
+    (B, 512, 32))."""
+    rng = np.random.default_rng(9)
+    J4 = rng.standard_normal((B, 32, 512)) / np.sqrt(512)
+    J3 = rng.standard_normal((512, 8)) / np.sqrt(8)
+    J2 = rng.standard_normal((8, 512)) / np.sqrt(512)
+    J1 = rng.standard_normal((B, 512, 32)) / np.sqrt(32)
+    G = rng.standard_normal((B, 32))
+    return [J1, J2, J3, J4], G
+
+
+def numpy_mixed(links, G, premultiplied=False):
+    """Plain propagation in NumPy, one batched product per per-sample link
+    and a BLAS product of the block per shared link (or the two shared
+    links multiplied first)."""
+    J1, J2, J3, J4 = links
+    g = (G[:, None, :] @ J4)[:, 0, :]
+    g = g @ (J3 @ J2) if premultiplied else (g @ J3) @ J2
+    return (g[:, None, :] @ J1)[:, 0, :]
+
+
+@pytest.mark.benchmark(group=MIXED_GROUP)
+@pytest.mark.parametrize("impl", ["gradchain", "numpy", "numpy premultiplied"])
+def test_per_sample_shared_stretch(benchmark, impl):
+    links, G = mixed_problem()
+    chain = gradchain.Chain(links)
+    calls = {"gradchain": lambda: chain.vjp(G),
+             "numpy": lambda: numpy_mixed(links, G),
+             "numpy premultiplied": lambda: numpy_mixed(links, G, True)}
+    if impl == "gradchain":
+        plan = chain.plan(batch=G.shape[0])
+        benchmark.extra_info["plan"] = plan.expression
+        benchmark.extra_info["cost"] = plan.cost
+        measure(benchmark, "gradchain", calls)
+    out = benchmark(calls[impl])
+    np.testing.assert_allclose(out, numpy_mixed(links, G), rtol=1e-9, atol=1e-12)

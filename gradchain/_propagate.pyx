@@ -29,6 +29,17 @@ from gradchain._sizes cimport gc_size_mul, gc_malloc_n
 cdef extern from "gc_dense.h":
     Py_ssize_t GC_PARALLEL_MIN_ELEMS
 
+# A shared dense link of at most this many bytes between per-sample links
+# joins their sample-blocked run (each sample's rows through it by the
+# vector kernel, the link staying in L1/L2 for every sample of a block)
+# rather than going to a BLAS product of the whole block between two of
+# gradchain's parallel regions: there, OpenBLAS's pool and gradchain's
+# OpenMP team alternate on the cores within one call, each spinning while
+# the other works.  Measured on [per-sample (B, 32, 512), 512 x 8, 8 x 512,
+# per-sample (B, 512, 32)], B = 1024, 2 cores: bench/test_bench_accumulate.py.
+cdef enum:
+    _RUN_SHARED_BYTES = 64 << 10
+
 
 cdef inline const Link *_link_at(const Link *links, Py_ssize_t k,
                                  Py_ssize_t step, bint transpose) noexcept nogil:
@@ -36,11 +47,19 @@ cdef inline const Link *_link_at(const Link *links, Py_ssize_t k,
     return &links[k - 1 - step if transpose else step]
 
 
+cdef inline bint _sample_blocked(const Link *L, size_t itemsize) noexcept nogil:
+    """Whether the sample-blocked loop takes this link: per-sample, or
+    shared, dense and small (_RUN_SHARED_BYTES)."""
+    return L.per_sample or (L.kind == LINK_DENSE
+                            and <double>L.m * L.n * itemsize <= _RUN_SHARED_BYTES)
+
+
 cdef int _per_sample_run(const Link *links, Py_ssize_t k, Py_ssize_t s0,
                          Py_ssize_t s1, bint transpose, const floating *x,
                          Py_ssize_t B, Py_ssize_t maxw, floating *dst,
                          int nt, floating **steps) noexcept nogil:
-    """Steps s0 <= step < s1 of the chain, all per-sample (B, m, n) links:
+    """Steps s0 <= step < s1 of the chain, per-sample (B, m, n) links and
+    small shared dense ones (_sample_blocked), at least one per-sample:
     rows of x (the input of step s0) in, rows of dst (the output of step
     s1 - 1, compact) out; dst must not overlap x.  With steps (propagate's
     intermediates), every step's rows go to steps[step] instead of scratch.
@@ -196,12 +215,14 @@ cdef int propagate(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
                    floating *out, floating *work, int nt,
                    floating **steps=NULL) noexcept nogil:
     """The fused chain loop (see _propagate.pxd)."""
-    cdef Py_ssize_t step, s1, half = B * maxw
+    cdef Py_ssize_t step, s1, half = B * maxw, plain_until = 0
     cdef floating *own = NULL
     cdef floating *dst
     cdef const floating *cur = x
     cdef const Link *L
     cdef int rc = 0, which = 0
+    cdef bint run
+    cdef size_t isz = sizeof(floating)
     if B == 0:
         return 0
     if k == 0:
@@ -216,9 +237,18 @@ cdef int propagate(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
     while step < k:
         L = _link_at(links, k, step, transpose)
         s1 = step + 1
-        if L.per_sample:
-            while s1 < k and _link_at(links, k, s1, transpose).per_sample:
+        run = False
+        if step >= plain_until and _sample_blocked(L, isz):
+            # the stretch the sample-blocked loop could take: a run when it
+            # holds a per-sample link (else its links go one by one, and the
+            # stretch is not scanned again)
+            run = L.per_sample
+            while s1 < k and _sample_blocked(_link_at(links, k, s1, transpose), isz):
+                run = run or _link_at(links, k, s1, transpose).per_sample
                 s1 += 1
+            if not run:
+                plain_until = s1
+                s1 = step + 1
         elif _sparse(L) and B >= LINK_TILE:
             while s1 < k and _sparse(_link_at(links, k, s1, transpose)):
                 s1 += 1
@@ -226,7 +256,7 @@ cdef int propagate(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
             dst = steps[s1 - 1]
         else:
             dst = out if s1 == k else work + which * half
-        if L.per_sample:
+        if run:
             rc = _per_sample_run(links, k, step, s1, transpose, cur, B, maxw,
                                  dst, nt, steps)
         elif _sparse(L) and B >= LINK_TILE:

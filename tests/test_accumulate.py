@@ -1470,3 +1470,55 @@ def test_property_mixed_chains(seed, k, dtype, per_sample, batch, n0):
     if not is_ps:
         for mode in MODES:
             check_plan(chain, kinds, dims, mode, batch)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shared_layout", ["C", "F", "strided"])
+@pytest.mark.parametrize("big", [False, True], ids=["in-run", "blas"])
+def test_per_sample_with_shared_stretch(rng, restore_threads, dtype,
+                                        shared_layout, big):
+    # issue 12, item 9: [per-sample, shared, shared, per-sample] with thin
+    # shared links (small: each sample's rows go through them inside the
+    # sample-blocked run) or wide ones (over the run's size limit: a BLAS
+    # product of the whole block between two runs); both against NumPy, with
+    # intermediates, and the same bits on 1, 2 and 3 threads
+    threads_compared()
+    B, w = 37, (300 if big else 12)
+    n0, n4 = 20, 9
+
+    def lay(A):
+        if shared_layout == "F":
+            return np.asfortranarray(A)
+        if shared_layout == "strided":
+            wide = np.zeros((A.shape[0], 2 * A.shape[1]), dtype)
+            wide[:, ::2] = A
+            return wide[:, ::2]
+        return A
+
+    J1 = rng.standard_normal((B, 64, n0)).astype(dtype)
+    J2 = lay(rng.standard_normal((w, 64)).astype(dtype))
+    J3 = lay(rng.standard_normal((64 if big else 40, w)).astype(dtype))
+    J4 = rng.standard_normal((B, n4, J3.shape[0])).astype(dtype)
+    links = [J1, J2, J3, J4]
+    if big:
+        assert J2.nbytes > 64 << 10 or J3.nbytes > 64 << 10
+    dense = [np.asarray(J, np.float64) for J in links]
+    absf = [np.abs(J) for J in dense]
+    G = rng.standard_normal((B, n4)).astype(dtype)
+    V = rng.standard_normal((B, n0)).astype(dtype)
+    results = {}
+    for nt in (1, 2, 3):
+        gradchain.set_num_threads(nt)
+        chain = Chain(links)
+        tv, tj = chain.vjp(G, intermediates=True), chain.jvp(V, intermediates=True)
+        results[nt] = (chain.vjp(G), chain.jvp(V), tv[0], tj[4], tv[2], tj[2])
+    for nt in (2, 3):
+        for a, b in zip(results[1], results[nt]):
+            assert np.array_equal(a, b)
+    r = results[2]
+    assert_close(r[0], ref_vjp(dense, G), ref_vjp(absf, np.abs(G)), dtype)
+    assert_close(r[1], ref_jvp(dense, V), ref_jvp(absf, np.abs(V)), dtype)
+    assert np.array_equal(r[2], r[0]) and np.array_equal(r[3], r[1])
+    # the middle of the trajectories: lambda_2 = G J4 J3, t_2 = J2 J1 V
+    assert_close(r[4], ref_vjp(dense[2:], G), ref_vjp(absf[2:], np.abs(G)), dtype)
+    assert_close(r[5], ref_jvp(dense[:2], V), ref_jvp(absf[:2], np.abs(V)), dtype)
