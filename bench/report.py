@@ -172,6 +172,9 @@ SECTIONS = [
         Target("chain.jvp k=64 n=16 (prebuilt)", "Chain.vjp", 0.8,
                "prebuilt Chain.jvp k=64 n=16 vs Chain.vjp on the same chain "
                "(target: at least 0.8, i.e. jvp time at most 1.25× vjp's)"),
+        Target("J.T @ v 4096x4096 float32, accumulate=float64", "float32", 0.77,
+               "float32 J^T v 4096² with `accumulate=\"float64\"` vs the plain float32 "
+               "product (target: at most 1.3× the time, a ratio of at least 0.77)"),
         Target("jacobian k=3 512x512, first link J[:, ::2]", "C order", 0.5,
                "jacobian, k = 3 links of 512², the first a view `J[:, ::2]`, vs the same "
                "chain in C order (target: within 2× the time, a ratio of at least 0.5)"),

@@ -204,3 +204,27 @@ def test_batch_b256_k8_n512(benchmark, impl):
                                          "numpy": lambda: numpy_loop(G)})
     out = benchmark(fn, G)
     np.testing.assert_allclose(out, numpy_loop(G), rtol=1e-9, atol=1e-9)
+
+
+ACC_GROUP = "J.T @ v 4096x4096 float32, accumulate=float64"
+
+
+@pytest.mark.benchmark(group=ACC_GROUP)
+@pytest.mark.parametrize("impl", ["gradchain", "float32"])
+def test_accumulate_float64_jtv(benchmark, impl):
+    """Issue 12, item 3: the bandwidth-bound float32 J^T v summed in float64
+    (the mixed kernels read J in place) against the plain float32 product on
+    the same chain."""
+    rng = np.random.default_rng(31)
+    J = rng.standard_normal((4096, 4096), dtype=np.float32)
+    g = rng.standard_normal(4096, dtype=np.float32)
+    chain = gradchain.Chain([J])
+    calls = {"gradchain": lambda: chain.vjp(g, accumulate="float64"),
+             "float32": lambda: chain.vjp(g)}
+    benchmark.extra_info["bytes"] = J.nbytes
+    if impl == "gradchain":
+        measure(benchmark, "gradchain", calls)
+    out = benchmark(calls[impl])
+    ref = J.astype(np.float64).T @ g.astype(np.float64)
+    np.testing.assert_allclose(out, ref, rtol=1e-4 if impl == "float32" else 1e-12,
+                               atol=1e-3 if impl == "float32" else 1e-10)

@@ -19,6 +19,18 @@ enum { GC_AXPY_STRIDED, GC_AXPY_REGBLOCK, GC_AXPY_STREAM };
 #define GC_IMPL "gc_dense_impl.h"
 #include "gc_instantiate.h"
 
+/* The mixed instance: float32 matrices, float64 vectors and sums (the
+ * double instance's lanes, so its bits; see gc_dense_impl.h). */
+#define GC_T double
+#define GC_TA float
+#define GC_SFX m
+#define GC_W 16
+#include "gc_dense_impl.h"
+#undef GC_T
+#undef GC_TA
+#undef GC_SFX
+#undef GC_W
+
 const char *
 gc_simd_target(void)
 {

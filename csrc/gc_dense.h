@@ -65,6 +65,16 @@ void gc_pack_rows_s(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n, const float *A,
 void gc_pack_rows_d(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n, const double *A,
                     ptrdiff_t rs, ptrdiff_t cs, double *P);
 
+/* The mixed instance (suffix _m): float32 A, float64 x, y and sums, the
+ * bits of the _d routines on A converted to float64 (accumulate="float64");
+ * gc_pack_rows_m converts a float32 panel into float64. */
+int gc_axpy_rows_m(ptrdiff_t m, ptrdiff_t n, const float *A, ptrdiff_t rs,
+                   ptrdiff_t cs, const double *x, double *y, int nthreads);
+void gc_dot_rows_m(ptrdiff_t m, ptrdiff_t n, const float *A, ptrdiff_t rs,
+                   ptrdiff_t cs, const double *x, double *y, int nthreads);
+void gc_pack_rows_m(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n, const float *A,
+                    ptrdiff_t rs, ptrdiff_t cs, double *P);
+
 /* Name of the instruction set the dispatched kernels run on this CPU:
  * "x86-64-v4" (AVX-512), "x86-64-v3" (AVX2+FMA) or "baseline". */
 const char *gc_simd_target(void);

@@ -4,6 +4,12 @@
  * of a block of partial sums: two 512-bit registers of GC_T) defined.
  * Not a public header.
  *
+ * GC_TA, when defined, is the matrices' element type (GC_T otherwise): the
+ * mixed instance (suffix m) reads float32 matrices into float64 sums, each
+ * element converted exactly on load, with the double instance's lanes and
+ * order of operations -- so its results are the double kernels' on the
+ * matrix converted to float64, up to FMA contraction (accumulate="float64").
+ *
  * No loop here reassociates a sum across SIMD lanes: every partial-sum
  * block has the fixed width GC_W, so a result is the same whichever
  * instruction set the dispatcher picked (up to FMA contraction).
@@ -11,6 +17,10 @@
 #define GC_CAT_(a, b) a##_##b
 #define GC_CAT(a, b) GC_CAT_(a, b)
 #define GC_NAME(base) GC_CAT(base, GC_SFX)
+#ifndef GC_TA
+#define GC_TA GC_T
+#define GC_TA_DEFAULTED
+#endif
 
 /* ------------------------------------------------------------------------
  * y = A^T x: y[c] = sum_{r<m} x[r] * A[r*rs + c*cs], c in [c0, c1)
@@ -19,13 +29,13 @@
 /* One block of GC_W unit-stride columns, all rows: out[l] = sum_r x[r] p[r*rs+l].
  * Four partial sums (rows r mod 4) stay in registers. */
 static GC_INLINE void
-GC_NAME(axpy_block)(ptrdiff_t m, const GC_T *restrict p, ptrdiff_t rs,
+GC_NAME(axpy_block)(ptrdiff_t m, const GC_TA *restrict p, ptrdiff_t rs,
                     const GC_T *restrict x, GC_T *restrict out)
 {
     GC_T s0[GC_W] = {0}, s1[GC_W] = {0}, s2[GC_W] = {0}, s3[GC_W] = {0};
     ptrdiff_t r, l;
     for (r = 0; r + 4 <= m; r += 4) {
-        const GC_T *restrict q = p + r * rs;
+        const GC_TA *restrict q = p + r * rs;
         const GC_T x0 = x[r], x1 = x[r + 1], x2 = x[r + 2], x3 = x[r + 3];
         for (l = 0; l < GC_W; l++) {
             s0[l] += x0 * q[l];
@@ -35,7 +45,7 @@ GC_NAME(axpy_block)(ptrdiff_t m, const GC_T *restrict p, ptrdiff_t rs,
         }
     }
     for (; r < m; r++) {
-        const GC_T *restrict q = p + r * rs;
+        const GC_TA *restrict q = p + r * rs;
         const GC_T x0 = x[r];
         for (l = 0; l < GC_W; l++) {
             s0[l] += x0 * q[l];
@@ -49,13 +59,13 @@ GC_NAME(axpy_block)(ptrdiff_t m, const GC_T *restrict p, ptrdiff_t rs,
 /* Two blocks (2 GC_W unit-stride columns), all rows, two partial sums (rows
  * r mod 2): reads each row's 2 GC_W columns in one pass. */
 static GC_INLINE void
-GC_NAME(axpy_block2)(ptrdiff_t m, const GC_T *restrict p, ptrdiff_t rs,
+GC_NAME(axpy_block2)(ptrdiff_t m, const GC_TA *restrict p, ptrdiff_t rs,
                      const GC_T *restrict x, GC_T *restrict out)
 {
     GC_T s0[2 * GC_W] = {0}, s1[2 * GC_W] = {0};
     ptrdiff_t r, l;
     for (r = 0; r + 2 <= m; r += 2) {
-        const GC_T *restrict q = p + r * rs;
+        const GC_TA *restrict q = p + r * rs;
         const GC_T x0 = x[r], x1 = x[r + 1];
         for (l = 0; l < 2 * GC_W; l++) {
             s0[l] += x0 * q[l];
@@ -63,7 +73,7 @@ GC_NAME(axpy_block2)(ptrdiff_t m, const GC_T *restrict p, ptrdiff_t rs,
         }
     }
     if (r < m) {
-        const GC_T *restrict q = p + r * rs;
+        const GC_TA *restrict q = p + r * rs;
         const GC_T x0 = x[r];
         for (l = 0; l < 2 * GC_W; l++) {
             s0[l] += x0 * q[l];
@@ -78,7 +88,7 @@ GC_NAME(axpy_block2)(ptrdiff_t m, const GC_T *restrict p, ptrdiff_t rs,
  * resident) and narrow ones, where y would otherwise be a latency chain. */
 GC_CLONES static void
 GC_NAME(axpy_regblock)(ptrdiff_t m, ptrdiff_t c0, ptrdiff_t c1,
-                       const GC_T *A, ptrdiff_t rs,
+                       const GC_TA *A, ptrdiff_t rs,
                        const GC_T *restrict x, GC_T *restrict y)
 {
     ptrdiff_t c = c0, r, l;
@@ -93,7 +103,7 @@ GC_NAME(axpy_regblock)(ptrdiff_t m, ptrdiff_t c0, ptrdiff_t c1,
         const ptrdiff_t w = c1 - c;
         GC_T s0[GC_W] = {0}, s1[GC_W] = {0};
         for (r = 0; r + 2 <= m; r += 2) {
-            const GC_T *restrict q = A + r * rs + c;
+            const GC_TA *restrict q = A + r * rs + c;
             const GC_T x0 = x[r], x1 = x[r + 1];
             for (l = 0; l < w; l++) {
                 s0[l] += x0 * q[l];
@@ -101,7 +111,7 @@ GC_NAME(axpy_regblock)(ptrdiff_t m, ptrdiff_t c0, ptrdiff_t c1,
             }
         }
         for (; r < m; r++) {
-            const GC_T *restrict q = A + r * rs + c;
+            const GC_TA *restrict q = A + r * rs + c;
             for (l = 0; l < w; l++) {
                 s0[l] += x[r] * q[l];
             }
@@ -116,7 +126,7 @@ GC_NAME(axpy_regblock)(ptrdiff_t m, ptrdiff_t c0, ptrdiff_t c1,
  * time, and the y slice (in cache) is updated once per four rows. */
 GC_CLONES static void
 GC_NAME(axpy_stream)(ptrdiff_t m, ptrdiff_t c0, ptrdiff_t c1,
-                     const GC_T *A, ptrdiff_t rs,
+                     const GC_TA *A, ptrdiff_t rs,
                      const GC_T *restrict x, GC_T *restrict y)
 {
     ptrdiff_t r = 0, c;
@@ -124,17 +134,17 @@ GC_NAME(axpy_stream)(ptrdiff_t m, ptrdiff_t c0, ptrdiff_t c1,
         y[c] = 0;
     }
     for (; r + 4 <= m; r += 4) {
-        const GC_T *restrict a0 = A + r * rs;
-        const GC_T *restrict a1 = a0 + rs;
-        const GC_T *restrict a2 = a1 + rs;
-        const GC_T *restrict a3 = a2 + rs;
+        const GC_TA *restrict a0 = A + r * rs;
+        const GC_TA *restrict a1 = a0 + rs;
+        const GC_TA *restrict a2 = a1 + rs;
+        const GC_TA *restrict a3 = a2 + rs;
         const GC_T x0 = x[r], x1 = x[r + 1], x2 = x[r + 2], x3 = x[r + 3];
         for (c = c0; c < c1; c++) {
             y[c] += (x0 * a0[c] + x1 * a1[c]) + (x2 * a2[c] + x3 * a3[c]);
         }
     }
     for (; r < m; r++) {
-        const GC_T *restrict a0 = A + r * rs;
+        const GC_TA *restrict a0 = A + r * rs;
         const GC_T x0 = x[r];
         for (c = c0; c < c1; c++) {
             y[c] += x0 * a0[c];
@@ -146,7 +156,7 @@ GC_NAME(axpy_stream)(ptrdiff_t m, ptrdiff_t c0, ptrdiff_t c1,
  * at a time, as in axpy_stream. */
 GC_CLONES static void
 GC_NAME(axpy_strided)(ptrdiff_t m, ptrdiff_t c0, ptrdiff_t c1,
-                      const GC_T *A, ptrdiff_t rs, ptrdiff_t cs,
+                      const GC_TA *A, ptrdiff_t rs, ptrdiff_t cs,
                       const GC_T *restrict x, GC_T *restrict y)
 {
     ptrdiff_t r = 0, c;
@@ -154,10 +164,10 @@ GC_NAME(axpy_strided)(ptrdiff_t m, ptrdiff_t c0, ptrdiff_t c1,
         y[c] = 0;
     }
     for (; r + 4 <= m; r += 4) {
-        const GC_T *a0 = A + r * rs;
-        const GC_T *a1 = a0 + rs;
-        const GC_T *a2 = a1 + rs;
-        const GC_T *a3 = a2 + rs;
+        const GC_TA *a0 = A + r * rs;
+        const GC_TA *a1 = a0 + rs;
+        const GC_TA *a2 = a1 + rs;
+        const GC_TA *a3 = a2 + rs;
         const GC_T x0 = x[r], x1 = x[r + 1], x2 = x[r + 2], x3 = x[r + 3];
         for (c = c0; c < c1; c++) {
             const ptrdiff_t o = c * cs;
@@ -165,7 +175,7 @@ GC_NAME(axpy_strided)(ptrdiff_t m, ptrdiff_t c0, ptrdiff_t c1,
         }
     }
     for (; r < m; r++) {
-        const GC_T *a0 = A + r * rs;
+        const GC_TA *a0 = A + r * rs;
         const GC_T x0 = x[r];
         for (c = c0; c < c1; c++) {
             y[c] += x0 * a0[c * cs];
@@ -189,7 +199,7 @@ GC_NAME(axpy_kind)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t cs)
 
 static void
 GC_NAME(axpy_rows_range)(int kind, ptrdiff_t m, ptrdiff_t c0, ptrdiff_t c1,
-                         const GC_T *A, ptrdiff_t rs, ptrdiff_t cs,
+                         const GC_TA *A, ptrdiff_t rs, ptrdiff_t cs,
                          const GC_T *x, GC_T *y)
 {
     if (kind == GC_AXPY_STRIDED) {
@@ -261,13 +271,13 @@ GC_NAME(fold)(const GC_T *s)
  * same bits. */
 GC_CLONES static void
 GC_NAME(dot_short)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n,
-                   const GC_T *A, ptrdiff_t rs,
+                   const GC_TA *A, ptrdiff_t rs,
                    const GC_T *restrict x, GC_T *restrict y)
 {
     ptrdiff_t r, c, l;
     const ptrdiff_t nb = n - n % GC_W;
     for (r = r0; r < r1; r++) {
-        const GC_T *restrict a = A + r * rs;
+        const GC_TA *restrict a = A + r * rs;
         GC_T s[GC_W] = {0};
         GC_T t = 0;
         for (c = 0; c < nb; c += GC_W) {
@@ -302,9 +312,9 @@ GC_NAME(dot_short)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n,
 #define GC_DOT_LEVELS 32           /* up to 2^32 blocks in a row */
 
 static GC_INLINE void
-GC_NAME(dot_block4)(ptrdiff_t nb, ptrdiff_t cs, const GC_T *restrict a0,
-                    const GC_T *restrict a1, const GC_T *restrict a2,
-                    const GC_T *restrict a3, const GC_T *restrict x,
+GC_NAME(dot_block4)(ptrdiff_t nb, ptrdiff_t cs, const GC_TA *restrict a0,
+                    const GC_TA *restrict a1, const GC_TA *restrict a2,
+                    const GC_TA *restrict a3, const GC_T *restrict x,
                     GC_T *restrict P)
 {
     ptrdiff_t c, l;
@@ -328,7 +338,7 @@ GC_NAME(dot_block4)(ptrdiff_t nb, ptrdiff_t cs, const GC_T *restrict a0,
 
 GC_CLONES static void
 GC_NAME(dot_blocked)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n,
-                     const GC_T *A, ptrdiff_t rs, ptrdiff_t cs,
+                     const GC_TA *A, ptrdiff_t rs, ptrdiff_t cs,
                      const GC_T *restrict x, GC_T *restrict y)
 {
     ptrdiff_t r, c, e, i;
@@ -337,7 +347,7 @@ GC_NAME(dot_blocked)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n,
     GC_T P[4 * GC_W];
     for (r = r0; r < r1; r += 4) {
         const ptrdiff_t nr = r1 - r < 4 ? r1 - r : 4;
-        const GC_T *rows[4];
+        const GC_TA *rows[4];
         GC_T t[4] = {0, 0, 0, 0};
         for (i = 0; i < 4; i++) {
             rows[i] = A + (r + (i < nr ? i : nr - 1)) * rs;
@@ -403,7 +413,7 @@ GC_NAME(dot_blocked)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n,
 
 static void
 GC_NAME(dot_rows_range)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n,
-                        const GC_T *A, ptrdiff_t rs, ptrdiff_t cs,
+                        const GC_TA *A, ptrdiff_t rs, ptrdiff_t cs,
                         const GC_T *x, GC_T *y)
 {
     if (cs == 1 && n < GC_SHORT_MAX) {
@@ -455,7 +465,7 @@ GC_NAME(add_partials)(ptrdiff_t np, ptrdiff_t n, ptrdiff_t c0, ptrdiff_t c1,
  * final sum, so the result is the same for every thread count.
  */
 int
-GC_NAME(gc_axpy_rows)(ptrdiff_t m, ptrdiff_t n, const GC_T *A, ptrdiff_t rs,
+GC_NAME(gc_axpy_rows)(ptrdiff_t m, ptrdiff_t n, const GC_TA *A, ptrdiff_t rs,
                       ptrdiff_t cs, const GC_T *x, GC_T *y, int nthreads)
 {
     const int kind = GC_NAME(axpy_kind)(m, n, cs);
@@ -531,7 +541,7 @@ GC_NAME(gc_axpy_rows)(ptrdiff_t m, ptrdiff_t n, const GC_T *A, ptrdiff_t rs,
 }
 
 void
-GC_NAME(gc_dot_rows)(ptrdiff_t m, ptrdiff_t n, const GC_T *A, ptrdiff_t rs,
+GC_NAME(gc_dot_rows)(ptrdiff_t m, ptrdiff_t n, const GC_TA *A, ptrdiff_t rs,
                      ptrdiff_t cs, const GC_T *x, GC_T *y, int nthreads)
 {
 #ifdef _OPENMP
@@ -561,12 +571,12 @@ GC_NAME(gc_dot_rows)(ptrdiff_t m, ptrdiff_t n, const GC_T *A, ptrdiff_t rs,
 }
 
 void
-GC_NAME(gc_pack_rows)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n, const GC_T *A,
+GC_NAME(gc_pack_rows)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n, const GC_TA *A,
                       ptrdiff_t rs, ptrdiff_t cs, GC_T *P)
 {
     ptrdiff_t r, c;
     for (r = r0; r < r1; r++) {
-        const GC_T *a = A + r * rs;
+        const GC_TA *a = A + r * rs;
         GC_T *p = P + (r - r0) * n;
         for (c = 0; c < n; c++) {
             p[c] = a[c * cs];
@@ -577,3 +587,7 @@ GC_NAME(gc_pack_rows)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n, const GC_T *A,
 #undef GC_NAME
 #undef GC_CAT
 #undef GC_CAT_
+#ifdef GC_TA_DEFAULTED
+#undef GC_TA
+#undef GC_TA_DEFAULTED
+#endif

@@ -78,6 +78,7 @@ class ChainCore(LinkTable):
         out: NDArray[_Float] | None = None,
         *,
         intermediates: Literal[False] = ...,
+        accumulate: Literal["float64"] | None = None,
     ) -> NDArray[_Float]: ...
     @overload
     def vjp(
@@ -86,6 +87,7 @@ class ChainCore(LinkTable):
         out: Sequence[NDArray[_Float]] | None = None,
         *,
         intermediates: Literal[True],
+        accumulate: Literal["float64"] | None = None,
     ) -> Trajectory: ...
     @overload
     def vjp(
@@ -94,6 +96,7 @@ class ChainCore(LinkTable):
         out: NDArray[_Float] | Sequence[NDArray[_Float]] | None = None,
         *,
         intermediates: bool,
+        accumulate: Literal["float64"] | None = None,
     ) -> NDArray[_Float] | Trajectory: ...
     @overload
     def jvp(
@@ -102,6 +105,7 @@ class ChainCore(LinkTable):
         out: NDArray[_Float] | None = None,
         *,
         intermediates: Literal[False] = ...,
+        accumulate: Literal["float64"] | None = None,
     ) -> NDArray[_Float]: ...
     @overload
     def jvp(
@@ -110,6 +114,7 @@ class ChainCore(LinkTable):
         out: Sequence[NDArray[_Float]] | None = None,
         *,
         intermediates: Literal[True],
+        accumulate: Literal["float64"] | None = None,
     ) -> Trajectory: ...
     @overload
     def jvp(
@@ -118,7 +123,9 @@ class ChainCore(LinkTable):
         out: NDArray[_Float] | Sequence[NDArray[_Float]] | None = None,
         *,
         intermediates: bool,
+        accumulate: Literal["float64"] | None = None,
     ) -> NDArray[_Float] | Trajectory: ...
     # (n_k, n_0), or (batch, n_k, n_0) with per-sample links.
     # a dense array, or a scipy.sparse.csr_array (see Chain.jacobian)
-    def jacobian(self, format: str | None = None) -> Any: ...
+    def jacobian(self, format: str | None = None, *,
+                 accumulate: Literal["float64"] | None = None) -> Any: ...

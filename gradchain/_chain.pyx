@@ -21,7 +21,7 @@ import numpy as np
 from libc.stdlib cimport free
 from cython cimport floating
 
-from gradchain._link cimport Link, link_raise
+from gradchain._link cimport Link, LINK_DENSE, link_raise
 from gradchain._bind cimport (LinkTable, _usable, _is_sparse, _extent,
                               _shares_memory)
 from libc.string cimport memcpy, memset
@@ -47,7 +47,9 @@ cdef enum:
     RAN_ZEROS = 3
     RAN_COPY = 4
     RAN_PROMOTED = 5
-_RAN = ("propagate", "accumulate", "samples", "zeros", "copy", "promoted")
+    RAN_MIXED = 6
+_RAN = ("propagate", "accumulate", "samples", "zeros", "copy", "promoted",
+        "mixed")
 
 
 cdef inline int _execute(const Link *f, Py_ssize_t m, const int *split,
@@ -71,6 +73,36 @@ cdef object _promoted(object J):
     if hasattr(J, "_gc_kind") or _is_sparse(J):
         return J.astype(_DT_DOUBLE)
     return J
+
+
+cdef bint _wide(object accumulate) except -1:
+    """accumulate=: None (the chain's dtype) or "float64"."""
+    if accumulate is None:
+        return False
+    if (isinstance(accumulate, str) and accumulate == "float64") or (
+            not isinstance(accumulate, str) and accumulate is not bool
+            and _is_float64(accumulate)):
+        return True
+    raise ValueError(f"accumulate must be None or 'float64', got {accumulate!r}")
+
+
+cdef bint _is_float64(object dt):
+    try:
+        return np.dtype(dt) == _DT_DOUBLE
+    except TypeError:
+        return False
+
+
+cdef object _in_float64(object x):
+    """A real vector as float64 (accumulate="float64"); anything else as it
+    is, for the product's own checks to report."""
+    try:
+        a = np.asarray(x)
+    except Exception:
+        return x
+    if a.dtype.kind in "fiub" and a.dtype != _DT_DOUBLE:
+        return a.astype(_DT_DOUBLE)
+    return x
 
 
 def _rebuild(cls, jacobians, copies):
@@ -292,27 +324,36 @@ cdef class ChainCore(LinkTable):
 
     def _last_strategy(self):
         """(Strategy or None, what ran) of the last product on this chain:
-        what ran is "propagate", "accumulate", "samples", "zeros", "copy"
-        or "promoted" (tests)."""
+        what ran is "propagate", "accumulate", "samples", "zeros", "copy",
+        "promoted" (a float32 chain converted to float64 for the call) or
+        "mixed" (float32 dense links read in place into float64 sums)
+        (tests)."""
         if self._ran < 0:
             return None
         return (self._last, _RAN[self._ran])
 
     # ------------------------------------------------------------ products
 
-    def jacobian(self, format=None):
+    def jacobian(self, format=None, *, accumulate=None):
         """The Jacobian J_k ... J_1 of shape (n_k, n_0) (or, with
         per-sample links, (batch, n_k, n_0)), accumulated in the cheapest
         bracketing (see ``plan(mode="jacobian")``): a
         ``scipy.sparse.csr_array`` when every link is sparse or
         diagonal-like (and one at least sparse), else a dense array;
         ``format="dense"`` forces a dense array, ``format="csr"`` a
-        csr_array (of the dense product, for a chain with dense links)."""
+        csr_array (of the dense product, for a chain with dense links).
+        ``accumulate="float64"``: a float32 chain's product in float64 (its
+        links converted for the call: O(size) against the product's
+        O(size * width)), a float64 result."""
         cdef cnp.npy_intp dims[3]
         cdef Strategy s
         cdef int rc, nt
         cdef Py_ssize_t ostride
         cdef char *base
+        if _wide(accumulate) and self.typenum == cnp.NPY_FLOAT:
+            self._last, self._ran = None, RAN_PROMOTED
+            return ChainCore([_promoted(J) for J in self.jacobians],
+                             transpose_copies=self.copy_bytes >= 0).jacobian(format)
         if self.k == 0:
             raise ValueError("the empty chain is the identity of any size; it "
                              "has no dense Jacobian")
@@ -402,20 +443,24 @@ cdef class ChainCore(LinkTable):
         if rc:
             link_raise(rc, "could not allocate the intermediate products")
 
-    def vjp(self, cotangent, out=None, *, intermediates=False):
+    def vjp(self, cotangent, out=None, *, intermediates=False, accumulate=None):
         """J_1^T J_2^T ... J_k^T g for g of shape (n_k,) or (batch, n_k);
         with intermediates=True every cotangent along the way, lambda_k = g,
         ..., lambda_0, as a Trajectory indexed by i (batch * (n_0 + ... +
         n_k) elements in one allocation, or the k + 1 arrays of an out=
         sequence); see gradchain.vjp."""
+        if _wide(accumulate):
+            cotangent = _in_float64(cotangent)
         if intermediates is False:
             return self._product(cotangent, out, True)
         return self._trajectory(cotangent, out, True, intermediates)
 
-    def jvp(self, tangent, out=None, *, intermediates=False):
+    def jvp(self, tangent, out=None, *, intermediates=False, accumulate=None):
         """J_k ... J_2 J_1 v for v of shape (n_0,) or (batch, n_0); with
         intermediates=True every tangent along the way, t_0 = v, ..., t_k,
         as a Trajectory (memory as vjp's); see gradchain.jvp."""
+        if _wide(accumulate):
+            tangent = _in_float64(tangent)
         if intermediates is False:
             return self._product(tangent, out, False)
         return self._trajectory(tangent, out, False, intermediates)
@@ -442,7 +487,10 @@ cdef class ChainCore(LinkTable):
         x = self.vector(x_in, name, transpose, &typenum, &B, &nres)
         cdef int nd = cnp.PyArray_NDIM(x)
         cdef gc_fpstate fps
-        if typenum != self.typenum and self.typenum != -1:
+        cdef bint f32 = False
+        if typenum != self.typenum and self.typenum != -1 and self._dense_only():
+            f32 = True      # the mixed kernels (as _product)
+        elif typenum != self.typenum and self.typenum != -1:
             # float32 chain, float64 vector: promoted for this call (as _product)
             promoted = ChainCore([_promoted(J) for J in self.jacobians],
                                  transpose_copies=self.copy_bytes >= 0)
@@ -517,7 +565,8 @@ cdef class ChainCore(LinkTable):
                         rc = propagate(self.links + (k - run if transpose else 0),
                                        run, self.maxw, transpose,
                                        <const double *>cnp.PyArray_DATA(x), B,
-                                       NULL, NULL, nt, <double **>(steps + 1))
+                                       NULL, NULL, nt, <double **>(steps + 1),
+                                       f32)
                     else:
                         rc = propagate(self.links + (k - run if transpose else 0),
                                        run, self.maxw, transpose,
@@ -529,7 +578,7 @@ cdef class ChainCore(LinkTable):
                 free(steps)
         if rc:
             link_raise(rc, "could not allocate the chain's work buffers")
-        self._last, self._ran = None, RAN_PROPAGATE
+        self._last, self._ran = None, (RAN_MIXED if f32 else RAN_PROPAGATE)
         if arrays is not None:
             for i in range(k + 1):
                 if arrays[i] is not out[i]:
@@ -599,10 +648,30 @@ cdef class ChainCore(LinkTable):
         else:
             dst = self.check_out(out, x, name, nd, rdims, typenum)
             res = <cnp.ndarray>out
-        if typenum != self.typenum and self.typenum != -1:
+        cdef bint promote = typenum != self.typenum and self.typenum != -1
+        if (promote and B * nres > 0 and k > 0 and not self.has_zero
+                and self._dense_only()):
+            # float32 dense links, float64 vector, a plan that propagates:
+            # the links read in place by the mixed kernels (float64 sums,
+            # the float64 chain's operations)
+            s = self._strategy(MODE_VJP if transpose else MODE_JVP, B)
+            if s.order == ORDER_LEFT:
+                if not gc_size_mul3(2 * B, self.maxw, sizeof(double), &wsize):
+                    raise MemoryError(
+                        f"the work buffers for a batch of {B} through widths "
+                        f"up to {self.maxw} exceed the address space")
+                if not (cnp.PyArray_IS_C_CONTIGUOUS(x) and _usable(x, typenum)):
+                    x = np.require(x, _DT_DOUBLE, "CA")
+                self._propagate(x, B, dst, typenum, transpose, True)
+                self._last, self._ran = s, RAN_MIXED
+                promote = False
+                if dst is not res:
+                    res[...] = dst
+                return res
+        if promote:
             # float32 chain, float64 vector: promote like NumPy.  This
-            # converts every link for this call; build the Chain in float64
-            # to avoid it.
+            # converts every link for this call (except where the mixed
+            # kernels above apply); build the Chain in float64 to avoid it.
             promoted = ChainCore([_promoted(J) for J in self.jacobians],
                                  transpose_copies=self.copy_bytes >= 0)
             (<ChainCore>promoted)._product(x, dst, transpose)
@@ -638,8 +707,17 @@ cdef class ChainCore(LinkTable):
             res[...] = dst
         return res
 
+    cdef bint _dense_only(self):
+        """Every link dense (shared or per-sample): what the mixed kernels
+        take."""
+        cdef Py_ssize_t i
+        for i in range(self.k):
+            if self.links[i].kind != LINK_DENSE:
+                return False
+        return True
+
     cdef _propagate(self, cnp.ndarray x, Py_ssize_t B, cnp.ndarray dst,
-                    int typenum, bint transpose):
+                    int typenum, bint transpose, bint f32=False):
         cdef int rc, nt = effective_threads()
         cdef const void *xp = cnp.PyArray_DATA(x)
         cdef void *dp = cnp.PyArray_DATA(dst)
@@ -648,7 +726,8 @@ cdef class ChainCore(LinkTable):
             fp_enter(&fps, nt)
             if typenum == cnp.NPY_DOUBLE:
                 rc = propagate(self.links, self.k, self.maxw, transpose,
-                               <const double *>xp, B, <double *>dp, NULL, nt)
+                               <const double *>xp, B, <double *>dp, NULL, nt,
+                               NULL, f32)
             else:
                 rc = propagate(self.links, self.k, self.maxw, transpose,
                                <const float *>xp, B, <float *>dp, NULL, nt)

@@ -25,6 +25,15 @@ cdef extern from "gc_dense.h" nogil:
     void gc_pack_rows_d(Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
                         const double *A, Py_ssize_t rs, Py_ssize_t cs,
                         double *P)
+    int gc_axpy_rows_m(Py_ssize_t m, Py_ssize_t n, const float *A,
+                        Py_ssize_t rs, Py_ssize_t cs, const double *x,
+                        double *y, int nthreads)
+    void gc_dot_rows_m(Py_ssize_t m, Py_ssize_t n, const float *A,
+                       Py_ssize_t rs, Py_ssize_t cs, const double *x,
+                       double *y, int nthreads)
+    void gc_pack_rows_m(Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
+                        const float *A, Py_ssize_t rs, Py_ssize_t cs,
+                        double *P)
     const char *gc_simd_target()
     int gc_have_openmp()
     int gc_max_threads()
@@ -64,6 +73,15 @@ cdef int link_jv(const floating *J, Py_ssize_t m, Py_ssize_t n,
                   Py_ssize_t rs, Py_ssize_t cs, const floating *v,
                   floating *out, int nthreads) noexcept nogil
 
+# The same for a float32 J and float64 vectors, summed in float64: link_jtv/
+# link_jv's operations on J converted to float64 (accumulate="float64").
+cdef int link_jtv_m(const float *J, Py_ssize_t m, Py_ssize_t n,
+                    Py_ssize_t rs, Py_ssize_t cs, const double *g,
+                    double *out, int nthreads) noexcept nogil
+cdef int link_jv_m(const float *J, Py_ssize_t m, Py_ssize_t n,
+                   Py_ssize_t rs, Py_ssize_t cs, const double *v,
+                   double *out, int nthreads) noexcept nogil
+
 # P (r1 - r0, n), C-contiguous = rows r0 .. r1 of A (strides rs, cs in
 # elements): the packing of a strided operand for BLAS (_blas.pyx).
 cdef void pack_rows(Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
@@ -73,3 +91,8 @@ cdef void pack_rows(Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
 # A memoryview's stride in bytes as elements of itemsize bytes; ValueError
 # when it is not a multiple (the typed-memoryview entry points).
 cdef Py_ssize_t elem_stride(Py_ssize_t nbytes, Py_ssize_t itemsize) except? -1
+
+# The same, converting float32 rows to float64 (the mixed kernels' blocks).
+cdef void pack_rows_m(Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
+                      const float *A, Py_ssize_t rs, Py_ssize_t cs,
+                      double *P) noexcept nogil

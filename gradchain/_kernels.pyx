@@ -69,6 +69,31 @@ cdef int link_jv(const floating *J, Py_ssize_t m, Py_ssize_t n,
         return gc_axpy_rows_d(n, m, J, cs, rs, v, out, nthreads)
 
 
+cdef int link_jtv_m(const float *J, Py_ssize_t m, Py_ssize_t n,
+                    Py_ssize_t rs, Py_ssize_t cs, const double *g,
+                    double *out, int nthreads) noexcept nogil:
+    # link_jtv's choice of loop, on the mixed instance
+    if _abs(cs) <= _abs(rs):
+        return gc_axpy_rows_m(m, n, J, rs, cs, g, out, nthreads)
+    gc_dot_rows_m(n, m, J, cs, rs, g, out, nthreads)
+    return 0
+
+
+cdef int link_jv_m(const float *J, Py_ssize_t m, Py_ssize_t n,
+                   Py_ssize_t rs, Py_ssize_t cs, const double *v,
+                   double *out, int nthreads) noexcept nogil:
+    if _abs(cs) <= _abs(rs):
+        gc_dot_rows_m(m, n, J, rs, cs, v, out, nthreads)
+        return 0
+    return gc_axpy_rows_m(n, m, J, cs, rs, v, out, nthreads)
+
+
+cdef void pack_rows_m(Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
+                      const float *A, Py_ssize_t rs, Py_ssize_t cs,
+                      double *P) noexcept nogil:
+    gc_pack_rows_m(r0, r1, n, A, rs, cs, P)
+
+
 cdef void pack_rows(Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t n,
                     const floating *A, Py_ssize_t rs, Py_ssize_t cs,
                     floating *P) noexcept nogil:
@@ -188,13 +213,49 @@ def _vector(const floating[:, :] J, const floating[::1] x, floating[::1] out,
         raise MemoryError()
 
 
+def _vector_mixed(const float[:, :] J, const double[::1] x, double[::1] out,
+                  bint transpose):
+    # out = J^T x or J x for a float32 J and float64 vectors, summed in
+    # float64 (the mixed kernels)
+    cdef Py_ssize_t m = J.shape[0], n = J.shape[1]
+    if x.shape[0] != (m if transpose else n) or out.shape[0] != (n if transpose else m):
+        raise ValueError("shape mismatch")
+    if out.shape[0] == 0:
+        return
+    if x.shape[0] == 0:
+        out[:] = 0
+        return
+    cdef Py_ssize_t rs = elem_stride(J.strides[0], sizeof(float))
+    cdef Py_ssize_t cs = elem_stride(J.strides[1], sizeof(float))
+    cdef int nt = effective_threads(), rc
+    cdef gc_fpstate fps
+    with nogil:
+        fp_enter(&fps, nt)
+        if transpose:
+            rc = link_jtv_m(&J[0, 0], m, n, rs, cs, &x[0], &out[0], nt)
+        else:
+            rc = link_jv_m(&J[0, 0], m, n, rs, cs, &x[0], &out[0], nt)
+        fp_exit(&fps)
+    if rc:
+        raise MemoryError()
+
+
+cdef _dispatch(J, x, out, bint transpose):
+    if getattr(J, "dtype", None) == np.float32 and getattr(x, "dtype", None) == np.float64:
+        _vector_mixed(J, x, out, transpose)
+    else:
+        _vector(J, x, out, transpose)
+
+
 def jtv(J, g, out):
     """out[:] = J.T @ g for one dense J of any layout (no argument checks
-    beyond shapes; use gradchain.vjp).  The many-vector forms are in
+    beyond shapes; use gradchain.vjp); a float32 J with float64 g and out
+    sums in float64 (the mixed kernels).  The many-vector forms are in
     gradchain._blas."""
-    _vector(J, g, out, True)
+    _dispatch(J, g, out, True)
 
 
 def jv(J, v, out):
-    """out[:] = J @ v for one dense J of any layout."""
-    _vector(J, v, out, False)
+    """out[:] = J @ v for one dense J of any layout (float32 J, float64
+    vectors: the mixed kernels)."""
+    _dispatch(J, v, out, False)

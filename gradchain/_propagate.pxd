@@ -16,9 +16,12 @@ from gradchain._link cimport Link
 # pointers): step s writes its B rows, C-contiguous, to steps[s] instead
 # (runs too: every link's result), work is not used and out is ignored
 # (the result is steps[k - 1]); the buffers must not overlap x, the links
-# or each other.  0, -1 when out of memory, or another code of
-# _link.link_apply_rows (see link_raise).
+# or each other.  f32 (double only): every link is dense (shared or
+# per-sample) and its data are float32, read by the mixed kernels and
+# summed in float64 (accumulate="float64"; B > 1 through BLAS reads a
+# float64 copy of a shared link).  0, -1 when out of memory, or another
+# code of _link.link_apply_rows (see link_raise).
 cdef int propagate(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
                    bint transpose, const floating *x, Py_ssize_t B,
                    floating *out, floating *work, int nt,
-                   floating **steps=*) noexcept nogil
+                   floating **steps=*, bint f32=*) noexcept nogil

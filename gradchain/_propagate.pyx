@@ -22,7 +22,7 @@ from gradchain._link cimport (Link, LINK_DENSE, LINK_CSR, LINK_CSC, LINK_TILE,
                               LINK_TILES_MIN,
                               link_sample, link_apply_rows, link_apply_sparse,
                               link_scatters, link_tiles)
-from gradchain._kernels cimport link_jtv, link_jv
+from gradchain._kernels cimport link_jtv_m, link_jv_m, pack_rows_m
 from gradchain._blas cimport block_jtv, block_jv
 from gradchain._sizes cimport gc_size_mul, gc_malloc_n
 
@@ -47,6 +47,40 @@ cdef inline const Link *_link_at(const Link *links, Py_ssize_t k,
     return &links[k - 1 - step if transpose else step]
 
 
+cdef int _dense_rows(const Link *L, const char *J, bint transpose,
+                     const floating *x, Py_ssize_t B, floating *out, int nt,
+                     bint f32) noexcept nogil:
+    """out = the B rows of x through the dense link L whose data (a
+    sample's, for a per-sample link) start at J: one row on the vector
+    kernel, a block through BLAS (_blas).  f32 (floating is double): J is
+    float32, one row on the mixed kernels, a block through a float64 copy
+    of J (m n elements, freed here)."""
+    cdef double *tmp
+    cdef int rc
+    if floating is double:
+        if f32:
+            if B == 1:
+                if transpose:
+                    return link_jtv_m(<const float *>J, L.m, L.n, L.rs, L.cs,
+                                      x, out, nt)
+                return link_jv_m(<const float *>J, L.m, L.n, L.rs, L.cs, x,
+                                 out, nt)
+            # m n fits: the link exists as an array of m n float32
+            tmp = <double *>gc_malloc_n(L.m * L.n, sizeof(double))
+            if tmp == NULL:
+                return -1
+            pack_rows_m(0, L.m, L.n, <const float *>J, L.rs, L.cs, tmp)
+            if transpose:
+                rc = block_jtv(tmp, L.m, L.n, L.n, 1, x, B, out, nt)
+            else:
+                rc = block_jv(tmp, L.m, L.n, L.n, 1, x, B, out, nt)
+            free(tmp)
+            return rc
+    if transpose:   # (one row: block_jtv runs the vector kernel)
+        return block_jtv(<const floating *>J, L.m, L.n, L.rs, L.cs, x, B, out, nt)
+    return block_jv(<const floating *>J, L.m, L.n, L.rs, L.cs, x, B, out, nt)
+
+
 cdef inline bint _sample_blocked(const Link *L, size_t itemsize) noexcept nogil:
     """Whether the sample-blocked loop takes this link: per-sample, or
     shared, dense and small (_RUN_SHARED_BYTES)."""
@@ -57,7 +91,7 @@ cdef inline bint _sample_blocked(const Link *L, size_t itemsize) noexcept nogil:
 cdef int _per_sample_run(const Link *links, Py_ssize_t k, Py_ssize_t s0,
                          Py_ssize_t s1, bint transpose, const floating *x,
                          Py_ssize_t B, Py_ssize_t maxw, floating *dst,
-                         int nt, floating **steps) noexcept nogil:
+                         int nt, floating **steps, bint f32) noexcept nogil:
     """Steps s0 <= step < s1 of the chain, per-sample (B, m, n) links and
     small shared dense ones (_sample_blocked), at least one per-sample:
     rows of x (the input of step s0) in, rows of dst (the output of step
@@ -77,7 +111,6 @@ cdef int _per_sample_run(const Link *links, Py_ssize_t k, Py_ssize_t s0,
     cdef Py_ssize_t elems = 0, total
     cdef const Link *L
     cdef const floating *cur
-    cdef const floating *J
     cdef floating *nxt
     cdef floating *scratch = NULL
     cdef floating *mine
@@ -122,15 +155,9 @@ cdef int _per_sample_run(const Link *links, Py_ssize_t k, Py_ssize_t s0,
             else:
                 nxt = mine + ((step - s0) & 1) * (per // 2)
             for b in range(b0, b1):
-                J = <const floating *>link_sample(L, b, sizeof(floating))
-                if transpose:
-                    err += link_jtv(J, L.m, L.n, L.rs, L.cs,
-                                    cur + (b - b0) * nin,
-                                    nxt + (b - b0) * nout, 1) != 0
-                else:
-                    err += link_jv(J, L.m, L.n, L.rs, L.cs,
-                                   cur + (b - b0) * nin,
-                                   nxt + (b - b0) * nout, 1) != 0
+                err += _dense_rows(L, link_sample(L, b, 4 if f32 else sizeof(floating)),
+                                   transpose, cur + (b - b0) * nin,
+                                   1, nxt + (b - b0) * nout, 1, f32) != 0
             cur = nxt
     free(scratch)
     return -1 if err else 0
@@ -213,7 +240,7 @@ cdef int _sparse_run(const Link *links, Py_ssize_t k, Py_ssize_t s0,
 cdef int propagate(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
                    bint transpose, const floating *x, Py_ssize_t B,
                    floating *out, floating *work, int nt,
-                   floating **steps=NULL) noexcept nogil:
+                   floating **steps=NULL, bint f32=False) noexcept nogil:
     """The fused chain loop (see _propagate.pxd)."""
     cdef Py_ssize_t step, s1, half = B * maxw, plain_until = 0
     cdef floating *own = NULL
@@ -258,18 +285,14 @@ cdef int propagate(const Link *links, Py_ssize_t k, Py_ssize_t maxw,
             dst = out if s1 == k else work + which * half
         if run:
             rc = _per_sample_run(links, k, step, s1, transpose, cur, B, maxw,
-                                 dst, nt, steps)
+                                 dst, nt, steps, f32)
         elif _sparse(L) and B >= LINK_TILE:
             rc = _sparse_run(links, k, step, s1, transpose, cur, B, dst, nt,
                              steps)
         elif L.kind != LINK_DENSE:
             rc = link_apply_rows(L, transpose, cur, B, dst, nt)
-        elif transpose:         # (one row: block_jtv runs the vector kernel)
-            rc = block_jtv(<const floating *>L.data, L.m, L.n, L.rs, L.cs,
-                           cur, B, dst, nt)
         else:
-            rc = block_jv(<const floating *>L.data, L.m, L.n, L.rs, L.cs,
-                          cur, B, dst, nt)
+            rc = _dense_rows(L, L.data, transpose, cur, B, dst, nt, f32)
         if rc:
             break
         cur = dst

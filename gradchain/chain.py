@@ -380,7 +380,8 @@ def _chain_operator(chain: Chain, shape: tuple[int, int]) -> Any:
 
 
 def vjp(jacobians: _Jacobians, cotangent: ArrayLike, *,
-        out: Any = None, intermediates: bool = False) -> Any:
+        out: Any = None, intermediates: bool = False,
+        accumulate: str | None = None) -> Any:
     """Vector-Jacobian product through a chain: J_1^T J_2^T ... J_k^T g.
 
     Parameters
@@ -406,6 +407,17 @@ def vjp(jacobians: _Jacobians, cotangent: ArrayLike, *,
         product's where that propagates too.  Memory: batch * (n_0 + ... +
         n_k) elements, one allocation (none beyond the result when False,
         the default).
+    accumulate : {None, "float64"}, optional
+        ``"float64"``: a float32 chain's product summed in float64, with a
+        float64 result (NumPy's ``einsum(dtype=)``, JAX's
+        ``preferred_element_type``): dense links are read in place as
+        float32 by the mixed kernels when the product propagates (one
+        vector, or per-sample chains), each element converted exactly on
+        load; other links, and plans that multiply links first, convert the
+        chain to float64 for the call.  The result is the float64 chain's
+        on the converted links, up to where the compiler contracted a
+        multiply-add into an FMA differently (an ulp of float64).  None (default): the chain's own dtype, as is
+        "float64" for a float64 chain.
 
     Returns
     -------
@@ -427,11 +439,13 @@ def vjp(jacobians: _Jacobians, cotangent: ArrayLike, *,
     >>> gradchain.vjp([np.eye(2), 2 * np.eye(2)], [1., 3.])
     array([2., 6.])
     """
-    return ChainCore(jacobians).vjp(cotangent, out, intermediates=intermediates)
+    return ChainCore(jacobians).vjp(cotangent, out, intermediates=intermediates,
+                                    accumulate=accumulate)
 
 
 def jvp(jacobians: _Jacobians, tangent: ArrayLike, *,
-        out: Any = None, intermediates: bool = False) -> Any:
+        out: Any = None, intermediates: bool = False,
+        accumulate: str | None = None) -> Any:
     """Jacobian-vector product through a chain: J_k ... J_2 J_1 v.
 
     Parameters
@@ -445,6 +459,8 @@ def jvp(jacobians: _Jacobians, tangent: ArrayLike, *,
     intermediates : bool, optional
         Return every tangent t_0 = v, t_i = J_i t_{i-1}, ..., t_k as a
         :class:`gradchain.Trajectory` indexed by i (see :func:`vjp`).
+    accumulate : {None, "float64"}, optional
+        Sums in float64 for a float32 chain; see :func:`vjp`.
 
     Returns
     -------
@@ -458,10 +474,12 @@ def jvp(jacobians: _Jacobians, tangent: ArrayLike, *,
     >>> gradchain.jvp([np.array([[1., 2.]]), np.array([[3.]])], [1., 1.])
     array([9.])
     """
-    return ChainCore(jacobians).jvp(tangent, out, intermediates=intermediates)
+    return ChainCore(jacobians).jvp(tangent, out, intermediates=intermediates,
+                                    accumulate=accumulate)
 
 
-def jacobian(jacobians: _Jacobians, format: str | None = None) -> Any:
+def jacobian(jacobians: _Jacobians, format: str | None = None, *,
+             accumulate: str | None = None) -> Any:
     """The Jacobian J_k ... J_1 of a chain, shape (n_k, n_0).
 
     The product is bracketed by the matrix-chain programme with a cost model
@@ -472,7 +490,9 @@ def jacobian(jacobians: _Jacobians, format: str | None = None) -> Any:
     SpGEMM in the order the programme chose from estimated nonzeros; any
     dense, matrix-free or per-sample link gives a dense array.
     ``format="dense"`` forces a dense array, ``format="csr"`` a csr_array
-    (see :meth:`Chain.jacobian`).
+    (see :meth:`Chain.jacobian`).  ``accumulate="float64"``: a float32
+    chain's product in float64 (see :func:`vjp`; the links are converted for
+    the call).
 
     Examples
     --------
@@ -480,4 +500,4 @@ def jacobian(jacobians: _Jacobians, format: str | None = None) -> Any:
     >>> gradchain.jacobian([np.array([[1., 2.]]).T, np.array([[3., 4.]])])
     array([[11.]])
     """
-    return ChainCore(jacobians).jacobian(format)
+    return ChainCore(jacobians).jacobian(format, accumulate=accumulate)

@@ -431,3 +431,102 @@ def test_long_rows_bitwise_independent_of_threads(rng, dtype, restore_threads):
         ref = J.astype(np.float64) @ v.astype(np.float64)
         np.testing.assert_allclose(np.frombuffer(outs[0], dtype), ref,
                                    rtol=0, atol=50 * np.finfo(dtype).eps * np.abs(J).sum(1).max())
+
+
+# --------------------------------------------------------------------------
+# accumulate="float64" (issue 12, item 3): float32 links, float64 sums
+# --------------------------------------------------------------------------
+
+def _as_f64_same_layout(J):
+    """J converted to float64 with J's strides (in elements)."""
+    if J.flags.c_contiguous:
+        return J.astype(np.float64)
+    if J.flags.f_contiguous:
+        return np.asfortranarray(J, dtype=np.float64)
+    base = J.base.astype(np.float64)
+    return np.lib.stride_tricks.as_strided(
+        base, J.shape, tuple(s * 2 for s in J.strides))
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+@pytest.mark.parametrize("batch", [None, 3])
+@pytest.mark.parametrize("mode", ["vjp", "jvp"])
+def test_accumulate_float64_is_the_float64_chain(rng, layout, batch, mode):
+    # float32 links read in place by the mixed kernels give the float64
+    # chain's result on the same links converted
+    Js = []
+    for _ in range(4):
+        A = rng.standard_normal((40, 80)).astype(np.float32)
+        Js.append({"C": np.ascontiguousarray(A[:, :40]),
+                   "F": np.asfortranarray(A[:, :40]),
+                   "strided": A[:, ::2]}[layout])
+    J64 = [_as_f64_same_layout(J) for J in Js]
+    x = rng.standard_normal(40 if batch is None else (batch, 40)).astype(np.float32)
+    chain, ref = gradchain.Chain(Js), gradchain.Chain(J64)
+    got = getattr(chain, mode)(x, accumulate="float64")
+    want = getattr(ref, mode)(x.astype(np.float64))
+    assert got.dtype == np.float64
+    assert chain._last_strategy()[1] == "mixed"
+    # the same operations in the same order; the compiler may contract a
+    # multiply-add into an FMA differently in the two instances
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+    # the functional form, intermediates, and float64 input without the keyword
+    np.testing.assert_array_equal(
+        getattr(gradchain, mode)(Js, x, accumulate="float64"), got)
+    traj = getattr(chain, mode)(x, accumulate="float64", intermediates=True)
+    np.testing.assert_array_equal(traj[0 if mode == "vjp" else 4], got)
+    np.testing.assert_array_equal(getattr(chain, mode)(x.astype(np.float64)), got)
+    # a float64 chain ignores it
+    np.testing.assert_array_equal(getattr(ref, mode)(x, accumulate="float64"),
+                                  getattr(ref, mode)(x))
+
+
+def test_accumulate_float64_per_sample_and_structured(rng):
+    P = rng.standard_normal((6, 20, 20)).astype(np.float32)
+    S = rng.standard_normal((20, 20)).astype(np.float32)
+    G = rng.standard_normal((6, 20)).astype(np.float32)
+    chain = gradchain.Chain([P, S, P])
+    got = chain.vjp(G, accumulate="float64")
+    assert chain._last_strategy()[1] == "mixed"
+    want = gradchain.Chain([P.astype(np.float64), S.astype(np.float64),
+                            P.astype(np.float64)]).vjp(G.astype(np.float64))
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+    # a chain with a structured link is converted for the call: same values
+    d = rng.uniform(0.5, 2, 20).astype(np.float32)
+    c2 = gradchain.Chain([S, gradchain.Diagonal(d), S])
+    g = rng.standard_normal(20).astype(np.float32)
+    r = c2.vjp(g, accumulate="float64")
+    assert r.dtype == np.float64 and c2._last_strategy()[1] == "promoted"
+    S64 = S.astype(np.float64)
+    np.testing.assert_allclose(r, S64.T @ (d.astype(np.float64) * (S64.T @ g)),
+                               rtol=1e-13)
+    J = chain.jacobian(accumulate="float64")
+    assert J.dtype == np.float64 and J.shape == (6, 20, 20)
+    np.testing.assert_allclose(J, P.astype(np.float64) @ S64 @ P.astype(np.float64),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_accumulate_float64_long_row_accuracy(rng):
+    # one float32 row of 3e6 terms: float64 sums are ~1 float64 ulp of the
+    # exact value (computed in long double from the same float32 values);
+    # the float32 result is only as good as float32 can hold
+    n = 3_000_000
+    J = rng.standard_normal((1, n)).astype(np.float32)
+    v = rng.standard_normal(n).astype(np.float32)
+    exact = float(np.dot(J[0].astype(np.longdouble), v.astype(np.longdouble)))
+    scale = float(np.dot(np.abs(J[0]).astype(np.float64), np.abs(v).astype(np.float64)))
+    wide = gradchain.jvp([J], v, accumulate="float64")
+    assert wide.dtype == np.float64
+    assert abs(wide[0] - exact) <= 8 * np.finfo(np.float64).eps * scale
+    narrow = gradchain.jvp([J], v)
+    assert abs(wide[0] - exact) * 1e4 < max(abs(float(narrow[0]) - exact),
+                                            np.finfo(np.float32).eps * abs(exact))
+
+
+@pytest.mark.parametrize("bad", ["float32", "double64", 64, np.float32, True])
+def test_accumulate_rejects(rng, bad):
+    J = rng.standard_normal((3, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="accumulate must be None or 'float64'"):
+        gradchain.vjp([J], np.ones(3, np.float32), accumulate=bad)
+    with pytest.raises(ValueError, match="accumulate"):
+        gradchain.Chain([J]).jacobian(accumulate=bad)

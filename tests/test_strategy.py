@@ -131,6 +131,12 @@ def test_shortcuts_record_no_strategy(rng):
     e = gc.Chain([])
     e.vjp(np.ones(3))
     assert e._last_strategy() == (None, "copy")
-    f = gc.Chain([np.ones((2, 2), np.float32)])
+    f = gc.Chain([np.ones((2, 2), np.float32), gc.Diagonal(np.ones(2, np.float32))])
     f.vjp(np.ones(2))
     assert f._last_strategy() == (None, "promoted")
+    # dense float32 links with a float64 vector: the mixed kernels, which
+    # run the propagation plan they record
+    m = gc.Chain([np.ones((2, 2), np.float32)])
+    m.vjp(np.ones(2))
+    s, ran = m._last_strategy()
+    assert ran == "mixed" and "order='left'" in repr(s)
