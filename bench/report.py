@@ -172,6 +172,14 @@ SECTIONS = [
         Target("chain.jvp k=64 n=16 (prebuilt)", "Chain.vjp", 0.8,
                "prebuilt Chain.jvp k=64 n=16 vs Chain.vjp on the same chain "
                "(target: at least 0.8, i.e. jvp time at most 1.25× vjp's)"),
+        Target("RNN backward T=200 n=128: [Diagonal(d_t), W] x 200", "jax", 2.0,
+               "RNN backward, T = 200, n = 128, [Diagonal(d_t), W] × 200: Chain.vjp vs "
+               "jax.jit(lax.scan)"),
+        Target("RNN backward T=200 n=128: [Diagonal(d_t), W] x 200", "numpy", 4.0,
+               "the same vs the NumPy loop `g = d * (W.T @ g)`"),
+        Target("RNN backward T=200 n=128: [Diagonal(d_t), W] x 200", "dense links only",
+               None, "the same chain without its diagonals / with them (what the "
+               "diagonal links cost)"),
         Target("J.T @ v 4096x4096 float32, accumulate=float64", "float32", 0.77,
                "float32 J^T v 4096² with `accumulate=\"float64\"` vs the plain float32 "
                "product (target: at most 1.3× the time, a ratio of at least 0.77)"),
@@ -678,7 +686,9 @@ def render(sessions, meta):
             row = (f"| {name} | {fmt_time(st['median'])} | {fmt_time(st['min'])} | "
                    f"{st['rounds']} | {summary(rs)} |")
             if has_bytes:
-                row += f" {b['extra_info']['bytes'] / st['median'] / 1e9:.1f} |"
+                # (the same bytes for every implementation of the group)
+                nbytes = b["extra_info"].get("bytes", base["extra_info"]["bytes"])
+                row += f" {nbytes / st['median'] / 1e9:.1f} |"
             w(row)
         extra = {k: v for k, v in base["extra_info"].items()
                  if k in ("plan", "cost", "propagation_cost", "best_bracketing_cost", "plan_cost",

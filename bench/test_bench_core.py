@@ -228,3 +228,62 @@ def test_accumulate_float64_jtv(benchmark, impl):
     ref = J.astype(np.float64).T @ g.astype(np.float64)
     np.testing.assert_allclose(out, ref, rtol=1e-4 if impl == "float32" else 1e-12,
                                atol=1e-3 if impl == "float32" else 1e-10)
+
+
+RNN_GROUP = "RNN backward T=200 n=128: [Diagonal(d_t), W] x 200"
+
+
+def rnn_problem(T=200, n=128):
+    """Issue 12, item 6: an RNN's backward pass, the chain [D_1, W, D_2, W,
+    ..., D_T, W] (h_t = W diag(d_t) h_{t-1}), one cotangent, float64."""
+    rng = np.random.default_rng(6)
+    W = rng.standard_normal((n, n)) / np.sqrt(n)
+    ds = rng.uniform(0.1, 1.0, (T, n))
+    links = []
+    for d in ds:
+        links += [gradchain.Diagonal(d), W]
+    return W, ds, links, rng.standard_normal(n)
+
+
+def numpy_rnn(W, ds, g):
+    for d in ds[::-1]:
+        g = d * (W.T @ g)
+    return g
+
+
+def jax_rnn(jax, W, ds, g):
+    from jax import lax
+    Wj, Dj, gj = (jax.numpy.asarray(a) for a in (W, ds, g))
+
+    @jax.jit
+    def f(Wj, Dj, g):
+        def step(h, d):
+            return d * (Wj.T @ h), None
+        h, _ = lax.scan(step, g, Dj, reverse=True)
+        return h
+
+    f(Wj, Dj, gj).block_until_ready()
+    return lambda: f(Wj, Dj, gj).block_until_ready()
+
+
+@pytest.mark.benchmark(group=RNN_GROUP)
+@pytest.mark.parametrize("impl", ["gradchain", "numpy", "jax", "dense links only"])
+def test_rnn_backward(benchmark, impl, request):
+    W, ds, links, g = rnn_problem()
+    chain = gradchain.Chain(links)
+    dense_only = gradchain.Chain([W] * len(ds))
+    calls = {"gradchain": lambda: chain.vjp(g), "numpy": lambda: numpy_rnn(W, ds, g),
+             # the same chain without its diagonals: what the diagonals cost
+             "dense links only": lambda: dense_only.vjp(g)}
+    if impl == "jax" or impl == "gradchain":
+        jax = optional_peer(request, "jax_x64")
+        if jax is not None:
+            calls["jax"] = jax_rnn(jax, W, ds, g)
+        elif impl == "jax":
+            pytest.skip("jax is not installed")
+    if impl == "gradchain":
+        measure(benchmark, "gradchain", calls)
+    out = benchmark(calls[impl])
+    if impl != "dense links only":
+        np.testing.assert_allclose(np.asarray(out), numpy_rnn(W, ds, g), rtol=1e-10,
+                                   atol=1e-300)
