@@ -187,9 +187,18 @@ cdef Py_ssize_t elem_stride(Py_ssize_t nbytes, Py_ssize_t itemsize) except? -1:
     return nbytes // itemsize
 
 
-def _vector(const floating[:, :] J, const floating[::1] x, floating[::1] out,
+ctypedef fused _matrix:
+    float
+    double
+
+
+def _vector(const _matrix[:, :] J, const floating[::1] x, floating[::1] out,
             bint transpose):
-    # out = J^T x (transpose) or J x, on the vector kernels
+    # out = J^T x (transpose) or J x, on the vector kernels: J and the
+    # vectors of one dtype, or a float32 J with float64 vectors (the mixed
+    # kernels, float64 sums)
+    if _matrix is double and floating is float:
+        raise TypeError("a float64 J takes float64 vectors")
     cdef Py_ssize_t m = J.shape[0], n = J.shape[1]
     if x.shape[0] != (m if transpose else n) or out.shape[0] != (n if transpose else m):
         raise ValueError("shape mismatch")
@@ -198,53 +207,24 @@ def _vector(const floating[:, :] J, const floating[::1] x, floating[::1] out,
     if x.shape[0] == 0:
         out[:] = 0
         return
-    cdef Py_ssize_t rs = elem_stride(J.strides[0], sizeof(floating))
-    cdef Py_ssize_t cs = elem_stride(J.strides[1], sizeof(floating))
-    cdef int nt = effective_threads(), rc
+    cdef Py_ssize_t rs = elem_stride(J.strides[0], sizeof(_matrix))
+    cdef Py_ssize_t cs = elem_stride(J.strides[1], sizeof(_matrix))
+    cdef int nt = effective_threads(), rc = 0
     cdef gc_fpstate fps
     with nogil:
         fp_enter(&fps, nt)
-        if transpose:
-            rc = link_jtv(&J[0, 0], m, n, rs, cs, &x[0], &out[0], nt)
+        if _matrix is float and floating is double:
+            if transpose:
+                rc = link_jtv_m(&J[0, 0], m, n, rs, cs, &x[0], &out[0], nt)
+            else:
+                rc = link_jv_m(&J[0, 0], m, n, rs, cs, &x[0], &out[0], nt)
+        elif transpose:
+            rc = link_jtv(<const floating *>&J[0, 0], m, n, rs, cs, &x[0], &out[0], nt)
         else:
-            rc = link_jv(&J[0, 0], m, n, rs, cs, &x[0], &out[0], nt)
+            rc = link_jv(<const floating *>&J[0, 0], m, n, rs, cs, &x[0], &out[0], nt)
         fp_exit(&fps)
     if rc:
         raise MemoryError()
-
-
-def _vector_mixed(const float[:, :] J, const double[::1] x, double[::1] out,
-                  bint transpose):
-    # out = J^T x or J x for a float32 J and float64 vectors, summed in
-    # float64 (the mixed kernels)
-    cdef Py_ssize_t m = J.shape[0], n = J.shape[1]
-    if x.shape[0] != (m if transpose else n) or out.shape[0] != (n if transpose else m):
-        raise ValueError("shape mismatch")
-    if out.shape[0] == 0:
-        return
-    if x.shape[0] == 0:
-        out[:] = 0
-        return
-    cdef Py_ssize_t rs = elem_stride(J.strides[0], sizeof(float))
-    cdef Py_ssize_t cs = elem_stride(J.strides[1], sizeof(float))
-    cdef int nt = effective_threads(), rc
-    cdef gc_fpstate fps
-    with nogil:
-        fp_enter(&fps, nt)
-        if transpose:
-            rc = link_jtv_m(&J[0, 0], m, n, rs, cs, &x[0], &out[0], nt)
-        else:
-            rc = link_jv_m(&J[0, 0], m, n, rs, cs, &x[0], &out[0], nt)
-        fp_exit(&fps)
-    if rc:
-        raise MemoryError()
-
-
-cdef _dispatch(J, x, out, bint transpose):
-    if getattr(J, "dtype", None) == np.float32 and getattr(x, "dtype", None) == np.float64:
-        _vector_mixed(J, x, out, transpose)
-    else:
-        _vector(J, x, out, transpose)
 
 
 def jtv(J, g, out):
@@ -252,10 +232,10 @@ def jtv(J, g, out):
     beyond shapes; use gradchain.vjp); a float32 J with float64 g and out
     sums in float64 (the mixed kernels).  The many-vector forms are in
     gradchain._blas."""
-    _dispatch(J, g, out, True)
+    _vector(J, g, out, True)
 
 
 def jv(J, v, out):
     """out[:] = J @ v for one dense J of any layout (float32 J, float64
     vectors: the mixed kernels)."""
-    _dispatch(J, v, out, False)
+    _vector(J, v, out, False)

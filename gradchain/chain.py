@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -381,7 +381,7 @@ def _chain_operator(chain: Chain, shape: tuple[int, int]) -> Any:
 
 def vjp(jacobians: _Jacobians, cotangent: ArrayLike, *,
         out: Any = None, intermediates: bool = False,
-        accumulate: str | None = None) -> Any:
+        accumulate: Literal["float64"] | None = None) -> Any:
     """Vector-Jacobian product through a chain: J_1^T J_2^T ... J_k^T g.
 
     Parameters
@@ -445,7 +445,7 @@ def vjp(jacobians: _Jacobians, cotangent: ArrayLike, *,
 
 def jvp(jacobians: _Jacobians, tangent: ArrayLike, *,
         out: Any = None, intermediates: bool = False,
-        accumulate: str | None = None) -> Any:
+        accumulate: Literal["float64"] | None = None) -> Any:
     """Jacobian-vector product through a chain: J_k ... J_2 J_1 v.
 
     Parameters
@@ -479,7 +479,7 @@ def jvp(jacobians: _Jacobians, tangent: ArrayLike, *,
 
 
 def jacobian(jacobians: _Jacobians, format: str | None = None, *,
-             accumulate: str | None = None) -> Any:
+             accumulate: Literal["float64"] | None = None) -> Any:
     """The Jacobian J_k ... J_1 of a chain, shape (n_k, n_0).
 
     The product is bracketed by the matrix-chain programme with a cost model

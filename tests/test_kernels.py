@@ -530,3 +530,21 @@ def test_accumulate_rejects(rng, bad):
         gradchain.vjp([J], np.ones(3, np.float32), accumulate=bad)
     with pytest.raises(ValueError, match="accumulate"):
         gradchain.Chain([J]).jacobian(accumulate=bad)
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+def test_mixed_vector_kernels_entry_point(rng, layout):
+    # the typed-memoryview entry point takes a float32 J with float64
+    # vectors (the mixed kernels) and refuses a float64 J with float32 ones
+    A = rng.standard_normal((30, 50)).astype(np.float32)
+    J = {"C": np.ascontiguousarray(A[:, :25]), "F": np.asfortranarray(A[:, :25]),
+         "strided": A[:, ::2]}[layout]
+    g, v = rng.standard_normal(30), rng.standard_normal(25)
+    out_t, out = np.empty(25), np.empty(30)
+    K.jtv(J, g, out_t)
+    K.jv(J, v, out)
+    J64 = J.astype(np.float64)
+    np.testing.assert_allclose(out_t, J64.T @ g, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(out, J64 @ v, rtol=1e-13, atol=1e-13)
+    with pytest.raises(TypeError):
+        K.jtv(J64, g.astype(np.float32), np.empty(25, np.float32))
