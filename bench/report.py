@@ -82,6 +82,7 @@ ALGO = " — *algorithm-choice comparison*"
 FAIR = " — *fair peer*"
 _MLP = "compose(Affine, Tanh)x4 + SquaredError, value_and_grad, "
 _MLPP = "compose(Affine, Tanh)x4 + CrossEntropy, value_and_grad wrt=(x, params), "
+_MLPS = "compose(Affine, Sigmoid)x4 + SquaredError, value_and_grad, "
 SECTIONS = [
     ("issue 2: the core chain products", [
         Target("chain.vjp k=64 n=16 (prebuilt)", "numpy", 15.0,
@@ -208,6 +209,9 @@ SECTIONS = [
                "the same chain in IEEE mode on subnormals / flushed (the slowdown flushing removes)"),
         Target("k=512 n=64 float64 chain, cotangent in the subnormal range (1e-310)",
                "numpy subnormal", None, "NumPy loop on subnormals / gradchain flushed"),
+        Target(_MLPS + "n=256", "numpy", 1.8,
+               "compose(Affine, Sigmoid)×4 + SquaredError, n = 256, value_and_grad vs "
+               "NumPy by hand (the vectorised sigmoid)"),
     ]),
     ("issue 10: sparse and matrix-free links (float64; GB/s of matrix data in the time column)", [
         Target("CSR 1e6 x 1e6, 10/row: J^T g", "scipy", 1.6,

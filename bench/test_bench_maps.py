@@ -1,6 +1,7 @@
 """Maps and losses benchmarks (issue 3): value_and_grad of
 compose(Affine, Tanh) x 4 with SquaredError, against the same computation by
-hand in NumPy, PyTorch autograd and jax.jit(jax.value_and_grad).
+hand in NumPy, PyTorch autograd and jax.jit(jax.value_and_grad); and
+(issue 12, item 8: the vectorised sigmoid) the same with Sigmoid, n = 256.
 
 Peers other than NumPy are optional (rows skip when absent).  gradchain's
 test of each size also times it against every installed peer with `measure`
@@ -25,27 +26,32 @@ def problem(n, B=None, seed=0):
     return Ws, bs, x, t
 
 
-def numpy_by_hand(Ws, bs, x, t):
-    """Forward with np.tanh(W @ h + b), backward with (g * (1 - h*h)) @ W."""
+def numpy_by_hand(Ws, bs, x, t, act="tanh"):
+    """Forward with np.tanh(W @ h + b), backward with (g * (1 - h*h)) @ W;
+    act="sigmoid": 1 / (1 + np.exp(-(W @ h + b))), (g * h * (1 - h)) @ W."""
     hs = [x]
     for W, b in zip(Ws, bs):
-        hs.append(np.tanh(hs[-1] @ W.T + b))
+        z = hs[-1] @ W.T + b
+        hs.append(np.tanh(z) if act == "tanh" else 1 / (1 + np.exp(-z)))
     g = hs[-1] - t
     L = 0.5 * float(np.sum(g * g))
     for W, h in zip(reversed(Ws), reversed(hs[1:])):
-        g = (g * (1 - h * h)) @ W
+        g = (g * (1 - h * h) if act == "tanh" else g * h * (1 - h)) @ W
     return L, g
 
 
-def gradchain_fn(Ws, bs, t):
+ACTS = {"tanh": "Tanh", "sigmoid": "Sigmoid"}
+
+
+def gradchain_fn(Ws, bs, t, act="tanh"):
     maps = []
     for W, b in zip(Ws, bs):
-        maps += [gc.Affine(W, b), gc.Tanh()]
+        maps += [gc.Affine(W, b), getattr(gc, ACTS[act])()]
     f = gc.compose(*maps, loss=gc.SquaredError(t))
     return f.value_and_grad
 
 
-def torch_fn(Ws, bs, t):
+def torch_fn(Ws, bs, t, act="tanh"):
     torch = pytest.importorskip("torch")
     torch.set_num_threads(2)
     Wt = [torch.from_numpy(W) for W in Ws]
@@ -56,7 +62,7 @@ def torch_fn(Ws, bs, t):
         xt = torch.from_numpy(x).requires_grad_(True)
         h = xt
         for W, b in zip(Wt, bt):
-            h = torch.tanh(h @ W.T + b)
+            h = getattr(torch, act)(h @ W.T + b)
         L = 0.5 * torch.sum((h - tt) ** 2)
         L.backward()
         return L.item(), xt.grad.numpy()
@@ -64,7 +70,7 @@ def torch_fn(Ws, bs, t):
     return f
 
 
-def jax_fn(jax, Ws, bs, t):
+def jax_fn(jax, Ws, bs, t, act="tanh"):
     jnp = jax.numpy
     Wj = [jnp.asarray(W) for W in Ws]
     bj = [jnp.asarray(b) for b in bs]
@@ -72,8 +78,9 @@ def jax_fn(jax, Ws, bs, t):
 
     def loss(x):
         h = x
+        act_f = jnp.tanh if act == "tanh" else jax.nn.sigmoid
         for W, b in zip(Wj, bj):
-            h = jnp.tanh(h @ W.T + b)
+            h = act_f(h @ W.T + b)
         return 0.5 * jnp.sum((h - tj) ** 2)
 
     vg = jax.jit(jax.value_and_grad(loss))
@@ -86,29 +93,29 @@ def jax_fn(jax, Ws, bs, t):
     return f
 
 
-def _peer_calls(Ws, bs, x, t, request):
+def _peer_calls(Ws, bs, x, t, request, act="tanh"):
     """name -> zero-argument call, for every peer that is installed."""
-    return peer_calls(request, lambda: numpy_by_hand(Ws, bs, x, t),
-                      lambda: torch_fn(Ws, bs, t),
-                      lambda jax: jax_fn(jax, Ws, bs, t), x)
+    return peer_calls(request, lambda: numpy_by_hand(Ws, bs, x, t, act),
+                      lambda: torch_fn(Ws, bs, t, act),
+                      lambda jax: jax_fn(jax, Ws, bs, t, act), x)
 
 
-def _bench(benchmark, impl, Ws, bs, x, t, request):
+def _bench(benchmark, impl, Ws, bs, x, t, request, act="tanh"):
     if impl == "gradchain":
-        f = gradchain_fn(Ws, bs, t)
+        f = gradchain_fn(Ws, bs, t, act)
         measure(benchmark, "gradchain", {"gradchain": lambda: f(x),
-                                         **_peer_calls(Ws, bs, x, t, request)})
+                                         **_peer_calls(Ws, bs, x, t, request, act)})
     elif impl == "numpy":
         def f(x):
-            return numpy_by_hand(Ws, bs, x, t)
+            return numpy_by_hand(Ws, bs, x, t, act)
     elif impl == "torch":
-        f = torch_fn(Ws, bs, t)
+        f = torch_fn(Ws, bs, t, act)
     else:
         jax = request.getfixturevalue("jax_x64")
-        f = jax_fn(jax, Ws, bs, t)
+        f = jax_fn(jax, Ws, bs, t, act)
         x = jax.numpy.asarray(x)
     L, g = benchmark(f, x)
-    Lr, gr = numpy_by_hand(Ws, bs, np.asarray(x), t)
+    Lr, gr = numpy_by_hand(Ws, bs, np.asarray(x), t, act)
     assert abs(float(L) - Lr) <= 1e-9 * max(1.0, abs(Lr))
     np.testing.assert_allclose(np.asarray(g), gr, rtol=1e-9, atol=1e-12)
 
@@ -127,3 +134,11 @@ def test_mlp_value_and_grad_batch(benchmark, impl, request):
                        "batch B=256, n=64")
     Ws, bs, x, t = problem(64, B=256)
     _bench(benchmark, impl, Ws, bs, x, t, request)
+
+
+@pytest.mark.parametrize("n", [256])
+@pytest.mark.parametrize("impl", ["gradchain", "numpy", "torch", "jax"])
+def test_mlp_sigmoid_value_and_grad(benchmark, impl, n, request):
+    benchmark.group = f"compose(Affine, Sigmoid)x4 + SquaredError, value_and_grad, n={n}"
+    Ws, bs, x, t = problem(n)
+    _bench(benchmark, impl, Ws, bs, x, t, request, act="sigmoid")

@@ -1,18 +1,74 @@
 /*
- * gc_maps_impl.h -- type template for gc_maps.c: GC_T, GC_SFX and the libm
- * functions GC_EXP, GC_LOG, GC_LOG1P, GC_TANH, GC_SIN, GC_COS of that type.
+ * gc_maps_impl.h -- type template for gc_maps.c: GC_T, GC_SFX, the libm
+ * functions GC_EXP, GC_SIN, GC_COS of that type (GC_EXP for the softmax
+ * rows' non-finite cases, GC_SIN and GC_COS for |x| >= GC_TRIG_MAX) and
+ * the helpers and constants gc_maps.c defines per type.
  * Not a public header.
  */
 #define GC_CAT_(a, b) a##_##b
 #define GC_CAT(a, b) GC_CAT_(a, b)
 #define GC_NAME(base) GC_CAT(base, GC_SFX)
 
+/* exp(t) = 2^k exp(r): returns exp(r), r = t - k ln2 (two-part ln2), by
+ * GC_EXP_POLY, and k = round(t / ln2) in *k.  tanh_vec's exponential. */
+static inline GC_T
+GC_NAME(exp_red)(GC_T t, GC_T *k)
+{
+    const GC_T kd = GC_ROUND_INT(t * (GC_T)1.4426950408889634);
+    const GC_T r = (t - kd * GC_LN2_HI) - kd * GC_LN2_LO;
+    *k = kd;
+    return GC_EXP_POLY(r);
+}
+
+/* The same exp(r), the same polynomial, with more than the working
+ * precision: exp(r) = e1 + e2, e1 = 1 + r rounded and e2 = its error
+ * (Fast2Sum, |r| < 1) + r^2 Q(r) + the error of r itself (r + rerr =
+ * t - k ln2_hi - k ln2_lo; k ln2_hi is exact), renormalised to eh + *el,
+ * eh = e1 + e2 rounded (within 0.8 ulp), *el its error.  The Horner form
+ * of exp_red is up to 1.2 ulp without FMA; sigmoid needs the pair, since
+ * e / (1 + e) can fall into the binade below e and so double exp's error
+ * in ulp.  The exponential core of exp_vec, sigmoid_vec and softplus_vec. */
+static inline GC_T
+GC_NAME(exp_red2)(GC_T t, GC_T *k, GC_T *el)
+{
+    const GC_T kd = GC_ROUND_INT(t * (GC_T)1.4426950408889634);
+    const GC_T hi = t - kd * GC_LN2_HI;                 /* exact */
+    const GC_T lo = kd * GC_LN2_LO;
+    const GC_T r = hi - lo;
+    const GC_T rerr = (hi - r) - lo;
+    const GC_T e1 = 1 + r;
+    const GC_T e2 = ((1 - e1) + r) + (r * r * GC_EXP_Q(r) + rerr * e1);
+    const GC_T eh = e1 + e2;
+    *el = (e1 - eh) + e2;                               /* Fast2Sum again */
+    *k = kd;
+    return eh;
+}
+
+/* exp(t) = E + El (unevaluated, |El| about an ulp of E at most), t clamped
+ * below at GC_EXP_LO and above at GC_EXP_HI (beyond them exp is 0, below
+ * half the least subnormal, and inf; NaN passes the clamp): 2^k is applied
+ * as 2^k1 2^(k - k1), k1 = round(k/2), both normal, so that the first
+ * product is exact and the second rounds once (overflow gives inf, the
+ * gradual-underflow range is rounded from eh + el, not from a rounded
+ * subnormal). */
+static inline GC_T
+GC_NAME(exp_pair)(GC_T x, GC_T *El)
+{
+    const GC_T t = x > GC_EXP_HI ? GC_EXP_HI : (x < GC_EXP_LO ? GC_EXP_LO : x);
+    GC_T k, k1, el, s1, s2;
+    const GC_T eh = GC_NAME(exp_red2)(t, &k, &el);
+    k1 = GC_ROUND_INT(k * (GC_T)0.5);
+    s1 = GC_POW2(k1);
+    s2 = GC_POW2(k - k1);
+    *El = el * s1 * s2;
+    return eh * s1 * s2;
+}
+
 /* tanh without a libm call, so that the loop over it vectorises:
  *   |x| < 0.625:  x + x z P(z) / Q(z), z = x^2 (Cephes' rational form);
  *   |x| >= 0.625: sign(x) (1 - 2 / (exp(2|x|) + 1)), |x| capped at GC_TANH_CAP
- *                 where tanh is +-1 to working precision;
- * with exp(t) = 2^k exp(r), r = t - k ln2 (two-part ln2), exp(r) by a
- * polynomial.  Both branches are computed and one is selected (no branch);
+ *                 where tanh is +-1 to working precision, exp by exp_red;
+ * Both branches are computed and one is selected (no branch);
  * NaN is passed through.  Accuracy: a few ulp (tests/test_maps.py). */
 static inline GC_T
 GC_NAME(tanh_vec)(GC_T x)
@@ -22,33 +78,111 @@ GC_NAME(tanh_vec)(GC_T x)
     const GC_T small = x + x * z * GC_TANH_PQ(z);
     /* exp(2 ax), 2 ax in [1.25, 2 GC_TANH_CAP]; NaN replaced by 1 here */
     const GC_T t = 2 * (ax == ax ? (ax < GC_TANH_CAP ? ax : GC_TANH_CAP) : (GC_T)1);
-    const GC_T kd = GC_ROUND_INT(t * (GC_T)1.4426950408889634);
-    const GC_T r = (t - kd * GC_LN2_HI) - kd * GC_LN2_LO;
-    const GC_T e = GC_EXP_POLY(r) * GC_POW2(kd);
+    GC_T kd;
+    const GC_T e = GC_NAME(exp_red)(t, &kd) * GC_POW2(kd);
     const GC_T big = 1 - 2 / (e + 1);
     GC_T y = ax < (GC_T)0.625 ? small : (x < 0 ? -big : big);
     return (x == x && x != 0) ? y : x;      /* NaN, and the sign of zero */
 }
 
-/* 1 / (1 + exp(-x)) without overflow for either sign of x. */
+/* exp(x) over the whole range, branch-free, NaN and +-inf as libm:
+ * exp_pair's E + El (within 0.8 ulp, bench/elementwise_accuracy.py; in
+ * the subnormal range E is eh rounded once to the subnormal grid). */
 static inline GC_T
-GC_NAME(sigmoid)(GC_T x)
+GC_NAME(exp_vec)(GC_T x)
 {
-    if (x >= 0) {
-        return 1 / (1 + GC_EXP(-x));
-    }
-    else {
-        const GC_T e = GC_EXP(x);    /* NaN falls through here and stays NaN */
-        return e / (1 + e);
-    }
+    GC_T El;
+    const GC_T E = GC_NAME(exp_pair)(x, &El);
+    /* E = 0 is exp rounded (the pair is below half the least subnormal):
+     * 0, where E + El, contracted to an FMA, would give -0 for El < 0 */
+    return E > 0 ? E + El : E;
 }
 
-/* log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)). */
+/* 1 / (1 + exp(-x)) for x >= 0 and e / (1 + e), e = exp(x), for x < 0:
+ * e = exp(-|x|) = E + El once (exp_pair), both numerators, one selected.
+ * 1 + e = d + de (de: d's rounding error by Fast2Sum, e <= 1, plus El),
+ * and the quotient num / d is corrected by (num_lo - q de) / d, so that
+ * neither exp's rounding nor 1 + e's adds to the error (within 1.1 ulp
+ * in double without FMA).  Float: the double sigmoid rounded once. */
 static inline GC_T
-GC_NAME(softplus)(GC_T x)
+GC_NAME(sigmoid_vec)(GC_T x)
 {
-    const GC_T ax = x < 0 ? -x : x;
-    return (x > 0 ? x : 0) + GC_LOG1P(GC_EXP(-ax));   /* NaN stays NaN */
+#if GC_IS_DOUBLE
+    GC_T El;
+    const GC_T E = GC_NAME(exp_pair)(x < 0 ? x : -x, &El);   /* NaN stays NaN */
+    const GC_T d = 1 + E;
+    const GC_T de = (E - (d - 1)) + El;
+    const GC_T q = (x < 0 ? E : 1) / d;
+    return q + ((x < 0 ? El : 0) - q * de) / d;
+#else
+    return (float)sigmoid_vec_d((double)x);
+#endif
+}
+
+/* log(1 + exp(x)) = max(x, 0) + log1p(e), e = exp(-|x|) = E + El in
+ * [0, 1]: log1p(e) = log(u) + c / u, u = 1 + E rounded and c = e - u (its
+ * error, exact, plus El), log(u) by the log core with c / u added to its
+ * low part. */
+static inline GC_T
+GC_NAME(softplus_vec)(GC_T x)
+{
+    GC_T El;
+    const GC_T E = GC_NAME(exp_pair)(x < 0 ? x : -x, &El);   /* NaN stays NaN */
+    const GC_T u = 1 + E;
+    const GC_T c = (E - (u - 1)) + El;
+    return (x > 0 ? x : 0) + GC_LOG_CORE(u, 0, c / u);
+}
+
+/* log(x), branch-free: a subnormal x is scaled by 2^GC_SUB_BITS first;
+ * x < 0 gives NaN, +-0 -inf, inf inf, NaN itself. */
+static inline GC_T
+GC_NAME(log_vec)(GC_T x)
+{
+    const int sub = x < GC_T_MIN;
+    const GC_T y = GC_LOG_CORE(sub ? x * GC_SUB_SCALE : x,
+                               sub ? -GC_SUB_BITS : 0, 0);
+    return (x > 0 && x < (GC_T)INFINITY) ? y
+           : (x == 0 ? -(GC_T)INFINITY : (x < 0 ? (GC_T)NAN : x));
+}
+
+#ifndef GC_TRIG_CHUNK
+#define GC_TRIG_CHUNK 256
+#endif
+/* out[i] = s * f(x[i]) * g[i] (g NULL: s * f(x[i])), f = sin (cosine = 0)
+ * or cos, s = -1 if neg else 1.  A chunk at a time: f by gc_trig_d for
+ * every element into buf (the loop vectorises), then libm's f for the
+ * elements with |x| >= GC_TRIG_MAX, inf or NaN (a scalar pass over only
+ * those, taken where the chunk has any), then the product; through buf, so
+ * that out may be x or g. */
+static GC_INLINE void
+GC_NAME(trig_loop)(int cosine, int neg, ptrdiff_t n, const GC_T *x,
+                   const GC_T *g, GC_T *out)
+{
+    GC_T buf[GC_TRIG_CHUNK];
+    ptrdiff_t i0, i, m;
+    for (i0 = 0; i0 < n; i0 += m) {
+        const GC_T *xc = x + i0;
+        int big = 0;
+        m = n - i0 < GC_TRIG_CHUNK ? n - i0 : GC_TRIG_CHUNK;
+        for (i = 0; i < m; i++) buf[i] = (GC_T)gc_trig_d((double)xc[i], cosine);
+        for (i = 0; i < m; i++) big |= !(xc[i] < (GC_T)GC_TRIG_MAX && xc[i] > -(GC_T)GC_TRIG_MAX);
+        if (big) {
+            for (i = 0; i < m; i++) {
+                if (!(xc[i] < (GC_T)GC_TRIG_MAX && xc[i] > -(GC_T)GC_TRIG_MAX)) {
+                    buf[i] = cosine ? GC_COS(xc[i]) : GC_SIN(xc[i]);
+                }
+            }
+        }
+        if (neg) {
+            for (i = 0; i < m; i++) buf[i] = -buf[i];
+        }
+        if (g) {
+            for (i = 0; i < m; i++) out[i0 + i] = buf[i] * g[i0 + i];
+        }
+        else {
+            for (i = 0; i < m; i++) out[i0 + i] = buf[i];
+        }
+    }
 }
 
 GC_CLONES void
@@ -62,7 +196,7 @@ GC_NAME(gc_ew_forward)(int code, double param, ptrdiff_t n, const GC_T *x,
         for (i = 0; i < n; i++) y[i] = GC_NAME(tanh_vec)(x[i]);
         break;
     case GC_EW_SIGMOID:
-        for (i = 0; i < n; i++) y[i] = GC_NAME(sigmoid)(x[i]);
+        for (i = 0; i < n; i++) y[i] = GC_NAME(sigmoid_vec)(x[i]);
         break;
     case GC_EW_RELU:
         for (i = 0; i < n; i++) y[i] = x[i] < 0 ? 0 : x[i];
@@ -71,25 +205,47 @@ GC_NAME(gc_ew_forward)(int code, double param, ptrdiff_t n, const GC_T *x,
         for (i = 0; i < n; i++) y[i] = x[i] < 0 ? p * x[i] : x[i];
         break;
     case GC_EW_SOFTPLUS:
-        for (i = 0; i < n; i++) y[i] = GC_NAME(softplus)(x[i]);
+        for (i = 0; i < n; i++) y[i] = GC_NAME(softplus_vec)(x[i]);
         break;
     case GC_EW_EXP:
-        for (i = 0; i < n; i++) y[i] = GC_EXP(x[i]);
+        for (i = 0; i < n; i++) y[i] = GC_NAME(exp_vec)(x[i]);
         break;
     case GC_EW_LOG:
-        for (i = 0; i < n; i++) y[i] = GC_LOG(x[i]);
+        for (i = 0; i < n; i++) y[i] = GC_NAME(log_vec)(x[i]);
         break;
     case GC_EW_SIN:
-        for (i = 0; i < n; i++) y[i] = GC_SIN(x[i]);
+        GC_NAME(trig_loop)(0, 0, n, x, NULL, y);
         break;
     case GC_EW_COS:
-        for (i = 0; i < n; i++) y[i] = GC_COS(x[i]);
+        GC_NAME(trig_loop)(1, 0, n, x, NULL, y);
         break;
     case GC_EW_SQUARE:
         for (i = 0; i < n; i++) y[i] = x[i] * x[i];
         break;
     default: /* GC_EW_SCALE */
         for (i = 0; i < n; i++) y[i] = p * x[i];
+        break;
+    }
+}
+
+/* The derivatives that evaluate a map (Softplus' sigmoid, Sin's cos, Cos'
+ * -sin): cloned like gc_ew_forward.  (The others stay in the uncloned
+ * gc_ew_deriv_mul, so that their bits are those of before: a clone with
+ * FMA would contract Tanh's (1 - y y) g.) */
+static GC_CLONES void
+GC_NAME(ew_deriv_eval)(int code, ptrdiff_t n, const GC_T *x, const GC_T *g,
+                       GC_T *out)
+{
+    ptrdiff_t i;
+    switch (code) {
+    case GC_EW_SOFTPLUS:
+        for (i = 0; i < n; i++) out[i] = GC_NAME(sigmoid_vec)(x[i]) * g[i];
+        break;
+    case GC_EW_SIN:
+        GC_NAME(trig_loop)(1, 0, n, x, g, out);
+        break;
+    default: /* GC_EW_COS */
+        GC_NAME(trig_loop)(0, 1, n, x, g, out);
         break;
     }
 }
@@ -116,19 +272,15 @@ GC_NAME(gc_ew_deriv_mul)(int code, double param, ptrdiff_t n, const GC_T *x,
         for (i = 0; i < n; i++) out[i] = (x[i] < 0 ? p : 1) * g[i];
         break;
     case GC_EW_SOFTPLUS:
-        for (i = 0; i < n; i++) out[i] = GC_NAME(sigmoid)(x[i]) * g[i];
+    case GC_EW_SIN:
+    case GC_EW_COS:
+        GC_NAME(ew_deriv_eval)(code, n, x, g, out);
         break;
     case GC_EW_EXP:
         for (i = 0; i < n; i++) out[i] = y[i] * g[i];
         break;
     case GC_EW_LOG:
         for (i = 0; i < n; i++) out[i] = g[i] / x[i];
-        break;
-    case GC_EW_SIN:
-        for (i = 0; i < n; i++) out[i] = GC_COS(x[i]) * g[i];
-        break;
-    case GC_EW_COS:
-        for (i = 0; i < n; i++) out[i] = -GC_SIN(x[i]) * g[i];
         break;
     case GC_EW_SQUARE:
         for (i = 0; i < n; i++) out[i] = 2 * x[i] * g[i];

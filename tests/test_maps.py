@@ -1389,6 +1389,186 @@ def test_tanh_within_two_ulp_of_long_double(dtype):
 
 
 # --------------------------------------------------------------------------
+# the vectorised exp, log, sigmoid, softplus, sin and cos (issue 12, item 8)
+# against a long-double reference: within 2 ulp on a grid with the extremes
+# (tiny, subnormal, near the overflow and underflow thresholds, +-0, +-inf,
+# NaN, |x| beyond the trig reduction's range), special values exact
+# --------------------------------------------------------------------------
+
+def _ld_sigmoid(x):
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+# name: (the map, its long-double reference, its derivative's)
+_LD_MAPS = {
+    "Exp": (gc.Exp, np.exp, np.exp),
+    "Log": (gc.Log, np.log, lambda x: 1 / x),
+    "Sigmoid": (gc.Sigmoid, _ld_sigmoid, None),
+    "Softplus": (gc.Softplus, lambda x: np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x))),
+                 _ld_sigmoid),
+    "Sin": (gc.Sin, np.sin, np.cos),
+    "Cos": (gc.Cos, np.cos, lambda x: -np.sin(x)),
+}
+
+
+def _ew_grid(name, dtype, rng):
+    fi = np.finfo(dtype)
+    L = np.longdouble
+    sub, tiny, big = float(fi.smallest_subnormal), float(fi.tiny), float(fi.max)
+    special = [0.0, -0.0, np.inf, -np.inf, np.nan, sub, -sub, tiny, -tiny, big, -big]
+    mags = np.logspace(np.log10(sub), np.log10(big) - 1e-3, 4001, dtype=L)
+    parts = [special, mags, -mags]
+    if name in ("Exp", "Sigmoid", "Softplus"):
+        lo, hi = float(np.log(L(sub))) - 5, float(np.log(L(big))) + 5
+        parts.append(np.linspace(lo, hi, 50001))
+        # either side of the overflow threshold, the end of the normal range,
+        # the least subnormal and half of it
+        for c in np.log(np.array([big, tiny, sub], dtype=L).tolist() + [L(sub) / 2]):
+            w = L(1e-3) * abs(c)
+            parts += [np.linspace(c - w, c + w, 1001), np.linspace(-c - w, -c + w, 1001)]
+        parts.append(rng.uniform(lo, hi, 5000))
+    elif name == "Log":
+        k = np.arange(-500, 501)
+        parts += [1 + k * (float(fi.eps) / 2), rng.uniform(0, 10, 5000),
+                  np.ldexp(1.0, np.arange(fi.minexp - fi.nmant, fi.maxexp)),
+                  np.exp(rng.uniform(np.log(sub), np.log(big), 5000)), -rng.uniform(0, 10, 20)]
+    else:
+        kk = np.arange(-20000, 20001)
+        near = (kk * (np.pi / 2)).astype(dtype)       # nearest k pi/2: cancellation
+        parts += [np.linspace(-10, 10, 20001), near, np.nextafter(near, np.inf),
+                  rng.uniform(-1e6, 1e6, 5000),
+                  [1e5, -1e5, 999999.9, 1e6, -1e6, 1e7, 1e15, 1e22, -1e22, 1e30, 3e38]]
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.concatenate([np.asarray(p, dtype=L).ravel() for p in parts]).astype(dtype)
+
+
+def _ew_ulps(got, ref, dtype):
+    """Per-element error in ulp of dtype, the spacing at least the least
+    subnormal; where the reference rounds to a NaN, an infinity or a zero
+    the result must be that value exactly (sign included): 0, else inf."""
+    L = np.longdouble
+    with np.errstate(over="ignore", invalid="ignore"):
+        refd = ref.astype(dtype)
+        special = ~np.isfinite(refd) | (refd == 0)
+        exact = ((got == refd) & (np.signbit(got) == np.signbit(refd))) | (
+            np.isnan(got) & np.isnan(refd))
+        sp = np.spacing(np.abs(np.where(np.isfinite(refd), refd, np.finfo(dtype).max)))
+        sp = np.maximum(sp.astype(L), L(np.finfo(dtype).smallest_subnormal))
+        err = np.abs(got.astype(L) - ref) / sp
+    err = np.where(special, np.where(exact, 0.0, np.inf), err.astype(np.float64))
+    return np.where(np.isnan(err), np.inf, err)
+
+
+@pytest.mark.skipif(np.finfo(np.longdouble).nmant < 60,
+                    reason="needs an extended long double for the reference")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(_LD_MAPS))
+def test_vectorised_maps_within_two_ulp_of_long_double(rng, name, dtype):
+    make, ref_f, ref_d = _LD_MAPS[name]
+    x = _ew_grid(name, dtype, rng)
+    xl = x.astype(np.longdouble)
+    with np.errstate(all="ignore"):
+        y = make()(x)
+        ref = ref_f(xl)
+    assert y.dtype == dtype
+    err = _ew_ulps(y, ref, dtype)
+    bad = np.argsort(err)[-3:]
+    assert float(err.max()) <= 2.0, (x[bad], y[bad], ref[bad].astype(dtype), err[bad])
+    if ref_d is not None and name != "Log":
+        # the derivatives that evaluate a map (Softplus' sigmoid, Sin's cos,
+        # Cos' -sin): vjp(x, 1)
+        with np.errstate(all="ignore"):
+            d = compose(make()).vjp(x, np.ones_like(x))
+            refd = ref_d(xl)
+        err = _ew_ulps(d, refd, dtype)
+        bad = np.argsort(err)[-3:]
+        assert float(err.max()) <= 2.0, (x[bad], d[bad], refd[bad].astype(dtype), err[bad])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vectorised_maps_special_values(dtype):
+    inf, nan = np.inf, np.nan
+    x = np.array([0.0, -0.0, inf, -inf, nan], dtype)
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(gc.Exp()(x), [1, 1, inf, 0, nan])
+        np.testing.assert_array_equal(gc.Log()(np.array([0.0, -0.0, inf, -1.0, -inf, nan], dtype)),
+                                      [-inf, -inf, inf, nan, nan, nan])
+        np.testing.assert_array_equal(gc.Sigmoid()(x), [0.5, 0.5, 1, 0, nan])
+        np.testing.assert_array_equal(gc.Softplus()(x), [np.log(2.0).astype(dtype)] * 2
+                                      + [inf, 0, nan])
+        np.testing.assert_array_equal(gc.Sin()(x), [0, 0, nan, nan, nan])
+        np.testing.assert_array_equal(gc.Cos()(x), [1, 1, nan, nan, nan])
+        assert np.signbit(gc.Sin()(x)[1]) and not np.signbit(gc.Sin()(x)[0])
+        # exp never gives -0 (underflow to +0), its derivative neither
+        under = np.array([-746.0, -1000.0, -104.0, -1e30], dtype)
+        assert not np.signbit(gc.Exp()(under)).any()
+        assert not np.signbit(gc.Sigmoid()(under)).any()
+        big = np.finfo(dtype).max
+        assert gc.Exp()(np.array([big], dtype))[0] == inf
+        assert gc.Softplus()(np.array([big], dtype))[0] == big
+        assert gc.Sigmoid()(np.array([-big], dtype))[0] == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(_LD_MAPS))
+def test_vectorised_maps_independent_of_position(rng, name, dtype):
+    """An element's result does not depend on where it sits (vector body,
+    scalar remainder, a trig chunk with or without elements beyond the
+    reduction's range, chunk boundaries) nor on the batch shape."""
+    make = _LD_MAPS[name][0]
+    n = 1031                                     # > 4 trig chunks, odd remainder
+    lo, hi = (0.01, 50) if name == "Log" else (-50, 50)
+    x = rng.uniform(lo, hi, n).astype(dtype)
+    if name in ("Sin", "Cos"):
+        x[[3, 255, 256, 700]] = np.array([1e7, -3e9, 2e20, np.inf], dtype)
+    whole = make()(x)
+    single = np.concatenate([make()(x[i:i + 1]) for i in range(n)])
+    assert np.array_equal(whole, single, equal_nan=True)
+    rolled = make()(np.roll(x, 5))
+    assert np.array_equal(np.roll(whole, 5), rolled, equal_nan=True)
+    X = x[:1030].reshape(10, 103)
+    assert np.array_equal(make()(X).ravel(), whole[:1030], equal_nan=True)
+    g = np.ones_like(x)
+    dv = compose(make()).vjp(x, g)
+    ds = np.concatenate([compose(make()).vjp(x[i:i + 1], g[:1]) for i in range(0, n, 97)])
+    assert np.array_equal(dv[::97], ds, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vectorised_maps_against_mpmath(dtype):
+    """Spot checks at the extremes against mpmath at 60 digits (the long
+    double reference checked independently): overflow and underflow edges,
+    subnormal results, sin and cos near multiples of pi/2 and far out."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 60
+    fi = np.finfo(dtype)
+    lmax = float(np.log(np.longdouble(fi.max)))
+    lsub = float(np.log(np.longdouble(fi.smallest_subnormal)))
+    pts = {
+        "Exp": [lmax * (1 - 1e-7), lmax * 0.999, lsub + 0.3, lsub * 0.99, 1e-30, -1e-30, 0.5],
+        "Log": [float(fi.smallest_subnormal) * 3, float(fi.tiny), 1 + float(fi.eps), 1 - float(fi.eps) / 2,
+                float(fi.max), 0.75],
+        "Sigmoid": [-lmax * 0.99, lsub * 0.99, -30.0, -1e-20, 1e-20, 30.0],
+        "Softplus": [lsub * 0.99, -40.0, -1e-20, 0.3, 40.0, lmax],
+        "Sin": [np.pi, 2 * np.pi, 355.0, 1e5 * np.pi, 1e5, 999999.0, 1e6, 1e22, 1e30],
+        "Cos": [np.pi / 2, 3 * np.pi / 2, 355.0 / 2, 1e5, 999999.0, 1e6, 1e22, 1e30],
+    }
+    fns = {"Exp": mpmath.exp, "Log": mpmath.log, "Sin": mpmath.sin, "Cos": mpmath.cos,
+           "Sigmoid": lambda v: 1 / (1 + mpmath.exp(-v)),
+           "Softplus": lambda v: mpmath.log1p(mpmath.exp(v))}
+    for name, xs in pts.items():
+        x = np.array(xs, dtype)
+        y = _LD_MAPS[name][0]()(x)
+        for xi, yi in zip(x, y):
+            ref = fns[name](mpmath.mpf(float(xi)))
+            r = dtype(float(ref))
+            ulp = max(float(np.spacing(abs(r))), float(fi.smallest_subnormal))
+            err = abs(mpmath.mpf(float(yi)) - ref) / ulp
+            assert err <= 2, (name, xi, yi, ref, float(err))
+
+
+# --------------------------------------------------------------------------
 # the softmax family with shifted logits (issue 12, item 2): within 4 ulp of
 # a long-double reference for common offsets up to 1e6, NumPy/SciPy side by
 # side; infinite logits give SciPy's values
