@@ -49,7 +49,7 @@ static inline double gc_pow2_d(double k)
     int64_t b, e;
     double r;
     memcpy(&b, &s, sizeof b);
-    e = (b - INT64_C(0x4338000000000000) + 1023) << 52;
+    e = (int64_t)((uint64_t)(b - INT64_C(0x4338000000000000) + 1023) << 52);   /* unsigned: no UB for k < -1023 (NaN input) */
     memcpy(&r, &e, sizeof r);
     return r;
 }
@@ -59,7 +59,7 @@ static inline float gc_pow2_s(float k)
     int32_t b, e;
     float r;
     memcpy(&b, &s, sizeof b);
-    e = (b - 0x4B400000 + 127) << 23;
+    e = (int32_t)((uint32_t)(b - 0x4B400000 + 127) << 23);
     memcpy(&r, &e, sizeof r);
     return r;
 }
