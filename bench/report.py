@@ -173,6 +173,12 @@ SECTIONS = [
         Target("chain.jvp k=64 n=16 (prebuilt)", "Chain.vjp", 0.8,
                "prebuilt Chain.jvp k=64 n=16 vs Chain.vjp on the same chain "
                "(target: at least 0.8, i.e. jvp time at most 1.25× vjp's)"),
+        Target("per-sample jvp B=4096 k=8 n=32", "Chain.vjp", 1.0,
+               "per-sample Chain.jvp B = 4096, k = 8, n = 32 vs the per-sample "
+               "Chain.vjp of the same chain (the same bytes; target: the vjp's "
+               "throughput or better)"),
+        Target("per-sample jvp B=4096 k=8 n=32", "numpy", None,
+               "the same vs the NumPy loop `v = (J @ v[:, :, None])[:, :, 0]`"),
         Target("RNN backward T=200 n=128: [Diagonal(d_t), W] x 200", "jax", 2.0,
                "RNN backward, T = 200, n = 128, [Diagonal(d_t), W] × 200: Chain.vjp vs "
                "jax.jit(lax.scan)"),

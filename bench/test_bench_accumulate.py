@@ -188,6 +188,36 @@ def test_per_sample(benchmark, impl, request):
     np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-9, atol=1e-10)
 
 
+def numpy_per_sample_jvp(Js, V):
+    v = V
+    for J in Js:
+        v = (J @ v[:, :, None])[:, :, 0]
+    return v
+
+
+@pytest.mark.benchmark(group="per-sample jvp B=4096 k=8 n=32")
+@pytest.mark.parametrize("impl", ["gradchain", "numpy", "Chain.vjp"])
+def test_per_sample_jvp(benchmark, impl):
+    """Issue 12, item 5: the per-sample jvp against the per-sample vjp of
+    the same chain (the same bytes read) and the NumPy loop."""
+    Js, V = per_sample_problem()
+    chain = gradchain.Chain(Js)
+    if impl == "gradchain":
+        benchmark.extra_info["bytes"] = sum(J.nbytes for J in Js)
+        measure(benchmark, "gradchain", {
+            "gradchain": lambda: chain.jvp(V),
+            "numpy": lambda: numpy_per_sample_jvp(Js, V),
+            "Chain.vjp": lambda: chain.vjp(V)})
+    if impl == "Chain.vjp":
+        benchmark(chain.vjp, V)
+        return
+    fn = (lambda: chain.jvp(V)) if impl == "gradchain" else (
+        lambda: numpy_per_sample_jvp(Js, V))
+    out = benchmark(fn)
+    np.testing.assert_allclose(out, numpy_per_sample_jvp(Js, V), rtol=1e-9,
+                               atol=1e-10)
+
+
 def best_bracketing_cost(B, dims):
     """Fewest multiply-adds of any bracketing of G (B x dims[-1]) times the
     links (dims[i+1] x dims[i]), last link first."""

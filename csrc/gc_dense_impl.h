@@ -263,34 +263,193 @@ GC_NAME(fold)(const GC_T *s)
 #endif
 }
 
-/* Unit column stride, short rows (n < GC_SHORT_MAX): one row at a time, so
- * that its GC_W lanes and the fold stay in registers (four rows' lanes do
- * not fit and spill, and even two measured slower: 780 -> 2250
- * instructions a 16 x 16 link).  Each row sums in GC_W lanes, folded at the
- * end: the same operations per row as dot_blocked's one-block rows, so the
- * same bits. */
+/* Unit column stride, short rows (n < GC_SHORT_MAX).  Each row sums in
+ * GC_W lanes, then folds them by pairwise halving -- the same additions as
+ * fold() and as dot_blocked's one-block rows, so the same bits.
+ *
+ * With GCC the fold is done for a group of rows at once ("transposed"):
+ * each row's lanes are halved twice within the row (to one 32-byte vector
+ * of lanes), and then two vectors of R rows x L lanes merge into one of 2R
+ * rows x L/2 lanes (lane j + lane j + L/2 of every row: two shuffles and
+ * one add), until one vector holds the group's row sums: a prebuilt
+ * Chain.jvp of 64 links of 16 x 16 float64 went from 0.73x to ~0.95x the
+ * Chain.vjp's speed (issue 12, item 5).  Rows shorter than the lanes (all
+ * tail) run a group's running sums side by side.  Rows left over after
+ * the last whole group are folded one at a time: the same additions. */
+static GC_INLINE void
+GC_NAME(short_row)(ptrdiff_t nb, ptrdiff_t n, const GC_TA *restrict a,
+                   const GC_T *restrict x, GC_T *restrict y)
+{
+    ptrdiff_t c, l;
+    GC_T s[GC_W] = {0};
+    GC_T t = 0;
+    for (c = 0; c < nb; c += GC_W) {
+        for (l = 0; l < GC_W; l++) {
+            s[l] += a[c + l] * x[c + l];
+        }
+    }
+    for (c = nb; c < n; c++) {
+        t += a[c] * x[c];
+        GC_SERIAL(t);
+    }
+    *y = GC_NAME(fold)(s) + t;
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+/* The folds' shuffles act on 32-byte vectors: single in-lane or
+ * 128-bit-half instructions with AVX2 and AVX-512 alike (64-byte vectors'
+ * shuffles were scalarised in the AVX2 clone).  The loads and FMAs stay
+ * 64 bytes wide: with 32-byte loads the per-sample jvp, streaming its
+ * links from memory, ran at 13 GB/s instead of 19. */
+#define GC_V4 (GC_W / 4)            /* lanes a vector: 4 (double), 8 (float) */
+
+typedef GC_T GC_NAME(v32) __attribute__((vector_size(32)));
+typedef GC_T GC_NAME(v64) __attribute__((vector_size(64)));
+typedef GC_TA GC_NAME(v64a) __attribute__((vector_size(2 * GC_V4 * sizeof(GC_TA))));
+#if GC_V4 == 4
+typedef long long GC_NAME(vmask) __attribute__((vector_size(32)));
+#else
+typedef int GC_NAME(vmask) __attribute__((vector_size(32)));
+#endif
+
+/* One row's GC_W lane sums after its first two halvings (lane l + lane
+ * l + GC_W / 2, then + lane l + GC_W / 4): GC_V4 lanes. */
+static GC_INLINE GC_NAME(v32)
+GC_NAME(row_quarter)(ptrdiff_t nb, const GC_TA *restrict a,
+                     const GC_T *restrict x)
+{
+    GC_NAME(v64) lo = {0}, hi = {0}, xa, xb, h;
+    GC_NAME(v64a) aa, ab;
+    GC_NAME(v32) q[2];
+    ptrdiff_t c;
+    for (c = 0; c < nb; c += GC_W) {
+        memcpy(&aa, a + c, sizeof aa);
+        memcpy(&ab, a + c + 2 * GC_V4, sizeof ab);
+        memcpy(&xa, x + c, sizeof xa);
+        memcpy(&xb, x + c + 2 * GC_V4, sizeof xb);
+        lo += __builtin_convertvector(aa, GC_NAME(v64)) * xa;
+        hi += __builtin_convertvector(ab, GC_NAME(v64)) * xb;
+    }
+    h = lo + hi;
+    memcpy(q, &h, sizeof q);
+    return q[0] + q[1];
+}
+
+/* p and q each hold rows of L lanes (L = 4 or 2 for float64; 8, 4 or 2
+ * for float32); the result holds twice as many rows of L / 2 lanes, lane j
+ * of a row being lane j + lane j + L / 2 of that row.  The row order is
+ * whatever the cheap shuffles give (each is one instruction with AVX2:
+ * vperm2f128, vunpck*, vshufps); GC_NAME(perm) undoes it at the end. */
+#if GC_V4 == 4
+static GC_INLINE GC_NAME(v32)
+GC_NAME(merge)(GC_NAME(v32) p, GC_NAME(v32) q, int L)
+{
+    if (L == 4) {
+        return __builtin_shuffle(p, q, (GC_NAME(vmask)){0, 1, 4, 5}) +
+               __builtin_shuffle(p, q, (GC_NAME(vmask)){2, 3, 6, 7});
+    }
+    return __builtin_shuffle(p, q, (GC_NAME(vmask)){0, 4, 2, 6}) +
+           __builtin_shuffle(p, q, (GC_NAME(vmask)){1, 5, 3, 7});
+}
+/* lane i of the last merge holds row perm[i] of the group */
+static const int GC_NAME(perm)[4] = {0, 2, 1, 3};
+#else
+static GC_INLINE GC_NAME(v32)
+GC_NAME(merge)(GC_NAME(v32) p, GC_NAME(v32) q, int L)
+{
+    if (L == 8) {
+        return __builtin_shuffle(p, q, (GC_NAME(vmask)){0, 1, 2, 3, 8, 9, 10, 11}) +
+               __builtin_shuffle(p, q, (GC_NAME(vmask)){4, 5, 6, 7, 12, 13, 14, 15});
+    }
+    if (L == 4) {
+        return __builtin_shuffle(p, q, (GC_NAME(vmask)){0, 1, 8, 9, 4, 5, 12, 13}) +
+               __builtin_shuffle(p, q, (GC_NAME(vmask)){2, 3, 10, 11, 6, 7, 14, 15});
+    }
+    return __builtin_shuffle(p, q, (GC_NAME(vmask)){0, 2, 8, 10, 4, 6, 12, 14}) +
+           __builtin_shuffle(p, q, (GC_NAME(vmask)){1, 3, 9, 11, 5, 7, 13, 15});
+}
+static const int GC_NAME(perm)[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+#endif
+
 GC_CLONES static void
 GC_NAME(dot_short)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n,
                    const GC_TA *A, ptrdiff_t rs,
                    const GC_T *restrict x, GC_T *restrict y)
 {
-    ptrdiff_t r, c, l;
+    ptrdiff_t r, c;
+    int i;
     const ptrdiff_t nb = n - n % GC_W;
-    for (r = r0; r < r1; r++) {
-        const GC_TA *restrict a = A + r * rs;
-        GC_T s[GC_W] = {0};
-        GC_T t = 0;
-        for (c = 0; c < nb; c += GC_W) {
-            for (l = 0; l < GC_W; l++) {
-                s[l] += a[c + l] * x[c + l];
+    r = r0;
+    for (; r + GC_V4 <= r1 && nb > 0; r += GC_V4) {
+        GC_NAME(v32) t[GC_V4], f;
+        /* the rows in order (a group's rows read last to first -- the
+         * order GCC evaluated nested calls' arguments in -- ran 3x slower
+         * from L3) */
+#pragma GCC unroll 8
+        for (i = 0; i < GC_V4; i++) {
+            t[i] = GC_NAME(row_quarter)(nb, A + (r + i) * rs, x);
+        }
+#if GC_V4 == 8
+#pragma GCC unroll 4
+        for (i = 0; i < 4; i++) {
+            t[i] = GC_NAME(merge)(t[2 * i], t[2 * i + 1], 8);
+        }
+#endif
+        t[0] = GC_NAME(merge)(t[0], t[1], 4);
+        t[1] = GC_NAME(merge)(t[2], t[3], 4);
+        f = GC_NAME(merge)(t[0], t[1], 2);
+        if (nb == n) {
+            for (i = 0; i < GC_V4; i++) {
+                /* + 0: short_row's fold(s) + t with no tail (a -0 sum
+                 * stores +0 on every path) */
+                y[r + GC_NAME(perm)[i]] = f[i] + (GC_T)0;
+            }
+            continue;
+        }
+        for (i = 0; i < GC_V4; i++) {
+            const ptrdiff_t ri = r + GC_NAME(perm)[i];
+            const GC_TA *restrict a = A + ri * rs;
+            GC_T t = 0;
+            for (c = nb; c < n; c++) {
+                t += a[c] * x[c];
+                GC_SERIAL(t);
+            }
+            y[ri] = f[i] + t;
+        }
+    }
+    /* rows shorter than the lanes: all tail, GC_V4 rows' running sums side
+     * by side (independent chains) */
+    for (; r + GC_V4 <= r1 && nb == 0; r += GC_V4) {
+        GC_T t[GC_V4] = {0};
+        for (c = 0; c < n; c++) {
+#pragma GCC unroll 8
+            for (i = 0; i < GC_V4; i++) {
+                t[i] += A[(r + i) * rs + c] * x[c];
+                GC_SERIAL(t[i]);
             }
         }
-        for (c = nb; c < n; c++) {
-            t += a[c] * x[c];
+        for (i = 0; i < GC_V4; i++) {
+            y[r + i] = (GC_T)0 + t[i];
         }
-        y[r] = GC_NAME(fold)(s) + t;
+    }
+    for (; r < r1; r++) {
+        GC_NAME(short_row)(nb, n, A + r * rs, x, y + r);
     }
 }
+#undef GC_V4
+#else
+GC_CLONES static void
+GC_NAME(dot_short)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n,
+                   const GC_TA *A, ptrdiff_t rs,
+                   const GC_T *restrict x, GC_T *restrict y)
+{
+    ptrdiff_t r;
+    const ptrdiff_t nb = n - n % GC_W;
+    for (r = r0; r < r1; r++) {
+        GC_NAME(short_row)(nb, n, A + r * rs, x, y + r);
+    }
+}
+#endif
 
 /* Every other row: four rows at a time share each load of x; each row sums
  * in GC_W lanes, folded at the end.  A last group of fewer than four rows
@@ -403,6 +562,7 @@ GC_NAME(dot_blocked)(ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t n,
         for (c = nb; c < n; c++) {
             for (i = 0; i < 4; i++) {
                 t[i] += rows[i][c * cs] * x[c];
+                GC_SERIAL(t[i]);
             }
         }
         for (i = 0; i < nr; i++) {

@@ -26,4 +26,18 @@
 #define GC_INLINE inline
 #endif
 
+/* GC_SERIAL(v): keeps a running scalar sum out of the vectoriser.  GCC
+ * vectorises "t += a[c] * x[c]" as an in-order reduction whose products
+ * are not fused, while the same loop over a strided row (or in a clone
+ * without that vector width) stays scalar and FMA-contracted: two roundings
+ * for one row.  An empty asm that takes and returns v in a register costs
+ * no instruction and makes every copy of such a loop the scalar one. */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define GC_SERIAL(v) __asm__("" : "+x"(v))
+#elif defined(__GNUC__) && defined(__aarch64__)
+#define GC_SERIAL(v) __asm__("" : "+w"(v))
+#else
+#define GC_SERIAL(v) ((void)0)
+#endif
+
 #endif /* GC_SIMD_H */
