@@ -97,6 +97,10 @@ if SANITIZE:
     link_args += san
 elif DEBUG:
     compile_args += ["-O0", "-g"]
+if not (SANITIZE or DEBUG) and sys.platform.startswith("linux"):
+    # release builds: no symbol tables or debug info in the extensions
+    # (Python's own CFLAGS carry -g; the unstripped .so were 14 MB)
+    link_args.append("-s")
 elif not _user_sets_opt_level():
     compile_args += ["-O3"]
 
@@ -161,6 +165,14 @@ class build_ext_and_copy(build_ext):
     build would), so that ``pip install . && python -m gradchain`` works when
     run from a checkout, where ``python -m`` finds ./gradchain before the
     installed copy.  The copies are ignored by git."""
+
+    def build_extensions(self):
+        # A shared-library CPython's LDSHARED carries -Wl,-rpath,<its lib
+        # folder>: a RUNPATH into the build machine's Python in every
+        # extension (and so in a wheel), where they need nothing.
+        self.compiler.linker_so = [a for a in self.compiler.linker_so
+                                   if not a.startswith("-Wl,-rpath")]
+        super().build_extensions()
 
     def run(self):
         super().run()

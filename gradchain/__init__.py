@@ -48,6 +48,8 @@ from gradchain.operators import (
     Operator,
 )
 
+# The one copy of the version: pyproject.toml reads it from here
+# ([tool.setuptools.dynamic]), so the build's metadata and this agree.
 __version__ = "0.1.0"
 
 __all__ = [

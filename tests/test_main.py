@@ -1,6 +1,7 @@
 """python -m gradchain: the demo runs, checks its gradient and reports it."""
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -45,3 +46,36 @@ def test_readme_code_blocks_run_as_written(tmp_path):
                           capture_output=True, text=True, timeout=120,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("readelf") is None,
+                    reason="needs Linux and binutils' readelf")
+def test_extensions_carry_no_runpath():
+    """setup.py drops CPython's -Wl,-rpath from the link: no extension (and
+    so no wheel) points into the build machine's Python (issue 13)."""
+    import gradchain
+    sos = sorted(pathlib.Path(gradchain.__file__).parent.glob("*.so"))
+    assert sos, "no compiled extensions found next to gradchain/__init__.py"
+    for so in sos:
+        dyn = subprocess.run(["readelf", "-d", str(so)], capture_output=True,
+                             text=True, check=True).stdout
+        assert "RUNPATH" not in dyn and "RPATH" not in dyn, (so.name, dyn)
+
+
+def test_one_version():
+    """The version lives once, in gradchain/__init__.py; pyproject.toml reads
+    it from there, and an installed copy's metadata agrees."""
+    import importlib.metadata
+    import gradchain
+    tomllib = pytest.importorskip("tomllib")      # Python 3.11+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    meta = tomllib.loads((root / "pyproject.toml").read_text())
+    assert "version" not in meta["project"]
+    assert "version" in meta["project"]["dynamic"]
+    assert meta["tool"]["setuptools"]["dynamic"]["version"] == {
+        "attr": "gradchain.__version__"}
+    try:
+        installed = importlib.metadata.version("gradchain")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("gradchain is not installed (run from a source tree)")
+    assert installed == gradchain.__version__
