@@ -12,6 +12,7 @@ from gradchain._kernels import (
     simd_target,
 )
 from gradchain._chain import Trajectory
+from gradchain._config import _register_threadpoolctl, show_config
 from gradchain.chain import Chain, ChainPlan, jacobian, jvp, vjp
 from gradchain.composition import Composition, check_grad, compose
 from gradchain.fpenv import errstate, get_subnormals
@@ -48,6 +49,8 @@ from gradchain.operators import (
     Operator,
 )
 
+_register_threadpoolctl()
+
 # The one copy of the version: pyproject.toml reads it from here
 # ([tool.setuptools.dynamic]), so the build's metadata and this agree.
 __version__ = "0.1.0"
@@ -72,6 +75,7 @@ __all__ = [
     "get_num_threads",
     "simd_target",
     "openmp_enabled",
+    "show_config",
     "errstate",
     "get_subnormals",
     "__version__",

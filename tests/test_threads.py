@@ -7,6 +7,7 @@ and the thread tests would then skip, or compare one thread with itself.
 Under that variable a build without OpenMP fails here instead.
 """
 import os
+import sys
 import threading
 
 import numpy as np
@@ -178,3 +179,50 @@ def test_threadpool_limits_openmp_two():
     skip_without_openmp()
     with threadpoolctl.threadpool_limits(2, user_api="openmp"):
         assert gradchain.get_num_threads() == 2
+
+
+def test_threadpoolctl_sees_gradchain_and_its_setting():
+    """gradchain's own controller (issue 13): threadpool_info lists it
+    (user_api openmp, internal_api gradchain, gradchain's version) with the
+    count set_num_threads gave, and threadpool_limits sets and restores it."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    gradchain.set_num_threads(3)
+
+    def ours():
+        mine = [d for d in threadpoolctl.threadpool_info()
+                if d["internal_api"] == "gradchain"]
+        assert len(mine) == 1, threadpoolctl.threadpool_info()
+        return mine[0]
+
+    info = ours()
+    assert info["user_api"] == "openmp"
+    assert info["num_threads"] == 3
+    assert info["version"] == gradchain.__version__
+    assert info["filepath"] == os.path.realpath(gradchain._kernels.__file__)
+    with threadpoolctl.threadpool_limits(1):
+        assert gradchain.get_num_threads() == 1
+        assert ours()["num_threads"] == 1
+    assert gradchain.get_num_threads() == 3
+    with threadpoolctl.threadpool_limits(2, user_api="openmp"):
+        assert gradchain.get_num_threads() == 2
+    assert gradchain.get_num_threads() == 3
+
+
+def test_show_config(capsys):
+    import numpy
+    import scipy
+    cfg = gradchain.show_config(mode="dicts")
+    assert cfg["gradchain"]["version"] == gradchain.__version__
+    assert cfg["gradchain"]["simd kernels"] == gradchain.simd_target()
+    assert cfg["gradchain"]["openmp"] == gradchain.openmp_enabled()
+    assert cfg["gradchain"]["threads"] == gradchain.get_num_threads()
+    assert cfg["dependencies"]["numpy"] == numpy.__version__
+    assert cfg["dependencies"]["scipy"] == scipy.__version__
+    if gradchain.openmp_enabled() and sys.platform.startswith("linux"):
+        assert any("gomp" in (d.get("filepath") or "") or "omp" in (d.get("filepath") or "")
+                   for d in cfg["openmp runtime"]), cfg["openmp runtime"]
+    assert gradchain.show_config() is None
+    out = capsys.readouterr().out
+    assert gradchain.simd_target() in out and "blas" in out
+    with pytest.raises(ValueError, match="mode must be"):
+        gradchain.show_config(mode="json")
