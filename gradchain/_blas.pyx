@@ -9,7 +9,8 @@ a transposed C-order one), a strided right operand is packed a panel of
 rows or columns at a time into a small buffer that stays in L2 (the inner
 loop of the packing runs along the smaller stride), a strided left operand
 is packed once; sizes that do not fit a BLAS int run row by row on the
-vector kernels of ``_kernels``.
+vector kernels of ``_kernels``.  ``?gemm`` is fetched from SciPy on the
+first product (see ``_load_blas``), not when gradchain is imported.
 
 The ``def`` functions at the bottom are typed-memoryview entry points for
 the tests and benchmarks (the vector forms are ``_kernels.jtv``/``jv``).
@@ -19,7 +20,7 @@ from libc.string cimport memset
 from libc.limits cimport INT_MAX
 from cython cimport floating
 
-from scipy.linalg.cython_blas cimport sgemm, dgemm
+from cpython.pycapsule cimport PyCapsule_GetName, PyCapsule_GetPointer
 
 from gradchain._kernels cimport (link_jtv, link_jv, effective_threads,
                                  pack_rows, elem_stride, fp_enter, fp_exit,
@@ -36,21 +37,74 @@ cdef inline Py_ssize_t _abs(Py_ssize_t a) noexcept nogil:
     return -a if a < 0 else a
 
 
+# SciPy's ?gemm, fetched from cython_blas's C-API capsules on the first
+# matrix-matrix product rather than cimported: a cimport imports
+# scipy.linalg.cython_blas, and so all of scipy.linalg, when this module is
+# imported -- about 0.2 s, most of `import gradchain` (issue 13).  The
+# signatures are SciPy's (cython_blas.pxd).
+ctypedef void (*sgemm_fn)(char *ta, char *tb, int *m, int *n, int *k,
+                          float *alpha, float *a, int *lda, float *b, int *ldb,
+                          float *beta, float *c, int *ldc) noexcept nogil
+ctypedef void (*dgemm_fn)(char *ta, char *tb, int *m, int *n, int *k,
+                          double *alpha, double *a, int *lda, double *b,
+                          int *ldb, double *beta, double *c,
+                          int *ldc) noexcept nogil
+cdef sgemm_fn _sgemm = NULL
+cdef dgemm_fn _dgemm = NULL
+cdef bint _blas_tried = False
+
+
+cdef void _load_blas() noexcept with gil:
+    # once per process; a SciPy without cython_blas (a broken install)
+    # leaves the pointers NULL, and matmul then takes its row-by-row path
+    # on the vector kernels, as for sizes beyond a BLAS int
+    global _sgemm, _dgemm, _blas_tried
+    if _blas_tried:
+        return
+    _blas_tried = True
+    try:
+        from scipy.linalg import cython_blas
+        caps = cython_blas.__pyx_capi__
+        s, d = caps["sgemm"], caps["dgemm"]
+        _sgemm = <sgemm_fn>PyCapsule_GetPointer(s, PyCapsule_GetName(s))
+        _dgemm = <dgemm_fn>PyCapsule_GetPointer(d, PyCapsule_GetName(d))
+    except Exception as exc:
+        _sgemm, _dgemm = NULL, NULL
+        try:
+            import warnings
+            warnings.warn(f"gradchain: no BLAS from scipy.linalg.cython_blas "
+                          f"({exc!r}); matrix products run on the vector "
+                          f"kernels", RuntimeWarning, stacklevel=2)
+        except Exception:
+            pass
+
+
+cdef inline bint _have_blas() noexcept nogil:
+    if not _blas_tried:
+        _load_blas()
+    return _sgemm != NULL and _dgemm != NULL
+
+
+def _blas_loaded():
+    """For the tests: whether ?gemm has been fetched from SciPy yet."""
+    return _sgemm != NULL and _dgemm != NULL
+
+
 cdef inline void _gemm(char ta, char tb, Py_ssize_t m, Py_ssize_t n,
                        Py_ssize_t k, const floating *A, Py_ssize_t lda,
                        const floating *B, Py_ssize_t ldb, floating beta,
                        floating *C, Py_ssize_t ldc) noexcept nogil:
     # column-major C (m, n) = op(A) (m, k) op(B) (k, n) + beta C; the caller
-    # guarantees every size fits a BLAS int and m, n, k > 0
+    # guarantees every size fits a BLAS int, m, n, k > 0 and _have_blas()
     cdef int im = <int>m, jn = <int>n, kk = <int>k
     cdef int la = <int>lda, lb = <int>ldb, lc = <int>ldc
     cdef floating one = 1
     if floating is float:
-        sgemm(&ta, &tb, &im, &jn, &kk, &one, <float *>A, &la, <float *>B, &lb,
-              &beta, C, &lc)
+        _sgemm(&ta, &tb, &im, &jn, &kk, &one, <float *>A, &la, <float *>B,
+               &lb, &beta, C, &lc)
     else:
-        dgemm(&ta, &tb, &im, &jn, &kk, &one, <double *>A, &la, <double *>B,
-              &lb, &beta, C, &lc)
+        _dgemm(&ta, &tb, &im, &jn, &kk, &one, <double *>A, &la, <double *>B,
+               &lb, &beta, C, &lc)
 
 
 cdef inline bint _c_order(Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t q) noexcept nogil:
@@ -79,7 +133,9 @@ cdef int matmul(const floating *A, Py_ssize_t ars, Py_ssize_t acs,
     if q == 0:
         memset(Z, 0, p * r * sizeof(floating))
         return 0
-    cdef bint fits = p <= INT_MAX and q <= INT_MAX and r <= INT_MAX
+    # fits: BLAS can take the product (its int sizes, and a BLAS at all)
+    cdef bint fits = (p <= INT_MAX and q <= INT_MAX and r <= INT_MAX
+                      and _have_blas())
     bc = _c_order(brs, bcs, r)
     bf = _f_order(brs, bcs, q)
     # pack A when BLAS cannot take its layout (p q copies, against the

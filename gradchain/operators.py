@@ -168,7 +168,8 @@ class Dense(Operator):
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.matrix.shape
+        m, n = self.matrix.shape        # 2-D (checked); NumPy 2.0 types it tuple[int, ...]
+        return m, n
 
     @property
     def dtype(self) -> _FloatDtype:

@@ -79,3 +79,22 @@ def test_one_version():
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("gradchain is not installed (run from a source tree)")
     assert installed == gradchain.__version__
+
+
+def test_import_leaves_scipy_linalg_for_the_first_product():
+    """`import gradchain` does not import scipy.linalg (cython_blas's ?gemm
+    is fetched on the first matrix-matrix product; issue 13, import time),
+    and that first product then gives BLAS's result."""
+    code = (
+        "import sys, numpy as np, gradchain, gradchain._blas as b\n"
+        "assert 'scipy.linalg' not in sys.modules, sorted(\n"
+        "    m for m in sys.modules if m.startswith('scipy'))\n"
+        "assert not b._blas_loaded()\n"
+        "rng = np.random.default_rng(0)\n"
+        "J, G = rng.standard_normal((96, 80)), rng.standard_normal((64, 96))\n"
+        "out = gradchain.vjp([J], G)\n"
+        "assert b._blas_loaded()\n"
+        "np.testing.assert_allclose(out, G @ J, rtol=1e-12, atol=1e-12)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
