@@ -287,3 +287,71 @@ def test_rnn_backward(benchmark, impl, request):
     if impl != "dense links only":
         np.testing.assert_allclose(np.asarray(out), numpy_rnn(W, ds, g), rtol=1e-10,
                                    atol=1e-300)
+
+
+# ---------------------------------------------------------------------------
+# Framework adapters (issue 13): a Chain inside a PyTorch autograd graph
+# ---------------------------------------------------------------------------
+
+@pytest.mark.benchmark(group="torch adapter: x.grad through k=64 links of 16x16")
+@pytest.mark.parametrize("impl", ["gradchain", "torch autograd"])
+def test_torch_adapter_k64_n16(benchmark, impl):
+    """Forward and backward of y = J_64 ... J_1 x, loss y.sum(): through
+    gradchain.torch.apply (Chain.jvp forward, Chain.vjp backward) against
+    PyTorch's own autograd over the 64 matmuls."""
+    torch = pytest.importorskip("torch")
+    import gradchain.torch as gct
+    Js, _ = chain_arrays(64, 16)
+    chain = gradchain.Chain(Js)
+    Jt = [torch.from_numpy(J) for J in Js]
+    x = torch.ones(16, dtype=torch.float64, requires_grad=True)
+
+    def ours():
+        x.grad = None
+        gct.apply(chain, x).sum().backward()
+        return x.grad
+
+    def theirs():
+        x.grad = None
+        y = x
+        for J in Jt:
+            y = J @ y
+        y.sum().backward()
+        return x.grad
+
+    if impl == "gradchain":
+        measure(benchmark, "gradchain", {"gradchain": ours, "torch autograd": theirs})
+        out = benchmark(ours).numpy().copy()
+        np.testing.assert_allclose(out, theirs().numpy(), rtol=1e-10, atol=1e-12)
+    else:
+        benchmark(theirs)
+
+
+@pytest.mark.benchmark(group="jax adapter: jax.grad through k=64 links of 16x16")
+@pytest.mark.parametrize("impl", ["gradchain", "jax autodiff"])
+def test_jax_adapter_k64_n16(benchmark, impl, jax_x64):
+    """jax.jit(jax.grad(x -> sum(J_64 ... J_1 x))): through gradchain.jax
+    (pure_callback to Chain.jvp / Chain.vjp) against JAX's own reverse mode
+    over a lax.scan of the 64 matmuls."""
+    import gradchain.jax as gcj
+    jax = jax_x64
+    jnp = jax.numpy
+    Js, _ = chain_arrays(64, 16)
+    f = gcj.function(gradchain.Chain(Js))
+    stack = jnp.asarray(np.stack(Js))
+
+    def product(x):
+        y, _ = jax.lax.scan(lambda y, J: (J @ y, None), x, stack)
+        return y.sum()
+
+    ours_f = jax.jit(jax.grad(lambda x: f(x).sum()))
+    theirs_f = jax.jit(jax.grad(product))
+    x = jnp.ones(16)
+    ours = lambda: ours_f(x).block_until_ready()          # noqa: E731
+    theirs = lambda: theirs_f(x).block_until_ready()      # noqa: E731
+    if impl == "gradchain":
+        measure(benchmark, "gradchain", {"gradchain": ours, "jax autodiff": theirs})
+        out = np.asarray(benchmark(ours))
+        np.testing.assert_allclose(out, np.asarray(theirs()), rtol=1e-10, atol=1e-12)
+    else:
+        benchmark(theirs)
