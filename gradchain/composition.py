@@ -21,9 +21,11 @@ row.  Affine maps on a batch are matrix-matrix products (BLAS).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from gradchain._program import Program
 from gradchain.chain import Chain
@@ -32,7 +34,20 @@ from gradchain.maps import (Map, _as_float, _checked, _first_sized, _float_dtype
                             _input, _readonly)
 from gradchain.operators import _scalar
 
+if TYPE_CHECKING:
+    from gradchain.maps import _Builtin
+
 __all__ = ["Composition", "compose", "check_grad"]
+
+# (for the annotations) the value of a loss (a float; per-sample float64
+# values for reduction="none" of a batch), a gradient with respect to x,
+# the parameter gradients (one tuple per map), what wrt names, a reduction
+_Value = float | NDArray[np.float64]
+_XGrad = NDArray[np.floating[Any]]
+_ParamGrads = tuple[tuple[NDArray[np.floating[Any]], ...], ...]
+if TYPE_CHECKING:
+    _Wrt = Literal["x", "params"] | tuple[Literal["x", "params"], ...]
+    _Reduction = Literal["sum", "mean", "none"]
 
 
 class _FastPath(NamedTuple):
@@ -40,8 +55,8 @@ class _FastPath(NamedTuple):
     of an all-built-in composition, valid for later calls with an x of the
     same dtype and shape (C-contiguous, aligned)."""
 
-    dtype: np.dtype     # the compute dtype (x's, as the record requires)
-    shape: tuple        # x's shape
+    dtype: np.dtype[Any]    # the compute dtype (x's, as the record requires)
+    shape: tuple[int, ...]  # x's shape
     program: Program    # the composition's one programme, cached for dtype
     n_k: int            # the width of the output x^(k), the loss rows
     single: bool        # x is a single sample (n_0,)
@@ -62,10 +77,10 @@ class Composition:
     loss : Loss or None
     """
 
-    def __init__(self, maps, loss=None):
+    def __init__(self, maps: Iterable[Map], loss: Loss | None = None) -> None:
         maps = list(maps)
-        cur = None          # known output size so far (None: any)
-        known_from = None
+        cur: int | None = None          # known output size so far (None: any)
+        known_from: int | None = None
         for i, m in enumerate(maps):
             if not isinstance(m, Map):
                 raise TypeError(f"maps[{i}] must be a gradchain Map, got "
@@ -88,36 +103,37 @@ class Composition:
         self._maps, self._loss = tuple(maps), loss
         # consecutive built-in maps form compiled segments; _starts[j] is the
         # index in maps of segment j's first map (the name in messages)
-        self._segments, self._starts = [], []
+        self._segments: list[list[_Builtin] | Map] = []
+        self._starts: list[int] = []
         for i, m in enumerate(maps):
             if m._builtin and self._segments and isinstance(self._segments[-1], list):
-                self._segments[-1].append(m)
+                self._segments[-1].append(m)  # type: ignore[arg-type]  # built in
                 continue
             self._starts.append(i)
-            self._segments.append([m] if m._builtin else m)
-        self._programs = {}
-        self._fast = None
+            self._segments.append([m] if m._builtin else m)  # type: ignore[list-item]
+        self._programs: dict[np.dtype[Any], list[Any]] = {}
+        self._fast: _FastPath | None = None
 
     @property
-    def maps(self):
+    def maps(self) -> tuple[Map, ...]:
         """The maps, a tuple (a Composition is immutable)."""
         return self._maps
 
     @property
-    def loss(self):
+    def loss(self) -> Loss | None:
         """The loss, or None."""
         return self._loss
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.maps)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         inner = ", ".join(repr(m) for m in self.maps)
         return f"compose({inner}" + (f", loss={self.loss!r})" if self.loss else ")")
 
     # -- set-up ---------------------------------------------------------
 
-    def _program_list(self, dtype):
+    def _program_list(self, dtype: np.dtype[Any]) -> list[Any]:
         """One Program per built-in segment (user maps stand for themselves).
         Cached per dtype when every parameter is read in place; a parameter
         converted to another dtype is converted again at each call, so that
@@ -136,26 +152,29 @@ class Composition:
                 self._programs[dtype] = progs
         return progs
 
-    def _input(self, x, name="x"):
+    def _input(self, x: ArrayLike,
+               name: str = "x") -> tuple[NDArray[Any], bool, np.dtype[Any]]:
         """(X, single, dtype): x checked and laid out (gradchain.maps._input)."""
         return _input(x, self.maps,
                       () if self.loss is None else self.loss._params(), name)
 
-    def _user_fn(self, i, X, single, dtype):
+    def _user_fn(self, i: int, X: NDArray[Any], single: bool,
+                 dtype: np.dtype[Any]) -> NDArray[Any]:
         """maps[i](X) for a user map, checked: (B, m) rows (B = X's rows)."""
         xin = _readonly(X[0] if single else X)
         want = (None,) if single else (X.shape[0], None)
         Y = _checked(self.maps[i].fn(xin), want, dtype, i, "fn", (X,))
         return Y.reshape(1, -1) if single else Y
 
-    def _user_link(self, i, X, T, m_out, transpose, single, dtype):
+    def _user_link(self, i: int, X: NDArray[Any], T: NDArray[Any], m_out: int,
+                   transpose: bool, single: bool, dtype: np.dtype[Any]) -> NDArray[Any]:
         """J^T T (transpose) or J T for user map i at the batch X, checked."""
         xin = _readonly(X[0] if single else X)
         tin = _readonly(T[0] if single else T)
         R = self.maps[i]._apply(i, xin, tin, m_out, transpose, dtype)
         return R.reshape(1, -1) if single else R
 
-    def _check_width(self, idx, X):
+    def _check_width(self, idx: int, X: NDArray[Any]) -> None:
         """X is about to enter maps[idx:]: check it against the first map
         there whose input size is known (built-in stretches only)."""
         i = _first_sized(self.maps, idx)
@@ -165,7 +184,8 @@ class Composition:
                 f"maps[{i}] ({self.maps[i]!r}) takes {self.maps[i].in_dim} "
                 f"inputs but {src} outputs {X.shape[1]} values")
 
-    def _walk(self, X, single, dtype, mode, T=None):
+    def _walk(self, X: NDArray[Any], single: bool, dtype: np.dtype[Any], mode: str,
+              T: Any = None) -> Any:
         """The one walk over the segments, forward from x^(0) = X.
 
         mode "forward": returns (trail, [x^(0), ..., x^(k)]);
@@ -174,7 +194,8 @@ class Composition:
                         (index of its first map, segment, program, its input)
                         for _backward.
         """
-        trail, xs = [], [X]
+        trail: list[tuple[int, Any, Any, NDArray[Any]]] = []
+        xs = [X]
         for idx, seg, prog in zip(self._starts, self._segments,
                                   self._program_list(dtype)):
             trail.append((idx, seg, prog, X))
@@ -198,7 +219,8 @@ class Composition:
             return X, T
         return trail, (xs if mode == "forward" else X)
 
-    def _backward(self, trail, G, single, dtype):
+    def _backward(self, trail: list[tuple[int, Any, Any, NDArray[Any]]],
+                  G: NDArray[Any], single: bool, dtype: np.dtype[Any]) -> NDArray[Any]:
         for idx, seg, prog, Xin in reversed(trail):
             if isinstance(seg, list):
                 G = prog.run(Xin, "vjp", T=G)[1]
@@ -208,7 +230,7 @@ class Composition:
 
     # -- public API -----------------------------------------------------
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> tuple[_XGrad, list[_XGrad]]:
         """Run the maps: returns (x^(k), [x^(0), x^(1), ..., x^(k)]), each of
         x's rank (1-D, or (B, n_i) for a batch)."""
         X, single, dtype = self._input(x)
@@ -219,10 +241,43 @@ class Composition:
             xs = [a[0] for a in xs]
         return xs[-1], xs
 
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> _XGrad:
         return self.forward(x)[0]
 
-    def value_and_grad(self, x, reduction="sum", wrt="x"):
+    # value_and_grad's result follows reduction and wrt; a wrt of the
+    # other forms (positional after reduction, or not a literal) takes the
+    # last, general signature
+    @overload
+    def value_and_grad(self, x: ArrayLike, reduction: Literal["sum", "mean"] = ...,
+                       wrt: Literal["x"] = ...) -> tuple[float, _XGrad]: ...
+    @overload
+    def value_and_grad(self, x: ArrayLike, reduction: Literal["none"],
+                       wrt: Literal["x"] = ...) -> tuple[_Value, _XGrad]: ...
+    @overload
+    def value_and_grad(self, x: ArrayLike, reduction: _Reduction = ...,
+                       wrt: Literal["x"] = ...) -> tuple[_Value, _XGrad]: ...
+    @overload
+    def value_and_grad(self, x: ArrayLike, reduction: Literal["sum", "mean"] = ..., *,
+                       wrt: Literal["params"]) -> tuple[float, _ParamGrads]: ...
+    @overload
+    def value_and_grad(self, x: ArrayLike, reduction: Literal["none"], *,
+                       wrt: Literal["params"]) -> tuple[_Value, _ParamGrads]: ...
+    @overload
+    def value_and_grad(self, x: ArrayLike, reduction: Literal["sum", "mean"] = ..., *,
+                       wrt: tuple[Literal["x"], Literal["params"]]
+                       ) -> tuple[float, tuple[_XGrad, _ParamGrads]]: ...
+    @overload
+    def value_and_grad(self, x: ArrayLike, reduction: Literal["sum", "mean"] = ..., *,
+                       wrt: tuple[Literal["params"], Literal["x"]]
+                       ) -> tuple[float, tuple[_ParamGrads, _XGrad]]: ...
+    @overload
+    def value_and_grad(
+            self, x: ArrayLike, reduction: _Reduction = ..., wrt: _Wrt = ...
+    ) -> tuple[_Value, _XGrad | _ParamGrads | tuple[_XGrad, _ParamGrads]
+               | tuple[_ParamGrads, _XGrad]]: ...
+
+    def value_and_grad(self, x: ArrayLike, reduction: _Reduction = "sum",
+                       wrt: _Wrt = "x") -> Any:
         """L(x) and its gradient with respect to x, the parameters, or both.
 
         Parameters
@@ -284,7 +339,7 @@ class Composition:
                 # same dtype and shape as an earlier call of an all-built-in
                 # composition: the programme and sizes are known; one
                 # compiled call
-                loss = self.loss
+                loss: Any = self.loss       # not None: a record has a loss
                 aux, labels = loss._rows(1 if single else x.shape[0], n_k, dtype)
                 if not pmode:
                     vals, G = program.loss_grad(x, loss._code, aux, labels)
@@ -329,12 +384,14 @@ class Composition:
             return float(vals[0]), G[0]
         return self._reduce(vals, G, reduction)
 
-    def _assemble(self, vals, G, pg, single, reduction, want, wrt):
+    def _assemble(self, vals: NDArray[np.float64], G: NDArray[Any] | None,
+                  pg: _ParamGrads, single: bool, reduction: str,
+                  want: tuple[str, ...], wrt: object) -> Any:
         """value_and_grad's result from the per-sample values, the x
         gradient (x's shape; None when not wanted) and the per-map
         parameter gradients."""
         if single:
-            value = float(vals[0])
+            value: _Value = float(vals[0])
         else:
             B = vals.shape[0]
             if reduction == "mean" and B:
@@ -349,14 +406,16 @@ class Composition:
             return value, (G if want[0] == "x" else pg)
         return value, ((G, pg) if want[0] == "x" else (pg, G))
 
-    def _backward_params(self, X, single, dtype, pmode, want_x):
+    def _backward_params(self, X: NDArray[Any], single: bool, dtype: np.dtype[Any],
+                         pmode: int, want_x: bool
+                         ) -> tuple[NDArray[np.float64], NDArray[Any] | None, _ParamGrads]:
         """(values, x gradient or None, per-map parameter gradients) through
         the segments: programmes and user maps in turn."""
         B = X.shape[0]
-        pgrads = [()] * len(self.maps)
+        pgrads: list[tuple[NDArray[Any], ...]] = [()] * len(self.maps)
         trail, Y = self._walk(X, single, dtype, "trail")
-        aux, labels = self.loss._rows(B, Y.shape[1], dtype)
-        vals, G = Program([], dtype).loss_grad(Y, self.loss._code, aux, labels)
+        aux, labels = self.loss._rows(B, Y.shape[1], dtype)  # type: ignore[union-attr]  # checked
+        vals, G = Program([], dtype).loss_grad(Y, self.loss._code, aux, labels)  # type: ignore[union-attr]
         for n, (idx, seg, prog, Xin) in enumerate(reversed(trail)):
             # the first segment's input gradient only when x's is wanted
             need = want_x or n < len(trail) - 1
@@ -372,7 +431,8 @@ class Composition:
             G = G[0]
         return vals, G, tuple(pgrads)
 
-    def _user_params_grad(self, i, X, G, single, per_example):
+    def _user_params_grad(self, i: int, X: NDArray[Any], G: NDArray[Any], single: bool,
+                          per_example: bool) -> tuple[NDArray[Any], ...]:
         """User map i's parameter gradient at the rows X for cotangent rows
         G: its param_vjp over the batch, or once per row (per_example:
         stacked with a leading batch axis)."""
@@ -391,14 +451,14 @@ class Composition:
 
     # -- parameters -------------------------------------------------------
 
-    def param_arrays(self):
+    def param_arrays(self) -> tuple[tuple[NDArray[Any], ...], ...]:
         """The maps' parameters, one tuple per map, in the order of
         ``value_and_grad(..., wrt="params")``'s gradients: the arrays the
         maps read in place (an ``Affine``'s W and b, ``Scale``'s and
         ``LeakyReLU``'s 0-d arrays, a user map's ``params``)."""
         return tuple(tuple(m._param_arrays()) for m in self.maps)
 
-    def params(self):
+    def params(self) -> NDArray[np.floating[Any]]:
         """All parameters as one flat vector (a copy), in map order, each
         array raveled in C order: what an optimiser steps; see
         :meth:`set_params` and :meth:`ravel`."""
@@ -408,7 +468,7 @@ class Composition:
         return np.concatenate([np.ravel(p) for p in arrays]).astype(
             np.result_type(*arrays, np.float32), copy=False)
 
-    def set_params(self, flat):
+    def set_params(self, flat: ArrayLike) -> None:
         """Write a flat vector (of :meth:`params`' length and order) into
         the maps' parameter arrays, in place: the caller's own arrays where
         the maps read them in place (an ``Affine`` built from a float
@@ -434,7 +494,7 @@ class Composition:
             p[...] = v[o:o + p.size].reshape(p.shape)
             o += p.size
 
-    def ravel(self, grads):
+    def ravel(self, grads: _ParamGrads) -> NDArray[np.floating[Any]]:
         """A parameter-gradient structure (``value_and_grad(...,
         wrt="params")``) as one vector in :meth:`params`' order: (P,), or
         (B, P) for per-example gradients (``reduction="none"``)."""
@@ -443,7 +503,8 @@ class Composition:
             raise ValueError(f"grads must be a tuple of {len(arrays)} tuples (one "
                              f"per map), as value_and_grad(..., wrt='params') "
                              f"returns")
-        parts, lead = [], None
+        parts: list[NDArray[Any]] = []
+        lead: tuple[int, ...] | None = None
         for i, (g, ps) in enumerate(zip(grads, arrays)):
             if not isinstance(g, tuple) or len(g) != len(ps):
                 raise ValueError(f"grads[{i}] must be a tuple of {len(ps)} arrays "
@@ -461,10 +522,11 @@ class Composition:
             return np.zeros(0)
         return np.concatenate(parts, axis=-1)
 
-    def _with_param_copies(self):
+    def _with_param_copies(self) -> tuple[Composition, list[NDArray[Any]]]:
         """(a composition of the same maps over copies of their parameters,
         the copies in param order): for gradient checks."""
-        maps, copies = [], []
+        maps: list[Map] = []
+        copies: list[NDArray[Any]] = []
         for m in self.maps:
             # float copies (an integer parameter would truncate its steps)
             cs = [np.array(p, dtype=np.result_type(p.dtype, np.float32), copy=True)
@@ -474,7 +536,7 @@ class Composition:
         return Composition(maps, self.loss), copies
 
     @staticmethod
-    def _reduce(vals, G, reduction):
+    def _reduce(vals: NDArray[np.float64], G: Any, reduction: str) -> tuple[_Value, Any]:
         """The per-sample values (B,) and gradient rows G reduced as
         ``reduction`` says (value_and_grad has checked it)."""
         if reduction == "sum":
@@ -485,15 +547,20 @@ class Composition:
             return (float(vals.sum() / B) if B else float("nan")), G
         return vals, G                  # "none"
 
-    def value(self, x, reduction="sum"):
+    @overload
+    def value(self, x: ArrayLike, reduction: Literal["sum", "mean"] = ...) -> float: ...
+    @overload
+    def value(self, x: ArrayLike, reduction: _Reduction) -> _Value: ...
+
+    def value(self, x: ArrayLike, reduction: _Reduction = "sum") -> _Value:
         """L(x) (see value_and_grad)."""
         return self.value_and_grad(x, reduction)[0]
 
-    def grad(self, x, reduction="sum"):
+    def grad(self, x: ArrayLike, reduction: _Reduction = "sum") -> _XGrad:
         """grad_x L (see value_and_grad)."""
         return self.value_and_grad(x, reduction)[1]
 
-    def vjp(self, x, g):
+    def vjp(self, x: ArrayLike, g: ArrayLike) -> _XGrad:
         """J^T g for the maps' Jacobian J at x (the loss is not involved);
         g of shape (n_k,) or, for a batch x, (B, n_k)."""
         X, single, dtype = self._input(x)
@@ -502,21 +569,21 @@ class Composition:
         want = (Y.shape[1],) if single else Y.shape
         if G.shape != want:
             raise ValueError(f"g has shape {G.shape} but the maps output {want}")
-        G = np.require(G.reshape(Y.shape), dtype, "CA")
+        G = np.require(G.reshape(Y.shape), dtype, "CA")  # type: ignore[arg-type, unused-ignore]  # "CA": C, A
         out = self._backward(trail, G, single, dtype)
         return out[0] if single else out
 
-    def jvp(self, x, v):
+    def jvp(self, x: ArrayLike, v: ArrayLike) -> _XGrad:
         """J v for the maps' Jacobian J at x; v of x's shape."""
         X, single, dtype = self._input(x)
         V = _as_float(v, "v")
         if V.shape != np.shape(x):
             raise ValueError(f"v has shape {V.shape} but x has shape {np.shape(x)}")
-        V = np.require(V.reshape(X.shape), dtype, "CA")
+        V = np.require(V.reshape(X.shape), dtype, "CA")  # type: ignore[arg-type, unused-ignore]  # "CA": C, A
         V = self._walk(X, single, dtype, "jvp", T=V)[1]
-        return V[0] if single else V
+        return V[0] if single else V  # type: ignore[no-any-return]
 
-    def jacobian(self, x):
+    def jacobian(self, x: ArrayLike) -> _XGrad:
         """The dense Jacobian of f^(k) o ... o f^(1) at a single x.
 
         Parameters
@@ -546,14 +613,14 @@ class Composition:
             # product in one compiled call
             X, _, dtype = self._input(x)
             self._check_width(0, X)
-            return self._program_list(dtype)[0].jacobian(X[0])
+            return self._program_list(dtype)[0].jacobian(X[0])  # type: ignore[no-any-return]
         if all(m._forward_uses_jacobian for m in self.maps):
             chain, dtype = self._chain_at(x)
             if len(chain) == 0:             # no maps: the identity
                 return np.eye(x.shape[0], dtype=dtype)
             J = chain.jacobian()
             # a chain of Identity operators only has no dtype (float64)
-            return J if J.dtype == dtype else J.astype(dtype)
+            return J if J.dtype == dtype else J.astype(dtype)  # type: ignore[no-any-return]
         _, _, dtype = self._input(x)
         n0 = x.shape[0]
         if n0 == 0:
@@ -561,19 +628,19 @@ class Composition:
         E = np.eye(n0, dtype=dtype)
         return np.stack([self.jvp(x, E[j]) for j in range(n0)], axis=1)
 
-    def chain(self, x):
+    def chain(self, x: ArrayLike) -> Chain:
         """The :class:`gradchain.Chain` of the maps' Jacobians at a single x
         (Affine: W itself; elementwise: Diagonal; softmax: diagonal plus
         rank one; user maps: their ``jacobian(x)``)."""
         return self._chain_at(x)[0]
 
-    def _chain_at(self, x):
+    def _chain_at(self, x: ArrayLike) -> tuple[Chain, np.dtype[Any]]:
         """(chain(x), the composition's dtype at x)."""
         x = _as_float(x, "x")
         if x.ndim != 1:
             raise ValueError(f"chain takes a single x (n_0,), got shape {x.shape}")
         X, single, dtype = self._input(x)
-        links = []
+        links: list[Any] = []
         # each segment knows its Jacobians: a programme its ops' (W, a
         # Diagonal, ...), a user map its checked jacobian(x)
         for idx, seg, prog in zip(self._starts, self._segments,
@@ -589,11 +656,11 @@ class Composition:
         return Chain(links), dtype
 
 
-_WRT = {"x": ("x",), "params": ("params",), ("x", "params"): ("x", "params"),
+_WRT: dict[object, tuple[str, ...]] = {"x": ("x",), "params": ("params",), ("x", "params"): ("x", "params"),
         ("params", "x"): ("params", "x")}
 
 
-def _parse_wrt(wrt):
+def _parse_wrt(wrt: object) -> tuple[str, ...]:
     """value_and_grad's wrt as a tuple of names, each once."""
     try:
         got = _WRT.get(wrt)     # what it returns is the canonical tuple
@@ -609,7 +676,7 @@ def _parse_wrt(wrt):
     raise ValueError(f"wrt must be 'x', 'params' or ('x', 'params'), got {wrt!r}")
 
 
-def compose(*maps, loss=None):
+def compose(*maps: Map, loss: Loss | None = None) -> Composition:
     """Compose maps f^(1), ..., f^(k) (in application order) and a loss.
 
     Parameters
@@ -647,7 +714,8 @@ def compose(*maps, loss=None):
     return Composition(maps, loss)
 
 
-def check_grad(f, x, *, eps=None, wrt="x"):
+def check_grad(f: Composition | Map | Callable[[NDArray[Any]], tuple[Any, ArrayLike]],
+               x: ArrayLike, *, eps: float | None = None, wrt: _Wrt = "x") -> float:
     """Maximum relative error of an analytic derivative against central
     finite differences at x.
 
@@ -715,7 +783,7 @@ def check_grad(f, x, *, eps=None, wrt="x"):
     return float(err / scale) if scale > 0 else float(err)
 
 
-def _check_param_grad(f, x, eps):
+def _check_param_grad(f: Composition, x: ArrayLike, eps: float | None) -> float:
     """check_grad's parameter half: value_and_grad(x, wrt="params") against
     central differences over copies of the parameters."""
     x = _as_float(x, "x")

@@ -10,10 +10,16 @@ every OpenMP worker that runs the call, and put back afterwards: the
 default stays IEEE, and nothing outside gradchain's compiled work (NumPy,
 your own code between calls) is affected.  The C side is csrc/gc_dense.c.
 """
+from __future__ import annotations
+
 import threading
 from contextlib import ContextDecorator
+from typing import TYPE_CHECKING, Literal
 
 from gradchain._kernels import _flush_supported, _get_flush, _set_flush
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["errstate", "get_subnormals"]
 
@@ -63,29 +69,29 @@ class errstate(ContextDecorator):
     array([0., 1.])
     """
 
-    def __init__(self, *, subnormals):
+    def __init__(self, *, subnormals: Literal["ieee", "flush"]) -> None:
         if not isinstance(subnormals, str) or subnormals not in _MODES:
             raise ValueError(f"subnormals must be 'ieee' or 'flush', got {subnormals!r}")
         if subnormals == "flush" and not _flush_supported():
             raise ValueError("subnormals='flush' is not supported on this CPU or "
                              "build (x86-64 with SSE, or aarch64)")
-        self.subnormals = subnormals
+        self.subnormals: Literal["ieee", "flush"] = subnormals
         self._saved = threading.local()
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         stack = self._saved.__dict__.setdefault("stack", [])
         stack.append(_get_flush())
         _set_flush(self.subnormals == "flush")
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         _set_flush(self._saved.stack.pop())
         return False
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"errstate(subnormals={self.subnormals!r})"
 
 
-def get_subnormals():
+def get_subnormals() -> Literal["ieee", "flush"]:
     """This thread's current choice: ``"flush"`` or ``"ieee"``."""
     return "flush" if _get_flush() else "ieee"

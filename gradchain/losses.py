@@ -9,7 +9,10 @@ against the output it is applied to.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, overload
+
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from gradchain._bind import as_array
 from gradchain import _program as _p
@@ -18,6 +21,11 @@ from gradchain.maps import _as_float, _float_dtype
 
 __all__ = ["Loss", "SquaredError", "MeanSquaredError", "CrossEntropy",
            "LogSumExp", "Dot"]
+
+# (for the annotations) a loss's aux rows and labels for a batch, and the
+# value: a float for a single x, per-sample float64 values for a batch
+_Rows = tuple["NDArray[Any] | None", "NDArray[np.int64] | None"]
+_Value = float | NDArray[np.float64]
 
 # loss codes: declared in csrc/gc_maps.h, exported by _program
 _LOSS = dict(squared_error=_p.GC_LOSS_SQUARED_ERROR,
@@ -38,14 +46,19 @@ class Loss:
 
     _code = 0
 
-    def _rows(self, B, n, dtype):
+    def _rows(self, B: int, n: int, dtype: np.dtype[Any]) -> _Rows:
         """(aux rows (B, n) in dtype or None, labels (B,) int64 or None)."""
         return None, None
 
-    def _params(self):
+    def _params(self) -> tuple[NDArray[Any], ...]:
         return ()
 
-    def value_and_grad(self, x):
+    @overload
+    def value_and_grad(self, x: NDArray[np.float64]) -> tuple[_Value, NDArray[np.float64]]: ...
+    @overload
+    def value_and_grad(self, x: ArrayLike) -> tuple[_Value, NDArray[np.floating[Any]]]: ...
+
+    def value_and_grad(self, x: ArrayLike) -> tuple[_Value, NDArray[np.floating[Any]]]:
         """(l(x), grad l(x)) for a single x, or per-row values (B,) and
         gradients (B, n) for a batch.
 
@@ -65,7 +78,7 @@ class Loss:
                                *[_float_dtype(p.dtype, "target") for p in self._params()])
         if x.ndim not in (1, 2):
             raise ValueError(f"x must be 1-D or 2-D, got shape {x.shape}")
-        X = np.require(np.atleast_2d(x), dtype, "CA")
+        X = np.require(np.atleast_2d(x), dtype, "CA")  # type: ignore[arg-type, unused-ignore]  # "CA": C, A
         aux, labels = self._rows(X.shape[0], X.shape[1], dtype)
         vals, G = Program([], dtype).loss_grad(X, self._code, aux, labels)
         if x.ndim == 1:
@@ -76,19 +89,23 @@ class Loss:
 class _TargetLoss(Loss):
     _name = "target"
 
-    def __init__(self, target):
+    def __init__(self, target: ArrayLike) -> None:
         self._target = _as_float(target, self._name)
         if self._target.ndim not in (1, 2):
             raise ValueError(f"{self._name} must be 1-D (n,) or 2-D (batch, n), "
                              f"got shape {self.target.shape}")
 
-    target = property(lambda self: self._target,
-                      doc="the target (read in place at each call)")
+    if TYPE_CHECKING:
+        @property
+        def target(self) -> NDArray[Any]: ...
+    else:
+        target = property(lambda self: self._target,
+                          doc="the target (read in place at each call)")
 
-    def _params(self):
+    def _params(self) -> tuple[NDArray[Any], ...]:
         return (self.target,)
 
-    def _rows(self, B, n, dtype):
+    def _rows(self, B: int, n: int, dtype: np.dtype[Any]) -> _Rows:
         t = self.target
         if t.dtype == dtype and t.flags.c_contiguous and t.flags.aligned and (
                 t.shape == (n,) and B == 1 or t.shape == (B, n)):
@@ -97,7 +114,7 @@ class _TargetLoss(Loss):
             want = f"({n},) or ({B}, {n})"
             raise ValueError(f"{self._name} has shape {t.shape} but the output "
                              f"x^(k) has {B} sample(s) of {n} values: expected {want}")
-        return np.require(np.broadcast_to(t, (B, n)), dtype, "CA"), None
+        return np.require(np.broadcast_to(t, (B, n)), dtype, "CA"), None  # type: ignore[arg-type, unused-ignore]  # "CA": C, A
 
 
 class SquaredError(_TargetLoss):
@@ -112,7 +129,7 @@ class SquaredError(_TargetLoss):
 
     _code = _LOSS["squared_error"]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "SquaredError(target)"
 
 
@@ -127,7 +144,7 @@ class MeanSquaredError(_TargetLoss):
 
     _code = _LOSS["mean_squared_error"]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "MeanSquaredError(target)"
 
 
@@ -143,7 +160,7 @@ class Dot(_TargetLoss):
     _code = _LOSS["dot"]
     _name = "w"
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "Dot(w)"
 
 
@@ -152,7 +169,7 @@ class LogSumExp(Loss):
 
     _code = _LOSS["logsumexp"]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "LogSumExp()"
 
 
@@ -170,7 +187,7 @@ class CrossEntropy(Loss):
 
     _code = _LOSS["cross_entropy"]
 
-    def __init__(self, labels):
+    def __init__(self, labels: ArrayLike) -> None:
         a = as_array(labels, "labels")
         if a.dtype.kind not in "iu":
             raise TypeError(f"labels must be integers, got dtype {a.dtype}")
@@ -178,10 +195,14 @@ class CrossEntropy(Loss):
             raise ValueError(f"labels must be an int or 1-D (batch,), got shape {a.shape}")
         self._labels = a
 
-    labels = property(lambda self: self._labels,
-                      doc="the labels (the caller's array, read at each call)")
+    if TYPE_CHECKING:
+        @property
+        def labels(self) -> NDArray[np.integer[Any]]: ...
+    else:
+        labels = property(lambda self: self._labels,
+                          doc="the labels (the caller's array, read at each call)")
 
-    def _rows(self, B, n, dtype):
+    def _rows(self, B: int, n: int, dtype: np.dtype[Any]) -> _Rows:
         a = self._labels
         if a.ndim == 1 and a.shape[0] != B:
             raise ValueError(f"labels has shape {a.shape} but the batch has {B} "
@@ -208,5 +229,5 @@ class CrossEntropy(Loss):
                              f"{n} classes (0 <= label < {n})")
         return None, lab
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "CrossEntropy(labels)"

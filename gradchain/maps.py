@@ -18,9 +18,11 @@ Batches: x of shape (B, n) is B independent samples; a map acts on each row.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from gradchain._bind import as_array, compute_dtype
 from gradchain import _program as _p
@@ -37,6 +39,7 @@ _MOVED = {
 }
 
 if TYPE_CHECKING:     # what __getattr__ resolves, for type checkers and stubtest
+    from gradchain._program import _Spec        # (stub only: a map's op spec)
     from gradchain.composition import Composition, check_grad, compose
     from gradchain.losses import (CrossEntropy, Dot, LogSumExp, Loss,
                                   MeanSquaredError, SquaredError)
@@ -63,13 +66,19 @@ _EW = dict(tanh=_p.GC_EW_TANH, sigmoid=_p.GC_EW_SIGMOID, relu=_p.GC_EW_RELU,
 
 _float_dtype = compute_dtype      # the chain's dtype rule (gradchain._chain)
 
+# (for the annotations) what maps return: float32 or float64 arrays; a
+# shape with None where any extent is accepted; a NumPy array type
+_FloatArray = NDArray[np.floating[Any]]
+_Want = tuple[int | None, ...]
+_A = TypeVar("_A", bound="np.ndarray[Any, Any]")
+
 # the most elements a batch's stack of user Jacobians holds at a time (2 MiB
 # of float64, so that it is still in cache when the compiled call reads it):
 # a larger batch is applied a block of rows at a time, reusing the buffer
 _STACK_ELEMS = 1 << 18
 
 
-def _as_float(x, name):
+def _as_float(x: object, name: str) -> NDArray[Any]:
     """x as an array (the one conversion rule: masked arrays refused), of a
     dtype the dtype rule accepts; TypeError naming ``name`` otherwise."""
     a = as_array(x, name)
@@ -77,7 +86,7 @@ def _as_float(x, name):
     return a
 
 
-def _readonly(a):
+def _readonly(a: _A) -> _A:
     """A read-only view of a: what user callbacks receive, so that one that
     writes into its input gets NumPy's error instead of corrupting the
     forward pass (or the caller's array)."""
@@ -86,18 +95,19 @@ def _readonly(a):
     return v
 
 
-def _checked(y, want, dtype, i, name, inputs):
+def _checked(y: object, want: _Want, dtype: np.dtype[Any], i: int, name: str,
+             inputs: Iterable[NDArray[Any]]) -> NDArray[Any]:
     """A callback's result checked before compiled code reads it: exactly
     the shape ``want`` (None: any extent there), a real dtype, then
     C-contiguous in ``dtype``, and never sharing memory with ``inputs``."""
     a = _validated(y, want, i, name)
-    out = np.require(a, dtype, "CA")
+    out = np.require(a, dtype, "CA")  # type: ignore[arg-type, unused-ignore]  # "CA": C, A
     if out is a and any(np.may_share_memory(out, x) for x in inputs):
         out = out.copy()
     return out
 
 
-def _validated(y, want, i, name):
+def _validated(y: object, want: _Want, i: int, name: str) -> NDArray[Any]:
     """maps[i].name's result y as an array, checked (see _checked) but not
     converted."""
     where = f"maps[{i}].{name}"
@@ -114,11 +124,11 @@ def _validated(y, want, i, name):
     return a
 
 
-def _shape_text(shape):
+def _shape_text(shape: tuple[object, ...]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
-def _first_sized(maps, idx):
+def _first_sized(maps: Sequence[Map], idx: int) -> int | None:
     """Index of the first map from maps[idx] on whose input size is known
     (an Affine) before any user map, or None."""
     for i in range(idx, len(maps)):
@@ -130,7 +140,8 @@ def _first_sized(maps, idx):
     return None
 
 
-def _input(x, maps, params=(), name="x"):
+def _input(x: ArrayLike, maps: Sequence[Map], params: Iterable[NDArray[Any]] = (),
+           name: str = "x") -> tuple[NDArray[Any], bool, np.dtype[Any]]:
     """x checked for the maps applied in order: (X, single, dtype).
 
     x must be 1-D (n_0,) or 2-D (B, n_0), of the width the first sized map
@@ -151,7 +162,7 @@ def _input(x, maps, params=(), name="x"):
         dts += [_float_dtype(p.dtype, "parameters") for p in m._params()]
     dts += [_float_dtype(p.dtype, "loss target") for p in params]
     dtype = np.dtype(np.result_type(*dts))
-    X = np.require(x.reshape(1, -1) if x.ndim == 1 else x, dtype, "CA")
+    X = np.require(x.reshape(1, -1) if x.ndim == 1 else x, dtype, "CA")  # type: ignore[arg-type, unused-ignore]  # "CA": C, A
     return X, x.ndim == 1, dtype
 
 
@@ -218,8 +229,12 @@ class Map:
 
     _builtin = False
 
-    def __init__(self, fn, jacobian=None, *, vjp=None, jvp=None, params=None,
-                 param_vjp=None):
+    def __init__(self, fn: Callable[..., ArrayLike],
+                 jacobian: Callable[..., ArrayLike | Operator] | None = None, *,
+                 vjp: Callable[..., ArrayLike] | None = None,
+                 jvp: Callable[..., ArrayLike] | None = None,
+                 params: Sequence[ArrayLike] | None = None,
+                 param_vjp: Callable[..., Sequence[ArrayLike]] | None = None) -> None:
         for name, f in (("fn", fn), ("jacobian", jacobian), ("vjp", vjp),
                         ("jvp", jvp), ("param_vjp", param_vjp)):
             if f is not None and not callable(f):
@@ -234,7 +249,7 @@ class Map:
         if param_vjp is not None and params is None:
             raise TypeError("param_vjp= needs params= (the parameters it "
                             "differentiates)")
-        ps = ()
+        ps: tuple[NDArray[Any], ...] = ()
         if params is not None:
             if isinstance(params, np.ndarray) or not hasattr(params, "__len__"):
                 raise TypeError(f"params must be a sequence of arrays, got "
@@ -247,39 +262,47 @@ class Map:
         self._fn, self._jacobian, self._vjp, self._jvp = fn, jacobian, vjp, jvp
         self._uparams, self._param_vjp = ps, param_vjp
 
-    in_dim = None
-    out_dim = None
+    if TYPE_CHECKING:
+        # None here; Affine's are properties (its W's shape)
+        @property
+        def in_dim(self) -> int | None: ...
+        @property
+        def out_dim(self) -> int | None: ...
+    else:
+        in_dim = None
+        out_dim = None
 
     @property
-    def fn(self):
+    def fn(self) -> Callable[..., ArrayLike]:
         """f(x) (the callback given as ``fn``, with the map's parameters
         bound: ``fn(x)`` calls the given ``fn(x, *params)``)."""
         if not self._uparams:
             return self._fn
         return lambda x: self._fn(x, *self._uparams)
 
-    def _params(self):
+    def _params(self) -> tuple[NDArray[Any], ...]:
         """The arrays the dtype rule reads (built-in maps' parameters)."""
         return ()
 
-    def _param_arrays(self):
+    def _param_arrays(self) -> tuple[NDArray[Any], ...]:
         """The map's parameters, in order (arrays, read in place)."""
         return self._uparams
 
-    def _with_params(self, new):
+    def _with_params(self, new: Sequence[NDArray[Any]]) -> Map:
         """The same map over other parameter arrays (check_grad's copies)."""
         m = Map.__new__(type(self))
         m.__dict__.update(self.__dict__)
         m._uparams = tuple(new)
         return m
 
-    def _user_param_vjp(self, i, x, g, single):
+    def _user_param_vjp(self, i: int, x: NDArray[Any], g: NDArray[Any],
+                        single: bool) -> tuple[NDArray[Any], ...]:
         """maps[i]'s parameter gradient at x for cotangent rows g (both
         read-only; single: 1-D), checked: a tuple of arrays of the
         parameters' shapes (and dtypes, real)."""
         if not self._uparams:
             return ()
-        res = self._param_vjp(x, g, *self._uparams)
+        res = self._param_vjp(x, g, *self._uparams)  # type: ignore[misc]  # set with params
         where = f"maps[{i}].param_vjp"
         if isinstance(res, np.ndarray) or not isinstance(res, (tuple, list)):
             raise TypeError(f"{where} must return a tuple of {len(self._uparams)} "
@@ -287,30 +310,32 @@ class Map:
         if len(res) != len(self._uparams):
             raise ValueError(f"{where} returned {len(res)} gradients for "
                              f"{len(self._uparams)} parameters")
-        out = []
+        out: list[NDArray[Any]] = []
         for j, (r, p) in enumerate(zip(res, self._uparams)):
             a = _validated(r, p.shape, i, f"param_vjp (params[{j}])")
             out.append(np.array(a, dtype=_float_dtype(p.dtype, f"params[{j}]")))
         return tuple(out)
 
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> NDArray[Any]:
         return np.asarray(self.fn(x))
 
     @property
-    def _forward_uses_jacobian(self):
+    def _forward_uses_jacobian(self) -> bool:
         """Whether forward mode (jvp, and so Composition.jacobian) runs on
         ``jacobian(x)``: it is given, and no ``jvp=`` takes precedence."""
         return self._jacobian is not None and self._jvp is None
 
-    def _link(self, i, x, y, dtype):
+    def _link(self, i: int, x: NDArray[Any], y: NDArray[Any] | None,
+              dtype: np.dtype[Any]) -> NDArray[Any] | Operator:
         """maps[i]'s Jacobian at x (1-D, in dtype; y = f(x)) as a link of a
         Chain: here, the user's ``jacobian(x)``, checked (see _jac_at)."""
         if self._jacobian is None:
             raise TypeError(f"maps[{i}] is matrix-free (vjp=/jvp= only): it has "
                             f"no Jacobian to put in a Chain")
-        return self._jac_at(_readonly(x), y.shape[0], i, dtype)
+        return self._jac_at(_readonly(x), y.shape[0], i, dtype)  # type: ignore[union-attr]  # y given
 
-    def _jac_at(self, x, m_out, i, dtype, out=None):
+    def _jac_at(self, x: NDArray[Any], m_out: int, i: int, dtype: np.dtype[Any],
+                out: NDArray[Any] | None = None) -> NDArray[Any] | Operator:
         """The Jacobian at a single x (read-only, 1-D), checked: an
         (m_out, len(x)) real array in dtype, or an Operator of that shape.
 
@@ -318,7 +343,7 @@ class Map:
         an array result -- or a Dense operator's matrix -- is written there
         and ``out`` is returned; another operator is returned as it is."""
         want = (m_out, x.shape[0])
-        J = self._jacobian(x, *self._uparams)
+        J = self._jacobian(x, *self._uparams)  # type: ignore[misc]  # callers check
         if isinstance(J, Operator):
             if tuple(J.shape) != want:
                 raise ValueError(f"maps[{i}].jacobian returned an operator of "
@@ -333,7 +358,8 @@ class Map:
         out[...] = _validated(J, want, i, "jacobian")   # converted, copied
         return out
 
-    def _apply(self, i, x, t, m_out, transpose, dtype):
+    def _apply(self, i: int, x: NDArray[Any], t: NDArray[Any], m_out: int,
+               transpose: bool, dtype: np.dtype[Any]) -> NDArray[Any]:
         """J^T t (transpose) or J t at x (read-only, rank 1 or 2), checked:
         the result has x's shape (transpose) or (..., m_out)."""
         name = "vjp" if transpose else "jvp"
@@ -352,7 +378,9 @@ class Map:
         return self._apply_rows(i, x, t, m_out, transpose, dtype,
                                 np.empty(want, dtype))
 
-    def _apply_rows(self, i, x, t, m_out, transpose, dtype, out):
+    def _apply_rows(self, i: int, x: NDArray[Any], t: NDArray[Any], m_out: int,
+                    transpose: bool, dtype: np.dtype[Any],
+                    out: NDArray[Any]) -> NDArray[Any]:
         """_apply of jacobian= to a batch x (B, n), into out.
 
         jacobian(x[b]) is called per row (the callback is per row, by
@@ -367,7 +395,7 @@ class Map:
         for b0 in range(0, B, rows):
             b1 = min(B, b0 + rows)
             S = buf[:b1 - b0]
-            ops = {}
+            ops: dict[int, NDArray[Any] | Operator] = {}
             for b in range(b0, b1):
                 row = S[b - b0]
                 J = self._jac_at(x[b], m_out, i, dtype, out=row)
@@ -388,7 +416,7 @@ class Map:
                     c.jvp(t[b], out=out[b])
         return out
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Map({getattr(self._fn, '__name__', 'fn')})"
 
 
@@ -406,34 +434,36 @@ class _Builtin(Map):
     _forward_uses_jacobian = True
     _uparams = ()
 
-    def __init__(self):
+    def __init__(self) -> None:
         pass
 
-    def _param_arrays(self):
+    def _param_arrays(self) -> tuple[NDArray[Any], ...]:
         return ()
 
-    def _with_params(self, new):
+    def _with_params(self, new: Sequence[NDArray[Any]]) -> Map:
         return self
 
-    def _spec(self, dtype):
+    def _spec(self, dtype: np.dtype[Any]) -> _Spec:
         raise NotImplementedError
 
-    def _spec_is_view(self, spec):
+    def _spec_is_view(self, spec: _Spec) -> bool:
         return True
 
-    def _run(self, X, dtype, mode, T=None):
+    def _run(self, X: NDArray[Any], dtype: np.dtype[Any], mode: str,
+             T: NDArray[Any] | None = None) -> Any:
         """This map alone as a compiled programme over the C-contiguous block X
         (B, n) in dtype (see ``gradchain._program.Program.run``)."""
         return Program([self._spec(dtype)], dtype).run(X, mode, T)
 
-    def _link(self, i, x, y, dtype):
+    def _link(self, i: int, x: NDArray[Any], y: NDArray[Any] | None,
+              dtype: np.dtype[Any]) -> NDArray[Any] | Operator:
         """The Jacobian at x (1-D, C-contiguous, in dtype; y = f(x) unused):
         an array (Affine: W) or an operator, in dtype, from the compiled
         programme's one statement of each op's Jacobian
         (``gradchain._program``)."""
         return Program([self._spec(dtype)], dtype).jacobian(x, links=True)[0]
 
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> _FloatArray:
         """f(x) for x of shape (n,), or row by row for a batch (B, n).
 
         Parameters
@@ -447,10 +477,10 @@ class _Builtin(Map):
             :mod:`gradchain.chain`).
         """
         X, single, dtype = _input(x, (self,))
-        Y = self._run(X, dtype, "forward")[-1]
+        Y: _FloatArray = self._run(X, dtype, "forward")[-1]
         return Y[0] if single else Y
 
-    def jacobian(self, x):
+    def jacobian(self, x: ArrayLike) -> NDArray[Any] | Operator:
         """The Jacobian at a single x.
 
         Parameters
@@ -485,7 +515,7 @@ class Affine(_Builtin):
         calls.
     """
 
-    def __init__(self, W, b=None):
+    def __init__(self, W: ArrayLike, b: ArrayLike | None = None) -> None:
         W = _as_float(W, "W")
         if W.ndim != 2:
             raise ValueError(f"W must be 2-D (n_out, n_in), got shape {W.shape}")
@@ -496,62 +526,84 @@ class Affine(_Builtin):
                                  f"{W.shape}: b must have shape ({W.shape[0]},)")
         self._W, self._b = W, b
 
-    W = property(lambda self: self._W, doc="W (n_out, n_in), read in place")
-    b = property(lambda self: self._b, doc="b (n_out,) or None, read in place")
+    if TYPE_CHECKING:
+        @property
+        def W(self) -> NDArray[Any]: ...
+        @property
+        def b(self) -> NDArray[Any] | None: ...
+    else:
+        W = property(lambda self: self._W, doc="W (n_out, n_in), read in place")
+        b = property(lambda self: self._b, doc="b (n_out,) or None, read in place")
+
+    if TYPE_CHECKING:   # a float64 x (or W) computes in float64
+        @overload
+        def __call__(self, x: NDArray[np.float64]) -> NDArray[np.float64]: ...
+        @overload
+        def __call__(self, x: ArrayLike) -> _FloatArray: ...
+        def __call__(self, x: ArrayLike) -> _FloatArray: ...
 
     @property
-    def in_dim(self):
-        return self.W.shape[1]
+    def in_dim(self) -> int:
+        return self.W.shape[1]  # type: ignore[no-any-return, unused-ignore]
 
     @property
-    def out_dim(self):
-        return self.W.shape[0]
+    def out_dim(self) -> int:
+        return self.W.shape[0]  # type: ignore[no-any-return, unused-ignore]
 
-    def _params(self):
+    def _params(self) -> tuple[NDArray[Any], ...]:
         return (self.W,) if self.b is None else (self.W, self.b)
 
-    def _param_arrays(self):
+    def _param_arrays(self) -> tuple[NDArray[Any], ...]:
         return self._params()
 
-    def _with_params(self, new):
+    def _with_params(self, new: Sequence[NDArray[Any]]) -> Map:
         return Affine(*new)
 
-    def _spec(self, dtype):
+    def _spec(self, dtype: np.dtype[Any]) -> _Spec:
         W = np.require(self.W, dtype, "A")
-        b = None if self.b is None else np.require(self.b, dtype, "CA")
+        b = None if self.b is None else np.require(self.b, dtype, "CA")  # type: ignore[arg-type, unused-ignore]  # "CA": C, A
         return (_OP_AFFINE, W, b)
 
-    def _spec_is_view(self, spec):
+    def _spec_is_view(self, spec: _Spec) -> bool:
         """Whether the programme reads W and b in place (else: converted copies,
         which would not follow the caller's in-place changes)."""
-        return spec[1] is self.W and (self.b is None or spec[2] is self.b)
+        return spec[1] is self.W and (self.b is None or spec[2] is self.b)  # type: ignore[misc]  # an affine spec
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Affine({self.W.shape[1]} -> {self.W.shape[0]}" + (
             ", bias)" if self.b is not None else ")")
 
 
 class _Elementwise(_Builtin):
     _code = 0
-    _param = 0.0        # a parameter-free map's; a parameter is a 0-d array
+    _param: float | NDArray[np.float64] = 0.0   # a parameter-free map's; a parameter is a 0-d array
 
-    def _spec(self, dtype):
-        return (_OP_ELEMENTWISE, self._code, self._param)
+    if TYPE_CHECKING:   # parameter-free (and Scale, LeakyReLU): x's dtype
+        @overload
+        def __call__(self, x: NDArray[np.float32]) -> NDArray[np.float32]: ...  # type: ignore[overload-overlap, unused-ignore]
+        @overload
+        def __call__(self, x: NDArray[np.float64]) -> NDArray[np.float64]: ...
+        @overload
+        def __call__(self, x: ArrayLike) -> _FloatArray: ...
+        def __call__(self, x: ArrayLike) -> _FloatArray: ...
 
-    def _param_arrays(self):
+    def _spec(self, dtype: np.dtype[Any]) -> _Spec:
+        return (_OP_ELEMENTWISE, self._code, self._param)  # type: ignore[return-value]  # read as a double
+
+    def _param_arrays(self) -> tuple[NDArray[Any], ...]:
         return (self._param,) if isinstance(self._param, np.ndarray) else ()
 
-    def _with_params(self, new):
+    def _with_params(self, new: Sequence[NDArray[Any]]) -> Map:
         m = object.__new__(type(self))
         if new:
             m._param = new[0]
         return m
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
-def _elementwise(name, code, doc):
+def _elementwise(name: str, code: int, doc: str) -> type[_Elementwise]:
     cls = type(name, (_Elementwise,), {"_code": code, "__doc__": doc})
     return cls
 
@@ -581,13 +633,17 @@ class LeakyReLU(_Elementwise):
 
     _code = _EW["leaky_relu"]
 
-    def __init__(self, alpha=0.01):
+    def __init__(self, alpha: float = 0.01) -> None:
         # a 0-d float64 array the programmes read in place (set_params)
         self._param = np.array(_scalar(alpha, "alpha"), dtype=np.float64)
 
-    alpha = property(lambda self: float(self._param), doc="the slope below 0")
+    if TYPE_CHECKING:
+        @property
+        def alpha(self) -> float: ...
+    else:
+        alpha = property(lambda self: float(self._param), doc="the slope below 0")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"LeakyReLU({self.alpha!r})"
 
 
@@ -602,13 +658,17 @@ class Scale(_Elementwise):
 
     _code = _EW["scale"]
 
-    def __init__(self, c):
+    def __init__(self, c: float) -> None:
         # a 0-d float64 array the programmes read in place (set_params)
         self._param = np.array(_scalar(c, "c"), dtype=np.float64)
 
-    c = property(lambda self: float(self._param), doc="the factor")
+    if TYPE_CHECKING:
+        @property
+        def c(self) -> float: ...
+    else:
+        c = property(lambda self: float(self._param), doc="the factor")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Scale({self.c!r})"
 
 
@@ -616,24 +676,42 @@ class Softmax(_Builtin):
     """x -> exp(x) / sum(exp(x)) over the last axis, stable;
     J = diag(s) - s s^T (applied in O(n))."""
 
-    def _spec(self, dtype):
+    if TYPE_CHECKING:   # x's dtype
+        @overload
+        def __call__(self, x: NDArray[np.float32]) -> NDArray[np.float32]: ...  # type: ignore[overload-overlap, unused-ignore]
+        @overload
+        def __call__(self, x: NDArray[np.float64]) -> NDArray[np.float64]: ...
+        @overload
+        def __call__(self, x: ArrayLike) -> _FloatArray: ...
+        def __call__(self, x: ArrayLike) -> _FloatArray: ...
+
+    def _spec(self, dtype: np.dtype[Any]) -> _Spec:
         return (_OP_SOFTMAX,)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "Softmax()"
 
 
 class LogSoftmax(_Builtin):
     """x -> x - logsumexp(x) over the last axis, stable; J = I - 1 s^T."""
 
-    def _spec(self, dtype):
+    if TYPE_CHECKING:   # x's dtype
+        @overload
+        def __call__(self, x: NDArray[np.float32]) -> NDArray[np.float32]: ...  # type: ignore[overload-overlap, unused-ignore]
+        @overload
+        def __call__(self, x: NDArray[np.float64]) -> NDArray[np.float64]: ...
+        @overload
+        def __call__(self, x: ArrayLike) -> _FloatArray: ...
+        def __call__(self, x: ArrayLike) -> _FloatArray: ...
+
+    def _spec(self, dtype: np.dtype[Any]) -> _Spec:
         return (_OP_LOG_SOFTMAX,)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "LogSoftmax()"
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     """The losses and compositions under their old address.
 
     They moved to :mod:`gradchain.losses` and :mod:`gradchain.composition`,
@@ -649,5 +727,5 @@ def __getattr__(name):
     return value
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_MOVED))

@@ -141,12 +141,12 @@ class Operator:
     def matvec(self, v: ArrayLike) -> NDArray[np.floating[Any]]:
         """J v (v of shape (n_in,) or (batch, n_in))."""
         from gradchain.chain import jvp
-        return jvp([self], v)
+        return jvp([self], v)  # type: ignore[no-any-return, unused-ignore]  # chain.jvp: Any
 
     def rmatvec(self, g: ArrayLike) -> NDArray[np.floating[Any]]:
         """J^T g (g of shape (n_out,) or (batch, n_out))."""
         from gradchain.chain import vjp
-        return vjp([self], g)
+        return vjp([self], g)  # type: ignore[no-any-return, unused-ignore]  # chain.vjp: Any
 
 
 class Dense(Operator):
