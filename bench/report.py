@@ -6,10 +6,13 @@ Runs ``pytest bench/ --benchmark-only`` with a JSON report ``--runs`` times
 (default 5), saves the sessions (bench/results/sessions.json) and what the
 run was measured on (bench/results/sessions-meta.json: commit, whether the
 tree was dirty, the machine as read at run time, library versions, thread
-counts, a read-bandwidth probe before and after), then writes BENCHMARKS.md
-and the headline table between the markers in README.md.  ``--render-only``
-rewrites both from the saved files without running anything or reading the
-machine.
+counts, a read-bandwidth probe before and after), then writes BENCHMARKS.md,
+its PNG plots (bench/results/plots/: time against width, GB/s of the
+bandwidth-bound rows against the read probes, the 16-core thread scaling of
+bench/results/scaling-16core.md; drawn with matplotlib, skipped with a note
+when it is not installed) and the headline table between the markers in
+README.md.  ``--render-only`` rewrites all three from the saved files without
+running anything or reading the machine.
 
 Verdict rule (one rule, fixed before the numbers, the same for every target
 row): a target row is decided by its **rested alternating-block ratio**.
@@ -532,6 +535,332 @@ def short_ratio(x):
 
 
 # ---------------------------------------------------------------------------
+# Plots (PNG, matplotlib imported only here; without it the plots are skipped)
+# ---------------------------------------------------------------------------
+
+PLOTS_DIR = os.path.join(HERE, "results", "plots")
+SCALING_16 = os.path.join(HERE, "results", "scaling-16core.md")
+
+# The bandwidth-bound rows: one read of J per call, so GB/s of J read is the
+# figure.  (group, holder, label, peers); the GB/s are the rested times'.
+BANDWIDTH_ROWS = [
+    ("J.T @ v 4096x4096 float64 C-order", "gradchain", "J^T v 4096² float64", ["numpy"]),
+    ("J.T @ v 8192x8192 float64 C-order", "gradchain", "J^T v 8192² float64", ["numpy"]),
+    ("J.T @ v 4096x4096 float32 C-order", "gradchain", "J^T v 4096² float32", ["numpy"]),
+    ("J.T @ v 8192x8192 float32 C-order", "gradchain", "J^T v 8192² float32", ["numpy"]),
+    ("J.T @ v 4096x4096 float64 layouts", "F", "J^T v 4096² float64, F order", []),
+    ("J.T @ v 4096x4096 float64 layouts", "rows", "J^T v 4096² float64, row-strided", []),
+    ("J.T @ v 4096x4096 float64 layouts", "elements", "J^T v 4096² float64, A[::2, ::2]", []),
+    ("J.T @ v 4096x4096 float32, accumulate=float64", "gradchain",
+     "J^T v 4096² float32, accumulate=float64", []),
+    ("per-sample vjp B=4096 k=8 n=32", "gradchain", "per-sample vjp B=4096 k=8 n=32",
+     ["numpy", "jax"]),
+    ("per-sample jvp B=4096 k=8 n=32", "gradchain", "per-sample jvp B=4096 k=8 n=32",
+     ["numpy"]),
+    ("CSR 1e6 x 1e6, 10/row: J^T g", "gradchain", "CSR 10⁶², J^T g", ["scipy"]),
+    ("CSR 1e6 x 1e6, 10/row: J^T g", "transpose copies", "CSR 10⁶², J^T g, transpose_copies",
+     []),
+    ("CSR 1e6 x 1e6, 10/row: J v", "gradchain", "CSR 10⁶², J v", ["scipy"]),
+    ("k=50 tridiagonal CSR links, n=1e5: Chain.vjp", "gradchain",
+     "50 tridiagonal CSR links, vjp", ["scipy", "jax"]),
+]
+
+
+class Plot(NamedTuple):
+    """One PNG: its file name, alt text, caption for BENCHMARKS.md, and what
+    draw_plots needs to draw it."""
+    name: str
+    alt: str
+    caption: str
+    kind: str
+    data: object
+
+
+def _rested_times(sessions, group, holder):
+    """{contender: rested per-call time} of one test, median over sessions:
+    the holder's own time (median over its pairings) and each peer's."""
+    own, peers = [], {}
+    for gs in sessions:
+        b = gs.get(group, {}).get(holder)
+        if b is None:
+            continue
+        rested = b["extra_info"].get("rested", {})
+        for peer, r in rested.items():
+            if len(r) < 3:
+                continue
+            if peer == holder:               # layout rows: [layout/C, C, layout]
+                own.append(r[2])
+                peers.setdefault("C order", []).append(r[1])
+            else:
+                own.append(r[1])
+                peers.setdefault(peer, []).append(r[2])
+    if not own:
+        return {}
+    out = {holder: float(np.median(own))}
+    out.update({p: float(np.median(ts)) for p, ts in peers.items()})
+    return out
+
+
+def _series(sessions, pattern, fmt):
+    """Groups that differ only in one number: {template: {value: group}},
+    kept where at least two values were measured."""
+    import re
+    found = {}
+    for group in sorted({g for gs in sessions for g in gs}):
+        m = re.search(pattern, group)
+        if m is None:
+            continue
+        template = group[:m.start()] + fmt + group[m.end():]
+        found.setdefault(template, {})[int(m.group(1))] = group
+    return {t: vs for t, vs in found.items() if len(vs) >= 2}
+
+
+def parse_scaling_16core(path=SCALING_16):
+    """The 16-core tables of bench/results/scaling-16core.md as
+    {"threads": [...], "products": {label: [GB/s per thread count]},
+    "numpy": {label: GB/s}, "per_sample": {label: ([GB/s...], numpy GB/s)}}.
+    None when the file is missing or its tables do not parse."""
+    import re
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        text = f.read()
+    gbs = re.compile(r"([\d.]+) GB/s")
+    threads, products, numpy_gbs, per_sample = None, {}, {}, {}
+    section = None
+    for line in text.splitlines():
+        if line.startswith("B = ") and line.rstrip().endswith(":"):
+            section = line.rstrip(":").strip()     # "B = 4096, commit 79dd3fa"
+            continue
+        if not line.startswith("|") or line.startswith("|---"):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] == "product":
+            thr = [int(c.split()[0]) for c in cells if c.endswith("thr")]
+            threads = threads or thr
+            continue
+        if section is None and len(cells) == 9:      # product, dtype, layout, 5 counts, NumPy
+            vals = [gbs.search(c) for c in cells[3:]]
+            if all(vals):
+                label = f"{cells[0]} {cells[1]} {cells[2]}"
+                products[label] = [float(v.group(1)) for v in vals[:-1]]
+                numpy_gbs[label] = float(vals[-1].group(1))
+        elif section is not None and "baseline" not in section and len(cells) == 7:
+            vals = [gbs.search(c) for c in cells[1:]]
+            if all(vals):
+                per_sample[f"{cells[0]}, {section.split(',')[0]}"] = (
+                    [float(v.group(1)) for v in vals[1:]], float(vals[0].group(1)))
+    if not threads or not products:
+        return None
+    return {"threads": threads, "products": products, "numpy": numpy_gbs,
+            "per_sample": per_sample}
+
+
+def plot_specs(sessions, meta):
+    """The plots the saved data supports, and the notes on those it does not."""
+    plots, notes = [], []
+    # (a) time against width / chain length, against every peer measured there
+    for axis, patterns in (
+            ("width", [(r"\bn=(\d+)\b", "n=…", "n (width of each link / layer)"),
+                       (r"\b(\d+)x\1\b", "n×n", "n (J is n×n)")]),
+            ("chain length", [(r"\bk=(\d+)\b", "k=…", "k (links in the chain)")])):
+        panels = []
+        for pattern, fmt, xlabel in patterns:
+            for template, values in _series(sessions, pattern, fmt).items():
+                lines = {}
+                for x, group in sorted(values.items()):
+                    for who, t in _rested_times(sessions, group, "gradchain").items():
+                        lines.setdefault(who, []).append((x, t))
+                if lines:
+                    panels.append((template, xlabel, lines))
+        if panels:
+            plots.append(Plot(
+                f"time-vs-{axis.replace(' ', '-')}.png",
+                f"time per call against the {axis}, gradchain and its peers",
+                f"Time per call (rested alternating blocks, the verdict measurement; log "
+                f"scales) against the {axis}, for every test the sessions measured at more "
+                f"than one {axis}; a peer where its test measured it.", "series", panels))
+    if not any(p.name == "time-vs-chain-length.png" for p in plots):
+        notes.append("No plot of time against chain length: the saved sessions measure each "
+                     "chain length at its own width (k = 16 links of 8×8, k = 64 of 16×16 and "
+                     "of 64×64, k = 2000 of 4×4), so they hold no series in k at a fixed "
+                     "width.")
+    # (b) the bandwidth-bound rows against the machine's read floor
+    rows = []
+    for group, holder, label, peers in BANDWIDTH_ROWS:
+        nbytes = None
+        for gs in sessions:
+            b = gs.get(group, {}).get(holder)
+            if b is not None:
+                nbytes = b["extra_info"].get("bytes", nbytes)
+        times = _rested_times(sessions, group, holder)
+        if not nbytes or holder not in times:
+            continue
+        bars = [("gradchain", nbytes / times[holder] / 1e9)]
+        bars += [(p, nbytes / times[p] / 1e9) for p in peers if p in times]
+        floor = times.get("read floor")
+        rows.append((label, bars, nbytes / floor / 1e9 if floor else None))
+    floors = {k: meta[k] for k in ("read_gbs_before_1", "read_gbs_before_2",
+                                   "read_gbs_1", "read_gbs_2") if k in meta}
+    if rows:
+        plots.append(Plot("bandwidth.png", "GB/s of J read by the bandwidth-bound rows",
+                          "GB/s of the Jacobian's bytes read per call (rested times) by the rows "
+                          "that read J once per call, against this machine's read rate as "
+                          "bench/report.py probed it (np.sum over 1 GiB on 1 and on 2 threads; "
+                          "the shaded band spans the probes before and after the sessions, the "
+                          "line is the one after) and, where its test measured one, a row's "
+                          "own two-thread np.sum over the same bytes in the same rounds (the "
+                          "black bar). The probes ran outside the sessions and the machine's "
+                          "bandwidth moves with its other tenants, so rows can lie above them. "
+                          "The A[::2, ::2] view fetches every cache line of its parent, twice "
+                          "the bytes counted here.", "bandwidth", (rows, floors)))
+    # (c) thread scaling: the 16-core record (not in the sessions)
+    scaling = parse_scaling_16core()
+    if scaling:
+        plots.append(Plot("scaling-16core.png", "thread scaling on a 16-core machine",
+                          "Thread scaling on a 16-core machine, plotted from "
+                          "bench/results/scaling-16core.md (recorded separately, best of 5 or "
+                          "7; not from the sessions): one product J^T v / J v with n = 12288 "
+                          "(left, NumPy's OpenBLAS at its default thread count as the markers "
+                          "at the right) and the per-sample vjp/jvp, k = 8 links of 32×32 "
+                          "(right, the single-threaded NumPy loop dotted).",
+                          "scaling", scaling))
+    else:
+        notes.append("No thread-scaling plot: bench/results/scaling-16core.md is missing "
+                     "or its tables did not parse.")
+    return plots, notes
+
+
+def draw_plots(plots, outdir=PLOTS_DIR):
+    """Write the PNGs; False (and a note on stdout) when matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: plots skipped (pip install matplotlib, "
+              "or the bench extra)")
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    os.makedirs(outdir, exist_ok=True)
+    style = {"gradchain": dict(color="C0", marker="o", lw=2)}
+    colors = iter(f"C{i}" for i in range(1, 10))
+    peer_color = {}
+
+    def color(who):
+        if who == "gradchain":
+            return "C0"
+        if who not in peer_color:
+            peer_color[who] = next(colors, "k")
+        return peer_color[who]
+
+    for p in plots:
+        if p.kind == "series":
+            n = len(p.data)
+            cols = min(n, 3)
+            rows_ = (n + cols - 1) // cols
+            fig, axes = plt.subplots(rows_, cols, figsize=(4.6 * cols, 3.6 * rows_),
+                                     squeeze=False)
+            for ax, (template, xlabel, lines) in zip(axes.flat, p.data):
+                for who, pts in sorted(lines.items(), key=lambda kv: kv[0] != "gradchain"):
+                    xs, ts = zip(*pts)
+                    ax.plot(xs, [t * 1e6 for t in ts], label=who,
+                            **style.get(who, dict(color=color(who), marker="s", ls="--")))
+                ax.set_xscale("log", base=2)
+                ax.set_yscale("log")
+                ax.set_xticks(sorted({x for pts in lines.values() for x, _ in pts}))
+                ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+                ax.set_xlabel(xlabel)
+                ax.set_ylabel("µs per call")
+                ax.set_title(template, fontsize=8, wrap=True)
+                ax.grid(True, which="both", alpha=0.3)
+                ax.legend(fontsize=8)
+            for ax in list(axes.flat)[n:]:
+                ax.set_visible(False)
+        elif p.kind == "bandwidth":
+            rows, floors = p.data
+            labels, ticks = [], []
+            y = 0
+            fig, ax = plt.subplots(figsize=(9, 0.42 * sum(len(b) for _, b, _ in rows) + 1.6))
+            for label, bars, own_floor in rows:
+                top = y
+                for who, g in bars:
+                    ax.barh(y, g, color=color(who), height=0.8,
+                            label=who if who not in labels else None)
+                    ax.text(g, y, f" {g:.1f}", va="center", fontsize=7)
+                    labels.append(who)
+                    y += 1
+                if own_floor:
+                    ax.plot([own_floor] * 2, [top - 0.5, y - 0.5], color="k", lw=2,
+                            label="this test's np.sum of the same bytes" if "floor" not in labels else None)
+                    labels.append("floor")
+                ticks.append(((top + y - 1) / 2, label))
+                y += 0.6
+            for key, ls, text in (("read_gbs_1", ":", "np.sum probe, 1 thread"),
+                                  ("read_gbs_2", "--", "np.sum probe, 2 threads")):
+                if key in floors:
+                    lo = min(floors[key], floors.get(key.replace("gbs_", "gbs_before_"),
+                                                     floors[key]))
+                    hi = max(floors[key], floors.get(key.replace("gbs_", "gbs_before_"),
+                                                     floors[key]))
+                    ax.axvspan(lo, hi, color="0.5", alpha=0.15)
+                    ax.axvline(floors[key], color="0.3", ls=ls,
+                               label=f"{text} ({lo:.0f}–{hi:.0f} GB/s)")
+            ax.set_yticks([t for t, _ in ticks], [lab for _, lab in ticks], fontsize=8)
+            ax.invert_yaxis()
+            ax.set_xlabel("GB/s of J read (rested per-call time)")
+            ax.grid(True, axis="x", alpha=0.3)
+            ax.legend(fontsize=7, loc="lower right")
+        elif p.kind == "scaling":
+            s = p.data
+            fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+            th = s["threads"]
+            for i, (label, g) in enumerate(s["products"].items()):
+                c = f"C{i}"
+                ls = "-" if label.startswith("J.T") else "--"
+                a1.plot(th, g, color=c, ls=ls, marker="o", ms=3, label=label)
+                a1.plot([th[-1] * 1.25], [s["numpy"][label]], color=c, marker="x", ls="")
+            a1.set_title("one product, n = 12288 (x: NumPy, default threads)", fontsize=9)
+            for i, (label, (g, npy)) in enumerate(s["per_sample"].items()):
+                c = f"C{i}"
+                a2.plot(th, g, color=c, marker="o", ms=3, label=label)
+                a2.axhline(npy, color=c, ls=":", lw=1)
+            a2.set_title("per-sample chains, k = 8 links of 32×32 (dotted: NumPy loop)",
+                         fontsize=9)
+            for ax in (a1, a2):
+                ax.set_xscale("log", base=2)
+                ax.set_yscale("log")
+                ax.set_xticks(th)
+                ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+                ax.set_xlabel("threads")
+                ax.set_ylabel("GB/s of J read")
+                ax.grid(True, which="both", alpha=0.3)
+                ax.legend(fontsize=7)
+        fig.tight_layout()
+        # no Software/date metadata: the same data gives the same file
+        fig.savefig(os.path.join(outdir, p.name), dpi=110, metadata={"Software": None})
+        plt.close(fig)
+        print("wrote", os.path.relpath(os.path.join(outdir, p.name), ROOT))
+    return True
+
+
+def render_plots(plots, notes, drawn, output, w, outdir=PLOTS_DIR):
+    """The Plots section of BENCHMARKS.md: image links relative to output."""
+    w("## Plots\n")
+    w("Drawn by `python bench/report.py` (also with `--render-only`) from the saved sessions "
+      f"into `{os.path.relpath(outdir, ROOT)}/` with matplotlib.\n")
+    if not drawn:
+        w("*matplotlib was not installed when this file was rendered: the images below are "
+          "from an earlier render and may not match the tables.*\n")
+    rel = os.path.relpath(outdir, os.path.dirname(os.path.abspath(output)))
+    for p in plots:
+        if drawn or os.path.exists(os.path.join(outdir, p.name)):
+            w(f"![{p.alt}]({rel}/{p.name})\n")
+            w(p.caption + "\n")
+    for note in notes:
+        w(note + "\n")
+
+
+# ---------------------------------------------------------------------------
 # Rendering
 # ---------------------------------------------------------------------------
 
@@ -581,7 +910,8 @@ def render_provenance(meta, nsessions, w):
     w("")
 
 
-def render(sessions, meta):
+def render(sessions, meta, plots=None):
+    """BENCHMARKS.md; plots: (plots, notes, drawn, output) for its Plots section."""
     lines = []
     w = lines.append
     w("# gradchain benchmarks\n")
@@ -723,6 +1053,8 @@ def render(sessions, meta):
             w(f"## {title} (recorded separately)\n")
             w(f"Not re-measured by this script: `bench/results/{name}`, "
               "copied here as recorded." + body)
+    if plots is not None:
+        render_plots(*plots, w)
     return "\n".join(lines)
 
 
@@ -880,8 +1212,10 @@ def main():
             json.dump(sessions, f, indent=0)
         with open(SAVED_META, "w") as f:
             json.dump(meta, f, indent=1)
+    plots, notes = plot_specs(sessions, meta)
+    drawn = draw_plots(plots)
     with open(args.output, "w") as f:
-        f.write(render(sessions, meta))
+        f.write(render(sessions, meta, (plots, notes, drawn, args.output)))
     print("wrote", args.output)
     if not args.no_readme:
         update_readme(args.readme, render_headline(sessions, meta))
