@@ -195,7 +195,7 @@ def _register_threadpoolctl() -> None:
     following ``omp_set_num_threads`` again).  Nothing when threadpoolctl is
     not installed."""
     try:
-        import threadpoolctl  # type: ignore[import-untyped]
+        import threadpoolctl  # type: ignore[import-untyped, unused-ignore]
     except ImportError:
         return
     base = getattr(threadpoolctl, "LibController", None)

@@ -305,7 +305,7 @@ class Composition:
             a user :class:`gradchain.Map` its ``param_vjp``'s, parameter-
             free maps ().  Summed over the batch (divided by B for
             ``"mean"``); with ``reduction="none"`` per example, each with a
-            leading batch axis (B, *shape), what ``torch.func.vmap(grad)``
+            leading batch axis ``(B, *shape)``, what ``torch.func.vmap(grad)``
             gives.  In the composition's dtype (a user map's: its
             parameters' dtype).  :meth:`ravel` flattens them.
 
@@ -729,7 +729,7 @@ def check_grad(f: Composition | Map | Callable[[NDArray[Any]], tuple[Any, ArrayL
         The point, in its float dtype (integers: float64).
     eps : float, optional
         The relative step; defaults to cbrt(machine epsilon), giving the
-        step eps * max(1, |x_j|) per coordinate.
+        step ``eps * max(1, |x_j|)`` per coordinate.
     wrt : {"x", "params"} or ("x", "params"), optional
         For a Composition with a loss: check the gradient with respect to
         x, to every parameter of every map (one central difference per
@@ -740,7 +740,7 @@ def check_grad(f: Composition | Map | Callable[[NDArray[Any]], tuple[Any, ArrayL
     Returns
     -------
     float
-        max |analytic - numeric| / max |numeric| (or the absolute error
+        ``max |analytic - numeric| / max |numeric|`` (or the absolute error
         when the numeric derivative is 0).
     """
     want = _parse_wrt(wrt)

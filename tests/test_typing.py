@@ -97,11 +97,6 @@ def test_package_modules_pass_mypy_strict(tmp_path):
     src = ROOT / "gradchain"
     if not all((src / f"{m}.py").is_file() for m in MODULES):
         pytest.skip("gradchain's sources are not beside tests/ (an installed test run)")
-    # _config.py imports threadpoolctl twice, each `# type: ignore[import-
-    # untyped]`; mypy reports a missing module at its first import in a
-    # file only, so the second ignore is unused, an error under --strict.
-    # The fix belongs in _config.py (`[import-untyped, unused-ignore]` on
-    # the second); until then that one check is off for that one module.
-    config = "[mypy-gradchain._config]\nwarn_unused_ignores = False\n"
+    config = ""
     _mypy_strict(tmp_path, [pathlib.Path("gradchain", f"{m}.py") for m in MODULES],
                  cwd=ROOT, config=config)
