@@ -574,11 +574,11 @@ class Affine(_Builtin):
             ", bias)" if self.b is not None else ")")
 
 
-class _Elementwise(_Builtin):
-    _code = 0
-    _param: float | NDArray[np.float64] = 0.0   # a parameter-free map's; a parameter is a 0-d array
+class _SameDtype(_Builtin):
+    """For the type checker only: maps whose output has x's dtype (the
+    elementwise maps, Softmax, LogSoftmax); nothing at run time."""
 
-    if TYPE_CHECKING:   # parameter-free (and Scale, LeakyReLU): x's dtype
+    if TYPE_CHECKING:   # x's dtype
         @overload
         def __call__(self, x: NDArray[np.float32]) -> NDArray[np.float32]: ...  # type: ignore[overload-overlap, unused-ignore]
         @overload
@@ -586,6 +586,11 @@ class _Elementwise(_Builtin):
         @overload
         def __call__(self, x: ArrayLike) -> _FloatArray: ...
         def __call__(self, x: ArrayLike) -> _FloatArray: ...
+
+
+class _Elementwise(_SameDtype):
+    _code = 0
+    _param: float | NDArray[np.float64] = 0.0   # a parameter-free map's; a parameter is a 0-d array
 
     def _spec(self, dtype: np.dtype[Any]) -> _Spec:
         return (_OP_ELEMENTWISE, self._code, self._param)  # type: ignore[return-value]  # read as a double
@@ -672,18 +677,9 @@ class Scale(_Elementwise):
         return f"Scale({self.c!r})"
 
 
-class Softmax(_Builtin):
+class Softmax(_SameDtype):
     """x -> exp(x) / sum(exp(x)) over the last axis, stable;
     J = diag(s) - s s^T (applied in O(n))."""
-
-    if TYPE_CHECKING:   # x's dtype
-        @overload
-        def __call__(self, x: NDArray[np.float32]) -> NDArray[np.float32]: ...  # type: ignore[overload-overlap, unused-ignore]
-        @overload
-        def __call__(self, x: NDArray[np.float64]) -> NDArray[np.float64]: ...
-        @overload
-        def __call__(self, x: ArrayLike) -> _FloatArray: ...
-        def __call__(self, x: ArrayLike) -> _FloatArray: ...
 
     def _spec(self, dtype: np.dtype[Any]) -> _Spec:
         return (_OP_SOFTMAX,)
@@ -692,17 +688,8 @@ class Softmax(_Builtin):
         return "Softmax()"
 
 
-class LogSoftmax(_Builtin):
+class LogSoftmax(_SameDtype):
     """x -> x - logsumexp(x) over the last axis, stable; J = I - 1 s^T."""
-
-    if TYPE_CHECKING:   # x's dtype
-        @overload
-        def __call__(self, x: NDArray[np.float32]) -> NDArray[np.float32]: ...  # type: ignore[overload-overlap, unused-ignore]
-        @overload
-        def __call__(self, x: NDArray[np.float64]) -> NDArray[np.float64]: ...
-        @overload
-        def __call__(self, x: ArrayLike) -> _FloatArray: ...
-        def __call__(self, x: ArrayLike) -> _FloatArray: ...
 
     def _spec(self, dtype: np.dtype[Any]) -> _Spec:
         return (_OP_LOG_SOFTMAX,)
